@@ -1,0 +1,150 @@
+// Grouped, gated, fused linear layer: every linear layer of PEPNet runs through this kernel.
+//
+// One dispatch runs a group of independent problems (all tasks of a tower layer, all PPNet
+// gates, all experts of a depth plus the MMoE gates). Problem p computes, for rows m < rows and
+// columns n < p.n:
+//
+//   Y[m, n] = act( Σ_k (A[m, k] · G[m, k]) · W[n, k] + bias[n] ) · M[m, n]
+//
+// A, G, M and Y are strided views into one activation buffer; W ([n, k], row-major, PyTorch's
+// nn.Linear layout) and bias live in one weights buffer. G (the PPNet gate) is applied while A
+// is loaded into workgroup memory; bias, the activation and M (EPNet's δ ⊙ E) are applied in
+// the epilogue, so no intermediate touches device memory.
+//
+// Tiling: a workgroup of 16×16 threads owns a 64×64 output tile; each thread owns a 4×4 block
+// in registers. K advances 16 at a time through two workgroup-memory tiles, stored k-major so
+// that the inner loop reads whole vec4s.
+
+const TM: u32 = 64u;          // rows per workgroup tile
+const TN: u32 = 64u;          // output columns per workgroup tile
+const TK: u32 = 16u;          // reduction depth per step
+const TILE_STRIDE: u32 = 17u; // vec4s per k-row of a tile: 16 plus one of padding against bank conflicts
+
+const ACT_NONE: u32 = 0u;
+const ACT_RELU: u32 = 1u;
+const ACT_GATE: u32 = 2u;     // γ · σ(z), a Gate NU's output
+const ACT_SIGMOID: u32 = 3u;
+
+const FLAG_GATED: u32 = 1u;      // multiply A by G on load
+const FLAG_MULTIPLIED: u32 = 2u; // multiply Y by M in the epilogue
+
+struct Problem {
+    a_off: u32,
+    a_stride: u32,
+    g_off: u32,
+    g_stride: u32,
+    m_off: u32,
+    m_stride: u32,
+    y_off: u32,
+    y_stride: u32,
+    w_off: u32,
+    bias_off: u32,
+    n: u32,
+    k: u32,
+    act: u32,
+    flags: u32,
+    gamma: f32,
+    first_tile: u32, // index of this problem's first column tile within the dispatch
+}
+
+struct Span {
+    first: u32, // first problem of this dispatch in `problems`
+    count: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+struct Batch {
+    rows: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> span: Span;
+@group(0) @binding(1) var<uniform> batch: Batch;
+@group(0) @binding(2) var<storage, read> problems: array<Problem>;
+@group(0) @binding(3) var<storage, read> weights: array<f32>;
+@group(0) @binding(4) var<storage, read_write> act: array<f32>;
+
+var<workgroup> a_tile: array<vec4<f32>, 272>; // [TK][TILE_STRIDE] of 4 rows each
+var<workgroup> w_tile: array<vec4<f32>, 272>; // [TK][TILE_STRIDE] of 4 columns each
+
+fn activate(z: f32, kind: u32, gamma: f32) -> f32 {
+    switch kind {
+        case ACT_RELU: { return max(z, 0.0); }
+        case ACT_GATE: { return gamma / (1.0 + exp(-z)); }
+        case ACT_SIGMOID: { return 1.0 / (1.0 + exp(-z)); }
+        default: { return z; }
+    }
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    // Column tiles of all problems are numbered consecutively along x; find ours.
+    var p = span.first;
+    let last = span.first + span.count - 1u;
+    while p < last && problems[p + 1u].first_tile <= wg.x {
+        p += 1u;
+    }
+    let pr = problems[p];
+    let rows = batch.rows;
+    let m0 = wg.y * TM;
+    let n0 = (wg.x - pr.first_tile) * TN;
+    let gated = (pr.flags & FLAG_GATED) != 0u;
+
+    var acc: array<vec4<f32>, 4>;
+    for (var k0 = 0u; k0 < pr.k; k0 += TK) {
+        // Each thread loads 4 elements of each tile; consecutive threads read consecutive k.
+        for (var j = 0u; j < 4u; j++) {
+            let e = li + 256u * j;
+            let kk = e % TK;
+            let r = e / TK;
+            let k = k0 + kk;
+            var a = 0.0;
+            let m = m0 + r;
+            if m < rows && k < pr.k {
+                a = act[pr.a_off + m * pr.a_stride + k];
+                if gated {
+                    a *= act[pr.g_off + m * pr.g_stride + k];
+                }
+            }
+            a_tile[kk * TILE_STRIDE + r / 4u][r % 4u] = a;
+            var w = 0.0;
+            let n = n0 + r;
+            if n < pr.n && k < pr.k {
+                w = weights[pr.w_off + n * pr.k + k];
+            }
+            w_tile[kk * TILE_STRIDE + r / 4u][r % 4u] = w;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk++) {
+            let a = a_tile[kk * TILE_STRIDE + lid.y];
+            let w = w_tile[kk * TILE_STRIDE + lid.x];
+            acc[0] += a.x * w;
+            acc[1] += a.y * w;
+            acc[2] += a.z * w;
+            acc[3] += a.w * w;
+        }
+        workgroupBarrier();
+    }
+
+    let multiplied = (pr.flags & FLAG_MULTIPLIED) != 0u;
+    for (var i = 0u; i < 4u; i++) {
+        let m = m0 + lid.y * 4u + i;
+        for (var j = 0u; j < 4u; j++) {
+            let n = n0 + lid.x * 4u + j;
+            if m < rows && n < pr.n {
+                var y = activate(acc[i][j] + weights[pr.bias_off + n], pr.act, pr.gamma);
+                if multiplied {
+                    y *= act[pr.m_off + m * pr.m_stride + n];
+                }
+                act[pr.y_off + m * pr.y_stride + n] = y;
+            }
+        }
+    }
+}

@@ -1,0 +1,60 @@
+// MMoE mix: H_t(0)[i] = Σ_k softmax(logits_t)_k · X_k[i], for every sample, task t and
+// column i, in one dispatch. The softmax is fused in: each thread recomputes its task's K-wide
+// softmax from the gate logits (K is small), so the probabilities never touch device memory.
+//
+// Expert k's last-layer output sits at columns k·width of the experts view; task t's logits at
+// columns t·K of the logits view; task t's mixed input is written at columns t·width of the
+// output view. One thread per (sample, task, column).
+
+struct Params {
+    experts: u32,   // K
+    tasks: u32,     // T
+    width: u32,     // width of each expert's output
+    x_off: u32,
+    x_stride: u32,
+    logit_off: u32,
+    logit_stride: u32,
+    y_off: u32,
+    y_stride: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+struct Batch {
+    rows: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<uniform> batch: Batch;
+@group(0) @binding(2) var<storage, read_write> act: array<f32>;
+
+@compute @workgroup_size(256, 1, 1)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let index = gid.x + gid.y * nwg.x * 256u;
+    let per_sample = params.tasks * params.width;
+    let b = index / per_sample;
+    if b >= batch.rows {
+        return;
+    }
+    let t = (index % per_sample) / params.width;
+    let i = index % params.width;
+
+    let logits = params.logit_off + b * params.logit_stride + t * params.experts;
+    var max_logit = act[logits];
+    for (var k = 1u; k < params.experts; k++) {
+        max_logit = max(max_logit, act[logits + k]);
+    }
+    var total = 0.0;
+    var mixed = 0.0;
+    let x = params.x_off + b * params.x_stride + i;
+    for (var k = 0u; k < params.experts; k++) {
+        let e = exp(act[logits + k] - max_logit);
+        total += e;
+        mixed += e * act[x + k * params.width];
+    }
+    act[params.y_off + b * params.y_stride + t * params.width + i] = mixed / total;
+}

@@ -1,0 +1,32 @@
+//! Files that appear whole or not at all: written to a temporary file beside their final path
+//! and renamed into place once complete. Dropping one before that deletes it.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// A temporary file in `path`'s directory, readable by others once renamed (as a plain
+/// `File::create` would make it).
+pub(crate) fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".pepnet-");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o644));
+    }
+    builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))
+}
+
+/// Writes `bytes` to `path` atomically.
+pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut tmp = temp_beside(path)?;
+    tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! A columnar batch of samples: one column per feature, in spec order. This is what the library
+//! API scores and what the input readers produce.
+
+use crate::error::{Error, Result};
+use crate::spec::{FeatureKind, ModelSpec};
+
+/// The values of one feature for every sample of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Column {
+    /// One id per sample.
+    Sparse(Vec<u64>),
+    /// Sample `i`'s ids are `ids[offsets[i]..offsets[i + 1]]`; `offsets` has one more entry
+    /// than there are samples and starts at 0.
+    MultiHot { offsets: Vec<usize>, ids: Vec<u64> },
+    /// One number per sample.
+    Dense(Vec<f32>),
+}
+
+impl Column {
+    pub fn len(&self) -> usize {
+        match self {
+            Column::Sparse(v) => v.len(),
+            Column::MultiHot { offsets, .. } => offsets.len().saturating_sub(1),
+            Column::Dense(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn kind(&self) -> FeatureKind {
+        match self {
+            Column::Sparse(_) => FeatureKind::Sparse,
+            Column::MultiHot { .. } => FeatureKind::MultiHot,
+            Column::Dense(_) => FeatureKind::Dense,
+        }
+    }
+
+    /// Ids of sample `i` (sparse and multi-hot columns).
+    pub fn ids(&self, i: usize) -> &[u64] {
+        match self {
+            Column::Sparse(v) => std::slice::from_ref(&v[i]),
+            Column::MultiHot { offsets, ids } => &ids[offsets[i]..offsets[i + 1]],
+            Column::Dense(_) => &[],
+        }
+    }
+}
+
+/// Samples in columns, one per feature of the spec, in spec order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub columns: Vec<Column>,
+}
+
+impl Batch {
+    pub fn new(columns: Vec<Column>) -> Self {
+        Self { columns }
+    }
+
+    /// Number of samples (0 for a batch with no columns).
+    pub fn len(&self) -> usize {
+        self.columns.first().map_or(0, Column::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Checks the batch against the spec: one column per feature of the right kind and length,
+    /// ids in `[0, vocab)`, lists no longer than `max_len`, dense values finite. Errors name
+    /// `source` and the 1-based row `first_row + i`, so readers can report file positions.
+    pub fn validate(&self, spec: &ModelSpec, source: &str, first_row: usize) -> Result<()> {
+        if self.columns.len() != spec.features.len() {
+            return Err(Error::Batch(format!(
+                "expected {} columns (one per feature), found {}",
+                spec.features.len(),
+                self.columns.len()
+            )));
+        }
+        let n = self.len();
+        for (f, col) in spec.features.iter().zip(&self.columns) {
+            if col.kind() != f.kind {
+                return Err(Error::Batch(format!(
+                    "column '{}': expected a {:?} column, found {:?}",
+                    f.name,
+                    f.kind,
+                    col.kind()
+                )));
+            }
+            if col.len() != n {
+                return Err(Error::Batch(format!(
+                    "column '{}': expected {n} samples (as the first column), found {}",
+                    f.name,
+                    col.len()
+                )));
+            }
+            let bad = |i: usize, message: String| Error::Input {
+                source_name: source.to_string(),
+                row: first_row + i,
+                column: f.name.clone(),
+                message,
+            };
+            match col {
+                Column::Dense(v) => {
+                    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                        return Err(bad(i, format!("value {} is not a finite number", v[i])));
+                    }
+                }
+                Column::MultiHot { offsets, ids } => {
+                    if offsets.first() != Some(&0)
+                        || offsets.last() != Some(&ids.len())
+                        || offsets.windows(2).any(|w| w[0] > w[1])
+                    {
+                        return Err(Error::Batch(format!(
+                            "column '{}': offsets must rise from 0 to the number of ids ({})",
+                            f.name,
+                            ids.len()
+                        )));
+                    }
+                    let max_len = f.max_len.unwrap_or(0);
+                    for i in 0..n {
+                        let len = offsets[i + 1] - offsets[i];
+                        if len > max_len {
+                            return Err(bad(
+                                i,
+                                format!("list of {len} ids is longer than max_len {max_len}"),
+                            ));
+                        }
+                    }
+                    check_ids(col, n, f.rows(), &bad)?;
+                }
+                Column::Sparse(_) => check_ids(col, n, f.rows(), &bad)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_ids(
+    col: &Column,
+    n: usize,
+    vocab: usize,
+    bad: &dyn Fn(usize, String) -> Error,
+) -> Result<()> {
+    for i in 0..n {
+        if let Some(&id) = col.ids(i).iter().find(|&&id| id >= vocab as u64) {
+            return Err(bad(i, format!("id {id} is outside [0, {vocab})")));
+        }
+    }
+    Ok(())
+}

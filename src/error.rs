@@ -1,0 +1,68 @@
+//! Typed errors. Every variant names the place (file, row, column, tensor or key) and what was
+//! expected, so that a user can fix the input without reading our code.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in pepnet.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The model spec (`model.json`) is malformed or inconsistent.
+    #[error("{file}: {message}")]
+    Spec { file: String, message: String },
+
+    /// A weights tensor is missing, extra, or of the wrong shape or dtype.
+    #[error("{file}: tensor '{tensor}': {message}")]
+    Tensor {
+        file: String,
+        tensor: String,
+        message: String,
+    },
+
+    /// A weights file that is not a readable safetensors file.
+    #[error("{file}: {message}")]
+    Weights { file: String, message: String },
+
+    /// An input value that does not fit its feature.
+    #[error("{source_name}: row {row}, column '{column}': {message}")]
+    Input {
+        source_name: String,
+        /// 1-based data row (the header is not counted).
+        row: usize,
+        column: String,
+        message: String,
+    },
+
+    /// A problem with the input file as a whole (missing column, unreadable header...).
+    #[error("{source_name}: {message}")]
+    InputFile {
+        source_name: String,
+        message: String,
+    },
+
+    /// A batch handed to the library API that does not match the model.
+    #[error("batch: {0}")]
+    Batch(String),
+
+    /// No usable GPU adapter, or the device refused what the model needs.
+    #[error("gpu: {0}")]
+    Gpu(String),
+
+    /// An I/O error on a named path.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

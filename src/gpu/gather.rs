@@ -1,0 +1,240 @@
+//! The fused embedding gather (`shaders/gather.wgsl`): its pipeline, its feature table, the
+//! per-batch id encoding it reads, and the packing of embedding tables into pages. Its CPU
+//! reference is [`crate::reference::kernels::gather`].
+
+use super::linear::View;
+use super::{compute_pipeline, grid_1d, whole_buffers};
+use crate::batch::{Batch, Column};
+use crate::error::{Error, Result};
+use crate::spec::{FeatureKind, ModelSpec, Pooling};
+use crate::weights::Weights;
+
+pub const SOURCE: &str = include_str!("../../shaders/gather.wgsl");
+
+/// Storage bindings the kernel has for embedding pages.
+pub const MAX_PAGES: usize = 4;
+/// Places one feature's vector can be written to.
+pub const MAX_DESTINATIONS: usize = 3;
+/// An unused multi-hot slot.
+pub const NO_ROW: u32 = u32::MAX;
+const WORKGROUP: u64 = 256;
+
+/// WGSL's `Feature`, 80 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct FeatureGpu {
+    pub kind: u32,
+    pub first_slot: u32,
+    pub n_slots: u32,
+    pub mean: u32,
+    pub dense_col: u32,
+    pub dense_row: u32,
+    pub n_destinations: u32,
+    pub _pad: u32,
+    /// (offset, stride, 0, 0) of each destination view.
+    pub destinations: [[u32; 4]; MAX_DESTINATIONS],
+}
+
+/// WGSL's `Params`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct GatherParams {
+    pub n_features: u32,
+    pub d: u32,
+    pub slots: u32,
+    pub n_dense: u32,
+    pub rows_per_page: u32,
+    pub _pad: [u32; 3],
+}
+
+/// How a model's features map onto the kernel: the feature table, the id slots of a sample,
+/// and where each table's rows sit in the global row space.
+#[derive(Debug, Clone)]
+pub struct GatherLayout {
+    pub features: Vec<FeatureGpu>,
+    pub params: GatherParams,
+    /// Global row of row 0 of each feature's table.
+    pub table_base: Vec<u32>,
+    pub total_rows: u64,
+    pub n_pages: usize,
+}
+
+impl GatherLayout {
+    /// `destinations[f]` lists the views feature `f`'s vector is written to (possibly none);
+    /// `max_page_bytes` bounds one page (a storage binding).
+    pub fn new(spec: &ModelSpec, destinations: &[Vec<View>], max_page_bytes: u64) -> Result<Self> {
+        let d = spec.d();
+        let (mut slots, mut n_dense, mut next_row) = (0u32, 0u32, 0u64);
+        let mut features = Vec::new();
+        let mut table_base = Vec::new();
+        for (f, dest) in spec.features.iter().zip(destinations) {
+            assert!(
+                dest.len() <= MAX_DESTINATIONS,
+                "a feature has at most three roles"
+            );
+            let mut g = FeatureGpu::zeroed();
+            table_base.push(next_row as u32);
+            match f.kind {
+                FeatureKind::Dense => {
+                    g.kind = 2;
+                    g.dense_col = n_dense;
+                    g.dense_row = next_row as u32;
+                    n_dense += 1;
+                }
+                FeatureKind::Sparse | FeatureKind::MultiHot => {
+                    let n = f.max_len.unwrap_or(1) as u32;
+                    g.kind = (f.kind == FeatureKind::MultiHot) as u32;
+                    g.first_slot = slots;
+                    g.n_slots = n;
+                    g.mean = (f.pooling == Some(Pooling::Mean)) as u32;
+                    slots += n;
+                }
+            }
+            next_row += f.rows() as u64;
+            g.n_destinations = dest.len() as u32;
+            for (slot, v) in g.destinations.iter_mut().zip(dest) {
+                *slot = [v.offset, v.stride, 0, 0];
+            }
+            features.push(g);
+        }
+        let row_bytes = 4 * d as u64;
+        let rows_per_page = (max_page_bytes / row_bytes)
+            .min(next_row)
+            .min(u32::MAX as u64 / 2);
+        if rows_per_page == 0 {
+            return Err(Error::Gpu(format!(
+                "one embedding row ({row_bytes} bytes) is larger than a storage binding ({max_page_bytes} bytes)"
+            )));
+        }
+        let n_pages = next_row.div_ceil(rows_per_page) as usize;
+        if n_pages > MAX_PAGES || next_row >= NO_ROW as u64 {
+            return Err(Error::Gpu(format!(
+                "the embedding tables hold {next_row} rows of {row_bytes} bytes, more than {MAX_PAGES} \
+                 storage bindings of {max_page_bytes} bytes can hold on this device"
+            )));
+        }
+        Ok(Self {
+            params: GatherParams {
+                n_features: features.len() as u32,
+                d: d as u32,
+                slots,
+                n_dense,
+                rows_per_page: rows_per_page as u32,
+                _pad: [0; 3],
+            },
+            features,
+            table_base,
+            total_rows: next_row,
+            n_pages,
+        })
+    }
+
+    /// The f32 contents of page `p`: global rows `p·rows_per_page ..`, every table in spec order.
+    pub fn page(&self, spec: &ModelSpec, weights: &Weights, p: usize) -> Vec<f32> {
+        let d = spec.d() as u64;
+        let per_page = self.params.rows_per_page as u64;
+        let (start, end) = (
+            p as u64 * per_page,
+            ((p as u64 + 1) * per_page).min(self.total_rows),
+        );
+        let mut out = Vec::with_capacity(((end - start) * d) as usize);
+        for (f, &base) in spec.features.iter().zip(&self.table_base) {
+            let (base, rows) = (base as u64, f.rows() as u64);
+            let (lo, hi) = (start.max(base), end.min(base + rows));
+            if lo < hi {
+                let data = &weights.get(&format!("emb.{}", f.name)).data;
+                out.extend_from_slice(
+                    &data[((lo - base) * d) as usize..((hi - base) * d) as usize],
+                );
+            }
+        }
+        out
+    }
+
+    /// Encodes samples `range` of a validated batch: each sample's ids as global rows (unused
+    /// multi-hot slots hold [`NO_ROW`]) and its dense values, appended to `ids` and `dense`.
+    pub fn encode(
+        &self,
+        batch: &Batch,
+        range: std::ops::Range<usize>,
+        ids: &mut Vec<u32>,
+        dense: &mut Vec<f32>,
+    ) {
+        let slots = self.params.slots as usize;
+        ids.clear();
+        dense.clear();
+        ids.resize(range.len() * slots, NO_ROW);
+        for (b, i) in range.enumerate() {
+            let sample = &mut ids[b * slots..(b + 1) * slots];
+            for ((g, col), &base) in self
+                .features
+                .iter()
+                .zip(&batch.columns)
+                .zip(&self.table_base)
+            {
+                match col {
+                    Column::Dense(v) => dense.push(v[i]),
+                    _ => {
+                        let first = g.first_slot as usize;
+                        for (slot, &id) in sample[first..].iter_mut().zip(col.ids(i)) {
+                            *slot = base + id as u32;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+use bytemuck::Zeroable;
+
+/// The compiled kernel.
+pub struct GatherKernel {
+    pipeline: wgpu::ComputePipeline,
+}
+
+impl GatherKernel {
+    pub fn new(device: &wgpu::Device) -> Self {
+        Self {
+            pipeline: compute_pipeline(device, "gather", SOURCE),
+        }
+    }
+
+    /// Binds: params, batch size, feature table, ids, dense values, the activation buffer, and
+    /// exactly [`MAX_PAGES`] pages (repeat a page to fill unused bindings).
+    #[allow(clippy::too_many_arguments)]
+    pub fn bind_group(
+        &self,
+        device: &wgpu::Device,
+        params: &wgpu::Buffer,
+        batch: &wgpu::Buffer,
+        features: &wgpu::Buffer,
+        ids: &wgpu::Buffer,
+        dense: &wgpu::Buffer,
+        act: &wgpu::Buffer,
+        pages: [&wgpu::Buffer; MAX_PAGES],
+    ) -> wgpu::BindGroup {
+        let mut buffers = vec![params, batch, features, ids, dense, act];
+        buffers.extend(pages);
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("gather"),
+            layout: &self.pipeline.get_bind_group_layout(0),
+            entries: &whole_buffers(&buffers),
+        })
+    }
+
+    /// Records the dispatch: one thread per (sample, feature, element).
+    pub fn dispatch(
+        &self,
+        pass: &mut wgpu::ComputePass,
+        bind_group: &wgpu::BindGroup,
+        params: &GatherParams,
+        rows: u32,
+    ) {
+        let threads = rows as u64 * params.n_features as u64 * params.d as u64;
+        let (x, y) = grid_1d(threads, WORKGROUP);
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, bind_group, &[]);
+        pass.dispatch_workgroups(x, y, 1);
+    }
+}

@@ -1,0 +1,171 @@
+//! The grouped, gated, fused linear kernel (`shaders/linear.wgsl`): its pipeline, its problem
+//! descriptor, and its dispatch arithmetic. Its CPU reference is
+//! [`crate::reference::kernels::linear_group`].
+
+use super::{compute_pipeline, whole_buffers};
+
+pub const SOURCE: &str = include_str!("../../shaders/linear.wgsl");
+
+/// Rows of a workgroup tile.
+pub const TILE_M: u32 = 64;
+/// Output columns of a workgroup tile.
+pub const TILE_N: u32 = 64;
+
+/// What the epilogue applies after adding the bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Activation {
+    None = 0,
+    Relu = 1,
+    /// γ · σ(z): a Gate NU's output.
+    Gate = 2,
+    Sigmoid = 3,
+}
+
+pub const FLAG_GATED: u32 = 1;
+pub const FLAG_MULTIPLIED: u32 = 2;
+
+/// A strided view of a matrix in the activation buffer: element `(m, c)` is at
+/// `offset + m * stride + c` (in f32s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct View {
+    pub offset: u32,
+    pub stride: u32,
+}
+
+/// One problem: `Y = act(((A ⊙ G) · Wᵀ) + bias) ⊙ M`, with `W` `[n, k]` at `w_offset` and its
+/// bias at `bias_offset` in the weights buffer. Mirrors WGSL's `Problem` once laid out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinearProblem {
+    pub a: View,
+    pub gate: Option<View>,
+    pub multiplier: Option<View>,
+    pub y: View,
+    pub w_offset: u32,
+    pub bias_offset: u32,
+    pub n: u32,
+    pub k: u32,
+    pub activation: Activation,
+    pub gamma: f32,
+}
+
+/// WGSL's `Problem`, 64 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ProblemGpu {
+    pub a_off: u32,
+    pub a_stride: u32,
+    pub g_off: u32,
+    pub g_stride: u32,
+    pub m_off: u32,
+    pub m_stride: u32,
+    pub y_off: u32,
+    pub y_stride: u32,
+    pub w_off: u32,
+    pub bias_off: u32,
+    pub n: u32,
+    pub k: u32,
+    pub act: u32,
+    pub flags: u32,
+    pub gamma: f32,
+    pub first_tile: u32,
+}
+
+/// WGSL's `Span`: which problems of the table one dispatch runs.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct SpanParams {
+    pub first: u32,
+    pub count: u32,
+    pub _pad: [u32; 2],
+}
+
+/// Lays a group of problems out for the GPU, numbering their column tiles consecutively.
+/// Returns the descriptors and the number of column tiles (the dispatch's x size).
+pub fn lay_out(problems: &[LinearProblem]) -> (Vec<ProblemGpu>, u32) {
+    let mut tiles = 0;
+    let gpu = problems
+        .iter()
+        .map(|p| {
+            let gate = p.gate.unwrap_or(View {
+                offset: 0,
+                stride: 0,
+            });
+            let mult = p.multiplier.unwrap_or(View {
+                offset: 0,
+                stride: 0,
+            });
+            let flags = if p.gate.is_some() { FLAG_GATED } else { 0 }
+                | if p.multiplier.is_some() {
+                    FLAG_MULTIPLIED
+                } else {
+                    0
+                };
+            let first_tile = tiles;
+            tiles += p.n.div_ceil(TILE_N);
+            ProblemGpu {
+                a_off: p.a.offset,
+                a_stride: p.a.stride,
+                g_off: gate.offset,
+                g_stride: gate.stride,
+                m_off: mult.offset,
+                m_stride: mult.stride,
+                y_off: p.y.offset,
+                y_stride: p.y.stride,
+                w_off: p.w_offset,
+                bias_off: p.bias_offset,
+                n: p.n,
+                k: p.k,
+                act: p.activation as u32,
+                flags,
+                gamma: p.gamma,
+                first_tile,
+            }
+        })
+        .collect();
+    (gpu, tiles)
+}
+
+/// The compiled kernel.
+pub struct LinearKernel {
+    pipeline: wgpu::ComputePipeline,
+}
+
+impl LinearKernel {
+    pub fn new(device: &wgpu::Device) -> Self {
+        Self {
+            pipeline: compute_pipeline(device, "linear", SOURCE),
+        }
+    }
+
+    /// Binds: the dispatch's span, the batch size, the problem table, the weights and the
+    /// activation buffer.
+    pub fn bind_group(
+        &self,
+        device: &wgpu::Device,
+        span: &wgpu::Buffer,
+        batch: &wgpu::Buffer,
+        problems: &wgpu::Buffer,
+        weights: &wgpu::Buffer,
+        act: &wgpu::Buffer,
+    ) -> wgpu::BindGroup {
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("linear"),
+            layout: &self.pipeline.get_bind_group_layout(0),
+            entries: &whole_buffers(&[span, batch, problems, weights, act]),
+        })
+    }
+
+    /// Records one dispatch over `tiles` column tiles and `rows` rows.
+    pub fn dispatch(
+        &self,
+        pass: &mut wgpu::ComputePass,
+        bind_group: &wgpu::BindGroup,
+        tiles: u32,
+        rows: u32,
+    ) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, bind_group, &[]);
+        pass.dispatch_workgroups(tiles, rows.div_ceil(TILE_M), 1);
+    }
+}

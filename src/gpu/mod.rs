@@ -1,0 +1,267 @@
+//! The GPU side: the device, and one module per WGSL kernel (its pipeline, parameter structs
+//! and dispatch arithmetic). Kernels are compiled once per [`GpuContext`] and shared by every
+//! engine built on it.
+
+pub mod gather;
+pub mod linear;
+pub mod mmoe_mix;
+
+use std::sync::Arc;
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+
+/// Environment variable that picks an adapter by (case-insensitive) name substring, e.g.
+/// `PEPNET_ADAPTER=llvmpipe` for Mesa's lavapipe. wgpu's own `WGPU_BACKEND` also applies.
+pub const ADAPTER_ENV: &str = "PEPNET_ADAPTER";
+
+/// A device, its queue, and every kernel compiled for it.
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub gather: gather::GatherKernel,
+    pub linear: linear::LinearKernel,
+    pub mmoe_mix: mmoe_mix::MmoeMixKernel,
+}
+
+/// What `pepnet info` shows of an adapter.
+#[derive(Debug, Clone)]
+pub struct AdapterSummary {
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+}
+
+fn instance() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+/// Every adapter wgpu can see, as `pepnet info` lists them.
+pub fn list_adapters() -> Vec<AdapterSummary> {
+    let adapters = pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()));
+    adapters
+        .into_iter()
+        .map(|a| AdapterSummary {
+            info: a.get_info(),
+            limits: a.limits(),
+            features: a.features(),
+        })
+        .collect()
+}
+
+impl GpuContext {
+    /// Opens a device. `adapter` is a case-insensitive substring of the adapter's name; `None`
+    /// reads [`ADAPTER_ENV`], and without it wgpu's high-performance choice is taken.
+    pub fn new(adapter: Option<&str>) -> Result<Arc<Self>> {
+        let wanted = adapter
+            .map(str::to_string)
+            .or_else(|| std::env::var(ADAPTER_ENV).ok().filter(|s| !s.is_empty()));
+        let instance = instance();
+        let adapter = match &wanted {
+            Some(name) => {
+                let all = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+                let names: Vec<String> = all.iter().map(|a| a.get_info().name).collect();
+                all.into_iter()
+                    .find(|a| {
+                        a.get_info()
+                            .name
+                            .to_lowercase()
+                            .contains(&name.to_lowercase())
+                    })
+                    .ok_or_else(|| {
+                        Error::Gpu(format!(
+                            "no adapter whose name contains '{name}'; adapters found: {names:?}"
+                        ))
+                    })?
+            }
+            None => pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            }))
+            .map_err(|e| {
+                Error::Gpu(format!(
+                    "no GPU adapter found ({e}); install a Vulkan driver, e.g. Mesa's lavapipe \
+                     (Debian: mesa-vulkan-drivers)"
+                ))
+            })?,
+        };
+        let info = adapter.get_info();
+        // The defaults are far below what hardware offers (storage binding size above all).
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("pepnet"),
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Gpu(format!("{}: could not open the device: {e}", info.name)))?;
+
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let gather = gather::GatherKernel::new(&device);
+        let linear = linear::LinearKernel::new(&device);
+        let mmoe_mix = mmoe_mix::MmoeMixKernel::new(&device);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!(
+                "{}: could not build the kernels: {e}",
+                info.name
+            )));
+        }
+        Ok(Arc::new(Self {
+            device,
+            queue,
+            info,
+            limits,
+            gather,
+            linear,
+            mmoe_mix,
+        }))
+    }
+
+    /// The largest byte size one storage binding may have on this device.
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
+    }
+
+    /// A storage buffer holding `data` (a zero-length slice gets one word, since bindings
+    /// cannot be empty).
+    pub fn storage_buffer<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let contents: &[u8] = if bytes.is_empty() { &[0; 4] } else { bytes };
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_SRC,
+            })
+    }
+
+    /// A uniform buffer holding `value`.
+    pub fn uniform_buffer<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::bytes_of(value),
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            })
+    }
+
+    /// Submits `encoder` (which must end by copying what is wanted into `staging`, a
+    /// MAP_READ buffer) and returns the first `len` f32s of `staging`. Blocks until the GPU is done.
+    pub fn submit_and_read(
+        &self,
+        encoder: wgpu::CommandEncoder,
+        staging: &wgpu::Buffer,
+        len: usize,
+    ) -> Result<Vec<f32>> {
+        self.queue.submit([encoder.finish()]);
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let slice = staging.slice(..(len * 4) as u64);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        rx.recv()
+            .map_err(|_| Error::Gpu("the readback was dropped".into()))?
+            .map_err(|e| Error::Gpu(format!("mapping the readback buffer: {e}")))?;
+        let out = {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| Error::Gpu(format!("reading the readback buffer: {e}")))?;
+            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+        };
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Reads the first `len` f32s of a COPY_SRC buffer (for tests and tools, not hot paths).
+    pub fn read_buffer(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+        let staging = self.staging_buffer("readback", (len * 4) as u64);
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, (len * 4) as u64);
+        self.submit_and_read(encoder, &staging, len)
+    }
+
+    /// A zero-filled storage buffer of `bytes` (wgpu zero-initialises every buffer).
+    pub fn zeroed_storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(4),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A buffer to read results back through.
+    pub fn staging_buffer(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+}
+
+/// Workgroup counts for `threads` one-dimensional invocations of `group_size`, spilling into y
+/// past the 65535-workgroup limit of one dimension (kernels flatten x and y back).
+pub(crate) fn grid_1d(threads: u64, group_size: u64) -> (u32, u32) {
+    let groups = threads.div_ceil(group_size).max(1);
+    if groups <= 65535 {
+        (groups as u32, 1)
+    } else {
+        (65535, groups.div_ceil(65535) as u32)
+    }
+}
+
+/// Compiles a WGSL source into a compute pipeline with an automatic layout.
+pub(crate) fn compute_pipeline(
+    device: &wgpu::Device,
+    label: &str,
+    source: &str,
+) -> wgpu::ComputePipeline {
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(label),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    });
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(label),
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    })
+}
+
+/// Bind group entries for buffers bound whole at bindings 0, 1, 2, ...
+pub(crate) fn whole_buffers<'a>(buffers: &[&'a wgpu::Buffer]) -> Vec<wgpu::BindGroupEntry<'a>> {
+    buffers
+        .iter()
+        .enumerate()
+        .map(|(i, b)| wgpu::BindGroupEntry {
+            binding: i as u32,
+            resource: b.as_entire_binding(),
+        })
+        .collect()
+}
+
+/// The `Batch` uniform every kernel reads: how many rows this batch has.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BatchParams {
+    pub rows: u32,
+    pub _pad: [u32; 3],
+}

@@ -1,0 +1,26 @@
+//! pepnet: a GPU-native engine for PEPNet (Kuaishou's Parameter and Embedding Personalized
+//! Network, KDD 2023), with hand-written WGSL kernels on wgpu.
+//!
+//! Data flows one way: input file → [`Batch`] (feature ids per column) → GPU buffers → kernels
+//! → probabilities. Load a [`Model`], open a [`GpuContext`], build an [`Engine`], and call
+//! [`Engine::score`]; [`reference::forward`] computes the same thing in f64 on the CPU.
+
+mod atomic_file;
+pub mod batch;
+pub mod engine;
+pub mod error;
+pub mod gpu;
+pub mod input;
+pub mod model;
+pub mod plan;
+pub mod reference;
+pub mod spec;
+pub mod weights;
+
+pub use batch::{Batch, Column};
+pub use engine::{Engine, EngineOptions};
+pub use error::{Error, Result};
+pub use gpu::GpuContext;
+pub use model::Model;
+pub use spec::ModelSpec;
+pub use weights::Weights;

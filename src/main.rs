@@ -1,0 +1,200 @@
+//! The `pepnet` command line: `score`, `init`, `info`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use pepnet::input::{CsvBatches, ScoreWriter};
+use pepnet::{reference, Engine, EngineOptions, GpuContext, Model, ModelSpec, Result};
+
+#[derive(Parser)]
+#[command(
+    name = "pepnet",
+    version,
+    about = "GPU-native PEPNet scoring engine (WGSL on wgpu)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    /// The WGSL kernels on the GPU adapter.
+    Gpu,
+    /// The f64 CPU reference (slow; for debugging).
+    Reference,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Score a CSV file: one probability column per task.
+    Score {
+        /// Model directory (model.json + weights.safetensors).
+        #[arg(long)]
+        model: PathBuf,
+        /// Input CSV, one column per feature.
+        #[arg(long)]
+        input: PathBuf,
+        /// Output CSV: the carried columns, then one column per task.
+        #[arg(long)]
+        output: PathBuf,
+        /// Samples per batch.
+        #[arg(long, default_value_t = 4096)]
+        batch_size: usize,
+        /// Input columns to copy to the output, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        carry: Vec<String>,
+        #[arg(long, value_enum, default_value_t = Backend::Gpu)]
+        backend: Backend,
+        /// Adapter name substring (default: $PEPNET_ADAPTER, else the high-performance one).
+        #[arg(long)]
+        adapter: Option<String>,
+    },
+    /// Write a model directory with Xavier-initialised weights for a spec.
+    Init {
+        /// The model spec (model.json format).
+        #[arg(long)]
+        spec: PathBuf,
+        /// Directory to write.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// List the GPU adapters wgpu sees, with the limits and features that matter here.
+    Info,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Score {
+            model,
+            input,
+            output,
+            batch_size,
+            carry,
+            backend,
+            adapter,
+        } => score(
+            &model,
+            &input,
+            &output,
+            batch_size,
+            &carry,
+            backend,
+            adapter.as_deref(),
+        ),
+        Command::Init { spec, out, seed } => init(&spec, &out, seed),
+        Command::Info => {
+            info();
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn score(
+    model_dir: &std::path::Path,
+    input: &std::path::Path,
+    output: &std::path::Path,
+    batch_size: usize,
+    carry: &[String],
+    backend: Backend,
+    adapter: Option<&str>,
+) -> Result<()> {
+    let model = Model::load(model_dir)?;
+    let engine = match backend {
+        Backend::Gpu => {
+            let ctx = GpuContext::new(adapter)?;
+            eprintln!("adapter: {} ({:?})", ctx.info.name, ctx.info.backend);
+            let options = EngineOptions {
+                max_batch: batch_size,
+                ..Default::default()
+            };
+            Some(Engine::new(ctx, &model, &options)?)
+        }
+        Backend::Reference => None,
+    };
+    let batches = CsvBatches::open(input, &model.spec, carry, batch_size)?;
+    let mut writer = ScoreWriter::create(output, carry, &model.spec.tasks)?;
+    let start = Instant::now();
+    let mut rows = 0;
+    for batch in batches {
+        let batch = batch?;
+        let scores = match &engine {
+            Some(engine) => engine.score(&batch.batch)?,
+            None => reference::forward(&model, &batch.batch)?
+                .into_iter()
+                .map(|p| p as f32)
+                .collect(),
+        };
+        writer.write(&batch.carried, &scores)?;
+        rows += batch.batch.len();
+    }
+    writer.finish()?;
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "scored {rows} rows in {secs:.3} s ({:.0} rows/s) -> {}",
+        rows as f64 / secs.max(1e-9),
+        output.display()
+    );
+    Ok(())
+}
+
+fn init(spec_path: &std::path::Path, out: &std::path::Path, seed: u64) -> Result<()> {
+    let spec = ModelSpec::load(spec_path)?;
+    Model::init(spec, seed).save(out)?;
+    eprintln!("wrote {} (seed {seed})", out.display());
+    Ok(())
+}
+
+fn info() {
+    let adapters = pepnet::gpu::list_adapters();
+    if adapters.is_empty() {
+        println!("no adapters found; install a Vulkan driver (e.g. Debian's mesa-vulkan-drivers for lavapipe)");
+    }
+    for (i, a) in adapters.iter().enumerate() {
+        let (info, l) = (&a.info, &a.limits);
+        println!("[{i}] {}", info.name);
+        println!(
+            "    backend {:?}, device type {:?}, driver {} {}",
+            info.backend, info.device_type, info.driver, info.driver_info
+        );
+        println!(
+            "    max storage binding {} MiB, max buffer {} MiB, storage buffers per stage {}, workgroup storage {} KiB, invocations per workgroup {}",
+            l.max_storage_buffer_binding_size >> 20,
+            l.max_buffer_size >> 20,
+            l.max_storage_buffers_per_shader_stage,
+            l.max_compute_workgroup_storage_size >> 10,
+            l.max_compute_invocations_per_workgroup
+        );
+        let wanted = [
+            ("shader-f16", wgpu::Features::SHADER_F16),
+            ("subgroup", wgpu::Features::SUBGROUP),
+            ("timestamp-query", wgpu::Features::TIMESTAMP_QUERY),
+        ];
+        let have: Vec<&str> = wanted
+            .iter()
+            .filter(|(_, f)| a.features.contains(*f))
+            .map(|(n, _)| *n)
+            .collect();
+        println!(
+            "    features: {}",
+            if have.is_empty() {
+                "none of interest".to_string()
+            } else {
+                have.join(", ")
+            }
+        );
+    }
+}

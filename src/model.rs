@@ -1,0 +1,41 @@
+//! A model directory: `model.json` (the spec) and `weights.safetensors`.
+
+use std::path::Path;
+
+use crate::atomic_file;
+use crate::error::{Error, Result};
+use crate::spec::ModelSpec;
+use crate::weights::Weights;
+
+pub const SPEC_FILE: &str = "model.json";
+pub const WEIGHTS_FILE: &str = "weights.safetensors";
+
+/// A validated model: a spec and exactly the tensors it asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    pub spec: ModelSpec,
+    pub weights: Weights,
+}
+
+impl Model {
+    /// Loads `dir/model.json` and `dir/weights.safetensors`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let spec = ModelSpec::load(&dir.join(SPEC_FILE))?;
+        let weights = Weights::load(&dir.join(WEIGHTS_FILE), &spec)?;
+        Ok(Self { spec, weights })
+    }
+
+    /// A model with fresh weights (see [`Weights::init`]).
+    pub fn init(spec: ModelSpec, seed: u64) -> Self {
+        let weights = Weights::init(&spec, seed);
+        Self { spec, weights }
+    }
+
+    /// Writes the model directory, creating it if needed. Each file is written to a temporary
+    /// name and renamed into place, so a failure never leaves a half-written file.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        atomic_file::write(&dir.join(SPEC_FILE), self.spec.to_json().as_bytes())?;
+        atomic_file::write(&dir.join(WEIGHTS_FILE), &self.weights.to_safetensors())
+    }
+}

@@ -1,0 +1,382 @@
+//! The forward pass as a fixed list of GPU steps, derived once from the spec: where every
+//! activation lives, where each feature's vector is gathered to, and which linear problems run
+//! in which dispatch. It reads top to bottom like `docs/model.md`.
+//!
+//! Activations are interleaved per sample: sample m owns one row of `row_width` f32s of the
+//! activation buffer, and each block of the model (EPNet input, O_ep, each gate's output, each
+//! tower layer of every task) owns a range of columns in it. The T probabilities of the batch
+//! follow the rows as one compact `[rows, T]` block, so the readback is one contiguous copy.
+
+use std::collections::HashMap;
+
+use crate::gpu::linear::{Activation, LinearProblem, View};
+use crate::gpu::mmoe_mix::MixParams;
+use crate::spec::{ModelSpec, Role};
+use crate::weights::Weights;
+
+/// One dispatch of the forward pass.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Gather and pool every feature into its destinations.
+    Gather,
+    /// A group of linear problems in one dispatch.
+    Linear {
+        label: String,
+        problems: Vec<LinearProblem>,
+    },
+    /// MMoE's softmax-weighted mix of the experts.
+    MmoeMix(MixParams),
+}
+
+/// Dense weights (every tensor but the embeddings), packed into one buffer.
+#[derive(Debug, Clone)]
+pub struct PackedWeights {
+    pub data: Vec<f32>,
+    offsets: HashMap<String, u32>,
+}
+
+impl PackedWeights {
+    pub fn new(spec: &ModelSpec, weights: &Weights) -> Self {
+        let mut data = Vec::new();
+        let mut offsets = HashMap::new();
+        for (name, _) in spec.expected_tensors() {
+            if !name.starts_with("emb.") {
+                offsets.insert(name.clone(), data.len() as u32);
+                data.extend_from_slice(&weights.get(&name).data);
+            }
+        }
+        Self { data, offsets }
+    }
+
+    /// Offsets of `{layer}.weight` and `{layer}.bias`.
+    fn layer(&self, layer: &str) -> (u32, u32) {
+        let at = |suffix: &str| self.offsets[&format!("{layer}.{suffix}")];
+        (at("weight"), at("bias"))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// f32s per sample row of the activation buffer.
+    pub row_width: u32,
+    /// Rows the activation buffer holds: the largest batch one pass scores.
+    pub max_rows: u32,
+    /// Where the `[rows, T]` probabilities are.
+    pub out: View,
+    /// Per feature, the views its vector is gathered into.
+    pub destinations: Vec<Vec<View>>,
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    /// f32s of activation buffer one sample needs.
+    pub fn floats_per_sample(spec: &ModelSpec) -> u64 {
+        Columns::new(spec).width as u64 + spec.n_tasks() as u64
+    }
+
+    pub fn new(spec: &ModelSpec, packed: &PackedWeights, max_rows: u32) -> Self {
+        let c = Columns::new(spec);
+        let stride = c.width;
+        let at = |col: u32| View {
+            offset: col,
+            stride,
+        };
+        let t_count = spec.n_tasks() as u32;
+        let gamma = spec.gate_gamma as f32;
+        let (dg, dd, dp) = (spec.dg() as u32, spec.dd() as u32, spec.dp() as u32);
+        let w_in: Vec<u32> = spec.tower_in_widths().iter().map(|&w| w as u32).collect();
+        let w_out: Vec<u32> = spec.tower_out_widths().iter().map(|&w| w as u32).collect();
+        let out = View {
+            offset: max_rows * stride,
+            stride: t_count,
+        };
+        let problem = |layer: &str, a: View, k: u32, n: u32, y: View, activation| {
+            let (w_offset, bias_offset) = packed.layer(layer);
+            LinearProblem {
+                a,
+                gate: None,
+                multiplier: None,
+                y,
+                w_offset,
+                bias_offset,
+                n,
+                k,
+                activation,
+                gamma,
+            }
+        };
+
+        // Where each feature's vector goes: E into the EPNet input (or straight into O_ep's
+        // place without EPNet), E_d into the EPNet input, E_p in front of O_ep for PPNet.
+        let destinations = (0..spec.features.len())
+            .map(|f| {
+                let mut dest = Vec::new();
+                if let Some(off) = spec.role_offset(f, Role::General) {
+                    dest.push(at(match c.ep_in {
+                        Some(ep_in) => ep_in + dd + off as u32,
+                        None => c.o_ep + off as u32,
+                    }));
+                }
+                if let (Some(off), Some(ep_in)) = (spec.role_offset(f, Role::Domain), c.ep_in) {
+                    dest.push(at(ep_in + off as u32));
+                }
+                if let (Some(off), true) = (spec.role_offset(f, Role::Prior), spec.ppnet.is_some())
+                {
+                    dest.push(at(c.x0 + off as u32));
+                }
+                dest
+            })
+            .collect();
+
+        let mut steps = vec![Step::Gather];
+
+        // EPNet: O_ep = GateNU_ep(E_d ⊕ E) ⊙ E, the product fused into fc2's epilogue.
+        if let (Some(g), Some(ep_in), Some(ep_hidden)) = (spec.epnet, c.ep_in, c.ep_hidden) {
+            let h = g.hidden as u32;
+            let fc1 = problem(
+                "epnet.fc1",
+                at(ep_in),
+                dd + dg,
+                h,
+                at(ep_hidden),
+                Activation::Relu,
+            );
+            let mut fc2 = problem(
+                "epnet.fc2",
+                at(ep_hidden),
+                h,
+                dg,
+                at(c.o_ep),
+                Activation::Gate,
+            );
+            fc2.multiplier = Some(at(ep_in + dd));
+            steps.push(Step::Linear {
+                label: "epnet.fc1".into(),
+                problems: vec![fc1],
+            });
+            steps.push(Step::Linear {
+                label: "epnet.fc2".into(),
+                problems: vec![fc2],
+            });
+        }
+
+        // PPNet: all L+1 gates read E_p ⊕ O_ep; their fc1s run in one dispatch, fc2s in another.
+        if let (Some(g), Some(pp_hidden)) = (spec.ppnet, c.pp_hidden) {
+            let h = g.hidden as u32;
+            let fc1 = (0..w_in.len())
+                .map(|l| {
+                    let y = at(pp_hidden + l as u32 * h);
+                    problem(
+                        &format!("ppnet.{l}.fc1"),
+                        at(c.x0),
+                        dp + dg,
+                        h,
+                        y,
+                        Activation::Relu,
+                    )
+                })
+                .collect();
+            let fc2 = (0..w_in.len())
+                .map(|l| {
+                    let a = at(pp_hidden + l as u32 * h);
+                    let y = at(c.deltas[l]);
+                    problem(
+                        &format!("ppnet.{l}.fc2"),
+                        a,
+                        h,
+                        t_count * w_in[l],
+                        y,
+                        Activation::Gate,
+                    )
+                })
+                .collect();
+            steps.push(Step::Linear {
+                label: "ppnet.fc1".into(),
+                problems: fc1,
+            });
+            steps.push(Step::Linear {
+                label: "ppnet.fc2".into(),
+                problems: fc2,
+            });
+        }
+
+        // MMoE: each depth of all experts in one dispatch (with the task gates beside depth 0),
+        // then the softmax mix.
+        if let Some(e) = &spec.experts {
+            let k_count = e.count as u32;
+            let mut n_in = dg;
+            for (j, &w) in e.hidden.iter().enumerate() {
+                let w = w as u32;
+                let mut problems: Vec<LinearProblem> = (0..k_count)
+                    .map(|k| {
+                        let a = if j == 0 {
+                            at(c.o_ep)
+                        } else {
+                            at(c.experts[j - 1] + k * n_in)
+                        };
+                        let y = at(c.experts[j] + k * w);
+                        problem(&format!("expert.{k}.{j}"), a, n_in, w, y, Activation::Relu)
+                    })
+                    .collect();
+                if j == 0 {
+                    for (t, task) in spec.tasks.iter().enumerate() {
+                        let y = at(c.gate_logits + t as u32 * k_count);
+                        problems.push(problem(
+                            &format!("mmoe_gate.{task}"),
+                            at(c.o_ep),
+                            dg,
+                            k_count,
+                            y,
+                            Activation::None,
+                        ));
+                    }
+                }
+                steps.push(Step::Linear {
+                    label: format!("experts.{j}"),
+                    problems,
+                });
+                n_in = w;
+            }
+            let last = *c.experts.last().expect("validated: experts have layers");
+            steps.push(Step::MmoeMix(MixParams {
+                experts: k_count,
+                tasks: t_count,
+                width: n_in,
+                x_off: last,
+                x_stride: stride,
+                logit_off: c.gate_logits,
+                logit_stride: stride,
+                y_off: c.towers[0],
+                y_stride: stride,
+                _pad: [0; 3],
+            }));
+        }
+
+        // Towers: layer l of every task in one dispatch; PPNet's δ_t(l) scales the input as it
+        // is loaded; the last layer writes probabilities.
+        let last = w_in.len() - 1;
+        for l in 0..=last {
+            let problems = spec
+                .tasks
+                .iter()
+                .enumerate()
+                .map(|(t, task)| {
+                    let t = t as u32;
+                    let a = match (l, spec.experts.is_some()) {
+                        (0, false) => at(c.o_ep),
+                        _ => at(c.towers[l] + t * w_in[l]),
+                    };
+                    let (y, activation) = if l < last {
+                        (at(c.towers[l + 1] + t * w_out[l]), Activation::Relu)
+                    } else {
+                        (
+                            View {
+                                offset: out.offset + t,
+                                stride: out.stride,
+                            },
+                            Activation::Sigmoid,
+                        )
+                    };
+                    let mut p = problem(
+                        &format!("tower.{task}.{l}"),
+                        a,
+                        w_in[l],
+                        w_out[l],
+                        y,
+                        activation,
+                    );
+                    if spec.ppnet.is_some() {
+                        p.gate = Some(at(c.deltas[l] + t * w_in[l]));
+                    }
+                    p
+                })
+                .collect();
+            steps.push(Step::Linear {
+                label: format!("towers.{l}"),
+                problems,
+            });
+        }
+
+        Self {
+            row_width: stride,
+            max_rows,
+            out,
+            destinations,
+            steps,
+        }
+    }
+}
+
+/// Column ranges of one sample's activation row.
+struct Columns {
+    width: u32,
+    /// E_d ⊕ E (EPNet only).
+    ep_in: Option<u32>,
+    ep_hidden: Option<u32>,
+    /// E_p ⊕ O_ep: PPNet's gate input (E_p only with PPNet).
+    x0: u32,
+    o_ep: u32,
+    /// The L+1 gates' hidden layers, side by side (PPNet only).
+    pp_hidden: Option<u32>,
+    /// δ(l), T·w_l wide, for l = 0..L (PPNet only).
+    deltas: Vec<u32>,
+    /// Per expert depth j, the K experts' outputs side by side.
+    experts: Vec<u32>,
+    /// T·K gate logits (MMoE only).
+    gate_logits: u32,
+    /// H(l), T·w_l wide, for l = 0..L; H(0) only exists with experts (else towers read O_ep).
+    towers: Vec<u32>,
+}
+
+impl Columns {
+    fn new(spec: &ModelSpec) -> Self {
+        let mut width = 0u32;
+        let mut alloc = |w: usize| {
+            let col = width;
+            width += w as u32;
+            col
+        };
+        let t = spec.n_tasks();
+        let (dg, dd, dp) = (spec.dg(), spec.dd(), spec.dp());
+        let w_in = spec.tower_in_widths();
+        let ep_in = spec.epnet.map(|_| alloc(dd + dg));
+        let ep_hidden = spec.epnet.map(|g| alloc(g.hidden));
+        let x0 = alloc(if spec.ppnet.is_some() { dp } else { 0 } + dg);
+        let o_ep = x0 + if spec.ppnet.is_some() { dp as u32 } else { 0 };
+        let pp_hidden = spec.ppnet.map(|g| alloc(g.hidden * w_in.len()));
+        let deltas = match spec.ppnet {
+            Some(_) => w_in.iter().map(|&w| alloc(t * w)).collect(),
+            None => Vec::new(),
+        };
+        let (experts, gate_logits) = match &spec.experts {
+            Some(e) => (
+                e.hidden.iter().map(|&w| alloc(e.count * w)).collect(),
+                alloc(t * e.count),
+            ),
+            None => (Vec::new(), 0),
+        };
+        let towers = w_in
+            .iter()
+            .enumerate()
+            .map(|(l, &w)| {
+                if l == 0 && spec.experts.is_none() {
+                    0
+                } else {
+                    alloc(t * w)
+                }
+            })
+            .collect();
+        Self {
+            width,
+            ep_in,
+            ep_hidden,
+            x0,
+            o_ep,
+            pp_hidden,
+            deltas,
+            experts,
+            gate_logits,
+            towers,
+        }
+    }
+}

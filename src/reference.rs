@@ -1,0 +1,289 @@
+//! The CPU reference: PEPNet's forward pass in plain f64, one sample at a time, one function per
+//! block of `docs/model.md`. It is written to be obviously right, not fast; every GPU test
+//! compares against it.
+
+use crate::batch::Batch;
+use crate::error::Result;
+use crate::model::Model;
+use crate::spec::{FeatureKind, Pooling, Role};
+use crate::weights::Weights;
+
+/// Scores a batch: `B × T` probabilities, row-major (sample-major).
+pub fn forward(model: &Model, batch: &Batch) -> Result<Vec<f64>> {
+    batch.validate(&model.spec, "batch", 1)?;
+    let t = model.spec.n_tasks();
+    let mut out = Vec::with_capacity(batch.len() * t);
+    for i in 0..batch.len() {
+        out.extend(forward_sample(model, batch, i));
+    }
+    Ok(out)
+}
+
+/// The T probabilities of sample `i`.
+pub fn forward_sample(model: &Model, batch: &Batch, i: usize) -> Vec<f64> {
+    let spec = &model.spec;
+    let w = &model.weights;
+    let gamma = spec.gate_gamma;
+    let e = concat_role(model, batch, i, Role::General);
+    let e_d = concat_role(model, batch, i, Role::Domain);
+    let e_p = concat_role(model, batch, i, Role::Prior);
+
+    // EPNet: O_ep = GateNU_ep(E_d ⊕ sg(E)) ⊙ E.
+    let o_ep = match spec.epnet {
+        Some(_) => {
+            let delta = gate_nu(w, "epnet", &cat(&e_d, &e), gamma);
+            hadamard(&delta, &e)
+        }
+        None => e,
+    };
+
+    // PPNet: one gate per tower layer, its output cut into T chunks.
+    let widths = spec.tower_in_widths();
+    let t_count = spec.n_tasks();
+    let deltas: Vec<Vec<f64>> = (0..widths.len())
+        .map(|l| match spec.ppnet {
+            Some(_) => gate_nu(w, &format!("ppnet.{l}"), &cat(&e_p, &o_ep), gamma),
+            None => vec![1.0; t_count * widths[l]],
+        })
+        .collect();
+
+    let h0: Vec<Vec<f64>> = match &spec.experts {
+        Some(ex) => mmoe(model, &o_ep, ex.count, ex.hidden.len()),
+        None => vec![o_ep.clone(); t_count],
+    };
+
+    spec.tasks
+        .iter()
+        .enumerate()
+        .map(|(t, task)| {
+            let mut h = h0[t].clone();
+            for (l, &wl) in widths.iter().enumerate() {
+                let delta_t = &deltas[l][t * wl..(t + 1) * wl];
+                let y = linear(w, &format!("tower.{task}.{l}"), &hadamard(delta_t, &h));
+                h = if l + 1 < widths.len() { relu(y) } else { y };
+            }
+            sigmoid(h[0])
+        })
+        .collect()
+}
+
+/// The d-wide vector of feature `f` for sample `i`.
+pub fn feature_vector(model: &Model, batch: &Batch, f: usize, i: usize) -> Vec<f64> {
+    let spec = &model.spec;
+    let feature = &spec.features[f];
+    let d = spec.d();
+    let table = &model.weights.get(&format!("emb.{}", feature.name)).data;
+    let row = |id: u64| {
+        table[id as usize * d..(id as usize + 1) * d]
+            .iter()
+            .map(|&x| x as f64)
+    };
+    let column = &batch.columns[f];
+    match feature.kind {
+        FeatureKind::Sparse => row(column.ids(i)[0]).collect(),
+        FeatureKind::MultiHot => {
+            let ids = column.ids(i);
+            let mut v = vec![0.0; d];
+            for &id in ids {
+                for (acc, x) in v.iter_mut().zip(row(id)) {
+                    *acc += x;
+                }
+            }
+            if feature.pooling == Some(Pooling::Mean) && !ids.is_empty() {
+                v.iter_mut().for_each(|x| *x /= ids.len() as f64);
+            }
+            v
+        }
+        FeatureKind::Dense => {
+            let x = match column {
+                crate::batch::Column::Dense(values) => values[i] as f64,
+                _ => unreachable!("validated: dense features have dense columns"),
+            };
+            table.iter().map(|&v| x * v as f64).collect()
+        }
+    }
+}
+
+/// Concatenation, in spec order, of the vectors of the features that have `role`.
+fn concat_role(model: &Model, batch: &Batch, i: usize, role: Role) -> Vec<f64> {
+    (0..model.spec.features.len())
+        .filter(|&f| model.spec.features[f].has_role(role))
+        .flat_map(|f| feature_vector(model, batch, f, i))
+        .collect()
+}
+
+/// MMoE: H_t(0) = Σ_k softmax(Wg_t O_ep + bg_t)_k · X_k, for every task t.
+fn mmoe(model: &Model, o_ep: &[f64], count: usize, depth: usize) -> Vec<Vec<f64>> {
+    let w = &model.weights;
+    let experts: Vec<Vec<f64>> = (0..count)
+        .map(|k| {
+            let mut x = o_ep.to_vec();
+            for j in 0..depth {
+                x = relu(linear(w, &format!("expert.{k}.{j}"), &x));
+            }
+            x
+        })
+        .collect();
+    model
+        .spec
+        .tasks
+        .iter()
+        .map(|task| {
+            let g = softmax(&linear(w, &format!("mmoe_gate.{task}"), o_ep));
+            let mut h = vec![0.0; experts[0].len()];
+            for (gk, xk) in g.iter().zip(&experts) {
+                for (acc, x) in h.iter_mut().zip(xk) {
+                    *acc += gk * x;
+                }
+            }
+            h
+        })
+        .collect()
+}
+
+/// Gate NU: γ · σ(fc2(ReLU(fc1(x)))).
+pub fn gate_nu(w: &Weights, prefix: &str, x: &[f64], gamma: f64) -> Vec<f64> {
+    let hidden = relu(linear(w, &format!("{prefix}.fc1"), x));
+    linear(w, &format!("{prefix}.fc2"), &hidden)
+        .into_iter()
+        .map(|z| gamma * sigmoid(z))
+        .collect()
+}
+
+/// `y = x · weightᵀ + bias`, PyTorch's `nn.Linear` convention (weight is `[out, in]`).
+pub fn linear(w: &Weights, name: &str, x: &[f64]) -> Vec<f64> {
+    let weight = w.get(&format!("{name}.weight"));
+    let bias = &w.get(&format!("{name}.bias")).data;
+    let n_in = weight.shape[1];
+    assert_eq!(x.len(), n_in, "{name}: input width");
+    weight
+        .data
+        .chunks_exact(n_in)
+        .zip(bias)
+        .map(|(row, &b)| b as f64 + row.iter().zip(x).map(|(&a, &x)| a as f64 * x).sum::<f64>())
+        .collect()
+}
+
+pub fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+fn relu(v: Vec<f64>) -> Vec<f64> {
+    v.into_iter().map(|x| x.max(0.0)).collect()
+}
+
+fn softmax(z: &[f64]) -> Vec<f64> {
+    let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = z.iter().map(|x| (x - max).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.into_iter().map(|x| x / sum).collect()
+}
+
+fn cat(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().chain(b).copied().collect()
+}
+
+fn hadamard(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| x * y).collect()
+}
+
+/// f64 references of the individual GPU kernels, on the same flat buffers and descriptors the
+/// kernels read. Kernel tests compare each kernel against these on random problems.
+pub mod kernels {
+    use crate::gpu::gather::{GatherLayout, NO_ROW};
+    use crate::gpu::linear::{Activation, LinearProblem};
+    use crate::gpu::mmoe_mix::MixParams;
+
+    /// Every problem of one linear dispatch, reading `act` as it was before the dispatch and
+    /// writing each problem's output view.
+    pub fn linear_group(problems: &[LinearProblem], rows: usize, weights: &[f32], act: &mut [f64]) {
+        let before = act.to_vec();
+        for p in problems {
+            let at = |v: crate::gpu::linear::View, m: usize, c: usize| {
+                v.offset as usize + m * v.stride as usize + c
+            };
+            for m in 0..rows {
+                for n in 0..p.n as usize {
+                    let mut z = weights[p.bias_offset as usize + n] as f64;
+                    for k in 0..p.k as usize {
+                        let mut a = before[at(p.a, m, k)];
+                        if let Some(g) = p.gate {
+                            a *= before[at(g, m, k)];
+                        }
+                        z += a * weights[p.w_offset as usize + n * p.k as usize + k] as f64;
+                    }
+                    let mut y = match p.activation {
+                        Activation::None => z,
+                        Activation::Relu => z.max(0.0),
+                        Activation::Gate => p.gamma as f64 * super::sigmoid(z),
+                        Activation::Sigmoid => super::sigmoid(z),
+                    };
+                    if let Some(mv) = p.multiplier {
+                        y *= before[at(mv, m, n)];
+                    }
+                    act[at(p.y, m, n)] = y;
+                }
+            }
+        }
+    }
+
+    /// The gather: every feature's pooled vector of every sample, written to its destinations.
+    /// `table(row, k)` reads element k of a global row.
+    pub fn gather(
+        layout: &GatherLayout,
+        table: &dyn Fn(u32, usize) -> f64,
+        ids: &[u32],
+        dense: &[f32],
+        rows: usize,
+        act: &mut [f64],
+    ) {
+        let p = &layout.params;
+        let d = p.d as usize;
+        for b in 0..rows {
+            for f in &layout.features {
+                for k in 0..d {
+                    let v = if f.kind == 2 {
+                        dense[b * p.n_dense as usize + f.dense_col as usize] as f64
+                            * table(f.dense_row, k)
+                    } else {
+                        let first = b * p.slots as usize + f.first_slot as usize;
+                        let rows: Vec<u32> = ids[first..first + f.n_slots as usize]
+                            .iter()
+                            .copied()
+                            .take_while(|&r| r != NO_ROW)
+                            .collect();
+                        let sum: f64 = rows.iter().map(|&r| table(r, k)).sum();
+                        if f.mean != 0 && !rows.is_empty() {
+                            sum / rows.len() as f64
+                        } else {
+                            sum
+                        }
+                    };
+                    for dst in &f.destinations[..f.n_destinations as usize] {
+                        act[dst[0] as usize + b * dst[1] as usize + k] = v;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The MMoE mix of every sample and task.
+    pub fn mmoe_mix(p: &MixParams, rows: usize, act: &mut [f64]) {
+        let (k_count, width) = (p.experts as usize, p.width as usize);
+        for b in 0..rows {
+            for t in 0..p.tasks as usize {
+                let logits: Vec<f64> = (0..k_count)
+                    .map(|k| {
+                        act[p.logit_off as usize + b * p.logit_stride as usize + t * k_count + k]
+                    })
+                    .collect();
+                let g = super::softmax(&logits);
+                for i in 0..width {
+                    let x = p.x_off as usize + b * p.x_stride as usize + i;
+                    let mixed: f64 = (0..k_count).map(|k| g[k] * act[x + k * width]).sum();
+                    act[p.y_off as usize + b * p.y_stride as usize + t * width + i] = mixed;
+                }
+            }
+        }
+    }
+}

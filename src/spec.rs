@@ -1,0 +1,442 @@
+//! The model spec (`model.json`): parsing, validation, and the widths every other module derives
+//! from it. The contract is `docs/model.md`; this module is its only reader.
+
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureKind {
+    /// One id in `[0, vocab)`.
+    Sparse,
+    /// A list of `0..=max_len` ids, pooled by sum or mean.
+    MultiHot,
+    /// One float `x`; its vector is `x · v`.
+    Dense,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    Sum,
+    Mean,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    General,
+    Domain,
+    Prior,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureSpec {
+    pub name: String,
+    pub kind: FeatureKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocab: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_len: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooling: Option<Pooling>,
+    pub roles: Vec<Role>,
+}
+
+impl FeatureSpec {
+    /// Rows of the feature's embedding table: `vocab`, or 1 for a dense feature's vector `v`.
+    pub fn rows(&self) -> usize {
+        match self.kind {
+            FeatureKind::Dense => 1,
+            _ => self.vocab.unwrap_or(0),
+        }
+    }
+
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+/// A Gate NU's hidden width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateSpec {
+    pub hidden: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpertsSpec {
+    pub count: usize,
+    pub hidden: Vec<usize>,
+}
+
+fn default_gamma() -> f64 {
+    2.0
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub embedding_dim: usize,
+    #[serde(default = "default_gamma")]
+    pub gate_gamma: f64,
+    pub domain_feature: String,
+    pub tasks: Vec<String>,
+    pub features: Vec<FeatureSpec>,
+    #[serde(default)]
+    pub epnet: Option<GateSpec>,
+    #[serde(default)]
+    pub ppnet: Option<GateSpec>,
+    #[serde(default)]
+    pub experts: Option<ExpertsSpec>,
+    pub towers: Vec<usize>,
+}
+
+impl ModelSpec {
+    /// Reads and validates a spec file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_json(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates spec text; `file` names it in errors.
+    pub fn from_json(text: &str, file: &str) -> Result<Self> {
+        let spec: ModelSpec = serde_json::from_str(text).map_err(|e| Error::Spec {
+            file: file.to_string(),
+            message: e.to_string(),
+        })?;
+        spec.validate().map_err(|message| Error::Spec {
+            file: file.to_string(),
+            message,
+        })?;
+        Ok(spec)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a spec always serialises")
+    }
+
+    /// Checks every rule of the contract; the message names the offending key.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.embedding_dim == 0 {
+            return Err("key 'embedding_dim': must be at least 1, found 0".into());
+        }
+        if !(self.gate_gamma.is_finite() && self.gate_gamma > 0.0) {
+            return Err(format!(
+                "key 'gate_gamma': must be a positive finite number, found {}",
+                self.gate_gamma
+            ));
+        }
+        if self.tasks.is_empty() {
+            return Err("key 'tasks': the task list is empty; at least one task is needed".into());
+        }
+        for (i, t) in self.tasks.iter().enumerate() {
+            if t.is_empty() {
+                return Err(format!("key 'tasks[{i}]': empty task name"));
+            }
+            if self.tasks[..i].contains(t) {
+                return Err(format!("key 'tasks[{i}]': duplicate task name '{t}'"));
+            }
+        }
+        if self.features.is_empty() {
+            return Err("key 'features': the feature list is empty".into());
+        }
+        for (i, f) in self.features.iter().enumerate() {
+            let at = format!("key 'features[{i}]' ('{}')", f.name);
+            if f.name.is_empty() {
+                return Err(format!("key 'features[{i}].name': empty feature name"));
+            }
+            if self.features[..i].iter().any(|g| g.name == f.name) {
+                return Err(format!("{at}: duplicate feature name"));
+            }
+            if f.roles.is_empty() {
+                return Err(format!("{at}.roles: the feature has no role"));
+            }
+            for (j, r) in f.roles.iter().enumerate() {
+                if f.roles[..j].contains(r) {
+                    return Err(format!("{at}.roles: role {r:?} given twice"));
+                }
+            }
+            match f.kind {
+                FeatureKind::Sparse | FeatureKind::MultiHot => match f.vocab {
+                    None => {
+                        return Err(format!(
+                            "{at}.vocab: missing; {:?} features need a vocabulary size",
+                            f.kind
+                        ))
+                    }
+                    Some(0) => return Err(format!("{at}.vocab: must be at least 1, found 0")),
+                    Some(v) if v > u32::MAX as usize / 2 => {
+                        return Err(format!(
+                            "{at}.vocab: {v} is larger than this engine supports ({})",
+                            u32::MAX / 2
+                        ))
+                    }
+                    Some(_) => {}
+                },
+                FeatureKind::Dense => {
+                    if f.vocab.is_some() {
+                        return Err(format!("{at}.vocab: a dense feature has no vocabulary"));
+                    }
+                }
+            }
+            match f.kind {
+                FeatureKind::MultiHot => {
+                    match f.max_len {
+                        None => {
+                            return Err(format!(
+                                "{at}.max_len: missing; multi_hot features need it"
+                            ))
+                        }
+                        Some(0) => {
+                            return Err(format!("{at}.max_len: must be at least 1, found 0"))
+                        }
+                        Some(_) => {}
+                    }
+                    if f.pooling.is_none() {
+                        return Err(format!(
+                            "{at}.pooling: missing; multi_hot features need \"sum\" or \"mean\""
+                        ));
+                    }
+                }
+                _ => {
+                    if f.max_len.is_some() {
+                        return Err(format!(
+                            "{at}.max_len: only multi_hot features have max_len"
+                        ));
+                    }
+                    if f.pooling.is_some() {
+                        return Err(format!(
+                            "{at}.pooling: only multi_hot features have pooling"
+                        ));
+                    }
+                }
+            }
+        }
+        let domain = self
+            .features
+            .iter()
+            .find(|f| f.name == self.domain_feature)
+            .ok_or_else(|| {
+                format!(
+                    "key 'domain_feature': no feature named '{}' in 'features'",
+                    self.domain_feature
+                )
+            })?;
+        if domain.kind != FeatureKind::Sparse || !domain.has_role(Role::Domain) {
+            return Err(format!(
+                "key 'domain_feature': '{}' must be a sparse feature with the role \"domain\"",
+                self.domain_feature
+            ));
+        }
+        if self.n_general_features() == 0 {
+            return Err("key 'features': no feature has the role \"general\"".into());
+        }
+        if let Some(g) = self.epnet {
+            if g.hidden == 0 {
+                return Err("key 'epnet.hidden': must be at least 1, found 0".into());
+            }
+        }
+        if let Some(g) = self.ppnet {
+            if g.hidden == 0 {
+                return Err("key 'ppnet.hidden': must be at least 1, found 0".into());
+            }
+        }
+        if let Some(e) = &self.experts {
+            if e.count == 0 {
+                return Err("key 'experts.count': must be at least 1, found 0".into());
+            }
+            if e.hidden.is_empty() {
+                return Err("key 'experts.hidden': an expert needs at least one layer".into());
+            }
+            if let Some(j) = e.hidden.iter().position(|&w| w == 0) {
+                return Err(format!(
+                    "key 'experts.hidden[{j}]': must be at least 1, found 0"
+                ));
+            }
+        }
+        if let Some(j) = self.towers.iter().position(|&w| w == 0) {
+            return Err(format!("key 'towers[{j}]': must be at least 1, found 0"));
+        }
+        Ok(())
+    }
+
+    pub fn d(&self) -> usize {
+        self.embedding_dim
+    }
+
+    pub fn n_tasks(&self) -> usize {
+        self.tasks.len()
+    }
+
+    fn role_features(&self, role: Role) -> impl Iterator<Item = &FeatureSpec> {
+        self.features.iter().filter(move |f| f.has_role(role))
+    }
+
+    fn n_general_features(&self) -> usize {
+        self.role_features(Role::General).count()
+    }
+
+    /// Width of E, the general embeddings.
+    pub fn dg(&self) -> usize {
+        self.n_general_features() * self.d()
+    }
+
+    /// Width of E_d, the domain-side embeddings.
+    pub fn dd(&self) -> usize {
+        self.role_features(Role::Domain).count() * self.d()
+    }
+
+    /// Width of E_p, the prior embeddings.
+    pub fn dp(&self) -> usize {
+        self.role_features(Role::Prior).count() * self.d()
+    }
+
+    /// Column of feature `f`'s vector inside the concatenation for `role`, if it has that role.
+    pub fn role_offset(&self, feature: usize, role: Role) -> Option<usize> {
+        if !self.features[feature].has_role(role) {
+            return None;
+        }
+        let before = self.features[..feature]
+            .iter()
+            .filter(|f| f.has_role(role))
+            .count();
+        Some(before * self.d())
+    }
+
+    /// L, the number of hidden tower layers.
+    pub fn n_hidden(&self) -> usize {
+        self.towers.len()
+    }
+
+    /// Input widths w_0..w_L of the L+1 tower layers (w_0 is the width of H_t(0)).
+    pub fn tower_in_widths(&self) -> Vec<usize> {
+        let w0 = match &self.experts {
+            Some(e) => *e.hidden.last().expect("validated: experts have layers"),
+            None => self.dg(),
+        };
+        std::iter::once(w0)
+            .chain(self.towers.iter().copied())
+            .collect()
+    }
+
+    /// Output widths of the L+1 tower layers: w_1..w_L, then 1.
+    pub fn tower_out_widths(&self) -> Vec<usize> {
+        self.towers
+            .iter()
+            .copied()
+            .chain(std::iter::once(1))
+            .collect()
+    }
+
+    /// Every tensor the weights file must hold, with its shape, in a stable order.
+    pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let d = self.d();
+        let (dg, dd, dp) = (self.dg(), self.dd(), self.dp());
+        let mut out = Vec::new();
+        for f in &self.features {
+            let shape = match f.kind {
+                FeatureKind::Dense => vec![d],
+                _ => vec![f.rows(), d],
+            };
+            out.push((format!("emb.{}", f.name), shape));
+        }
+        let mut linear = |name: String, n_out: usize, n_in: usize| {
+            out.push((format!("{name}.weight"), vec![n_out, n_in]));
+            out.push((format!("{name}.bias"), vec![n_out]));
+        };
+        if let Some(g) = self.epnet {
+            linear("epnet.fc1".into(), g.hidden, dd + dg);
+            linear("epnet.fc2".into(), dg, g.hidden);
+        }
+        let t = self.n_tasks();
+        let w_in = self.tower_in_widths();
+        if let Some(g) = self.ppnet {
+            for (l, &w) in w_in.iter().enumerate() {
+                linear(format!("ppnet.{l}.fc1"), g.hidden, dp + dg);
+                linear(format!("ppnet.{l}.fc2"), t * w, g.hidden);
+            }
+        }
+        if let Some(e) = &self.experts {
+            for k in 0..e.count {
+                let mut n_in = dg;
+                for (j, &w) in e.hidden.iter().enumerate() {
+                    linear(format!("expert.{k}.{j}"), w, n_in);
+                    n_in = w;
+                }
+            }
+            for task in &self.tasks {
+                linear(format!("mmoe_gate.{task}"), e.count, dg);
+            }
+        }
+        let w_out = self.tower_out_widths();
+        for task in &self.tasks {
+            for l in 0..w_in.len() {
+                linear(format!("tower.{task}.{l}"), w_out[l], w_in[l]);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = r#"{
+      "embedding_dim": 4, "gate_gamma": 2.0, "domain_feature": "tab",
+      "tasks": ["click", "like"],
+      "features": [
+        {"name": "tab", "kind": "sparse", "vocab": 3, "roles": ["domain"]},
+        {"name": "user_id", "kind": "sparse", "vocab": 10, "roles": ["general", "prior"]},
+        {"name": "tags", "kind": "multi_hot", "vocab": 5, "max_len": 3, "pooling": "mean", "roles": ["general"]},
+        {"name": "dur", "kind": "dense", "roles": ["general", "domain"]}
+      ],
+      "epnet": {"hidden": 8}, "ppnet": {"hidden": 6}, "experts": null, "towers": [5, 3]
+    }"#;
+
+    #[test]
+    fn widths_follow_roles_in_spec_order() {
+        let s = ModelSpec::from_json(SPEC, "m.json").unwrap();
+        assert_eq!((s.dg(), s.dd(), s.dp()), (12, 8, 4));
+        assert_eq!(s.role_offset(2, Role::General), Some(4));
+        assert_eq!(s.role_offset(3, Role::Domain), Some(4));
+        assert_eq!(s.role_offset(0, Role::General), None);
+        assert_eq!(s.tower_in_widths(), vec![12, 5, 3]);
+        let names: Vec<_> = s.expected_tensors().into_iter().map(|t| t.0).collect();
+        assert!(names.contains(&"ppnet.2.fc2.weight".to_string()));
+        assert!(names.contains(&"tower.like.2.bias".to_string()));
+    }
+
+    fn err(text: &str) -> String {
+        ModelSpec::from_json(text, "m.json")
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(err(&SPEC.replace("\"towers\"", "\"colour\": 1, \"towers\"")).contains("colour"));
+        assert!(err(&SPEC.replace(
+            "\"domain_feature\": \"tab\"",
+            "\"domain_feature\": \"page\""
+        ))
+        .contains("domain_feature"));
+        assert!(err(&SPEC.replace("[\"click\", \"like\"]", "[]")).contains("tasks"));
+        assert!(
+            err(&SPEC.replace("\"roles\": [\"general\"]", "\"roles\": []")).contains("features[2]")
+        );
+        assert!(err(&SPEC.replace("[5, 3]", "[5, 0]")).contains("towers[1]"));
+        assert!(err(&SPEC.replace("\"hidden\": 8", "\"hidden\": 0")).contains("epnet.hidden"));
+        assert!(
+            err(&SPEC.replace("\"embedding_dim\": 4", "\"embedding_dim\": 0"))
+                .contains("embedding_dim")
+        );
+        assert!(err(&SPEC.replace("\"vocab\": 5", "\"vocab\": 0")).contains("vocab"));
+        assert!(err(&SPEC.replace("\"max_len\": 3, ", "")).contains("max_len"));
+    }
+}
