@@ -1,0 +1,159 @@
+//! Shared test fixtures: one GPU context per test binary, random specs covering every model
+//! variant, and random batches. Everything random is seeded, so a failure names its seed.
+#![allow(dead_code)]
+
+use std::sync::{Arc, OnceLock};
+
+use pepnet::spec::{ExpertsSpec, FeatureKind, FeatureSpec, GateSpec, ModelSpec, Pooling, Role};
+use pepnet::{Batch, Column, GpuContext};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+pub type Rng = ChaCha8Rng;
+
+pub fn rng(seed: u64) -> Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+/// The GPU every test of this binary shares (lavapipe on a machine without a GPU). Tests fail,
+/// never skip, without one: CI installs a driver.
+pub fn gpu() -> Arc<GpuContext> {
+    static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
+    CTX.get_or_init(|| {
+        GpuContext::new(None).expect("a GPU adapter (install mesa-vulkan-drivers for lavapipe)")
+    })
+    .clone()
+}
+
+/// Awkward widths: 1, primes, and non-multiples of every tile size (4, 16, 64).
+pub fn width(rng: &mut Rng, max: usize) -> usize {
+    const AWKWARD: [usize; 12] = [1, 2, 3, 5, 7, 13, 17, 31, 37, 61, 67, 97];
+    if rng.random_range(0..3) == 0 {
+        rng.random_range(1..=max)
+    } else {
+        let choices: Vec<usize> = AWKWARD.iter().copied().filter(|&w| w <= max).collect();
+        choices[rng.random_range(0..choices.len())]
+    }
+}
+
+/// A random valid spec. `variant` picks EPNet (bit 0), PPNet (bit 1) and experts (bit 2), so
+/// consecutive variants cover every combination.
+pub fn random_spec(rng: &mut Rng, variant: u32) -> ModelSpec {
+    let d = if rng.random_range(0..4) == 0 {
+        *[1, 64].get(rng.random_range(0..2)).unwrap()
+    } else {
+        width(rng, 64)
+    };
+    let n_tasks = rng.random_range(1..=6);
+    let mut features = vec![FeatureSpec {
+        name: "domain".into(),
+        kind: FeatureKind::Sparse,
+        vocab: Some(rng.random_range(1..=5)),
+        max_len: None,
+        pooling: None,
+        roles: vec![Role::Domain],
+    }];
+    let n_more = rng.random_range(1..=5);
+    for i in 0..n_more {
+        let kind = [
+            FeatureKind::Sparse,
+            FeatureKind::MultiHot,
+            FeatureKind::Dense,
+        ][rng.random_range(0..3)];
+        let mut roles: Vec<Role> = [Role::General, Role::Domain, Role::Prior]
+            .into_iter()
+            .filter(|_| rng.random_range(0..2) == 0)
+            .collect();
+        if i == 0 && !roles.contains(&Role::General) {
+            roles.insert(0, Role::General);
+        }
+        if roles.is_empty() {
+            roles.push(Role::Prior);
+        }
+        features.push(FeatureSpec {
+            name: format!("f{i}"),
+            kind,
+            vocab: (kind != FeatureKind::Dense).then(|| rng.random_range(1..=300)),
+            max_len: (kind == FeatureKind::MultiHot).then(|| rng.random_range(1..=6)),
+            pooling: (kind == FeatureKind::MultiHot).then(|| {
+                if rng.random_range(0..2) == 0 {
+                    Pooling::Sum
+                } else {
+                    Pooling::Mean
+                }
+            }),
+            roles,
+        });
+    }
+    let gate = |rng: &mut Rng| GateSpec {
+        hidden: width(rng, 40),
+    };
+    let epnet = (variant & 1 != 0).then(|| gate(rng));
+    let ppnet = (variant & 2 != 0).then(|| gate(rng));
+    let experts = (variant & 4 != 0).then(|| ExpertsSpec {
+        count: rng.random_range(1..=4),
+        hidden: (0..rng.random_range(1..=2))
+            .map(|_| width(rng, 40))
+            .collect(),
+    });
+    let towers = (0..rng.random_range(0..=3))
+        .map(|_| width(rng, 40))
+        .collect();
+    let spec = ModelSpec {
+        embedding_dim: d,
+        gate_gamma: if rng.random_range(0..4) == 0 {
+            rng.random_range(0.5..3.0)
+        } else {
+            2.0
+        },
+        domain_feature: "domain".into(),
+        tasks: (0..n_tasks).map(|t| format!("task{t}")).collect(),
+        features,
+        epnet,
+        ppnet,
+        experts,
+        towers,
+    };
+    spec.validate().expect("the generator makes valid specs");
+    spec
+}
+
+/// A random batch of `n` samples: ids anywhere in each vocabulary, lists of every length from
+/// empty to max_len, dense values in [-2, 2].
+pub fn random_batch(rng: &mut Rng, spec: &ModelSpec, n: usize) -> Batch {
+    let columns = spec
+        .features
+        .iter()
+        .map(|f| match f.kind {
+            FeatureKind::Sparse => Column::Sparse(
+                (0..n)
+                    .map(|_| rng.random_range(0..f.rows() as u64))
+                    .collect(),
+            ),
+            FeatureKind::MultiHot => {
+                let mut offsets = vec![0];
+                let mut ids = Vec::new();
+                for _ in 0..n {
+                    for _ in 0..rng.random_range(0..=f.max_len.unwrap()) {
+                        ids.push(rng.random_range(0..f.rows() as u64));
+                    }
+                    offsets.push(ids.len());
+                }
+                Column::MultiHot { offsets, ids }
+            }
+            FeatureKind::Dense => {
+                Column::Dense((0..n).map(|_| rng.random_range(-2.0..2.0)).collect())
+            }
+        })
+        .collect();
+    Batch::new(columns)
+}
+
+/// Largest |a - b| over two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y).abs())
+        .fold(0.0, f64::max)
+}
