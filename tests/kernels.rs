@@ -1,0 +1,288 @@
+//! Each WGSL kernel on its own, against its f64 reference in `pepnet::reference::kernels`, on
+//! random inputs and awkward shapes (1, primes, non-multiples of the 64×64×16 tiles). The
+//! activation buffer starts filled with random values, so an output the kernel forgot to write
+//! (or wrote where it should not) shows up as a mismatch.
+//!
+//! Tolerance: |gpu − reference| ≤ 1e-5 · (1 + |reference|), with operands scaled so that
+//! every output is of order one.
+
+mod common;
+
+use common::{gpu, random_spec, rng, width, Rng};
+use pepnet::gpu::gather::{GatherLayout, MAX_PAGES};
+use pepnet::gpu::linear::{lay_out, Activation, LinearProblem, SpanParams, View};
+use pepnet::gpu::mmoe_mix::MixParams;
+use pepnet::gpu::{BatchParams, GpuContext};
+use pepnet::reference::kernels;
+use pepnet::Weights;
+use rand::RngExt;
+
+fn random_vec(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+fn assert_close(got: &[f32], want: &[f64], what: &str) {
+    assert_eq!(got.len(), want.len());
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let tol = 1e-5 * (1.0 + w.abs());
+        assert!(
+            (g as f64 - w).abs() <= tol,
+            "{what}: element {i}: gpu {g}, reference {w}"
+        );
+    }
+}
+
+/// Runs one dispatch recorded by `record` and returns the activation buffer afterwards.
+fn run(
+    ctx: &GpuContext,
+    act: &wgpu::Buffer,
+    len: usize,
+    record: impl FnOnce(&mut wgpu::ComputePass),
+) -> Vec<f32> {
+    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        record(&mut pass);
+    }
+    ctx.queue.submit([encoder.finish()]);
+    ctx.read_buffer(act, len).unwrap()
+}
+
+#[test]
+fn linear_matches_reference_on_random_groups() {
+    let ctx = gpu();
+    for seed in 0..40u64 {
+        let mut r = rng(seed);
+        let rows = [1, 7, 64, 65, 130, 257][seed as usize % 6];
+        let n_problems = r.random_range(1..=5);
+        // Lay each problem's input, gate, multiplier and output out in columns of one row.
+        let mut width_used = 0u32;
+        let mut alloc = |w: u32| {
+            let c = width_used;
+            width_used += w + 3; // a gap, so neighbours' overreads would show
+            c
+        };
+        let mut shapes = Vec::new();
+        for _ in 0..n_problems {
+            let (n, k) = (width(&mut r, 150) as u32, width(&mut r, 150) as u32);
+            let gated = r.random_range(0..2) == 0;
+            let multiplied = r.random_range(0..2) == 0;
+            let cols = (
+                alloc(k),
+                gated.then(|| alloc(k)),
+                multiplied.then(|| alloc(n)),
+                alloc(n),
+            );
+            shapes.push((n, k, cols));
+        }
+        let stride = width_used + r.random_range(0..5);
+        let mut weights = Vec::new();
+        let problems: Vec<LinearProblem> = shapes
+            .iter()
+            .map(|&(n, k, (a, g, m, y))| {
+                let w_offset = weights.len() as u32;
+                weights.extend(random_vec(
+                    &mut r,
+                    (n * k) as usize,
+                    1.0 / (k as f32).sqrt(),
+                ));
+                let bias_offset = weights.len() as u32;
+                weights.extend(random_vec(&mut r, n as usize, 0.5));
+                let at = |c: u32| View { offset: c, stride };
+                LinearProblem {
+                    a: at(a),
+                    gate: g.map(at),
+                    multiplier: m.map(at),
+                    y: at(y),
+                    w_offset,
+                    bias_offset,
+                    n,
+                    k,
+                    activation: [
+                        Activation::None,
+                        Activation::Relu,
+                        Activation::Gate,
+                        Activation::Sigmoid,
+                    ][r.random_range(0..4)],
+                    gamma: r.random_range(0.5..3.0),
+                }
+            })
+            .collect();
+        let len = rows * stride as usize;
+        let initial = random_vec(&mut r, len, 1.0);
+        let (table, tiles) = lay_out(&problems);
+        let span = ctx.uniform_buffer(
+            "span",
+            &SpanParams {
+                first: 0,
+                count: table.len() as u32,
+                _pad: [0; 2],
+            },
+        );
+        let batch = ctx.uniform_buffer(
+            "batch",
+            &BatchParams {
+                rows: rows as u32,
+                _pad: [0; 3],
+            },
+        );
+        let problem_buf = ctx.storage_buffer("problems", &table);
+        let weight_buf = ctx.storage_buffer("weights", &weights);
+        let act = ctx.storage_buffer("act", &initial);
+        let bg = ctx
+            .linear
+            .bind_group(&ctx.device, &span, &batch, &problem_buf, &weight_buf, &act);
+        let got = run(&ctx, &act, len, |pass| {
+            ctx.linear.dispatch(pass, &bg, tiles, rows as u32)
+        });
+        let mut want: Vec<f64> = initial.iter().map(|&x| x as f64).collect();
+        kernels::linear_group(&problems, rows, &weights, &mut want);
+        assert_close(
+            &got,
+            &want,
+            &format!("linear seed {seed}, rows {rows}, {problems:?}"),
+        );
+    }
+}
+
+#[test]
+fn gather_matches_reference_on_random_specs_and_pages() {
+    let ctx = gpu();
+    for seed in 0..24u64 {
+        let mut r = rng(100 + seed);
+        let spec = random_spec(&mut r, seed as u32 % 8);
+        let d = spec.d();
+        let weights = Weights::init(&spec, seed);
+        let rows = [1, 7, 256, 1000][seed as usize % 4];
+        // Each feature gets 1–3 destinations, each its own d-wide block of a sample's row.
+        let mut used = 0u32;
+        let mut destinations = Vec::new();
+        for _ in &spec.features {
+            let n = r.random_range(0..=3);
+            destinations.push(
+                (0..n)
+                    .map(|_| {
+                        used += d as u32 + r.random_range(0..3);
+                        used - d as u32
+                    })
+                    .collect::<Vec<u32>>(),
+            );
+        }
+        let stride = used + 1;
+        let destinations: Vec<Vec<View>> = destinations
+            .into_iter()
+            .map(|cols| {
+                cols.into_iter()
+                    .map(|offset| View { offset, stride })
+                    .collect()
+            })
+            .collect();
+        let total_rows: u64 = spec.features.iter().map(|f| f.rows() as u64).sum();
+        let page_bytes = total_rows.div_ceil(r.random_range(1..=MAX_PAGES as u64)) * d as u64 * 4;
+        let layout = GatherLayout::new(&spec, &destinations, page_bytes).unwrap();
+        let pages: Vec<Vec<f32>> = (0..layout.n_pages)
+            .map(|p| layout.page(&spec, &weights, p))
+            .collect();
+
+        let batch = common::random_batch(&mut r, &spec, rows);
+        let (mut ids, mut dense) = (Vec::new(), Vec::new());
+        layout.encode(&batch, 0..rows, &mut ids, &mut dense);
+
+        let len = rows * stride as usize;
+        let initial = random_vec(&mut r, len, 1.0);
+        let params = ctx.uniform_buffer("params", &layout.params);
+        let batch_buf = ctx.uniform_buffer(
+            "batch",
+            &BatchParams {
+                rows: rows as u32,
+                _pad: [0; 3],
+            },
+        );
+        let features = ctx.storage_buffer("features", &layout.features);
+        let ids_buf = ctx.storage_buffer("ids", &ids);
+        let dense_buf = ctx.storage_buffer("dense", &dense);
+        let act = ctx.storage_buffer("act", &initial);
+        let page_bufs: Vec<wgpu::Buffer> = pages
+            .iter()
+            .map(|p| ctx.storage_buffer("page", p))
+            .collect();
+        let page_refs: [&wgpu::Buffer; MAX_PAGES] =
+            std::array::from_fn(|p| &page_bufs[p.min(page_bufs.len() - 1)]);
+        let bg = ctx.gather.bind_group(
+            &ctx.device,
+            &params,
+            &batch_buf,
+            &features,
+            &ids_buf,
+            &dense_buf,
+            &act,
+            page_refs,
+        );
+        let got = run(&ctx, &act, len, |pass| {
+            ctx.gather.dispatch(pass, &bg, &layout.params, rows as u32)
+        });
+
+        let per_page = layout.params.rows_per_page as usize;
+        let table = |row: u32, k: usize| {
+            pages[row as usize / per_page][(row as usize % per_page) * d + k] as f64
+        };
+        let mut want: Vec<f64> = initial.iter().map(|&x| x as f64).collect();
+        kernels::gather(&layout, &table, &ids, &dense, rows, &mut want);
+        assert_close(
+            &got,
+            &want,
+            &format!("gather seed {seed}, {} pages", layout.n_pages),
+        );
+    }
+}
+
+#[test]
+fn mmoe_mix_matches_reference() {
+    let ctx = gpu();
+    for seed in 0..16u64 {
+        let mut r = rng(200 + seed);
+        let (k, t, w) = (
+            r.random_range(1..=5u32),
+            r.random_range(1..=6u32),
+            width(&mut r, 70) as u32,
+        );
+        let rows = [1, 7, 256, 601][seed as usize % 4];
+        let stride = k * w + t * k + t * w + r.random_range(0..4);
+        let params = MixParams {
+            experts: k,
+            tasks: t,
+            width: w,
+            x_off: 0,
+            x_stride: stride,
+            logit_off: k * w,
+            logit_stride: stride,
+            y_off: k * w + t * k,
+            y_stride: stride,
+            _pad: [0; 3],
+        };
+        let len = rows * stride as usize;
+        let initial = random_vec(&mut r, len, 3.0);
+        let params_buf = ctx.uniform_buffer("params", &params);
+        let batch = ctx.uniform_buffer(
+            "batch",
+            &BatchParams {
+                rows: rows as u32,
+                _pad: [0; 3],
+            },
+        );
+        let act = ctx.storage_buffer("act", &initial);
+        let bg = ctx
+            .mmoe_mix
+            .bind_group(&ctx.device, &params_buf, &batch, &act);
+        let got = run(&ctx, &act, len, |pass| {
+            ctx.mmoe_mix.dispatch(pass, &bg, &params, rows as u32)
+        });
+        let mut want: Vec<f64> = initial.iter().map(|&x| x as f64).collect();
+        kernels::mmoe_mix(&params, rows, &mut want);
+        assert_close(
+            &got,
+            &want,
+            &format!("mix seed {seed}, K {k}, T {t}, width {w}"),
+        );
+    }
+}

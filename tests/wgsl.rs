@@ -1,0 +1,69 @@
+//! Every WGSL file in `shaders/` parses and validates with naga. Needs no GPU.
+
+use std::path::Path;
+
+#[test]
+fn every_shader_validates() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let mut count = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "wgsl") {
+            continue;
+        }
+        let source = std::fs::read_to_string(&path).unwrap();
+        let module = naga::front::wgsl::parse_str(&source)
+            .unwrap_or_else(|e| panic!("{}: {}", path.display(), e.emit_to_string(&source)));
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::empty(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{}: {}", path.display(), e.emit_to_string(&source)));
+        count += 1;
+    }
+    assert_eq!(count, 3, "expected gather, linear and mmoe_mix");
+}
+
+/// The Rust mirrors of the WGSL structs have the sizes naga lays the WGSL structs out with.
+#[test]
+fn rust_structs_match_wgsl_layouts() {
+    use pepnet::gpu::{gather, linear, mmoe_mix, BatchParams};
+    let size_of = |source: &str, name: &str| -> u32 {
+        let module = naga::front::wgsl::parse_str(source).unwrap();
+        let mut layouter = naga::proc::Layouter::default();
+        layouter.update(module.to_ctx()).unwrap();
+        let (handle, _) = module
+            .types
+            .iter()
+            .find(|(_, t)| t.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("no struct {name}"));
+        layouter[handle].size
+    };
+    assert_eq!(
+        size_of(linear::SOURCE, "Problem") as usize,
+        size_of_val(&linear::ProblemGpu {
+            ..bytemuck::Zeroable::zeroed()
+        })
+    );
+    assert_eq!(
+        size_of(linear::SOURCE, "Span") as usize,
+        std::mem::size_of::<linear::SpanParams>()
+    );
+    assert_eq!(
+        size_of(linear::SOURCE, "Batch") as usize,
+        std::mem::size_of::<BatchParams>()
+    );
+    assert_eq!(
+        size_of(gather::SOURCE, "Feature") as usize,
+        std::mem::size_of::<gather::FeatureGpu>()
+    );
+    assert_eq!(
+        size_of(gather::SOURCE, "Params") as usize,
+        std::mem::size_of::<gather::GatherParams>()
+    );
+    assert_eq!(
+        size_of(mmoe_mix::SOURCE, "Params") as usize,
+        std::mem::size_of::<mmoe_mix::MixParams>()
+    );
+}
