@@ -19,7 +19,13 @@ pub(crate) fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
         use std::os::unix::fs::PermissionsExt;
         builder.permissions(std::fs::Permissions::from_mode(0o644));
     }
-    builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))
+    builder.tempfile_in(dir).map_err(|e| {
+        let why = std::io::Error::new(
+            e.kind(),
+            format!("cannot create a file in this directory ({})", e.kind()),
+        );
+        Error::io(dir, why)
+    })
 }
 
 /// Writes `bytes` to `path` atomically.

@@ -140,7 +140,13 @@ impl<'a> CsvBatches<'a> {
                     Column::Sparse(ids) => ids.push(parse_id(cell).map_err(bad)?),
                     Column::MultiHot { offsets, ids } => {
                         if !cell.is_empty() {
-                            for part in cell.split('|') {
+                            let max_len = f.max_len.unwrap_or(0);
+                            for (n, part) in cell.split('|').enumerate() {
+                                if n == max_len {
+                                    return Err(bad(format!(
+                                        "list '{cell}' has more than max_len {max_len} ids"
+                                    )));
+                                }
                                 ids.push(parse_id(part.trim()).map_err(bad)?);
                             }
                         }
@@ -150,6 +156,9 @@ impl<'a> CsvBatches<'a> {
                         let x: f32 = cell
                             .parse()
                             .map_err(|_| bad(format!("expected a number, found '{cell}'")))?;
+                        if !x.is_finite() {
+                            return Err(bad(format!("expected a finite number, found '{cell}'")));
+                        }
                         values.push(x);
                     }
                 }

@@ -66,6 +66,12 @@ enum Command {
     },
     /// List the GPU adapters wgpu sees, with the limits and features that matter here.
     Info,
+    /// Show the forward plan of a model: one line per GPU dispatch, with its work per sample.
+    Plan {
+        /// Model directory, or a model.json spec file.
+        #[arg(long)]
+        model: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -93,6 +99,7 @@ fn main() -> ExitCode {
             info();
             Ok(())
         }
+        Command::Plan { model } => plan(&model),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -155,6 +162,52 @@ fn init(spec_path: &std::path::Path, out: &std::path::Path, seed: u64) -> Result
     let spec = ModelSpec::load(spec_path)?;
     Model::init(spec, seed).save(out)?;
     eprintln!("wrote {} (seed {seed})", out.display());
+    Ok(())
+}
+
+fn plan(path: &std::path::Path) -> Result<()> {
+    let spec_path = if path.is_dir() {
+        path.join(pepnet::model::SPEC_FILE)
+    } else {
+        path.to_path_buf()
+    };
+    let spec = ModelSpec::load(&spec_path)?;
+    let model = Model::init(spec, 0);
+    let packed = pepnet::plan::PackedWeights::new(&model.spec, &model.weights);
+    let plan = pepnet::plan::Plan::new(&model.spec, &packed, 1);
+    println!(
+        "{:<14} {:>8} {:>14} {:>16} {:>14}",
+        "dispatch", "problems", "FLOP/sample", "act bytes/sample", "weight bytes"
+    );
+    let (mut flops, mut act, mut weights) = (0, 0, 0);
+    for step in &plan.steps {
+        let (f, a, w) = (
+            step.flops_per_sample(),
+            step.activation_bytes_per_sample(&model.spec),
+            step.weight_bytes(),
+        );
+        println!(
+            "{:<14} {:>8} {:>14} {:>16} {:>14}",
+            step.label(),
+            step.problems(),
+            f,
+            a,
+            w
+        );
+        (flops, act, weights) = (flops + f, act + a, weights + w);
+    }
+    println!(
+        "{:<14} {:>8} {:>14} {:>16} {:>14}",
+        "total",
+        plan.steps.len(),
+        flops,
+        act,
+        weights
+    );
+    println!(
+        "activation row: {} f32 per sample",
+        pepnet::plan::Plan::floats_per_sample(&model.spec)
+    );
     Ok(())
 }
 

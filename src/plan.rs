@@ -380,3 +380,64 @@ impl Columns {
         }
     }
 }
+
+impl Step {
+    pub fn label(&self) -> &str {
+        match self {
+            Step::Gather => "gather",
+            Step::Linear { label, .. } => label,
+            Step::MmoeMix(_) => "mmoe_mix",
+        }
+    }
+
+    /// Problems (independent matrix products) the dispatch runs.
+    pub fn problems(&self) -> usize {
+        match self {
+            Step::Linear { problems, .. } => problems.len(),
+            _ => 1,
+        }
+    }
+
+    /// Floating-point operations per sample: a multiply-add counts two.
+    pub fn flops_per_sample(&self) -> u64 {
+        match self {
+            Step::Gather => 0,
+            Step::Linear { problems, .. } => {
+                problems.iter().map(|p| 2 * p.n as u64 * p.k as u64).sum()
+            }
+            Step::MmoeMix(m) => 2 * m.tasks as u64 * m.width as u64 * m.experts as u64,
+        }
+    }
+
+    /// Weight bytes the dispatch must read once per batch.
+    pub fn weight_bytes(&self) -> u64 {
+        match self {
+            Step::Linear { problems, .. } => problems
+                .iter()
+                .map(|p| 4 * (p.n as u64 * p.k as u64 + p.n as u64))
+                .sum(),
+            _ => 0,
+        }
+    }
+
+    /// Activation bytes per sample the dispatch must read (inputs, gates, multipliers) and write.
+    pub fn activation_bytes_per_sample(&self, spec: &ModelSpec) -> u64 {
+        match self {
+            // Each feature's ids or value in, each destination's d floats out.
+            Step::Gather => 4 * (spec.features.len() + spec.dg() + spec.dd() + spec.dp()) as u64,
+            Step::Linear { problems, .. } => problems
+                .iter()
+                .map(|p| {
+                    let reads = p.k as u64 * (1 + p.gate.is_some() as u64)
+                        + p.n as u64 * p.multiplier.is_some() as u64;
+                    4 * (reads + p.n as u64)
+                })
+                .sum(),
+            Step::MmoeMix(m) => {
+                4 * (m.experts as u64 * m.width as u64
+                    + (m.tasks * m.experts) as u64
+                    + (m.tasks * m.width) as u64)
+            }
+        }
+    }
+}
