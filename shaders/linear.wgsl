@@ -7,7 +7,8 @@
 //   Y[m, n] = act( Σ_k (A[m, k] · G[m, k]) · W[n, k] + bias[n] ) · M[m, n]
 //
 // A, G, M and Y are strided views into one activation buffer; W ([n, k], row-major, PyTorch's
-// nn.Linear layout) and bias live in one weights buffer. G (the PPNet gate) is applied while A
+// nn.Linear layout) and bias live in one weights buffer. W starts on a vec4 boundary and each
+// of its rows is zero-padded to a multiple of 4 floats, so W is loaded a vec4 at a time. G (the PPNet gate) is applied while A
 // is loaded into workgroup memory; bias, the activation and M (EPNet's δ ⊙ E) are applied in
 // the epilogue, so no intermediate touches device memory.
 //
@@ -64,7 +65,7 @@ struct Batch {
 @group(0) @binding(0) var<uniform> span: Span;
 @group(0) @binding(1) var<uniform> batch: Batch;
 @group(0) @binding(2) var<storage, read> problems: array<Problem>;
-@group(0) @binding(3) var<storage, read> weights: array<f32>;
+@group(0) @binding(3) var<storage, read> weights: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> act: array<f32>;
 
 var<workgroup> a_tile: array<vec4<f32>, 272>; // [TK][TILE_STRIDE] of 4 rows each
@@ -96,17 +97,18 @@ fn main(
     let m0 = wg.y * TM;
     let n0 = (wg.x - pr.first_tile) * TN;
     let gated = (pr.flags & FLAG_GATED) != 0u;
+    let w_stride = (pr.k + 3u) & ~3u;
 
     var acc: array<vec4<f32>, 4>;
     for (var k0 = 0u; k0 < pr.k; k0 += TK) {
-        // Each thread loads 4 elements of each tile; consecutive threads read consecutive k.
+        // A: each thread loads 4 elements; consecutive threads read consecutive k.
         for (var j = 0u; j < 4u; j++) {
             let e = li + 256u * j;
             let kk = e % TK;
             let r = e / TK;
             let k = k0 + kk;
-            var a = 0.0;
             let m = m0 + r;
+            var a = 0.0;
             if m < rows && k < pr.k {
                 a = act[pr.a_off + m * pr.a_stride + k];
                 if gated {
@@ -114,12 +116,19 @@ fn main(
                 }
             }
             a_tile[kk * TILE_STRIDE + r / 4u][r % 4u] = a;
-            var w = 0.0;
+        }
+        // W: each thread loads one vec4 (4 consecutive k of one output column).
+        {
+            let r = li / 4u;
+            let kk = (li % 4u) * 4u;
             let n = n0 + r;
-            if n < pr.n && k < pr.k {
-                w = weights[pr.w_off + n * pr.k + k];
+            var w = vec4<f32>(0.0);
+            if n < pr.n && k0 + kk < pr.k {
+                w = weights[(pr.w_off + n * w_stride + k0 + kk) / 4u];
             }
-            w_tile[kk * TILE_STRIDE + r / 4u][r % 4u] = w;
+            for (var j = 0u; j < 4u; j++) {
+                w_tile[(kk + j) * TILE_STRIDE + r / 4u][r % 4u] = w[j];
+            }
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
@@ -139,7 +148,8 @@ fn main(
         for (var j = 0u; j < 4u; j++) {
             let n = n0 + lid.x * 4u + j;
             if m < rows && n < pr.n {
-                var y = activate(acc[i][j] + weights[pr.bias_off + n], pr.act, pr.gamma);
+                let b = pr.bias_off + n;
+                var y = activate(acc[i][j] + weights[b / 4u][b % 4u], pr.act, pr.gamma);
                 if multiplied {
                     y *= act[pr.m_off + m * pr.m_stride + n];
                 }

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use crate::gpu::linear::{Activation, LinearProblem, View};
+use crate::gpu::linear::{self, Activation, LinearProblem, View};
 use crate::gpu::mmoe_mix::MixParams;
 use crate::spec::{ModelSpec, Role};
 use crate::weights::Weights;
@@ -28,21 +28,25 @@ pub enum Step {
     MmoeMix(MixParams),
 }
 
-/// Dense weights (every tensor but the embeddings), packed into one buffer.
+/// Dense weights (every tensor but the embeddings), packed into one buffer by
+/// [`linear::pack_layer`].
 #[derive(Debug, Clone)]
 pub struct PackedWeights {
     pub data: Vec<f32>,
-    offsets: HashMap<String, u32>,
+    /// Per linear layer, the offsets of its weight and bias.
+    offsets: HashMap<String, (u32, u32)>,
 }
 
 impl PackedWeights {
     pub fn new(spec: &ModelSpec, weights: &Weights) -> Self {
         let mut data = Vec::new();
         let mut offsets = HashMap::new();
-        for (name, _) in spec.expected_tensors() {
-            if !name.starts_with("emb.") {
-                offsets.insert(name.clone(), data.len() as u32);
-                data.extend_from_slice(&weights.get(&name).data);
+        for (name, shape) in spec.expected_tensors() {
+            if let Some(layer) = name.strip_suffix(".weight") {
+                let bias = &weights.get(&format!("{layer}.bias")).data;
+                let (w, b) =
+                    linear::pack_layer(&mut data, &weights.get(&name).data, bias, shape[1] as u32);
+                offsets.insert(layer.to_string(), (w, b));
             }
         }
         Self { data, offsets }
@@ -50,8 +54,7 @@ impl PackedWeights {
 
     /// Offsets of `{layer}.weight` and `{layer}.bias`.
     fn layer(&self, layer: &str) -> (u32, u32) {
-        let at = |suffix: &str| self.offsets[&format!("{layer}.{suffix}")];
-        (at("weight"), at("bias"))
+        self.offsets[layer]
     }
 }
 

@@ -195,10 +195,11 @@ pub mod kernels {
     use crate::gpu::mmoe_mix::MixParams;
 
     /// Every problem of one linear dispatch, reading `act` as it was before the dispatch and
-    /// writing each problem's output view.
+    /// writing each problem's output view. Weights are laid out by `linear::pack_layer`.
     pub fn linear_group(problems: &[LinearProblem], rows: usize, weights: &[f32], act: &mut [f64]) {
         let before = act.to_vec();
         for p in problems {
+            let w_stride = crate::gpu::linear::padded_k(p.k) as usize;
             let at = |v: crate::gpu::linear::View, m: usize, c: usize| {
                 v.offset as usize + m * v.stride as usize + c
             };
@@ -210,7 +211,7 @@ pub mod kernels {
                         if let Some(g) = p.gate {
                             a *= before[at(g, m, k)];
                         }
-                        z += a * weights[p.w_offset as usize + n * p.k as usize + k] as f64;
+                        z += a * weights[p.w_offset as usize + n * w_stride + k] as f64;
                     }
                     let mut y = match p.activation {
                         Activation::None => z,

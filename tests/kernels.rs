@@ -10,7 +10,7 @@ mod common;
 
 use common::{gpu, random_spec, rng, width, Rng};
 use pepnet::gpu::gather::{GatherLayout, MAX_PAGES};
-use pepnet::gpu::linear::{lay_out, Activation, LinearProblem, SpanParams, View};
+use pepnet::gpu::linear::{lay_out, pack_layer, Activation, LinearProblem, SpanParams, View};
 use pepnet::gpu::mmoe_mix::MixParams;
 use pepnet::gpu::{BatchParams, GpuContext};
 use pepnet::reference::kernels;
@@ -80,14 +80,9 @@ fn linear_matches_reference_on_random_groups() {
         let problems: Vec<LinearProblem> = shapes
             .iter()
             .map(|&(n, k, (a, g, m, y))| {
-                let w_offset = weights.len() as u32;
-                weights.extend(random_vec(
-                    &mut r,
-                    (n * k) as usize,
-                    1.0 / (k as f32).sqrt(),
-                ));
-                let bias_offset = weights.len() as u32;
-                weights.extend(random_vec(&mut r, n as usize, 0.5));
+                let w = random_vec(&mut r, (n * k) as usize, 1.0 / (k as f32).sqrt());
+                let b = random_vec(&mut r, n as usize, 0.5);
+                let (w_offset, bias_offset) = pack_layer(&mut weights, &w, &b, k);
                 let at = |c: u32| View { offset: c, stride };
                 LinearProblem {
                     a: at(a),

@@ -33,8 +33,8 @@ pub struct View {
     pub stride: u32,
 }
 
-/// One problem: `Y = act(((A ⊙ G) · Wᵀ) + bias) ⊙ M`, with `W` `[n, k]` at `w_offset` and its
-/// bias at `bias_offset` in the weights buffer. Mirrors WGSL's `Problem` once laid out.
+/// One problem: `Y = act(((A ⊙ G) · Wᵀ) + bias) ⊙ M`, with `W` `[n, k]` at `w_offset` (laid
+/// out by [`pack_layer`]) and its bias at `bias_offset` in the weights buffer. Mirrors WGSL's `Problem` once laid out.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LinearProblem {
     pub a: View,
@@ -83,6 +83,10 @@ pub struct SpanParams {
 /// Lays a group of problems out for the GPU, numbering their column tiles consecutively.
 /// Returns the descriptors and the number of column tiles (the dispatch's x size).
 pub fn lay_out(problems: &[LinearProblem]) -> (Vec<ProblemGpu>, u32) {
+    assert!(
+        problems.iter().all(|p| p.w_offset % 4 == 0),
+        "weights are packed by pack_layer"
+    );
     let mut tiles = 0;
     let gpu = problems
         .iter()
@@ -124,6 +128,30 @@ pub fn lay_out(problems: &[LinearProblem]) -> (Vec<ProblemGpu>, u32) {
         })
         .collect();
     (gpu, tiles)
+}
+
+/// Row stride of a packed weight matrix with `k` columns: rows are zero-padded to whole vec4s.
+pub fn padded_k(k: u32) -> u32 {
+    k.div_ceil(4) * 4
+}
+
+/// Appends a linear layer's weight (`[n, k]`, row-major) and bias to the weights buffer in the
+/// layout the kernel reads: the weight on a vec4 boundary with rows padded by [`padded_k`], and
+/// the buffer left a whole number of vec4s long.
+/// Returns the weight's and the bias's offsets.
+pub fn pack_layer(buffer: &mut Vec<f32>, weight: &[f32], bias: &[f32], k: u32) -> (u32, u32) {
+    buffer.resize(buffer.len().next_multiple_of(4), 0.0);
+    let w_offset = buffer.len() as u32;
+    let (k, stride) = (k as usize, padded_k(k) as usize);
+    for row in weight.chunks_exact(k) {
+        buffer.extend_from_slice(row);
+        buffer.resize(buffer.len() + stride - k, 0.0);
+    }
+    let bias_offset = buffer.len() as u32;
+    buffer.extend_from_slice(bias);
+    // Whole vec4s only: the kernel binds the buffer as array<vec4<f32>>, whose length rounds down.
+    buffer.resize(buffer.len().next_multiple_of(4), 0.0);
+    (w_offset, bias_offset)
 }
 
 /// The compiled kernel.
