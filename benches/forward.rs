@@ -9,9 +9,7 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use pepnet::input::CsvBatches;
-use pepnet::spec::FeatureKind;
-use pepnet::{reference, Batch, Column, Engine, EngineOptions, GpuContext, Model};
-use rand::{RngExt, SeedableRng};
+use pepnet::{reference, synth, Batch, Engine, EngineOptions, GpuContext, Model};
 
 fn example() -> Model {
     Model::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/kuairand"))
@@ -20,37 +18,8 @@ fn example() -> Model {
 
 /// Fresh random batches, so that no run scores one cached input.
 fn batches(model: &Model, n: usize, count: usize) -> Vec<Batch> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(n as u64);
     (0..count)
-        .map(|_| {
-            let columns = model
-                .spec
-                .features
-                .iter()
-                .map(|f| match f.kind {
-                    FeatureKind::Sparse => Column::Sparse(
-                        (0..n)
-                            .map(|_| rng.random_range(0..f.rows() as u64))
-                            .collect(),
-                    ),
-                    FeatureKind::MultiHot => {
-                        let mut offsets = vec![0];
-                        let mut ids = Vec::new();
-                        for _ in 0..n {
-                            for _ in 0..rng.random_range(0..=f.max_len.unwrap()) {
-                                ids.push(rng.random_range(0..f.rows() as u64));
-                            }
-                            offsets.push(ids.len());
-                        }
-                        Column::MultiHot { offsets, ids }
-                    }
-                    FeatureKind::Dense => {
-                        Column::Dense((0..n).map(|_| rng.random_range(0.0..5.0)).collect())
-                    }
-                })
-                .collect();
-            Batch::new(columns)
-        })
+        .map(|i| synth::random_batch(&model.spec, n, (n * 1000 + i) as u64))
         .collect()
 }
 

@@ -15,6 +15,7 @@ pub mod model;
 pub mod plan;
 pub mod reference;
 pub mod spec;
+pub mod synth;
 pub mod weights;
 
 pub use batch::{Batch, Column};

@@ -66,6 +66,18 @@ enum Command {
     },
     /// List the GPU adapters wgpu sees, with the limits and features that matter here.
     Info,
+    /// Write a CSV of random input rows for a model (for benchmarks and trials).
+    GenInput {
+        /// Model directory, or a model.json spec file.
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        rows: usize,
+        #[arg(long)]
+        output: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Show the forward plan of a model: one line per GPU dispatch, with its work per sample.
     Plan {
         /// Model directory, or a model.json spec file.
@@ -100,6 +112,12 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Plan { model } => plan(&model),
+        Command::GenInput {
+            model,
+            rows,
+            output,
+            seed,
+        } => gen_input(&model, rows, &output, seed),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -165,13 +183,33 @@ fn init(spec_path: &std::path::Path, out: &std::path::Path, seed: u64) -> Result
     Ok(())
 }
 
-fn plan(path: &std::path::Path) -> Result<()> {
-    let spec_path = if path.is_dir() {
-        path.join(pepnet::model::SPEC_FILE)
+/// A spec from a model directory or a spec file.
+fn load_spec(path: &std::path::Path) -> Result<ModelSpec> {
+    if path.is_dir() {
+        ModelSpec::load(&path.join(pepnet::model::SPEC_FILE))
     } else {
-        path.to_path_buf()
-    };
-    let spec = ModelSpec::load(&spec_path)?;
+        ModelSpec::load(path)
+    }
+}
+
+fn gen_input(
+    model: &std::path::Path,
+    rows: usize,
+    output: &std::path::Path,
+    seed: u64,
+) -> Result<()> {
+    let spec = load_spec(model)?;
+    pepnet::synth::write_csv(
+        &spec,
+        &pepnet::synth::random_batch(&spec, rows, seed),
+        output,
+    )?;
+    eprintln!("wrote {rows} rows to {}", output.display());
+    Ok(())
+}
+
+fn plan(path: &std::path::Path) -> Result<()> {
+    let spec = load_spec(path)?;
     let model = Model::init(spec, 0);
     let packed = pepnet::plan::PackedWeights::new(&model.spec, &model.weights);
     let plan = pepnet::plan::Plan::new(&model.spec, &packed, 1);
