@@ -87,7 +87,9 @@ impl Engine {
                 "one sample needs {per_sample} bytes of activations, more than a storage binding ({max_binding} bytes)"
             )));
         }
-        let max_rows = max_rows as u32;
+        // A linear dispatch has one workgroup row per TILE_M samples.
+        let max_groups = ctx.limits.max_compute_workgroups_per_dimension;
+        let max_rows = max_rows.min(max_groups as u64 * linear::TILE_M as u64) as u32;
         let packed = PackedWeights::new(&spec, &model.weights);
         if packed.data.len() as u64 * 4 > max_binding {
             return Err(Error::Gpu(format!(
@@ -96,6 +98,16 @@ impl Engine {
             )));
         }
         let plan = Plan::new(&spec, &packed, max_rows);
+        for step in &plan.steps {
+            if let Step::Linear { label, problems } = step {
+                let (_, tiles) = linear::lay_out(problems);
+                if tiles > max_groups {
+                    return Err(Error::Gpu(format!(
+                        "dispatch {label} needs {tiles} column tiles, more than the device's {max_groups} workgroups per dimension"
+                    )));
+                }
+            }
+        }
         let page_bytes = options
             .max_page_bytes
             .unwrap_or(max_binding)

@@ -3,7 +3,7 @@
 //! reference is [`crate::reference::kernels::gather`].
 
 use super::linear::View;
-use super::{compute_pipeline, grid_1d, whole_buffers};
+use super::{compute_pipeline, dispatch_flat, whole_buffers};
 use crate::batch::{Batch, Column};
 use crate::error::{Error, Result};
 use crate::spec::{FeatureKind, ModelSpec, Pooling};
@@ -232,9 +232,6 @@ impl GatherKernel {
         rows: u32,
     ) {
         let threads = rows as u64 * params.n_features as u64 * params.d as u64;
-        let (x, y) = grid_1d(threads, WORKGROUP);
-        pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, bind_group, &[]);
-        pass.dispatch_workgroups(x, y, 1);
+        dispatch_flat(pass, &self.pipeline, bind_group, threads, WORKGROUP);
     }
 }

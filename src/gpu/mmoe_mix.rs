@@ -2,7 +2,7 @@
 //! weighted sum of the experts' outputs. Its CPU reference is
 //! [`crate::reference::kernels::mmoe_mix`].
 
-use super::{compute_pipeline, grid_1d, whole_buffers};
+use super::{compute_pipeline, dispatch_flat, whole_buffers};
 
 pub const SOURCE: &str = include_str!("../../shaders/mmoe_mix.wgsl");
 const WORKGROUP: u64 = 256;
@@ -61,9 +61,6 @@ impl MmoeMixKernel {
         rows: u32,
     ) {
         let threads = rows as u64 * params.tasks as u64 * params.width as u64;
-        let (x, y) = grid_1d(threads, WORKGROUP);
-        pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, bind_group, &[]);
-        pass.dispatch_workgroups(x, y, 1);
+        dispatch_flat(pass, &self.pipeline, bind_group, threads, WORKGROUP);
     }
 }

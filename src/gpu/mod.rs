@@ -215,15 +215,25 @@ impl GpuContext {
     }
 }
 
-/// Workgroup counts for `threads` one-dimensional invocations of `group_size`, spilling into y
-/// past the 65535-workgroup limit of one dimension (kernels flatten x and y back).
-pub(crate) fn grid_1d(threads: u64, group_size: u64) -> (u32, u32) {
+/// Records a dispatch of `threads` one-dimensional invocations in workgroups of `group_size`,
+/// spilling into y past the 65535-workgroup limit of one dimension (the kernel flattens x and y
+/// back into one index).
+pub(crate) fn dispatch_flat(
+    pass: &mut wgpu::ComputePass,
+    pipeline: &wgpu::ComputePipeline,
+    bind_group: &wgpu::BindGroup,
+    threads: u64,
+    group_size: u64,
+) {
     let groups = threads.div_ceil(group_size).max(1);
-    if groups <= 65535 {
+    let (x, y) = if groups <= 65535 {
         (groups as u32, 1)
     } else {
         (65535, groups.div_ceil(65535) as u32)
-    }
+    };
+    pass.set_pipeline(pipeline);
+    pass.set_bind_group(0, bind_group, &[]);
+    pass.dispatch_workgroups(x, y, 1);
 }
 
 /// Compiles a WGSL source into a compute pipeline with an automatic layout.
