@@ -48,6 +48,8 @@ pub struct Engine {
     shared: SharedBuffers,
     workspaces: Vec<Mutex<Workspace>>,
     next: AtomicUsize,
+    /// Per-step timers, when the device has timestamp queries.
+    timestamps: Option<Mutex<Timestamps>>,
 }
 
 /// Buffers every workspace reads: weights, pages, and the plan's constant tables.
@@ -122,7 +124,12 @@ impl Engine {
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!("allocating the engine's buffers: {e}")));
         }
+        let timestamps = ctx
+            .features
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+            .then(|| Mutex::new(Timestamps::new(&ctx, plan.steps.len())));
         Ok(Self {
+            timestamps,
             ctx,
             spec,
             layout,
@@ -161,7 +168,7 @@ impl Engine {
         let mut start = 0;
         while start < batch.len() {
             let end = (start + self.max_rows()).min(batch.len());
-            out.extend(self.score_chunk(&mut ws, batch, start..end)?);
+            out.extend(self.run_chunk(&mut ws, batch, start..end, None)?);
             start = end;
         }
         Ok(out)
@@ -180,11 +187,39 @@ impl Engine {
         self.workspaces[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn score_chunk(
+    /// Scores up to [`Engine::max_rows`] samples of `batch` once, in one pass per dispatch with
+    /// a timestamp before and after each; returns the GPU nanoseconds of each step of
+    /// [`Engine::steps`]. `None` when the adapter has no timestamp queries.
+    pub fn profile(&self, batch: &Batch) -> Result<Option<Vec<f64>>> {
+        batch.validate(&self.spec, "batch", 1)?;
+        let Some(timestamps) = &self.timestamps else {
+            return Ok(None);
+        };
+        let timestamps = timestamps.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ws = self.workspace();
+        let rows = batch.len().min(self.max_rows());
+        self.run_chunk(&mut ws, batch, 0..rows, Some(&timestamps))?;
+        let bytes = self
+            .ctx
+            .read_mapped(&timestamps.staging, timestamps.bytes())?;
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
+        let period = self.ctx.queue.get_timestamp_period() as f64;
+        Ok(Some(
+            ticks
+                .chunks_exact(2)
+                .map(|t| t[1].saturating_sub(t[0]) as f64 * period)
+                .collect(),
+        ))
+    }
+
+    /// Uploads samples `range`, runs the plan, and reads their probabilities back; with
+    /// `timestamps`, each dispatch gets its own timed pass.
+    fn run_chunk(
         &self,
         ws: &mut Workspace,
         batch: &Batch,
         range: std::ops::Range<usize>,
+        timestamps: Option<&Timestamps>,
     ) -> Result<Vec<f32>> {
         let rows = range.len() as u32;
         let Workspace {
@@ -206,29 +241,27 @@ impl Engine {
             queue.write_buffer(&ws.dense, 0, bytemuck::cast_slice(&ws.host_dense));
         }
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            for ((step, bind_group), &tiles) in self
-                .plan
-                .steps
-                .iter()
-                .zip(&ws.bind_groups)
-                .zip(&self.shared.step_tiles)
-            {
-                match step {
-                    Step::Gather => {
-                        self.ctx
-                            .gather
-                            .dispatch(&mut pass, bind_group, &self.layout.params, rows)
-                    }
-                    Step::Linear { .. } => {
-                        self.ctx.linear.dispatch(&mut pass, bind_group, tiles, rows)
-                    }
-                    Step::MmoeMix(params) => self
-                        .ctx
-                        .mmoe_mix
-                        .dispatch(&mut pass, bind_group, params, rows),
+        match timestamps {
+            None => {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                for i in 0..self.plan.steps.len() {
+                    self.dispatch(&mut pass, ws, i, rows);
                 }
+            }
+            Some(ts) => {
+                for i in 0..self.plan.steps.len() {
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some(self.plan.steps[i].label()),
+                        timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                            query_set: &ts.set,
+                            beginning_of_pass_write_index: Some(2 * i as u32),
+                            end_of_pass_write_index: Some(2 * i as u32 + 1),
+                        }),
+                    });
+                    self.dispatch(&mut pass, ws, i, rows);
+                }
+                encoder.resolve_query_set(&ts.set, 0..ts.count, &ts.resolve, 0);
+                encoder.copy_buffer_to_buffer(&ts.resolve, 0, &ts.staging, 0, ts.bytes());
             }
         }
         let t = self.spec.n_tasks();
@@ -242,6 +275,59 @@ impl Engine {
         );
         self.ctx
             .submit_and_read(encoder, &ws.staging, rows as usize * t)
+    }
+
+    /// Records step `i` of the plan.
+    fn dispatch(&self, pass: &mut wgpu::ComputePass, ws: &Workspace, i: usize, rows: u32) {
+        let bind_group = &ws.bind_groups[i];
+        match &self.plan.steps[i] {
+            Step::Gather => self
+                .ctx
+                .gather
+                .dispatch(pass, bind_group, &self.layout.params, rows),
+            Step::Linear { .. } => {
+                let tiles = self.shared.step_tiles[i];
+                self.ctx.linear.dispatch(pass, bind_group, tiles, rows)
+            }
+            Step::MmoeMix(params) => self.ctx.mmoe_mix.dispatch(pass, bind_group, params, rows),
+        }
+    }
+}
+
+/// A query set with two timestamps per step, and the buffers to read them back through.
+struct Timestamps {
+    set: wgpu::QuerySet,
+    count: u32,
+    resolve: wgpu::Buffer,
+    staging: wgpu::Buffer,
+}
+
+impl Timestamps {
+    fn new(ctx: &GpuContext, steps: usize) -> Self {
+        let count = 2 * steps as u32;
+        let bytes = count as u64 * 8;
+        let set = ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("step timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count,
+        });
+        let resolve = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamp resolve"),
+            size: bytes,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let staging = ctx.staging_buffer("timestamp readback", bytes);
+        Self {
+            set,
+            count,
+            resolve,
+            staging,
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.count as u64 * 8
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod atomic_file;
 pub mod batch;
+pub mod bench;
 pub mod engine;
 pub mod error;
 pub mod gpu;

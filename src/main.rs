@@ -66,6 +66,32 @@ enum Command {
     },
     /// List the GPU adapters wgpu sees, with the limits and features that matter here.
     Info,
+    /// Benchmark a model over a sweep of batch sizes: samples/s, latency, per-kernel GPU time.
+    Bench {
+        /// A built-in model: tiny, paper or paper_mmoe.
+        #[arg(long, conflicts_with = "model", default_value = "tiny")]
+        preset: String,
+        /// A model directory instead of a preset.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 64, 1024, 16384, 65536])]
+        batch_sizes: Vec<usize>,
+        /// Timed iterations per batch size (fewer if --budget-s runs out; at least one).
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Seconds of timed iterations per batch size.
+        #[arg(long, default_value_t = 10.0)]
+        budget_s: f64,
+        /// Also write the report as JSON (docs/bench.schema.json).
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        adapter: Option<String>,
+    },
     /// Write a CSV of random input rows for a model (for benchmarks and trials).
     GenInput {
         /// Model directory, or a model.json spec file.
@@ -112,6 +138,33 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Plan { model } => plan(&model),
+        Command::Bench {
+            preset,
+            model,
+            batch_sizes,
+            iters,
+            warmup,
+            budget_s,
+            json,
+            seed,
+            adapter,
+        } => {
+            let config = pepnet::bench::BenchConfig {
+                batch_sizes,
+                warmup,
+                iterations: iters,
+                budget: std::time::Duration::from_secs_f64(budget_s.max(0.0)),
+                seed,
+                ..Default::default()
+            };
+            bench(
+                &preset,
+                model.as_deref(),
+                &config,
+                json.as_deref(),
+                adapter.as_deref(),
+            )
+        }
         Command::GenInput {
             model,
             rows,
@@ -180,6 +233,39 @@ fn init(spec_path: &std::path::Path, out: &std::path::Path, seed: u64) -> Result
     let spec = ModelSpec::load(spec_path)?;
     Model::init(spec, seed).save(out)?;
     eprintln!("wrote {} (seed {seed})", out.display());
+    Ok(())
+}
+
+fn bench(
+    preset: &str,
+    model_dir: Option<&std::path::Path>,
+    config: &pepnet::bench::BenchConfig,
+    json: Option<&std::path::Path>,
+    adapter: Option<&str>,
+) -> Result<()> {
+    let (model, name) = match model_dir {
+        Some(dir) => (Model::load(dir)?, dir.display().to_string()),
+        None => (
+            Model::init(pepnet::bench::preset(preset)?, config.seed),
+            preset.to_string(),
+        ),
+    };
+    let ctx = GpuContext::new(adapter)?;
+    eprintln!(
+        "benchmarking {name} on {} ({:?})",
+        ctx.info.name, ctx.info.backend
+    );
+    let report = pepnet::bench::run(&ctx, &model, &name, config, |r| {
+        eprintln!(
+            "  batch {:>6}: {:>10.0} samples/s, p50 {:.3} ms ({} iterations)",
+            r.batch_size, r.samples_per_s, r.latency_ms_p50, r.iterations
+        )
+    })?;
+    println!("{}", pepnet::bench::table(&report));
+    if let Some(path) = json {
+        pepnet::bench::write_json(&report, path)?;
+        eprintln!("wrote {}", path.display());
+    }
     Ok(())
 }
 

@@ -22,6 +22,8 @@ pub struct GpuContext {
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
+    /// Optional features the device was opened with (timestamp queries, when the adapter has them).
+    pub features: wgpu::Features,
     pub gather: gather::GatherKernel,
     pub linear: linear::LinearKernel,
     pub mmoe_mix: mmoe_mix::MmoeMixKernel,
@@ -91,9 +93,12 @@ impl GpuContext {
         let info = adapter.get_info();
         // The defaults are far below what hardware offers (storage binding size above all).
         let limits = adapter.limits();
+        // Timestamps let `pepnet bench` time each kernel; scoring never needs them.
+        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("pepnet"),
             required_limits: limits.clone(),
+            required_features: features,
             ..Default::default()
         }))
         .map_err(|e| Error::Gpu(format!("{}: could not open the device: {e}", info.name)))?;
@@ -113,6 +118,7 @@ impl GpuContext {
             queue,
             info,
             limits,
+            features,
             gather,
             linear,
             mmoe_mix,
@@ -160,10 +166,16 @@ impl GpuContext {
         len: usize,
     ) -> Result<Vec<f32>> {
         self.queue.submit([encoder.finish()]);
-        if len == 0 {
+        let bytes = self.read_mapped(staging, (len * 4) as u64)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Waits for the GPU, then copies the first `bytes` of a MAP_READ buffer to the host.
+    pub fn read_mapped(&self, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        if bytes == 0 {
             return Ok(Vec::new());
         }
-        let slice = staging.slice(..(len * 4) as u64);
+        let slice = staging.slice(..bytes);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
@@ -174,12 +186,10 @@ impl GpuContext {
         rx.recv()
             .map_err(|_| Error::Gpu("the readback was dropped".into()))?
             .map_err(|e| Error::Gpu(format!("mapping the readback buffer: {e}")))?;
-        let out = {
-            let view = slice
-                .get_mapped_range()
-                .map_err(|e| Error::Gpu(format!("reading the readback buffer: {e}")))?;
-            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
-        };
+        let out = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Gpu(format!("reading the readback buffer: {e}")))?
+            .to_vec();
         staging.unmap();
         Ok(out)
     }
