@@ -67,6 +67,29 @@ impl Batch {
         self.len() == 0
     }
 
+    /// Samples `range` as a batch of their own.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Batch {
+        let columns = self
+            .columns
+            .iter()
+            .map(|c| match c {
+                Column::Sparse(v) => Column::Sparse(v[range.clone()].to_vec()),
+                Column::Dense(v) => Column::Dense(v[range.clone()].to_vec()),
+                Column::MultiHot { offsets, ids } => {
+                    let first = offsets[range.start];
+                    Column::MultiHot {
+                        offsets: offsets[range.start..=range.end]
+                            .iter()
+                            .map(|o| o - first)
+                            .collect(),
+                        ids: ids[first..offsets[range.end]].to_vec(),
+                    }
+                }
+            })
+            .collect();
+        Batch { columns }
+    }
+
     /// Checks the batch against the spec: one column per feature of the right kind and length,
     /// ids in `[0, vocab)`, lists no longer than `max_len`, dense values finite. Errors name
     /// `source` and the 1-based row `first_row + i`, so readers can report file positions.

@@ -51,6 +51,9 @@ pub struct BenchConfig {
     /// Distinct random batches cycled through, so no run scores one cached input.
     pub distinct_inputs: usize,
     pub seed: u64,
+    /// Rows to cut the batches from (e.g. a file shared with the PyTorch baseline, so both time
+    /// the same inputs); random rows from `seed` when absent.
+    pub pool: Option<crate::Batch>,
 }
 
 impl Default for BenchConfig {
@@ -62,6 +65,7 @@ impl Default for BenchConfig {
             budget: Duration::from_secs(10),
             distinct_inputs: 4,
             seed: 0,
+            pool: None,
         }
     }
 }
@@ -159,15 +163,7 @@ pub fn run(
             flops_per_sample: engine.steps().iter().map(|s| s.flops_per_sample()).sum(),
             dispatches: engine.steps().len(),
         });
-        let inputs: Vec<_> = (0..config.distinct_inputs.max(1))
-            .map(|i| {
-                synth::random_batch(
-                    &model.spec,
-                    batch_size,
-                    config.seed ^ ((batch_size as u64) << 8) ^ i as u64,
-                )
-            })
-            .collect();
+        let inputs = batches(model, config, batch_size)?;
         for i in 0..config.warmup {
             engine.score(&inputs[i % inputs.len()])?;
         }
@@ -208,6 +204,32 @@ pub fn run(
         },
         results,
     })
+}
+
+/// The distinct batches of `batch_size` a sweep cycles through: windows spread over the pool,
+/// or fresh random rows.
+fn batches(model: &Model, config: &BenchConfig, batch_size: usize) -> Result<Vec<crate::Batch>> {
+    let count = config.distinct_inputs.max(1);
+    match &config.pool {
+        Some(pool) => {
+            if pool.len() < batch_size {
+                return Err(Error::Batch(format!(
+                    "the input has {} rows; batch size {batch_size} needs at least that many",
+                    pool.len()
+                )));
+            }
+            let spread = (pool.len() - batch_size) / count;
+            Ok((0..count)
+                .map(|i| pool.slice(i * spread..i * spread + batch_size))
+                .collect())
+        }
+        None => Ok((0..count)
+            .map(|i| {
+                let seed = config.seed ^ ((batch_size as u64) << 8) ^ i as u64;
+                synth::random_batch(&model.spec, batch_size, seed)
+            })
+            .collect()),
+    }
 }
 
 /// Median per-kernel times over `runs` timed passes.

@@ -87,6 +87,10 @@ enum Command {
         /// Also write the report as JSON (docs/bench.schema.json).
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Cut the batches from this CSV's rows (the same file the PyTorch baseline times)
+        /// instead of random rows.
+        #[arg(long)]
+        input: Option<PathBuf>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         #[arg(long)]
@@ -146,6 +150,7 @@ fn main() -> ExitCode {
             warmup,
             budget_s,
             json,
+            input,
             seed,
             adapter,
         } => {
@@ -160,7 +165,8 @@ fn main() -> ExitCode {
             bench(
                 &preset,
                 model.as_deref(),
-                &config,
+                config,
+                input.as_deref(),
                 json.as_deref(),
                 adapter.as_deref(),
             )
@@ -239,7 +245,8 @@ fn init(spec_path: &std::path::Path, out: &std::path::Path, seed: u64) -> Result
 fn bench(
     preset: &str,
     model_dir: Option<&std::path::Path>,
-    config: &pepnet::bench::BenchConfig,
+    mut config: pepnet::bench::BenchConfig,
+    input: Option<&std::path::Path>,
     json: Option<&std::path::Path>,
     adapter: Option<&str>,
 ) -> Result<()> {
@@ -250,6 +257,15 @@ fn bench(
             preset.to_string(),
         ),
     };
+    if let Some(path) = input {
+        // One batch holding the whole file.
+        let mut pool = None;
+        for batch in CsvBatches::open(path, &model.spec, &[], usize::MAX)? {
+            pool = Some(batch?.batch);
+        }
+        config.pool = pool;
+    }
+    let config = &config;
     let ctx = GpuContext::new(adapter)?;
     eprintln!(
         "benchmarking {name} on {} ({:?})",
