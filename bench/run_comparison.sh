@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# pepnet against the PyTorch baseline on one model, same inputs, same batch sizes, one table.
+#
+#   bench/run_comparison.sh PRESET|MODEL_DIR OUT_DIR [BATCH_SIZES]
+#
+# PRESET is tiny, paper or paper_mmoe (a model is initialised with seed 1). Needs a built
+# `pepnet` (target/release/pepnet, or $PEPNET) and python3 with torch and safetensors.
+# Writes OUT_DIR/{pepnet.json, torch-*.json, parity.txt, table.md}.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+pepnet="${PEPNET:-$here/../target/release/pepnet}"
+target="$1"; out="$2"; sizes="${3:-1,64,1024,16384,65536}"
+mkdir -p "$out"
+if [ -d "$target" ]; then
+    model="$target"; name="$(basename "$target")"
+else
+    model="$out/model-$target"; name="$target"
+    "$pepnet" init --spec "$here/../examples/specs/$target.json" --out "$model" --seed 1
+fi
+largest=$(tr ',' '\n' <<<"$sizes" | sort -n | tail -1)
+rows=$(( largest * 2 > 4096 ? largest * 2 : 4096 ))
+"$pepnet" gen-input --model "$model" --rows "$rows" --output "$out/input.csv" --seed 1
+
+# Parity first: the baseline in float64 against the engine's scores on the first 1024 rows.
+head -n 1025 "$out/input.csv" > "$out/parity-input.csv"
+"$pepnet" score --model "$model" --input "$out/parity-input.csv" --output "$out/parity-scores.csv"
+python3 "$here/torch_pepnet.py" check --model "$model" --input "$out/parity-input.csv" \
+    --scores "$out/parity-scores.csv" | tee "$out/parity.txt"
+
+"$pepnet" bench --model "$model" --input "$out/input.csv" --batch-sizes "$sizes" --json "$out/pepnet.json" \
+    | tee "$out/pepnet.txt"
+python3 "$here/torch_pepnet.py" bench --model "$model" --name "$name" --input "$out/input.csv" \
+    --batch-sizes "$sizes" --out "$out"
+python3 "$here/compare.py" "$out" --markdown | tee "$out/table.md"
