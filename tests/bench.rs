@@ -96,3 +96,26 @@ fn an_unknown_preset_is_a_clear_error() {
     let err = bench::preset("huge").unwrap_err().to_string();
     assert!(err.contains("huge") && err.contains("paper"), "{err}");
 }
+
+#[test]
+fn committed_results_follow_the_schema() {
+    let validator = schema();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results");
+    let mut checked = 0;
+    for run in std::fs::read_dir(&dir).unwrap() {
+        for file in std::fs::read_dir(run.unwrap().path()).unwrap() {
+            let path = file.unwrap().path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let value: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+                let errors: Vec<String> = validator
+                    .iter_errors(&value)
+                    .map(|e| e.to_string())
+                    .collect();
+                assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 0, "no results under {}", dir.display());
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole comparison on a machine with an NVIDIA GPU, from a checkout that carries a built
+# target/release/pepnet and the Vulkan loader packages in .gl/ (see bench/README.md):
+#
+#   bash bench/gpu_run.sh OUT_DIR [BATCH_SIZES]
+#
+# Records the GPU and driver, then runs bench/run_comparison.sh on tiny, paper and paper_mmoe.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+out="$1"; sizes="${2:-1,64,1024,16384,65536}"
+mkdir -p "$out"
+if ! ldconfig -p | grep 'libvulkan\.so\.1' >/dev/null && ls "$here"/../.gl/*.deb >/dev/null 2>&1; then
+    for f in "$here"/../.gl/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+fi
+for icd in /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json /usr/share/vulkan/icd.d/nvidia_icd.json; do
+    if [ -f "$icd" ]; then export VK_DRIVER_FILES="$icd"; break; fi
+done
+export PEPNET_ADAPTER="${PEPNET_ADAPTER:-NVIDIA}"
+{
+    date -u +%FT%TZ
+    git -C "$here/.." rev-parse HEAD 2>/dev/null || echo "commit unknown"
+    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv
+    "$here/../target/release/pepnet" info
+} | tee "$out/machine.txt"
+for preset in tiny paper paper_mmoe; do
+    bash "$here/run_comparison.sh" "$preset" "$out/$preset" "$sizes"
+done
