@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use pepnet::input::CsvBatches;
+use pepnet::io::InputReader;
 use pepnet::{reference, synth, Batch, Engine, EngineOptions, GpuContext, Model};
 
 fn example() -> Model {
@@ -63,7 +63,7 @@ fn cpu_paths(c: &mut Criterion) {
     let csv = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/kuairand/input.csv");
     group.bench_function("csv_read/256", |b| {
         b.iter(|| {
-            CsvBatches::open(&csv, &model.spec, &[], 4096)
+            InputReader::open(&csv, &model.spec, &[], 4096, None)
                 .unwrap()
                 .map(|b| b.unwrap().batch.len())
                 .sum::<usize>()

@@ -2,7 +2,7 @@
 //! API scores and what the input readers produce.
 
 use crate::error::{Error, Result};
-use crate::spec::{FeatureKind, ModelSpec};
+use crate::spec::{FeatureKind, FeatureSpec, ModelSpec};
 
 /// The values of one feature for every sample of a batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -118,58 +118,57 @@ impl Batch {
                     col.len()
                 )));
             }
-            let bad = |i: usize, message: String| Error::Input {
-                source_name: source.to_string(),
-                row: first_row + i,
-                column: f.name.clone(),
-                message,
-            };
-            match col {
-                Column::Dense(v) => {
-                    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                        return Err(bad(i, format!("value {} is not a finite number", v[i])));
-                    }
+            if let Column::MultiHot { offsets, ids } = col {
+                if offsets.first() != Some(&0)
+                    || offsets.last() != Some(&ids.len())
+                    || offsets.windows(2).any(|w| w[0] > w[1])
+                {
+                    return Err(Error::Batch(format!(
+                        "column '{}': offsets must rise from 0 to the number of ids ({})",
+                        f.name,
+                        ids.len()
+                    )));
                 }
-                Column::MultiHot { offsets, ids } => {
-                    if offsets.first() != Some(&0)
-                        || offsets.last() != Some(&ids.len())
-                        || offsets.windows(2).any(|w| w[0] > w[1])
-                    {
-                        return Err(Error::Batch(format!(
-                            "column '{}': offsets must rise from 0 to the number of ids ({})",
-                            f.name,
-                            ids.len()
-                        )));
-                    }
-                    let max_len = f.max_len.unwrap_or(0);
-                    for i in 0..n {
-                        let len = offsets[i + 1] - offsets[i];
-                        if len > max_len {
-                            return Err(bad(
-                                i,
-                                format!("list of {len} ids is longer than max_len {max_len}"),
-                            ));
-                        }
-                    }
-                    check_ids(col, n, f.rows(), &bad)?;
-                }
-                Column::Sparse(_) => check_ids(col, n, f.rows(), &bad)?,
+            }
+            for i in 0..n {
+                let checked = match col {
+                    Column::Dense(v) => check_dense(v[i]),
+                    _ => check_ids(f, col.ids(i)),
+                };
+                checked.map_err(|message| Error::Input {
+                    source_name: source.to_string(),
+                    row: first_row + i,
+                    column: f.name.clone(),
+                    message,
+                })?;
             }
         }
         Ok(())
     }
 }
 
-fn check_ids(
-    col: &Column,
-    n: usize,
-    vocab: usize,
-    bad: &dyn Fn(usize, String) -> Error,
-) -> Result<()> {
-    for i in 0..n {
-        if let Some(&id) = col.ids(i).iter().find(|&&id| id >= vocab as u64) {
-            return Err(bad(i, format!("id {id} is outside [0, {vocab})")));
+/// Why one sample's ids do not fit feature `f` (sparse or multi-hot), if they do not.
+pub(crate) fn check_ids(f: &FeatureSpec, ids: &[u64]) -> std::result::Result<(), String> {
+    if let Some(max_len) = f.max_len {
+        if ids.len() > max_len {
+            return Err(format!(
+                "list of {} ids is longer than max_len {max_len}",
+                ids.len()
+            ));
         }
     }
-    Ok(())
+    let vocab = f.rows() as u64;
+    match ids.iter().find(|&&id| id >= vocab) {
+        Some(id) => Err(format!("id {id} is outside [0, {vocab})")),
+        None => Ok(()),
+    }
+}
+
+/// Why a dense value does not fit, if it does not.
+pub(crate) fn check_dense(x: f32) -> std::result::Result<(), String> {
+    if x.is_finite() {
+        Ok(())
+    } else {
+        Err(format!("value {x} is not a finite number"))
+    }
 }

@@ -2,11 +2,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use pepnet::input::{CsvBatches, ScoreWriter};
+use pepnet::io::InputReader;
+use pepnet::pipeline::ScoreFileOptions;
 use pepnet::{reference, Engine, EngineOptions, GpuContext, Model, ModelSpec, Result};
 
 #[derive(Parser)]
@@ -30,15 +30,15 @@ enum Backend {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Score a CSV file: one probability column per task.
+    /// Score a CSV or Parquet file: one probability column per task.
     Score {
         /// Model directory (model.json + weights.safetensors).
         #[arg(long)]
         model: PathBuf,
-        /// Input CSV, one column per feature.
+        /// Input, one column per feature: CSV, or Parquet (.parquet, .pq).
         #[arg(long)]
         input: PathBuf,
-        /// Output CSV: the carried columns, then one column per task.
+        /// Output: the carried columns, then one column per task; CSV or Parquet by extension.
         #[arg(long)]
         output: PathBuf,
         /// Samples per batch.
@@ -52,6 +52,13 @@ enum Command {
         /// Adapter name substring (default: $PEPNET_ADAPTER, else the high-performance one).
         #[arg(long)]
         adapter: Option<String>,
+        /// Write rows that do not fit the model here (CSV: row, column, value, reason) and
+        /// score the rest, instead of failing on the first.
+        #[arg(long)]
+        rejects: Option<PathBuf>,
+        /// No progress bar (it is only drawn on a terminal anyway).
+        #[arg(long)]
+        quiet: bool,
     },
     /// Write a model directory with Xavier-initialised weights for a spec.
     Init {
@@ -127,15 +134,25 @@ fn main() -> ExitCode {
             carry,
             backend,
             adapter,
-        } => score(
-            &model,
-            &input,
-            &output,
-            batch_size,
-            &carry,
-            backend,
-            adapter.as_deref(),
-        ),
+            rejects,
+            quiet,
+        } => {
+            let options = ScoreFileOptions {
+                batch_size,
+                carry,
+                rejects,
+                progress: !quiet,
+                ..Default::default()
+            };
+            score(
+                &model,
+                &input,
+                &output,
+                options,
+                backend,
+                adapter.as_deref(),
+            )
+        }
         Command::Init { spec, out, seed } => init(&spec, &out, seed),
         Command::Info => {
             info();
@@ -191,8 +208,7 @@ fn score(
     model_dir: &std::path::Path,
     input: &std::path::Path,
     output: &std::path::Path,
-    batch_size: usize,
-    carry: &[String],
+    options: ScoreFileOptions,
     backend: Backend,
     adapter: Option<&str>,
 ) -> Result<()> {
@@ -201,35 +217,34 @@ fn score(
         Backend::Gpu => {
             let ctx = GpuContext::new(adapter)?;
             eprintln!("adapter: {} ({:?})", ctx.info.name, ctx.info.backend);
-            let options = EngineOptions {
-                max_batch: batch_size,
+            let engine_options = EngineOptions {
+                max_batch: options.batch_size,
+                workspaces: options.scorers,
                 ..Default::default()
             };
-            Some(Engine::new(ctx, &model, &options)?)
+            Some(Engine::new(ctx, &model, &engine_options)?)
         }
         Backend::Reference => None,
     };
-    let batches = CsvBatches::open(input, &model.spec, carry, batch_size)?;
-    let mut writer = ScoreWriter::create(output, carry, &model.spec.tasks)?;
-    let start = Instant::now();
-    let mut rows = 0;
-    for batch in batches {
-        let batch = batch?;
-        let scores = match &engine {
-            Some(engine) => engine.score(&batch.batch)?,
-            None => reference::forward(&model, &batch.batch)?
+    let score = |batch: &pepnet::Batch| -> Result<Vec<f32>> {
+        match &engine {
+            Some(engine) => engine.score(batch),
+            None => Ok(reference::forward(&model, batch)?
                 .into_iter()
                 .map(|p| p as f32)
-                .collect(),
-        };
-        writer.write(&batch.carried, &scores)?;
-        rows += batch.batch.len();
-    }
-    writer.finish()?;
-    let secs = start.elapsed().as_secs_f64();
+                .collect()),
+        }
+    };
+    let summary = pepnet::pipeline::score_file(&model.spec, input, output, &options, &score)?;
+    let rejected = match &options.rejects {
+        Some(path) => format!(", {} rejected -> {}", summary.rejected, path.display()),
+        None => String::new(),
+    };
     eprintln!(
-        "scored {rows} rows in {secs:.3} s ({:.0} rows/s) -> {}",
-        rows as f64 / secs.max(1e-9),
+        "scored {} rows in {:.3} s ({:.0} rows/s) -> {}{rejected}",
+        summary.rows,
+        summary.seconds,
+        summary.rows_per_second(),
         output.display()
     );
     Ok(())
@@ -260,7 +275,7 @@ fn bench(
     if let Some(path) = input {
         // One batch holding the whole file.
         let mut pool = None;
-        for batch in CsvBatches::open(path, &model.spec, &[], usize::MAX)? {
+        for batch in InputReader::open(path, &model.spec, &[], usize::MAX, None)? {
             pool = Some(batch?.batch);
         }
         config.pool = pool;

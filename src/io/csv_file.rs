@@ -1,0 +1,244 @@
+//! CSV input and output.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow_array::ArrayRef;
+use arrow_cast::display::{ArrayFormatter, FormatOptions};
+
+use super::{format_probability, string_array, BadRow, InputBatch, RowAssembler};
+use crate::atomic_file;
+use crate::error::{Error, Result};
+use crate::spec::FeatureKind;
+
+/// Reads a CSV file batch by batch.
+pub struct CsvReader {
+    pub(super) rows: RowAssembler,
+    reader: csv::Reader<File>,
+    file_bytes: u64,
+    /// Column index of each feature, in spec order.
+    feature_cols: Vec<usize>,
+    carry_cols: Vec<usize>,
+    batch_size: usize,
+    /// Data rows read so far (rejected ones included).
+    rows_read: usize,
+    record: csv::StringRecord,
+    done: bool,
+}
+
+impl CsvReader {
+    pub(super) fn open(
+        path: &Path,
+        carry: &[String],
+        batch_size: usize,
+        rows: RowAssembler,
+    ) -> Result<Self> {
+        let name = path.display().to_string();
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .from_reader(file);
+        let header = reader
+            .headers()
+            .map_err(|e| Error::InputFile {
+                source_name: name.clone(),
+                message: format!("cannot read the header row: {e}"),
+            })?
+            .clone();
+        let find = |col: &str, what: &str| {
+            header
+                .iter()
+                .position(|h| h.trim() == col)
+                .ok_or_else(|| Error::InputFile {
+                    source_name: name.clone(),
+                    message: format!(
+                        "missing column '{col}' ({what}); the header has {:?}",
+                        header.iter().collect::<Vec<_>>()
+                    ),
+                })
+        };
+        let feature_cols = rows
+            .spec()
+            .features
+            .iter()
+            .map(|f| find(&f.name, "a feature of the model"))
+            .collect::<Result<_>>()?;
+        let carry_cols = carry
+            .iter()
+            .map(|c| find(c, "asked to be carried"))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            rows,
+            reader,
+            file_bytes,
+            feature_cols,
+            carry_cols,
+            batch_size: batch_size.max(1),
+            rows_read: 0,
+            record: csv::StringRecord::new(),
+            done: false,
+        })
+    }
+
+    fn next_batch(&mut self) -> Result<Option<InputBatch>> {
+        let mut carried: Vec<Vec<String>> = vec![Vec::new(); self.carry_cols.len()];
+        while self.rows.len() < self.batch_size {
+            let read = self.reader.read_record(&mut self.record);
+            let row = self.rows_read + 1;
+            match read {
+                Ok(false) => {
+                    self.done = true;
+                    break;
+                }
+                Ok(true) => self.rows_read += 1,
+                Err(e) => {
+                    // A malformed record (e.g. the wrong number of fields) is a bad row; an I/O
+                    // error ends the run.
+                    if matches!(e.kind(), csv::ErrorKind::Io(_)) {
+                        return Err(Error::InputFile {
+                            source_name: self.rows.source().to_string(),
+                            message: format!("row {row}: {e}"),
+                        });
+                    }
+                    self.rows_read += 1;
+                    match self.rows.bad_row(row, "", "", e.to_string()) {
+                        BadRow::Skip => continue,
+                        BadRow::Fail(e) => return Err(e),
+                    }
+                }
+            }
+            if let Err((f, message)) = self.parse_row() {
+                let cell = self
+                    .record
+                    .get(self.feature_cols[f])
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                let column = self.rows.spec().features[f].name.clone();
+                match self.rows.bad_row(row, &column, &cell, message) {
+                    BadRow::Skip => continue,
+                    BadRow::Fail(e) => return Err(e),
+                }
+            }
+            self.rows.end_row();
+            for (cells, &c) in carried.iter_mut().zip(&self.carry_cols) {
+                cells.push(self.record.get(c).unwrap_or("").to_string());
+            }
+        }
+        if self.rows.len() == 0 {
+            return Ok(None);
+        }
+        let consumed = self.reader.position().byte().max(1);
+        Ok(Some(InputBatch {
+            batch: self.rows.take(),
+            carried: carried.into_iter().map(string_array).collect(),
+            rows_read: self.rows_read,
+            total_rows: Some(if self.done {
+                self.rows_read as u64
+            } else {
+                (self.rows_read as u64 * self.file_bytes / consumed).max(self.rows_read as u64)
+            }),
+        }))
+    }
+
+    /// Pushes the current record's features; on a bad value, the feature and why.
+    fn parse_row(&mut self) -> std::result::Result<(), (usize, String)> {
+        let mut ids = Vec::new();
+        for f in 0..self.feature_cols.len() {
+            let cell = self.record.get(self.feature_cols[f]).unwrap_or("").trim();
+            let feature = &self.rows.spec().features[f];
+            let pushed = match feature.kind {
+                FeatureKind::Dense => match cell.parse::<f32>() {
+                    Ok(x) => self.rows.push_dense(f, x),
+                    Err(_) => Err(format!("expected a number, found '{cell}'")),
+                },
+                FeatureKind::Sparse | FeatureKind::MultiHot => {
+                    ids.clear();
+                    let parts = (feature.kind == FeatureKind::Sparse || !cell.is_empty())
+                        .then(|| cell.split('|'));
+                    let parsed: std::result::Result<(), String> =
+                        parts.into_iter().flatten().try_for_each(|p| {
+                            ids.push(parse_id(p.trim())?);
+                            Ok(())
+                        });
+                    parsed.and_then(|()| self.rows.push_ids(f, &ids))
+                }
+            };
+            pushed.map_err(|m| (f, m))?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_id(cell: &str) -> std::result::Result<u64, String> {
+    cell.parse::<u64>()
+        .map_err(|_| format!("expected a non-negative integer id, found '{cell}'"))
+}
+
+impl Iterator for CsvReader {
+    type Item = Result<InputBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done && self.rows.len() == 0 {
+            return None;
+        }
+        let result = self.next_batch();
+        if result.is_err() {
+            self.done = true;
+        }
+        result.transpose()
+    }
+}
+
+/// Writes the scores CSV.
+pub struct CsvScoreWriter {
+    path: PathBuf,
+    writer: csv::Writer<tempfile::NamedTempFile>,
+    tasks: usize,
+    fields: Vec<String>,
+}
+
+impl CsvScoreWriter {
+    pub(super) fn create(path: &Path, carry: &[String], tasks: &[String]) -> Result<Self> {
+        let mut writer = csv::Writer::from_writer(atomic_file::temp_beside(path)?);
+        writer
+            .write_record(carry.iter().chain(tasks))
+            .map_err(|e| Error::io(path, e.into()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            writer,
+            tasks: tasks.len(),
+            fields: Vec::new(),
+        })
+    }
+
+    pub(super) fn write(&mut self, carried: &[ArrayRef], scores: &[f32]) -> Result<()> {
+        let options = FormatOptions::default();
+        let formatters = carried
+            .iter()
+            .map(|a| ArrayFormatter::try_new(a.as_ref(), &options))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::io(&self.path, std::io::Error::other(e)))?;
+        for (i, p) in scores.chunks_exact(self.tasks).enumerate() {
+            self.fields.clear();
+            self.fields
+                .extend(formatters.iter().map(|f| f.value(i).to_string()));
+            self.fields.extend(p.iter().map(|&x| format_probability(x)));
+            self.writer
+                .write_record(&self.fields)
+                .map_err(|e| Error::io(&self.path, e.into()))?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn finish(self) -> Result<()> {
+        let tmp = self
+            .writer
+            .into_inner()
+            .map_err(|e| Error::io(&self.path, e.into_error()))?;
+        tmp.persist(&self.path)
+            .map_err(|e| Error::io(&self.path, e.error))?;
+        Ok(())
+    }
+}

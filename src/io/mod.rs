@@ -1,0 +1,355 @@
+//! Scoring files: reading input (CSV or Parquet, by extension) batch by batch, writing scores
+//! (CSV or Parquet) so that a failed run leaves nothing behind, and the optional rejects file.
+//!
+//! Input: one row per sample and a column per feature, named as in the spec. Sparse columns hold
+//! integer ids; multi-hot cells hold ids separated by `|` in CSV (an empty cell is an empty list)
+//! and a list of integers in Parquet; dense columns hold numbers. Other columns are ignored unless
+//! carried. Carried columns travel as Arrow arrays (strings from CSV, the file's own types from
+//! Parquet) to the output, followed by one probability column per task.
+
+mod csv_file;
+mod parquet_file;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::ArrayRef;
+
+use crate::atomic_file;
+use crate::batch::{check_dense, check_ids, Batch, Column};
+use crate::error::{Error, Result};
+use crate::spec::{FeatureKind, ModelSpec};
+
+pub use csv_file::CsvReader;
+pub use parquet_file::ParquetReader;
+
+/// A file format, chosen by extension: `.parquet` / `.pq` are Parquet, anything else CSV.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Csv,
+    Parquet,
+}
+
+impl Format {
+    pub fn of(path: &Path) -> Format {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+        {
+            Some(e) if e == "parquet" || e == "pq" => Format::Parquet,
+            _ => Format::Csv,
+        }
+    }
+}
+
+/// One batch of input rows.
+pub struct InputBatch {
+    pub batch: Batch,
+    /// The carried columns of the batch's rows, in `carry` order.
+    pub carried: Vec<ArrayRef>,
+    /// Rows of the file read so far, this batch's and rejected ones included.
+    pub rows_read: usize,
+    /// The file's rows, exactly (Parquet) or estimated from the bytes read so far (CSV).
+    pub total_rows: Option<u64>,
+}
+
+/// Reads an input file batch by batch; memory stays at about one batch whatever the file size.
+pub enum InputReader {
+    Csv(CsvReader),
+    Parquet(ParquetReader),
+}
+
+impl InputReader {
+    /// Opens `path` (format by extension) and checks it has every feature and carried column.
+    /// With `rejects`, rows whose values do not fit the model go there and are skipped;
+    /// without, the first one fails the run.
+    pub fn open(
+        path: &Path,
+        spec: &ModelSpec,
+        carry: &[String],
+        batch_size: usize,
+        rejects: Option<Rejects>,
+    ) -> Result<Self> {
+        let rows = RowAssembler::new(spec, path, rejects);
+        Ok(match Format::of(path) {
+            Format::Csv => InputReader::Csv(CsvReader::open(path, carry, batch_size, rows)?),
+            Format::Parquet => {
+                InputReader::Parquet(ParquetReader::open(path, carry, batch_size, rows)?)
+            }
+        })
+    }
+
+    /// Rows rejected so far.
+    pub fn rejected(&self) -> usize {
+        match self {
+            InputReader::Csv(r) => r.rows.rejected(),
+            InputReader::Parquet(r) => r.rows.rejected(),
+        }
+    }
+
+    /// Ends the read: moves the rejects file into place. Call only when the whole run succeeded.
+    pub fn finish(self) -> Result<usize> {
+        match self {
+            InputReader::Csv(r) => r.rows.finish(),
+            InputReader::Parquet(r) => r.rows.finish(),
+        }
+    }
+}
+
+impl Iterator for InputReader {
+    type Item = Result<InputBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            InputReader::Csv(r) => r.next(),
+            InputReader::Parquet(r) => r.next(),
+        }
+    }
+}
+
+/// Builds a batch row by row, checking each value as it arrives; a bad row is rolled back and
+/// either rejected (with `--rejects`) or turned into an error naming file, row and column.
+pub(crate) struct RowAssembler {
+    spec: ModelSpec,
+    source: String,
+    columns: Vec<Column>,
+    rows: usize,
+    rejects: Option<Rejects>,
+}
+
+/// What to do after a row's value did not fit.
+pub(crate) enum BadRow {
+    /// Skip the row (it went to the rejects file).
+    Skip,
+    /// Fail the run.
+    Fail(Error),
+}
+
+impl RowAssembler {
+    fn new(spec: &ModelSpec, path: &Path, rejects: Option<Rejects>) -> Self {
+        let mut a = Self {
+            spec: spec.clone(),
+            source: path.display().to_string(),
+            columns: Vec::new(),
+            rows: 0,
+            rejects,
+        };
+        a.reset();
+        a
+    }
+
+    fn reset(&mut self) {
+        self.rows = 0;
+        self.columns = self
+            .spec
+            .features
+            .iter()
+            .map(|f| match f.kind {
+                FeatureKind::Sparse => Column::Sparse(Vec::new()),
+                FeatureKind::MultiHot => Column::MultiHot {
+                    offsets: vec![0],
+                    ids: Vec::new(),
+                },
+                FeatureKind::Dense => Column::Dense(Vec::new()),
+            })
+            .collect();
+    }
+
+    pub(crate) fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    pub(crate) fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Rows completed in the current batch.
+    pub(crate) fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Appends feature `f`'s sparse id or list of ids to the current row.
+    pub(crate) fn push_ids(&mut self, f: usize, ids: &[u64]) -> std::result::Result<(), String> {
+        check_ids(&self.spec.features[f], ids)?;
+        match &mut self.columns[f] {
+            Column::Sparse(v) => v.push(ids[0]),
+            Column::MultiHot { offsets, ids: all } => {
+                all.extend_from_slice(ids);
+                offsets.push(all.len());
+            }
+            Column::Dense(_) => unreachable!("dense features take push_dense"),
+        }
+        Ok(())
+    }
+
+    /// Appends feature `f`'s dense value to the current row.
+    pub(crate) fn push_dense(&mut self, f: usize, x: f32) -> std::result::Result<(), String> {
+        check_dense(x)?;
+        match &mut self.columns[f] {
+            Column::Dense(v) => v.push(x),
+            _ => unreachable!("only dense features take push_dense"),
+        }
+        Ok(())
+    }
+
+    /// Completes the current row.
+    pub(crate) fn end_row(&mut self) {
+        self.rows += 1;
+    }
+
+    /// Rolls back a partly pushed row, then rejects it or turns it into an error. `row` is the
+    /// 1-based data row of the file; `column` and `value` name the culprit ("" if none).
+    pub(crate) fn bad_row(
+        &mut self,
+        row: usize,
+        column: &str,
+        value: &str,
+        message: String,
+    ) -> BadRow {
+        let n = self.rows;
+        for c in &mut self.columns {
+            match c {
+                Column::Sparse(v) => v.truncate(n),
+                Column::Dense(v) => v.truncate(n),
+                Column::MultiHot { offsets, ids } => {
+                    offsets.truncate(n + 1);
+                    ids.truncate(offsets[n]);
+                }
+            }
+        }
+        match &mut self.rejects {
+            Some(rejects) => match rejects.add(row, column, value, &with_value(message, value)) {
+                Ok(()) => BadRow::Skip,
+                Err(e) => BadRow::Fail(e),
+            },
+            None => BadRow::Fail(if column.is_empty() {
+                Error::InputFile {
+                    source_name: self.source.clone(),
+                    message: format!("row {row}: {message}"),
+                }
+            } else {
+                Error::Input {
+                    source_name: self.source.clone(),
+                    row,
+                    column: column.to_string(),
+                    message: with_value(message, value),
+                }
+            }),
+        }
+    }
+
+    /// The completed rows as a batch; starts the next one.
+    pub(crate) fn take(&mut self) -> Batch {
+        let batch = Batch::new(std::mem::take(&mut self.columns));
+        self.reset();
+        batch
+    }
+
+    fn rejected(&self) -> usize {
+        self.rejects.as_ref().map_or(0, |r| r.count)
+    }
+
+    fn finish(self) -> Result<usize> {
+        match self.rejects {
+            Some(r) => r.finish(),
+            None => Ok(0),
+        }
+    }
+}
+
+/// `message`, naming `value` as the file holds it unless it already does.
+fn with_value(message: String, value: &str) -> String {
+    if value.is_empty() || message.contains(value) {
+        message
+    } else {
+        format!("{message} (the cell holds '{value}')")
+    }
+}
+
+/// The rejects file: `row,column,value,reason` per rejected row, written beside its final path
+/// and moved into place only when the run succeeds.
+pub struct Rejects {
+    path: PathBuf,
+    writer: ::csv::Writer<tempfile::NamedTempFile>,
+    count: usize,
+}
+
+impl Rejects {
+    pub fn create(path: &Path) -> Result<Self> {
+        let mut writer = ::csv::Writer::from_writer(atomic_file::temp_beside(path)?);
+        writer
+            .write_record(["row", "column", "value", "reason"])
+            .map_err(|e| Error::io(path, e.into()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            writer,
+            count: 0,
+        })
+    }
+
+    fn add(&mut self, row: usize, column: &str, value: &str, reason: &str) -> Result<()> {
+        self.count += 1;
+        self.writer
+            .write_record([row.to_string().as_str(), column, value, reason])
+            .map_err(|e| Error::io(&self.path, e.into()))
+    }
+
+    fn finish(self) -> Result<usize> {
+        let tmp = self
+            .writer
+            .into_inner()
+            .map_err(|e| Error::io(&self.path, e.into_error()))?;
+        tmp.persist(&self.path)
+            .map_err(|e| Error::io(&self.path, e.error))?;
+        Ok(self.count)
+    }
+}
+
+/// Writes scores (carried columns, then one probability column per task) to a temporary file
+/// beside `path`, renamed into place by [`ScoreWriter::finish`]; dropping it deletes the file.
+pub enum ScoreWriter {
+    Csv(csv_file::CsvScoreWriter),
+    Parquet(parquet_file::ParquetScoreWriter),
+}
+
+impl ScoreWriter {
+    pub fn create(path: &Path, carry: &[String], tasks: &[String]) -> Result<Self> {
+        Ok(match Format::of(path) {
+            Format::Csv => ScoreWriter::Csv(csv_file::CsvScoreWriter::create(path, carry, tasks)?),
+            Format::Parquet => ScoreWriter::Parquet(parquet_file::ParquetScoreWriter::create(
+                path, carry, tasks,
+            )?),
+        })
+    }
+
+    /// Appends rows: the carried arrays, then the T scores of each sample (sample-major).
+    pub fn write(&mut self, carried: &[ArrayRef], scores: &[f32]) -> Result<()> {
+        match self {
+            ScoreWriter::Csv(w) => w.write(carried, scores),
+            ScoreWriter::Parquet(w) => w.write(carried, scores),
+        }
+    }
+
+    pub fn finish(self) -> Result<()> {
+        match self {
+            ScoreWriter::Csv(w) => w.finish(),
+            ScoreWriter::Parquet(w) => w.finish(),
+        }
+    }
+}
+
+/// The shortest text that reads back as the same f32; scientific notation below 1e-4, where
+/// plain notation would be a long run of zeros.
+pub(crate) fn format_probability(x: f32) -> String {
+    if x != 0.0 && x.abs() < 1e-4 {
+        format!("{x:e}")
+    } else {
+        x.to_string()
+    }
+}
+
+/// A string array of carried cells.
+pub(crate) fn string_array(values: Vec<String>) -> ArrayRef {
+    Arc::new(arrow_array::StringArray::from(values))
+}

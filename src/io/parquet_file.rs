@@ -1,0 +1,327 @@
+//! Parquet input and output, through Arrow record batches.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float32Type, Int64Type};
+use arrow_array::{Array, ArrayRef, BooleanArray, Float32Array, RecordBatch};
+use arrow_cast::display::{ArrayFormatter, FormatOptions};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::{ArrowWriter, ProjectionMask};
+
+use super::{BadRow, InputBatch, RowAssembler};
+use crate::atomic_file;
+use crate::error::{Error, Result};
+use crate::spec::FeatureKind;
+
+/// Reads a Parquet file one record batch (of at most the batch size) at a time, only the
+/// feature and carried columns.
+pub struct ParquetReader {
+    pub(super) rows: RowAssembler,
+    reader: ParquetRecordBatchReader,
+    carry: Vec<String>,
+    total_rows: u64,
+    rows_read: usize,
+}
+
+fn is_integer(t: &DataType) -> bool {
+    t.is_integer()
+}
+
+impl ParquetReader {
+    pub(super) fn open(
+        path: &Path,
+        carry: &[String],
+        batch_size: usize,
+        rows: RowAssembler,
+    ) -> Result<Self> {
+        let name = path.display().to_string();
+        let file_err = |message: String| Error::InputFile {
+            source_name: name.clone(),
+            message,
+        };
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| file_err(format!("not a readable Parquet file: {e}")))?;
+        let schema = builder.schema().clone();
+        let total_rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
+        let find = |col: &str, what: &str| {
+            schema.index_of(col).map_err(|_| {
+                let names: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
+                file_err(format!(
+                    "missing column '{col}' ({what}); the file has {names:?}"
+                ))
+            })
+        };
+        let mut wanted = Vec::new();
+        for f in &rows.spec().features {
+            let i = find(&f.name, "a feature of the model")?;
+            let t = schema.field(i).data_type();
+            let ok = match f.kind {
+                FeatureKind::Sparse => is_integer(t),
+                FeatureKind::Dense => is_integer(t) || t.is_floating(),
+                FeatureKind::MultiHot => match t {
+                    DataType::List(e) | DataType::LargeList(e) | DataType::FixedSizeList(e, _) => {
+                        is_integer(e.data_type())
+                    }
+                    _ => false,
+                },
+            };
+            if !ok {
+                let expected = match f.kind {
+                    FeatureKind::Sparse => "integer ids",
+                    FeatureKind::Dense => "numbers",
+                    FeatureKind::MultiHot => "lists of integer ids",
+                };
+                return Err(file_err(format!(
+                    "column '{}': expected {expected} for a {:?} feature, found type {t}",
+                    f.name, f.kind
+                )));
+            }
+            wanted.push(i);
+        }
+        for c in carry {
+            wanted.push(find(c, "asked to be carried")?);
+        }
+        let mask = ProjectionMask::roots(builder.parquet_schema(), wanted);
+        let reader = builder
+            .with_batch_size(batch_size.max(1))
+            .with_projection(mask)
+            .build()
+            .map_err(|e| file_err(format!("cannot read: {e}")))?;
+        Ok(Self {
+            rows,
+            reader,
+            carry: carry.to_vec(),
+            total_rows,
+            rows_read: 0,
+        })
+    }
+
+    fn convert(&mut self, record: RecordBatch) -> Result<Option<InputBatch>> {
+        let name = self.rows.source().to_string();
+        let n = record.num_rows();
+        let first_row = self.rows_read + 1;
+        self.rows_read += n;
+        let spec = self.rows.spec().clone();
+        // Each feature column, cast once to the type the row loop reads.
+        let mut originals = Vec::new();
+        let mut cast = Vec::new();
+        for f in &spec.features {
+            let original = record.column_by_name(&f.name).expect("projected").clone();
+            let target = match f.kind {
+                FeatureKind::Sparse => DataType::Int64,
+                FeatureKind::Dense => DataType::Float32,
+                FeatureKind::MultiHot => {
+                    DataType::LargeList(Arc::new(Field::new_list_field(DataType::Int64, true)))
+                }
+            };
+            let converted =
+                arrow_cast::cast(original.as_ref(), &target).map_err(|e| Error::InputFile {
+                    source_name: name.clone(),
+                    message: format!("column '{}': cannot read as {target}: {e}", f.name),
+                })?;
+            originals.push(original);
+            cast.push(converted);
+        }
+        let options = FormatOptions::default();
+        let mut keep = Vec::with_capacity(n);
+        let mut ids = Vec::new();
+        for i in 0..n {
+            let mut bad = None;
+            for (f, feature) in spec.features.iter().enumerate() {
+                let (original, array) = (&originals[f], &cast[f]);
+                let pushed = if original.is_null(i) {
+                    Err("missing value (null)".to_string())
+                } else if array.is_null(i) {
+                    Err("value does not fit the column's numeric type".to_string())
+                } else {
+                    match feature.kind {
+                        FeatureKind::Dense => self
+                            .rows
+                            .push_dense(f, array.as_primitive::<Float32Type>().value(i)),
+                        FeatureKind::Sparse => {
+                            let id = array.as_primitive::<Int64Type>().value(i);
+                            to_id(id).and_then(|id| self.rows.push_ids(f, &[id]))
+                        }
+                        FeatureKind::MultiHot => {
+                            let list = array.as_list::<i64>().value(i);
+                            let values = list.as_primitive::<Int64Type>();
+                            ids.clear();
+                            let parsed: std::result::Result<(), String> = (0..values.len())
+                                .try_for_each(|j| {
+                                    if values.is_null(j) {
+                                        return Err(format!("null id at position {j} of the list"));
+                                    }
+                                    ids.push(to_id(values.value(j))?);
+                                    Ok(())
+                                });
+                            parsed.and_then(|()| self.rows.push_ids(f, &ids))
+                        }
+                    }
+                };
+                if let Err(message) = pushed {
+                    bad = Some((f, message));
+                    break;
+                }
+            }
+            match bad {
+                None => {
+                    self.rows.end_row();
+                    keep.push(true);
+                }
+                Some((f, message)) => {
+                    let value = ArrayFormatter::try_new(originals[f].as_ref(), &options)
+                        .map(|fmt| fmt.value(i).to_string())
+                        .unwrap_or_default();
+                    match self
+                        .rows
+                        .bad_row(first_row + i, &spec.features[f].name, &value, message)
+                    {
+                        BadRow::Skip => keep.push(false),
+                        BadRow::Fail(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        if self.rows.len() == 0 {
+            return Ok(None);
+        }
+        let all_kept = keep.iter().all(|&k| k);
+        let mask = BooleanArray::from(keep);
+        let carried = self
+            .carry
+            .iter()
+            .map(|c| {
+                let column = record.column_by_name(c).expect("projected").clone();
+                if all_kept {
+                    Ok(column)
+                } else {
+                    arrow_select::filter::filter(column.as_ref(), &mask)
+                }
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::InputFile {
+                source_name: name,
+                message: format!("selecting carried columns: {e}"),
+            })?;
+        Ok(Some(InputBatch {
+            batch: self.rows.take(),
+            carried,
+            rows_read: self.rows_read,
+            total_rows: Some(self.total_rows),
+        }))
+    }
+}
+
+fn to_id(id: i64) -> std::result::Result<u64, String> {
+    u64::try_from(id).map_err(|_| format!("id {id} is negative"))
+}
+
+impl Iterator for ParquetReader {
+    type Item = Result<InputBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let record = match self.reader.next()? {
+                Ok(r) => r,
+                Err(e) => {
+                    return Some(Err(Error::InputFile {
+                        source_name: self.rows.source().to_string(),
+                        message: format!("after row {}: {e}", self.rows_read),
+                    }))
+                }
+            };
+            match self.convert(record) {
+                Ok(Some(batch)) => return Some(Ok(batch)),
+                Ok(None) => continue, // every row of this record batch was rejected
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+/// Writes the scores as Parquet: the carried columns in their own types, then a float column
+/// per task.
+pub struct ParquetScoreWriter {
+    path: PathBuf,
+    carry: Vec<String>,
+    tasks: Vec<String>,
+    tmp: Option<tempfile::NamedTempFile>,
+    writer: Option<(SchemaRef, ArrowWriter<tempfile::NamedTempFile>)>,
+}
+
+impl ParquetScoreWriter {
+    pub(super) fn create(path: &Path, carry: &[String], tasks: &[String]) -> Result<Self> {
+        Ok(Self {
+            path: path.to_path_buf(),
+            carry: carry.to_vec(),
+            tasks: tasks.to_vec(),
+            tmp: Some(atomic_file::temp_beside(path)?),
+            writer: None,
+        })
+    }
+
+    fn err(&self, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+        Error::io(&self.path, std::io::Error::other(e))
+    }
+
+    /// The writer, created on the first batch, when the carried columns' types are known.
+    fn writer(
+        &mut self,
+        carried_types: &[DataType],
+    ) -> Result<&mut (SchemaRef, ArrowWriter<tempfile::NamedTempFile>)> {
+        if self.writer.is_none() {
+            let fields: Vec<Field> = self
+                .carry
+                .iter()
+                .zip(carried_types)
+                .map(|(name, t)| Field::new(name, t.clone(), true))
+                .chain(
+                    self.tasks
+                        .iter()
+                        .map(|t| Field::new(t, DataType::Float32, false)),
+                )
+                .collect();
+            let schema = Arc::new(Schema::new(fields));
+            let props = parquet::file::properties::WriterProperties::builder()
+                .set_compression(parquet::basic::Compression::SNAPPY)
+                .build();
+            let tmp = self.tmp.take().expect("the temporary file is taken once");
+            let writer =
+                ArrowWriter::try_new(tmp, schema.clone(), Some(props)).map_err(|e| self.err(e))?;
+            self.writer = Some((schema, writer));
+        }
+        Ok(self.writer.as_mut().expect("just created"))
+    }
+
+    pub(super) fn write(&mut self, carried: &[ArrayRef], scores: &[f32]) -> Result<()> {
+        let types: Vec<DataType> = carried.iter().map(|a| a.data_type().clone()).collect();
+        let t_count = self.tasks.len();
+        let mut columns: Vec<ArrayRef> = carried.to_vec();
+        for t in 0..t_count {
+            let p: Float32Array = scores.iter().skip(t).step_by(t_count).copied().collect();
+            columns.push(Arc::new(p));
+        }
+        let (schema, writer) = self.writer(&types)?;
+        let batch = RecordBatch::try_new(schema.clone(), columns);
+        let result = batch.and_then(|b| writer.write(&b).map_err(Into::into));
+        result.map_err(|e| self.err(e))
+    }
+
+    pub(super) fn finish(mut self) -> Result<()> {
+        if self.writer.is_none() {
+            // No rows at all: still write a file with the schema (carried columns as strings).
+            let types = vec![DataType::Utf8; self.carry.len()];
+            self.writer(&types)?;
+        }
+        let (_, writer) = self.writer.take().expect("created above");
+        let tmp = writer.into_inner().map_err(|e| self.err(e))?;
+        tmp.persist(&self.path)
+            .map_err(|e| Error::io(&self.path, e.error))?;
+        Ok(())
+    }
+}

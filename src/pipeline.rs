@@ -1,0 +1,196 @@
+//! Scoring a file at scale: a pipeline of threads so that reading and parsing, scoring, and
+//! writing overlap, with memory bounded by a few batches whatever the file size.
+//!
+//! ```text
+//! reader thread ──(2 batches)──► scorer threads (2) ──(2 results)──► writer thread
+//! ```
+//!
+//! Two scorers give the engine two batches in flight (one uploading or reading back while the
+//! other computes), each in its own workspace; the writer puts results back in input order.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use arrow_array::ArrayRef;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::batch::Batch;
+use crate::error::{Error, Result};
+use crate::io::{InputReader, Rejects, ScoreWriter};
+use crate::spec::ModelSpec;
+
+/// How [`score_file`] runs.
+#[derive(Debug, Clone)]
+pub struct ScoreFileOptions {
+    pub batch_size: usize,
+    /// Input columns copied to the output, before the task columns.
+    pub carry: Vec<String>,
+    /// Where rows that do not fit the model go (with the reason); without it, the first such
+    /// row fails the run.
+    pub rejects: Option<std::path::PathBuf>,
+    /// Show a progress bar (only drawn when stderr is a terminal).
+    pub progress: bool,
+    /// Threads scoring at once (give the engine as many workspaces).
+    pub scorers: usize,
+}
+
+impl Default for ScoreFileOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 4096,
+            carry: Vec::new(),
+            rejects: None,
+            progress: false,
+            scorers: 2,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScoreSummary {
+    pub rows: usize,
+    pub rejected: usize,
+    pub seconds: f64,
+}
+
+impl ScoreSummary {
+    pub fn rows_per_second(&self) -> f64 {
+        self.rows as f64 / self.seconds.max(1e-9)
+    }
+}
+
+struct Scored {
+    rows: usize,
+    carried: Vec<ArrayRef>,
+    scores: Vec<f32>,
+    rows_read: usize,
+    total_rows: Option<u64>,
+}
+
+/// Scores `input` into `output` (formats by extension) with `score`, which maps a batch to its
+/// `len × T` probabilities. On any error nothing is left at `output` (nor at the rejects path).
+pub fn score_file(
+    spec: &ModelSpec,
+    input: &Path,
+    output: &Path,
+    options: &ScoreFileOptions,
+    score: &(dyn Fn(&Batch) -> Result<Vec<f32>> + Sync),
+) -> Result<ScoreSummary> {
+    let start = Instant::now();
+    let rejects = options
+        .rejects
+        .as_deref()
+        .map(Rejects::create)
+        .transpose()?;
+    let reader = InputReader::open(input, spec, &options.carry, options.batch_size, rejects)?;
+    let writer = ScoreWriter::create(output, &options.carry, &spec.tasks)?;
+    let progress = if options.progress && std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:40} {human_pos}/{human_len} rows  {per_sec}  ETA {eta}",
+            )
+            .expect("a valid template"),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+
+    let (batch_tx, batch_rx) = sync_channel(2);
+    let (scored_tx, scored_rx) = sync_channel::<(usize, Result<Scored>)>(2);
+    // Behind an Option so that the receiver can be dropped, unblocking the reader, when the
+    // writer stops early.
+    let batch_rx = Mutex::new(Some(batch_rx));
+    let (reader, writer) = std::thread::scope(|s| {
+        let reader = s.spawn(move || {
+            let mut reader = reader;
+            for (seq, batch) in (&mut reader).enumerate() {
+                let failed = batch.is_err();
+                if batch_tx.send((seq, batch)).is_err() || failed {
+                    break;
+                }
+            }
+            reader
+        });
+        for _ in 0..options.scorers.max(1) {
+            let (batch_rx, scored_tx) = (&batch_rx, scored_tx.clone());
+            s.spawn(move || loop {
+                // Hold the lock only to take a batch, not while scoring it.
+                let next = match &*batch_rx.lock().unwrap_or_else(|e| e.into_inner()) {
+                    Some(rx) => rx.recv().ok(),
+                    None => None,
+                };
+                let Some((seq, batch)) = next else { break };
+                let result = batch.and_then(|b| {
+                    Ok(Scored {
+                        rows: b.batch.len(),
+                        scores: score(&b.batch)?,
+                        carried: b.carried,
+                        rows_read: b.rows_read,
+                        total_rows: b.total_rows,
+                    })
+                });
+                let failed = result.is_err();
+                if scored_tx.send((seq, result)).is_err() || failed {
+                    break;
+                }
+            });
+        }
+        drop(scored_tx);
+        let writer = write_in_order(writer, scored_rx, &progress);
+        // Unblock the reader if the writer stopped early.
+        batch_rx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        (
+            reader.join().expect("the reader thread does not panic"),
+            writer,
+        )
+    });
+    progress.finish_and_clear();
+    let (writer, rows) = writer?;
+    let rejected = reader.rejected();
+    writer.finish()?;
+    reader.finish()?;
+    Ok(ScoreSummary {
+        rows,
+        rejected,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Writes results in input order; returns the writer and the rows written, or the first error.
+fn write_in_order(
+    mut writer: ScoreWriter,
+    scored: Receiver<(usize, Result<Scored>)>,
+    progress: &ProgressBar,
+) -> Result<(ScoreWriter, usize)> {
+    let mut pending = BTreeMap::new();
+    let (mut next, mut rows) = (0, 0);
+    for (seq, result) in scored {
+        pending.insert(seq, result);
+        while let Some(result) = pending.remove(&next) {
+            let s = result?;
+            writer.write(&s.carried, &s.scores)?;
+            rows += s.rows;
+            if let Some(total) = s.total_rows {
+                progress.set_length(total);
+            }
+            progress.set_position(s.rows_read as u64);
+            next += 1;
+        }
+    }
+    if let Some((_, result)) = pending.into_iter().next() {
+        // A gap: a batch before these never arrived, which only happens after an error.
+        result?;
+        return Err(Error::Batch(
+            "a batch was lost between scoring and writing".into(),
+        ));
+    }
+    Ok((writer, rows))
+}
