@@ -103,7 +103,7 @@ enum Command {
         #[arg(long)]
         adapter: Option<String>,
     },
-    /// Write a CSV of random input rows for a model (for benchmarks and trials).
+    /// Write random input rows for a model, CSV or Parquet by extension (benchmarks, trials).
     GenInput {
         /// Model directory, or a model.json spec file.
         #[arg(long)]
@@ -316,11 +316,7 @@ fn gen_input(
     seed: u64,
 ) -> Result<()> {
     let spec = load_spec(model)?;
-    pepnet::synth::write_csv(
-        &spec,
-        &pepnet::synth::random_batch(&spec, rows, seed),
-        output,
-    )?;
+    pepnet::synth::write_file(&spec, rows, seed, output)?;
     eprintln!("wrote {rows} rows to {}", output.display());
     Ok(())
 }

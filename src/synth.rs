@@ -1,14 +1,22 @@
-//! Synthetic inputs for a spec: random batches for benchmarks and examples, and a CSV writer
-//! for them, so that any model can be scored without real data (`pepnet gen-input`).
+//! Synthetic inputs for a spec: random batches for benchmarks and examples, and a CSV or
+//! Parquet writer for them, so that any model can be scored without real data
+//! (`pepnet gen-input`).
 
 use std::path::Path;
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use arrow_array::{ArrayRef, Float32Array, Int64Array, ListArray, RecordBatch};
+use arrow_buffer::OffsetBuffer;
+use arrow_schema::{DataType, Field, Schema};
+use parquet::arrow::ArrowWriter;
+use std::sync::Arc;
+
 use crate::atomic_file;
 use crate::batch::{Batch, Column};
 use crate::error::{Error, Result};
+use crate::io::Format;
 use crate::spec::{FeatureKind, ModelSpec};
 
 /// `rows` random samples, the same for the same seed: ids uniform over each vocabulary, lists of
@@ -44,33 +52,88 @@ pub fn random_batch(spec: &ModelSpec, rows: usize, seed: u64) -> Batch {
     Batch::new(columns)
 }
 
-/// Writes a batch as an input CSV for `spec` (header: the feature names), atomically.
-pub fn write_csv(spec: &ModelSpec, batch: &Batch, path: &Path) -> Result<()> {
+/// Rows generated and written at a time by [`write_file`].
+const CHUNK: usize = 65536;
+
+/// Writes `rows` random input rows for `spec` to `path`, CSV or Parquet by extension, a chunk at
+/// a time (memory does not grow with `rows`), atomically. Chunk i comes from seed `seed + i`.
+pub fn write_file(spec: &ModelSpec, rows: usize, seed: u64, path: &Path) -> Result<()> {
     let tmp = atomic_file::temp_beside(path)?;
-    let mut writer = csv::Writer::from_writer(tmp);
-    let io = |e: csv::Error| Error::io(path, e.into());
-    writer
-        .write_record(spec.features.iter().map(|f| f.name.as_str()))
-        .map_err(io)?;
-    let mut fields = Vec::with_capacity(spec.features.len());
-    for i in 0..batch.len() {
-        fields.clear();
-        for column in &batch.columns {
-            fields.push(match column {
-                Column::Dense(v) => v[i].to_string(),
-                _ => column
-                    .ids(i)
-                    .iter()
-                    .map(u64::to_string)
-                    .collect::<Vec<_>>()
-                    .join("|"),
-            });
+    let err = |e: String| Error::io(path, std::io::Error::other(e));
+    let chunks = (0..rows.div_ceil(CHUNK).max(1) as u64).map(|i| {
+        let n = (rows - (i as usize * CHUNK).min(rows)).min(CHUNK);
+        random_batch(spec, n, seed.wrapping_add(i))
+    });
+    let tmp = match Format::of(path) {
+        Format::Csv => {
+            let mut writer = csv::Writer::from_writer(tmp);
+            writer
+                .write_record(spec.features.iter().map(|f| f.name.as_str()))
+                .map_err(|e| err(e.to_string()))?;
+            let mut fields = Vec::with_capacity(spec.features.len());
+            for batch in chunks {
+                for i in 0..batch.len() {
+                    fields.clear();
+                    for column in &batch.columns {
+                        fields.push(match column {
+                            Column::Dense(v) => v[i].to_string(),
+                            _ => column
+                                .ids(i)
+                                .iter()
+                                .map(u64::to_string)
+                                .collect::<Vec<_>>()
+                                .join("|"),
+                        });
+                    }
+                    writer
+                        .write_record(&fields)
+                        .map_err(|e| err(e.to_string()))?;
+                }
+            }
+            writer.into_inner().map_err(|e| err(e.to_string()))?
         }
-        writer.write_record(&fields).map_err(io)?;
-    }
-    let tmp = writer
-        .into_inner()
-        .map_err(|e| Error::io(path, e.into_error()))?;
+        Format::Parquet => {
+            let fields: Vec<Field> = spec
+                .features
+                .iter()
+                .map(|f| {
+                    let t = match f.kind {
+                        FeatureKind::Sparse => DataType::Int64,
+                        FeatureKind::MultiHot => {
+                            DataType::List(Arc::new(Field::new_list_field(DataType::Int64, true)))
+                        }
+                        FeatureKind::Dense => DataType::Float32,
+                    };
+                    Field::new(&f.name, t, false)
+                })
+                .collect();
+            let schema = Arc::new(Schema::new(fields));
+            let mut writer =
+                ArrowWriter::try_new(tmp, schema.clone(), None).map_err(|e| err(e.to_string()))?;
+            for batch in chunks {
+                let arrays: Vec<ArrayRef> = batch.columns.iter().map(to_arrow).collect();
+                let record =
+                    RecordBatch::try_new(schema.clone(), arrays).map_err(|e| err(e.to_string()))?;
+                writer.write(&record).map_err(|e| err(e.to_string()))?;
+            }
+            writer.into_inner().map_err(|e| err(e.to_string()))?
+        }
+    };
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
+}
+
+/// One column as an Arrow array: ids as Int64, lists as List<Int64>, dense values as Float32.
+fn to_arrow(column: &Column) -> ArrayRef {
+    match column {
+        Column::Sparse(v) => Arc::new(Int64Array::from_iter_values(v.iter().map(|&x| x as i64))),
+        Column::Dense(v) => Arc::new(Float32Array::from(v.clone())),
+        Column::MultiHot { offsets, ids } => {
+            let values = Int64Array::from_iter_values(ids.iter().map(|&x| x as i64));
+            let offsets =
+                OffsetBuffer::new(offsets.iter().map(|&o| o as i32).collect::<Vec<_>>().into());
+            let field = Arc::new(Field::new_list_field(DataType::Int64, true));
+            Arc::new(ListArray::new(field, offsets, Arc::new(values), None))
+        }
+    }
 }

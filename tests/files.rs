@@ -1,0 +1,523 @@
+//! Scoring files at scale: CSV and Parquet in and out, the threaded pipeline, `--rejects`, and
+//! Parquet's bad inputs. Each bad input must fail naming the file, row and column, and leave no
+//! output behind.
+
+mod common;
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::Float32Type;
+use arrow_array::{ArrayRef, Float64Array, Int64Array, ListArray, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use pepnet::pipeline::{score_file, ScoreFileOptions};
+use pepnet::{Engine, EngineOptions, Model, ModelSpec};
+
+const SPEC: &str = r#"{
+  "embedding_dim": 5, "domain_feature": "tab", "tasks": ["click", "like", "follow"],
+  "features": [
+    {"name": "tab", "kind": "sparse", "vocab": 3, "roles": ["domain"]},
+    {"name": "user_id", "kind": "sparse", "vocab": 50, "roles": ["general", "prior"]},
+    {"name": "tags", "kind": "multi_hot", "vocab": 20, "max_len": 3, "pooling": "sum", "roles": ["general"]},
+    {"name": "dur", "kind": "dense", "roles": ["general", "domain"]}
+  ],
+  "epnet": {"hidden": 7}, "ppnet": {"hidden": 6}, "experts": null, "towers": [9]
+}"#;
+
+fn model() -> Model {
+    Model::init(ModelSpec::from_json(SPEC, "spec").unwrap(), 17)
+}
+
+fn engine(model: &Model) -> Engine {
+    let options = EngineOptions {
+        max_batch: 64,
+        workspaces: 2,
+        ..Default::default()
+    };
+    Engine::new(common::gpu(), model, &options).unwrap()
+}
+
+fn run(
+    model: &Model,
+    input: &Path,
+    output: &Path,
+    options: &ScoreFileOptions,
+) -> pepnet::Result<pepnet::pipeline::ScoreSummary> {
+    let engine = engine(model);
+    score_file(&model.spec, input, output, options, &|b| engine.score(b))
+}
+
+/// Every column of a Parquet file, as (name, array) after concatenating its batches.
+fn read_parquet(path: &Path) -> Vec<(String, Vec<ArrayRef>)> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap())
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut columns: Vec<(String, Vec<ArrayRef>)> = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        if columns.is_empty() {
+            columns = batch
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| (f.name().clone(), Vec::new()))
+                .collect();
+        }
+        for (c, array) in columns.iter_mut().zip(batch.columns()) {
+            c.1.push(array.clone());
+        }
+    }
+    columns
+}
+
+fn floats(arrays: &[ArrayRef]) -> Vec<f32> {
+    arrays
+        .iter()
+        .flat_map(|a| a.as_primitive::<Float32Type>().values().to_vec())
+        .collect()
+}
+
+fn csv_rows(path: &Path) -> Vec<Vec<String>> {
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    reader
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_string).collect())
+        .collect()
+}
+
+#[test]
+fn csv_and_parquet_inputs_and_outputs_agree() {
+    let model = model();
+    let dir = tempfile::tempdir().unwrap();
+    let (csv_in, pq_in) = (dir.path().join("in.csv"), dir.path().join("in.parquet"));
+    pepnet::synth::write_file(&model.spec, 1000, 5, &csv_in).unwrap();
+    pepnet::synth::write_file(&model.spec, 1000, 5, &pq_in).unwrap();
+    let carry = vec!["user_id".to_string(), "tags".to_string()];
+    let options = ScoreFileOptions {
+        batch_size: 96,
+        carry: carry.clone(),
+        ..Default::default()
+    };
+    let outputs = [
+        ("csv", &csv_in, "out1.csv"),
+        ("csv", &pq_in, "out2.csv"),
+        ("parquet", &pq_in, "out3.parquet"),
+        ("parquet", &csv_in, "out4.parquet"),
+    ];
+    let mut scores = Vec::new();
+    for (kind, input, name) in outputs {
+        let out = dir.path().join(name);
+        let summary = run(&model, input, &out, &options).unwrap();
+        assert_eq!((summary.rows, summary.rejected), (1000, 0));
+        let s: Vec<f32> = if kind == "csv" {
+            let rows = csv_rows(&out);
+            assert_eq!(rows.len(), 1000);
+            rows.iter()
+                .flat_map(|r| {
+                    r[2..]
+                        .iter()
+                        .map(|x| x.parse::<f32>().unwrap())
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        } else {
+            let cols = read_parquet(&out);
+            let names: Vec<&str> = cols.iter().map(|c| c.0.as_str()).collect();
+            assert_eq!(names, ["user_id", "tags", "click", "like", "follow"]);
+            // Carried columns keep their types: ids from Parquet stay integers, cells from CSV stay text.
+            let carried_type = cols[0].1[0].data_type().clone();
+            assert_eq!(
+                carried_type,
+                if input == &pq_in {
+                    DataType::Int64
+                } else {
+                    DataType::Utf8
+                }
+            );
+            let per_task: Vec<Vec<f32>> = cols[2..].iter().map(|c| floats(&c.1)).collect();
+            (0..1000)
+                .flat_map(|i| per_task.iter().map(move |t| t[i]))
+                .collect()
+        };
+        scores.push(s);
+    }
+    // The same rows score the same through every path (CSV prints the shortest f32 that reads back).
+    for s in &scores[1..] {
+        assert_eq!(s, &scores[0]);
+    }
+    // ... and as the reference says.
+    let batch = pepnet::synth::random_batch(&model.spec, 1000, 5);
+    let want = pepnet::reference::forward(&model, &batch).unwrap();
+    assert!(common::max_abs_diff(&scores[0], &want) < 1e-5);
+}
+
+#[test]
+fn rejects_collects_bad_rows_and_scores_the_rest() {
+    let model = model();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.csv");
+    let mut text = String::from("rid,tab,user_id,tags,dur\n");
+    let bad = [3usize, 7, 8, 20];
+    for row in 1..=25 {
+        let line = match row {
+            3 => "r3,5,1,2,0.5".to_string(),       // tab outside [0, 3)
+            7 => "r7,1,x,2,0.5".to_string(),       // not an id
+            8 => "r8,1,2,1|2|3|4,0.5".to_string(), // list too long
+            20 => "r20,1,2,1,nan".to_string(),     // not finite
+            _ => format!(
+                "r{row},{},{},{}|{},{}",
+                row % 3,
+                row,
+                row % 20,
+                (row * 7) % 20,
+                row as f32 / 10.0
+            ),
+        };
+        text += &line;
+        text.push('\n');
+    }
+    std::fs::write(&input, text).unwrap();
+    let output = dir.path().join("out.csv");
+    let rejects = dir.path().join("rejects.csv");
+    let options = ScoreFileOptions {
+        batch_size: 4,
+        carry: vec!["rid".into()],
+        rejects: Some(rejects.clone()),
+        ..Default::default()
+    };
+    let summary = run(&model, &input, &output, &options).unwrap();
+    assert_eq!((summary.rows, summary.rejected), (21, 4));
+    let rows = csv_rows(&output);
+    let kept: Vec<String> = (1..=25)
+        .filter(|r| !bad.contains(r))
+        .map(|r| format!("r{r}"))
+        .collect();
+    assert_eq!(rows.iter().map(|r| r[0].clone()).collect::<Vec<_>>(), kept);
+    let rejected = csv_rows(&rejects);
+    let summary: Vec<(String, String)> = rejected
+        .iter()
+        .map(|r| (r[0].clone(), r[1].clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        [("3", "tab"), ("7", "user_id"), ("8", "tags"), ("20", "dur")]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+    assert!(
+        rejected[0][3].contains("outside [0, 3)"),
+        "{:?}",
+        rejected[0]
+    );
+    assert!(rejected[3][3].contains("nan"), "{:?}", rejected[3]);
+    // Scores of kept rows equal scoring the good rows alone.
+    let good = dir.path().join("good.csv");
+    let mut good_text = String::from("rid,tab,user_id,tags,dur\n");
+    for row in (1..=25).filter(|r| !bad.contains(r)) {
+        good_text += &format!(
+            "r{row},{},{},{}|{},{}\n",
+            row % 3,
+            row,
+            row % 20,
+            (row * 7) % 20,
+            row as f32 / 10.0
+        );
+    }
+    std::fs::write(&good, good_text).unwrap();
+    let good_out = dir.path().join("good_out.csv");
+    run(
+        &model,
+        &good,
+        &good_out,
+        &ScoreFileOptions {
+            carry: vec!["rid".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(csv_rows(&good_out), rows);
+}
+
+/// Writes a Parquet file with the given columns.
+fn write_parquet(path: &Path, columns: Vec<(&str, ArrayRef)>) {
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let batch =
+        RecordBatch::try_new(schema.clone(), columns.into_iter().map(|c| c.1).collect()).unwrap();
+    let mut writer = ArrowWriter::try_new(File::create(path).unwrap(), schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+}
+
+fn tags(lists: Vec<Option<Vec<Option<i64>>>>) -> ArrayRef {
+    Arc::new(ListArray::from_iter_primitive::<
+        arrow_array::types::Int64Type,
+        _,
+        _,
+    >(lists))
+}
+
+/// Six good rows; `change` spoils one column.
+fn parquet_columns(change: Option<(&'static str, ArrayRef)>) -> Vec<(&'static str, ArrayRef)> {
+    let mut cols: Vec<(&str, ArrayRef)> = vec![
+        ("tab", Arc::new(Int64Array::from(vec![0, 1, 2, 0, 1, 2]))),
+        (
+            "user_id",
+            Arc::new(Int64Array::from(vec![1, 2, 3, 4, 5, 6])),
+        ),
+        (
+            "tags",
+            tags(vec![
+                Some(vec![Some(1)]),
+                Some(vec![]),
+                Some(vec![Some(2), Some(3)]),
+                None.or(Some(vec![])),
+                Some(vec![Some(4)]),
+                Some(vec![Some(5)]),
+            ]),
+        ),
+        (
+            "dur",
+            Arc::new(Float64Array::from(vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6])),
+        ),
+    ];
+    if let Some((name, array)) = change {
+        let i = cols.iter().position(|c| c.0 == name).unwrap();
+        cols[i].1 = array;
+    }
+    cols
+}
+
+#[test]
+fn parquet_bad_inputs_name_the_place_and_leave_no_output() {
+    let model = model();
+    let cases: Vec<(&str, Option<(&str, ArrayRef)>, &[&str])> = vec![
+        (
+            "id outside vocab",
+            Some((
+                "user_id",
+                Arc::new(Int64Array::from(vec![1, 2, 3, 4, 50, 6])),
+            )),
+            &["row 5", "'user_id'", "50"],
+        ),
+        (
+            "negative id",
+            Some(("tab", Arc::new(Int64Array::from(vec![0, 1, -2, 0, 1, 2])))),
+            &["row 3", "'tab'", "-2"],
+        ),
+        (
+            "null id",
+            Some((
+                "user_id",
+                Arc::new(Int64Array::from(vec![
+                    Some(1),
+                    None,
+                    Some(3),
+                    Some(4),
+                    Some(5),
+                    Some(6),
+                ])),
+            )),
+            &["row 2", "'user_id'", "null"],
+        ),
+        (
+            "null dense",
+            Some((
+                "dur",
+                Arc::new(Float64Array::from(vec![
+                    Some(0.1),
+                    Some(0.2),
+                    Some(0.3),
+                    Some(0.4),
+                    Some(0.5),
+                    None,
+                ])),
+            )),
+            &["row 6", "'dur'", "null"],
+        ),
+        (
+            "infinite dense",
+            Some((
+                "dur",
+                Arc::new(Float64Array::from(vec![
+                    0.1,
+                    0.2,
+                    f64::INFINITY,
+                    0.4,
+                    0.5,
+                    0.6,
+                ])),
+            )),
+            &["row 3", "'dur'", "inf"],
+        ),
+        (
+            "overflowing dense",
+            Some((
+                "dur",
+                Arc::new(Float64Array::from(vec![0.1, 1e40, 0.3, 0.4, 0.5, 0.6])),
+            )),
+            &["row 2", "'dur'", "1e40"],
+        ),
+        (
+            "list too long",
+            Some((
+                "tags",
+                tags(vec![
+                    Some(vec![]),
+                    Some(vec![]),
+                    Some(vec![]),
+                    Some(vec![Some(1), Some(2), Some(3), Some(4)]),
+                    Some(vec![]),
+                    Some(vec![]),
+                ]),
+            )),
+            &["row 4", "'tags'", "max_len 3"],
+        ),
+        (
+            "id outside vocab in a list",
+            Some((
+                "tags",
+                tags(vec![
+                    Some(vec![]),
+                    Some(vec![Some(20)]),
+                    Some(vec![]),
+                    Some(vec![]),
+                    Some(vec![]),
+                    Some(vec![]),
+                ]),
+            )),
+            &["row 2", "'tags'", "20"],
+        ),
+        (
+            "null id in a list",
+            Some((
+                "tags",
+                tags(vec![
+                    Some(vec![]),
+                    Some(vec![]),
+                    Some(vec![]),
+                    Some(vec![]),
+                    Some(vec![Some(1), None]),
+                    Some(vec![]),
+                ]),
+            )),
+            &["row 5", "'tags'", "null"],
+        ),
+        (
+            "null list",
+            Some((
+                "tags",
+                tags(vec![
+                    Some(vec![]),
+                    Some(vec![]),
+                    None,
+                    Some(vec![]),
+                    Some(vec![]),
+                    Some(vec![]),
+                ]),
+            )),
+            &["row 3", "'tags'", "null"],
+        ),
+        (
+            "text where ids belong",
+            Some((
+                "user_id",
+                Arc::new(StringArray::from(vec!["a", "b", "c", "d", "e", "f"])),
+            )),
+            &["'user_id'", "integer ids", "Utf8"],
+        ),
+    ];
+    for (what, change, needles) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.parquet");
+        write_parquet(&input, parquet_columns(change));
+        let output = dir.path().join("out.parquet");
+        let err = run(
+            &model,
+            &input,
+            &output,
+            &ScoreFileOptions {
+                batch_size: 2,
+                ..Default::default()
+            },
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{what}: expected an error"))
+        .to_string();
+        assert!(err.contains("in.parquet"), "{what}: {err}");
+        for needle in needles {
+            assert!(err.contains(needle), "{what}: '{needle}' not in: {err}");
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["in.parquet"], "{what}: files left behind");
+    }
+    // A missing column.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.parquet");
+    let mut cols = parquet_columns(None);
+    cols.retain(|c| c.0 != "dur");
+    write_parquet(&input, cols);
+    let err = run(
+        &model,
+        &input,
+        &dir.path().join("o.csv"),
+        &ScoreFileOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("missing column 'dur'"), "{err}");
+    // The good file scores.
+    write_parquet(&input, parquet_columns(None));
+    let summary = run(
+        &model,
+        &input,
+        &dir.path().join("o.csv"),
+        &ScoreFileOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(summary.rows, 6);
+}
+
+#[test]
+fn many_small_batches_through_the_pipeline_keep_their_order() {
+    let model = model();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.parquet");
+    pepnet::synth::write_file(&model.spec, 5000, 9, &input).unwrap();
+    let output = dir.path().join("out.parquet");
+    let options = ScoreFileOptions {
+        batch_size: 37,
+        carry: vec!["user_id".into()],
+        scorers: 3,
+        ..Default::default()
+    };
+    let summary = run(&model, &input, &output, &options).unwrap();
+    assert_eq!(summary.rows, 5000);
+    let cols = read_parquet(&output);
+    let ids: Vec<i64> = cols[0]
+        .1
+        .iter()
+        .flat_map(|a| {
+            a.as_primitive::<arrow_array::types::Int64Type>()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    let batch = pepnet::synth::random_batch(&model.spec, 5000, 9);
+    let want: Vec<i64> = match &batch.columns[1] {
+        pepnet::Column::Sparse(v) => v.iter().map(|&x| x as i64).collect(),
+        _ => unreachable!(),
+    };
+    // synth writes chunks of 65536 rows, so 5000 rows come from one seed: the same rows.
+    assert_eq!(ids, want);
+}
