@@ -295,10 +295,17 @@ fn parquet_columns(change: Option<(&'static str, ArrayRef)>) -> Vec<(&'static st
     cols
 }
 
+/// What is wrong, the spoiled column, and what the error must say.
+type BadCase = (
+    &'static str,
+    Option<(&'static str, ArrayRef)>,
+    &'static [&'static str],
+);
+
 #[test]
 fn parquet_bad_inputs_name_the_place_and_leave_no_output() {
     let model = model();
-    let cases: Vec<(&str, Option<(&str, ArrayRef)>, &[&str])> = vec![
+    let cases: Vec<BadCase> = vec![
         (
             "id outside vocab",
             Some((
