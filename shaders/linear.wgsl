@@ -12,14 +12,12 @@
 // is loaded into workgroup memory; bias, the activation and M (EPNet's δ ⊙ E) are applied in
 // the epilogue, so no intermediate touches device memory.
 //
-// Tiling: a workgroup of 16×16 threads owns a 64×64 output tile; each thread owns a 4×4 block
-// in registers. K advances 16 at a time through two workgroup-memory tiles, stored k-major so
-// that the inner loop reads whole vec4s.
-
-const TM: u32 = 64u;          // rows per workgroup tile
-const TN: u32 = 64u;          // output columns per workgroup tile
-const TK: u32 = 16u;          // reduction depth per step
-const TILE_STRIDE: u32 = 17u; // vec4s per k-row of a tile: 16 plus one of padding against bank conflicts
+// Two entry points share the problems, the bindings and the numbering of 64-column tiles, so
+// one problem table and one bind group serve both:
+//   main       64×64 tiles: 16×16 threads, each a 4×4 block in registers; K advances 16 at a
+//              time through two k-major workgroup tiles read as whole vec4s. For batches.
+//   main_small 4×64 tiles: 64 threads, each one column of 4 rows; K advances 64 at a time. For
+//              a few samples (online scoring), where a 64-row tile would be mostly padding.
 
 const ACT_NONE: u32 = 0u;
 const ACT_RELU: u32 = 1u;
@@ -68,9 +66,6 @@ struct Batch {
 @group(0) @binding(3) var<storage, read> weights: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> act: array<f32>;
 
-var<workgroup> a_tile: array<vec4<f32>, 272>; // [TK][TILE_STRIDE] of 4 rows each
-var<workgroup> w_tile: array<vec4<f32>, 272>; // [TK][TILE_STRIDE] of 4 columns each
-
 fn activate(z: f32, kind: u32, gamma: f32) -> f32 {
     switch kind {
         case ACT_RELU: { return max(z, 0.0); }
@@ -80,24 +75,69 @@ fn activate(z: f32, kind: u32, gamma: f32) -> f32 {
     }
 }
 
+// Column tiles of all problems are numbered consecutively along x; the problem owning tile x.
+fn find_problem(tile_x: u32) -> Problem {
+    var p = span.first;
+    let last = span.first + span.count - 1u;
+    while p < last && problems[p + 1u].first_tile <= tile_x {
+        p += 1u;
+    }
+    return problems[p];
+}
+
+// Element (m, k) of A ⊙ G, or 0 outside the problem.
+fn load_a(pr: Problem, m: u32, k: u32) -> f32 {
+    if m >= batch.rows || k >= pr.k {
+        return 0.0;
+    }
+    var a = act[pr.a_off + m * pr.a_stride + k];
+    if (pr.flags & FLAG_GATED) != 0u {
+        a *= act[pr.g_off + m * pr.g_stride + k];
+    }
+    return a;
+}
+
+// W[n, k..k+4] (k a multiple of 4), or 0 outside the problem; rows are padded to vec4s.
+fn load_w4(pr: Problem, n: u32, k: u32) -> vec4<f32> {
+    if n >= pr.n || k >= pr.k {
+        return vec4<f32>(0.0);
+    }
+    let w_stride = (pr.k + 3u) & ~3u;
+    return weights[(pr.w_off + n * w_stride + k) / 4u];
+}
+
+// The epilogue: bias, activation and multiplier applied to the sum z of output (m, n).
+fn store(pr: Problem, m: u32, n: u32, z: f32) {
+    if m >= batch.rows || n >= pr.n {
+        return;
+    }
+    let b = pr.bias_off + n;
+    var y = activate(z + weights[b / 4u][b % 4u], pr.act, pr.gamma);
+    if (pr.flags & FLAG_MULTIPLIED) != 0u {
+        y *= act[pr.m_off + m * pr.m_stride + n];
+    }
+    act[pr.y_off + m * pr.y_stride + n] = y;
+}
+
+// ---- main: 64×64 tiles -------------------------------------------------------------------
+
+const TM: u32 = 64u;          // rows per workgroup tile
+const TN: u32 = 64u;          // output columns per workgroup tile
+const TK: u32 = 16u;          // reduction depth per step
+const TILE_STRIDE: u32 = 17u; // vec4s per k-row of a tile: 16 plus one of padding against bank conflicts
+
+var<workgroup> a_tile: array<vec4<f32>, 272>; // [TK][TILE_STRIDE] of 4 rows each
+var<workgroup> w_tile: array<vec4<f32>, 272>; // [TK][TILE_STRIDE] of 4 columns each
+
 @compute @workgroup_size(16, 16, 1)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    // Column tiles of all problems are numbered consecutively along x; find ours.
-    var p = span.first;
-    let last = span.first + span.count - 1u;
-    while p < last && problems[p + 1u].first_tile <= wg.x {
-        p += 1u;
-    }
-    let pr = problems[p];
-    let rows = batch.rows;
+    let pr = find_problem(wg.x);
     let m0 = wg.y * TM;
     let n0 = (wg.x - pr.first_tile) * TN;
-    let gated = (pr.flags & FLAG_GATED) != 0u;
-    let w_stride = (pr.k + 3u) & ~3u;
 
     var acc: array<vec4<f32>, 4>;
     for (var k0 = 0u; k0 < pr.k; k0 += TK) {
@@ -106,26 +146,13 @@ fn main(
             let e = li + 256u * j;
             let kk = e % TK;
             let r = e / TK;
-            let k = k0 + kk;
-            let m = m0 + r;
-            var a = 0.0;
-            if m < rows && k < pr.k {
-                a = act[pr.a_off + m * pr.a_stride + k];
-                if gated {
-                    a *= act[pr.g_off + m * pr.g_stride + k];
-                }
-            }
-            a_tile[kk * TILE_STRIDE + r / 4u][r % 4u] = a;
+            a_tile[kk * TILE_STRIDE + r / 4u][r % 4u] = load_a(pr, m0 + r, k0 + kk);
         }
         // W: each thread loads one vec4 (4 consecutive k of one output column).
         {
             let r = li / 4u;
             let kk = (li % 4u) * 4u;
-            let n = n0 + r;
-            var w = vec4<f32>(0.0);
-            if n < pr.n && k0 + kk < pr.k {
-                w = weights[(pr.w_off + n * w_stride + k0 + kk) / 4u];
-            }
+            let w = load_w4(pr, n0 + r, k0 + kk);
             for (var j = 0u; j < 4u; j++) {
                 w_tile[(kk + j) * TILE_STRIDE + r / 4u][r % 4u] = w[j];
             }
@@ -141,20 +168,54 @@ fn main(
         }
         workgroupBarrier();
     }
-
-    let multiplied = (pr.flags & FLAG_MULTIPLIED) != 0u;
     for (var i = 0u; i < 4u; i++) {
-        let m = m0 + lid.y * 4u + i;
         for (var j = 0u; j < 4u; j++) {
-            let n = n0 + lid.x * 4u + j;
-            if m < rows && n < pr.n {
-                let b = pr.bias_off + n;
-                var y = activate(acc[i][j] + weights[b / 4u][b % 4u], pr.act, pr.gamma);
-                if multiplied {
-                    y *= act[pr.m_off + m * pr.m_stride + n];
-                }
-                act[pr.y_off + m * pr.y_stride + n] = y;
+            store(pr, m0 + lid.y * 4u + i, n0 + lid.x * 4u + j, acc[i][j]);
+        }
+    }
+}
+
+// ---- main_small: 4×64 tiles --------------------------------------------------------------
+
+const SMALL_TM: u32 = 4u;
+const SMALL_TK: u32 = 64u;
+const SMALL_W_STRIDE: u32 = 65u; // floats per k-row of the W tile: 64 plus one against bank conflicts
+
+var<workgroup> small_a: array<vec4<f32>, 64>;    // [SMALL_TK] of the tile's 4 rows
+var<workgroup> small_w: array<f32, 4160>;        // [SMALL_TK][SMALL_W_STRIDE]
+
+@compute @workgroup_size(64, 1, 1)
+fn main_small(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let pr = find_problem(wg.x);
+    let m0 = wg.y * SMALL_TM;
+    let n0 = (wg.x - pr.first_tile) * TN;
+
+    var acc = vec4<f32>(0.0);
+    for (var k0 = 0u; k0 < pr.k; k0 += SMALL_TK) {
+        // A: thread li loads column k0 + li of the 4 rows.
+        let k = k0 + li;
+        small_a[li] = vec4<f32>(load_a(pr, m0, k), load_a(pr, m0 + 1u, k), load_a(pr, m0 + 2u, k), load_a(pr, m0 + 3u, k));
+        // W: 64 columns × 64 k as 1024 vec4s, 16 per thread; 16 consecutive threads read one
+        // 256-byte run of a row.
+        for (var i = 0u; i < 16u; i++) {
+            let e = li + 64u * i;
+            let col = e / 16u;
+            let kq = (e % 16u) * 4u;
+            let w = load_w4(pr, n0 + col, k0 + kq);
+            for (var q = 0u; q < 4u; q++) {
+                small_w[(kq + q) * SMALL_W_STRIDE + col] = w[q];
             }
         }
+        workgroupBarrier();
+        for (var kk = 0u; kk < SMALL_TK; kk++) {
+            acc += small_a[kk] * small_w[kk * SMALL_W_STRIDE + li];
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        store(pr, m0 + i, n0 + li, acc[i]);
     }
 }

@@ -10,7 +10,9 @@ mod common;
 
 use common::{gpu, random_spec, rng, width, Rng};
 use pepnet::gpu::gather::{GatherLayout, MAX_PAGES};
-use pepnet::gpu::linear::{lay_out, pack_layer, Activation, LinearProblem, SpanParams, View};
+use pepnet::gpu::linear::{
+    lay_out, pack_layer, Activation, LinearProblem, SpanParams, Variant, View,
+};
 use pepnet::gpu::mmoe_mix::MixParams;
 use pepnet::gpu::{BatchParams, GpuContext};
 use pepnet::reference::kernels;
@@ -127,16 +129,22 @@ fn linear_matches_reference_on_random_groups() {
         let bg = ctx
             .linear
             .bind_group(&ctx.device, &span, &batch, &problem_buf, &weight_buf, &act);
-        let got = run(&ctx, &act, len, |pass| {
-            ctx.linear.dispatch(pass, &bg, tiles, rows as u32)
-        });
         let mut want: Vec<f64> = initial.iter().map(|&x| x as f64).collect();
         kernels::linear_group(&problems, rows, &weights, &mut want);
-        assert_close(
-            &got,
-            &want,
-            &format!("linear seed {seed}, rows {rows}, {problems:?}"),
-        );
+        // Both variants, whatever the size: each must be right on every shape.
+        for variant in [Variant::Batch, Variant::Small] {
+            ctx.queue
+                .write_buffer(&act, 0, bytemuck::cast_slice(&initial));
+            let got = run(&ctx, &act, len, |pass| {
+                ctx.linear
+                    .dispatch_variant(pass, &bg, tiles, rows as u32, variant)
+            });
+            assert_close(
+                &got,
+                &want,
+                &format!("linear {variant:?}, seed {seed}, rows {rows}, {problems:?}"),
+            );
+        }
     }
 }
 

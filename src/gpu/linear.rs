@@ -2,12 +2,18 @@
 //! descriptor, and its dispatch arithmetic. Its CPU reference is
 //! [`crate::reference::kernels::linear_group`].
 
-use super::{compute_pipeline, whole_buffers};
+use super::whole_buffers;
 
 pub const SOURCE: &str = include_str!("../../shaders/linear.wgsl");
 
-/// Rows of a workgroup tile.
+/// Rows of a workgroup tile of the batch variant (`main`).
 pub const TILE_M: u32 = 64;
+/// Rows of a workgroup tile of the small-batch variant (`main_small`).
+pub const SMALL_TILE_M: u32 = 4;
+/// Batches of at most this many rows use the small-batch variant. Measured on lavapipe with the
+/// paper preset: a 4-row tile costs about 0.3 of a 64-row one, so up to 3 small tiles win;
+/// a GPU may want another threshold (docs/performance.md).
+pub const SMALL_MAX_ROWS: u32 = 12;
 /// Output columns of a workgroup tile.
 pub const TILE_N: u32 = 64;
 
@@ -154,15 +160,87 @@ pub fn pack_layer(buffer: &mut Vec<f32>, weight: &[f32], bias: &[f32], k: u32) -
     (w_offset, bias_offset)
 }
 
-/// The compiled kernel.
+/// The two entry points of `linear.wgsl`: same problems and bindings, different row tiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// 64×64 tiles, 4×4 per thread.
+    Batch,
+    /// 4×64 tiles, one column of 4 rows per thread.
+    Small,
+}
+
+impl Variant {
+    /// The variant a batch of `rows` runs on.
+    pub fn for_rows(rows: u32) -> Self {
+        if rows <= SMALL_MAX_ROWS {
+            Variant::Small
+        } else {
+            Variant::Batch
+        }
+    }
+
+    fn tile_m(self) -> u32 {
+        match self {
+            Variant::Batch => TILE_M,
+            Variant::Small => SMALL_TILE_M,
+        }
+    }
+}
+
+/// The compiled kernel: both variants, sharing one bind group layout so that one bind group
+/// serves either.
 pub struct LinearKernel {
-    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+    batch: wgpu::ComputePipeline,
+    small: wgpu::ComputePipeline,
 }
 
 impl LinearKernel {
     pub fn new(device: &wgpu::Device) -> Self {
+        let entry = |binding: u32, ty: wgpu::BufferBindingType| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        };
+        let storage = |read_only| wgpu::BufferBindingType::Storage { read_only };
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("linear"),
+            entries: &[
+                entry(0, wgpu::BufferBindingType::Uniform),
+                entry(1, wgpu::BufferBindingType::Uniform),
+                entry(2, storage(true)),
+                entry(3, storage(true)),
+                entry(4, storage(false)),
+            ],
+        });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("linear"),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("linear"),
+            source: wgpu::ShaderSource::Wgsl(SOURCE.into()),
+        });
+        let pipeline = |entry_point: &str| {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry_point),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some(entry_point),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        };
         Self {
-            pipeline: compute_pipeline(device, "linear", SOURCE),
+            batch: pipeline("main"),
+            small: pipeline("main_small"),
+            layout,
         }
     }
 
@@ -179,12 +257,13 @@ impl LinearKernel {
     ) -> wgpu::BindGroup {
         device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("linear"),
-            layout: &self.pipeline.get_bind_group_layout(0),
+            layout: &self.layout,
             entries: &whole_buffers(&[span, batch, problems, weights, act]),
         })
     }
 
-    /// Records one dispatch over `tiles` column tiles and `rows` rows.
+    /// Records one dispatch over `tiles` column tiles and `rows` rows, on the variant that
+    /// suits `rows`.
     pub fn dispatch(
         &self,
         pass: &mut wgpu::ComputePass,
@@ -192,8 +271,23 @@ impl LinearKernel {
         tiles: u32,
         rows: u32,
     ) {
-        pass.set_pipeline(&self.pipeline);
+        self.dispatch_variant(pass, bind_group, tiles, rows, Variant::for_rows(rows));
+    }
+
+    /// Records one dispatch on a given variant.
+    pub fn dispatch_variant(
+        &self,
+        pass: &mut wgpu::ComputePass,
+        bind_group: &wgpu::BindGroup,
+        tiles: u32,
+        rows: u32,
+        variant: Variant,
+    ) {
+        pass.set_pipeline(match variant {
+            Variant::Batch => &self.batch,
+            Variant::Small => &self.small,
+        });
         pass.set_bind_group(0, bind_group, &[]);
-        pass.dispatch_workgroups(tiles, rows.div_ceil(TILE_M), 1);
+        pass.dispatch_workgroups(tiles, rows.div_ceil(variant.tile_m()), 1);
     }
 }
