@@ -155,7 +155,8 @@ class PEPNet(nn.Module):
 
 def flops_per_sample(spec, weights_shapes):
     """Multiply-adds count two, as `pepnet plan` counts them."""
-    flops = sum(2 * s[0] * s[1] for n, s in weights_shapes.items() if n.endswith(".weight"))
+    flops = sum(2 * s[0] * s[1] for n, s in weights_shapes.items()
+                if n.endswith(".weight") and not n.startswith("emb."))
     experts = spec.get("experts")
     if experts:
         flops += 2 * len(spec["tasks"]) * experts["hidden"][-1] * experts["count"]

@@ -1,6 +1,6 @@
 // Fused embedding gather: one dispatch looks up and pools every feature of every sample and
-// writes each feature's d-wide vector to every place the model reads it (the EPNet input, the
-// PPNet input, the tower input), so no later kernel gathers or concatenates.
+// writes each feature's d-wide vector to every place the model reads it (the EPNet input; the
+// PPNet input; O_ep's place when there is no EPNet), so no later kernel gathers or concatenates.
 //
 // All embedding rows, of every table, share one row space of width d ("global rows"), split
 // into pages of `rows_per_page` rows so that tables larger than one storage binding still fit.

@@ -124,7 +124,7 @@ fn store(pr: Problem, m: u32, n: u32, z: f32) {
 const TM: u32 = 64u;          // rows per workgroup tile
 const TN: u32 = 64u;          // output columns per workgroup tile
 const TK: u32 = 16u;          // reduction depth per step
-const TILE_STRIDE: u32 = 17u; // vec4s per k-row of a tile: 16 plus one of padding against bank conflicts
+const TILE_STRIDE: u32 = 17u; // vec4s per k-row of a tile: 16 plus one, which halves the bank conflicts of the tile stores
 
 var<workgroup> a_tile: array<vec4<f32>, 272>; // [TK][TILE_STRIDE] of 4 rows each
 var<workgroup> w_tile: array<vec4<f32>, 272>; // [TK][TILE_STRIDE] of 4 columns each
@@ -178,11 +178,12 @@ fn main(
 // ---- main_small: 4×64 tiles --------------------------------------------------------------
 
 const SMALL_TM: u32 = 4u;
-const SMALL_TK: u32 = 64u;
+const SMALL_TK: u32 = 32u;
 const SMALL_W_STRIDE: u32 = 65u; // floats per k-row of the W tile: 64 plus one against bank conflicts
 
-var<workgroup> small_a: array<vec4<f32>, 64>;    // [SMALL_TK] of the tile's 4 rows
-var<workgroup> small_w: array<f32, 4160>;        // [SMALL_TK][SMALL_W_STRIDE]
+// 8.8 KB in all, inside the 16 KB of workgroup memory every device offers.
+var<workgroup> small_a: array<vec4<f32>, 32>;    // [SMALL_TK] of the tile's 4 rows
+var<workgroup> small_w: array<f32, 2080>;        // [SMALL_TK][SMALL_W_STRIDE]
 
 @compute @workgroup_size(64, 1, 1)
 fn main_small(
@@ -195,15 +196,19 @@ fn main_small(
 
     var acc = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < pr.k; k0 += SMALL_TK) {
-        // A: thread li loads column k0 + li of the 4 rows.
-        let k = k0 + li;
-        small_a[li] = vec4<f32>(load_a(pr, m0, k), load_a(pr, m0 + 1u, k), load_a(pr, m0 + 2u, k), load_a(pr, m0 + 3u, k));
-        // W: 64 columns × 64 k as 1024 vec4s, 16 per thread; 16 consecutive threads read one
-        // 256-byte run of a row.
-        for (var i = 0u; i < 16u; i++) {
+        // A: 32 k × 4 rows, two per thread; consecutive threads read consecutive k.
+        {
+            let kk = li % SMALL_TK;
+            let r = (li / SMALL_TK) * 2u;
+            small_a[kk][r] = load_a(pr, m0 + r, k0 + kk);
+            small_a[kk][r + 1u] = load_a(pr, m0 + r + 1u, k0 + kk);
+        }
+        // W: 64 columns × 32 k as 512 vec4s, 8 per thread; 8 consecutive threads read one
+        // 128-byte run of a row.
+        for (var i = 0u; i < 8u; i++) {
             let e = li + 64u * i;
-            let col = e / 16u;
-            let kq = (e % 16u) * 4u;
+            let col = e / 8u;
+            let kq = (e % 8u) * 4u;
             let w = load_w4(pr, n0 + col, k0 + kq);
             for (var q = 0u; q < 4u; q++) {
                 small_w[(kq + q) * SMALL_W_STRIDE + col] = w[q];

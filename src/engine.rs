@@ -83,7 +83,15 @@ impl Engine {
         let spec = model.spec.clone();
         let max_binding = ctx.max_binding_bytes();
         let per_sample = Plan::floats_per_sample(&spec) * 4;
-        let max_rows = (max_binding / per_sample).min(options.max_batch.max(1) as u64);
+        // The id and dense-value uploads are bindings too.
+        let ids_per_sample: u64 = spec
+            .features
+            .iter()
+            .map(|f| f.max_len.unwrap_or(1) as u64 * 4)
+            .sum();
+        let max_rows = (max_binding / per_sample)
+            .min(max_binding / ids_per_sample)
+            .min(options.max_batch.max(1) as u64);
         if max_rows == 0 {
             return Err(Error::Gpu(format!(
                 "one sample needs {per_sample} bytes of activations, more than a storage binding ({max_binding} bytes)"
@@ -116,12 +124,15 @@ impl Engine {
             .min(max_binding);
         let layout = GatherLayout::new(&spec, &plan.destinations, page_bytes)?;
 
-        let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let out_of_memory = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let invalid = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let shared = SharedBuffers::new(&ctx, model, &layout, &plan, &packed);
         let workspaces = (0..options.workspaces.max(1))
             .map(|_| Mutex::new(Workspace::new(&ctx, &spec, &layout, &plan, &shared)))
             .collect();
-        if let Some(e) = pollster::block_on(scope.pop()) {
+        // Scopes pop innermost first.
+        let errors = [invalid, out_of_memory].map(|scope| pollster::block_on(scope.pop()));
+        if let Some(e) = errors.into_iter().flatten().next() {
             return Err(Error::Gpu(format!("allocating the engine's buffers: {e}")));
         }
         let timestamps = ctx
@@ -201,7 +212,7 @@ impl Engine {
         self.run_chunk(&mut ws, batch, 0..rows, Some(&timestamps))?;
         let bytes = self
             .ctx
-            .read_mapped(&timestamps.staging, timestamps.bytes())?;
+            .read_mapped(&timestamps.staging, timestamps.bytes(), None)?;
         let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
         let period = self.ctx.queue.get_timestamp_period() as f64;
         Ok(Some(

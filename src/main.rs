@@ -1,4 +1,4 @@
-//! The `pepnet` command line: `score`, `init`, `info`.
+//! The `pepnet` command line: `score`, `init`, `info`, `plan`, `bench`, `gen-input`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -131,7 +131,7 @@ pub fn score_file(
                 let result = batch.and_then(|b| {
                     Ok(Scored {
                         rows: b.batch.len(),
-                        scores: score(&b.batch)?,
+                        scores: score_caught(score, &b.batch)?,
                         carried: b.carried,
                         rows_read: b.rows_read,
                         total_rows: b.total_rows,
@@ -144,19 +144,27 @@ pub fn score_file(
             });
         }
         drop(scored_tx);
-        let writer = write_in_order(writer, scored_rx, &progress);
+        let writer = write_in_order(writer, scored_rx, &progress, input);
         // Unblock the reader if the writer stopped early.
         batch_rx.lock().unwrap_or_else(|e| e.into_inner()).take();
-        (
-            reader.join().expect("the reader thread does not panic"),
-            writer,
-        )
+        (reader.join(), writer)
     });
     progress.finish_and_clear();
+    let reader = reader.map_err(|_| Error::InputFile {
+        source_name: input.display().to_string(),
+        message: "the reader failed unexpectedly (a panic while decoding the file)".into(),
+    })?;
     let (writer, rows) = writer?;
     let rejected = reader.rejected();
-    writer.finish()?;
+    // The rejects file first: if the output then fails, take the rejects back, so that a failed
+    // run leaves neither.
     reader.finish()?;
+    if let Err(e) = writer.finish() {
+        if let Some(path) = &options.rejects {
+            let _ = std::fs::remove_file(path);
+        }
+        return Err(e);
+    }
     Ok(ScoreSummary {
         rows,
         rejected,
@@ -169,7 +177,12 @@ fn write_in_order(
     mut writer: ScoreWriter,
     scored: Receiver<(usize, Result<Scored>)>,
     progress: &ProgressBar,
+    input: &Path,
 ) -> Result<(ScoreWriter, usize)> {
+    let lost = || Error::InputFile {
+        source_name: input.display().to_string(),
+        message: "a batch was lost between scoring and writing".into(),
+    };
     let mut pending = BTreeMap::new();
     let (mut next, mut rows) = (0, 0);
     for (seq, result) in scored {
@@ -188,9 +201,17 @@ fn write_in_order(
     if let Some((_, result)) = pending.into_iter().next() {
         // A gap: a batch before these never arrived, which only happens after an error.
         result?;
-        return Err(Error::Batch(
-            "a batch was lost between scoring and writing".into(),
-        ));
+        return Err(lost());
     }
     Ok((writer, rows))
+}
+
+/// `score(batch)`, with a panic turned into an error, so that every batch a scorer takes comes
+/// back to the writer (which waits for batches in order) as scores or as an error.
+fn score_caught(
+    score: &(dyn Fn(&Batch) -> Result<Vec<f32>> + Sync),
+    batch: &Batch,
+) -> Result<Vec<f32>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| score(batch)))
+        .unwrap_or_else(|_| Err(Error::Gpu("scoring a batch panicked".into())))
 }

@@ -42,6 +42,10 @@ impl PackedWeights {
         let mut data = Vec::new();
         let mut offsets = HashMap::new();
         for (name, shape) in spec.expected_tensors() {
+            // Embeddings live in pages; a feature may be named "weight", so test the prefix.
+            if name.starts_with("emb.") {
+                continue;
+            }
             if let Some(layer) = name.strip_suffix(".weight") {
                 let bias = &weights.get(&format!("{layer}.bias")).data;
                 let (w, b) =
@@ -249,7 +253,7 @@ impl Plan {
                 x_stride: stride,
                 logit_off: c.gate_logits,
                 logit_stride: stride,
-                y_off: c.towers[0],
+                y_off: c.mixed.expect("allocated with experts"),
                 y_stride: stride,
                 _pad: [0; 3],
             }));
@@ -265,12 +269,13 @@ impl Plan {
                 .enumerate()
                 .map(|(t, task)| {
                     let t = t as u32;
-                    let a = match (l, spec.experts.is_some()) {
-                        (0, false) => at(c.o_ep),
-                        _ => at(c.towers[l] + t * w_in[l]),
+                    let a = match (l, c.mixed) {
+                        (0, None) => at(c.o_ep),
+                        (0, Some(mixed)) => at(mixed + t * w_in[0]),
+                        _ => at(c.hidden[l - 1] + t * w_in[l]),
                     };
                     let (y, activation) = if l < last {
-                        (at(c.towers[l + 1] + t * w_out[l]), Activation::Relu)
+                        (at(c.hidden[l] + t * w_out[l]), Activation::Relu)
                     } else {
                         (
                             View {
@@ -327,8 +332,10 @@ struct Columns {
     experts: Vec<u32>,
     /// T·K gate logits (MMoE only).
     gate_logits: u32,
-    /// H(l), T·w_l wide, for l = 0..L; H(0) only exists with experts (else towers read O_ep).
-    towers: Vec<u32>,
+    /// H(0), T·w_0 wide: each task's mix of the experts (MMoE only; else towers read O_ep).
+    mixed: Option<u32>,
+    /// H(l), T·w_l wide, for l = 1..L.
+    hidden: Vec<u32>,
 }
 
 impl Columns {
@@ -358,17 +365,8 @@ impl Columns {
             ),
             None => (Vec::new(), 0),
         };
-        let towers = w_in
-            .iter()
-            .enumerate()
-            .map(|(l, &w)| {
-                if l == 0 && spec.experts.is_none() {
-                    0
-                } else {
-                    alloc(t * w)
-                }
-            })
-            .collect();
+        let mixed = spec.experts.as_ref().map(|_| alloc(t * w_in[0]));
+        let hidden = w_in[1..].iter().map(|&w| alloc(t * w)).collect();
         Self {
             width,
             ep_in,
@@ -379,7 +377,8 @@ impl Columns {
             deltas,
             experts,
             gate_logits,
-            towers,
+            mixed,
+            hidden,
         }
     }
 }

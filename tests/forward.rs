@@ -191,3 +191,23 @@ fn an_invalid_batch_is_an_error_not_a_panic() {
     batch.columns.pop();
     assert!(engine.score(&batch).is_err());
 }
+
+#[test]
+fn features_named_like_tensors_score() {
+    // "weight" and "x.bias" make tensor names ("emb.weight", "emb.x.bias") that end like a
+    // linear layer's; only the model's layers may be packed as layers.
+    let spec = pepnet::ModelSpec::from_json(
+        r#"{"embedding_dim": 3, "domain_feature": "weight", "tasks": ["a", "b"],
+            "features": [
+              {"name": "weight", "kind": "sparse", "vocab": 4, "roles": ["domain", "general"]},
+              {"name": "x.bias", "kind": "dense", "roles": ["general", "prior"]}
+            ],
+            "epnet": {"hidden": 5}, "ppnet": {"hidden": 4}, "towers": [6]}"#,
+        "spec",
+    )
+    .unwrap();
+    let model = Model::init(spec, 8);
+    let engine = Engine::new(gpu(), &model, &EngineOptions::default()).unwrap();
+    let batch = random_batch(&mut rng(8), &model.spec, 33);
+    check(&engine, &model, &batch, "features named like tensors");
+}

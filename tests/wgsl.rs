@@ -67,3 +67,34 @@ fn rust_structs_match_wgsl_layouts() {
         std::mem::size_of::<mmoe_mix::MixParams>()
     );
 }
+
+/// Every entry point fits the 16 KiB of workgroup memory that WebGPU guarantees on any device.
+#[test]
+fn every_entry_point_fits_16_kib_of_workgroup_memory() {
+    use pepnet::gpu::{gather, linear, mmoe_mix};
+    for source in [gather::SOURCE, linear::SOURCE, mmoe_mix::SOURCE] {
+        let module = naga::front::wgsl::parse_str(source).unwrap();
+        let info = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::empty(),
+        )
+        .validate(&module)
+        .unwrap();
+        let mut layouter = naga::proc::Layouter::default();
+        layouter.update(module.to_ctx()).unwrap();
+        for (i, entry) in module.entry_points.iter().enumerate() {
+            let used = info.get_entry_point(i);
+            let bytes: u32 = module
+                .global_variables
+                .iter()
+                .filter(|(h, g)| g.space == naga::AddressSpace::WorkGroup && !used[*h].is_empty())
+                .map(|(_, g)| layouter[g.ty].size)
+                .sum();
+            assert!(
+                bytes <= 16384,
+                "{}: {bytes} bytes of workgroup memory",
+                entry.name
+            );
+        }
+    }
+}

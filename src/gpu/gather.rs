@@ -2,6 +2,8 @@
 //! per-batch id encoding it reads, and the packing of embedding tables into pages. Its CPU
 //! reference is [`crate::reference::kernels::gather`].
 
+use bytemuck::Zeroable;
+
 use super::linear::View;
 use super::{compute_pipeline, dispatch_flat, whole_buffers};
 use crate::batch::{Batch, Column};
@@ -185,8 +187,6 @@ impl GatherLayout {
         }
     }
 }
-
-use bytemuck::Zeroable;
 
 /// The compiled kernel.
 pub struct GatherKernel {

@@ -125,11 +125,13 @@ impl GpuContext {
         }))
     }
 
-    /// The largest byte size one storage binding may have on this device.
+    /// The largest byte size one storage binding may have on this device, and at most 4 GiB:
+    /// kernels index bindings with u32 offsets.
     pub fn max_binding_bytes(&self) -> u64 {
         self.limits
             .max_storage_buffer_binding_size
             .min(self.limits.max_buffer_size)
+            .min(u32::MAX as u64 & !3)
     }
 
     /// A storage buffer holding `data` (a zero-length slice gets one word, since bindings
@@ -165,13 +167,20 @@ impl GpuContext {
         staging: &wgpu::Buffer,
         len: usize,
     ) -> Result<Vec<f32>> {
-        self.queue.submit([encoder.finish()]);
-        let bytes = self.read_mapped(staging, (len * 4) as u64)?;
+        let submission = self.queue.submit([encoder.finish()]);
+        let bytes = self.read_mapped(staging, (len * 4) as u64, Some(submission))?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
-    /// Waits for the GPU, then copies the first `bytes` of a MAP_READ buffer to the host.
-    pub fn read_mapped(&self, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+    /// Waits for `submission` (the latest one if `None`), then copies the first `bytes` of a
+    /// MAP_READ buffer to the host. Waiting for one's own submission, not the latest, keeps
+    /// threads that score at once from waiting on each other's batches.
+    pub fn read_mapped(
+        &self,
+        staging: &wgpu::Buffer,
+        bytes: u64,
+        submission: Option<wgpu::SubmissionIndex>,
+    ) -> Result<Vec<u8>> {
         if bytes == 0 {
             return Ok(Vec::new());
         }
@@ -181,7 +190,10 @@ impl GpuContext {
             let _ = tx.send(r);
         });
         self.device
-            .poll(wgpu::PollType::wait_indefinitely())
+            .poll(wgpu::PollType::Wait {
+                submission_index: submission,
+                timeout: None,
+            })
             .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
         rx.recv()
             .map_err(|_| Error::Gpu("the readback was dropped".into()))?

@@ -137,7 +137,11 @@ impl CsvReader {
             total_rows: Some(if self.done {
                 self.rows_read as u64
             } else {
-                (self.rows_read as u64 * self.file_bytes / consumed).max(self.rows_read as u64)
+                {
+                    let estimate =
+                        self.rows_read as u128 * self.file_bytes as u128 / consumed as u128;
+                    (estimate as u64).max(self.rows_read as u64)
+                }
             }),
         }))
     }

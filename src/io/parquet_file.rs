@@ -27,10 +27,6 @@ pub struct ParquetReader {
     rows_read: usize,
 }
 
-fn is_integer(t: &DataType) -> bool {
-    t.is_integer()
-}
-
 impl ParquetReader {
     pub(super) fn open(
         path: &Path,
@@ -61,11 +57,11 @@ impl ParquetReader {
             let i = find(&f.name, "a feature of the model")?;
             let t = schema.field(i).data_type();
             let ok = match f.kind {
-                FeatureKind::Sparse => is_integer(t),
-                FeatureKind::Dense => is_integer(t) || t.is_floating(),
+                FeatureKind::Sparse => t.is_integer(),
+                FeatureKind::Dense => t.is_integer() || t.is_floating(),
                 FeatureKind::MultiHot => match t {
                     DataType::List(e) | DataType::LargeList(e) | DataType::FixedSizeList(e, _) => {
-                        is_integer(e.data_type())
+                        e.data_type().is_integer()
                     }
                     _ => false,
                 },
