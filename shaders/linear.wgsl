@@ -14,9 +14,10 @@
 //
 // Two entry points share the problems, the bindings and the numbering of 64-column tiles, so
 // one problem table and one bind group serve both:
-//   main       64×64 tiles: 16×16 threads, each a 4×4 block in registers; K advances 16 at a
-//              time through two k-major workgroup tiles read as whole vec4s. For batches.
-//   main_small 4×64 tiles: 64 threads, each one column of 4 rows; K advances 64 at a time. For
+//   main       64×64 tiles: 16×16 threads, each 4 rows × 4 columns (16 apart, so that stores
+//              coalesce) in registers; K advances 16 at a time through two k-major workgroup
+//              tiles read as whole vec4s. For batches.
+//   main_small 4×64 tiles: 64 threads, each one column of 4 rows; K advances 32 at a time. For
 //              a few samples (online scoring), where a 64-row tile would be mostly padding.
 
 const ACT_NONE: u32 = 0u;
@@ -127,7 +128,9 @@ const TK: u32 = 16u;          // reduction depth per step
 const TILE_STRIDE: u32 = 17u; // vec4s per k-row of a tile: 16 plus one, which halves the bank conflicts of the tile stores
 
 var<workgroup> a_tile: array<vec4<f32>, 272>; // [TK][TILE_STRIDE] of 4 rows each
-var<workgroup> w_tile: array<vec4<f32>, 272>; // [TK][TILE_STRIDE] of 4 columns each
+// Column c of a W k-row sits in vec4 c % 16, component c / 16: thread x reads its columns
+// x, x+16, x+32, x+48 as one vec4, and its stores of one output row are then consecutive.
+var<workgroup> w_tile: array<vec4<f32>, 272>; // [TK][TILE_STRIDE]
 
 @compute @workgroup_size(16, 16, 1)
 fn main(
@@ -148,13 +151,13 @@ fn main(
             let r = e / TK;
             a_tile[kk * TILE_STRIDE + r / 4u][r % 4u] = load_a(pr, m0 + r, k0 + kk);
         }
-        // W: each thread loads one vec4 (4 consecutive k of one output column).
+        // W: each thread loads one vec4 (4 consecutive k of one output column c).
         {
-            let r = li / 4u;
+            let c = li / 4u;
             let kk = (li % 4u) * 4u;
-            let w = load_w4(pr, n0 + r, k0 + kk);
+            let w = load_w4(pr, n0 + c, k0 + kk);
             for (var j = 0u; j < 4u; j++) {
-                w_tile[(kk + j) * TILE_STRIDE + r / 4u][r % 4u] = w[j];
+                w_tile[(kk + j) * TILE_STRIDE + c % 16u][c / 16u] = w[j];
             }
         }
         workgroupBarrier();
@@ -170,7 +173,7 @@ fn main(
     }
     for (var i = 0u; i < 4u; i++) {
         for (var j = 0u; j < 4u; j++) {
-            store(pr, m0 + lid.y * 4u + i, n0 + lid.x * 4u + j, acc[i][j]);
+            store(pr, m0 + lid.y * 4u + i, n0 + lid.x + 16u * j, acc[i][j]);
         }
     }
 }
