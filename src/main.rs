@@ -81,7 +81,9 @@ enum Command {
         /// A model directory instead of a preset.
         #[arg(long)]
         model: Option<PathBuf>,
-        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 64, 1024, 16384, 65536])]
+        /// Batch sizes to sweep [default: 1,64,1024,16384,65536; 1,64,1024 on a CPU adapter
+        /// such as lavapipe, where the large ones take minutes each].
+        #[arg(long, value_delimiter = ',')]
         batch_sizes: Vec<usize>,
         /// Timed iterations per batch size (fewer if --budget-s runs out; at least one).
         #[arg(long, default_value_t = 20)]
@@ -280,8 +282,16 @@ fn bench(
         }
         config.pool = pool;
     }
-    let config = &config;
     let ctx = GpuContext::new(adapter)?;
+    if config.batch_sizes.is_empty() {
+        config.batch_sizes = if ctx.info.device_type == wgpu::DeviceType::Cpu {
+            eprintln!("a CPU adapter: sweeping batch sizes 1, 64, 1024 (choose others with --batch-sizes)");
+            vec![1, 64, 1024]
+        } else {
+            vec![1, 64, 1024, 16384, 65536]
+        };
+    }
+    let config = &config;
     eprintln!(
         "benchmarking {name} on {} ({:?})",
         ctx.info.name, ctx.info.backend

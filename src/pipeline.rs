@@ -92,10 +92,8 @@ pub fn score_file(
     let progress = if options.progress && std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(0);
         bar.set_style(
-            ProgressStyle::with_template(
-                "{bar:40} {human_pos}/{human_len} rows  {per_sec}  ETA {eta}",
-            )
-            .expect("a valid template"),
+            ProgressStyle::with_template("{bar:40} {human_pos}/{human_len} rows  {msg}  ETA {eta}")
+                .expect("a valid template"),
         );
         bar.enable_steady_tick(Duration::from_millis(200));
         bar
@@ -195,6 +193,8 @@ fn write_in_order(
                 progress.set_length(total);
             }
             progress.set_position(s.rows_read as u64);
+            let rate = s.rows_read as f64 / progress.elapsed().as_secs_f64().max(1e-3);
+            progress.set_message(format!("{rate:.0} rows/s"));
             next += 1;
         }
     }
