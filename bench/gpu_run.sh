@@ -4,11 +4,14 @@
 #
 #   bash bench/gpu_run.sh OUT_DIR [BATCH_SIZES]
 #
-# Records the GPU and driver, then runs bench/run_comparison.sh on tiny, paper and paper_mmoe.
+# Records the GPU and driver, runs bench/run_comparison.sh on tiny, paper and paper_mmoe in a
+# scratch directory (models and inputs are large), and leaves in OUT_DIR only machine.txt and
+# results.tar.gz (each preset's reports, parity check and table), printing the tables.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="$1"; sizes="${2:-1,64,1024,16384,65536}"
 mkdir -p "$out"
+work="$(mktemp -d)"
 if ! ldconfig -p | grep 'libvulkan\.so\.1' >/dev/null && ls "$here"/../.gl/*.deb >/dev/null 2>&1; then
     for f in "$here"/../.gl/*.deb; do dpkg -x "$f" /; done
     ldconfig
@@ -20,9 +23,16 @@ export PEPNET_ADAPTER="${PEPNET_ADAPTER:-NVIDIA}"
 {
     date -u +%FT%TZ
     git -C "$here/.." rev-parse HEAD 2>/dev/null || echo "commit unknown"
-    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv
+    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv || echo "nvidia-smi: not available"
     "$here/../target/release/pepnet" info
 } | tee "$out/machine.txt"
 for preset in tiny paper paper_mmoe; do
-    bash "$here/run_comparison.sh" "$preset" "$out/$preset" "$sizes"
+    bash "$here/run_comparison.sh" "$preset" "$work/$preset" "$sizes"
+    mkdir -p "$work/results/$preset"
+    cp "$work/$preset"/{*.json,*.txt,*.md} "$work/results/$preset/"
 done
+tar -C "$work/results" -czf "$out/results.tar.gz" .
+for preset in tiny paper paper_mmoe; do
+    echo "== $preset"; cat "$work/results/$preset/table.md"
+done
+rm -rf "$work"
