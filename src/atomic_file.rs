@@ -36,3 +36,12 @@ pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
 }
+
+/// Flushes a CSV writer over a temporary file from [`temp_beside`] and moves the file to `path`.
+pub(crate) fn persist_csv(writer: csv::Writer<tempfile::NamedTempFile>, path: &Path) -> Result<()> {
+    let tmp = writer
+        .into_inner()
+        .map_err(|e| Error::io(path, e.into_error()))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}

@@ -237,12 +237,6 @@ impl CsvScoreWriter {
     }
 
     pub(super) fn finish(self) -> Result<()> {
-        let tmp = self
-            .writer
-            .into_inner()
-            .map_err(|e| Error::io(&self.path, e.into_error()))?;
-        tmp.persist(&self.path)
-            .map_err(|e| Error::io(&self.path, e.error))?;
-        Ok(())
+        atomic_file::persist_csv(self.writer, &self.path)
     }
 }

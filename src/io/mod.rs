@@ -296,12 +296,7 @@ impl Rejects {
     }
 
     fn finish(self) -> Result<usize> {
-        let tmp = self
-            .writer
-            .into_inner()
-            .map_err(|e| Error::io(&self.path, e.into_error()))?;
-        tmp.persist(&self.path)
-            .map_err(|e| Error::io(&self.path, e.error))?;
+        atomic_file::persist_csv(self.writer, &self.path)?;
         Ok(self.count)
     }
 }
