@@ -55,8 +55,10 @@ pub struct GatherParams {
 pub struct GatherLayout {
     pub features: Vec<FeatureGpu>,
     pub params: GatherParams,
-    /// Global row of row 0 of each feature's table.
-    pub table_base: Vec<u32>,
+    /// Per feature of the spec: its index in `features` and the global row of its table's row
+    /// 0, or `None` for a feature no later kernel reads (a domain feature without EPNet, a
+    /// prior without PPNet), which is neither uploaded nor gathered.
+    pub placement: Vec<Option<(usize, u32)>>,
     pub total_rows: u64,
     pub n_pages: usize,
 }
@@ -68,14 +70,18 @@ impl GatherLayout {
         let d = spec.d();
         let (mut slots, mut n_dense, mut next_row) = (0u32, 0u32, 0u64);
         let mut features = Vec::new();
-        let mut table_base = Vec::new();
+        let mut placement = Vec::new();
         for (f, dest) in spec.features.iter().zip(destinations) {
             assert!(
                 dest.len() <= MAX_DESTINATIONS,
                 "a feature has at most three roles"
             );
+            if dest.is_empty() {
+                placement.push(None);
+                continue;
+            }
+            placement.push(Some((features.len(), next_row as u32)));
             let mut g = FeatureGpu::zeroed();
-            table_base.push(next_row as u32);
             match f.kind {
                 FeatureKind::Dense => {
                     g.kind = 2;
@@ -98,6 +104,11 @@ impl GatherLayout {
                 *slot = [v.offset, v.stride, 0, 0];
             }
             features.push(g);
+        }
+        if features.is_empty() {
+            return Err(Error::Gpu(
+                "no feature has a destination: there is nothing to gather".into(),
+            ));
         }
         let row_bytes = 4 * d as u64;
         let rows_per_page = (max_page_bytes / row_bytes)
@@ -125,7 +136,7 @@ impl GatherLayout {
                 _pad: [0; 3],
             },
             features,
-            table_base,
+            placement,
             total_rows: next_row,
             n_pages,
         })
@@ -140,8 +151,9 @@ impl GatherLayout {
             ((p as u64 + 1) * per_page).min(self.total_rows),
         );
         let mut out = Vec::with_capacity(((end - start) * d) as usize);
-        for (f, &base) in spec.features.iter().zip(&self.table_base) {
-            let (base, rows) = (base as u64, f.rows() as u64);
+        for (f, placed) in spec.features.iter().zip(&self.placement) {
+            let Some((_, base)) = placed else { continue };
+            let (base, rows) = (*base as u64, f.rows() as u64);
             let (lo, hi) = (start.max(base), end.min(base + rows));
             if lo < hi {
                 let data = &weights.get(&format!("emb.{}", f.name)).data;
@@ -168,12 +180,10 @@ impl GatherLayout {
         ids.resize(range.len() * slots, NO_ROW);
         for (b, i) in range.enumerate() {
             let sample = &mut ids[b * slots..(b + 1) * slots];
-            for ((g, col), &base) in self
-                .features
-                .iter()
-                .zip(&batch.columns)
-                .zip(&self.table_base)
-            {
+            for (col, placed) in batch.columns.iter().zip(&self.placement) {
+                let Some((g, base)) = placed.map(|(g, base)| (&self.features[g], base)) else {
+                    continue;
+                };
                 match col {
                     Column::Dense(v) => dense.push(v[i]),
                     _ => {
