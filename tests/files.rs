@@ -256,6 +256,13 @@ fn write_parquet(path: &Path, columns: Vec<(&str, ArrayRef)>) {
     writer.close().unwrap();
 }
 
+/// Six empty `tags` lists but at row index `i` (0-based), which holds `list`.
+fn one_list(i: usize, list: Option<Vec<Option<i64>>>) -> ArrayRef {
+    let mut lists = vec![Some(vec![]); 6];
+    lists[i] = list;
+    tags(lists)
+}
+
 fn tags(lists: Vec<Option<Vec<Option<i64>>>>) -> ArrayRef {
     Arc::new(ListArray::from_iter_primitive::<
         arrow_array::types::Int64Type,
@@ -376,60 +383,23 @@ fn parquet_bad_inputs_name_the_place_and_leave_no_output() {
             "list too long",
             Some((
                 "tags",
-                tags(vec![
-                    Some(vec![]),
-                    Some(vec![]),
-                    Some(vec![]),
-                    Some(vec![Some(1), Some(2), Some(3), Some(4)]),
-                    Some(vec![]),
-                    Some(vec![]),
-                ]),
+                one_list(3, Some(vec![Some(1), Some(2), Some(3), Some(4)])),
             )),
             &["row 4", "'tags'", "max_len 3"],
         ),
         (
             "id outside vocab in a list",
-            Some((
-                "tags",
-                tags(vec![
-                    Some(vec![]),
-                    Some(vec![Some(20)]),
-                    Some(vec![]),
-                    Some(vec![]),
-                    Some(vec![]),
-                    Some(vec![]),
-                ]),
-            )),
+            Some(("tags", one_list(1, Some(vec![Some(20)])))),
             &["row 2", "'tags'", "20"],
         ),
         (
             "null id in a list",
-            Some((
-                "tags",
-                tags(vec![
-                    Some(vec![]),
-                    Some(vec![]),
-                    Some(vec![]),
-                    Some(vec![]),
-                    Some(vec![Some(1), None]),
-                    Some(vec![]),
-                ]),
-            )),
+            Some(("tags", one_list(4, Some(vec![Some(1), None])))),
             &["row 5", "'tags'", "null"],
         ),
         (
             "null list",
-            Some((
-                "tags",
-                tags(vec![
-                    Some(vec![]),
-                    Some(vec![]),
-                    None,
-                    Some(vec![]),
-                    Some(vec![]),
-                    Some(vec![]),
-                ]),
-            )),
+            Some(("tags", one_list(2, None))),
             &["row 3", "'tags'", "null"],
         ),
         (
