@@ -1,4 +1,4 @@
-//! The `pepnet` command line: `score`, `init`, `info`, `plan`, `bench`, `gen-input`.
+//! The `pepnet` command line: `score`, `init`, `info`, `plan`, `bench`, `eval`, `gen-input`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -105,6 +105,28 @@ enum Command {
         #[arg(long)]
         adapter: Option<String>,
     },
+    /// AUC and GAUC per domain × task, from labelled data and the scores written for it.
+    Eval {
+        /// Model directory or model.json (for the tasks and the domain feature).
+        #[arg(long)]
+        model: PathBuf,
+        /// The labelled data (CSV or Parquet): features, the user column, one 0/1 label per task.
+        #[arg(long)]
+        input: PathBuf,
+        /// The scores `pepnet score` wrote for that data, row for row.
+        #[arg(long)]
+        scores: PathBuf,
+        /// Column holding the user, for GAUC.
+        #[arg(long, default_value = "user_id")]
+        user_column: String,
+        /// Label columns as TASK=COLUMN, comma-separated (a task not named reads the column
+        /// named like the task).
+        #[arg(long, value_delimiter = ',')]
+        labels: Vec<String>,
+        /// Also write the report as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Write random input rows for a model, CSV or Parquet by extension (benchmarks, trials).
     GenInput {
         /// Model directory, or a model.json spec file.
@@ -161,6 +183,21 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Plan { model } => plan(&model),
+        Command::Eval {
+            model,
+            input,
+            scores,
+            user_column,
+            labels,
+            json,
+        } => eval(
+            &model,
+            &input,
+            &scores,
+            user_column,
+            &labels,
+            json.as_deref(),
+        ),
         Command::Bench {
             preset,
             model,
@@ -306,6 +343,49 @@ fn bench(
     if let Some(path) = json {
         pepnet::bench::write_json(&report, path)?;
         eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn eval(
+    model: &std::path::Path,
+    input: &std::path::Path,
+    scores: &std::path::Path,
+    user_column: String,
+    labels: &[String],
+    json: Option<&std::path::Path>,
+) -> Result<()> {
+    let spec = load_spec(model)?;
+    let mut label_columns = spec.tasks.clone();
+    for pair in labels {
+        let (task, column) = pair
+            .split_once('=')
+            .unwrap_or((pair.as_str(), pair.as_str()));
+        let t = spec
+            .tasks
+            .iter()
+            .position(|x| x == task)
+            .ok_or_else(|| pepnet::Error::Spec {
+                file: "--labels".into(),
+                message: format!(
+                    "'{task}' is not a task of the model; the tasks are {:?}",
+                    spec.tasks
+                ),
+            })?;
+        label_columns[t] = column.to_string();
+    }
+    let options = pepnet::eval::EvalOptions {
+        user_column,
+        label_columns,
+    };
+    let report = pepnet::eval::evaluate(&spec, input, scores, &options)?;
+    print!("{}", pepnet::eval::table(&report));
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&report).expect("a report always serialises");
+        std::fs::write(path, text).map_err(|e| pepnet::Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
     }
     Ok(())
 }

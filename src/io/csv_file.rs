@@ -240,3 +240,47 @@ impl CsvScoreWriter {
         atomic_file::persist_csv(self.writer, &self.path)
     }
 }
+
+pub(super) fn read_number_columns(path: &Path, names: &[String]) -> Result<Vec<Vec<f32>>> {
+    let source_name = path.display().to_string();
+    let mut reader = csv::Reader::from_path(path).map_err(|e| Error::InputFile {
+        source_name: source_name.clone(),
+        message: e.to_string(),
+    })?;
+    let header = reader
+        .headers()
+        .map_err(|e| Error::InputFile {
+            source_name: source_name.clone(),
+            message: format!("cannot read the header row: {e}"),
+        })?
+        .clone();
+    let cols = names
+        .iter()
+        .map(|n| {
+            header
+                .iter()
+                .position(|h| h.trim() == n)
+                .ok_or_else(|| Error::InputFile {
+                    source_name: source_name.clone(),
+                    message: format!("missing column '{n}'"),
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut out = vec![Vec::new(); names.len()];
+    for (i, record) in reader.records().enumerate() {
+        let record = record.map_err(|e| Error::InputFile {
+            source_name: source_name.clone(),
+            message: format!("row {}: {e}", i + 1),
+        })?;
+        for ((values, &c), name) in out.iter_mut().zip(&cols).zip(names) {
+            let cell = record.get(c).unwrap_or("").trim();
+            values.push(cell.parse().map_err(|_| Error::Input {
+                source_name: source_name.clone(),
+                row: i + 1,
+                column: name.clone(),
+                message: format!("expected a number, found '{cell}'"),
+            })?);
+        }
+    }
+    Ok(out)
+}

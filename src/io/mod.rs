@@ -348,3 +348,12 @@ pub(crate) fn format_probability(x: f32) -> String {
 pub(crate) fn string_array(values: Vec<String>) -> ArrayRef {
     Arc::new(arrow_array::StringArray::from(values))
 }
+
+/// Reads whole columns of numbers from a CSV or Parquet file (e.g. a scores file), by name.
+/// Errors name the file, and the row and column of a cell that is not a number.
+pub fn read_number_columns(path: &Path, names: &[String]) -> Result<Vec<Vec<f32>>> {
+    match Format::of(path) {
+        Format::Csv => csv_file::read_number_columns(path, names),
+        Format::Parquet => parquet_file::read_number_columns(path, names),
+    }
+}

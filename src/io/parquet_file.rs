@@ -321,3 +321,50 @@ impl ParquetScoreWriter {
         Ok(())
     }
 }
+
+pub(super) fn read_number_columns(path: &Path, names: &[String]) -> Result<Vec<Vec<f32>>> {
+    let source_name = path.display().to_string();
+    let file_err = |message: String| Error::InputFile {
+        source_name: source_name.clone(),
+        message,
+    };
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| file_err(format!("not a readable Parquet file: {e}")))?;
+    let schema = builder.schema().clone();
+    let indices = names
+        .iter()
+        .map(|n| {
+            schema
+                .index_of(n)
+                .map_err(|_| file_err(format!("missing column '{n}'")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+    let reader = builder
+        .with_projection(mask)
+        .build()
+        .map_err(|e| file_err(format!("cannot read: {e}")))?;
+    let mut out = vec![Vec::new(); names.len()];
+    let mut rows = 0;
+    for batch in reader {
+        let batch = batch.map_err(|e| file_err(format!("after row {rows}: {e}")))?;
+        for (values, name) in out.iter_mut().zip(names) {
+            let column = batch.column_by_name(name).expect("projected");
+            let cast = arrow_cast::cast(column.as_ref(), &DataType::Float32)
+                .map_err(|e| file_err(format!("column '{name}': not numbers: {e}")))?;
+            let floats = cast.as_primitive::<Float32Type>();
+            if let Some(i) = (0..floats.len()).find(|&i| floats.is_null(i)) {
+                return Err(Error::Input {
+                    source_name: source_name.clone(),
+                    row: rows + i + 1,
+                    column: name.clone(),
+                    message: "missing value (null)".into(),
+                });
+            }
+            values.extend_from_slice(floats.values());
+        }
+        rows += batch.num_rows();
+    }
+    Ok(out)
+}
