@@ -8,6 +8,7 @@
 mod atomic_file;
 pub mod batch;
 pub mod bench;
+pub mod datagen;
 pub mod engine;
 pub mod error;
 pub mod eval;

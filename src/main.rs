@@ -1,4 +1,5 @@
-//! The `pepnet` command line: `score`, `init`, `info`, `plan`, `bench`, `eval`, `gen-input`.
+//! The `pepnet` command line: `score`, `init`, `info`, `plan`, `bench`, `eval`, `gen-input`,
+//! `gen-data`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -127,6 +128,20 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Write a synthetic labelled impression log for a model: features, a 0/1 label per task
+    /// and the true probabilities `p_<task>` (the process is in docs/data.md).
+    GenData {
+        /// Model directory, or a model.json spec file.
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        rows: usize,
+        /// CSV or Parquet, by extension.
+        #[arg(long)]
+        output: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Write random input rows for a model, CSV or Parquet by extension (benchmarks, trials).
     GenInput {
         /// Model directory, or a model.json spec file.
@@ -183,6 +198,16 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Plan { model } => plan(&model),
+        Command::GenData {
+            model,
+            rows,
+            output,
+            seed,
+        } => load_spec(&model).and_then(|spec| {
+            pepnet::datagen::write(&spec, rows, seed, &output)?;
+            eprintln!("wrote {rows} labelled rows to {}", output.display());
+            Ok(())
+        }),
         Command::Eval {
             model,
             input,

@@ -53,25 +53,41 @@ pub fn random_batch(spec: &ModelSpec, rows: usize, seed: u64) -> Batch {
 }
 
 /// Rows generated and written at a time by [`write_file`].
-const CHUNK: usize = 65536;
+pub(crate) const CHUNK: usize = 65536;
 
 /// Writes `rows` random input rows for `spec` to `path`, CSV or Parquet by extension, a chunk at
 /// a time (memory does not grow with `rows`), atomically. Chunk i comes from seed `seed + i`.
 pub fn write_file(spec: &ModelSpec, rows: usize, seed: u64, path: &Path) -> Result<()> {
-    let tmp = atomic_file::temp_beside(path)?;
-    let err = |e: String| Error::io(path, std::io::Error::other(e));
     let chunks = (0..rows.div_ceil(CHUNK).max(1) as u64).map(|i| {
         let n = (rows - (i as usize * CHUNK).min(rows)).min(CHUNK);
-        random_batch(spec, n, seed.wrapping_add(i))
+        (random_batch(spec, n, seed.wrapping_add(i)), Vec::new())
     });
+    write_rows(spec, &[], chunks, path)
+}
+
+/// Writes chunks of rows: each chunk's features, then its `extra` float columns (one vector per
+/// name in `extra`), CSV or Parquet by extension, atomically.
+pub(crate) fn write_rows(
+    spec: &ModelSpec,
+    extra: &[String],
+    chunks: impl Iterator<Item = (Batch, Vec<Vec<f32>>)>,
+    path: &Path,
+) -> Result<()> {
+    let tmp = atomic_file::temp_beside(path)?;
+    let err = |e: String| Error::io(path, std::io::Error::other(e));
     let tmp = match Format::of(path) {
         Format::Csv => {
             let mut writer = csv::Writer::from_writer(tmp);
             writer
-                .write_record(spec.features.iter().map(|f| f.name.as_str()))
+                .write_record(
+                    spec.features
+                        .iter()
+                        .map(|f| f.name.as_str())
+                        .chain(extra.iter().map(String::as_str)),
+                )
                 .map_err(|e| err(e.to_string()))?;
-            let mut fields = Vec::with_capacity(spec.features.len());
-            for batch in chunks {
+            let mut fields = Vec::with_capacity(spec.features.len() + extra.len());
+            for (batch, extra_values) in chunks {
                 for i in 0..batch.len() {
                     fields.clear();
                     for column in &batch.columns {
@@ -85,6 +101,7 @@ pub fn write_file(spec: &ModelSpec, rows: usize, seed: u64, path: &Path) -> Resu
                                 .join("|"),
                         });
                     }
+                    fields.extend(extra_values.iter().map(|v| v[i].to_string()));
                     writer
                         .write_record(&fields)
                         .map_err(|e| err(e.to_string()))?;
@@ -106,12 +123,26 @@ pub fn write_file(spec: &ModelSpec, rows: usize, seed: u64, path: &Path) -> Resu
                     };
                     Field::new(&f.name, t, false)
                 })
+                .chain(
+                    extra
+                        .iter()
+                        .map(|n| Field::new(n, DataType::Float32, false)),
+                )
                 .collect();
             let schema = Arc::new(Schema::new(fields));
             let mut writer =
                 ArrowWriter::try_new(tmp, schema.clone(), None).map_err(|e| err(e.to_string()))?;
-            for batch in chunks {
-                let arrays: Vec<ArrayRef> = batch.columns.iter().map(to_arrow).collect();
+            for (batch, extra_values) in chunks {
+                let arrays: Vec<ArrayRef> = batch
+                    .columns
+                    .iter()
+                    .map(to_arrow)
+                    .chain(
+                        extra_values
+                            .into_iter()
+                            .map(|v| Arc::new(Float32Array::from(v)) as ArrayRef),
+                    )
+                    .collect();
                 let record =
                     RecordBatch::try_new(schema.clone(), arrays).map_err(|e| err(e.to_string()))?;
                 writer.write(&record).map_err(|e| err(e.to_string()))?;

@@ -1,0 +1,82 @@
+//! `pepnet gen-data`: labels follow the written probabilities, tasks differ in sparsity,
+//! domains differ, the same seed gives the same file, and Parquet works too.
+
+use pepnet::metrics::auc;
+use pepnet::ModelSpec;
+
+fn spec() -> ModelSpec {
+    ModelSpec::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/kuairand/model.json"),
+    )
+    .unwrap()
+}
+
+#[test]
+fn labels_follow_the_true_probabilities() {
+    let spec = spec();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data.csv");
+    let rows = 40_000;
+    pepnet::datagen::write(&spec, rows, 3, &path).unwrap();
+    let mut columns: Vec<String> = spec.tasks.clone();
+    columns.extend(spec.tasks.iter().map(|t| format!("p_{t}")));
+    columns.push("tab".into());
+    let values = pepnet::io::read_number_columns(&path, &columns).unwrap();
+    let t_count = spec.n_tasks();
+    let mut rates = Vec::new();
+    for t in 0..t_count {
+        let labels: Vec<bool> = values[t].iter().map(|&x| x == 1.0).collect();
+        assert!(values[t].iter().all(|&x| x == 0.0 || x == 1.0));
+        let p = &values[t_count + t];
+        let rate = labels.iter().filter(|&&l| l).count() as f64 / rows as f64;
+        let mean_p = p.iter().map(|&x| x as f64).sum::<f64>() / rows as f64;
+        // The empirical rate is within four standard errors of the mean probability.
+        let se = (mean_p * (1.0 - mean_p) / rows as f64).sqrt();
+        assert!(
+            (rate - mean_p).abs() < 4.0 * se + 1e-4,
+            "task {t}: rate {rate}, mean p {mean_p}"
+        );
+        // The true probabilities rank the labels well above chance.
+        assert!(auc(p, &labels).unwrap() > 0.65, "task {t}");
+        rates.push(rate);
+    }
+    assert!(
+        rates[0] > 5.0 * rates[t_count - 1],
+        "tasks differ in sparsity: {rates:?}"
+    );
+    let tab = &values[2 * t_count];
+    let click_rate = |d: f32| {
+        let rows: Vec<usize> = (0..rows).filter(|&i| tab[i] == d).collect();
+        rows.iter().filter(|&&i| values[0][i] == 1.0).count() as f64 / rows.len() as f64
+    };
+    assert!(
+        (click_rate(0.0) - click_rate(2.0)).abs() > 0.03,
+        "domains differ"
+    );
+}
+
+#[test]
+fn same_seed_same_file_and_parquet_matches_csv() {
+    let spec = spec();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        dir.path().join("a.csv"),
+        dir.path().join("b.csv"),
+        dir.path().join("c.parquet"),
+    );
+    pepnet::datagen::write(&spec, 3000, 9, &a).unwrap();
+    pepnet::datagen::write(&spec, 3000, 9, &b).unwrap();
+    pepnet::datagen::write(&spec, 3000, 9, &c).unwrap();
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let names = vec![
+        "p_click".to_string(),
+        "like".to_string(),
+        "log_duration".to_string(),
+    ];
+    assert_eq!(
+        pepnet::io::read_number_columns(&a, &names).unwrap(),
+        pepnet::io::read_number_columns(&c, &names).unwrap()
+    );
+    pepnet::datagen::write(&spec, 3000, 10, &b).unwrap();
+    assert_ne!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+}
