@@ -14,6 +14,7 @@ pub mod error;
 pub mod eval;
 pub mod gpu;
 pub mod io;
+pub mod kuairand;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

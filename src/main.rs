@@ -1,5 +1,5 @@
 //! The `pepnet` command line: `score`, `init`, `info`, `plan`, `bench`, `eval`, `gen-input`,
-//! `gen-data`.
+//! `gen-data`, `kuairand`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -142,6 +142,28 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Convert a KuaiRand log (with its user and video side files) into labelled input data and
+    /// a model spec that fits it.
+    Kuairand {
+        /// The interaction log (log_*.csv).
+        #[arg(long)]
+        log: PathBuf,
+        /// The user side file (user_features*.csv).
+        #[arg(long)]
+        users: PathBuf,
+        /// The video side file (video_features_basic*.csv).
+        #[arg(long)]
+        videos: PathBuf,
+        /// The data to write (CSV or Parquet): features, then one 0/1 column per task.
+        #[arg(long)]
+        output: PathBuf,
+        /// Where to write the matching spec (model.json format).
+        #[arg(long)]
+        spec_out: PathBuf,
+        /// Embedding width of the spec.
+        #[arg(long, default_value_t = 16)]
+        dim: usize,
+    },
     /// Write random input rows for a model, CSV or Parquet by extension (benchmarks, trials).
     GenInput {
         /// Model directory, or a model.json spec file.
@@ -198,6 +220,26 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Plan { model } => plan(&model),
+        Command::Kuairand {
+            log,
+            users,
+            videos,
+            output,
+            spec_out,
+            dim,
+        } => pepnet::kuairand::convert(&log, &users, &videos, &output, dim).and_then(|c| {
+            std::fs::write(&spec_out, c.spec.to_json()).map_err(|e| pepnet::Error::Io {
+                path: spec_out.clone(),
+                source: e,
+            })?;
+            eprintln!(
+                "wrote {} rows to {} and the spec to {}",
+                c.rows,
+                output.display(),
+                spec_out.display()
+            );
+            Ok(())
+        }),
         Command::GenData {
             model,
             rows,
