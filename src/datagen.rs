@@ -207,9 +207,11 @@ fn features(spec: &ModelSpec, rows: usize, rng: &mut ChaCha8Rng) -> Batch {
 
 /// Writes `rows` labelled impressions for `spec` to `path` (CSV or Parquet by extension): the
 /// features, then one 0/1 label column per task (named by the task), then `p_<task>`, the true
-/// probability. The same seed gives the same file.
-pub fn write(spec: &ModelSpec, rows: usize, seed: u64, path: &Path) -> Result<()> {
-    let process = Process::new(spec, seed);
+/// probability. `world` seeds the hidden process, `seed` the sampling: files of one world with
+/// different seeds are independent samples of the same behaviour (a training and a validation
+/// set). The same world and seed give the same file.
+pub fn write(spec: &ModelSpec, rows: usize, world: u64, seed: u64, path: &Path) -> Result<()> {
+    let process = Process::new(spec, world);
     let t_count = spec.n_tasks();
     let mut extra: Vec<String> = spec.tasks.clone();
     extra.extend(spec.tasks.iter().map(|t| format!("p_{t}")));

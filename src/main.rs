@@ -139,6 +139,11 @@ enum Command {
         /// CSV or Parquet, by extension.
         #[arg(long)]
         output: PathBuf,
+        /// Seeds the hidden process (interests, domain and user effects): keep it for a
+        /// validation set of the same behaviour.
+        #[arg(long, default_value_t = 0)]
+        world: u64,
+        /// Seeds the sampling of rows and labels.
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
@@ -244,9 +249,10 @@ fn main() -> ExitCode {
             model,
             rows,
             output,
+            world,
             seed,
         } => load_spec(&model).and_then(|spec| {
-            pepnet::datagen::write(&spec, rows, seed, &output)?;
+            pepnet::datagen::write(&spec, rows, world, seed, &output)?;
             eprintln!("wrote {rows} labelled rows to {}", output.display());
             Ok(())
         }),

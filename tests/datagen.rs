@@ -17,7 +17,7 @@ fn labels_follow_the_true_probabilities() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("data.csv");
     let rows = 40_000;
-    pepnet::datagen::write(&spec, rows, 3, &path).unwrap();
+    pepnet::datagen::write(&spec, rows, 0, 3, &path).unwrap();
     let mut columns: Vec<String> = spec.tasks.clone();
     columns.extend(spec.tasks.iter().map(|t| format!("p_{t}")));
     columns.push("tab".into());
@@ -64,9 +64,9 @@ fn same_seed_same_file_and_parquet_matches_csv() {
         dir.path().join("b.csv"),
         dir.path().join("c.parquet"),
     );
-    pepnet::datagen::write(&spec, 3000, 9, &a).unwrap();
-    pepnet::datagen::write(&spec, 3000, 9, &b).unwrap();
-    pepnet::datagen::write(&spec, 3000, 9, &c).unwrap();
+    pepnet::datagen::write(&spec, 3000, 0, 9, &a).unwrap();
+    pepnet::datagen::write(&spec, 3000, 0, 9, &b).unwrap();
+    pepnet::datagen::write(&spec, 3000, 0, 9, &c).unwrap();
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     let names = vec![
         "p_click".to_string(),
@@ -77,6 +77,6 @@ fn same_seed_same_file_and_parquet_matches_csv() {
         pepnet::io::read_number_columns(&a, &names).unwrap(),
         pepnet::io::read_number_columns(&c, &names).unwrap()
     );
-    pepnet::datagen::write(&spec, 3000, 10, &b).unwrap();
+    pepnet::datagen::write(&spec, 3000, 0, 10, &b).unwrap();
     assert_ne!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
 }
