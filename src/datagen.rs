@@ -168,41 +168,15 @@ impl Process {
 /// Features of `rows` impressions: ids log-uniform over each vocabulary (a few popular ids, a
 /// long tail), the domain uniform, lists of every length, dense values in [0, 3).
 fn features(spec: &ModelSpec, rows: usize, rng: &mut ChaCha8Rng) -> Batch {
-    let log_uniform = |rng: &mut ChaCha8Rng, vocab: u64| -> u64 {
-        ((vocab as f64 + 1.0).powf(rng.random_range(0.0..1.0)) - 1.0)
-            .floor()
-            .min(vocab as f64 - 1.0) as u64
-    };
-    let columns = spec
-        .features
-        .iter()
-        .map(|f| {
-            let vocab = f.rows() as u64;
-            match f.kind {
-                FeatureKind::Dense => {
-                    Column::Dense((0..rows).map(|_| rng.random_range(0.0..3.0)).collect())
-                }
-                FeatureKind::Sparse if f.name == spec.domain_feature => {
-                    Column::Sparse((0..rows).map(|_| rng.random_range(0..vocab)).collect())
-                }
-                FeatureKind::Sparse => {
-                    Column::Sparse((0..rows).map(|_| log_uniform(rng, vocab)).collect())
-                }
-                FeatureKind::MultiHot => {
-                    let mut offsets = vec![0];
-                    let mut ids = Vec::new();
-                    for _ in 0..rows {
-                        for _ in 0..rng.random_range(0..=f.max_len.unwrap_or(0)) {
-                            ids.push(log_uniform(rng, vocab));
-                        }
-                        offsets.push(ids.len());
-                    }
-                    Column::MultiHot { offsets, ids }
-                }
-            }
-        })
-        .collect();
-    Batch::new(columns)
+    synth::sample_features(spec, rows, rng, |rng, f| {
+        let vocab = f.rows() as u64;
+        if f.name == spec.domain_feature {
+            rng.random_range(0..vocab)
+        } else {
+            let x = (vocab as f64 + 1.0).powf(rng.random_range(0.0..1.0)) - 1.0;
+            x.floor().min(vocab as f64 - 1.0) as u64
+        }
+    })
 }
 
 /// Writes `rows` labelled impressions for `spec` to `path` (CSV or Parquet by extension): the

@@ -17,6 +17,7 @@ use std::path::Path;
 
 use crate::batch::{Batch, Column};
 use crate::error::{Error, Result};
+use crate::io::read_text_rows;
 use crate::spec::{FeatureKind, FeatureSpec, GateSpec, ModelSpec, Pooling, Role};
 use crate::synth;
 
@@ -63,48 +64,6 @@ impl Vocab {
     }
 }
 
-/// A CSV file's rows as maps from column name to cell, for the named columns.
-fn read_table(path: &Path, columns: &[&str]) -> Result<Vec<Vec<String>>> {
-    let name = path.display().to_string();
-    let mut reader = csv::Reader::from_path(path).map_err(|e| Error::InputFile {
-        source_name: name.clone(),
-        message: e.to_string(),
-    })?;
-    let header = reader
-        .headers()
-        .map_err(|e| Error::InputFile {
-            source_name: name.clone(),
-            message: format!("cannot read the header row: {e}"),
-        })?
-        .clone();
-    let idx = columns
-        .iter()
-        .map(|c| {
-            header
-                .iter()
-                .position(|h| h.trim() == *c)
-                .ok_or_else(|| Error::InputFile {
-                    source_name: name.clone(),
-                    message: format!("missing column '{c}'"),
-                })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    reader
-        .records()
-        .enumerate()
-        .map(|(i, r)| {
-            let r = r.map_err(|e| Error::InputFile {
-                source_name: name.clone(),
-                message: format!("row {}: {e}", i + 1),
-            })?;
-            Ok(idx
-                .iter()
-                .map(|&c| r.get(c).unwrap_or("").trim().to_string())
-                .collect())
-        })
-        .collect()
-}
-
 /// What [`convert`] wrote.
 pub struct Converted {
     pub spec: ModelSpec,
@@ -119,17 +78,17 @@ pub fn convert(log: &Path, users: &Path, videos: &Path, out: &Path, d: usize) ->
     let mut video_columns = vec!["video_id", "author_id"];
     video_columns.extend(VIDEO_CATEGORIES);
     video_columns.extend(["video_duration", "tag"]);
-    let user_rows: HashMap<String, Vec<String>> = read_table(users, &user_columns)?
+    let user_rows: HashMap<String, Vec<String>> = read_text_rows(users, &user_columns)?
         .into_iter()
         .map(|r| (r[0].clone(), r))
         .collect();
-    let video_rows: HashMap<String, Vec<String>> = read_table(videos, &video_columns)?
+    let video_rows: HashMap<String, Vec<String>> = read_text_rows(videos, &video_columns)?
         .into_iter()
         .map(|r| (r[0].clone(), r))
         .collect();
     let mut log_columns = vec!["user_id", "video_id", "tab", "hourmin"];
     log_columns.extend(LABELS);
-    let log_rows = read_table(log, &log_columns)?;
+    let log_rows = read_text_rows(log, &log_columns)?;
 
     // Vocabularies, in a fixed order of features.
     let (mut tab, mut user, mut video, mut author, mut hour, mut tags) = (

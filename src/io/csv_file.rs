@@ -241,41 +241,49 @@ impl CsvScoreWriter {
     }
 }
 
-pub(super) fn read_number_columns(path: &Path, names: &[String]) -> Result<Vec<Vec<f32>>> {
+/// The named columns of a CSV file, row by row, as trimmed text. Errors name the file, and the
+/// row of a malformed record.
+pub(crate) fn read_text_rows(path: &Path, names: &[&str]) -> Result<Vec<Vec<String>>> {
     let source_name = path.display().to_string();
-    let mut reader = csv::Reader::from_path(path).map_err(|e| Error::InputFile {
+    let file_err = |message: String| Error::InputFile {
         source_name: source_name.clone(),
-        message: e.to_string(),
-    })?;
+        message,
+    };
+    let mut reader = csv::Reader::from_path(path).map_err(|e| file_err(e.to_string()))?;
     let header = reader
         .headers()
-        .map_err(|e| Error::InputFile {
-            source_name: source_name.clone(),
-            message: format!("cannot read the header row: {e}"),
-        })?
+        .map_err(|e| file_err(format!("cannot read the header row: {e}")))?
         .clone();
     let cols = names
         .iter()
         .map(|n| {
             header
                 .iter()
-                .position(|h| h.trim() == n)
-                .ok_or_else(|| Error::InputFile {
-                    source_name: source_name.clone(),
-                    message: format!("missing column '{n}'"),
-                })
+                .position(|h| h.trim() == *n)
+                .ok_or_else(|| file_err(format!("missing column '{n}'")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut out = vec![Vec::new(); names.len()];
-    for (i, record) in reader.records().enumerate() {
-        let record = record.map_err(|e| Error::InputFile {
-            source_name: source_name.clone(),
-            message: format!("row {}: {e}", i + 1),
-        })?;
-        for ((values, &c), name) in out.iter_mut().zip(&cols).zip(names) {
-            let cell = record.get(c).unwrap_or("").trim();
+    reader
+        .records()
+        .enumerate()
+        .map(|(i, record)| {
+            let record = record.map_err(|e| file_err(format!("row {}: {e}", i + 1)))?;
+            Ok(cols
+                .iter()
+                .map(|&c| record.get(c).unwrap_or("").trim().to_string())
+                .collect())
+        })
+        .collect()
+}
+
+pub(super) fn read_number_columns(path: &Path, names: &[String]) -> Result<Vec<Vec<f32>>> {
+    let names_ref: Vec<&str> = names.iter().map(String::as_str).collect();
+    let rows = read_text_rows(path, &names_ref)?;
+    let mut out = vec![Vec::with_capacity(rows.len()); names.len()];
+    for (i, row) in rows.iter().enumerate() {
+        for ((values, cell), name) in out.iter_mut().zip(row).zip(names) {
             values.push(cell.parse().map_err(|_| Error::Input {
-                source_name: source_name.clone(),
+                source_name: path.display().to_string(),
                 row: i + 1,
                 column: name.clone(),
                 message: format!("expected a number, found '{cell}'"),

@@ -20,6 +20,7 @@ use crate::batch::{check_dense, check_ids, Batch, Column};
 use crate::error::{Error, Result};
 use crate::spec::{FeatureKind, ModelSpec};
 
+pub(crate) use csv_file::read_text_rows;
 pub use csv_file::CsvReader;
 pub use parquet_file::ParquetReader;
 
