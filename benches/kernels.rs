@@ -94,8 +94,13 @@ fn kernels(c: &mut Criterion) {
         });
     }
 
-    let layout =
-        GatherLayout::new(&f.model.spec, &f.plan.destinations, ctx.max_binding_bytes()).unwrap();
+    let layout = GatherLayout::new(
+        &f.model.spec,
+        &f.plan.destinations,
+        ctx.max_binding_bytes(),
+        0,
+    )
+    .unwrap();
     let pages: Vec<wgpu::Buffer> = (0..layout.n_pages)
         .map(|p| ctx.storage_buffer("page", &layout.page(&f.model.spec, &f.model.weights, p)))
         .collect();
@@ -103,7 +108,13 @@ fn kernels(c: &mut Criterion) {
         std::array::from_fn(|p| &pages[p.min(pages.len() - 1)]);
     let input = synth::random_batch(&f.model.spec, ROWS as usize, 3);
     let (mut ids, mut dense) = (Vec::new(), Vec::new());
-    layout.encode(&input, 0..ROWS as usize, &mut ids, &mut dense);
+    layout.encode(
+        &input,
+        0..ROWS as usize,
+        &mut ids,
+        &mut dense,
+        &mut Vec::new(),
+    );
     let params = ctx.uniform_buffer("params", &layout.params);
     let features = ctx.storage_buffer("features", &layout.features);
     let (ids_buf, dense_buf) = (
@@ -150,12 +161,12 @@ fn host_paths(c: &mut Criterion) {
     });
     let packed = PackedWeights::new(&model.spec, &model.weights);
     let plan = Plan::new(&model.spec, &packed, 16384);
-    let layout = GatherLayout::new(&model.spec, &plan.destinations, u64::MAX / 8).unwrap();
+    let layout = GatherLayout::new(&model.spec, &plan.destinations, u64::MAX / 8, 0).unwrap();
     let batch = synth::random_batch(&model.spec, 16384, 2);
-    let (mut ids, mut dense) = (Vec::new(), Vec::new());
+    let (mut ids, mut dense, mut keys) = (Vec::new(), Vec::new(), Vec::new());
     group.throughput(Throughput::Elements(16384));
     group.bench_function("encode_ids/16384", |b| {
-        b.iter(|| layout.encode(&batch, 0..16384, &mut ids, &mut dense))
+        b.iter(|| layout.encode(&batch, 0..16384, &mut ids, &mut dense, &mut keys))
     });
     group.finish();
 }

@@ -4,8 +4,9 @@
 //
 // All embedding rows, of every table, share one row space of width d ("global rows"), split
 // into pages of `rows_per_page` rows so that tables larger than one storage binding still fit.
-// The host turns each id into a global row before upload, so this kernel does not care whether
-// a row index came from a dense vocabulary or from a cache.
+// The host turns each id into a global row before upload, or, for a hashed feature, the resolve
+// kernel does from the embedding cache's index, so this kernel does not care whether a row
+// index came from a dense vocabulary or from the cache.
 //
 // One thread per (sample, feature, element k of d): consecutive threads read consecutive
 // elements of a row.
@@ -24,7 +25,7 @@ struct Feature {
     dense_col: u32,   // dense: index of this feature's value in a sample's dense values
     dense_row: u32,   // dense: global row of the vector v
     n_destinations: u32,
-    _pad: u32,
+    hashed: u32,      // 1: ids were resolved through the embedding cache (read alike here)
     // (offset of the sample-0 column, row stride) in `act`, one per destination
     destinations: array<vec4<u32>, 3>,
 }

@@ -157,7 +157,10 @@ pub(crate) fn check_ids(f: &FeatureSpec, ids: &[u64]) -> std::result::Result<(),
             ));
         }
     }
-    let vocab = f.rows() as u64;
+    if f.hashed {
+        return Ok(());
+    }
+    let vocab = f.id_space();
     match ids.iter().find(|&&id| id >= vocab) {
         Some(id) => Err(format!("id {id} is outside [0, {vocab})")),
         None => Ok(()),

@@ -4,16 +4,20 @@
 //! reads the probabilities back.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::batch::Batch;
+use crate::cache::{CacheOptions, CacheState, CacheStats, UpdateOutcome};
 use crate::error::{Error, Result};
 use crate::gpu::gather::{GatherLayout, MAX_PAGES};
 use crate::gpu::linear::{self, SpanParams};
+use crate::gpu::resolve::{KeyGpu, ResolveParams};
 use crate::gpu::{BatchParams, GpuContext};
 use crate::model::Model;
 use crate::plan::{PackedWeights, Plan, Step};
 use crate::spec::ModelSpec;
+use crate::store::{EmbeddingStore, Key, MemoryStore};
+use crate::weights::Weights;
 
 /// How an engine is sized.
 #[derive(Debug, Clone)]
@@ -26,6 +30,8 @@ pub struct EngineOptions {
     /// Upper bound on the bytes of one embedding page (defaults to the device's largest storage
     /// binding); lower it to exercise paging on small tables.
     pub max_page_bytes: Option<u64>,
+    /// The embedding cache of hashed features (unused by models without them).
+    pub cache: CacheOptions,
 }
 
 impl Default for EngineOptions {
@@ -34,6 +40,7 @@ impl Default for EngineOptions {
             max_batch: 4096,
             workspaces: 1,
             max_page_bytes: None,
+            cache: CacheOptions::default(),
         }
     }
 }
@@ -50,6 +57,12 @@ pub struct Engine {
     next: AtomicUsize,
     /// Per-step timers, when the device has timestamp queries.
     timestamps: Option<Mutex<Timestamps>>,
+    /// The embedding cache, for models with hashed features.
+    cache: Option<Mutex<CacheState>>,
+    /// A batch scores under the read side; swapping the dense weights takes the write side, so
+    /// no batch sees both.
+    weights_lock: RwLock<()>,
+    packed_len: usize,
 }
 
 /// Buffers every workspace reads: weights, pages, and the plan's constant tables.
@@ -75,11 +88,35 @@ struct Workspace {
     bind_groups: Vec<wgpu::BindGroup>,
     host_ids: Vec<u32>,
     host_dense: Vec<f32>,
+    /// Hashed features' ids, for models that have them.
+    resolve: Option<ResolveSpace>,
+}
+
+/// A workspace's buffers for the resolve kernel: the ids to look up and what it found.
+struct ResolveSpace {
+    params: wgpu::Buffer,
+    keys: wgpu::Buffer,
+    resolved: wgpu::Buffer,
+    staging: wgpu::Buffer,
+    host_keys: Vec<KeyGpu>,
 }
 
 impl Engine {
-    /// Uploads the model and builds every buffer, bind group and table scoring needs.
+    /// Uploads the model and builds every buffer, bind group and table scoring needs. Hashed
+    /// features' rows are served from a [`MemoryStore`] of the model's stored rows.
     pub fn new(ctx: Arc<GpuContext>, model: &Model, options: &EngineOptions) -> Result<Self> {
+        let store = MemoryStore::from_weights(&model.spec, &model.weights);
+        Self::with_store(ctx, model, options, Box::new(store))
+    }
+
+    /// As [`Engine::new`], with hashed features' rows served from `store` (the model's stored
+    /// rows are not used).
+    pub fn with_store(
+        ctx: Arc<GpuContext>,
+        model: &Model,
+        options: &EngineOptions,
+        store: Box<dyn EmbeddingStore>,
+    ) -> Result<Self> {
         let spec = model.spec.clone();
         let max_binding = ctx.max_binding_bytes();
         let per_sample = Plan::floats_per_sample(&spec) * 4;
@@ -122,13 +159,49 @@ impl Engine {
             .max_page_bytes
             .unwrap_or(max_binding)
             .min(max_binding);
-        let layout = GatherLayout::new(&spec, &plan.destinations, page_bytes)?;
+        let cache_rows = if spec.has_hashed() {
+            options.cache.capacity.rows(spec.d())
+        } else {
+            0
+        };
+        let layout = GatherLayout::new(&spec, &plan.destinations, page_bytes, cache_rows)?;
+        let keys_per_row: u32 = layout
+            .features
+            .iter()
+            .filter(|g| g.hashed != 0)
+            .map(|g| g.n_slots)
+            .sum();
+        let max_keys = plan.max_rows as usize * keys_per_row as usize;
 
         let out_of_memory = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let invalid = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let shared = SharedBuffers::new(&ctx, model, &layout, &plan, &packed);
+        let cache = if spec.has_hashed() {
+            let defaults = layout.default_rows(&spec);
+            Some(CacheState::new(
+                &ctx,
+                &spec,
+                &options.cache,
+                store,
+                &defaults,
+                max_keys,
+            )?)
+        } else {
+            None
+        };
+        let shared = SharedBuffers::new(&ctx, model, &layout, &plan, &packed, cache.as_ref());
         let workspaces = (0..options.workspaces.max(1))
-            .map(|_| Mutex::new(Workspace::new(&ctx, &spec, &layout, &plan, &shared)))
+            .map(|_| {
+                let ws = Workspace::new(
+                    &ctx,
+                    &spec,
+                    &layout,
+                    &plan,
+                    &shared,
+                    cache.as_ref(),
+                    max_keys,
+                );
+                Mutex::new(ws)
+            })
             .collect();
         // Scopes pop innermost first.
         let errors = [invalid, out_of_memory].map(|scope| pollster::block_on(scope.pop()));
@@ -141,6 +214,9 @@ impl Engine {
             .then(|| Mutex::new(Timestamps::new(&ctx, plan.steps.len())));
         Ok(Self {
             timestamps,
+            cache: cache.map(Mutex::new),
+            weights_lock: RwLock::new(()),
+            packed_len: packed.data.len(),
             ctx,
             spec,
             layout,
@@ -175,14 +251,124 @@ impl Engine {
         batch.validate(&self.spec, "batch", 1)?;
         let t = self.spec.n_tasks();
         let mut out = Vec::with_capacity(batch.len() * t);
+        let _weights = self.weights_lock.read().unwrap_or_else(|e| e.into_inner());
         let mut ws = self.workspace();
         let mut start = 0;
         while start < batch.len() {
-            let end = (start + self.max_rows()).min(batch.len());
-            out.extend(self.run_chunk(&mut ws, batch, start..end, None)?);
+            let mut end = (start + self.max_rows()).min(batch.len());
+            // A chunk needing more distinct cached rows than the cache has is halved until
+            // it fits; one sample that does not fit is an error.
+            loop {
+                match self.run_chunk(&mut ws, batch, start..end, None)? {
+                    Ok(scores) => {
+                        out.extend(scores);
+                        break;
+                    }
+                    Err(needed) if end - start > 1 => {
+                        let _ = needed;
+                        end = start + (end - start) / 2;
+                    }
+                    Err(needed) => {
+                        return Err(Error::Cache(format!(
+                            "sample {} of the batch needs {needed} distinct cached rows at once, \
+                             more than the cache's capacity of {} rows; raise the capacity",
+                            start + 1,
+                            self.cache_capacity()
+                        )))
+                    }
+                }
+            }
             start = end;
         }
         Ok(out)
+    }
+
+    fn cache_capacity(&self) -> u64 {
+        self.cache
+            .as_ref()
+            .map_or(0, |c| self.lock_cache(c).capacity())
+    }
+
+    fn lock_cache<'a>(&self, c: &'a Mutex<CacheState>) -> MutexGuard<'a, CacheState> {
+        // A panic mid-batch leaves the host state consistent: every change is staged before
+        // it is counted.
+        c.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The embedding cache's counters; `None` for a model without hashed features.
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        let hashed: Vec<bool> = self.spec.features.iter().map(|f| f.hashed).collect();
+        self.cache
+            .as_ref()
+            .map(|c| self.lock_cache(c).stats(&hashed))
+    }
+
+    /// Writes new rows (`ids.len() × d`, row-major) for ids of hashed feature `feature` into
+    /// the store and the cache, under the update policy; `now` is the update clock in seconds.
+    /// Batches that start scoring after this returns see the new rows.
+    pub fn update_rows(
+        &self,
+        feature: &str,
+        ids: &[u64],
+        rows: &[f32],
+        now: u64,
+    ) -> Result<UpdateOutcome> {
+        let cache = self.cache.as_ref().ok_or_else(|| {
+            Error::Cache("the model has no hashed features, so no rows to update".into())
+        })?;
+        let f = self
+            .spec
+            .features
+            .iter()
+            .position(|f| f.name == feature && f.hashed)
+            .ok_or_else(|| {
+                Error::Cache(format!("'{feature}' is not a hashed feature of the model"))
+            })?;
+        let d = self.spec.d();
+        if rows.len() != ids.len() * d {
+            return Err(Error::Cache(format!(
+                "feature '{feature}': {} ids need {} floats of rows (d = {d}), found {}",
+                ids.len(),
+                ids.len() * d,
+                rows.len()
+            )));
+        }
+        if let Some(i) = rows.iter().position(|x| !x.is_finite()) {
+            return Err(Error::Cache(format!(
+                "feature '{feature}': row of id {} holds {}; rows must be finite",
+                ids[i / d],
+                rows[i]
+            )));
+        }
+        Ok(self.lock_cache(cache).update(&self.ctx, f, ids, rows, now))
+    }
+
+    /// Drops hashed ids not written for the update policy's expiry time from the store and the
+    /// cache; returns how many. `now` is the update clock in seconds.
+    pub fn expire(&self, now: u64) -> usize {
+        self.cache
+            .as_ref()
+            .map_or(0, |c| self.lock_cache(c).expire(&self.ctx, now))
+    }
+
+    /// Replaces every dense weight (all but the embeddings) with `weights`' at once: a batch
+    /// is scored entirely with the old or entirely with the new ones.
+    pub fn swap_weights(&self, weights: &Weights) -> Result<()> {
+        let packed = PackedWeights::new(&self.spec, weights);
+        if packed.data.len() != self.packed_len {
+            return Err(Error::Batch(format!(
+                "the new weights pack into {} floats, the engine's into {}; they are not for this spec",
+                packed.data.len(),
+                self.packed_len
+            )));
+        }
+        let _batches = self.weights_lock.write().unwrap_or_else(|e| e.into_inner());
+        self.ctx
+            .queue
+            .write_buffer(&self.shared.weights, 0, bytemuck::cast_slice(&packed.data));
+        // Every batch after this one submits after the write; flush it now all the same.
+        self.ctx.queue.submit([]);
+        Ok(())
     }
 
     /// A free workspace, or a turn at one.
@@ -207,9 +393,15 @@ impl Engine {
             return Ok(None);
         };
         let timestamps = timestamps.lock().unwrap_or_else(|e| e.into_inner());
+        let _weights = self.weights_lock.read().unwrap_or_else(|e| e.into_inner());
         let mut ws = self.workspace();
         let rows = batch.len().min(self.max_rows());
-        self.run_chunk(&mut ws, batch, 0..rows, Some(&timestamps))?;
+        self.run_chunk(&mut ws, batch, 0..rows, Some(&timestamps))?
+            .map_err(|needed| {
+                Error::Cache(format!(
+                    "profiling needs the first {rows} samples' {needed} distinct rows in the cache at once"
+                ))
+            })?;
         let bytes = self
             .ctx
             .read_mapped(&timestamps.staging, timestamps.bytes(), None)?;
@@ -224,21 +416,26 @@ impl Engine {
     }
 
     /// Uploads samples `range`, runs the plan, and reads their probabilities back; with
-    /// `timestamps`, each dispatch gets its own timed pass.
+    /// `timestamps`, each dispatch gets its own timed pass. The inner error says the chunk
+    /// needs this many distinct cached rows, more than the cache holds.
     fn run_chunk(
         &self,
         ws: &mut Workspace,
         batch: &Batch,
         range: std::ops::Range<usize>,
         timestamps: Option<&Timestamps>,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<std::result::Result<Vec<f32>, u64>> {
         let rows = range.len() as u32;
+        let mut no_keys = Vec::new();
         let Workspace {
             host_ids,
             host_dense,
+            resolve,
             ..
         } = ws;
-        self.layout.encode(batch, range, host_ids, host_dense);
+        let keys = resolve.as_mut().map_or(&mut no_keys, |r| &mut r.host_keys);
+        self.layout
+            .encode(batch, range.clone(), host_ids, host_dense, keys);
         let queue = &self.ctx.queue;
         queue.write_buffer(
             &ws.batch,
@@ -252,11 +449,63 @@ impl Engine {
             queue.write_buffer(&ws.dense, 0, bytemuck::cast_slice(&ws.host_dense));
         }
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+        // Hashed ids: look them up, admit the misses, and keep the cache locked until the
+        // forward pass is submitted, so no other batch changes what this one reads.
+        let mut cache = None;
+        let mut resolve_again = timestamps.is_some();
+        if let (Some(state), Some(space)) = (&self.cache, &ws.resolve) {
+            let mut guard = self.lock_cache(state);
+            let n_keys = space.host_keys.len() as u32;
+            if n_keys > 0 {
+                let params = ResolveParams {
+                    n_keys,
+                    mask: guard.mask(),
+                    cache_base: self.layout.cache_base,
+                    _pad: 0,
+                };
+                queue.write_buffer(&space.params, 0, bytemuck::bytes_of(&params));
+                queue.write_buffer(&space.keys, 0, bytemuck::cast_slice(&space.host_keys));
+                let mut lookup = self.ctx.device.create_command_encoder(&Default::default());
+                {
+                    let mut pass = lookup.begin_compute_pass(&Default::default());
+                    self.ctx
+                        .resolve
+                        .dispatch(&mut pass, &ws.bind_groups[0], n_keys);
+                }
+                let bytes = n_keys as u64 * 4;
+                lookup.copy_buffer_to_buffer(&space.resolved, 0, &space.staging, 0, bytes);
+                let submission = queue.submit([lookup.finish()]);
+                let resolved: Vec<u32> = bytemuck::pod_collect_to_vec(&self.ctx.read_mapped(
+                    &space.staging,
+                    bytes,
+                    Some(submission),
+                )?);
+                let keys: Vec<Key> = space
+                    .host_keys
+                    .iter()
+                    .map(|k| (k[0] - 1, k[1] as u64 | (k[2] as u64) << 32))
+                    .collect();
+                match guard.admit(&keys, &resolved) {
+                    Err(too_many) => return Ok(Err(too_many.needed)),
+                    Ok(staged) => {
+                        if staged {
+                            guard.record_uploads(&self.ctx, &mut encoder);
+                            resolve_again = true;
+                        }
+                    }
+                }
+            }
+            cache = Some((guard, n_keys));
+        }
+        let n_keys = cache.as_ref().map_or(0, |c| c.1);
         match timestamps {
             None => {
                 let mut pass = encoder.begin_compute_pass(&Default::default());
                 for i in 0..self.plan.steps.len() {
-                    self.dispatch(&mut pass, ws, i, rows);
+                    if self.plan.steps[i] == Step::Resolve && !resolve_again {
+                        continue;
+                    }
+                    self.dispatch(&mut pass, ws, i, rows, n_keys);
                 }
             }
             Some(ts) => {
@@ -269,7 +518,7 @@ impl Engine {
                             end_of_pass_write_index: Some(2 * i as u32 + 1),
                         }),
                     });
-                    self.dispatch(&mut pass, ws, i, rows);
+                    self.dispatch(&mut pass, ws, i, rows, n_keys);
                 }
                 encoder.resolve_query_set(&ts.set, 0..ts.count, &ts.resolve, 0);
                 encoder.copy_buffer_to_buffer(&ts.resolve, 0, &ts.staging, 0, ts.bytes());
@@ -284,14 +533,28 @@ impl Engine {
             0,
             (rows as usize * t * 4) as u64,
         );
-        self.ctx
-            .submit_and_read(encoder, &ws.staging, rows as usize * t)
+        let submission = queue.submit([encoder.finish()]);
+        drop(cache);
+        let bytes = self.ctx.read_mapped(
+            &ws.staging,
+            (rows as usize * t * 4) as u64,
+            Some(submission),
+        )?;
+        Ok(Ok(bytemuck::pod_collect_to_vec(&bytes)))
     }
 
     /// Records step `i` of the plan.
-    fn dispatch(&self, pass: &mut wgpu::ComputePass, ws: &Workspace, i: usize, rows: u32) {
+    fn dispatch(
+        &self,
+        pass: &mut wgpu::ComputePass,
+        ws: &Workspace,
+        i: usize,
+        rows: u32,
+        n_keys: u32,
+    ) {
         let bind_group = &ws.bind_groups[i];
         match &self.plan.steps[i] {
+            Step::Resolve => self.ctx.resolve.dispatch(pass, bind_group, n_keys),
             Step::Gather => self
                 .ctx
                 .gather
@@ -349,9 +612,10 @@ impl SharedBuffers {
         layout: &GatherLayout,
         plan: &Plan,
         packed: &PackedWeights,
+        cache: Option<&CacheState>,
     ) -> Self {
         let weights = ctx.storage_buffer("dense weights", &packed.data);
-        let pages = (0..layout.n_pages)
+        let mut pages: Vec<wgpu::Buffer> = (0..layout.resident_pages())
             .map(|p| {
                 ctx.storage_buffer(
                     "embedding page",
@@ -359,6 +623,10 @@ impl SharedBuffers {
                 )
             })
             .collect();
+        if let Some(c) = cache {
+            // The cache's rows are the page after the resident ones.
+            pages.push(c.buffers.rows.clone());
+        }
         let features = ctx.storage_buffer("gather features", &layout.features);
         let gather_params = ctx.uniform_buffer("gather params", &layout.params);
 
@@ -367,7 +635,7 @@ impl SharedBuffers {
         let mut step_tiles = Vec::new();
         for step in &plan.steps {
             let (uniform, tiles) = match step {
-                Step::Gather => (None, 0),
+                Step::Resolve | Step::Gather => (None, 0),
                 Step::Linear { label, problems } => {
                     let (gpu, tiles) = linear::lay_out(problems);
                     let span = SpanParams {
@@ -403,6 +671,8 @@ impl Workspace {
         layout: &GatherLayout,
         plan: &Plan,
         shared: &SharedBuffers,
+        cache: Option<&CacheState>,
+        max_keys: usize,
     ) -> Self {
         let rows = plan.max_rows as usize;
         let batch = ctx.uniform_buffer(
@@ -418,6 +688,21 @@ impl Workspace {
         let act = ctx.zeroed_storage("activations", (act_len * 4) as u64);
         let staging = ctx.staging_buffer("scores readback", (rows * spec.n_tasks() * 4) as u64);
         let device = &ctx.device;
+        let resolve = cache.map(|_| ResolveSpace {
+            params: ctx.uniform_buffer(
+                "resolve params",
+                &ResolveParams {
+                    n_keys: 0,
+                    mask: 0,
+                    cache_base: 0,
+                    _pad: 0,
+                },
+            ),
+            keys: ctx.zeroed_storage("hashed ids", max_keys as u64 * 16),
+            resolved: ctx.zeroed_storage("resolved slots", max_keys as u64 * 4),
+            staging: ctx.staging_buffer("resolved readback", max_keys as u64 * 4),
+            host_keys: Vec::new(),
+        });
         let page = |p: usize| &shared.pages[p.min(shared.pages.len() - 1)];
         let pages: [&wgpu::Buffer; MAX_PAGES] = std::array::from_fn(page);
         let bind_groups = plan
@@ -425,6 +710,23 @@ impl Workspace {
             .iter()
             .zip(&shared.step_uniforms)
             .map(|(step, uniform)| match step {
+                Step::Resolve => {
+                    let (c, r) = (
+                        cache.expect("models with hashed features have a cache"),
+                        resolve.as_ref().expect("and resolve buffers"),
+                    );
+                    ctx.resolve.bind_group(
+                        device,
+                        [
+                            &r.params,
+                            &r.keys,
+                            &c.buffers.table,
+                            &c.buffers.defaults,
+                            &ids,
+                            &r.resolved,
+                        ],
+                    )
+                }
                 Step::Gather => ctx.gather.bind_group(
                     device,
                     &shared.gather_params,
@@ -460,6 +762,7 @@ impl Workspace {
             bind_groups,
             host_ids: Vec::new(),
             host_dense: Vec::new(),
+            resolve,
         }
     }
 }

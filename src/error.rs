@@ -43,6 +43,11 @@ pub enum Error {
     #[error("batch: {0}")]
     Batch(String),
 
+    /// The embedding cache or store cannot do what was asked (a batch needing more distinct
+    /// rows than the cache holds, a row of the wrong width, an unknown feature).
+    #[error("embedding cache: {0}")]
+    Cache(String),
+
     /// No usable GPU adapter, or the device refused what the model needs.
     #[error("gpu: {0}")]
     Gpu(String),

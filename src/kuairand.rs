@@ -159,6 +159,7 @@ pub fn convert(log: &Path, users: &Path, videos: &Path, out: &Path, d: usize) ->
         vocab: Some(vocab.size()),
         max_len: None,
         pooling: None,
+        hashed: false,
         roles,
     };
     let mut features = vec![
@@ -186,6 +187,7 @@ pub fn convert(log: &Path, users: &Path, videos: &Path, out: &Path, d: usize) ->
         vocab: Some(tags.size()),
         max_len: Some(MAX_TAGS),
         pooling: Some(Pooling::Mean),
+        hashed: false,
         roles: vec![Role::General],
     });
     features.push(FeatureSpec {
@@ -194,6 +196,7 @@ pub fn convert(log: &Path, users: &Path, videos: &Path, out: &Path, d: usize) ->
         vocab: None,
         max_len: None,
         pooling: None,
+        hashed: false,
         roles: vec![Role::General],
     });
     let spec = ModelSpec {

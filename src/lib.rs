@@ -8,6 +8,7 @@
 mod atomic_file;
 pub mod batch;
 pub mod bench;
+pub mod cache;
 pub mod datagen;
 pub mod engine;
 pub mod error;
@@ -21,6 +22,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod reference;
 pub mod spec;
+pub mod store;
 pub mod synth;
 pub mod weights;
 

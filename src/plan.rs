@@ -17,6 +17,9 @@ use crate::weights::Weights;
 /// One dispatch of the forward pass.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
+    /// Resolve hashed features' raw ids to rows through the embedding cache's index (only
+    /// when the spec has hashed features).
+    Resolve,
     /// Gather and pool every feature into its destinations.
     Gather,
     /// A group of linear problems in one dispatch.
@@ -135,7 +138,11 @@ impl Plan {
             })
             .collect();
 
-        let mut steps = vec![Step::Gather];
+        let mut steps = Vec::new();
+        if spec.has_hashed() {
+            steps.push(Step::Resolve);
+        }
+        steps.push(Step::Gather);
 
         // EPNet: O_ep = GateNU_ep(E_d ⊕ E) ⊙ E, the product fused into fc2's epilogue.
         if let (Some(g), Some(ep_in), Some(ep_hidden)) = (spec.epnet, c.ep_in, c.ep_hidden) {
@@ -386,6 +393,7 @@ impl Columns {
 impl Step {
     pub fn label(&self) -> &str {
         match self {
+            Step::Resolve => "resolve",
             Step::Gather => "gather",
             Step::Linear { label, .. } => label,
             Step::MmoeMix(_) => "mmoe_mix",
@@ -403,7 +411,7 @@ impl Step {
     /// Floating-point operations per sample: a multiply-add counts two.
     pub fn flops_per_sample(&self) -> u64 {
         match self {
-            Step::Gather => 0,
+            Step::Resolve | Step::Gather => 0,
             Step::Linear { problems, .. } => {
                 problems.iter().map(|p| 2 * p.n as u64 * p.k as u64).sum()
             }
@@ -425,6 +433,17 @@ impl Step {
     /// Activation bytes per sample the dispatch must read (inputs, gates, multipliers) and write.
     pub fn activation_bytes_per_sample(&self, spec: &ModelSpec) -> u64 {
         match self {
+            // Per id slot of a hashed feature: its key in, about one 16-byte entry probed (the
+            // table is at most half full), the row index and the hit/miss result out.
+            Step::Resolve => {
+                let slots: usize = spec
+                    .features
+                    .iter()
+                    .filter(|f| f.hashed)
+                    .map(|f| f.max_len.unwrap_or(1))
+                    .sum();
+                40 * slots as u64
+            }
             // Each feature's ids or value in, each destination's d floats out.
             Step::Gather => 4 * (spec.features.len() + spec.dg() + spec.dd() + spec.dp()) as u64,
             Step::Linear { problems, .. } => problems

@@ -72,15 +72,24 @@ pub fn feature_vector(model: &Model, batch: &Batch, f: usize, i: usize) -> Vec<f
     let spec = &model.spec;
     let feature = &spec.features[f];
     let d = spec.d();
-    let table = &model.weights.get(&format!("emb.{}", feature.name)).data;
-    let row = |id: u64| {
-        table[id as usize * d..(id as usize + 1) * d]
-            .iter()
-            .map(|&x| x as f64)
+    let zeros = vec![0.0f32; d];
+    let row = |id: u64| -> Vec<f64> {
+        let slice: &[f32] = match model.weights.hashed(&feature.name) {
+            // A hashed id's stored row, or the feature's default row for an unknown id.
+            Some(h) => match h.ids.iter().position(|&x| x == id) {
+                Some(r) => &h.rows[r * d..(r + 1) * d],
+                None => h.default.as_deref().unwrap_or(&zeros),
+            },
+            None => {
+                let table = &model.weights.get(&format!("emb.{}", feature.name)).data;
+                &table[id as usize * d..(id as usize + 1) * d]
+            }
+        };
+        slice.iter().map(|&x| x as f64).collect()
     };
     let column = &batch.columns[f];
     match feature.kind {
-        FeatureKind::Sparse => row(column.ids(i)[0]).collect(),
+        FeatureKind::Sparse => row(column.ids(i)[0]),
         FeatureKind::MultiHot => {
             let ids = column.ids(i);
             let mut v = vec![0.0; d];
@@ -95,6 +104,7 @@ pub fn feature_vector(model: &Model, batch: &Batch, f: usize, i: usize) -> Vec<f
             v
         }
         FeatureKind::Dense => {
+            let table = &model.weights.get(&format!("emb.{}", feature.name)).data;
             let x = match column {
                 crate::batch::Column::Dense(values) => values[i] as f64,
                 _ => unreachable!("validated: dense features have dense columns"),
@@ -285,6 +295,43 @@ pub mod kernels {
                     act[p.y_off as usize + b * p.y_stride as usize + t * width + i] = mixed;
                 }
             }
+        }
+    }
+
+    /// The cache lookup: each key's slot in `table` (searched entry by entry, not probed), or
+    /// MISS; its place in `ids` gets `cache_base + slot`, or its feature's default row.
+    pub fn resolve(
+        keys: &[[u32; 4]],
+        table: &[[u32; 4]],
+        defaults: &[u32],
+        cache_base: u32,
+        ids: &mut [u32],
+    ) -> Vec<u32> {
+        use crate::cache::table::{EMPTY, TOMBSTONE};
+        keys.iter()
+            .map(|k| {
+                let found = table
+                    .iter()
+                    .find(|e| !matches!(e[0], EMPTY | TOMBSTONE) && e[..3] == k[..3]);
+                match found {
+                    Some(e) => {
+                        ids[k[3] as usize] = cache_base + e[3];
+                        e[3]
+                    }
+                    None => {
+                        ids[k[3] as usize] = defaults[k[0] as usize - 1];
+                        crate::gpu::resolve::MISS
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// The scatter: record i of `src` (`width` words) to record `index[i]` of `dst`.
+    pub fn scatter(index: &[u32], src: &[u32], width: usize, dst: &mut [u32]) {
+        for (i, &at) in index.iter().enumerate() {
+            let at = at as usize * width;
+            dst[at..at + width].copy_from_slice(&src[i * width..(i + 1) * width]);
         }
     }
 }

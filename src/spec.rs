@@ -43,15 +43,30 @@ pub struct FeatureSpec {
     pub max_len: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pooling: Option<Pooling>,
+    /// Raw 64-bit ids (hashes from an unbounded space) instead of a vocabulary: the rows live in
+    /// an embedding store keyed by (feature, id) and reach the GPU through the embedding cache.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hashed: bool,
     pub roles: Vec<Role>,
 }
 
 impl FeatureSpec {
-    /// Rows of the feature's embedding table: `vocab`, or 1 for a dense feature's vector `v`.
+    /// Rows the feature keeps resident on the GPU: `vocab`, 1 for a dense feature's vector `v`,
+    /// and 1 for a hashed feature (its default row; the others come through the cache).
     pub fn rows(&self) -> usize {
         match self.kind {
             FeatureKind::Dense => 1,
+            _ if self.hashed => 1,
             _ => self.vocab.unwrap_or(0),
+        }
+    }
+
+    /// Ids are valid in `[0, id_space())`: the vocabulary, or every u64 for a hashed feature.
+    pub fn id_space(&self) -> u64 {
+        if self.hashed {
+            u64::MAX
+        } else {
+            self.rows() as u64
         }
     }
 
@@ -161,7 +176,25 @@ impl ModelSpec {
                     return Err(format!("{at}.roles: role {r:?} given twice"));
                 }
             }
+            if f.hashed {
+                if f.kind == FeatureKind::Dense {
+                    return Err(format!(
+                        "{at}.hashed: only sparse and multi_hot features can be hashed"
+                    ));
+                }
+                if f.vocab.is_some() {
+                    return Err(format!(
+                        "{at}.vocab: a hashed feature takes any 64-bit id and has no vocabulary"
+                    ));
+                }
+                if f.name == self.domain_feature {
+                    return Err(format!(
+                        "{at}.hashed: the domain feature needs a vocabulary, it cannot be hashed"
+                    ));
+                }
+            }
             match f.kind {
+                FeatureKind::Sparse | FeatureKind::MultiHot if f.hashed => {}
                 FeatureKind::Sparse | FeatureKind::MultiHot => match f.vocab {
                     None => {
                         return Err(format!(
@@ -308,6 +341,11 @@ impl ModelSpec {
         Some(before * self.d())
     }
 
+    /// Whether any feature is hashed, i.e. the model needs an embedding store and cache.
+    pub fn has_hashed(&self) -> bool {
+        self.features.iter().any(|f| f.hashed)
+    }
+
     /// L, the number of hidden tower layers.
     pub fn n_hidden(&self) -> usize {
         self.towers.len()
@@ -333,12 +371,14 @@ impl ModelSpec {
             .collect()
     }
 
-    /// Every tensor the weights file must hold, with its shape, in a stable order.
+    /// Every tensor the weights file must hold, with its shape, in a stable order. A hashed
+    /// feature's tensors (`emb.<f>.ids`, `emb.<f>`, optional `emb.<f>.default`) have a row
+    /// count the spec does not know; [`crate::weights::Weights`] checks them apart.
     pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
         let d = self.d();
         let (dg, dd, dp) = (self.dg(), self.dd(), self.dp());
         let mut out = Vec::new();
-        for f in &self.features {
+        for f in self.features.iter().filter(|f| !f.hashed) {
             let shape = match f.kind {
                 FeatureKind::Dense => vec![d],
                 _ => vec![f.rows(), d],

@@ -24,7 +24,7 @@ use crate::spec::{FeatureKind, FeatureSpec, ModelSpec};
 pub fn random_batch(spec: &ModelSpec, rows: usize, seed: u64) -> Batch {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     sample_features(spec, rows, &mut rng, |rng, f| {
-        rng.random_range(0..f.rows() as u64)
+        rng.random_range(0..f.id_space())
     })
 }
 

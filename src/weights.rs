@@ -23,6 +23,135 @@ pub struct Tensor {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Weights {
     tensors: BTreeMap<String, Tensor>,
+    /// Per hashed feature (by name), its stored rows.
+    hashed: BTreeMap<String, HashedRows>,
+}
+
+/// A hashed feature's rows as the model directory stores them: `emb.<f>.ids` (`[n]`, U64 or
+/// I64, distinct) beside `emb.<f>` (`[n, d]`), and optionally `emb.<f>.default` (`[d]`), the row
+/// an id the store does not know gets (zeros without it).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HashedRows {
+    /// Row width (the model's d).
+    pub d: usize,
+    pub ids: Vec<u64>,
+    /// `ids.len() × d`, row i belongs to `ids[i]`.
+    pub rows: Vec<f32>,
+    pub default: Option<Vec<f32>>,
+}
+
+impl HashedRows {
+    /// The tensor names feature `name`'s rows are stored under: ids, rows, default.
+    pub fn tensor_names(name: &str) -> [String; 3] {
+        [
+            format!("emb.{name}.ids"),
+            format!("emb.{name}"),
+            format!("emb.{name}.default"),
+        ]
+    }
+
+    /// Reads feature `name`'s tensors; an error names the tensor.
+    pub fn read(
+        st: &SafeTensors,
+        name: &str,
+        d: usize,
+    ) -> std::result::Result<Self, (String, String)> {
+        let [ids_name, rows_name, default_name] = Self::tensor_names(name);
+        let ids_view = st.tensor(&ids_name).map_err(|_| {
+            (
+                ids_name.clone(),
+                "missing; a hashed feature stores its ids as a U64 or I64 tensor [n]".to_string(),
+            )
+        })?;
+        if ids_view.shape().len() != 1 {
+            return Err((
+                ids_name,
+                format!("expected shape [n], found {:?}", ids_view.shape()),
+            ));
+        }
+        let ids: Vec<u64> = match ids_view.dtype() {
+            Dtype::U64 | Dtype::I64 => ids_view
+                .data()
+                .chunks_exact(8)
+                .map(|b| u64::from_le_bytes(b.try_into().expect("chunks of 8")))
+                .collect(),
+            other => {
+                return Err((
+                    ids_name,
+                    format!("expected dtype U64 or I64, found {other:?}"),
+                ))
+            }
+        };
+        let n = ids.len();
+        let rows_view = st.tensor(&rows_name).map_err(|_| {
+            (
+                rows_name.clone(),
+                format!("missing; expected shape [{n}, {d}] (one row per id)"),
+            )
+        })?;
+        if rows_view.shape() != [n, d] {
+            return Err((
+                rows_name,
+                format!(
+                    "expected shape [{n}, {d}] (one row per id of {ids_name}), found {:?}",
+                    rows_view.shape()
+                ),
+            ));
+        }
+        let rows = floats(&rows_view).map_err(|m| (rows_name.clone(), m))?;
+        let mut seen = std::collections::HashSet::with_capacity(n);
+        if let Some(i) = ids.iter().position(|id| !seen.insert(*id)) {
+            return Err((
+                ids_name,
+                format!(
+                    "id {} appears twice (element {i}); ids must be distinct",
+                    ids[i]
+                ),
+            ));
+        }
+        let default = match st.tensor(&default_name) {
+            Err(_) => None,
+            Ok(view) => {
+                if view.shape() != [d] {
+                    return Err((
+                        default_name,
+                        format!("expected shape [{d}], found {:?}", view.shape()),
+                    ));
+                }
+                Some(floats(&view).map_err(|m| (default_name.clone(), m))?)
+            }
+        };
+        Ok(Self {
+            d,
+            ids,
+            rows,
+            default,
+        })
+    }
+}
+
+/// A float tensor's elements as f32 (F32 or F16 on disk), all finite.
+fn floats(view: &safetensors::tensor::TensorView) -> std::result::Result<Vec<f32>, String> {
+    let data: Vec<f32> = match view.dtype() {
+        Dtype::F32 => view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => view
+            .data()
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        other => return Err(format!("expected dtype F32 or F16, found {other:?}")),
+    };
+    match data.iter().position(|x| !x.is_finite()) {
+        Some(i) => Err(format!(
+            "element {i} is {}; weights must be finite",
+            data[i]
+        )),
+        None => Ok(data),
+    }
 }
 
 impl Weights {
@@ -55,30 +184,7 @@ impl Weights {
                     format!("expected shape {shape:?}, found {:?}", view.shape()),
                 ));
             }
-            let data: Vec<f32> = match view.dtype() {
-                Dtype::F32 => view
-                    .data()
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-                Dtype::F16 => view
-                    .data()
-                    .chunks_exact(2)
-                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-                other => {
-                    return Err(tensor_err(
-                        name,
-                        format!("expected dtype F32 or F16, found {other:?}"),
-                    ))
-                }
-            };
-            if let Some(i) = data.iter().position(|x| !x.is_finite()) {
-                return Err(tensor_err(
-                    name,
-                    format!("element {i} is {}; weights must be finite", data[i]),
-                ));
-            }
+            let data = floats(&view).map_err(|m| tensor_err(name, m))?;
             tensors.insert(
                 name.clone(),
                 Tensor {
@@ -87,11 +193,20 @@ impl Weights {
                 },
             );
         }
-        let mut extra: Vec<&str> = st
-            .names()
-            .into_iter()
-            .filter(|n| !tensors.contains_key(*n))
-            .collect();
+        let mut hashed = BTreeMap::new();
+        for f in spec.features.iter().filter(|f| f.hashed) {
+            let table =
+                HashedRows::read(&st, &f.name, spec.d()).map_err(|(t, m)| tensor_err(&t, m))?;
+            hashed.insert(f.name.clone(), table);
+        }
+        let known = |n: &str| {
+            tensors.contains_key(n)
+                || spec
+                    .features
+                    .iter()
+                    .any(|f| f.hashed && HashedRows::tensor_names(&f.name).iter().any(|t| t == n))
+        };
+        let mut extra: Vec<&str> = st.names().into_iter().filter(|n| !known(n)).collect();
         extra.sort_unstable();
         if let Some(name) = extra.first() {
             return Err(tensor_err(
@@ -99,7 +214,7 @@ impl Weights {
                 "not part of this model (extra tensor); the spec does not ask for it".into(),
             ));
         }
-        Ok(Self { tensors })
+        Ok(Self { tensors, hashed })
     }
 
     /// Fresh weights for `spec`, the same for the same seed on every machine.
@@ -130,21 +245,42 @@ impl Weights {
             };
             tensors.insert(name, Tensor { shape, data });
         }
-        Self { tensors }
-    }
-
-    /// Writes the tensors as f32 safetensors.
-    pub fn to_safetensors(&self) -> Vec<u8> {
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
-            .tensors
+        // Hashed features start with no stored rows: a trainer's updates bring them.
+        let hashed = spec
+            .features
             .iter()
-            .map(|(name, t)| {
-                let data = bytemuck::cast_slice::<f32, u8>(&t.data).to_vec();
-                (name.clone(), t.shape.clone(), data)
+            .filter(|f| f.hashed)
+            .map(|f| {
+                let empty = HashedRows {
+                    d,
+                    ..Default::default()
+                };
+                (f.name.clone(), empty)
             })
             .collect();
-        let views = bytes.iter().map(|(name, shape, data)| {
-            let view = safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data)
+        Self { tensors, hashed }
+    }
+
+    /// Writes the tensors as f32 safetensors (hashed features' ids as U64).
+    pub fn to_safetensors(&self) -> Vec<u8> {
+        let f32s = |v: &[f32]| bytemuck::cast_slice::<f32, u8>(v).to_vec();
+        let mut bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = self
+            .tensors
+            .iter()
+            .map(|(name, t)| (name.clone(), Dtype::F32, t.shape.clone(), f32s(&t.data)))
+            .collect();
+        for (name, h) in &self.hashed {
+            let [ids, rows, default] = HashedRows::tensor_names(name);
+            let n = h.ids.len();
+            let id_bytes = h.ids.iter().flat_map(|i| i.to_le_bytes()).collect();
+            bytes.push((ids, Dtype::U64, vec![n], id_bytes));
+            bytes.push((rows, Dtype::F32, vec![n, h.d], f32s(&h.rows)));
+            if let Some(v) = &h.default {
+                bytes.push((default, Dtype::F32, vec![v.len()], f32s(v)));
+            }
+        }
+        let views = bytes.iter().map(|(name, dtype, shape, data)| {
+            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), data)
                 .expect("shape and data agree by construction");
             (name.as_str(), view)
         });
@@ -155,6 +291,16 @@ impl Weights {
         self.tensors.get(name).unwrap_or_else(|| {
             panic!("tensor '{name}' is not in the model (a bug: names come from the spec)")
         })
+    }
+
+    /// A hashed feature's stored rows, by feature name.
+    pub fn hashed(&self, feature: &str) -> Option<&HashedRows> {
+        self.hashed.get(feature)
+    }
+
+    /// Mutable access to a hashed feature's rows (tools, tests, merging row files).
+    pub fn hashed_mut(&mut self, feature: &str) -> Option<&mut HashedRows> {
+        self.hashed.get_mut(feature)
     }
 
     /// Mutable access, for tools and tests that perturb weights.

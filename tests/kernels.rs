@@ -9,11 +9,14 @@
 mod common;
 
 use common::{gpu, random_spec, rng, width, Rng};
+use pepnet::cache::table::{tag, HostTable};
 use pepnet::gpu::gather::{GatherLayout, MAX_PAGES};
 use pepnet::gpu::linear::{
     lay_out, pack_layer, Activation, LinearProblem, SpanParams, Variant, View,
 };
 use pepnet::gpu::mmoe_mix::MixParams;
+use pepnet::gpu::resolve::{key_gpu, ResolveParams, MISS};
+use pepnet::gpu::scatter::ScatterParams;
 use pepnet::gpu::{BatchParams, GpuContext};
 use pepnet::reference::kernels;
 use pepnet::Weights;
@@ -182,14 +185,14 @@ fn gather_matches_reference_on_random_specs_and_pages() {
             .collect();
         let total_rows: u64 = spec.features.iter().map(|f| f.rows() as u64).sum();
         let page_bytes = total_rows.div_ceil(r.random_range(1..=MAX_PAGES as u64)) * d as u64 * 4;
-        let layout = GatherLayout::new(&spec, &destinations, page_bytes).unwrap();
+        let layout = GatherLayout::new(&spec, &destinations, page_bytes, 0).unwrap();
         let pages: Vec<Vec<f32>> = (0..layout.n_pages)
             .map(|p| layout.page(&spec, &weights, p))
             .collect();
 
         let batch = common::random_batch(&mut r, &spec, rows);
         let (mut ids, mut dense) = (Vec::new(), Vec::new());
-        layout.encode(&batch, 0..rows, &mut ids, &mut dense);
+        layout.encode(&batch, 0..rows, &mut ids, &mut dense, &mut Vec::new());
 
         let len = rows * stride as usize;
         let initial = random_vec(&mut r, len, 1.0);
@@ -287,5 +290,130 @@ fn mmoe_mix_matches_reference() {
             &want,
             &format!("mix seed {seed}, K {k}, T {t}, width {w}"),
         );
+    }
+}
+
+/// The cache lookup on tables the host mirror built through inserts and removals (so probe
+/// chains run over tombstones), with ids that differ only in their high word or feature, some
+/// cached and some not; checked against a search of every entry.
+#[test]
+fn resolve_matches_reference_on_random_tables() {
+    let ctx = gpu();
+    for seed in 0..12u64 {
+        let mut r = rng(seed);
+        let slots = [1, 3, 17, 61, 200, 1000][seed as usize % 6];
+        let n_features = r.random_range(1..=4usize);
+        let mut table = HostTable::new(slots);
+        let mut cached = Vec::new();
+        let mut next_slot = 0u32;
+        let random_key = |r: &mut Rng| {
+            let f = r.random_range(0..n_features);
+            let id = (r.random_range(0..8u64) << 32) | r.random_range(0..u32::MAX as u64);
+            (f, id)
+        };
+        for _ in 0..3 * slots {
+            if cached.len() < slots && r.random_range(0..3) > 0 {
+                let (f, id) = random_key(&mut r);
+                if table.get(tag(f), id).is_none() {
+                    table.insert(tag(f), id, next_slot);
+                    next_slot += 1;
+                    cached.push((f, id));
+                }
+            } else if !cached.is_empty() {
+                let (f, id) = cached.swap_remove(r.random_range(0..cached.len()));
+                table.remove(tag(f), id);
+            }
+        }
+        let n_keys = [1, 31, 256, 1001][seed as usize % 4];
+        let keys: Vec<[u32; 4]> = (0..n_keys)
+            .map(|i| {
+                let (f, id) = if !cached.is_empty() && r.random_range(0..2) == 0 {
+                    cached[r.random_range(0..cached.len())]
+                } else {
+                    random_key(&mut r)
+                };
+                key_gpu(f, id, (2 * i + 1) as u32)
+            })
+            .collect();
+        let defaults: Vec<u32> = (0..n_features).map(|_| r.random_range(0..1000)).collect();
+        let cache_base = r.random_range(0..5000);
+        let initial: Vec<u32> = (0..2 * n_keys + 1).map(|_| r.random_range(0..99)).collect();
+        let params = ResolveParams {
+            n_keys: n_keys as u32,
+            mask: table.mask(),
+            cache_base,
+            _pad: 0,
+        };
+        let buffers = [
+            ctx.uniform_buffer("params", &params),
+            ctx.storage_buffer("keys", &keys),
+            ctx.storage_buffer("table", table.entries()),
+            ctx.storage_buffer("defaults", &defaults),
+            ctx.storage_buffer("ids", &initial),
+            ctx.storage_buffer("resolved", &vec![7u32; n_keys]),
+        ];
+        let bg = ctx
+            .resolve
+            .bind_group(&ctx.device, std::array::from_fn(|i| &buffers[i]));
+        run(&ctx, &buffers[4], 1, |pass| {
+            ctx.resolve.dispatch(pass, &bg, n_keys as u32)
+        });
+        let as_u32 = |b: &wgpu::Buffer, n: usize| -> Vec<u32> {
+            bytemuck::cast_slice(&ctx.read_buffer(b, n).unwrap()).to_vec()
+        };
+        let mut want_ids = initial.clone();
+        let want = kernels::resolve(&keys, table.entries(), &defaults, cache_base, &mut want_ids);
+        assert_eq!(
+            as_u32(&buffers[5], n_keys),
+            want,
+            "seed {seed}: resolved slots"
+        );
+        assert_eq!(
+            as_u32(&buffers[4], initial.len()),
+            want_ids,
+            "seed {seed}: rows"
+        );
+        if n_keys > 1 && !cached.is_empty() {
+            assert!(want.contains(&MISS) && want.iter().any(|&s| s != MISS));
+        }
+    }
+}
+
+#[test]
+fn scatter_matches_reference() {
+    let ctx = gpu();
+    for seed in 0..8u64 {
+        let mut r = rng(seed);
+        let width = [1, 4, 13, 64][seed as usize % 4];
+        let records = [1, 7, 300][seed as usize % 3];
+        let slots = records + r.random_range(0..50);
+        let mut targets: Vec<u32> = (0..slots as u32).collect();
+        for i in (1..targets.len()).rev() {
+            targets.swap(i, r.random_range(0..=i));
+        }
+        let index = &targets[..records];
+        let src: Vec<u32> = (0..records * width).map(|_| r.random()).collect();
+        let initial: Vec<u32> = (0..slots * width).map(|_| r.random()).collect();
+        let params = ScatterParams {
+            count: records as u32,
+            width: width as u32,
+            _pad: [0; 2],
+        };
+        let params_buf = ctx.uniform_buffer("params", &params);
+        let (index_buf, src_buf) = (
+            ctx.storage_buffer("index", index),
+            ctx.storage_buffer("src", &src),
+        );
+        let dst = ctx.storage_buffer("dst", &initial);
+        let bg = ctx
+            .scatter
+            .bind_group(&ctx.device, &params_buf, &index_buf, &src_buf, &dst);
+        let got = run(&ctx, &dst, initial.len(), |pass| {
+            ctx.scatter.dispatch(pass, &bg, &params)
+        });
+        let mut want = initial.clone();
+        kernels::scatter(index, &src, width, &mut want);
+        let got: &[u32] = bytemuck::cast_slice(&got);
+        assert_eq!(got, want.as_slice(), "seed {seed}, width {width}");
     }
 }

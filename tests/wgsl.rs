@@ -22,13 +22,16 @@ fn every_shader_validates() {
         .unwrap_or_else(|e| panic!("{}: {}", path.display(), e.emit_to_string(&source)));
         count += 1;
     }
-    assert_eq!(count, 3, "expected gather, linear and mmoe_mix");
+    assert_eq!(
+        count, 5,
+        "expected gather, linear, mmoe_mix, resolve and scatter"
+    );
 }
 
 /// The Rust mirrors of the WGSL structs have the sizes naga lays the WGSL structs out with.
 #[test]
 fn rust_structs_match_wgsl_layouts() {
-    use pepnet::gpu::{gather, linear, mmoe_mix, BatchParams};
+    use pepnet::gpu::{gather, linear, mmoe_mix, resolve, scatter, BatchParams};
     let size_of = |source: &str, name: &str| -> u32 {
         let module = naga::front::wgsl::parse_str(source).unwrap();
         let mut layouter = naga::proc::Layouter::default();
@@ -66,13 +69,27 @@ fn rust_structs_match_wgsl_layouts() {
         size_of(mmoe_mix::SOURCE, "Params") as usize,
         std::mem::size_of::<mmoe_mix::MixParams>()
     );
+    assert_eq!(
+        size_of(resolve::SOURCE, "Params") as usize,
+        std::mem::size_of::<resolve::ResolveParams>()
+    );
+    assert_eq!(
+        size_of(scatter::SOURCE, "Params") as usize,
+        std::mem::size_of::<scatter::ScatterParams>()
+    );
 }
 
 /// Every entry point fits the 16 KiB of workgroup memory that WebGPU guarantees on any device.
 #[test]
 fn every_entry_point_fits_16_kib_of_workgroup_memory() {
-    use pepnet::gpu::{gather, linear, mmoe_mix};
-    for source in [gather::SOURCE, linear::SOURCE, mmoe_mix::SOURCE] {
+    use pepnet::gpu::{gather, linear, mmoe_mix, resolve, scatter};
+    for source in [
+        gather::SOURCE,
+        linear::SOURCE,
+        mmoe_mix::SOURCE,
+        resolve::SOURCE,
+        scatter::SOURCE,
+    ] {
         let module = naga::front::wgsl::parse_str(source).unwrap();
         let info = naga::valid::Validator::new(
             naga::valid::ValidationFlags::all(),

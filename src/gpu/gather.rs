@@ -5,6 +5,7 @@
 use bytemuck::Zeroable;
 
 use super::linear::View;
+use super::resolve::{key_gpu, KeyGpu};
 use super::{compute_pipeline, dispatch_flat, whole_buffers};
 use crate::batch::{Batch, Column};
 use crate::error::{Error, Result};
@@ -32,7 +33,9 @@ pub struct FeatureGpu {
     pub dense_col: u32,
     pub dense_row: u32,
     pub n_destinations: u32,
-    pub _pad: u32,
+    /// 1 for a hashed feature, whose ids the resolve kernel turns into rows (the gather reads
+    /// rows alike either way).
+    pub hashed: u32,
     /// (offset, stride, 0, 0) of each destination view.
     pub destinations: [[u32; 4]; MAX_DESTINATIONS],
 }
@@ -59,14 +62,26 @@ pub struct GatherLayout {
     /// 0, or `None` for a feature no later kernel reads (a domain feature without EPNet, a
     /// prior without PPNet), which is neither uploaded nor gathered.
     pub placement: Vec<Option<(usize, u32)>>,
+    /// Resident rows (every table in spec order; a hashed feature keeps its default row).
     pub total_rows: u64,
+    /// Pages of resident rows, plus one for the embedding cache when there is one.
     pub n_pages: usize,
+    /// Global row of cache slot 0: the first row of the page after the resident ones.
+    pub cache_base: u32,
+    /// Cache slots (0 without hashed features).
+    pub cache_rows: u64,
 }
 
 impl GatherLayout {
     /// `destinations[f]` lists the views feature `f`'s vector is written to (possibly none);
-    /// `max_page_bytes` bounds one page (a storage binding).
-    pub fn new(spec: &ModelSpec, destinations: &[Vec<View>], max_page_bytes: u64) -> Result<Self> {
+    /// `max_page_bytes` bounds one page (a storage binding); `cache_rows` is the embedding
+    /// cache's capacity (0 without hashed features), which gets a page of its own.
+    pub fn new(
+        spec: &ModelSpec,
+        destinations: &[Vec<View>],
+        max_page_bytes: u64,
+        cache_rows: u64,
+    ) -> Result<Self> {
         let d = spec.d();
         let (mut slots, mut n_dense, mut next_row) = (0u32, 0u32, 0u64);
         let mut features = Vec::new();
@@ -95,6 +110,7 @@ impl GatherLayout {
                     g.first_slot = slots;
                     g.n_slots = n;
                     g.mean = (f.pooling == Some(Pooling::Mean)) as u32;
+                    g.hashed = f.hashed as u32;
                     slots += n;
                 }
             }
@@ -111,19 +127,29 @@ impl GatherLayout {
             ));
         }
         let row_bytes = 4 * d as u64;
-        let rows_per_page = (max_page_bytes / row_bytes)
-            .min(next_row)
+        let page_rows = max_page_bytes / row_bytes;
+        if cache_rows > page_rows {
+            return Err(Error::Gpu(format!(
+                "an embedding cache of {cache_rows} rows of {row_bytes} bytes is larger than one \
+                 storage binding ({max_page_bytes} bytes, {page_rows} rows) on this device"
+            )));
+        }
+        let rows_per_page = page_rows
+            .min(next_row.max(cache_rows))
             .min(u32::MAX as u64 / 2);
         if rows_per_page == 0 {
             return Err(Error::Gpu(format!(
                 "one embedding row ({row_bytes} bytes) is larger than a storage binding ({max_page_bytes} bytes)"
             )));
         }
-        let n_pages = next_row.div_ceil(rows_per_page) as usize;
-        if n_pages > MAX_PAGES || next_row >= NO_ROW as u64 {
+        let resident_pages = next_row.div_ceil(rows_per_page) as usize;
+        let n_pages = resident_pages + (cache_rows > 0) as usize;
+        let cache_base = resident_pages as u64 * rows_per_page;
+        if n_pages > MAX_PAGES || cache_base + cache_rows >= NO_ROW as u64 {
             return Err(Error::Gpu(format!(
-                "the embedding tables hold {next_row} rows of {row_bytes} bytes, more than {MAX_PAGES} \
-                 storage bindings of {max_page_bytes} bytes can hold on this device"
+                "the embedding tables hold {next_row} rows (and the cache {cache_rows}) of {row_bytes} \
+                 bytes, more than {MAX_PAGES} storage bindings of {max_page_bytes} bytes can hold on \
+                 this device"
             )));
         }
         Ok(Self {
@@ -139,7 +165,27 @@ impl GatherLayout {
             placement,
             total_rows: next_row,
             n_pages,
+            cache_base: cache_base as u32,
+            cache_rows,
         })
+    }
+
+    /// Pages of resident rows (the cache's page, if any, follows them).
+    pub fn resident_pages(&self) -> usize {
+        self.n_pages - (self.cache_rows > 0) as usize
+    }
+
+    /// Per feature of the spec, the global row a hashed feature's unknown ids read (its
+    /// default row); 0 for other features. The resolve kernel's `defaults`.
+    pub fn default_rows(&self, spec: &ModelSpec) -> Vec<u32> {
+        spec.features
+            .iter()
+            .zip(&self.placement)
+            .map(|(f, placed)| match placed {
+                Some((_, base)) if f.hashed => *base,
+                _ => 0,
+            })
+            .collect()
     }
 
     /// The f32 contents of page `p`: global rows `p·rows_per_page ..`, every table in spec order.
@@ -155,7 +201,16 @@ impl GatherLayout {
             let Some((_, base)) = placed else { continue };
             let (base, rows) = (*base as u64, f.rows() as u64);
             let (lo, hi) = (start.max(base), end.min(base + rows));
-            if lo < hi {
+            if lo >= hi {
+                continue;
+            }
+            if f.hashed {
+                // Its one resident row: the stored default, or zeros.
+                match weights.hashed(&f.name).and_then(|h| h.default.as_ref()) {
+                    Some(v) => out.extend_from_slice(v),
+                    None => out.extend(std::iter::repeat_n(0.0, d as usize)),
+                }
+            } else {
                 let data = &weights.get(&format!("emb.{}", f.name)).data;
                 out.extend_from_slice(
                     &data[((lo - base) * d) as usize..((hi - base) * d) as usize],
@@ -166,26 +221,35 @@ impl GatherLayout {
     }
 
     /// Encodes samples `range` of a validated batch: each sample's ids as global rows (unused
-    /// multi-hot slots hold [`NO_ROW`]) and its dense values, appended to `ids` and `dense`.
+    /// multi-hot slots hold [`NO_ROW`]) and its dense values, into `ids` and `dense`. A hashed
+    /// feature's ids go to `keys` instead, each with the place in `ids` the resolve kernel fills.
     pub fn encode(
         &self,
         batch: &Batch,
         range: std::ops::Range<usize>,
         ids: &mut Vec<u32>,
         dense: &mut Vec<f32>,
+        keys: &mut Vec<KeyGpu>,
     ) {
         let slots = self.params.slots as usize;
         ids.clear();
         dense.clear();
+        keys.clear();
         ids.resize(range.len() * slots, NO_ROW);
         for (b, i) in range.enumerate() {
             let sample = &mut ids[b * slots..(b + 1) * slots];
-            for (col, placed) in batch.columns.iter().zip(&self.placement) {
+            for (f, (col, placed)) in batch.columns.iter().zip(&self.placement).enumerate() {
                 let Some((g, base)) = placed.map(|(g, base)| (&self.features[g], base)) else {
                     continue;
                 };
                 match col {
                     Column::Dense(v) => dense.push(v[i]),
+                    _ if g.hashed != 0 => {
+                        let first = b * slots + g.first_slot as usize;
+                        for (j, &id) in col.ids(i).iter().enumerate() {
+                            keys.push(key_gpu(f, id, (first + j) as u32));
+                        }
+                    }
                     _ => {
                         let first = g.first_slot as usize;
                         for (slot, &id) in sample[first..].iter_mut().zip(col.ids(i)) {

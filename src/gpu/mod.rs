@@ -5,6 +5,8 @@
 pub mod gather;
 pub mod linear;
 pub mod mmoe_mix;
+pub mod resolve;
+pub mod scatter;
 
 use std::sync::Arc;
 
@@ -27,6 +29,8 @@ pub struct GpuContext {
     pub gather: gather::GatherKernel,
     pub linear: linear::LinearKernel,
     pub mmoe_mix: mmoe_mix::MmoeMixKernel,
+    pub resolve: resolve::ResolveKernel,
+    pub scatter: scatter::ScatterKernel,
 }
 
 /// What `pepnet info` shows of an adapter.
@@ -107,6 +111,8 @@ impl GpuContext {
         let gather = gather::GatherKernel::new(&device);
         let linear = linear::LinearKernel::new(&device);
         let mmoe_mix = mmoe_mix::MmoeMixKernel::new(&device);
+        let resolve = resolve::ResolveKernel::new(&device);
+        let scatter = scatter::ScatterKernel::new(&device);
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!(
                 "{}: could not build the kernels: {e}",
@@ -122,6 +128,8 @@ impl GpuContext {
             gather,
             linear,
             mmoe_mix,
+            resolve,
+            scatter,
         }))
     }
 

@@ -51,6 +51,7 @@ pub fn random_spec(rng: &mut Rng, variant: u32) -> ModelSpec {
         vocab: Some(rng.random_range(1..=5)),
         max_len: None,
         pooling: None,
+        hashed: false,
         roles: vec![Role::Domain],
     }];
     let n_more = rng.random_range(1..=5);
@@ -82,6 +83,7 @@ pub fn random_spec(rng: &mut Rng, variant: u32) -> ModelSpec {
                     Pooling::Mean
                 }
             }),
+            hashed: false,
             roles,
         });
     }

@@ -1,0 +1,526 @@
+//! The GPU embedding cache for hashed features: a fixed number of rows on the GPU (one page
+//! of the gather's row space), an id→slot hash table beside them that the resolve kernel
+//! probes, and the host state that decides what enters and what leaves.
+//!
+//! A batch goes: the resolve kernel looks up every id on the GPU and reports misses → the host
+//! fetches the missed rows from the [`EmbeddingStore`] in one call, evicts the lowest-priority
+//! rows the batch does not use ([`evict`]), and stages the new rows and changed table entries →
+//! one scatter dispatch each applies them, and the resolve runs again, now all hits, in the
+//! same submission as the forward pass. Hits never touch the host's table; the host only
+//! updates per-slot counters indexed by the slot the GPU returned.
+//!
+//! Everything here runs under the engine's cache lock, and every change reaches the GPU
+//! through the queue, so a batch submitted before a change never sees it and one submitted
+//! after always does.
+
+pub mod evict;
+pub mod table;
+pub mod updates;
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::gpu::resolve::MISS;
+use crate::gpu::scatter::ScatterParams;
+use crate::gpu::GpuContext;
+use crate::spec::ModelSpec;
+use crate::store::{EmbeddingStore, Key};
+pub use evict::EvictionPolicy;
+use evict::Evictor;
+use table::HostTable;
+pub use updates::UpdatePolicy;
+use updates::UpdateTracker;
+
+/// How many rows the cache holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheCapacity {
+    Rows(u64),
+    /// Rows of d f32s that fit in this many bytes.
+    Bytes(u64),
+}
+
+impl CacheCapacity {
+    pub fn rows(&self, d: usize) -> u64 {
+        match *self {
+            CacheCapacity::Rows(n) => n,
+            CacheCapacity::Bytes(b) => b / (4 * d as u64),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    pub capacity: CacheCapacity,
+    pub policy: EvictionPolicy,
+    pub updates: UpdatePolicy,
+    /// The update clock's reading when the engine starts (seconds; rows loaded from the store
+    /// count as written then). `None`: the system clock's Unix time.
+    pub now: Option<u64>,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        Self {
+            capacity: CacheCapacity::Rows(1 << 16),
+            policy: EvictionPolicy::score(),
+            updates: UpdatePolicy::default(),
+            now: None,
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Counters of one hashed feature (or of all of them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FeatureStats {
+    pub feature: String,
+    /// Ids found in the cache (each occurrence in a batch counts).
+    pub hits: u64,
+    /// Ids not in the cache (each occurrence), whether the store knew them or not.
+    pub misses: u64,
+    /// Rows fetched from the store into the cache.
+    pub insertions: u64,
+    /// Rows evicted to make room.
+    pub evictions: u64,
+    /// Id occurrences the store did not know: they read the feature's default row.
+    pub unknown: u64,
+    /// Live row writes applied, and refused by the update cap.
+    pub updates: u64,
+    pub capped_updates: u64,
+    /// Ids dropped because they were not written for the expiry time.
+    pub expired: u64,
+}
+
+impl FeatureStats {
+    fn add(&mut self, o: &FeatureStats) {
+        self.hits += o.hits;
+        self.misses += o.misses;
+        self.insertions += o.insertions;
+        self.evictions += o.evictions;
+        self.unknown += o.unknown;
+        self.updates += o.updates;
+        self.capped_updates += o.capped_updates;
+        self.expired += o.expired;
+    }
+
+    /// hits / (hits + misses), 0 before any lookup.
+    pub fn hit_rate(&self) -> f64 {
+        let n = self.hits + self.misses;
+        if n == 0 {
+            0.0
+        } else {
+            self.hits as f64 / n as f64
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CacheStats {
+    pub policy: String,
+    pub capacity_rows: u64,
+    pub cached_rows: u64,
+    pub store_rows: u64,
+    pub features: Vec<FeatureStats>,
+    pub total: FeatureStats,
+}
+
+/// What a live update did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UpdateOutcome {
+    pub applied: usize,
+    /// Refused: the id reached its cap of writes in the current window.
+    pub capped: usize,
+}
+
+/// The cache's GPU buffers that the engine binds: the hash table, the rows, and per feature
+/// the default row unknown ids read.
+pub struct CacheBuffers {
+    pub table: wgpu::Buffer,
+    pub rows: wgpu::Buffer,
+    pub defaults: wgpu::Buffer,
+}
+
+/// A staging area for one kind of scatter (table entries or rows).
+struct Upload {
+    width: u32,
+    capacity: usize,
+    index: wgpu::Buffer,
+    src: wgpu::Buffer,
+    params: wgpu::Buffer,
+    bind_group: wgpu::BindGroup,
+    pending_index: Vec<u32>,
+    pending: Vec<u32>,
+}
+
+impl Upload {
+    fn new(ctx: &GpuContext, label: &str, width: u32, capacity: usize, dst: &wgpu::Buffer) -> Self {
+        let index = ctx.zeroed_storage(label, capacity as u64 * 4);
+        let src = ctx.zeroed_storage(label, capacity as u64 * width as u64 * 4);
+        let params = ctx.uniform_buffer(
+            label,
+            &ScatterParams {
+                count: 0,
+                width,
+                _pad: [0; 2],
+            },
+        );
+        let bind_group = ctx
+            .scatter
+            .bind_group(&ctx.device, &params, &index, &src, dst);
+        Self {
+            width,
+            capacity,
+            index,
+            src,
+            params,
+            bind_group,
+            pending_index: Vec::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, at: u32, words: &[u32]) {
+        self.pending_index.push(at);
+        self.pending.extend_from_slice(words);
+    }
+
+    fn is_full(&self) -> bool {
+        self.pending_index.len() >= self.capacity
+    }
+
+    /// Writes the staged records and records their scatter; they reach the GPU with the
+    /// encoder's submission.
+    fn record(&mut self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder) {
+        if self.pending_index.is_empty() {
+            return;
+        }
+        let params = ScatterParams {
+            count: self.pending_index.len() as u32,
+            width: self.width,
+            _pad: [0; 2],
+        };
+        ctx.queue
+            .write_buffer(&self.index, 0, bytemuck::cast_slice(&self.pending_index));
+        ctx.queue
+            .write_buffer(&self.src, 0, bytemuck::cast_slice(&self.pending));
+        ctx.queue
+            .write_buffer(&self.params, 0, bytemuck::bytes_of(&params));
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("cache scatter"),
+            timestamp_writes: None,
+        });
+        ctx.scatter.dispatch(&mut pass, &self.bind_group, &params);
+        drop(pass);
+        self.pending_index.clear();
+        self.pending.clear();
+    }
+}
+
+/// Why a chunk of a batch could not be admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyRows {
+    /// Distinct cached rows the chunk needs at once.
+    pub needed: u64,
+}
+
+/// The host side of the cache, behind the engine's lock.
+pub struct CacheState {
+    d: usize,
+    capacity: u64,
+    policy: EvictionPolicy,
+    names: Vec<String>,
+    store: Box<dyn EmbeddingStore>,
+    table: HostTable,
+    /// The key each slot holds.
+    slots: Vec<Option<Key>>,
+    free: Vec<u32>,
+    evictor: Evictor,
+    tracker: UpdateTracker,
+    /// Per slot, the last batch that used it, and its uses in that batch.
+    used_in: Vec<u64>,
+    uses: Vec<u64>,
+    batch: u64,
+    stats: Vec<FeatureStats>,
+    pub buffers: CacheBuffers,
+    entries: Upload,
+    rows: Upload,
+}
+
+impl CacheState {
+    /// `max_keys` is the most ids one chunk can hold (rows per pass × hashed id slots);
+    /// `default_rows` are the global rows of each feature's default row.
+    pub fn new(
+        ctx: &GpuContext,
+        spec: &ModelSpec,
+        options: &CacheOptions,
+        store: Box<dyn EmbeddingStore>,
+        default_rows: &[u32],
+        max_keys: usize,
+    ) -> Result<Self> {
+        let d = spec.d();
+        if store.dim() != d {
+            return Err(Error::Cache(format!(
+                "the embedding store holds rows of {} floats, the model's d is {d}",
+                store.dim()
+            )));
+        }
+        let capacity = options.capacity.rows(d);
+        if capacity == 0 {
+            return Err(Error::Cache(
+                "the cache capacity is 0 rows; it must hold at least one row".into(),
+            ));
+        }
+        let table = HostTable::new(capacity as usize);
+        let buffers = CacheBuffers {
+            table: ctx.storage_buffer("cache table", table.entries()),
+            rows: ctx.zeroed_storage("cache rows", capacity * d as u64 * 4),
+            defaults: ctx.storage_buffer("cache default rows", default_rows),
+        };
+        let max_rows = (capacity as usize).min(max_keys.max(1));
+        let entries = Upload::new(ctx, "cache entry upload", 4, 2 * max_rows, &buffers.table);
+        let rows = Upload::new(ctx, "cache row upload", d as u32, max_rows, &buffers.rows);
+        let now = options.now.unwrap_or_else(unix_now);
+        let tracker = UpdateTracker::new(options.updates, store.keys(), now);
+        let slots = capacity as usize;
+        Ok(Self {
+            d,
+            capacity,
+            policy: options.policy,
+            names: spec.features.iter().map(|f| f.name.clone()).collect(),
+            store,
+            table,
+            slots: vec![None; slots],
+            free: (0..slots as u32).rev().collect(),
+            evictor: Evictor::new(options.policy, slots),
+            tracker,
+            used_in: vec![0; slots],
+            uses: vec![0; slots],
+            batch: 0,
+            stats: spec
+                .features
+                .iter()
+                .map(|f| FeatureStats {
+                    feature: f.name.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            buffers,
+            entries,
+            rows,
+        })
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    pub fn mask(&self) -> u32 {
+        self.table.mask()
+    }
+
+    /// Takes in a chunk's lookups: `keys[i]` resolved on the GPU to slot `resolved[i]` or
+    /// [`MISS`]. Counts the hits, fetches the misses from the store and stages their rows and
+    /// table entries (evicting as needed); returns whether anything was staged. Fails, changing
+    /// nothing, when the chunk needs more distinct rows than the cache has.
+    pub fn admit(
+        &mut self,
+        keys: &[Key],
+        resolved: &[u32],
+    ) -> std::result::Result<bool, TooManyRows> {
+        self.batch += 1;
+        let batch = self.batch;
+        let mut touched = Vec::new();
+        let mut missed: Vec<Key> = Vec::new();
+        let mut miss_uses: HashMap<Key, (usize, u64)> = HashMap::new();
+        for (&key, &slot) in keys.iter().zip(resolved) {
+            if slot == MISS {
+                let n = missed.len();
+                miss_uses.entry(key).or_insert((n, 0)).1 += 1;
+                if miss_uses[&key].0 == n {
+                    missed.push(key);
+                }
+            } else {
+                let s = slot as usize;
+                if self.used_in[s] != batch {
+                    self.used_in[s] = batch;
+                    self.uses[s] = 0;
+                    touched.push(slot);
+                }
+                self.uses[s] += 1;
+            }
+        }
+        let mut fetched = vec![0.0f32; missed.len() * self.d];
+        let mut known = vec![false; missed.len()];
+        if !missed.is_empty() {
+            self.store.get_many(&missed, &mut fetched, &mut known);
+        }
+        let n_known = known.iter().filter(|&&k| k).count() as u64;
+        let needed = touched.len() as u64 + n_known;
+        if needed > self.capacity {
+            // Forget this batch's marks: the retry is a new batch.
+            for &s in &touched {
+                self.used_in[s as usize] = 0;
+            }
+            return Err(TooManyRows { needed });
+        }
+
+        for (&key, &slot) in keys.iter().zip(resolved) {
+            if slot != MISS {
+                self.stats[key.0 as usize].hits += 1;
+            }
+        }
+        for &slot in &touched {
+            self.evictor.access(slot, batch, self.uses[slot as usize]);
+        }
+        for (i, &key) in missed.iter().enumerate() {
+            let uses = miss_uses[&key].1;
+            let stats = &mut self.stats[key.0 as usize];
+            stats.misses += uses;
+            if !known[i] {
+                stats.unknown += uses;
+                continue;
+            }
+            let slot = match self.free.pop() {
+                Some(s) => s,
+                None => {
+                    let used_in = &self.used_in;
+                    let victim = self
+                        .evictor
+                        .pop_victim(|s| used_in[s as usize] == batch)
+                        .expect("checked: enough rows the batch does not use");
+                    let old = self.slots[victim as usize].take().expect("occupied");
+                    self.table.remove(table::tag(old.0 as usize), old.1);
+                    self.stats[old.0 as usize].evictions += 1;
+                    victim
+                }
+            };
+            self.table.insert(table::tag(key.0 as usize), key.1, slot);
+            self.slots[slot as usize] = Some(key);
+            self.used_in[slot as usize] = batch;
+            self.evictor.insert(slot, batch, uses);
+            self.stats[key.0 as usize].insertions += 1;
+            self.rows.push(
+                slot,
+                bytemuck::cast_slice(&fetched[i * self.d..(i + 1) * self.d]),
+            );
+        }
+        let staged = !self.rows.pending_index.is_empty();
+        Ok(staged)
+    }
+
+    /// Records the staged table entries and rows into `encoder` (the whole table is written
+    /// instead when it was rebuilt or too much of it changed).
+    pub fn record_uploads(&mut self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder) {
+        match self.table.take_changes() {
+            Some(changed) if changed.len() <= self.entries.capacity => {
+                for i in changed {
+                    self.entries.push(i, &self.table.entries()[i as usize]);
+                }
+                self.entries.record(ctx, encoder);
+            }
+            _ => ctx.queue.write_buffer(
+                &self.buffers.table,
+                0,
+                bytemuck::cast_slice(self.table.entries()),
+            ),
+        }
+        self.rows.record(ctx, encoder);
+    }
+
+    /// Submits whatever is staged, on its own.
+    fn flush(&mut self, ctx: &GpuContext) {
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        self.record_uploads(ctx, &mut encoder);
+        ctx.queue.submit([encoder.finish()]);
+    }
+
+    /// Writes rows for `ids` of spec feature `feature` into the store, and into the cache where
+    /// they are cached, subject to the update cap.
+    pub fn update(
+        &mut self,
+        ctx: &GpuContext,
+        feature: usize,
+        ids: &[u64],
+        rows: &[f32],
+        now: u64,
+    ) -> UpdateOutcome {
+        let d = self.d;
+        let mut outcome = UpdateOutcome::default();
+        for (&id, row) in ids.iter().zip(rows.chunks_exact(d)) {
+            let key = (feature as u32, id);
+            if !self.tracker.allow(key, now) {
+                outcome.capped += 1;
+                continue;
+            }
+            self.store.put(key, row);
+            if let Some(slot) = self.table.get(table::tag(feature), id) {
+                if self.rows.is_full() {
+                    self.flush(ctx);
+                }
+                self.rows.push(slot, bytemuck::cast_slice(row));
+            }
+            outcome.applied += 1;
+        }
+        let stats = &mut self.stats[feature];
+        stats.updates += outcome.applied as u64;
+        stats.capped_updates += outcome.capped as u64;
+        self.flush(ctx);
+        outcome
+    }
+
+    /// Drops every id not written for the expiry time from the store and the cache; returns
+    /// how many.
+    pub fn expire(&mut self, ctx: &GpuContext, now: u64) -> usize {
+        let gone = self.tracker.expire(now);
+        for &(f, id) in &gone {
+            self.store.remove((f, id));
+            if let Some(slot) = self.table.remove(table::tag(f as usize), id) {
+                self.slots[slot as usize] = None;
+                self.evictor.remove(slot);
+                self.free.push(slot);
+            }
+            self.stats[f as usize].expired += 1;
+        }
+        self.flush(ctx);
+        gone.len()
+    }
+
+    /// Counters per hashed feature (`hashed[f]` says which features are) and in total.
+    pub fn stats(&self, hashed: &[bool]) -> CacheStats {
+        let features: Vec<FeatureStats> = self
+            .stats
+            .iter()
+            .zip(hashed)
+            .filter(|(_, &h)| h)
+            .map(|(s, _)| s.clone())
+            .collect();
+        let mut total = FeatureStats {
+            feature: "total".into(),
+            ..Default::default()
+        };
+        for s in &features {
+            total.add(s);
+        }
+        CacheStats {
+            policy: self.policy.name(),
+            capacity_rows: self.capacity,
+            cached_rows: self.capacity - self.free.len() as u64,
+            store_rows: self.store.len() as u64,
+            features,
+            total,
+        }
+    }
+
+    /// The feature index of a hashed feature's name, for the update API.
+    pub fn feature_index(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| n == name)
+    }
+}

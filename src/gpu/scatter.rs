@@ -1,0 +1,59 @@
+//! Scatter of fixed-width records (`shaders/scatter.wgsl`): how the embedding cache applies
+//! changed hash-table entries and embedding rows in one dispatch each. Its CPU reference is
+//! [`crate::reference::kernels::scatter`].
+
+use super::{compute_pipeline, dispatch_flat, whole_buffers};
+
+pub const SOURCE: &str = include_str!("../../shaders/scatter.wgsl");
+const WORKGROUP: u64 = 256;
+
+/// WGSL's `Params`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ScatterParams {
+    /// Records to copy.
+    pub count: u32,
+    /// 32-bit words per record.
+    pub width: u32,
+    pub _pad: [u32; 2],
+}
+
+/// The compiled kernel.
+pub struct ScatterKernel {
+    pipeline: wgpu::ComputePipeline,
+}
+
+impl ScatterKernel {
+    pub fn new(device: &wgpu::Device) -> Self {
+        Self {
+            pipeline: compute_pipeline(device, "scatter", SOURCE),
+        }
+    }
+
+    /// Binds: params, destination record indices, source records, destination buffer.
+    pub fn bind_group(
+        &self,
+        device: &wgpu::Device,
+        params: &wgpu::Buffer,
+        index: &wgpu::Buffer,
+        src: &wgpu::Buffer,
+        dst: &wgpu::Buffer,
+    ) -> wgpu::BindGroup {
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("scatter"),
+            layout: &self.pipeline.get_bind_group_layout(0),
+            entries: &whole_buffers(&[params, index, src, dst]),
+        })
+    }
+
+    /// Records the dispatch: one thread per word.
+    pub fn dispatch(
+        &self,
+        pass: &mut wgpu::ComputePass,
+        bind_group: &wgpu::BindGroup,
+        params: &ScatterParams,
+    ) {
+        let threads = params.count as u64 * params.width as u64;
+        dispatch_flat(pass, &self.pipeline, bind_group, threads, WORKGROUP);
+    }
+}
