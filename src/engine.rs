@@ -354,6 +354,24 @@ impl Engine {
     /// Replaces every dense weight (all but the embeddings) with `weights`' at once: a batch
     /// is scored entirely with the old or entirely with the new ones.
     pub fn swap_weights(&self, weights: &Weights) -> Result<()> {
+        for (name, shape) in self.spec.expected_tensors() {
+            if name.starts_with("emb.") {
+                continue;
+            }
+            match weights.try_get(&name) {
+                Some(t) if t.shape == shape => {}
+                found => {
+                    return Err(Error::Tensor {
+                        file: "swap_weights".into(),
+                        tensor: name,
+                        message: format!(
+                            "expected shape {shape:?}, found {:?}",
+                            found.map(|t| &t.shape)
+                        ),
+                    })
+                }
+            }
+        }
         let packed = PackedWeights::new(&self.spec, weights);
         if packed.data.len() != self.packed_len {
             return Err(Error::Batch(format!(
@@ -698,9 +716,11 @@ impl Workspace {
                     _pad: 0,
                 },
             ),
-            keys: ctx.zeroed_storage("hashed ids", max_keys as u64 * 16),
-            resolved: ctx.zeroed_storage("resolved slots", max_keys as u64 * 4),
-            staging: ctx.staging_buffer("resolved readback", max_keys as u64 * 4),
+            // A binding holds at least one key, even for a model whose hashed features no
+            // kernel reads.
+            keys: ctx.zeroed_storage("hashed ids", max_keys.max(1) as u64 * 16),
+            resolved: ctx.zeroed_storage("resolved slots", max_keys.max(1) as u64 * 4),
+            staging: ctx.staging_buffer("resolved readback", max_keys.max(1) as u64 * 4),
             host_keys: Vec::new(),
         });
         let page = |p: usize| &shared.pages[p.min(shared.pages.len() - 1)];

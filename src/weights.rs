@@ -293,6 +293,11 @@ impl Weights {
         })
     }
 
+    /// The tensor `name`, if the weights hold it.
+    pub fn try_get(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.get(name)
+    }
+
     /// A hashed feature's stored rows, by feature name.
     pub fn hashed(&self, feature: &str) -> Option<&HashedRows> {
         self.hashed.get(feature)

@@ -168,20 +168,21 @@ mod tests {
     fn insert_remove_and_rebuild_keep_every_live_key_findable() {
         let mut t = HostTable::new(64);
         let _ = t.take_changes();
-        let mut live = std::collections::HashMap::new();
-        // Keys that collide in the low bits and differ only in the high word or the tag.
+        let mut live: Vec<((u32, u64), u32)> = Vec::new();
+        // Keys that differ only in the high word or the tag; removals interleave with inserts.
         for round in 0..2000u64 {
-            let key = (
-                tag((round % 3) as usize),
-                (round % 97) << 32 | (round * 7919) % 61,
-            );
-            if live.contains_key(&key) {
-                assert_eq!(t.remove(key.0, key.1), live.remove(&key));
-            } else if live.len() < 64 {
-                t.insert(key.0, key.1, round as u32);
-                live.insert(key, round as u32);
+            if live.len() == 64 || (round % 3 == 0 && !live.is_empty()) {
+                let ((tg, id), slot) = live.swap_remove((round as usize * 31) % live.len());
+                assert_eq!(t.remove(tg, id), Some(slot));
+                assert_eq!(t.get(tg, id), None);
+            } else {
+                let key = (tag((round % 3) as usize), (round << 32) | (round % 5));
+                if t.get(key.0, key.1).is_none() {
+                    t.insert(key.0, key.1, round as u32);
+                    live.push((key, round as u32));
+                }
             }
-            for (&(tg, id), &slot) in &live {
+            for &((tg, id), slot) in &live {
                 assert_eq!(t.get(tg, id), Some(slot));
             }
         }
