@@ -643,7 +643,7 @@ impl SharedBuffers {
             .collect();
         if let Some(c) = cache {
             // The cache's rows are the page after the resident ones.
-            pages.push(c.buffers.rows.clone());
+            pages.push(c.buffers.as_ref().expect("a GPU cache").rows.clone());
         }
         let features = ctx.storage_buffer("gather features", &layout.features);
         let gather_params = ctx.uniform_buffer("gather params", &layout.params);
@@ -732,7 +732,9 @@ impl Workspace {
             .map(|(step, uniform)| match step {
                 Step::Resolve => {
                     let (c, r) = (
-                        cache.expect("models with hashed features have a cache"),
+                        cache
+                            .and_then(|c| c.buffers.as_ref())
+                            .expect("models with hashed features have a GPU cache"),
                         resolve.as_ref().expect("and resolve buffers"),
                     );
                     ctx.resolve.bind_group(
@@ -740,8 +742,8 @@ impl Workspace {
                         [
                             &r.params,
                             &r.keys,
-                            &c.buffers.table,
-                            &c.buffers.defaults,
+                            &c.table,
+                            &c.defaults,
                             &ids,
                             &r.resolved,
                         ],

@@ -1,5 +1,5 @@
 //! The `pepnet` command line: `score`, `init`, `info`, `plan`, `bench`, `eval`, `gen-input`,
-//! `gen-data`, `kuairand`.
+//! `gen-data`, `kuairand`, `apply-rows`, `cache-bench`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,6 +60,60 @@ enum Command {
         /// No progress bar (it is only drawn on a terminal anyway).
         #[arg(long)]
         quiet: bool,
+        /// Embedding cache capacity in rows, for hashed features (default 65536).
+        #[arg(long, conflicts_with = "cache_bytes")]
+        cache_rows: Option<u64>,
+        /// Embedding cache capacity in bytes of GPU memory.
+        #[arg(long)]
+        cache_bytes: Option<u64>,
+        /// Cache eviction policy: score (decayed access counts, the paper's), score:<decay>,
+        /// lru or lfu.
+        #[arg(long, default_value = "score")]
+        cache_policy: String,
+    },
+    /// Merge a safetensors file of new rows for hashed features (emb.<f>.ids beside emb.<f>)
+    /// into a model directory: known ids' rows are replaced, new ids added.
+    ApplyRows {
+        /// Model directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// The rows file.
+        #[arg(long)]
+        rows: PathBuf,
+        /// Where to write the updated model (default: in place, atomically per file).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Embedding-cache benchmark: hit rates of the score, LRU and LFU policies on Zipf id
+    /// streams, and scoring throughput with the cache against the same model fully resident.
+    CacheBench {
+        /// Distinct ids of the hit-rate streams.
+        #[arg(long, default_value_t = 100_000)]
+        distinct: u64,
+        /// Lookups per stream (the first fifth warms the cache).
+        #[arg(long, default_value_t = 2_000_000)]
+        lookups: usize,
+        /// Ids per batch.
+        #[arg(long, default_value_t = 4096)]
+        batch: usize,
+        /// Skip the GPU throughput part.
+        #[arg(long)]
+        no_throughput: bool,
+        /// Throughput: distinct users and items of the model.
+        #[arg(long, default_value_t = 20_000)]
+        users: usize,
+        #[arg(long, default_value_t = 100_000)]
+        items: usize,
+        /// Throughput: timed batches and samples per batch.
+        #[arg(long, default_value_t = 8)]
+        batches: usize,
+        #[arg(long, default_value_t = 2048)]
+        rows: usize,
+        /// Write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[arg(long)]
+        adapter: Option<String>,
     },
     /// Write a model directory with Xavier-initialised weights for a spec.
     Init {
@@ -202,7 +256,17 @@ fn main() -> ExitCode {
             adapter,
             rejects,
             quiet,
+            cache_rows,
+            cache_bytes,
+            cache_policy,
         } => {
+            let cache = match cache_options(cache_rows, cache_bytes, &cache_policy) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let options = ScoreFileOptions {
                 batch_size,
                 carry,
@@ -215,10 +279,29 @@ fn main() -> ExitCode {
                 &input,
                 &output,
                 options,
+                cache,
                 backend,
                 adapter.as_deref(),
             )
         }
+        Command::ApplyRows { model, rows, out } => apply_rows(&model, &rows, out.as_deref()),
+        Command::CacheBench {
+            distinct,
+            lookups,
+            batch,
+            no_throughput,
+            users,
+            items,
+            batches,
+            rows,
+            json,
+            adapter,
+        } => cache_bench(
+            (distinct, lookups, batch),
+            (!no_throughput).then_some((users, items, batches, rows)),
+            json.as_deref(),
+            adapter.as_deref(),
+        ),
         Command::Init { spec, out, seed } => init(&spec, &out, seed),
         Command::Info => {
             info();
@@ -321,6 +404,7 @@ fn score(
     input: &std::path::Path,
     output: &std::path::Path,
     options: ScoreFileOptions,
+    cache: pepnet::cache::CacheOptions,
     backend: Backend,
     adapter: Option<&str>,
 ) -> Result<()> {
@@ -332,6 +416,7 @@ fn score(
             let engine_options = EngineOptions {
                 max_batch: options.batch_size,
                 workspaces: options.scorers,
+                cache,
                 ..Default::default()
             };
             Some(Engine::new(ctx, &model, &engine_options)?)
@@ -359,6 +444,134 @@ fn score(
         summary.rows_per_second(),
         output.display()
     );
+    if let Some(stats) = engine.as_ref().and_then(Engine::cache_stats) {
+        eprint!("{}", cache_table(&stats));
+    }
+    Ok(())
+}
+
+fn cache_options(
+    rows: Option<u64>,
+    bytes: Option<u64>,
+    policy: &str,
+) -> std::result::Result<pepnet::cache::CacheOptions, String> {
+    use pepnet::cache::{CacheCapacity, CacheOptions, EvictionPolicy};
+    let mut options = CacheOptions {
+        policy: EvictionPolicy::parse(policy).map_err(|e| format!("--cache-policy {e}"))?,
+        ..Default::default()
+    };
+    if let Some(n) = rows {
+        options.capacity = CacheCapacity::Rows(n);
+    }
+    if let Some(b) = bytes {
+        options.capacity = CacheCapacity::Bytes(b);
+    }
+    Ok(options)
+}
+
+/// The cache's counters, one line per hashed feature and a total.
+fn cache_table(stats: &pepnet::cache::CacheStats) -> String {
+    let mut out = format!(
+        "embedding cache ({}): {} of {} rows used, {} rows in the store\n{:<16} {:>10} {:>10} {:>8} {:>10} {:>10} {:>9} {:>8} {:>8}\n",
+        stats.policy, stats.cached_rows, stats.capacity_rows, stats.store_rows,
+        "feature", "hits", "misses", "hit%", "inserted", "evicted", "unknown", "updated", "expired"
+    );
+    for s in stats.features.iter().chain(std::iter::once(&stats.total)) {
+        out += &format!(
+            "{:<16} {:>10} {:>10} {:>7.2}% {:>10} {:>10} {:>9} {:>8} {:>8}\n",
+            s.feature,
+            s.hits,
+            s.misses,
+            100.0 * s.hit_rate(),
+            s.insertions,
+            s.evictions,
+            s.unknown,
+            s.updates,
+            s.expired
+        );
+    }
+    out
+}
+
+fn apply_rows(
+    model_dir: &std::path::Path,
+    rows: &std::path::Path,
+    out: Option<&std::path::Path>,
+) -> Result<()> {
+    let mut model = Model::load(model_dir)?;
+    let updates = pepnet::store::read_rows_file(rows, &model.spec)?;
+    for (f, update) in &updates {
+        let name = model.spec.features[*f].name.clone();
+        let table = model
+            .weights
+            .hashed_mut(&name)
+            .expect("hashed features have stored rows");
+        let (replaced, added) = table.merge(update);
+        eprintln!("{name}: {replaced} rows replaced, {added} added");
+    }
+    let out = out.unwrap_or(model_dir);
+    model.save(out)?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+fn cache_bench(
+    hit: (u64, usize, usize),
+    throughput: Option<(usize, usize, usize, usize)>,
+    json: Option<&std::path::Path>,
+    adapter: Option<&str>,
+) -> Result<()> {
+    use pepnet::cache::{bench, EvictionPolicy};
+    let (distinct, lookups, batch) = hit;
+    let policies = [EvictionPolicy::score(), EvictionPolicy::Lru, EvictionPolicy::Lfu];
+    let shares = [0.01, 0.05, 0.20];
+    let rates = bench::hit_rates(distinct, lookups, batch, &[0.8, 1.0, 1.2], &shares, &policies)?;
+    println!(
+        "hit rates: {distinct} distinct ids, {lookups} Zipf lookups in batches of {batch} (first fifth warms up)"
+    );
+    println!("{:>8} {:>7} {:>9} {:>10} {:>10} {:>10}", "exponent", "cache", "rows", "score", "lru", "lfu");
+    for row in rates.chunks(policies.len()) {
+        println!(
+            "{:>8.1} {:>6.0}% {:>9} {:>9.2}% {:>9.2}% {:>9.2}%",
+            row[0].exponent,
+            100.0 * row[0].cache_share,
+            row[0].capacity_rows,
+            100.0 * row[0].hit_rate,
+            100.0 * row[1].hit_rate,
+            100.0 * row[2].hit_rate
+        );
+    }
+    let mut speeds = Vec::new();
+    if let Some((users, items, batches, rows)) = throughput {
+        let ctx = GpuContext::new(adapter)?;
+        println!(
+            "\nthroughput on {}: {users} users + {items} items, Zipf 1.0, {batches} batches of {rows}",
+            ctx.info.name
+        );
+        speeds = bench::throughput(&ctx, users, items, &[0.01, 0.05, 0.20, 1.0], batches, rows)?;
+        println!(
+            "{:<12} {:>12} {:>9} {:>11} {:>10}",
+            "setup", "samples/s", "hit%", "resolve µs", "gather µs"
+        );
+        let us = |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{t:.0}"));
+        for s in &speeds {
+            println!(
+                "{:<12} {:>12.0} {:>8.2}% {:>11} {:>10}",
+                s.setup,
+                s.samples_per_s,
+                100.0 * s.hit_rate,
+                us(s.resolve_us),
+                us(s.gather_us)
+            );
+        }
+    }
+    if let Some(path) = json {
+        let text = serde_json::json!({"hit_rates": rates, "throughput": speeds}).to_string();
+        std::fs::write(path, text).map_err(|e| pepnet::Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+    }
     Ok(())
 }
 

@@ -152,3 +152,50 @@ mod tests {
         assert_eq!((s.len(), s.rows.len()), (2, 4));
     }
 }
+
+/// Reads a file of new rows for hashed features: for each feature it updates, `emb.<f>.ids`
+/// (`[n]`, U64 or I64) and `emb.<f>` (`[n, d]`), as in a model directory. Returns, per feature
+/// (spec index), its rows. A tensor that is not a hashed feature's ids or rows is an error that
+/// names it.
+pub fn read_rows_file(
+    path: &std::path::Path,
+    spec: &ModelSpec,
+) -> crate::error::Result<Vec<(usize, crate::weights::HashedRows)>> {
+    use crate::error::Error;
+    use crate::weights::HashedRows;
+    let file = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Weights {
+        file: file.clone(),
+        message: format!("not a valid safetensors file: {e}"),
+    })?;
+    let mut out = Vec::new();
+    let mut known = Vec::new();
+    for (f, feature) in spec.features.iter().enumerate().filter(|(_, f)| f.hashed) {
+        let [ids, rows, _] = HashedRows::tensor_names(&feature.name);
+        if st.tensor(&ids).is_err() && st.tensor(&rows).is_err() {
+            continue;
+        }
+        let table = HashedRows::read(&st, &feature.name, spec.d()).map_err(|(tensor, message)| {
+            Error::Tensor {
+                file: file.clone(),
+                tensor,
+                message,
+            }
+        })?;
+        known.extend([ids, rows]);
+        out.push((f, table));
+    }
+    let mut names = st.names();
+    names.sort_unstable();
+    if let Some(name) = names.into_iter().find(|n| !known.iter().any(|k| k == *n)) {
+        return Err(Error::Tensor {
+            file,
+            tensor: name.to_string(),
+            message: "not the ids or rows of a hashed feature of this model \
+                      (expected emb.<feature>.ids and emb.<feature>)"
+                .into(),
+        });
+    }
+    Ok(out)
+}

@@ -41,6 +41,31 @@ pub struct HashedRows {
 }
 
 impl HashedRows {
+    /// Writes `update`'s rows over this table's: a known id's row is replaced, a new id's is
+    /// appended. Returns (replaced, added).
+    pub fn merge(&mut self, update: &HashedRows) -> (usize, usize) {
+        let d = self.d;
+        let mut index: std::collections::HashMap<u64, usize> =
+            self.ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
+        let (mut replaced, mut added) = (0, 0);
+        for (k, &id) in update.ids.iter().enumerate() {
+            let row = &update.rows[k * d..(k + 1) * d];
+            match index.get(&id) {
+                Some(&i) => {
+                    self.rows[i * d..(i + 1) * d].copy_from_slice(row);
+                    replaced += 1;
+                }
+                None => {
+                    index.insert(id, self.ids.len());
+                    self.ids.push(id);
+                    self.rows.extend_from_slice(row);
+                    added += 1;
+                }
+            }
+        }
+        (replaced, added)
+    }
+
     /// The tensor names feature `name`'s rows are stored under: ids, rows, default.
     pub fn tensor_names(name: &str) -> [String; 3] {
         [

@@ -152,13 +152,15 @@ impl Evictor {
         self.priority[slot as usize] = None;
     }
 
-    /// The lowest-priority occupied slot for which `pinned` is false, taken out of the
-    /// candidates; `None` if every occupied slot is pinned.
-    pub fn pop_victim(&mut self, pinned: impl Fn(u32) -> bool) -> Option<u32> {
+    /// The `k` lowest-priority occupied slots for which `pinned` is false, lowest first, taken
+    /// out of the candidates; fewer if there are not that many. One call per batch, so pinned
+    /// slots are stepped over once, not once per victim.
+    pub fn pop_victims(&mut self, k: usize, pinned: impl Fn(u32) -> bool) -> Vec<u32> {
         let mut held = Vec::new();
-        let victim = loop {
+        let mut victims = Vec::with_capacity(k);
+        while victims.len() < k {
             let Some(Reverse((Priority(p), slot, generation))) = self.heap.pop() else {
-                break None;
+                break;
             };
             if generation != self.generation[slot as usize] {
                 continue; // an entry of a row that has left the slot
@@ -170,14 +172,19 @@ impl Evictor {
                         .push(Reverse((Priority(current), slot, generation)));
                 }
                 Some(_) if pinned(slot) => held.push(Reverse((Priority(p), slot, generation))),
-                Some(_) => break Some(slot),
+                Some(_) => {
+                    self.priority[slot as usize] = None;
+                    victims.push(slot);
+                }
             }
-        };
-        self.heap.extend(held);
-        if let Some(slot) = victim {
-            self.priority[slot as usize] = None;
         }
-        victim
+        self.heap.extend(held);
+        victims
+    }
+
+    /// The lowest-priority unpinned slot (see [`Evictor::pop_victims`]).
+    pub fn pop_victim(&mut self, pinned: impl Fn(u32) -> bool) -> Option<u32> {
+        self.pop_victims(1, pinned).pop()
     }
 }
 

@@ -13,6 +13,7 @@
 //! through the queue, so a batch submitted before a change never sees it and one submitted
 //! after always does.
 
+pub mod bench;
 pub mod evict;
 pub mod table;
 pub mod updates;
@@ -152,15 +153,30 @@ pub struct CacheBuffers {
 struct Upload {
     width: u32,
     capacity: usize,
-    index: wgpu::Buffer,
-    src: wgpu::Buffer,
-    params: wgpu::Buffer,
-    bind_group: wgpu::BindGroup,
+    /// `None` in a host-only simulation.
+    gpu: Option<UploadBuffers>,
     pending_index: Vec<u32>,
     pending: Vec<u32>,
 }
 
+struct UploadBuffers {
+    index: wgpu::Buffer,
+    src: wgpu::Buffer,
+    params: wgpu::Buffer,
+    bind_group: wgpu::BindGroup,
+}
+
 impl Upload {
+    fn host_only(width: u32, capacity: usize) -> Self {
+        Self {
+            width,
+            capacity,
+            gpu: None,
+            pending_index: Vec::new(),
+            pending: Vec::new(),
+        }
+    }
+
     fn new(ctx: &GpuContext, label: &str, width: u32, capacity: usize, dst: &wgpu::Buffer) -> Self {
         let index = ctx.zeroed_storage(label, capacity as u64 * 4);
         let src = ctx.zeroed_storage(label, capacity as u64 * width as u64 * 4);
@@ -176,18 +192,20 @@ impl Upload {
             .scatter
             .bind_group(&ctx.device, &params, &index, &src, dst);
         Self {
-            width,
-            capacity,
-            index,
-            src,
-            params,
-            bind_group,
-            pending_index: Vec::new(),
-            pending: Vec::new(),
+            gpu: Some(UploadBuffers {
+                index,
+                src,
+                params,
+                bind_group,
+            }),
+            ..Self::host_only(width, capacity)
         }
     }
 
     fn push(&mut self, at: u32, words: &[u32]) {
+        if self.gpu.is_none() {
+            return; // a simulation: nothing to upload to
+        }
         self.pending_index.push(at);
         self.pending.extend_from_slice(words);
     }
@@ -199,6 +217,11 @@ impl Upload {
     /// Writes the staged records and records their scatter; they reach the GPU with the
     /// encoder's submission.
     fn record(&mut self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder) {
+        let Some(gpu) = &self.gpu else {
+            self.pending_index.clear();
+            self.pending.clear();
+            return;
+        };
         if self.pending_index.is_empty() {
             return;
         }
@@ -208,16 +231,16 @@ impl Upload {
             _pad: [0; 2],
         };
         ctx.queue
-            .write_buffer(&self.index, 0, bytemuck::cast_slice(&self.pending_index));
+            .write_buffer(&gpu.index, 0, bytemuck::cast_slice(&self.pending_index));
         ctx.queue
-            .write_buffer(&self.src, 0, bytemuck::cast_slice(&self.pending));
+            .write_buffer(&gpu.src, 0, bytemuck::cast_slice(&self.pending));
         ctx.queue
-            .write_buffer(&self.params, 0, bytemuck::bytes_of(&params));
+            .write_buffer(&gpu.params, 0, bytemuck::bytes_of(&params));
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("cache scatter"),
             timestamp_writes: None,
         });
-        ctx.scatter.dispatch(&mut pass, &self.bind_group, &params);
+        ctx.scatter.dispatch(&mut pass, &gpu.bind_group, &params);
         drop(pass);
         self.pending_index.clear();
         self.pending.clear();
@@ -249,7 +272,8 @@ pub struct CacheState {
     uses: Vec<u64>,
     batch: u64,
     stats: Vec<FeatureStats>,
-    pub buffers: CacheBuffers,
+    /// `None` in a host-only simulation.
+    pub buffers: Option<CacheBuffers>,
     entries: Upload,
     rows: Upload,
 }
@@ -265,6 +289,28 @@ impl CacheState {
         default_rows: &[u32],
         max_keys: usize,
     ) -> Result<Self> {
+        let mut state = Self::host_only(spec, options, store)?;
+        let (capacity, d) = (state.capacity, state.d);
+        let buffers = CacheBuffers {
+            table: ctx.storage_buffer("cache table", state.table.entries()),
+            rows: ctx.zeroed_storage("cache rows", capacity * d as u64 * 4),
+            defaults: ctx.storage_buffer("cache default rows", default_rows),
+        };
+        let max_rows = (capacity as usize).min(max_keys.max(1));
+        state.entries = Upload::new(ctx, "cache entry upload", 4, 2 * max_rows, &buffers.table);
+        state.rows = Upload::new(ctx, "cache row upload", d as u32, max_rows, &buffers.rows);
+        state.table.take_changes();
+        state.buffers = Some(buffers);
+        Ok(state)
+    }
+
+    /// The cache's host state alone, with no GPU: what the cache benchmark replays id streams
+    /// through to measure hit rates (lookups by [`CacheState::lookup_on_host`]).
+    pub fn host_only(
+        spec: &ModelSpec,
+        options: &CacheOptions,
+        store: Box<dyn EmbeddingStore>,
+    ) -> Result<Self> {
         let d = spec.d();
         if store.dim() != d {
             return Err(Error::Cache(format!(
@@ -278,15 +324,6 @@ impl CacheState {
                 "the cache capacity is 0 rows; it must hold at least one row".into(),
             ));
         }
-        let table = HostTable::new(capacity as usize);
-        let buffers = CacheBuffers {
-            table: ctx.storage_buffer("cache table", table.entries()),
-            rows: ctx.zeroed_storage("cache rows", capacity * d as u64 * 4),
-            defaults: ctx.storage_buffer("cache default rows", default_rows),
-        };
-        let max_rows = (capacity as usize).min(max_keys.max(1));
-        let entries = Upload::new(ctx, "cache entry upload", 4, 2 * max_rows, &buffers.table);
-        let rows = Upload::new(ctx, "cache row upload", d as u32, max_rows, &buffers.rows);
         let now = options.now.unwrap_or_else(unix_now);
         let tracker = UpdateTracker::new(options.updates, store.keys(), now);
         let slots = capacity as usize;
@@ -296,7 +333,7 @@ impl CacheState {
             policy: options.policy,
             names: spec.features.iter().map(|f| f.name.clone()).collect(),
             store,
-            table,
+            table: HostTable::new(slots),
             slots: vec![None; slots],
             free: (0..slots as u32).rev().collect(),
             evictor: Evictor::new(options.policy, slots),
@@ -312,10 +349,18 @@ impl CacheState {
                     ..Default::default()
                 })
                 .collect(),
-            buffers,
-            entries,
-            rows,
+            buffers: None,
+            entries: Upload::host_only(4, usize::MAX),
+            rows: Upload::host_only(d as u32, usize::MAX),
         })
+    }
+
+    /// What the resolve kernel computes, on the host: each key's slot or [`MISS`]. For
+    /// simulations; scoring never hashes on the host.
+    pub fn lookup_on_host(&self, keys: &[Key]) -> Vec<u32> {
+        keys.iter()
+            .map(|&(f, id)| self.table.get(table::tag(f as usize), id).unwrap_or(MISS))
+            .collect()
     }
 
     pub fn capacity(&self) -> u64 {
@@ -372,6 +417,7 @@ impl CacheState {
             return Err(TooManyRows { needed });
         }
 
+        let mut inserted = false;
         for (&key, &slot) in keys.iter().zip(resolved) {
             if slot != MISS {
                 self.stats[key.0 as usize].hits += 1;
@@ -379,6 +425,20 @@ impl CacheState {
         }
         for &slot in &touched {
             self.evictor.access(slot, batch, self.uses[slot as usize]);
+        }
+        // Victims for the known misses the free slots cannot take, chosen before any new row
+        // enters, among the rows this batch does not use.
+        let wanted = (n_known as usize).saturating_sub(self.free.len());
+        let used_in = &self.used_in;
+        let victims = self
+            .evictor
+            .pop_victims(wanted, |s| used_in[s as usize] == batch);
+        assert_eq!(victims.len(), wanted, "checked: enough rows the batch does not use");
+        for &victim in &victims {
+            let old = self.slots[victim as usize].take().expect("occupied");
+            self.table.remove(table::tag(old.0 as usize), old.1);
+            self.stats[old.0 as usize].evictions += 1;
+            self.free.push(victim);
         }
         for (i, &key) in missed.iter().enumerate() {
             let uses = miss_uses[&key].1;
@@ -388,32 +448,19 @@ impl CacheState {
                 stats.unknown += uses;
                 continue;
             }
-            let slot = match self.free.pop() {
-                Some(s) => s,
-                None => {
-                    let used_in = &self.used_in;
-                    let victim = self
-                        .evictor
-                        .pop_victim(|s| used_in[s as usize] == batch)
-                        .expect("checked: enough rows the batch does not use");
-                    let old = self.slots[victim as usize].take().expect("occupied");
-                    self.table.remove(table::tag(old.0 as usize), old.1);
-                    self.stats[old.0 as usize].evictions += 1;
-                    victim
-                }
-            };
+            let slot = self.free.pop().expect("freed above");
             self.table.insert(table::tag(key.0 as usize), key.1, slot);
             self.slots[slot as usize] = Some(key);
             self.used_in[slot as usize] = batch;
             self.evictor.insert(slot, batch, uses);
             self.stats[key.0 as usize].insertions += 1;
+            inserted = true;
             self.rows.push(
                 slot,
                 bytemuck::cast_slice(&fetched[i * self.d..(i + 1) * self.d]),
             );
         }
-        let staged = !self.rows.pending_index.is_empty();
-        Ok(staged)
+        Ok(inserted)
     }
 
     /// Records the staged table entries and rows into `encoder` (the whole table is written
@@ -426,11 +473,12 @@ impl CacheState {
                 }
                 self.entries.record(ctx, encoder);
             }
-            _ => ctx.queue.write_buffer(
-                &self.buffers.table,
-                0,
-                bytemuck::cast_slice(self.table.entries()),
-            ),
+            _ => {
+                if let Some(b) = &self.buffers {
+                    ctx.queue
+                        .write_buffer(&b.table, 0, bytemuck::cast_slice(self.table.entries()));
+                }
+            }
         }
         self.rows.record(ctx, encoder);
     }
