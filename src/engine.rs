@@ -739,14 +739,7 @@ impl Workspace {
                     );
                     ctx.resolve.bind_group(
                         device,
-                        [
-                            &r.params,
-                            &r.keys,
-                            &c.table,
-                            &c.defaults,
-                            &ids,
-                            &r.resolved,
-                        ],
+                        [&r.params, &r.keys, &c.table, &c.defaults, &ids, &r.resolved],
                     )
                 }
                 Step::Gather => ctx.gather.bind_group(

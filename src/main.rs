@@ -523,13 +523,27 @@ fn cache_bench(
 ) -> Result<()> {
     use pepnet::cache::{bench, EvictionPolicy};
     let (distinct, lookups, batch) = hit;
-    let policies = [EvictionPolicy::score(), EvictionPolicy::Lru, EvictionPolicy::Lfu];
+    let policies = [
+        EvictionPolicy::score(),
+        EvictionPolicy::Lru,
+        EvictionPolicy::Lfu,
+    ];
     let shares = [0.01, 0.05, 0.20];
-    let rates = bench::hit_rates(distinct, lookups, batch, &[0.8, 1.0, 1.2], &shares, &policies)?;
+    let rates = bench::hit_rates(
+        distinct,
+        lookups,
+        batch,
+        &[0.8, 1.0, 1.2],
+        &shares,
+        &policies,
+    )?;
     println!(
         "hit rates: {distinct} distinct ids, {lookups} Zipf lookups in batches of {batch} (first fifth warms up)"
     );
-    println!("{:>8} {:>7} {:>9} {:>10} {:>10} {:>10}", "exponent", "cache", "rows", "score", "lru", "lfu");
+    println!(
+        "{:>8} {:>7} {:>9} {:>10} {:>10} {:>10}",
+        "exponent", "cache", "rows", "score", "lru", "lfu"
+    );
     for row in rates.chunks(policies.len()) {
         println!(
             "{:>8.1} {:>6.0}% {:>9} {:>9.2}% {:>9.2}% {:>9.2}%",

@@ -176,13 +176,14 @@ pub fn read_rows_file(
         if st.tensor(&ids).is_err() && st.tensor(&rows).is_err() {
             continue;
         }
-        let table = HashedRows::read(&st, &feature.name, spec.d()).map_err(|(tensor, message)| {
-            Error::Tensor {
-                file: file.clone(),
-                tensor,
-                message,
-            }
-        })?;
+        let table =
+            HashedRows::read(&st, &feature.name, spec.d()).map_err(|(tensor, message)| {
+                Error::Tensor {
+                    file: file.clone(),
+                    tensor,
+                    message,
+                }
+            })?;
         known.extend([ids, rows]);
         out.push((f, table));
     }

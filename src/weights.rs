@@ -45,8 +45,12 @@ impl HashedRows {
     /// appended. Returns (replaced, added).
     pub fn merge(&mut self, update: &HashedRows) -> (usize, usize) {
         let d = self.d;
-        let mut index: std::collections::HashMap<u64, usize> =
-            self.ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
+        let mut index: std::collections::HashMap<u64, usize> = self
+            .ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| (id, i))
+            .collect();
         let (mut replaced, mut added) = (0, 0);
         for (k, &id) in update.ids.iter().enumerate() {
             let row = &update.rows[k * d..(k + 1) * d];

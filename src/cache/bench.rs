@@ -187,9 +187,13 @@ pub fn throughput_models(users: usize, items: usize, seed: u64) -> (Model, Model
     let text = |hashed: bool| {
         let id = |name: &str, vocab: usize| {
             if hashed {
-                format!(r#"{{"name": "{name}", "kind": "sparse", "hashed": true, "roles": ["general", "prior"]}}"#)
+                format!(
+                    r#"{{"name": "{name}", "kind": "sparse", "hashed": true, "roles": ["general", "prior"]}}"#
+                )
             } else {
-                format!(r#"{{"name": "{name}", "kind": "sparse", "vocab": {vocab}, "roles": ["general", "prior"]}}"#)
+                format!(
+                    r#"{{"name": "{name}", "kind": "sparse", "vocab": {vocab}, "roles": ["general", "prior"]}}"#
+                )
             }
         };
         format!(
@@ -231,7 +235,10 @@ pub fn throughput_batches(
     seed: u64,
 ) -> Vec<(Batch, Batch)> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let (zu, zi) = (Zipf::new(users as u64, exponent), Zipf::new(items as u64, exponent));
+    let (zu, zi) = (
+        Zipf::new(users as u64, exponent),
+        Zipf::new(items as u64, exponent),
+    );
     (0..batches)
         .map(|_| {
             let tab: Vec<u64> = (0..rows).map(|_| rng.random_range(0..3)).collect();

@@ -433,7 +433,11 @@ impl CacheState {
         let victims = self
             .evictor
             .pop_victims(wanted, |s| used_in[s as usize] == batch);
-        assert_eq!(victims.len(), wanted, "checked: enough rows the batch does not use");
+        assert_eq!(
+            victims.len(),
+            wanted,
+            "checked: enough rows the batch does not use"
+        );
         for &victim in &victims {
             let old = self.slots[victim as usize].take().expect("occupied");
             self.table.remove(table::tag(old.0 as usize), old.1);

@@ -141,7 +141,7 @@ impl ParquetReader {
                             .push_dense(f, array.as_primitive::<Float32Type>().value(i)),
                         FeatureKind::Sparse => {
                             let id = array.as_primitive::<Int64Type>().value(i);
-                            to_id(id).and_then(|id| self.rows.push_ids(f, &[id]))
+                            to_id(id, feature.hashed).and_then(|id| self.rows.push_ids(f, &[id]))
                         }
                         FeatureKind::MultiHot => {
                             let list = array.as_list::<i64>().value(i);
@@ -152,7 +152,7 @@ impl ParquetReader {
                                     if values.is_null(j) {
                                         return Err(format!("null id at position {j} of the list"));
                                     }
-                                    ids.push(to_id(values.value(j))?);
+                                    ids.push(to_id(values.value(j), feature.hashed)?);
                                     Ok(())
                                 });
                             parsed.and_then(|()| self.rows.push_ids(f, &ids))
@@ -213,7 +213,12 @@ impl ParquetReader {
     }
 }
 
-fn to_id(id: i64) -> std::result::Result<u64, String> {
+/// A Parquet INT64 id: a vocabulary id must not be negative; a hashed feature's id is the
+/// 64 bits as they are (hashes are commonly stored signed).
+fn to_id(id: i64, hashed: bool) -> std::result::Result<u64, String> {
+    if hashed {
+        return Ok(id as u64);
+    }
     u64::try_from(id).map_err(|_| format!("id {id} is negative"))
 }
 
