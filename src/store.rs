@@ -127,32 +127,6 @@ impl EmbeddingStore for MemoryStore {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rows_round_trip_and_removed_places_are_reused() {
-        let mut s = MemoryStore::new(2);
-        s.put((0, u64::MAX), &[1.0, 2.0]);
-        s.put((1, u64::MAX), &[3.0, 4.0]);
-        s.put((0, u64::MAX), &[5.0, 6.0]);
-        let mut out = [9.0; 6];
-        let mut found = [false; 3];
-        s.get_many(
-            &[(0, u64::MAX), (2, 7), (1, u64::MAX)],
-            &mut out,
-            &mut found,
-        );
-        assert_eq!(found, [true, false, true]);
-        assert_eq!(out, [5.0, 6.0, 9.0, 9.0, 3.0, 4.0]);
-        assert!(s.remove((0, u64::MAX)));
-        assert!(!s.remove((0, u64::MAX)));
-        s.put((0, 1), &[7.0, 8.0]);
-        assert_eq!((s.len(), s.rows.len()), (2, 4));
-    }
-}
-
 /// Reads a file of new rows for hashed features: for each feature it updates, `emb.<f>.ids`
 /// (`[n]`, U64 or I64) and `emb.<f>` (`[n, d]`), as in a model directory. Returns, per feature
 /// (spec index), its rows. A tensor that is not a hashed feature's ids or rows is an error that
@@ -199,4 +173,30 @@ pub fn read_rows_file(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_round_trip_and_removed_places_are_reused() {
+        let mut s = MemoryStore::new(2);
+        s.put((0, u64::MAX), &[1.0, 2.0]);
+        s.put((1, u64::MAX), &[3.0, 4.0]);
+        s.put((0, u64::MAX), &[5.0, 6.0]);
+        let mut out = [9.0; 6];
+        let mut found = [false; 3];
+        s.get_many(
+            &[(0, u64::MAX), (2, 7), (1, u64::MAX)],
+            &mut out,
+            &mut found,
+        );
+        assert_eq!(found, [true, false, true]);
+        assert_eq!(out, [5.0, 6.0, 9.0, 9.0, 3.0, 4.0]);
+        assert!(s.remove((0, u64::MAX)));
+        assert!(!s.remove((0, u64::MAX)));
+        s.put((0, 1), &[7.0, 8.0]);
+        assert_eq!((s.len(), s.rows.len()), (2, 4));
+    }
 }
