@@ -77,7 +77,7 @@ fn main() -> pepnet::Result<()> {
     // The trainer rewrites half of them later; ten minutes after the first push, the other
     // half, which nobody rewrote, expire and read the default row again.
     engine.update_rows("user_id", &ids[..150], &rows[..150 * 8], 400)?;
-    println!("expired: {}", engine.expire(700));
+    println!("expired: {}", engine.expire(700)?);
     let stats = engine.cache_stats().expect("the model has hashed features");
     println!(
         "cache ({}): {} of {} rows used, {} rows stored",

@@ -286,13 +286,20 @@ impl Engine {
     fn cache_capacity(&self) -> u64 {
         self.cache
             .as_ref()
-            .map_or(0, |c| self.lock_cache(c).capacity())
+            .and_then(|c| self.lock_cache(c).ok().map(|c| c.capacity()))
+            .unwrap_or(0)
     }
 
-    fn lock_cache<'a>(&self, c: &'a Mutex<CacheState>) -> MutexGuard<'a, CacheState> {
-        // A panic mid-batch leaves the host state consistent: every change is staged before
-        // it is counted.
-        c.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_cache<'a>(&self, c: &'a Mutex<CacheState>) -> Result<MutexGuard<'a, CacheState>> {
+        // A panic while the cache was locked may have left the host's index and the GPU's
+        // apart; scoring on could read wrong rows, so refuse instead.
+        c.lock().map_err(|_| {
+            Error::Cache(
+                "a thread panicked while updating the embedding cache, which may be inconsistent \
+                 now; build a new engine"
+                    .into(),
+            )
+        })
     }
 
     /// The embedding cache's counters; `None` for a model without hashed features.
@@ -300,7 +307,7 @@ impl Engine {
         let hashed: Vec<bool> = self.spec.features.iter().map(|f| f.hashed).collect();
         self.cache
             .as_ref()
-            .map(|c| self.lock_cache(c).stats(&hashed))
+            .and_then(|c| self.lock_cache(c).ok().map(|c| c.stats(&hashed)))
     }
 
     /// Writes new rows (`ids.len() × d`, row-major) for ids of hashed feature `feature` into
@@ -340,15 +347,16 @@ impl Engine {
                 rows[i]
             )));
         }
-        Ok(self.lock_cache(cache).update(&self.ctx, f, ids, rows, now))
+        Ok(self.lock_cache(cache)?.update(&self.ctx, f, ids, rows, now))
     }
 
     /// Drops hashed ids not written for the update policy's expiry time from the store and the
     /// cache; returns how many. `now` is the update clock in seconds.
-    pub fn expire(&self, now: u64) -> usize {
-        self.cache
-            .as_ref()
-            .map_or(0, |c| self.lock_cache(c).expire(&self.ctx, now))
+    pub fn expire(&self, now: u64) -> Result<usize> {
+        match &self.cache {
+            Some(c) => Ok(self.lock_cache(c)?.expire(&self.ctx, now)),
+            None => Ok(0),
+        }
     }
 
     /// Replaces every dense weight (all but the embeddings) with `weights`' at once: a batch
@@ -472,16 +480,18 @@ impl Engine {
         let mut cache = None;
         let mut resolve_again = timestamps.is_some();
         if let (Some(state), Some(space)) = (&self.cache, &ws.resolve) {
-            let mut guard = self.lock_cache(state);
+            let mut guard = self.lock_cache(state)?;
             let n_keys = space.host_keys.len() as u32;
+            let params = ResolveParams {
+                n_keys,
+                mask: guard.mask(),
+                cache_base: self.layout.cache_base,
+                _pad: 0,
+            };
+            // Written even for no keys: a dispatch always launches one workgroup, which must
+            // find nothing to do.
+            queue.write_buffer(&space.params, 0, bytemuck::bytes_of(&params));
             if n_keys > 0 {
-                let params = ResolveParams {
-                    n_keys,
-                    mask: guard.mask(),
-                    cache_base: self.layout.cache_base,
-                    _pad: 0,
-                };
-                queue.write_buffer(&space.params, 0, bytemuck::bytes_of(&params));
                 queue.write_buffer(&space.keys, 0, bytemuck::cast_slice(&space.host_keys));
                 let mut lookup = self.ctx.device.create_command_encoder(&Default::default());
                 {

@@ -442,6 +442,22 @@ fn live_updates_are_seen_by_batches_scored_after_them_and_not_before() {
             cached.cache_stats().unwrap().total.updates,
             ids.len() as u64
         );
+
+        // One id twice in one call (it is cached now): the last row wins, whole.
+        let twice: Vec<f32> = (0..2 * d).map(|_| r.random_range(-2.0..2.0)).collect();
+        cached
+            .update_rows(&name, &[raw[0], raw[0]], &twice, 6)
+            .unwrap();
+        twin.set_row(f, ids[0], &twice[d..]);
+        let want = Engine::new(ctx.clone(), &twin.resident, &Default::default())
+            .unwrap()
+            .score(&batch)
+            .unwrap();
+        assert_bits(
+            &cached.score(&mapped).unwrap(),
+            &want,
+            "an id updated twice in one call",
+        );
     }
 }
 
@@ -606,9 +622,9 @@ fn ids_not_written_for_the_expiry_time_are_dropped_from_store_and_cache() {
         twin.set_row(f, 0, &row);
         kept.push((f, 0u64));
     }
-    assert_eq!(cached.expire(99), 0);
+    assert_eq!(cached.expire(99).unwrap(), 0);
     let stored = twin.store_rows();
-    let expired = cached.expire(120);
+    let expired = cached.expire(120).unwrap();
     assert_eq!(expired, stored - kept.len());
     for &f in &twin.features.clone() {
         let vocab = twin.resident.spec.features[f].vocab.unwrap() as u64;

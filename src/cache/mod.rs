@@ -157,6 +157,9 @@ struct Upload {
     gpu: Option<UploadBuffers>,
     pending_index: Vec<u32>,
     pending: Vec<u32>,
+    /// Where each pending destination's record is: a second write to the same place in one
+    /// dispatch replaces the first (two records racing word by word could mix them).
+    positions: HashMap<u32, usize>,
 }
 
 struct UploadBuffers {
@@ -174,6 +177,7 @@ impl Upload {
             gpu: None,
             pending_index: Vec::new(),
             pending: Vec::new(),
+            positions: HashMap::new(),
         }
     }
 
@@ -206,8 +210,15 @@ impl Upload {
         if self.gpu.is_none() {
             return; // a simulation: nothing to upload to
         }
-        self.pending_index.push(at);
-        self.pending.extend_from_slice(words);
+        let w = self.width as usize;
+        match self.positions.get(&at) {
+            Some(&r) => self.pending[r * w..(r + 1) * w].copy_from_slice(words),
+            None => {
+                self.positions.insert(at, self.pending_index.len());
+                self.pending_index.push(at);
+                self.pending.extend_from_slice(words);
+            }
+        }
     }
 
     fn is_full(&self) -> bool {
@@ -220,6 +231,7 @@ impl Upload {
         let Some(gpu) = &self.gpu else {
             self.pending_index.clear();
             self.pending.clear();
+            self.positions.clear();
             return;
         };
         if self.pending_index.is_empty() {
@@ -244,6 +256,7 @@ impl Upload {
         drop(pass);
         self.pending_index.clear();
         self.pending.clear();
+        self.positions.clear();
     }
 }
 
@@ -291,6 +304,14 @@ impl CacheState {
     ) -> Result<Self> {
         let mut state = Self::host_only(spec, options, store)?;
         let (capacity, d) = (state.capacity, state.d);
+        let table_bytes = std::mem::size_of_val(state.table.entries()) as u64;
+        if table_bytes > ctx.max_binding_bytes() {
+            return Err(Error::Cache(format!(
+                "a cache of {capacity} rows needs a {table_bytes}-byte index, more than one storage \
+                 binding ({} bytes) on this device; lower the capacity",
+                ctx.max_binding_bytes()
+            )));
+        }
         let buffers = CacheBuffers {
             table: ctx.storage_buffer("cache table", state.table.entries()),
             rows: ctx.zeroed_storage("cache rows", capacity * d as u64 * 4),

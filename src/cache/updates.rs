@@ -65,7 +65,7 @@ impl UpdateTracker {
 
     /// Whether `key` may be written at `now`; if so, counts the write.
     pub fn allow(&mut self, key: Key, now: u64) -> bool {
-        let r = self.records.entry(key).or_insert(Record {
+        let mut r = self.records.get(&key).copied().unwrap_or(Record {
             window_start: now,
             in_window: 0,
             last_write: now,
@@ -79,10 +79,15 @@ impl UpdateTracker {
             .max_updates
             .is_some_and(|cap| r.in_window >= cap)
         {
+            // Refused: an id never written stays untracked (it is not in the store).
+            if let Some(old) = self.records.get_mut(&key) {
+                *old = r;
+            }
             return false;
         }
         r.in_window += 1;
         r.last_write = now;
+        self.records.insert(key, r);
         true
     }
 
@@ -129,5 +134,19 @@ mod tests {
         );
         assert_eq!(t.expire(110), vec![(0, 1)]);
         assert_eq!(t.expire(1000), vec![]);
+        let mut frozen = UpdateTracker::new(
+            UpdatePolicy {
+                max_updates: Some(0),
+                ..policy
+            },
+            [],
+            0,
+        );
+        assert!(!frozen.allow((1, 9), 5));
+        assert_eq!(
+            frozen.expire(1000),
+            vec![],
+            "a refused new id was never stored"
+        );
     }
 }
