@@ -14,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod gpu;
+pub mod grad;
 pub mod io;
 pub mod kuairand;
 pub mod metrics;
