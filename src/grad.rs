@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use crate::batch::{Batch, Column};
 use crate::error::Result;
 use crate::model::Model;
-use crate::reference::{feature_vector, sigmoid};
+use crate::reference::{concat_role, sigmoid};
 use crate::spec::{FeatureKind, Pooling, Role};
 use crate::weights::Weights;
 
@@ -128,13 +128,6 @@ fn gate_back(
         .map(|(&d, &p)| if p > 0.0 { d } else { 0.0 })
         .collect();
     linear_back(w, g, &fc1, x, &dpre)
-}
-
-fn concat_role(model: &Model, batch: &Batch, i: usize, role: Role) -> Vec<f64> {
-    (0..model.spec.features.len())
-        .filter(|&f| model.spec.features[f].has_role(role))
-        .flat_map(|f| feature_vector(model, batch, f, i))
-        .collect()
 }
 
 fn forward(model: &Model, batch: &Batch, i: usize, frozen: Option<&Frozen>) -> Tape {

@@ -115,7 +115,7 @@ pub fn feature_vector(model: &Model, batch: &Batch, f: usize, i: usize) -> Vec<f
 }
 
 /// Concatenation, in spec order, of the vectors of the features that have `role`.
-fn concat_role(model: &Model, batch: &Batch, i: usize, role: Role) -> Vec<f64> {
+pub(crate) fn concat_role(model: &Model, batch: &Batch, i: usize, role: Role) -> Vec<f64> {
     (0..model.spec.features.len())
         .filter(|&f| model.spec.features[f].has_role(role))
         .flat_map(|f| feature_vector(model, batch, f, i))

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use common::{gpu, random_batch, random_spec, rng, Rng};
@@ -207,6 +208,25 @@ fn is_read(spec: &ModelSpec, f: usize) -> bool {
     feature.has_role(Role::General)
         || (feature.has_role(Role::Domain) && spec.epnet.is_some())
         || (feature.has_role(Role::Prior) && spec.ppnet.is_some())
+}
+
+/// Scores `batch` in a loop on another thread (at least 3 times) until `done` is set; started
+/// and given 50 ms before returning, so that what the caller does next lands mid-loop.
+fn score_in_background(
+    engine: &Arc<Engine>,
+    batch: &Batch,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<Vec<Vec<f32>>>) {
+    let done = Arc::new(AtomicBool::new(false));
+    let (engine, batch, flag) = (engine.clone(), batch.clone(), done.clone());
+    let handle = std::thread::spawn(move || {
+        let mut results = Vec::new();
+        while !flag.load(Ordering::Acquire) || results.len() < 3 {
+            results.push(engine.score(&batch).unwrap());
+        }
+        results
+    });
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    (done, handle)
 }
 
 fn assert_bits(got: &[f32], want: &[f32], what: &str) {
@@ -505,22 +525,11 @@ fn updates_between_concurrent_batches_are_atomic_per_sample() {
     let mut opts = options(4096, EvictionPolicy::score(), 16);
     opts.workspaces = 2;
     let cached = Arc::new(Engine::new(ctx.clone(), &twin.hashed, &opts).unwrap());
-    let mapped = Arc::new(twin.map(&batch));
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let scorer = {
-        let (cached, mapped, done) = (cached.clone(), mapped.clone(), done.clone());
-        std::thread::spawn(move || {
-            let mut results = Vec::new();
-            while !done.load(std::sync::atomic::Ordering::Acquire) || results.len() < 3 {
-                results.push(cached.score(&mapped).unwrap());
-            }
-            results
-        })
-    };
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    let mapped = twin.map(&batch);
+    let (done, scorer) = score_in_background(&cached, &mapped);
     cached.update_rows(&name, &new_ids, &new_rows, 1).unwrap();
     let after = cached.score(&mapped).unwrap();
-    done.store(true, std::sync::atomic::Ordering::Release);
+    done.store(true, Ordering::Release);
     assert_bits(&after, &new, "scored after the update returned");
     let t = twin.resident.spec.n_tasks();
     for (k, scores) in scorer.join().unwrap().iter().enumerate() {
@@ -728,22 +737,11 @@ fn dense_weight_swaps_are_atomic_per_batch() {
     let mut opts = options(4096, EvictionPolicy::score(), 16);
     opts.workspaces = 2;
     let cached = Arc::new(Engine::new(ctx.clone(), &twin.hashed, &opts).unwrap());
-    let mapped = Arc::new(twin.map(&batch));
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let scorer = {
-        let (cached, mapped, done) = (cached.clone(), mapped.clone(), done.clone());
-        std::thread::spawn(move || {
-            let mut results = Vec::new();
-            while !done.load(std::sync::atomic::Ordering::Acquire) || results.len() < 3 {
-                results.push(cached.score(&mapped).unwrap());
-            }
-            results
-        })
-    };
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    let mapped = twin.map(&batch);
+    let (done, scorer) = score_in_background(&cached, &mapped);
     cached.swap_weights(&new_weights).unwrap();
     assert_bits(&cached.score(&mapped).unwrap(), &new, "after the swap");
-    done.store(true, std::sync::atomic::Ordering::Release);
+    done.store(true, Ordering::Release);
     for (k, scores) in scorer.join().unwrap().iter().enumerate() {
         assert!(
             *scores == old || *scores == new,
