@@ -15,6 +15,7 @@ use pepnet::gpu::linear::{
     lay_out, pack_layer, Activation, LinearProblem, SpanParams, Variant, View,
 };
 use pepnet::gpu::mmoe_mix::MixParams;
+use pepnet::gpu::optimizer::{AdaGradConfig, AdaGradParams, AdamConfig, AdamParams};
 use pepnet::gpu::resolve::{key_gpu, ResolveParams, MISS};
 use pepnet::gpu::scatter::ScatterParams;
 use pepnet::gpu::{BatchParams, GpuContext};
@@ -415,5 +416,127 @@ fn scatter_matches_reference() {
         kernels::scatter(index, &src, width, &mut want);
         let got: &[u32] = bytemuck::cast_slice(&got);
         assert_eq!(got, want.as_slice(), "seed {seed}, width {width}");
+    }
+}
+
+/// Optimizer states: operands are of order one or less and updates may cancel (m ≈ 0), so the
+/// tolerance is absolute (1e-6) plus relative (1e-5).
+fn assert_close_f64(got: &[f32], want: &[f64], what: &str) {
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g as f64 - w).abs() <= 1e-6 + 1e-5 * w.abs(),
+            "{what}: element {i}: gpu {g}, reference {w}"
+        );
+    }
+}
+
+#[test]
+fn adam_matches_reference() {
+    let ctx = gpu();
+    for seed in 0..6u64 {
+        let mut r = rng(seed);
+        let n = [1, 7, 256, 1000, 4099, 70_001][seed as usize];
+        let config = AdamConfig {
+            lr: r.random_range(1e-4..1e-2),
+            ..Default::default()
+        };
+        let step = r.random_range(1..200);
+        let grad = random_vec(&mut r, n, 0.5);
+        let param = random_vec(&mut r, n, 1.0);
+        let m = random_vec(&mut r, n, 0.1);
+        let v: Vec<f32> = (0..n).map(|_| r.random_range(0.0..0.05)).collect();
+        let params = AdamParams::new(&config, n as u32, step);
+        let bufs = [
+            ctx.uniform_buffer("params", &params),
+            ctx.storage_buffer("grad", &grad),
+            ctx.storage_buffer("param", &param),
+            ctx.storage_buffer("m", &m),
+            ctx.storage_buffer("v", &v),
+        ];
+        let bg = ctx
+            .optimizer
+            .adam_bind_group(&ctx.device, std::array::from_fn(|i| &bufs[i]));
+        run(&ctx, &bufs[2], 1, |pass| {
+            ctx.optimizer.adam(pass, &bg, n as u32)
+        });
+        let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+        let (mut p, mut mm, mut vv) = (f64s(&param), f64s(&m), f64s(&v));
+        kernels::adam(&config, step, &grad, &mut p, &mut mm, &mut vv);
+        let what = format!("adam seed {seed}, n {n}, step {step}");
+        assert_close_f64(
+            &ctx.read_buffer(&bufs[2], n).unwrap(),
+            &p,
+            &format!("{what}: param"),
+        );
+        assert_close_f64(
+            &ctx.read_buffer(&bufs[3], n).unwrap(),
+            &mm,
+            &format!("{what}: m"),
+        );
+        assert_close_f64(
+            &ctx.read_buffer(&bufs[4], n).unwrap(),
+            &vv,
+            &format!("{what}: v"),
+        );
+    }
+}
+
+#[test]
+fn adagrad_updates_only_the_touched_rows_as_the_reference_does() {
+    let ctx = gpu();
+    for seed in 0..6u64 {
+        let mut r = rng(seed);
+        let d = [1, 3, 16, 40, 61, 64][seed as usize];
+        let rows = r.random_range(1..500usize);
+        let mut order: Vec<u32> = (0..rows as u32).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, r.random_range(0..=i));
+        }
+        let touched = &order[..r.random_range(1..=rows)];
+        let config = AdaGradConfig::default();
+        let row_grad = random_vec(&mut r, touched.len() * d, 0.5);
+        let table = random_vec(&mut r, rows * d, 1.0);
+        let sum_sq: Vec<f32> = (0..rows * d).map(|_| r.random_range(0.0..0.3)).collect();
+        let params = AdaGradParams {
+            rows: touched.len() as u32,
+            d: d as u32,
+            lr: config.lr as f32,
+            eps: config.eps as f32,
+        };
+        let bufs = [
+            ctx.uniform_buffer("params", &params),
+            ctx.storage_buffer("touched", touched),
+            ctx.storage_buffer("row grad", &row_grad),
+            ctx.storage_buffer("table", &table),
+            ctx.storage_buffer("sum_sq", &sum_sq),
+        ];
+        let bg = ctx
+            .optimizer
+            .adagrad_bind_group(&ctx.device, std::array::from_fn(|i| &bufs[i]));
+        run(&ctx, &bufs[3], 1, |pass| {
+            ctx.optimizer.adagrad_rows(pass, &bg, &params)
+        });
+        let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+        let (mut t, mut s) = (f64s(&table), f64s(&sum_sq));
+        kernels::adagrad_rows(&config, d, touched, &row_grad, &mut t, &mut s);
+        let what = format!(
+            "adagrad seed {seed}, d {d}, {} of {rows} rows",
+            touched.len()
+        );
+        let got = ctx.read_buffer(&bufs[3], rows * d).unwrap();
+        assert_close_f64(&got, &t, &format!("{what}: table"));
+        assert_close_f64(
+            &ctx.read_buffer(&bufs[4], rows * d).unwrap(),
+            &s,
+            &format!("{what}: sums"),
+        );
+        // Rows not touched are bit for bit unchanged.
+        for row in order[touched.len()..].iter().map(|&x| x as usize) {
+            assert_eq!(
+                got[row * d..(row + 1) * d],
+                table[row * d..(row + 1) * d],
+                "{what}"
+            );
+        }
     }
 }

@@ -23,15 +23,15 @@ fn every_shader_validates() {
         count += 1;
     }
     assert_eq!(
-        count, 5,
-        "expected gather, linear, mmoe_mix, resolve and scatter"
+        count, 6,
+        "expected gather, linear, mmoe_mix, optimizer, resolve and scatter"
     );
 }
 
 /// The Rust mirrors of the WGSL structs have the sizes naga lays the WGSL structs out with.
 #[test]
 fn rust_structs_match_wgsl_layouts() {
-    use pepnet::gpu::{gather, linear, mmoe_mix, resolve, scatter, BatchParams};
+    use pepnet::gpu::{gather, linear, mmoe_mix, optimizer, resolve, scatter, BatchParams};
     let size_of = |source: &str, name: &str| -> u32 {
         let module = naga::front::wgsl::parse_str(source).unwrap();
         let mut layouter = naga::proc::Layouter::default();
@@ -70,6 +70,14 @@ fn rust_structs_match_wgsl_layouts() {
         std::mem::size_of::<mmoe_mix::MixParams>()
     );
     assert_eq!(
+        size_of(optimizer::SOURCE, "Adam") as usize,
+        std::mem::size_of::<optimizer::AdamParams>()
+    );
+    assert_eq!(
+        size_of(optimizer::SOURCE, "AdaGrad") as usize,
+        std::mem::size_of::<optimizer::AdaGradParams>()
+    );
+    assert_eq!(
         size_of(resolve::SOURCE, "Params") as usize,
         std::mem::size_of::<resolve::ResolveParams>()
     );
@@ -82,11 +90,12 @@ fn rust_structs_match_wgsl_layouts() {
 /// Every entry point fits the 16 KiB of workgroup memory that WebGPU guarantees on any device.
 #[test]
 fn every_entry_point_fits_16_kib_of_workgroup_memory() {
-    use pepnet::gpu::{gather, linear, mmoe_mix, resolve, scatter};
+    use pepnet::gpu::{gather, linear, mmoe_mix, optimizer, resolve, scatter};
     for source in [
         gather::SOURCE,
         linear::SOURCE,
         mmoe_mix::SOURCE,
+        optimizer::SOURCE,
         resolve::SOURCE,
         scatter::SOURCE,
     ] {

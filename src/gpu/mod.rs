@@ -5,6 +5,7 @@
 pub mod gather;
 pub mod linear;
 pub mod mmoe_mix;
+pub mod optimizer;
 pub mod resolve;
 pub mod scatter;
 
@@ -29,6 +30,7 @@ pub struct GpuContext {
     pub gather: gather::GatherKernel,
     pub linear: linear::LinearKernel,
     pub mmoe_mix: mmoe_mix::MmoeMixKernel,
+    pub optimizer: optimizer::OptimizerKernels,
     pub resolve: resolve::ResolveKernel,
     pub scatter: scatter::ScatterKernel,
 }
@@ -111,6 +113,7 @@ impl GpuContext {
         let gather = gather::GatherKernel::new(&device);
         let linear = linear::LinearKernel::new(&device);
         let mmoe_mix = mmoe_mix::MmoeMixKernel::new(&device);
+        let optimizer = optimizer::OptimizerKernels::new(&device);
         let resolve = resolve::ResolveKernel::new(&device);
         let scatter = scatter::ScatterKernel::new(&device);
         if let Some(e) = pollster::block_on(scope.pop()) {
@@ -128,6 +131,7 @@ impl GpuContext {
             gather,
             linear,
             mmoe_mix,
+            optimizer,
             resolve,
             scatter,
         }))
@@ -266,24 +270,40 @@ pub(crate) fn dispatch_flat(
     pass.dispatch_workgroups(x, y, 1);
 }
 
-/// Compiles a WGSL source into a compute pipeline with an automatic layout.
+/// Compiles a WGSL source into a compute pipeline of entry point `main` with an automatic layout.
 pub(crate) fn compute_pipeline(
     device: &wgpu::Device,
     label: &str,
     source: &str,
 ) -> wgpu::ComputePipeline {
+    entry_pipelines(device, label, source, &["main"]).remove(0)
+}
+
+/// Compiles a WGSL source once into one pipeline per entry point, each with an automatic layout
+/// (holding only the bindings that entry point uses).
+pub(crate) fn entry_pipelines(
+    device: &wgpu::Device,
+    label: &str,
+    source: &str,
+    entry_points: &[&str],
+) -> Vec<wgpu::ComputePipeline> {
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(label),
         source: wgpu::ShaderSource::Wgsl(source.into()),
     });
-    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some(label),
-        layout: None,
-        module: &module,
-        entry_point: Some("main"),
-        compilation_options: Default::default(),
-        cache: None,
-    })
+    entry_points
+        .iter()
+        .map(|entry| {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        })
+        .collect()
 }
 
 /// Bind group entries for buffers bound whole at bindings 0, 1, 2, ...

@@ -1,0 +1,68 @@
+// The optimizers of the paper's training recipe, one thread per parameter element:
+// - `adam`: Adam on the packed dense weights (PyTorch's semantics, bias-corrected moments);
+// - `adagrad_rows`: AdaGrad on only the embedding rows a batch touched, read from a compact list
+//   of (row, gradient) pairs, so an update costs the touched rows, not the table. The rows are
+//   distinct (the gradient of a row used several times is summed before, deterministically).
+// Each element is read and written by exactly one thread: deterministic, no atomics.
+
+struct Adam {
+    count: u32,
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    correction1: f32,  // 1 - beta1^step, from the host in f64
+    correction2: f32,  // 1 - beta2^step
+    _pad: u32,
+}
+
+struct AdaGrad {
+    rows: u32,   // touched rows in this update
+    d: u32,
+    lr: f32,
+    eps: f32,
+}
+
+@group(0) @binding(0) var<uniform> adam_params: Adam;
+@group(0) @binding(1) var<storage, read> grad: array<f32>;
+@group(0) @binding(2) var<storage, read_write> param: array<f32>;
+@group(0) @binding(3) var<storage, read_write> m: array<f32>;
+@group(0) @binding(4) var<storage, read_write> v: array<f32>;
+
+@compute @workgroup_size(256, 1, 1)
+fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 256u;
+    let p = adam_params;
+    if i >= p.count {
+        return;
+    }
+    let g = grad[i];
+    let m1 = p.beta1 * m[i] + (1.0 - p.beta1) * g;
+    let v1 = p.beta2 * v[i] + (1.0 - p.beta2) * g * g;
+    m[i] = m1;
+    v[i] = v1;
+    param[i] -= p.lr * (m1 / p.correction1) / (sqrt(v1 / p.correction2) + p.eps);
+}
+
+// Each entry point's pipeline binds only the bindings it uses.
+@group(0) @binding(5) var<uniform> adagrad_params: AdaGrad;
+@group(0) @binding(6) var<storage, read> touched: array<u32>;    // row of the table, per entry; distinct
+@group(0) @binding(7) var<storage, read> row_grad: array<f32>;   // d floats per entry
+@group(0) @binding(8) var<storage, read_write> table: array<f32>;
+@group(0) @binding(9) var<storage, read_write> sum_sq: array<f32>;
+
+@compute @workgroup_size(256, 1, 1)
+fn adagrad_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let w = gid.x + gid.y * nwg.x * 256u;
+    let p = adagrad_params;
+    let r = w / p.d;
+    if r >= p.rows {
+        return;
+    }
+    let k = w % p.d;
+    let i = touched[r] * p.d + k;
+    let g = row_grad[w];
+    let s = sum_sq[i] + g * g;
+    sum_sq[i] = s;
+    table[i] -= p.lr * g / (sqrt(s) + p.eps);
+}

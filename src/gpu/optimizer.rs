@@ -1,0 +1,156 @@
+//! The optimizers (`shaders/optimizer.wgsl`): Adam over the packed dense weights and AdaGrad over
+//! the embedding rows a batch touched, as the paper trains them. Their CPU references are
+//! [`crate::reference::kernels::adam`] and [`crate::reference::kernels::adagrad_rows`].
+
+use super::{dispatch_flat, entry_pipelines};
+
+pub const SOURCE: &str = include_str!("../../shaders/optimizer.wgsl");
+const WORKGROUP: u64 = 256;
+
+/// Adam's hyperparameters. The defaults are PyTorch's (the paper's "small" learning rate).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
+    }
+}
+
+/// AdaGrad's hyperparameters; the learning rate defaults to the paper's 0.05.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdaGradConfig {
+    pub lr: f64,
+    pub eps: f64,
+}
+
+impl Default for AdaGradConfig {
+    fn default() -> Self {
+        Self {
+            lr: 0.05,
+            eps: 1e-10,
+        }
+    }
+}
+
+/// WGSL's `Adam`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct AdamParams {
+    pub count: u32,
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub correction1: f32,
+    pub correction2: f32,
+    pub _pad: u32,
+}
+
+impl AdamParams {
+    /// Step `step` (1-based) over `count` parameters; the bias corrections are computed in f64.
+    pub fn new(config: &AdamConfig, count: u32, step: u32) -> Self {
+        Self {
+            count,
+            lr: config.lr as f32,
+            beta1: config.beta1 as f32,
+            beta2: config.beta2 as f32,
+            eps: config.eps as f32,
+            correction1: (1.0 - config.beta1.powi(step as i32)) as f32,
+            correction2: (1.0 - config.beta2.powi(step as i32)) as f32,
+            _pad: 0,
+        }
+    }
+}
+
+/// WGSL's `AdaGrad`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct AdaGradParams {
+    /// Touched rows in this update.
+    pub rows: u32,
+    pub d: u32,
+    pub lr: f32,
+    pub eps: f32,
+}
+
+/// The compiled kernels.
+pub struct OptimizerKernels {
+    adam: wgpu::ComputePipeline,
+    adagrad_rows: wgpu::ComputePipeline,
+}
+
+fn bind(
+    device: &wgpu::Device,
+    pipeline: &wgpu::ComputePipeline,
+    first: u32,
+    buffers: [&wgpu::Buffer; 5],
+) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry> = buffers
+        .iter()
+        .enumerate()
+        .map(|(i, b)| wgpu::BindGroupEntry {
+            binding: first + i as u32,
+            resource: b.as_entire_binding(),
+        })
+        .collect();
+    device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("optimizer"),
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &entries,
+    })
+}
+
+impl OptimizerKernels {
+    pub fn new(device: &wgpu::Device) -> Self {
+        let mut p = entry_pipelines(device, "optimizer", SOURCE, &["adam", "adagrad_rows"]);
+        let adagrad_rows = p.pop().expect("two pipelines");
+        let adam = p.pop().expect("two pipelines");
+        Self { adam, adagrad_rows }
+    }
+
+    /// Binds: Adam params (uniform), gradients, parameters, first and second moments.
+    pub fn adam_bind_group(
+        &self,
+        device: &wgpu::Device,
+        buffers: [&wgpu::Buffer; 5],
+    ) -> wgpu::BindGroup {
+        bind(device, &self.adam, 0, buffers)
+    }
+
+    /// Binds: AdaGrad params (uniform), touched rows, their gradients, the table, its squared
+    /// gradient sums.
+    pub fn adagrad_bind_group(
+        &self,
+        device: &wgpu::Device,
+        buffers: [&wgpu::Buffer; 5],
+    ) -> wgpu::BindGroup {
+        bind(device, &self.adagrad_rows, 5, buffers)
+    }
+
+    /// Records an Adam step: one thread per parameter.
+    pub fn adam(&self, pass: &mut wgpu::ComputePass, bind_group: &wgpu::BindGroup, count: u32) {
+        dispatch_flat(pass, &self.adam, bind_group, count as u64, WORKGROUP);
+    }
+
+    /// Records an AdaGrad step on the touched rows: one thread per (row, element).
+    pub fn adagrad_rows(
+        &self,
+        pass: &mut wgpu::ComputePass,
+        bind_group: &wgpu::BindGroup,
+        params: &AdaGradParams,
+    ) {
+        let threads = params.rows as u64 * params.d as u64;
+        dispatch_flat(pass, &self.adagrad_rows, bind_group, threads, WORKGROUP);
+    }
+}
