@@ -229,6 +229,14 @@ fn score_in_background(
     (done, handle)
 }
 
+/// Scores of `batch` on a fresh engine of `model` (all rows resident).
+fn resident_scores(model: &Model, batch: &Batch) -> Vec<f32> {
+    Engine::new(gpu(), model, &Default::default())
+        .unwrap()
+        .score(batch)
+        .unwrap()
+}
+
 fn assert_bits(got: &[f32], want: &[f32], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
@@ -469,10 +477,7 @@ fn live_updates_are_seen_by_batches_scored_after_them_and_not_before() {
             .update_rows(&name, &[raw[0], raw[0]], &twice, 6)
             .unwrap();
         twin.set_row(f, ids[0], &twice[d..]);
-        let want = Engine::new(ctx.clone(), &twin.resident, &Default::default())
-            .unwrap()
-            .score(&batch)
-            .unwrap();
+        let want = resident_scores(&twin.resident, &batch);
         assert_bits(
             &cached.score(&mapped).unwrap(),
             &want,
@@ -491,10 +496,7 @@ fn updates_between_concurrent_batches_are_atomic_per_sample() {
     let mut r = rng(13);
     let batch = random_batch(&mut r, &twin.resident.spec, 64);
     let d = twin.d();
-    let old = Engine::new(ctx.clone(), &twin.resident, &Default::default())
-        .unwrap()
-        .score(&batch)
-        .unwrap();
+    let old = resident_scores(&twin.resident, &batch);
     let f = twin.features[0];
     let name = twin.resident.spec.features[f].name.clone();
     let ids: Vec<u64> = (0..batch.len())
@@ -517,10 +519,7 @@ fn updates_between_concurrent_batches_are_atomic_per_sample() {
     for (j, &(id, _)) in uniq.iter().enumerate() {
         twin.set_row(f, id, &new_rows[j * d..(j + 1) * d]);
     }
-    let new = Engine::new(ctx.clone(), &twin.resident, &Default::default())
-        .unwrap()
-        .score(&batch)
-        .unwrap();
+    let new = resident_scores(&twin.resident, &batch);
 
     let mut opts = options(4096, EvictionPolicy::score(), 16);
     opts.workspaces = 2;
@@ -579,10 +578,7 @@ fn capped_updates_are_refused_until_the_window_passes() {
         1
     );
     twin.set_row(f, id, &rows[0]);
-    let want = Engine::new(ctx.clone(), &twin.resident, &Default::default())
-        .unwrap()
-        .score(&batch)
-        .unwrap();
+    let want = resident_scores(&twin.resident, &batch);
     assert_bits(
         &cached.score(&twin.map(&batch)).unwrap(),
         &want,
@@ -641,10 +637,7 @@ fn ids_not_written_for_the_expiry_time_are_dropped_from_store_and_cache() {
             twin.forget(f, id);
         }
     }
-    let want = Engine::new(ctx.clone(), &twin.resident, &Default::default())
-        .unwrap()
-        .score(&batch)
-        .unwrap();
+    let want = resident_scores(&twin.resident, &batch);
     assert_bits(
         &cached.score(&mapped).unwrap(),
         &want,
@@ -687,10 +680,7 @@ fn a_sample_needing_more_rows_than_the_cache_holds_is_a_clear_error() {
         &options(need, EvictionPolicy::Lru, 64),
     )
     .unwrap();
-    let want = Engine::new(ctx.clone(), &twin.resident, &Default::default())
-        .unwrap()
-        .score(&batch)
-        .unwrap();
+    let want = resident_scores(&twin.resident, &batch);
     assert_bits(
         &cached.score(&twin.map(&batch)).unwrap(),
         &want,
@@ -725,14 +715,8 @@ fn dense_weight_swaps_are_atomic_per_batch() {
             new_resident.weights.get_mut(name).unwrap().data = t.data.clone();
         }
     }
-    let old = Engine::new(ctx.clone(), &twin.resident, &Default::default())
-        .unwrap()
-        .score(&batch)
-        .unwrap();
-    let new = Engine::new(ctx.clone(), &new_resident, &Default::default())
-        .unwrap()
-        .score(&batch)
-        .unwrap();
+    let old = resident_scores(&twin.resident, &batch);
+    let new = resident_scores(&new_resident, &batch);
     assert_ne!(old, new);
     let mut opts = options(4096, EvictionPolicy::score(), 16);
     opts.workspaces = 2;
