@@ -6,6 +6,9 @@
 //
 //   Y[m, n] = act( Σ_k (A[m, k] · G[m, k]) · W[n, k] + bias[n] ) · M[m, n]
 //
+// (When training, a problem with M may also keep act(...) before the product in a view K: the
+// backward pass needs it, and it cannot be recovered from Y where M is 0.)
+//
 // A, G, M and Y are strided views into one activation buffer; W ([n, k], row-major, PyTorch's
 // nn.Linear layout) and bias live in one weights buffer. W starts on a vec4 boundary and each
 // of its rows is zero-padded to a multiple of 4 floats, so W is loaded a vec4 at a time. G (the PPNet gate) is applied while A
@@ -27,6 +30,7 @@ const ACT_SIGMOID: u32 = 3u;
 
 const FLAG_GATED: u32 = 1u;      // multiply A by G on load
 const FLAG_MULTIPLIED: u32 = 2u; // multiply Y by M in the epilogue
+const FLAG_KEEP: u32 = 4u;       // also store act(z) before M to K (training: its backward needs it)
 
 struct Problem {
     a_off: u32,
@@ -44,7 +48,11 @@ struct Problem {
     act: u32,
     flags: u32,
     gamma: f32,
-    first_tile: u32, // index of this problem's first column tile within the dispatch
+    first_tile: u32,   // index of this problem's first column tile within the dispatch
+    keep_off: u32,
+    keep_stride: u32,
+    first_wtile: u32,  // backward: index of this problem's first weight-gradient tile
+    _pad: u32,
 }
 
 struct Span {
@@ -114,6 +122,9 @@ fn store(pr: Problem, m: u32, n: u32, z: f32) {
     }
     let b = pr.bias_off + n;
     var y = activate(z + weights[b / 4u][b % 4u], pr.act, pr.gamma);
+    if (pr.flags & FLAG_KEEP) != 0u {
+        act[pr.keep_off + m * pr.keep_stride + n] = y;
+    }
     if (pr.flags & FLAG_MULTIPLIED) != 0u {
         y *= act[pr.m_off + m * pr.m_stride + n];
     }

@@ -58,3 +58,74 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     }
     act[params.y_off + b * params.y_stride + t * params.width + i] = mixed / total;
 }
+
+// ---- Backward ----------------------------------------------------------------------------
+// From the mixed inputs' gradient dH_t (in `grad`, at the output view's offsets) to the experts'
+// outputs and the gate logits (at their views' offsets), the softmax's Jacobian fused in:
+//   dX_k[i] = Σ_t g_tk · dH_t[i]
+//   dz_tk   = g_tk · (s_tk − Σ_j g_tj · s_tj),  with s_tj = Σ_i X_j[i] · dH_t[i].
+// Each thread sums in a fixed order: deterministic.
+
+@group(0) @binding(3) var<storage, read_write> grad: array<f32>;
+
+// g_tk of sample b: the softmax of task t's logits, recomputed as the forward computes it.
+fn gate_weight(b: u32, t: u32, k: u32) -> f32 {
+    let logits = params.logit_off + b * params.logit_stride + t * params.experts;
+    var max_logit = act[logits];
+    for (var j = 1u; j < params.experts; j++) {
+        max_logit = max(max_logit, act[logits + j]);
+    }
+    var total = 0.0;
+    for (var j = 0u; j < params.experts; j++) {
+        total += exp(act[logits + j] - max_logit);
+    }
+    return exp(act[logits + k] - max_logit) / total;
+}
+
+// One thread per (sample, expert, column).
+@compute @workgroup_size(256, 1, 1)
+fn backward_experts(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let index = gid.x + gid.y * nwg.x * 256u;
+    let per_sample = params.experts * params.width;
+    let b = index / per_sample;
+    if b >= batch.rows {
+        return;
+    }
+    let k = (index % per_sample) / params.width;
+    let i = index % params.width;
+    var dx = 0.0;
+    for (var t = 0u; t < params.tasks; t++) {
+        dx += gate_weight(b, t, k) * grad[params.y_off + b * params.y_stride + t * params.width + i];
+    }
+    grad[params.x_off + b * params.x_stride + k * params.width + i] = dx;
+}
+
+// s_tj of sample b: expert j's output against task t's mixed gradient.
+fn mixed_dot(b: u32, t: u32, j: u32) -> f32 {
+    let x = params.x_off + b * params.x_stride + j * params.width;
+    let dh = params.y_off + b * params.y_stride + t * params.width;
+    var s = 0.0;
+    for (var i = 0u; i < params.width; i++) {
+        s += act[x + i] * grad[dh + i];
+    }
+    return s;
+}
+
+// One thread per (sample, task, expert).
+@compute @workgroup_size(256, 1, 1)
+fn backward_logits(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let index = gid.x + gid.y * nwg.x * 256u;
+    let per_sample = params.tasks * params.experts;
+    let b = index / per_sample;
+    if b >= batch.rows {
+        return;
+    }
+    let t = (index % per_sample) / params.experts;
+    let k = index % params.experts;
+    var weighted = 0.0;
+    for (var j = 0u; j < params.experts; j++) {
+        weighted += gate_weight(b, t, j) * mixed_dot(b, t, j);
+    }
+    let dz = gate_weight(b, t, k) * (mixed_dot(b, t, k) - weighted);
+    grad[params.logit_off + b * params.logit_stride + t * params.experts + k] = dz;
+}

@@ -90,6 +90,56 @@ impl Batch {
         Batch { columns }
     }
 
+    /// The samples at `indices`, in that order, as a batch of their own (a shuffled
+    /// training batch).
+    pub fn take(&self, indices: &[usize]) -> Batch {
+        let columns = self
+            .columns
+            .iter()
+            .map(|c| match c {
+                Column::Sparse(v) => Column::Sparse(indices.iter().map(|&i| v[i]).collect()),
+                Column::Dense(v) => Column::Dense(indices.iter().map(|&i| v[i]).collect()),
+                Column::MultiHot { .. } => {
+                    let mut offsets = Vec::with_capacity(indices.len() + 1);
+                    let mut ids = Vec::new();
+                    offsets.push(0);
+                    for &i in indices {
+                        ids.extend_from_slice(c.ids(i));
+                        offsets.push(ids.len());
+                    }
+                    Column::MultiHot { offsets, ids }
+                }
+            })
+            .collect();
+        Batch { columns }
+    }
+
+    /// Appends `other`'s samples (a batch of the same features).
+    pub fn append(&mut self, other: &Batch) {
+        if self.columns.is_empty() {
+            self.columns = other.columns.clone();
+            return;
+        }
+        for (c, o) in self.columns.iter_mut().zip(&other.columns) {
+            match (c, o) {
+                (Column::Sparse(v), Column::Sparse(w)) => v.extend_from_slice(w),
+                (Column::Dense(v), Column::Dense(w)) => v.extend_from_slice(w),
+                (
+                    Column::MultiHot { offsets, ids },
+                    Column::MultiHot {
+                        offsets: o_off,
+                        ids: o_ids,
+                    },
+                ) => {
+                    let base = ids.len();
+                    ids.extend_from_slice(o_ids);
+                    offsets.extend(o_off[1..].iter().map(|o| o + base));
+                }
+                _ => panic!("appending a batch of other column kinds"),
+            }
+        }
+    }
+
     /// Checks the batch against the spec: one column per feature of the right kind and length,
     /// ids in `[0, vocab)`, lists no longer than `max_len`, dense values finite. Errors name
     /// `source` and the 1-based row `first_row + i`, so readers can report file positions.

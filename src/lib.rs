@@ -25,6 +25,7 @@ pub mod reference;
 pub mod spec;
 pub mod store;
 pub mod synth;
+pub mod train;
 pub mod weights;
 
 pub use batch::{Batch, Column};

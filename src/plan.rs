@@ -63,6 +63,52 @@ impl PackedWeights {
     fn layer(&self, layer: &str) -> (u32, u32) {
         self.offsets[layer]
     }
+
+    /// Every dense tensor of the spec, by name, read out of `data` laid out as these weights
+    /// are (the weights themselves, their gradients, or an optimizer's moments).
+    pub fn unpack(&self, spec: &ModelSpec, data: &[f32]) -> Vec<(String, Vec<f32>)> {
+        let mut out = Vec::new();
+        for (name, shape) in spec.expected_tensors() {
+            let Some(layer) = name.strip_suffix(".weight") else {
+                continue;
+            };
+            if name.starts_with("emb.") {
+                continue;
+            }
+            let (w, b) = self.layer(layer);
+            let (n, k) = (shape[0], shape[1]);
+            let stride = linear::padded_k(k as u32) as usize;
+            let weight = (0..n)
+                .flat_map(|r| &data[w as usize + r * stride..][..k])
+                .copied()
+                .collect();
+            out.push((name.clone(), weight));
+            out.push((format!("{layer}.bias"), data[b as usize..][..n].to_vec()));
+        }
+        out
+    }
+
+    /// The inverse of [`PackedWeights::unpack`]: `tensor(name)` for every dense tensor, laid out
+    /// as these weights are (padding zero).
+    pub fn pack(&self, spec: &ModelSpec, tensor: impl Fn(&str) -> Vec<f32>) -> Vec<f32> {
+        let mut data = vec![0.0; self.data.len()];
+        for (name, shape) in spec.expected_tensors() {
+            let Some(layer) = name.strip_suffix(".weight") else {
+                continue;
+            };
+            if name.starts_with("emb.") {
+                continue;
+            }
+            let (w, b) = self.layer(layer);
+            let (n, k) = (shape[0], shape[1]);
+            let stride = linear::padded_k(k as u32) as usize;
+            for (r, row) in tensor(&name).chunks_exact(k).enumerate() {
+                data[w as usize + r * stride..][..k].copy_from_slice(row);
+            }
+            data[b as usize..][..n].copy_from_slice(&tensor(&format!("{layer}.bias")));
+        }
+        data
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -75,17 +121,31 @@ pub struct Plan {
     pub out: View,
     /// Per feature, the views its vector is gathered into.
     pub destinations: Vec<Vec<View>>,
+    /// Per feature, where the backward pass reads its vector's gradient: per destination, a
+    /// view of the gradient buffer and an optional view of the activations to scale it by.
+    pub grad_sources: Vec<Vec<(View, Option<View>)>>,
     pub steps: Vec<Step>,
 }
 
 impl Plan {
     /// f32s of activation buffer one sample needs.
     pub fn floats_per_sample(spec: &ModelSpec) -> u64 {
-        Columns::new(spec).width as u64 + spec.n_tasks() as u64
+        Columns::new(spec, false).width as u64 + spec.n_tasks() as u64
     }
 
+    /// The forward plan for scoring.
     pub fn new(spec: &ModelSpec, packed: &PackedWeights, max_rows: u32) -> Self {
-        let c = Columns::new(spec);
+        Self::build(spec, packed, max_rows, false)
+    }
+
+    /// The forward plan for training: as [`Plan::new`], but EPNet's gate is also kept beside
+    /// its product, for the backward pass.
+    pub fn for_training(spec: &ModelSpec, packed: &PackedWeights, max_rows: u32) -> Self {
+        Self::build(spec, packed, max_rows, true)
+    }
+
+    fn build(spec: &ModelSpec, packed: &PackedWeights, max_rows: u32, training: bool) -> Self {
+        let c = Columns::new(spec, training);
         let stride = c.width;
         let at = |col: u32| View {
             offset: col,
@@ -103,9 +163,11 @@ impl Plan {
         let problem = |layer: &str, a: View, k: u32, n: u32, y: View, activation| {
             let (w_offset, bias_offset) = packed.layer(layer);
             LinearProblem {
+                grad_k: k,
                 a,
                 gate: None,
                 multiplier: None,
+                keep: None,
                 y,
                 w_offset,
                 bias_offset,
@@ -137,6 +199,29 @@ impl Plan {
                 dest
             })
             .collect();
+        // Where each destination's gradient is read in the backward pass: the same place, but
+        // for E under EPNet, whose gradient arrives through O_ep = δ ⊙ E as dO_ep ⊙ δ (its
+        // place in the gate's input gets none: a stop-gradient).
+        let grad_sources = (0..spec.features.len())
+            .map(|f| {
+                let mut src = Vec::new();
+                if let Some(off) = spec.role_offset(f, Role::General) {
+                    let off = off as u32;
+                    src.push(match c.ep_gate {
+                        Some(gate) => (at(c.o_ep + off), Some(at(gate + off))),
+                        None => (at(c.o_ep + off), None),
+                    });
+                }
+                if let (Some(off), Some(ep_in)) = (spec.role_offset(f, Role::Domain), c.ep_in) {
+                    src.push((at(ep_in + off as u32), None));
+                }
+                if let (Some(off), true) = (spec.role_offset(f, Role::Prior), spec.ppnet.is_some())
+                {
+                    src.push((at(c.x0 + off as u32), None));
+                }
+                src
+            })
+            .collect();
 
         let mut steps = Vec::new();
         if spec.has_hashed() {
@@ -147,7 +232,7 @@ impl Plan {
         // EPNet: O_ep = GateNU_ep(E_d ⊕ E) ⊙ E, the product fused into fc2's epilogue.
         if let (Some(g), Some(ep_in), Some(ep_hidden)) = (spec.epnet, c.ep_in, c.ep_hidden) {
             let h = g.hidden as u32;
-            let fc1 = problem(
+            let mut fc1 = problem(
                 "epnet.fc1",
                 at(ep_in),
                 dd + dg,
@@ -155,6 +240,8 @@ impl Plan {
                 at(ep_hidden),
                 Activation::Relu,
             );
+            // The gate reads E_d ⊕ sg(E): only E_d's columns get a gradient.
+            fc1.grad_k = dd;
             let mut fc2 = problem(
                 "epnet.fc2",
                 at(ep_hidden),
@@ -164,6 +251,7 @@ impl Plan {
                 Activation::Gate,
             );
             fc2.multiplier = Some(at(ep_in + dd));
+            fc2.keep = c.ep_gate.map(at);
             steps.push(Step::Linear {
                 label: "epnet.fc1".into(),
                 problems: vec![fc1],
@@ -180,14 +268,17 @@ impl Plan {
             let fc1 = (0..w_in.len())
                 .map(|l| {
                     let y = at(pp_hidden + l as u32 * h);
-                    problem(
+                    let mut fc1 = problem(
                         &format!("ppnet.{l}.fc1"),
                         at(c.x0),
                         dp + dg,
                         h,
                         y,
                         Activation::Relu,
-                    )
+                    );
+                    // The gates read E_p ⊕ sg(O_ep): only E_p's columns get a gradient.
+                    fc1.grad_k = dp;
+                    fc1
                 })
                 .collect();
             let fc2 = (0..w_in.len())
@@ -317,6 +408,7 @@ impl Plan {
             max_rows,
             out,
             destinations,
+            grad_sources,
             steps,
         }
     }
@@ -327,6 +419,8 @@ struct Columns {
     width: u32,
     /// E_d ⊕ E (EPNet only).
     ep_in: Option<u32>,
+    /// EPNet's gate δ_ep, kept beside O_ep = δ_ep ⊙ E when training.
+    ep_gate: Option<u32>,
     ep_hidden: Option<u32>,
     /// E_p ⊕ O_ep: PPNet's gate input (E_p only with PPNet).
     x0: u32,
@@ -346,7 +440,7 @@ struct Columns {
 }
 
 impl Columns {
-    fn new(spec: &ModelSpec) -> Self {
+    fn new(spec: &ModelSpec, training: bool) -> Self {
         let mut width = 0u32;
         let mut alloc = |w: usize| {
             let col = width;
@@ -358,6 +452,7 @@ impl Columns {
         let w_in = spec.tower_in_widths();
         let ep_in = spec.epnet.map(|_| alloc(dd + dg));
         let ep_hidden = spec.epnet.map(|g| alloc(g.hidden));
+        let ep_gate = spec.epnet.filter(|_| training).map(|_| alloc(dg));
         let x0 = alloc(if spec.ppnet.is_some() { dp } else { 0 } + dg);
         let o_ep = x0 + if spec.ppnet.is_some() { dp as u32 } else { 0 };
         let pp_hidden = spec.ppnet.map(|g| alloc(g.hidden * w_in.len()));
@@ -377,6 +472,7 @@ impl Columns {
         Self {
             width,
             ep_in,
+            ep_gate,
             ep_hidden,
             x0,
             o_ep,

@@ -229,6 +229,9 @@ pub mod kernels {
                         Activation::Gate => p.gamma as f64 * super::sigmoid(z),
                         Activation::Sigmoid => super::sigmoid(z),
                     };
+                    if let Some(kv) = p.keep {
+                        act[at(kv, m, n)] = y;
+                    }
                     if let Some(mv) = p.multiplier {
                         y *= before[at(mv, m, n)];
                     }

@@ -73,11 +73,13 @@ fn linear_matches_reference_on_random_groups() {
             let (n, k) = (width(&mut r, 150) as u32, width(&mut r, 150) as u32);
             let gated = r.random_range(0..2) == 0;
             let multiplied = r.random_range(0..2) == 0;
+            let kept = r.random_range(0..2) == 0;
             let cols = (
                 alloc(k),
                 gated.then(|| alloc(k)),
                 multiplied.then(|| alloc(n)),
                 alloc(n),
+                kept.then(|| alloc(n)),
             );
             shapes.push((n, k, cols));
         }
@@ -85,15 +87,17 @@ fn linear_matches_reference_on_random_groups() {
         let mut weights = Vec::new();
         let problems: Vec<LinearProblem> = shapes
             .iter()
-            .map(|&(n, k, (a, g, m, y))| {
+            .map(|&(n, k, (a, g, m, y, keep))| {
                 let w = random_vec(&mut r, (n * k) as usize, 1.0 / (k as f32).sqrt());
                 let b = random_vec(&mut r, n as usize, 0.5);
                 let (w_offset, bias_offset) = pack_layer(&mut weights, &w, &b, k);
                 let at = |c: u32| View { offset: c, stride };
                 LinearProblem {
+                    grad_k: k,
                     a: at(a),
                     gate: g.map(at),
                     multiplier: m.map(at),
+                    keep: keep.map(at),
                     y: at(y),
                     w_offset,
                     bias_offset,

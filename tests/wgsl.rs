@@ -23,15 +23,19 @@ fn every_shader_validates() {
         count += 1;
     }
     assert_eq!(
-        count, 6,
-        "expected gather, linear, mmoe_mix, optimizer, resolve and scatter"
+        count, 9,
+        "expected gather, gather_backward, linear, linear_backward, loss, mmoe_mix, optimizer, \
+         resolve and scatter"
     );
 }
 
 /// The Rust mirrors of the WGSL structs have the sizes naga lays the WGSL structs out with.
 #[test]
 fn rust_structs_match_wgsl_layouts() {
-    use pepnet::gpu::{gather, linear, mmoe_mix, optimizer, resolve, scatter, BatchParams};
+    use pepnet::gpu::{
+        gather, gather_backward, linear, linear_backward, loss, mmoe_mix, optimizer, resolve,
+        scatter, BatchParams,
+    };
     let size_of = |source: &str, name: &str| -> u32 {
         let module = naga::front::wgsl::parse_str(source).unwrap();
         let mut layouter = naga::proc::Layouter::default();
@@ -85,15 +89,72 @@ fn rust_structs_match_wgsl_layouts() {
         size_of(scatter::SOURCE, "Params") as usize,
         std::mem::size_of::<scatter::ScatterParams>()
     );
+    // The backward reads the forward's problem table: the two WGSL structs must agree.
+    assert_eq!(
+        size_of(linear_backward::SOURCE, "Problem") as usize,
+        std::mem::size_of::<linear::ProblemGpu>()
+    );
+    assert_eq!(
+        size_of(linear_backward::SOURCE, "InputGroup") as usize,
+        std::mem::size_of::<linear_backward::InputGroupGpu>()
+    );
+    assert_eq!(
+        size_of(linear_backward::SOURCE, "Span") as usize,
+        std::mem::size_of::<linear::SpanParams>()
+    );
+    assert_eq!(
+        size_of(loss::SOURCE, "Params") as usize,
+        std::mem::size_of::<loss::LossParams>()
+    );
+    assert_eq!(
+        size_of(gather_backward::SOURCE, "Feature") as usize,
+        std::mem::size_of::<gather_backward::FeatureGradGpu>()
+    );
+    assert_eq!(
+        size_of(gather_backward::SOURCE, "Use") as usize,
+        std::mem::size_of::<gather_backward::UseGpu>()
+    );
+    assert_eq!(
+        size_of(gather_backward::SOURCE, "Params") as usize,
+        std::mem::size_of::<gather_backward::RowGradParams>()
+    );
+}
+
+/// The backward's copy of `Problem` is the forward's, field for field.
+#[test]
+fn the_backward_reads_the_forwards_problem_layout() {
+    use pepnet::gpu::{linear, linear_backward};
+    let fields = |source: &str| -> Vec<(String, u32)> {
+        let module = naga::front::wgsl::parse_str(source).unwrap();
+        let (_, ty) = module
+            .types
+            .iter()
+            .find(|(_, t)| t.name.as_deref() == Some("Problem"))
+            .unwrap();
+        match &ty.inner {
+            naga::TypeInner::Struct { members, .. } => members
+                .iter()
+                .map(|m| (m.name.clone().unwrap(), m.offset))
+                .collect(),
+            _ => panic!("Problem is a struct"),
+        }
+    };
+    assert_eq!(fields(linear::SOURCE), fields(linear_backward::SOURCE));
 }
 
 /// Every entry point fits the 16 KiB of workgroup memory that WebGPU guarantees on any device.
 #[test]
 fn every_entry_point_fits_16_kib_of_workgroup_memory() {
-    use pepnet::gpu::{gather, linear, mmoe_mix, optimizer, resolve, scatter};
+    use pepnet::gpu::{
+        gather, gather_backward, linear, linear_backward, loss, mmoe_mix, optimizer, resolve,
+        scatter,
+    };
     for source in [
         gather::SOURCE,
+        gather_backward::SOURCE,
         linear::SOURCE,
+        linear_backward::SOURCE,
+        loss::SOURCE,
         mmoe_mix::SOURCE,
         optimizer::SOURCE,
         resolve::SOURCE,

@@ -30,6 +30,8 @@ pub enum Activation {
 
 pub const FLAG_GATED: u32 = 1;
 pub const FLAG_MULTIPLIED: u32 = 2;
+/// Training: also store the activation before the multiplier to `keep`.
+pub const FLAG_KEEP: u32 = 4;
 
 /// A strided view of a matrix in the activation buffer: element `(m, c)` is at
 /// `offset + m * stride + c` (in f32s).
@@ -40,12 +42,18 @@ pub struct View {
 }
 
 /// One problem: `Y = act(((A ⊙ G) · Wᵀ) + bias) ⊙ M`, with `W` `[n, k]` at `w_offset` (laid
-/// out by [`pack_layer`]) and its bias at `bias_offset` in the weights buffer. Mirrors WGSL's `Problem` once laid out.
+/// out by [`pack_layer`]) and its bias at `bias_offset` in the weights buffer. When training,
+/// `keep` receives `act(...)` before the product with M, which the backward pass needs.
+/// Mirrors WGSL's `Problem` once laid out.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LinearProblem {
+    /// Columns of A that get a gradient in the backward pass: `k`, or fewer where a
+    /// stop-gradient cuts the rest (the gates' inputs).
+    pub grad_k: u32,
     pub a: View,
     pub gate: Option<View>,
     pub multiplier: Option<View>,
+    pub keep: Option<View>,
     pub y: View,
     pub w_offset: u32,
     pub bias_offset: u32,
@@ -55,7 +63,7 @@ pub struct LinearProblem {
     pub gamma: f32,
 }
 
-/// WGSL's `Problem`, 64 bytes.
+/// WGSL's `Problem`, 80 bytes.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct ProblemGpu {
@@ -75,6 +83,11 @@ pub struct ProblemGpu {
     pub flags: u32,
     pub gamma: f32,
     pub first_tile: u32,
+    pub keep_off: u32,
+    pub keep_stride: u32,
+    /// The backward pass's numbering of `[TILE_N, TILE_N]` weight-gradient tiles.
+    pub first_wtile: u32,
+    pub _pad: u32,
 }
 
 /// WGSL's `Span`: which problems of the table one dispatch runs.
@@ -86,33 +99,42 @@ pub struct SpanParams {
     pub _pad: [u32; 2],
 }
 
-/// Lays a group of problems out for the GPU, numbering their column tiles consecutively.
-/// Returns the descriptors and the number of column tiles (the dispatch's x size).
+/// Weight-gradient tiles of a problem in the backward pass: `[TILE_N, TILE_N]` blocks of W.
+pub fn weight_tiles(p: &LinearProblem) -> u32 {
+    p.n.div_ceil(TILE_N) * p.k.div_ceil(TILE_N)
+}
+
+/// Lays a group of problems out for the GPU, numbering their column tiles (and weight-gradient
+/// tiles) consecutively. Returns the descriptors and the number of column tiles (the dispatch's
+/// x size).
 pub fn lay_out(problems: &[LinearProblem]) -> (Vec<ProblemGpu>, u32) {
     assert!(
         problems.iter().all(|p| p.w_offset % 4 == 0),
         "weights are packed by pack_layer"
     );
     let mut tiles = 0;
+    let mut wtiles = 0;
+    let none = View {
+        offset: 0,
+        stride: 0,
+    };
     let gpu = problems
         .iter()
         .map(|p| {
-            let gate = p.gate.unwrap_or(View {
-                offset: 0,
-                stride: 0,
-            });
-            let mult = p.multiplier.unwrap_or(View {
-                offset: 0,
-                stride: 0,
-            });
+            let gate = p.gate.unwrap_or(none);
+            let mult = p.multiplier.unwrap_or(none);
+            let keep = p.keep.unwrap_or(none);
             let flags = if p.gate.is_some() { FLAG_GATED } else { 0 }
                 | if p.multiplier.is_some() {
                     FLAG_MULTIPLIED
                 } else {
                     0
-                };
+                }
+                | if p.keep.is_some() { FLAG_KEEP } else { 0 };
             let first_tile = tiles;
             tiles += p.n.div_ceil(TILE_N);
+            let first_wtile = wtiles;
+            wtiles += weight_tiles(p);
             ProblemGpu {
                 a_off: p.a.offset,
                 a_stride: p.a.stride,
@@ -130,6 +152,10 @@ pub fn lay_out(problems: &[LinearProblem]) -> (Vec<ProblemGpu>, u32) {
                 flags,
                 gamma: p.gamma,
                 first_tile,
+                keep_off: keep.offset,
+                keep_stride: keep.stride,
+                first_wtile,
+                _pad: 0,
             }
         })
         .collect();

@@ -1,8 +1,9 @@
 //! The MMoE mix (`shaders/mmoe_mix.wgsl`): softmax over each task's gate logits fused with the
-//! weighted sum of the experts' outputs. Its CPU reference is
-//! [`crate::reference::kernels::mmoe_mix`].
+//! weighted sum of the experts' outputs, and its backward. Its CPU references are
+//! [`crate::reference::kernels::mmoe_mix`] and, for the backward, [`crate::grad`] (checked in
+//! `tests/train.rs`).
 
-use super::{compute_pipeline, dispatch_flat, whole_buffers};
+use super::{dispatch_flat, entry_pipelines, whole_buffers};
 
 pub const SOURCE: &str = include_str!("../../shaders/mmoe_mix.wgsl");
 const WORKGROUP: u64 = 256;
@@ -25,16 +26,75 @@ pub struct MixParams {
     pub _pad: [u32; 3],
 }
 
-/// The compiled kernel.
+/// The compiled kernel: the forward mix and the backward's two entry points.
 pub struct MmoeMixKernel {
     pipeline: wgpu::ComputePipeline,
+    backward_experts: wgpu::ComputePipeline,
+    backward_logits: wgpu::ComputePipeline,
 }
 
 impl MmoeMixKernel {
     pub fn new(device: &wgpu::Device) -> Self {
+        let mut p = entry_pipelines(
+            device,
+            "mmoe_mix",
+            SOURCE,
+            &["main", "backward_experts", "backward_logits"],
+        );
+        let backward_logits = p.pop().expect("three pipelines");
+        let backward_experts = p.pop().expect("three pipelines");
+        let pipeline = p.pop().expect("three pipelines");
         Self {
-            pipeline: compute_pipeline(device, "mmoe_mix", SOURCE),
+            pipeline,
+            backward_experts,
+            backward_logits,
         }
+    }
+
+    /// Binds the backward's two entry points: params, batch size, activations, gradients.
+    pub fn backward_bind_groups(
+        &self,
+        device: &wgpu::Device,
+        params: &wgpu::Buffer,
+        batch: &wgpu::Buffer,
+        act: &wgpu::Buffer,
+        grad: &wgpu::Buffer,
+    ) -> [wgpu::BindGroup; 2] {
+        [&self.backward_experts, &self.backward_logits].map(|pipeline| {
+            device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("mmoe_mix backward"),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &whole_buffers(&[params, batch, act, grad]),
+            })
+        })
+    }
+
+    /// Records the backward: the experts' output gradients, one thread per (sample, expert,
+    /// column), then the logits', one per (sample, task, expert).
+    pub fn dispatch_backward(
+        &self,
+        pass: &mut wgpu::ComputePass,
+        bind_groups: &[wgpu::BindGroup; 2],
+        params: &MixParams,
+        rows: u32,
+    ) {
+        let r = rows as u64;
+        let experts = r * params.experts as u64 * params.width as u64;
+        dispatch_flat(
+            pass,
+            &self.backward_experts,
+            &bind_groups[0],
+            experts,
+            WORKGROUP,
+        );
+        let logits = r * params.tasks as u64 * params.experts as u64;
+        dispatch_flat(
+            pass,
+            &self.backward_logits,
+            &bind_groups[1],
+            logits,
+            WORKGROUP,
+        );
     }
 
     /// Binds: params, batch size, the activation buffer.

@@ -3,7 +3,10 @@
 //! engine built on it.
 
 pub mod gather;
+pub mod gather_backward;
 pub mod linear;
+pub mod linear_backward;
+pub mod loss;
 pub mod mmoe_mix;
 pub mod optimizer;
 pub mod resolve;
@@ -28,7 +31,10 @@ pub struct GpuContext {
     /// Optional features the device was opened with (timestamp queries, when the adapter has them).
     pub features: wgpu::Features,
     pub gather: gather::GatherKernel,
+    pub gather_backward: gather_backward::GatherBackwardKernel,
     pub linear: linear::LinearKernel,
+    pub linear_backward: linear_backward::LinearBackwardKernel,
+    pub loss: loss::LossKernel,
     pub mmoe_mix: mmoe_mix::MmoeMixKernel,
     pub optimizer: optimizer::OptimizerKernels,
     pub resolve: resolve::ResolveKernel,
@@ -112,6 +118,9 @@ impl GpuContext {
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let gather = gather::GatherKernel::new(&device);
         let linear = linear::LinearKernel::new(&device);
+        let gather_backward = gather_backward::GatherBackwardKernel::new(&device);
+        let linear_backward = linear_backward::LinearBackwardKernel::new(&device);
+        let loss = loss::LossKernel::new(&device);
         let mmoe_mix = mmoe_mix::MmoeMixKernel::new(&device);
         let optimizer = optimizer::OptimizerKernels::new(&device);
         let resolve = resolve::ResolveKernel::new(&device);
@@ -129,7 +138,10 @@ impl GpuContext {
             limits,
             features,
             gather,
+            gather_backward,
             linear,
+            linear_backward,
+            loss,
             mmoe_mix,
             optimizer,
             resolve,

@@ -1,0 +1,169 @@
+//! Backward of the gather (`shaders/gather_backward.wgsl`): the gradients of the embedding rows
+//! a batch touched. The host lists each touched row's uses (sample, feature, weight) in a
+//! deterministic order; the kernel sums them. Its f64 reference is the row gradients of
+//! [`crate::grad`] (checked in `tests/train.rs`).
+
+use bytemuck::Zeroable;
+
+use super::gather::{GatherLayout, MAX_DESTINATIONS};
+use super::linear::View;
+use super::{compute_pipeline, dispatch_flat, whole_buffers};
+use crate::batch::{Batch, Column};
+use crate::spec::{ModelSpec, Pooling};
+
+pub const SOURCE: &str = include_str!("../../shaders/gather_backward.wgsl");
+const WORKGROUP: u64 = 256;
+/// No scale view.
+pub const NO_VIEW: u32 = u32::MAX;
+
+/// WGSL's `Feature`: where a gathered feature's vector gradient is read.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct FeatureGradGpu {
+    pub n_sources: u32,
+    pub _pad: [u32; 3],
+    /// (gradient offset, stride, scale offset or [`NO_VIEW`], scale stride) per place.
+    pub sources: [[u32; 4]; MAX_DESTINATIONS],
+}
+
+/// WGSL's `Use`: one use of a row by a sample.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct UseGpu {
+    pub sample: u32,
+    /// Index of the feature in the gather's feature table.
+    pub feature: u32,
+    pub weight: f32,
+    pub _pad: u32,
+}
+
+/// WGSL's `Params`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct RowGradParams {
+    pub rows: u32,
+    pub d: u32,
+    pub _pad: [u32; 2],
+}
+
+/// The backward feature table, in the gather's feature order, from each spec feature's
+/// gradient sources (see [`crate::plan::Plan::grad_sources`]).
+pub fn feature_table(
+    layout: &GatherLayout,
+    sources: &[Vec<(View, Option<View>)>],
+) -> Vec<FeatureGradGpu> {
+    let mut table = vec![FeatureGradGpu::zeroed(); layout.features.len()];
+    for (placed, src) in layout.placement.iter().zip(sources) {
+        let Some((g, _)) = placed else { continue };
+        let t = &mut table[*g];
+        t.n_sources = src.len() as u32;
+        for (slot, (grad, scale)) in t.sources.iter_mut().zip(src) {
+            let (s_off, s_stride) = scale.map_or((NO_VIEW, 0), |v| (v.offset, v.stride));
+            *slot = [grad.offset, grad.stride, s_off, s_stride];
+        }
+    }
+    table
+}
+
+/// A batch's row uses, grouped by row: `touched` ascending, row `touched[u]`'s uses at
+/// `uses[starts[u] .. starts[u + 1]]`, in sample order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RowUses {
+    pub touched: Vec<u32>,
+    pub starts: Vec<u32>,
+    pub uses: Vec<UseGpu>,
+    /// Scratch: (row, use) pairs before grouping.
+    pairs: Vec<(u32, UseGpu)>,
+}
+
+impl RowUses {
+    /// Lists the uses of samples `range` of a validated batch (ids as the gather reads them:
+    /// sparse and multi-hot ids, and each dense feature's vector).
+    pub fn build(
+        &mut self,
+        spec: &ModelSpec,
+        layout: &GatherLayout,
+        batch: &Batch,
+        range: std::ops::Range<usize>,
+    ) {
+        self.pairs.clear();
+        for (b, i) in range.enumerate() {
+            for (f, (col, placed)) in batch.columns.iter().zip(&layout.placement).enumerate() {
+                let Some((g, base)) = *placed else { continue };
+                let mut push = |row: u32, weight: f32| {
+                    let u = UseGpu {
+                        sample: b as u32,
+                        feature: g as u32,
+                        weight,
+                        _pad: 0,
+                    };
+                    self.pairs.push((row, u));
+                };
+                match col {
+                    Column::Dense(v) => push(base, v[i]),
+                    _ => {
+                        let ids = col.ids(i);
+                        let weight = match spec.features[f].pooling {
+                            Some(Pooling::Mean) if !ids.is_empty() => 1.0 / ids.len() as f32,
+                            _ => 1.0,
+                        };
+                        for &id in ids {
+                            push(base + id as u32, weight);
+                        }
+                    }
+                }
+            }
+        }
+        // Stable: each row's uses stay in sample order.
+        self.pairs.sort_by_key(|&(row, _)| row);
+        self.touched.clear();
+        self.starts.clear();
+        self.uses.clear();
+        for (i, &(row, u)) in self.pairs.iter().enumerate() {
+            if self.touched.last() != Some(&row) {
+                self.touched.push(row);
+                self.starts.push(i as u32);
+            }
+            self.uses.push(u);
+        }
+        self.starts.push(self.uses.len() as u32);
+    }
+}
+
+/// The compiled kernel.
+pub struct GatherBackwardKernel {
+    pipeline: wgpu::ComputePipeline,
+}
+
+impl GatherBackwardKernel {
+    pub fn new(device: &wgpu::Device) -> Self {
+        Self {
+            pipeline: compute_pipeline(device, "gather_backward", SOURCE),
+        }
+    }
+
+    /// Binds: params, the backward feature table, row starts, uses, activations, gradients,
+    /// and the row gradients out.
+    pub fn bind_group(
+        &self,
+        device: &wgpu::Device,
+        buffers: [&wgpu::Buffer; 7],
+    ) -> wgpu::BindGroup {
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("gather_backward"),
+            layout: &self.pipeline.get_bind_group_layout(0),
+            entries: &whole_buffers(&buffers),
+        })
+    }
+
+    /// Records the dispatch: one thread per (touched row, element).
+    pub fn dispatch(
+        &self,
+        pass: &mut wgpu::ComputePass,
+        bind_group: &wgpu::BindGroup,
+        params: &RowGradParams,
+    ) {
+        let threads = params.rows as u64 * params.d as u64;
+        dispatch_flat(pass, &self.pipeline, bind_group, threads, WORKGROUP);
+    }
+}

@@ -1,0 +1,162 @@
+//! Backward of the linear kernel (`shaders/linear_backward.wgsl`): input (and gate) gradients
+//! per group of problems that read the same input, and weight and bias gradients per problem,
+//! over the forward's own problem table. Its f64 reference is the backward of [`crate::grad`],
+//! against which `tests/train.rs` checks every gradient the kernels produce.
+
+use super::linear::{LinearProblem, View, TILE_N};
+use super::{entry_pipelines, whole_buffers};
+
+pub const SOURCE: &str = include_str!("../../shaders/linear_backward.wgsl");
+
+/// Rows of a workgroup tile of `input_grad`.
+pub const TILE_M: u32 = 64;
+
+/// WGSL's `InputGroup`: problems `first .. first + count` of the table read the same A, whose
+/// first `grad_k` columns get the sum of their input gradients.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct InputGroupGpu {
+    pub first: u32,
+    pub count: u32,
+    pub grad_k: u32,
+    pub first_tile: u32,
+}
+
+/// Groups a dispatch's problems (at `first` in the problem table) by the input they read:
+/// consecutive problems with the same A view form one group, since their input gradients must
+/// be summed, not raced. Groups whose input gets no gradient are left out. Returns the groups and
+/// the number of column tiles (the `input_grad` dispatch's x size).
+pub fn input_groups(problems: &[LinearProblem], first: u32) -> (Vec<InputGroupGpu>, u32) {
+    let mut groups: Vec<InputGroupGpu> = Vec::new();
+    let mut last_a: Option<View> = None;
+    for (i, p) in problems.iter().enumerate() {
+        assert!(
+            p.gate.is_none() || p.grad_k == p.k,
+            "a gated input gets its whole gradient"
+        );
+        match groups.last_mut() {
+            Some(g) if last_a == Some(p.a) => {
+                assert_eq!(g.grad_k, p.grad_k, "one input, one stop-gradient");
+                g.count += 1;
+            }
+            _ => groups.push(InputGroupGpu {
+                first: first + i as u32,
+                count: 1,
+                grad_k: p.grad_k,
+                first_tile: 0,
+            }),
+        }
+        last_a = Some(p.a);
+    }
+    groups.retain(|g| g.grad_k > 0);
+    let mut tiles = 0;
+    for g in &mut groups {
+        g.first_tile = tiles;
+        tiles += g.grad_k.div_ceil(TILE_N);
+    }
+    (groups, tiles)
+}
+
+/// The compiled kernel's two entry points.
+pub struct LinearBackwardKernel {
+    input_grad: wgpu::ComputePipeline,
+    weight_grad: wgpu::ComputePipeline,
+}
+
+impl LinearBackwardKernel {
+    pub fn new(device: &wgpu::Device) -> Self {
+        let mut p = entry_pipelines(
+            device,
+            "linear_backward",
+            SOURCE,
+            &["input_grad", "weight_grad"],
+        );
+        let weight_grad = p.pop().expect("two pipelines");
+        let input_grad = p.pop().expect("two pipelines");
+        Self {
+            input_grad,
+            weight_grad,
+        }
+    }
+
+    /// Binds, for `input_grad`: the span of groups, the batch size, the problem table, the
+    /// weights, the activations, the gradients and the group table.
+    #[allow(clippy::too_many_arguments)]
+    pub fn input_bind_group(
+        &self,
+        device: &wgpu::Device,
+        span: &wgpu::Buffer,
+        batch: &wgpu::Buffer,
+        problems: &wgpu::Buffer,
+        weights: &wgpu::Buffer,
+        act: &wgpu::Buffer,
+        grad: &wgpu::Buffer,
+        groups: &wgpu::Buffer,
+    ) -> wgpu::BindGroup {
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("input_grad"),
+            layout: &self.input_grad.get_bind_group_layout(0),
+            entries: &whole_buffers(&[span, batch, problems, weights, act, grad, groups]),
+        })
+    }
+
+    /// Binds, for `weight_grad`: the span of problems, the batch size, the problem table, the
+    /// activations, the gradients and the weight gradients (laid out as the packed weights).
+    #[allow(clippy::too_many_arguments)]
+    pub fn weight_bind_group(
+        &self,
+        device: &wgpu::Device,
+        span: &wgpu::Buffer,
+        batch: &wgpu::Buffer,
+        problems: &wgpu::Buffer,
+        act: &wgpu::Buffer,
+        grad: &wgpu::Buffer,
+        wgrad: &wgpu::Buffer,
+    ) -> wgpu::BindGroup {
+        let bound = [
+            (0, span),
+            (1, batch),
+            (2, problems),
+            (4, act),
+            (5, grad),
+            (7, wgrad),
+        ];
+        let entries: Vec<wgpu::BindGroupEntry> = bound
+            .iter()
+            .map(|&(binding, b)| wgpu::BindGroupEntry {
+                binding,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("weight_grad"),
+            layout: &self.weight_grad.get_bind_group_layout(0),
+            entries: &entries,
+        })
+    }
+
+    /// Records `input_grad` over `tiles` column tiles and `rows` rows.
+    pub fn input_grad(
+        &self,
+        pass: &mut wgpu::ComputePass,
+        bind_group: &wgpu::BindGroup,
+        tiles: u32,
+        rows: u32,
+    ) {
+        pass.set_pipeline(&self.input_grad);
+        pass.set_bind_group(0, bind_group, &[]);
+        pass.dispatch_workgroups(tiles, rows.div_ceil(TILE_M), 1);
+    }
+
+    /// Records `weight_grad` over `tiles` weight tiles ([`super::linear::weight_tiles`] summed).
+    pub fn weight_grad(
+        &self,
+        pass: &mut wgpu::ComputePass,
+        bind_group: &wgpu::BindGroup,
+        tiles: u32,
+    ) {
+        pass.set_pipeline(&self.weight_grad);
+        pass.set_bind_group(0, bind_group, &[]);
+        pass.dispatch_workgroups(tiles, 1, 1);
+    }
+}

@@ -1,0 +1,82 @@
+//! The multi-task loss (`shaders/loss.wgsl`): the output layer's gradient from the
+//! probabilities and labels, and the batch's loss appended to a log. Its f64 reference is
+//! [`crate::grad::loss_and_gradients`] (checked in `tests/train.rs`).
+
+use super::{dispatch_flat, entry_pipelines, whole_buffers};
+
+pub const SOURCE: &str = include_str!("../../shaders/loss.wgsl");
+const WORKGROUP: u64 = 256;
+
+/// WGSL's `Params`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct LossParams {
+    pub tasks: u32,
+    /// Offset of the `[rows, T]` probabilities in the activation buffer.
+    pub out_off: u32,
+    /// Where this batch's loss goes in the log.
+    pub log_slot: u32,
+    pub _pad: u32,
+}
+
+/// The compiled kernel's two entry points.
+pub struct LossKernel {
+    bce: wgpu::ComputePipeline,
+    sum: wgpu::ComputePipeline,
+}
+
+impl LossKernel {
+    pub fn new(device: &wgpu::Device) -> Self {
+        let mut p = entry_pipelines(device, "loss", SOURCE, &["bce", "sum"]);
+        let sum = p.pop().expect("two pipelines");
+        let bce = p.pop().expect("two pipelines");
+        Self { bce, sum }
+    }
+
+    /// Binds, for both entry points: params, batch size, activations, labels, task weights,
+    /// gradients, the per-term scratch and the loss log.
+    pub fn bind_groups(
+        &self,
+        device: &wgpu::Device,
+        buffers: [&wgpu::Buffer; 8],
+    ) -> (wgpu::BindGroup, wgpu::BindGroup) {
+        let bce = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("bce"),
+            layout: &self.bce.get_bind_group_layout(0),
+            entries: &whole_buffers(&buffers[..7]),
+        });
+        let sum_entries: Vec<wgpu::BindGroupEntry> = [0usize, 1, 6, 7]
+            .iter()
+            .map(|&i| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: buffers[i].as_entire_binding(),
+            })
+            .collect();
+        let sum = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("loss sum"),
+            layout: &self.sum.get_bind_group_layout(0),
+            entries: &sum_entries,
+        });
+        (bce, sum)
+    }
+
+    /// Records both steps: the gradient and terms, one thread per (sample, task), then the sum.
+    pub fn dispatch(
+        &self,
+        pass: &mut wgpu::ComputePass,
+        bind_groups: &(wgpu::BindGroup, wgpu::BindGroup),
+        rows: u32,
+        tasks: u32,
+    ) {
+        dispatch_flat(
+            pass,
+            &self.bce,
+            &bind_groups.0,
+            rows as u64 * tasks as u64,
+            WORKGROUP,
+        );
+        pass.set_pipeline(&self.sum);
+        pass.set_bind_group(0, &bind_groups.1, &[]);
+        pass.dispatch_workgroups(1, 1, 1);
+    }
+}
