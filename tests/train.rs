@@ -88,3 +88,142 @@ fn gpu_gradients_match_the_f64_reference_for_every_variant() {
     }
     assert!(checked > 10_000, "only {checked} elements checked");
 }
+
+/// A few steps of training on random data, returning the trained model and its optimizer state.
+fn train_steps(
+    model: &Model,
+    state: Option<&pepnet::train::OptimizerState>,
+    batches: &[(pepnet::Batch, Vec<f32>)],
+) -> (Model, pepnet::train::OptimizerState, Vec<f32>) {
+    let options = TrainerOptions {
+        batch_size: 96,
+        ..Default::default()
+    };
+    let mut trainer = Trainer::new(gpu(), model, state, &options).unwrap();
+    for (batch, labels) in batches {
+        trainer.step(batch, labels).unwrap();
+    }
+    let losses = trainer.losses().unwrap();
+    (
+        trainer.model().unwrap(),
+        trainer.optimizer_state().unwrap(),
+        losses,
+    )
+}
+
+fn random_batches(
+    r: &mut common::Rng,
+    spec: &pepnet::ModelSpec,
+    n: usize,
+) -> Vec<(pepnet::Batch, Vec<f32>)> {
+    (0..n)
+        .map(|i| {
+            let rows = [96, 50, 1][i % 3];
+            let batch = random_batch(r, spec, rows);
+            let labels = (0..rows * spec.n_tasks())
+                .map(|_| r.random_range(0..2) as f32)
+                .collect();
+            (batch, labels)
+        })
+        .collect()
+}
+
+#[test]
+fn training_is_bit_identical_run_to_run_and_across_a_resume() {
+    for seed in 0..8u64 {
+        let mut r = rng(1300 + seed);
+        let spec = random_spec(&mut r, seed as u32);
+        let model = Model::init(spec.clone(), seed);
+        let batches = random_batches(&mut r, &spec, 4);
+        let (a, state_a, losses_a) = train_steps(&model, None, &batches);
+        let (b, state_b, losses_b) = train_steps(&model, None, &batches);
+        assert_eq!(a, b, "seed {seed}: two runs differ");
+        assert_eq!(state_a, state_b, "seed {seed}");
+        assert_eq!(losses_a, losses_b, "seed {seed}");
+        assert_eq!(state_a.step, 4);
+        assert!(losses_a.iter().all(|l| l.is_finite() && *l > 0.0));
+        assert_ne!(a.weights, model.weights, "seed {seed}: training changed nothing");
+
+        // Two steps, stop (through the files), two more: the same as four at once.
+        let dir = tempfile::tempdir().unwrap();
+        let (half, state, _) = train_steps(&model, None, &batches[..2]);
+        half.save(dir.path()).unwrap();
+        state.save(dir.path()).unwrap();
+        let reloaded = Model::load(dir.path()).unwrap();
+        let state = pepnet::train::OptimizerState::load(dir.path(), &spec)
+            .unwrap()
+            .unwrap();
+        let (resumed, resumed_state, _) = train_steps(&reloaded, Some(&state), &batches[2..]);
+        assert_eq!(resumed, a, "seed {seed}: a resumed run differs");
+        assert_eq!(resumed_state, state_a, "seed {seed}");
+    }
+}
+
+/// How far a first optimizer step lr · g / (|g| + eps) may move apart when the gradient g is
+/// known within the gradient test's tolerance δ: at most lr · 2δ / (|g| + eps) (and 2 lr), plus
+/// the f32 rounding of the weight.
+fn step_tolerance(lr: f64, g: f64, scale: f64, eps: f64, weight: f64) -> f64 {
+    let delta = 1e-6 + 1e-4 * scale + 1e-3 * g.abs();
+    lr * (2.0 * delta / (g.abs() + eps)).min(2.0) + 1e-6 * weight.abs() + 1e-7
+}
+
+/// One step: Adam on every dense tensor and AdaGrad on exactly the touched rows, from the f64
+/// gradients, match the GPU's update (within [`step_tolerance`]); untouched rows stay as they
+/// were, bit for bit.
+#[test]
+fn one_step_applies_adam_and_adagrad_as_the_reference() {
+    for seed in 0..8u64 {
+        let mut r = rng(1700 + seed);
+        let spec = random_spec(&mut r, seed as u32);
+        let model = Model::init(spec.clone(), seed);
+        let batches = random_batches(&mut r, &spec, 1);
+        let (trained, _, _) = train_steps(&model, None, &batches);
+        let (batch, labels) = &batches[0];
+        let labels64: Vec<f64> = labels.iter().map(|&y| y as f64).collect();
+        let ones = vec![1.0; spec.n_tasks()];
+        let (_, g) = grad::loss_and_gradients(&model, batch, &labels64, &ones).unwrap();
+        let (adam, adagrad) = (
+            pepnet::gpu::optimizer::AdamConfig::default(),
+            pepnet::gpu::optimizer::AdaGradConfig::default(),
+        );
+        for (name, t) in model.weights.iter() {
+            let after = &trained.weights.get(name).data;
+            if let Some(feature) = name.strip_prefix("emb.") {
+                let f = spec.features.iter().position(|x| x.name == feature).unwrap();
+                let d = spec.d();
+                let scale = g.rows[f].values().flatten().fold(0.0f64, |m, x| m.max(x.abs()));
+                for (row, (before, now)) in t.data.chunks(d).zip(after.chunks(d)).enumerate() {
+                    match g.rows[f].get(&(row as u64)) {
+                        None => assert_eq!(before, now, "seed {seed}: {name} row {row} untouched"),
+                        Some(gr) => {
+                            for k in 0..d {
+                                let s = gr[k] * gr[k];
+                                let want = before[k] as f64
+                                    - adagrad.lr * gr[k] / (s.sqrt() + adagrad.eps);
+                                let tol =
+                                    step_tolerance(adagrad.lr, gr[k], scale, adagrad.eps, want);
+                                assert!(
+                                    (now[k] as f64 - want).abs() <= tol,
+                                    "seed {seed}: {name} row {row}[{k}]: {} against {want}",
+                                    now[k]
+                                );
+                            }
+                        }
+                    }
+                }
+            } else {
+                let gr = &g.dense[name];
+                let scale = gr.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+                for (i, (&before, &now)) in t.data.iter().zip(after).enumerate() {
+                    // Adam's first step: m̂ = g, v̂ = g².
+                    let want = before as f64 - adam.lr * gr[i] / (gr[i].abs() + adam.eps);
+                    let tol = step_tolerance(adam.lr, gr[i], scale, adam.eps, want);
+                    assert!(
+                        (now as f64 - want).abs() <= tol,
+                        "seed {seed}: {name}[{i}]: {now} against {want}"
+                    );
+                }
+            }
+        }
+    }
+}

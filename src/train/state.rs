@@ -62,8 +62,17 @@ impl OptimizerState {
                 tensors.insert(format!("{prefix}.{name}"), (shapes[&name].clone(), t));
             }
         }
-        for (name, t) in unpack_page(spec, layout, sum_sq) {
-            tensors.insert(format!("adagrad.{name}"), (shapes[&name].clone(), t));
+        // Every table gets its sums, zeros for one no kernel reads (a domain feature without
+        // EPNet), so that the file's contents follow from the spec alone.
+        let mut sums: HashMap<String, Vec<f32>> =
+            unpack_page(spec, layout, sum_sq).into_iter().collect();
+        for (name, shape) in spec.expected_tensors() {
+            if name.starts_with("emb.") {
+                let data = sums
+                    .remove(&name)
+                    .unwrap_or_else(|| vec![0.0; shape.iter().product()]);
+                tensors.insert(format!("adagrad.{name}"), (shape, data));
+            }
         }
         Self { step, tensors }
     }
