@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """The paper's ablation on pepnet's synthetic data: PEPNet, EPNet only, PPNet only, the plain
-multi-task DNN and MMoE, trained the same way (bench/torch_train.py: same data, seed and
-optimizers), served by `pepnet score`, measured by `pepnet eval` (GAUC per domain x task).
+multi-task DNN and MMoE, trained the same way (same data, seed, initialisation and optimizers),
+served by `pepnet score`, measured by `pepnet eval` (GAUC per domain x task).
 
-    python3 bench/ablation.py --spec examples/kuairand/model.json --out /tmp/ablation [--seeds 0,1,2]
+    python3 bench/ablation.py --spec examples/kuairand/model.json --out /tmp/ablation \
+        [--seeds 0,1,2] [--trainers pepnet,torch]
 
-Prints a markdown table of GAUC (mean over seeds) per variant, domain and task, and writes
+Trainers: `pepnet` (`pepnet train`, on the GPU) and `torch` (bench/torch_train.py, the PyTorch
+reference). Prints a markdown table of GAUC (mean over seeds) per variant, domain and task for
+each trainer, and with both, the difference pepnet - torch per variant over all domains; writes
 OUT/ablation.json with every number.
 """
 
@@ -51,7 +54,9 @@ def main():
     ap.add_argument("--valid-rows", type=int, default=30000)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--world", type=int, default=0)
+    ap.add_argument("--trainers", default="pepnet", help="pepnet, torch, or both: pepnet,torch")
     args = ap.parse_args()
+    trainers = args.trainers.split(",")
     with open(args.spec) as f:
         base = json.load(f)
     os.makedirs(args.out, exist_ok=True)
@@ -61,34 +66,53 @@ def main():
     run([PEPNET, "gen-data", "--model", args.spec, "--rows", str(args.valid_rows), "--output", valid,
          "--world", str(args.world), "--seed", "2"])
     results = {}
-    for name, spec in variants(base).items():
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            work = os.path.join(args.out, f"{name}-{seed}")
-            os.makedirs(work, exist_ok=True)
-            spec_path = os.path.join(work, "spec.json")
-            with open(spec_path, "w") as f:
-                json.dump(spec, f)
-            model = os.path.join(work, "model")
-            run([sys.executable, os.path.join(HERE, "torch_train.py"), "--spec", spec_path, "--train", train,
-                 "--out", model, "--epochs", str(args.epochs), "--seed", str(seed)])
-            scores = os.path.join(work, "scores.csv")
-            run([PEPNET, "score", "--model", model, "--input", valid, "--output", scores, "--quiet"])
-            report = os.path.join(work, "eval.json")
-            run([PEPNET, "eval", "--model", model, "--input", valid, "--scores", scores, "--json", report])
-            with open(report) as f:
-                for row in json.load(f):
-                    results.setdefault((name, row["domain"], row["task"]), []).append(row["gauc"])
-            print(f"{name} seed {seed} done", file=sys.stderr)
+    for trainer in trainers:
+        for name, spec in variants(base).items():
+            for seed in [int(s) for s in args.seeds.split(",")]:
+                work = os.path.join(args.out, f"{trainer}-{name}-{seed}")
+                os.makedirs(work, exist_ok=True)
+                spec_path = os.path.join(work, "spec.json")
+                with open(spec_path, "w") as f:
+                    json.dump(spec, f)
+                model = os.path.join(work, "model")
+                if trainer == "pepnet":
+                    run([PEPNET, "train", "--model", spec_path, "--train", train, "--out", model,
+                         "--epochs", str(args.epochs), "--seed", str(seed)])
+                else:
+                    run([sys.executable, os.path.join(HERE, "torch_train.py"), "--spec", spec_path,
+                         "--train", train, "--out", model, "--epochs", str(args.epochs), "--seed", str(seed)])
+                scores = os.path.join(work, "scores.csv")
+                run([PEPNET, "score", "--model", model, "--input", valid, "--output", scores, "--quiet"])
+                report = os.path.join(work, "eval.json")
+                run([PEPNET, "eval", "--model", model, "--input", valid, "--scores", scores, "--json", report])
+                with open(report) as f:
+                    for row in json.load(f):
+                        results.setdefault((trainer, name, row["domain"], row["task"]), []).append(row["gauc"])
+                print(f"{trainer} {name} seed {seed} done", file=sys.stderr)
     names = list(variants(base))
-    keys = sorted({(d, t) for (_, d, t) in results}, key=lambda k: (k[0] == "all", k[0], base["tasks"].index(k[1])))
+    keys = sorted({(d, t) for (_, _, d, t) in results},
+                  key=lambda k: (k[0] == "all", k[0], base["tasks"].index(k[1])))
     mean = lambda xs: sum(xs) / len(xs)
-    print("| domain | task | " + " | ".join(names) + " |")
-    print("|---|---|" + "---|" * len(names))
-    for d, t in keys:
-        cells = [f"{mean(results[(n, d, t)]):.4f}" for n in names]
-        print(f"| {d} | {t} | " + " | ".join(cells) + " |")
+    for trainer in trainers:
+        print(f"\nGAUC, trained by {trainer} (mean over seeds {args.seeds})\n")
+        print("| domain | task | " + " | ".join(names) + " |")
+        print("|---|---|" + "---|" * len(names))
+        for d, t in keys:
+            cells = [f"{mean(results[(trainer, n, d, t)]):.4f}" for n in names]
+            print(f"| {d} | {t} | " + " | ".join(cells) + " |")
+    if len(trainers) == 2:
+        a, b = trainers
+        print(f"\nGAUC {a} - {b}, all domains (mean over seeds)\n")
+        print("| task | " + " | ".join(names) + " |")
+        print("|---|" + "---|" * len(names))
+        for d, t in keys:
+            if d != "all":
+                continue
+            cells = [f"{mean(results[(a, n, d, t)]) - mean(results[(b, n, d, t)]):+.4f}" for n in names]
+            print(f"| {t} | " + " | ".join(cells) + " |")
     with open(os.path.join(args.out, "ablation.json"), "w") as f:
-        json.dump([{"variant": n, "domain": d, "task": t, "gauc": v} for (n, d, t), v in results.items()], f, indent=1)
+        json.dump([{"trainer": tr, "variant": n, "domain": d, "task": t, "gauc": v}
+                   for (tr, n, d, t), v in results.items()], f, indent=1)
 
 
 if __name__ == "__main__":

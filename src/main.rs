@@ -1,5 +1,5 @@
-//! The `pepnet` command line: `score`, `init`, `info`, `plan`, `bench`, `eval`, `gen-input`,
-//! `gen-data`, `kuairand`, `apply-rows`, `cache-bench`.
+//! The `pepnet` command line: `score`, `train`, `init`, `info`, `plan`, `bench`, `eval`,
+//! `gen-input`, `gen-data`, `kuairand`, `apply-rows`, `cache-bench`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -157,6 +157,55 @@ enum Command {
         input: Option<PathBuf>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        #[arg(long)]
+        adapter: Option<String>,
+    },
+    /// Train a model on the GPU (AdaGrad on embeddings, Adam on dense layers) and write a
+    /// model directory `score` reads, with the optimizer state to resume from.
+    Train {
+        /// A model.json spec (fresh Xavier initialisation from --seed) or a model directory
+        /// (resume: its weights, and its optimizer.safetensors when there is one).
+        #[arg(long)]
+        model: PathBuf,
+        /// Training data (CSV or Parquet): the features and one 0/1 label column per task.
+        #[arg(long)]
+        train: PathBuf,
+        /// Validation data of the same form, measured after each epoch.
+        #[arg(long)]
+        valid: Option<PathBuf>,
+        /// Model directory to write (model.json, weights.safetensors, optimizer.safetensors).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        epochs: usize,
+        #[arg(long, default_value_t = 1024)]
+        batch_size: usize,
+        /// Adam's learning rate (dense layers).
+        #[arg(long, default_value_t = 1e-3)]
+        adam_lr: f64,
+        #[arg(long, default_value_t = 1e-8)]
+        adam_eps: f64,
+        /// AdaGrad's learning rate (embedding rows).
+        #[arg(long, default_value_t = 0.05)]
+        adagrad_lr: f64,
+        #[arg(long, default_value_t = 1e-10)]
+        adagrad_eps: f64,
+        /// Per-task loss weights, comma-separated in task order [default: 1 each].
+        #[arg(long, value_delimiter = ',')]
+        task_weights: Vec<f64>,
+        /// Label columns as TASK=COLUMN, comma-separated (a task not named reads the column
+        /// named like the task).
+        #[arg(long, value_delimiter = ',')]
+        labels: Vec<String>,
+        /// Seeds the initialisation (from a spec) and the shuffle.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Keep the file's order instead of shuffling each epoch.
+        #[arg(long)]
+        no_shuffle: bool,
+        /// Also write the per-epoch report as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
         #[arg(long)]
         adapter: Option<String>,
     },
@@ -339,6 +388,54 @@ fn main() -> ExitCode {
             eprintln!("wrote {rows} labelled rows to {}", output.display());
             Ok(())
         }),
+        Command::Train {
+            model,
+            train: train_path,
+            valid,
+            out,
+            epochs,
+            batch_size,
+            adam_lr,
+            adam_eps,
+            adagrad_lr,
+            adagrad_eps,
+            task_weights,
+            labels,
+            seed,
+            no_shuffle,
+            json,
+            adapter,
+        } => {
+            let options = pepnet::train::TrainerOptions {
+                batch_size,
+                adam: pepnet::gpu::optimizer::AdamConfig {
+                    lr: adam_lr,
+                    eps: adam_eps,
+                    ..Default::default()
+                },
+                adagrad: pepnet::gpu::optimizer::AdaGradConfig {
+                    lr: adagrad_lr,
+                    eps: adagrad_eps,
+                },
+                task_weights: (!task_weights.is_empty()).then_some(task_weights),
+            };
+            let config = pepnet::train::TrainConfig {
+                epochs,
+                seed,
+                shuffle: !no_shuffle,
+                progress: true,
+            };
+            train(
+                &model,
+                (&train_path, valid.as_deref()),
+                &out,
+                &labels,
+                &options,
+                &config,
+                json.as_deref(),
+                adapter.as_deref(),
+            )
+        }
         Command::Eval {
             model,
             input,
@@ -656,6 +753,24 @@ fn eval(
     json: Option<&std::path::Path>,
 ) -> Result<()> {
     let spec = load_spec(model)?;
+    let options = pepnet::eval::EvalOptions {
+        user_column,
+        label_columns: label_columns(&spec, labels)?,
+    };
+    let report = pepnet::eval::evaluate(&spec, input, scores, &options)?;
+    print!("{}", pepnet::eval::table(&report));
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&report).expect("a report always serialises");
+        std::fs::write(path, text).map_err(|e| pepnet::Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+    }
+    Ok(())
+}
+
+/// Per task, its label column: the task's own name unless `--labels` names another.
+fn label_columns(spec: &ModelSpec, labels: &[String]) -> Result<Vec<String>> {
     let mut label_columns = spec.tasks.clone();
     for pair in labels {
         let (task, column) = pair
@@ -674,12 +789,69 @@ fn eval(
             })?;
         label_columns[t] = column.to_string();
     }
-    let options = pepnet::eval::EvalOptions {
-        user_column,
-        label_columns,
+    Ok(label_columns)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train(
+    model: &std::path::Path,
+    (train_path, valid_path): (&std::path::Path, Option<&std::path::Path>),
+    out: &std::path::Path,
+    labels: &[String],
+    options: &pepnet::train::TrainerOptions,
+    config: &pepnet::train::TrainConfig,
+    json: Option<&std::path::Path>,
+    adapter: Option<&str>,
+) -> Result<()> {
+    use pepnet::train::{LabelledData, OptimizerState, Trainer};
+    // A directory resumes; a spec file starts fresh.
+    let (model, state) = if model.is_dir() {
+        let m = Model::load(model)?;
+        let state = OptimizerState::load(model, &m.spec)?;
+        (m, state)
+    } else {
+        (Model::init(ModelSpec::load(model)?, config.seed), None)
     };
-    let report = pepnet::eval::evaluate(&spec, input, scores, &options)?;
-    print!("{}", pepnet::eval::table(&report));
+    let columns = label_columns(&model.spec, labels)?;
+    let data = LabelledData::read(train_path, &model.spec, &columns)?;
+    let valid = valid_path
+        .map(|p| LabelledData::read(p, &model.spec, &columns))
+        .transpose()?;
+    let ctx = GpuContext::new(adapter)?;
+    eprintln!(
+        "training on {} ({} samples{}, {} epochs of batches of {})",
+        ctx.info.name,
+        data.len(),
+        match &state {
+            Some(s) => format!(", resuming after step {}", s.step),
+            None => String::new(),
+        },
+        config.epochs,
+        options.batch_size
+    );
+    let mut trainer = Trainer::new(ctx, &model, state.as_ref(), options)?;
+    let report = pepnet::train::train(&mut trainer, &data, valid.as_ref(), config)?;
+    for e in &report.epochs {
+        let mut line = format!(
+            "epoch {}: train loss {:.5}, {:.0} samples/s ({:.1} s)",
+            e.epoch, e.train_loss, e.samples_per_s, e.seconds
+        );
+        if let Some(v) = &e.validation {
+            line += &format!("; validation loss {:.5}, AUC", v.loss);
+            for (task, auc) in model.spec.tasks.iter().zip(&v.auc) {
+                match auc {
+                    Some(a) => line += &format!(" {task} {a:.4}"),
+                    None => line += &format!(" {task} -"),
+                }
+            }
+        }
+        eprintln!("{line}");
+    }
+    // Written only now, each file whole: a failed run leaves the output as it was.
+    let trained = trainer.model()?;
+    let state = trainer.optimizer_state()?;
+    trained.save(out)?;
+    state.save(out)?;
     if let Some(path) = json {
         let text = serde_json::to_string_pretty(&report).expect("a report always serialises");
         std::fs::write(path, text).map_err(|e| pepnet::Error::Io {
@@ -687,6 +859,7 @@ fn eval(
             source: e,
         })?;
     }
+    eprintln!("wrote {} (step {})", out.display(), state.step);
     Ok(())
 }
 

@@ -442,6 +442,20 @@ impl Trainer {
     /// One training step on `batch` (at most the batch size) with `labels`, `B × T` row-major,
     /// each 0 or 1 (or in between, for soft labels). Records and submits without waiting.
     pub fn step(&mut self, batch: &Batch, labels: &[f32]) -> Result<()> {
+        let rows = self.prepare_step(batch, labels)?;
+        let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            self.record_gradients(&mut pass, rows);
+            self.record(&mut pass, &Dispatch::Adam, rows);
+            self.record(&mut pass, &Dispatch::AdaGrad, rows);
+        }
+        self.ctx.queue.submit([encoder.finish()]);
+        Ok(())
+    }
+
+    /// Uploads a step's batch and sets its parameters (loss slot, Adam's step); returns its rows.
+    fn prepare_step(&mut self, batch: &Batch, labels: &[f32]) -> Result<u32> {
         let rows = self.upload(batch, labels)?;
         if self.steps_done - self.log_from >= LOG_CAPACITY {
             self.drain_log()?;
@@ -473,21 +487,7 @@ impl Trainer {
             eps: self.options.adagrad.eps as f32,
         };
         queue.write_buffer(&self.b.adagrad_params, 0, bytemuck::bytes_of(&adagrad));
-        let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            self.record_gradients(&mut pass, rows);
-            self.ctx
-                .optimizer
-                .adam(&mut pass, &self.adam_group, adam.count);
-            if touched > 0 {
-                self.ctx
-                    .optimizer
-                    .adagrad_rows(&mut pass, &self.adagrad_group, &adagrad);
-            }
-        }
-        queue.submit([encoder.finish()]);
-        Ok(())
+        Ok(rows)
     }
 
     /// The loss and every parameter's gradient on `batch`, computed on the GPU, with no update:
@@ -675,43 +675,186 @@ impl Trainer {
         Ok(rows as u32)
     }
 
-    /// Records the forward pass, the loss, and the backward pass in reverse plan order.
-    fn record_gradients(&self, pass: &mut wgpu::ComputePass, rows: u32) {
-        let ctx = &self.ctx;
-        for (i, step) in self.plan.steps.iter().enumerate() {
-            let bg = &self.forward[i];
-            match step {
-                Step::Gather => ctx.gather.dispatch(pass, bg, &self.layout.params, rows),
-                Step::Linear { .. } => ctx.linear.dispatch(pass, bg, self.forward_tiles[i], rows),
-                Step::MmoeMix(params) => ctx.mmoe_mix.dispatch(pass, bg, params, rows),
-                Step::Resolve => unreachable!("training plans have no resolve step"),
+    /// The dispatches of a step that computes gradients, in order: the forward pass, the loss,
+    /// and the backward pass in reverse plan order.
+    fn gradient_dispatches(&self) -> Vec<Dispatch> {
+        let mut out: Vec<Dispatch> = (0..self.plan.steps.len()).map(Dispatch::Forward).collect();
+        out.push(Dispatch::Loss);
+        for (i, back) in self.backward.iter().enumerate().rev() {
+            match back {
+                Backward::Linear { input, .. } => {
+                    if input.is_some() {
+                        out.push(Dispatch::InputGrad(i));
+                    }
+                    out.push(Dispatch::WeightGrad(i));
+                }
+                Backward::Mix(..) => out.push(Dispatch::MixBackward(i)),
+                Backward::Gather => out.push(Dispatch::RowGrad),
             }
         }
-        let t = self.model.spec.n_tasks() as u32;
-        ctx.loss.dispatch(pass, &self.loss_groups, rows, t);
-        for back in self.backward.iter().rev() {
-            match back {
-                Backward::Linear { input, weight } => {
-                    if let Some((bg, tiles)) = input {
-                        ctx.linear_backward.input_grad(pass, bg, *tiles, rows);
+        out
+    }
+
+    /// What a dispatch computes, for profiles.
+    fn label(&self, dispatch: &Dispatch) -> String {
+        let step = |i: usize| self.plan.steps[i].label();
+        match *dispatch {
+            Dispatch::Forward(i) => step(i).to_string(),
+            Dispatch::Loss => "loss".into(),
+            Dispatch::InputGrad(i) => format!("{} input_grad", step(i)),
+            Dispatch::WeightGrad(i) => format!("{} weight_grad", step(i)),
+            Dispatch::MixBackward(i) => format!("{} backward", step(i)),
+            Dispatch::RowGrad => "gather backward".into(),
+            Dispatch::Adam => "adam".into(),
+            Dispatch::AdaGrad => "adagrad".into(),
+        }
+    }
+
+    /// Records one dispatch of a batch of `rows`.
+    fn record(&self, pass: &mut wgpu::ComputePass, dispatch: &Dispatch, rows: u32) {
+        let ctx = &self.ctx;
+        let touched = self.uses.touched.len() as u32;
+        let d = self.model.spec.d() as u32;
+        match *dispatch {
+            Dispatch::Forward(i) => {
+                let bg = &self.forward[i];
+                match &self.plan.steps[i] {
+                    Step::Gather => ctx.gather.dispatch(pass, bg, &self.layout.params, rows),
+                    Step::Linear { .. } => {
+                        ctx.linear.dispatch(pass, bg, self.forward_tiles[i], rows)
                     }
+                    Step::MmoeMix(params) => ctx.mmoe_mix.dispatch(pass, bg, params, rows),
+                    Step::Resolve => unreachable!("training plans have no resolve step"),
+                }
+            }
+            Dispatch::Loss => {
+                let t = self.model.spec.n_tasks() as u32;
+                ctx.loss.dispatch(pass, &self.loss_groups, rows, t);
+            }
+            Dispatch::InputGrad(i) => {
+                if let Backward::Linear {
+                    input: Some((bg, tiles)),
+                    ..
+                } = &self.backward[i]
+                {
+                    ctx.linear_backward.input_grad(pass, bg, *tiles, rows);
+                }
+            }
+            Dispatch::WeightGrad(i) => {
+                if let Backward::Linear { weight, .. } = &self.backward[i] {
                     ctx.linear_backward.weight_grad(pass, &weight.0, weight.1);
                 }
-                Backward::Mix(bgs, params) => {
-                    ctx.mmoe_mix.dispatch_backward(pass, bgs, params, rows)
+            }
+            Dispatch::MixBackward(i) => {
+                if let Backward::Mix(bgs, params) = &self.backward[i] {
+                    ctx.mmoe_mix.dispatch_backward(pass, bgs, params, rows);
                 }
-                Backward::Gather => {
-                    let params = RowGradParams {
-                        rows: self.uses.touched.len() as u32,
-                        d: self.model.spec.d() as u32,
-                        _pad: [0; 2],
-                    };
-                    if params.rows > 0 {
-                        ctx.gather_backward
-                            .dispatch(pass, &self.row_grad_group, &params);
-                    }
+            }
+            Dispatch::RowGrad => {
+                let params = RowGradParams {
+                    rows: touched,
+                    d,
+                    _pad: [0; 2],
+                };
+                if touched > 0 {
+                    ctx.gather_backward
+                        .dispatch(pass, &self.row_grad_group, &params);
+                }
+            }
+            Dispatch::Adam => {
+                let count = self.packed.data.len() as u32;
+                ctx.optimizer.adam(pass, &self.adam_group, count);
+            }
+            Dispatch::AdaGrad => {
+                let params = AdaGradParams {
+                    rows: touched,
+                    d,
+                    lr: self.options.adagrad.lr as f32,
+                    eps: self.options.adagrad.eps as f32,
+                };
+                if touched > 0 {
+                    ctx.optimizer
+                        .adagrad_rows(pass, &self.adagrad_group, &params);
                 }
             }
         }
     }
+
+    /// Records the forward pass, the loss, and the backward pass into one pass.
+    fn record_gradients(&self, pass: &mut wgpu::ComputePass, rows: u32) {
+        for dispatch in self.gradient_dispatches() {
+            self.record(pass, &dispatch, rows);
+        }
+    }
+
+    /// Runs a training step on `batch` with each dispatch in its own pass between two
+    /// timestamps, and returns each dispatch's label and GPU nanoseconds; `None` (and no step)
+    /// when the adapter has no timestamp queries. It updates the weights as [`Trainer::step`].
+    pub fn profile(
+        &mut self,
+        batch: &Batch,
+        labels: &[f32],
+    ) -> Result<Option<Vec<(String, f64)>>> {
+        if !self.ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return Ok(None);
+        }
+        self.prepare_step(batch, labels)?;
+        let rows = batch.len() as u32;
+        let mut dispatches = self.gradient_dispatches();
+        dispatches.extend([Dispatch::Adam, Dispatch::AdaGrad]);
+        let count = 2 * dispatches.len() as u32;
+        let set = self.ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("training timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count,
+        });
+        let bytes = count as u64 * 8;
+        let resolve = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamp resolve"),
+            size: bytes,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let staging = self.ctx.staging_buffer("timestamp readback", bytes);
+        let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+        for (i, dispatch) in dispatches.iter().enumerate() {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &set,
+                    beginning_of_pass_write_index: Some(2 * i as u32),
+                    end_of_pass_write_index: Some(2 * i as u32 + 1),
+                }),
+            });
+            self.record(&mut pass, dispatch, rows);
+        }
+        encoder.resolve_query_set(&set, 0..count, &resolve, 0);
+        encoder.copy_buffer_to_buffer(&resolve, 0, &staging, 0, bytes);
+        let submission = self.ctx.queue.submit([encoder.finish()]);
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&self.ctx.read_mapped(
+            &staging,
+            bytes,
+            Some(submission),
+        )?);
+        let period = self.ctx.queue.get_timestamp_period() as f64;
+        Ok(Some(
+            dispatches
+                .iter()
+                .zip(ticks.chunks_exact(2))
+                .map(|(d, t)| (self.label(d), t[1].saturating_sub(t[0]) as f64 * period))
+                .collect(),
+        ))
+    }
+}
+
+/// One dispatch of a training step (indices are steps of the plan).
+enum Dispatch {
+    Forward(usize),
+    Loss,
+    InputGrad(usize),
+    WeightGrad(usize),
+    MixBackward(usize),
+    RowGrad,
+    Adam,
+    AdaGrad,
 }
