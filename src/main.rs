@@ -1,4 +1,4 @@
-//! The `pepnet` command line: `score`, `train`, `init`, `info`, `plan`, `bench`, `eval`,
+//! The `pepnet` command line: `score`, `train`, `train-bench`, `init`, `info`, `plan`, `bench`, `eval`,
 //! `gen-input`, `gen-data`, `kuairand`, `apply-rows`, `cache-bench`.
 
 use std::path::PathBuf;
@@ -204,6 +204,25 @@ enum Command {
         #[arg(long)]
         no_shuffle: bool,
         /// Also write the per-epoch report as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[arg(long)]
+        adapter: Option<String>,
+    },
+    /// Training samples/s of a model on random batches, with each dispatch's GPU time.
+    TrainBench {
+        /// A built-in model: tiny, paper or paper_mmoe.
+        #[arg(long, conflicts_with = "model", default_value = "paper")]
+        preset: String,
+        /// A model directory or spec instead of a preset.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long, default_value_t = 1024)]
+        batch_size: usize,
+        /// Timed steps.
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Also write the result as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
         #[arg(long)]
@@ -436,6 +455,21 @@ fn main() -> ExitCode {
                 adapter.as_deref(),
             )
         }
+        Command::TrainBench {
+            preset,
+            model,
+            batch_size,
+            steps,
+            json,
+            adapter,
+        } => train_bench(
+            &preset,
+            model.as_deref(),
+            batch_size,
+            steps,
+            json.as_deref(),
+            adapter.as_deref(),
+        ),
         Command::Eval {
             model,
             input,
@@ -761,6 +795,43 @@ fn eval(
     print!("{}", pepnet::eval::table(&report));
     if let Some(path) = json {
         let text = serde_json::to_string_pretty(&report).expect("a report always serialises");
+        std::fs::write(path, text).map_err(|e| pepnet::Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+    }
+    Ok(())
+}
+
+fn train_bench(
+    preset: &str,
+    model: Option<&std::path::Path>,
+    batch_size: usize,
+    steps: usize,
+    json: Option<&std::path::Path>,
+    adapter: Option<&str>,
+) -> Result<()> {
+    let model = match model {
+        Some(p) if p.is_dir() => Model::load(p)?,
+        Some(p) => Model::init(ModelSpec::load(p)?, 0),
+        None => Model::init(pepnet::bench::preset(preset)?, 0),
+    };
+    let ctx = GpuContext::new(adapter)?;
+    let r = pepnet::train::bench::run(ctx, &model, batch_size, steps.max(1), 0)?;
+    println!(
+        "{}: batch {}, {} steps: {:.1} ms/step, {:.0} samples/s, {:.1} GFLOP/s \
+         ({} FLOPs per sample)",
+        r.device, r.batch_size, r.steps, r.step_ms, r.samples_per_s, r.gflops, r.flops_per_sample
+    );
+    if let Some(profile) = &r.profile {
+        let total: f64 = profile.iter().map(|p| p.1).sum();
+        for (label, us) in profile {
+            println!("  {label:32} {us:10.1} us  {:5.1}%", 100.0 * us / total);
+        }
+        println!("  {:32} {total:10.1} us", "GPU total");
+    }
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&r).expect("a report always serialises");
         std::fs::write(path, text).map_err(|e| pepnet::Error::Io {
             path: path.to_path_buf(),
             source: e,

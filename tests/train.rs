@@ -142,7 +142,10 @@ fn training_is_bit_identical_run_to_run_and_across_a_resume() {
         assert_eq!(losses_a, losses_b, "seed {seed}");
         assert_eq!(state_a.step, 4);
         assert!(losses_a.iter().all(|l| l.is_finite() && *l > 0.0));
-        assert_ne!(a.weights, model.weights, "seed {seed}: training changed nothing");
+        assert_ne!(
+            a.weights, model.weights,
+            "seed {seed}: training changed nothing"
+        );
 
         // Two steps, stop (through the files), two more: the same as four at once.
         let dir = tempfile::tempdir().unwrap();
@@ -189,9 +192,16 @@ fn one_step_applies_adam_and_adagrad_as_the_reference() {
         for (name, t) in model.weights.iter() {
             let after = &trained.weights.get(name).data;
             if let Some(feature) = name.strip_prefix("emb.") {
-                let f = spec.features.iter().position(|x| x.name == feature).unwrap();
+                let f = spec
+                    .features
+                    .iter()
+                    .position(|x| x.name == feature)
+                    .unwrap();
                 let d = spec.d();
-                let scale = g.rows[f].values().flatten().fold(0.0f64, |m, x| m.max(x.abs()));
+                let scale = g.rows[f]
+                    .values()
+                    .flatten()
+                    .fold(0.0f64, |m, x| m.max(x.abs()));
                 for (row, (before, now)) in t.data.chunks(d).zip(after.chunks(d)).enumerate() {
                     match g.rows[f].get(&(row as u64)) {
                         None => assert_eq!(before, now, "seed {seed}: {name} row {row} untouched"),

@@ -9,6 +9,7 @@
 //! weights and AdaGrad the touched rows. Every sum runs in a fixed order, so training is
 //! bit-for-bit repeatable on one adapter.
 
+pub mod bench;
 mod data;
 mod state;
 
@@ -790,11 +791,7 @@ impl Trainer {
     /// Runs a training step on `batch` with each dispatch in its own pass between two
     /// timestamps, and returns each dispatch's label and GPU nanoseconds; `None` (and no step)
     /// when the adapter has no timestamp queries. It updates the weights as [`Trainer::step`].
-    pub fn profile(
-        &mut self,
-        batch: &Batch,
-        labels: &[f32],
-    ) -> Result<Option<Vec<(String, f64)>>> {
+    pub fn profile(&mut self, batch: &Batch, labels: &[f32]) -> Result<Option<Vec<(String, f64)>>> {
         if !self.ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
             return Ok(None);
         }

@@ -1,0 +1,216 @@
+//! `pepnet train` end to end: train → score → eval on generated data, resuming from a model
+//! directory, and bad training data failing with a message that names the place, leaving no
+//! output behind.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use pepnet::train::OptimizerState;
+use pepnet::ModelSpec;
+
+fn pepnet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pepnet"))
+        .args(args)
+        .output()
+        .expect("the pepnet binary runs")
+}
+
+fn ok(out: &Output, what: &str) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{what} failed: {err}");
+    err
+}
+
+fn spec_path() -> String {
+    format!(
+        "{}/examples/kuairand/model.json",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+fn gen(dir: &Path, name: &str, rows: usize, seed: u64) -> String {
+    let path = dir.join(name).display().to_string();
+    let out = pepnet(&[
+        "gen-data",
+        "--model",
+        &spec_path(),
+        "--rows",
+        &rows.to_string(),
+        "--output",
+        &path,
+        "--seed",
+        &seed.to_string(),
+    ]);
+    ok(&out, "gen-data");
+    path
+}
+
+#[test]
+fn train_then_score_then_eval_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let train = gen(d, "train.csv", 4000, 1);
+    let valid = gen(d, "valid.parquet", 1500, 2);
+    let model = d.join("model").display().to_string();
+    let report = d.join("report.json").display().to_string();
+    let out = pepnet(&[
+        "train",
+        "--model",
+        &spec_path(),
+        "--train",
+        &train,
+        "--valid",
+        &valid,
+        "--out",
+        &model,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "256",
+        "--json",
+        &report,
+    ]);
+    let err = ok(&out, "train");
+    assert!(err.contains("epoch 2: train loss"), "{err}");
+    let mut files: Vec<String> = std::fs::read_dir(&model)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        ["model.json", "optimizer.safetensors", "weights.safetensors"]
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let epochs = json["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 2);
+    let loss = |e: usize| epochs[e]["train_loss"].as_f64().unwrap();
+    assert!(
+        loss(1) < loss(0),
+        "the loss fell: {} then {}",
+        loss(0),
+        loss(1)
+    );
+    assert_eq!(epochs[1]["steps"].as_u64(), Some(16));
+
+    let scores = d.join("scores.csv").display().to_string();
+    ok(
+        &pepnet(&[
+            "score", "--model", &model, "--input", &valid, "--output", &scores,
+        ]),
+        "score",
+    );
+    let eval = d.join("eval.json").display().to_string();
+    ok(
+        &pepnet(&[
+            "eval", "--model", &model, "--input", &valid, "--scores", &scores, "--json", &eval,
+        ]),
+        "eval",
+    );
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&eval).unwrap()).unwrap();
+    let click = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["domain"] == "all" && r["task"] == "click")
+        .unwrap();
+    let auc = click["auc"].as_f64().unwrap();
+    assert!(auc > 0.6, "trained click AUC {auc}");
+
+    // Resume from the directory: the step count goes on.
+    let resumed = d.join("resumed").display().to_string();
+    let err = ok(
+        &pepnet(&[
+            "train",
+            "--model",
+            &model,
+            "--train",
+            &train,
+            "--out",
+            &resumed,
+            "--batch-size",
+            "256",
+        ]),
+        "resumed train",
+    );
+    assert!(err.contains("resuming after step 32"), "{err}");
+    let spec = ModelSpec::load(&Path::new(&resumed).join("model.json")).unwrap();
+    let state = OptimizerState::load(Path::new(&resumed), &spec)
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.step, 48);
+}
+
+fn fails_naming(args: &[&str], needles: &[&str], out_dir: &Path) {
+    let out = pepnet(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should fail: {args:?}");
+    for n in needles {
+        assert!(err.contains(n), "error should name '{n}': {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!out_dir.exists(), "a failed run left {}", out_dir.display());
+}
+
+#[test]
+fn bad_training_data_fails_naming_the_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let train = gen(d, "train.csv", 50, 1);
+    let out_dir = d.join("model");
+    let out = out_dir.display().to_string();
+    let spec = spec_path();
+
+    // A label column that is not there.
+    fails_naming(
+        &[
+            "train",
+            "--model",
+            &spec,
+            "--train",
+            &train,
+            "--out",
+            &out,
+            "--labels",
+            "click=clicked",
+        ],
+        &["train.csv", "clicked"],
+        &out_dir,
+    );
+
+    // A label that is not 0 or 1.
+    let text = std::fs::read_to_string(&train).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let header: Vec<&str> = lines[0].split(',').collect();
+    let like = header.iter().position(|&h| h == "like").unwrap();
+    let mut cells: Vec<String> = lines[7].split(',').map(str::to_string).collect();
+    cells[like] = "2".into();
+    lines[7] = cells.join(",");
+    let bad = d.join("bad.csv");
+    std::fs::write(&bad, lines.join("\n") + "\n").unwrap();
+    let bad = bad.display().to_string();
+    fails_naming(
+        &["train", "--model", &spec, "--train", &bad, "--out", &out],
+        &["bad.csv", "row 7", "'like'", "0 or 1"],
+        &out_dir,
+    );
+
+    // Task weights that do not match the tasks.
+    fails_naming(
+        &[
+            "train",
+            "--model",
+            &spec,
+            "--train",
+            &train,
+            "--out",
+            &out,
+            "--task-weights",
+            "1,2",
+        ],
+        &["2 task weights", "6 tasks"],
+        &out_dir,
+    );
+}
