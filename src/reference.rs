@@ -374,4 +374,154 @@ pub mod kernels {
             }
         }
     }
+
+    /// The linear kernel's backward (`linear_backward.wgsl`) over one dispatch's problems:
+    /// reads the activations `act` (after the forward) and the output gradients in `grad`,
+    /// writes each input group's A gradient (first `grad_k` columns) and each gated problem's
+    /// gate gradient into `grad`, and every weight and bias gradient into `wgrad` (laid out as
+    /// the packed weights). Problems form groups as `linear_backward::input_groups` makes them.
+    pub fn linear_backward(
+        problems: &[LinearProblem],
+        rows: usize,
+        weights: &[f32],
+        act: &[f64],
+        grad: &mut [f64],
+        wgrad: &mut [f64],
+    ) {
+        use crate::gpu::linear::View;
+        let at = |v: View, m: usize, c: usize| v.offset as usize + m * v.stride as usize + c;
+        let dy = grad.to_vec();
+        let dz = |p: &LinearProblem, m: usize, n: usize| -> f64 {
+            let mut d = dy[at(p.y, m, n)];
+            let y = act[at(p.y, m, n)];
+            match p.activation {
+                Activation::Relu if y <= 0.0 => d = 0.0,
+                Activation::Gate => {
+                    let g = p.keep.map_or(y, |k| act[at(k, m, n)]);
+                    d *= g * (1.0 - g / p.gamma as f64);
+                }
+                _ => {}
+            }
+            if let Some(mv) = p.multiplier {
+                d *= act[at(mv, m, n)];
+            }
+            d
+        };
+        let mut first = 0;
+        while first < problems.len() {
+            let a = problems[first].a;
+            let count = problems[first..].iter().take_while(|p| p.a == a).count();
+            let group = &problems[first..first + count];
+            for m in 0..rows {
+                for k in 0..group[0].grad_k as usize {
+                    let mut total = 0.0;
+                    for p in group {
+                        let stride = crate::gpu::linear::padded_k(p.k) as usize;
+                        let acc: f64 = (0..p.n as usize)
+                            .map(|n| {
+                                dz(p, m, n) * weights[p.w_offset as usize + n * stride + k] as f64
+                            })
+                            .sum();
+                        match p.gate {
+                            Some(g) => {
+                                grad[at(g, m, k)] = acc * act[at(p.a, m, k)];
+                                total += acc * act[at(g, m, k)];
+                            }
+                            None => total += acc,
+                        }
+                    }
+                    grad[at(a, m, k)] = total;
+                }
+            }
+            first += count;
+        }
+        for p in problems {
+            let stride = crate::gpu::linear::padded_k(p.k) as usize;
+            for n in 0..p.n as usize {
+                for k in 0..p.k as usize {
+                    wgrad[p.w_offset as usize + n * stride + k] = (0..rows)
+                        .map(|m| {
+                            let a = act[at(p.a, m, k)] * p.gate.map_or(1.0, |g| act[at(g, m, k)]);
+                            dz(p, m, n) * a
+                        })
+                        .sum();
+                }
+                wgrad[p.bias_offset as usize + n] = (0..rows).map(|m| dz(p, m, n)).sum();
+            }
+        }
+    }
+
+    /// The MMoE mix's backward (`mmoe_mix.wgsl` `backward_*`): from the mixed inputs' gradient
+    /// (at the output view in `grad`) to the experts' outputs' and the gate logits'.
+    pub fn mmoe_mix_backward(p: &MixParams, rows: usize, act: &[f64], grad: &mut [f64]) {
+        let (k_count, width) = (p.experts as usize, p.width as usize);
+        for b in 0..rows {
+            let x = |k: usize, i: usize| p.x_off as usize + b * p.x_stride as usize + k * width + i;
+            let dh =
+                |t: usize, i: usize| p.y_off as usize + b * p.y_stride as usize + t * width + i;
+            let gates: Vec<Vec<f64>> = (0..p.tasks as usize)
+                .map(|t| {
+                    let logit = p.logit_off as usize + b * p.logit_stride as usize + t * k_count;
+                    super::softmax(&act[logit..logit + k_count])
+                })
+                .collect();
+            for k in 0..k_count {
+                for i in 0..width {
+                    grad[x(k, i)] = (0..p.tasks as usize)
+                        .map(|t| gates[t][k] * grad[dh(t, i)])
+                        .sum();
+                }
+            }
+            for (t, g) in gates.iter().enumerate() {
+                let s: Vec<f64> = (0..k_count)
+                    .map(|j| (0..width).map(|i| act[x(j, i)] * grad[dh(t, i)]).sum())
+                    .collect();
+                let weighted: f64 = g.iter().zip(&s).map(|(a, b)| a * b).sum();
+                for k in 0..k_count {
+                    let logit =
+                        p.logit_off as usize + b * p.logit_stride as usize + t * k_count + k;
+                    grad[logit] = g[k] * (s[k] - weighted);
+                }
+            }
+        }
+    }
+
+    /// The gather's backward (`gather_backward.wgsl`): each touched row's gradient, the sum over
+    /// its uses of the use's weight times its feature's vector gradient (the sum of the feature's
+    /// sources, each scaled by its scale view when it has one).
+    pub fn gather_backward(
+        features: &[crate::gpu::gather_backward::FeatureGradGpu],
+        uses: &crate::gpu::gather_backward::RowUses,
+        d: usize,
+        act: &[f64],
+        grad: &[f64],
+    ) -> Vec<f64> {
+        use crate::gpu::gather_backward::NO_VIEW;
+        let mut out = vec![0.0; uses.touched.len() * d];
+        for u in 0..uses.touched.len() {
+            for k in 0..d {
+                let range = uses.starts[u] as usize..uses.starts[u + 1] as usize;
+                out[u * d + k] = uses.uses[range]
+                    .iter()
+                    .map(|x| {
+                        let f = &features[x.feature as usize];
+                        let s = x.sample as usize;
+                        let v: f64 = f.sources[..f.n_sources as usize]
+                            .iter()
+                            .map(|src| {
+                                let g = grad[src[0] as usize + s * src[1] as usize + k];
+                                if src[2] == NO_VIEW {
+                                    g
+                                } else {
+                                    g * act[src[2] as usize + s * src[3] as usize + k]
+                                }
+                            })
+                            .sum();
+                        x.weight as f64 * v
+                    })
+                    .sum();
+            }
+        }
+        out
+    }
 }

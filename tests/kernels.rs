@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{gpu, random_spec, rng, width, Rng};
+use common::{assert_close, gpu, random_spec, random_vec, rng, run, width, Rng};
 use pepnet::cache::table::{tag, HostTable};
 use pepnet::gpu::gather::{GatherLayout, MAX_PAGES};
 use pepnet::gpu::linear::{
@@ -18,41 +18,10 @@ use pepnet::gpu::mmoe_mix::MixParams;
 use pepnet::gpu::optimizer::{AdaGradConfig, AdaGradParams, AdamConfig, AdamParams};
 use pepnet::gpu::resolve::{key_gpu, ResolveParams, MISS};
 use pepnet::gpu::scatter::ScatterParams;
-use pepnet::gpu::{BatchParams, GpuContext};
+use pepnet::gpu::BatchParams;
 use pepnet::reference::kernels;
 use pepnet::Weights;
 use rand::RngExt;
-
-fn random_vec(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
-}
-
-fn assert_close(got: &[f32], want: &[f64], what: &str) {
-    assert_eq!(got.len(), want.len());
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let tol = 1e-5 * (1.0 + w.abs());
-        assert!(
-            (g as f64 - w).abs() <= tol,
-            "{what}: element {i}: gpu {g}, reference {w}"
-        );
-    }
-}
-
-/// Runs one dispatch recorded by `record` and returns the activation buffer afterwards.
-fn run(
-    ctx: &GpuContext,
-    act: &wgpu::Buffer,
-    len: usize,
-    record: impl FnOnce(&mut wgpu::ComputePass),
-) -> Vec<f32> {
-    let mut encoder = ctx.device.create_command_encoder(&Default::default());
-    {
-        let mut pass = encoder.begin_compute_pass(&Default::default());
-        record(&mut pass);
-    }
-    ctx.queue.submit([encoder.finish()]);
-    ctx.read_buffer(act, len).unwrap()
-}
 
 #[test]
 fn linear_matches_reference_on_random_groups() {

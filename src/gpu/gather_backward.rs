@@ -1,7 +1,7 @@
 //! Backward of the gather (`shaders/gather_backward.wgsl`): the gradients of the embedding rows
 //! a batch touched. The host lists each touched row's uses (sample, feature, weight) in a
-//! deterministic order; the kernel sums them. Its f64 reference is the row gradients of
-//! [`crate::grad`] (checked in `tests/train.rs`).
+//! deterministic order; the kernel sums them. Its f64 reference is
+//! [`crate::reference::kernels::gather_backward`] (`tests/backward_kernels.rs`).
 
 use bytemuck::Zeroable;
 

@@ -1,7 +1,8 @@
 //! Backward of the linear kernel (`shaders/linear_backward.wgsl`): input (and gate) gradients
 //! per group of problems that read the same input, and weight and bias gradients per problem,
-//! over the forward's own problem table. Its f64 reference is the backward of [`crate::grad`],
-//! against which `tests/train.rs` checks every gradient the kernels produce.
+//! over the forward's own problem table. Its f64 reference is
+//! [`crate::reference::kernels::linear_backward`] (`tests/backward_kernels.rs`); the whole
+//! backward is checked against [`crate::grad`] in `tests/train.rs`.
 
 use super::linear::{LinearProblem, View, TILE_N};
 use super::{entry_pipelines, whole_buffers};

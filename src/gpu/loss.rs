@@ -1,6 +1,6 @@
 //! The multi-task loss (`shaders/loss.wgsl`): the output layer's gradient from the
 //! probabilities and labels, and the batch's loss appended to a log. Its f64 reference is
-//! [`crate::grad::loss_and_gradients`] (checked in `tests/train.rs`).
+//! written out in its test (`tests/backward_kernels.rs`), and [`crate::grad`] checks it whole.
 
 use super::{dispatch_flat, entry_pipelines, whole_buffers};
 

@@ -1,7 +1,6 @@
 //! The MMoE mix (`shaders/mmoe_mix.wgsl`): softmax over each task's gate logits fused with the
 //! weighted sum of the experts' outputs, and its backward. Its CPU references are
-//! [`crate::reference::kernels::mmoe_mix`] and, for the backward, [`crate::grad`] (checked in
-//! `tests/train.rs`).
+//! [`crate::reference::kernels::mmoe_mix`] and [`crate::reference::kernels::mmoe_mix_backward`].
 
 use super::{dispatch_flat, entry_pipelines, whole_buffers};
 

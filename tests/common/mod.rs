@@ -159,3 +159,35 @@ pub fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
         .map(|(&x, &y)| (x as f64 - y).abs())
         .fold(0.0, f64::max)
 }
+
+/// Random values uniform in ±scale.
+pub fn random_vec(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+pub fn assert_close(got: &[f32], want: &[f64], what: &str) {
+    assert_eq!(got.len(), want.len());
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let tol = 1e-5 * (1.0 + w.abs());
+        assert!(
+            (g as f64 - w).abs() <= tol,
+            "{what}: element {i}: gpu {g}, reference {w}"
+        );
+    }
+}
+
+/// Runs one dispatch recorded by `record` and returns the activation buffer afterwards.
+pub fn run(
+    ctx: &GpuContext,
+    act: &wgpu::Buffer,
+    len: usize,
+    record: impl FnOnce(&mut wgpu::ComputePass),
+) -> Vec<f32> {
+    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        record(&mut pass);
+    }
+    ctx.queue.submit([encoder.finish()]);
+    ctx.read_buffer(act, len).unwrap()
+}
