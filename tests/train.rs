@@ -238,3 +238,10 @@ fn one_step_applies_adam_and_adagrad_as_the_reference() {
         }
     }
 }
+
+/// Services hold a trainer behind a lock or move it to a worker thread.
+#[test]
+fn trainer_is_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Trainer>();
+}
