@@ -40,11 +40,11 @@ def read_labels(spec, path):
 
 def export(model, spec):
     """The trained parameters under the tensor names of docs/model.md."""
-    out = {f"emb.{name}": p.detach().contiguous() for name, p in model.emb.items()}
+    out = {f"emb.{name}": p.detach().cpu().contiguous() for name, p in model.emb.items()}
 
     def linear(prefix, layer):
-        out[f"{prefix}.weight"] = layer.weight.detach().contiguous()
-        out[f"{prefix}.bias"] = layer.bias.detach().contiguous()
+        out[f"{prefix}.weight"] = layer.weight.detach().cpu().contiguous()
+        out[f"{prefix}.bias"] = layer.bias.detach().cpu().contiguous()
 
     if model.epnet is not None:
         linear("epnet.fc1", model.epnet.fc1)
@@ -79,7 +79,9 @@ def main():
     ap.add_argument("--lr-embedding", type=float, default=0.05, help="AdaGrad, as the paper")
     ap.add_argument("--lr-dense", type=float, default=1e-3, help="Adam")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default=None, help="cuda or cpu [default: cuda when present]")
     args = ap.parse_args()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     torch.manual_seed(args.seed)
     with open(args.spec) as f:
@@ -90,11 +92,12 @@ def main():
         weights = load_file(os.path.join(init_dir, "weights.safetensors"))
     model = PEPNet(spec)
     model.load(weights)
+    model.to(device)
     model.train()
 
     columns, n = read_inputs(spec, args.train)
-    inputs = to_tensors(spec, columns, 0, n, torch.float32, "cpu")
-    labels = read_labels(spec, args.train)
+    inputs = to_tensors(spec, columns, 0, n, torch.float32, device)
+    labels = read_labels(spec, args.train).to(device)
     embeddings = list(model.emb.parameters())
     emb_ids = {id(p) for p in embeddings}
     dense = [p for p in model.parameters() if id(p) not in emb_ids]
@@ -102,8 +105,8 @@ def main():
     opt_dense = torch.optim.Adam(dense, lr=args.lr_dense)
     start = time.perf_counter()
     for epoch in range(args.epochs):
-        order = torch.randperm(n)
-        total = 0.0
+        order = torch.randperm(n, device=device)
+        total = torch.zeros((), dtype=torch.float64, device=device)
         for lo in range(0, n, args.batch_size):
             index = order[lo:lo + args.batch_size]
             p = model(take(inputs, index)).clamp(1e-7, 1 - 1e-7)
@@ -113,11 +116,14 @@ def main():
             loss.backward()
             opt_emb.step()
             opt_dense.step()
-            total += loss.item() * len(index)
-        print(f"epoch {epoch + 1}: loss {total / n:.4f}", file=sys.stderr)
+            # Summed on the device: reading it back every step would wait for the GPU.
+            total += loss.detach() * len(index)
+        print(f"epoch {epoch + 1}: loss {total.item() / n:.4f}", file=sys.stderr)
+    if device == "cuda":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     print(f"trained {n} rows x {args.epochs} epochs in {seconds:.1f} s "
-          f"({n * args.epochs / seconds:.0f} samples/s, torch {torch.__version__} on CPU)", file=sys.stderr)
+          f"({n * args.epochs / seconds:.0f} samples/s, torch {torch.__version__} on {device})", file=sys.stderr)
 
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "model.json"), "w") as f:

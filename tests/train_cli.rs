@@ -197,6 +197,23 @@ fn bad_training_data_fails_naming_the_place() {
         &out_dir,
     );
 
+    // A batch of nothing.
+    fails_naming(
+        &[
+            "train",
+            "--model",
+            &spec,
+            "--train",
+            &train,
+            "--out",
+            &out,
+            "--batch-size",
+            "0",
+        ],
+        &["batch size"],
+        &out_dir,
+    );
+
     // Task weights that do not match the tasks.
     fails_naming(
         &[

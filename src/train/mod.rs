@@ -149,7 +149,10 @@ impl Trainer {
             Some(w) => w.iter().map(|&x| x as f32).collect(),
             None => vec![1.0; t_count],
         };
-        let rows = options.batch_size.max(1);
+        if options.batch_size == 0 {
+            return Err(Error::Batch("the batch size must be at least 1".into()));
+        }
+        let rows = options.batch_size;
         let per_sample = Plan::for_training(spec, &PackedWeights::new(spec, &model.weights), 1)
             .row_width as u64
             + t_count as u64;
