@@ -5,9 +5,10 @@
 // The gradient buffer `grad` has the activation buffer's layout: the gradient of every view sits
 // at the view's own offsets. dZ is never stored: both entry points form it as they load it, from
 // dY and what the forward stored, so the derivatives are fused as the forward fuses the functions:
-//   dZ = dY ⊙ M ⊙ act'(Z), with act' read off the stored output: ReLU [y > 0]; the Gate NU's
-//   γ·σ, g (1 − g/γ) with g the output (kept apart by the forward where M is applied); sigmoid:
-//   dY is already dZ (the loss kernel writes w_t (p − y) / B there); none: 1.
+//   dZ = dY ⊙ M ⊙ act'(Z), with act' read off the activation's output y (kept apart by the
+//   forward where M is applied): ReLU [y > 0]; the Gate NU's γ·σ, y (1 − y/γ); sigmoid: dY is
+//   already dZ (a sigmoid is the output layer, whose dZ = w_t (p − y) / B the loss kernel
+//   writes); none: 1.
 //
 // Two entry points:
 //   input_grad   per input group (consecutive problems of one dispatch that read the same A):
@@ -92,24 +93,25 @@ const TILE_STRIDE: u32 = 17u; // vec4s per reduction row of a tile, one more aga
 var<workgroup> left: array<vec4<f32>, 272>;  // [TR][TILE_STRIDE]
 var<workgroup> right: array<vec4<f32>, 272>; // [TR][TILE_STRIDE]
 
-// dZ[m, n] of problem pr, or 0 outside it.
+// dZ[m, n] of problem pr, or 0 outside it. The activation's output is read from K where the
+// forward kept it (a problem with M and an activation must: the host checks), else from Y.
 fn load_dz(pr: Problem, m: u32, n: u32) -> f32 {
     if m >= batch.rows || n >= pr.n {
         return 0.0;
     }
     var dz = grad[pr.y_off + m * pr.y_stride + n];
+    var y = act[pr.y_off + m * pr.y_stride + n];
+    if (pr.flags & FLAG_KEEP) != 0u {
+        y = act[pr.keep_off + m * pr.keep_stride + n];
+    }
     switch pr.act {
         case ACT_RELU: {
-            if act[pr.y_off + m * pr.y_stride + n] <= 0.0 {
+            if y <= 0.0 {
                 dz = 0.0;
             }
         }
         case ACT_GATE: {
-            var g = act[pr.y_off + m * pr.y_stride + n];
-            if (pr.flags & FLAG_KEEP) != 0u {
-                g = act[pr.keep_off + m * pr.keep_stride + n];
-            }
-            dz *= g * (1.0 - g / pr.gamma);
+            dz *= y * (1.0 - y / pr.gamma);
         }
         default: {}
     }

@@ -68,8 +68,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 
 @group(0) @binding(3) var<storage, read_write> grad: array<f32>;
 
-// g_tk of sample b: the softmax of task t's logits, recomputed as the forward computes it.
-fn gate_weight(b: u32, t: u32, k: u32) -> f32 {
+// The softmax of task t's logits for sample b, as the forward computes it: (max, Σ exp(z − max)).
+fn softmax_of(b: u32, t: u32) -> vec2<f32> {
     let logits = params.logit_off + b * params.logit_stride + t * params.experts;
     var max_logit = act[logits];
     for (var j = 1u; j < params.experts; j++) {
@@ -79,7 +79,13 @@ fn gate_weight(b: u32, t: u32, k: u32) -> f32 {
     for (var j = 0u; j < params.experts; j++) {
         total += exp(act[logits + j] - max_logit);
     }
-    return exp(act[logits + k] - max_logit) / total;
+    return vec2<f32>(max_logit, total);
+}
+
+// g_tk of sample b, from its task's softmax_of.
+fn gate_weight(b: u32, t: u32, k: u32, softmax: vec2<f32>) -> f32 {
+    let logit = act[params.logit_off + b * params.logit_stride + t * params.experts + k];
+    return exp(logit - softmax.x) / softmax.y;
 }
 
 // One thread per (sample, expert, column).
@@ -95,7 +101,8 @@ fn backward_experts(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     let i = index % params.width;
     var dx = 0.0;
     for (var t = 0u; t < params.tasks; t++) {
-        dx += gate_weight(b, t, k) * grad[params.y_off + b * params.y_stride + t * params.width + i];
+        let g = gate_weight(b, t, k, softmax_of(b, t));
+        dx += g * grad[params.y_off + b * params.y_stride + t * params.width + i];
     }
     grad[params.x_off + b * params.x_stride + k * params.width + i] = dx;
 }
@@ -122,10 +129,16 @@ fn backward_logits(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     }
     let t = (index % per_sample) / params.experts;
     let k = index % params.experts;
+    let softmax = softmax_of(b, t);
     var weighted = 0.0;
+    var own = 0.0;
     for (var j = 0u; j < params.experts; j++) {
-        weighted += gate_weight(b, t, j) * mixed_dot(b, t, j);
+        let s = mixed_dot(b, t, j);
+        weighted += gate_weight(b, t, j, softmax) * s;
+        if j == k {
+            own = s;
+        }
     }
-    let dz = gate_weight(b, t, k) * (mixed_dot(b, t, k) - weighted);
+    let dz = gate_weight(b, t, k, softmax) * (own - weighted);
     grad[params.logit_off + b * params.logit_stride + t * params.experts + k] = dz;
 }

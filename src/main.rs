@@ -817,7 +817,7 @@ fn train_bench(
         None => Model::init(pepnet::bench::preset(preset)?, 0),
     };
     let ctx = GpuContext::new(adapter)?;
-    let r = pepnet::train::bench::run(ctx, &model, batch_size, steps.max(1), 0)?;
+    let r = pepnet::train::bench::run(ctx, &model, batch_size, steps, 0)?;
     println!(
         "{}: batch {}, {} steps: {:.1} ms/step, {:.0} samples/s, {:.1} GFLOP/s \
          ({} FLOPs per sample)",
@@ -918,11 +918,9 @@ fn train(
         }
         eprintln!("{line}");
     }
-    // Written only now, each file whole: a failed run leaves the output as it was.
+    // Written only now, all at once: a failed run leaves the output as it was.
     let trained = trainer.model()?;
     let state = trainer.optimizer_state()?;
-    trained.save(out)?;
-    state.save(out)?;
     if let Some(path) = json {
         let text = serde_json::to_string_pretty(&report).expect("a report always serialises");
         std::fs::write(path, text).map_err(|e| pepnet::Error::Io {
@@ -930,6 +928,7 @@ fn train(
             source: e,
         })?;
     }
+    state.save_with(&trained, out)?;
     eprintln!("wrote {} (step {})", out.display(), state.step);
     Ok(())
 }

@@ -393,13 +393,11 @@ pub mod kernels {
         let dy = grad.to_vec();
         let dz = |p: &LinearProblem, m: usize, n: usize| -> f64 {
             let mut d = dy[at(p.y, m, n)];
-            let y = act[at(p.y, m, n)];
+            // The activation's output, before the multiplier.
+            let y = p.keep.map_or(act[at(p.y, m, n)], |k| act[at(k, m, n)]);
             match p.activation {
                 Activation::Relu if y <= 0.0 => d = 0.0,
-                Activation::Gate => {
-                    let g = p.keep.map_or(y, |k| act[at(k, m, n)]);
-                    d *= g * (1.0 - g / p.gamma as f64);
-                }
+                Activation::Gate => d *= y * (1.0 - y / p.gamma as f64),
                 _ => {}
             }
             if let Some(mv) = p.multiplier {

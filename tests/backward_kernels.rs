@@ -31,7 +31,7 @@ fn batch_params(rows: usize) -> BatchParams {
 }
 
 /// Groups of problems that share an input (1–3 each), some gated (each its own gate), some with
-/// a multiplier and a kept activation, some with a stop-gradient (grad_k < k), every
+/// a multiplier (and the activation kept), some with a stop-gradient (grad_k < k), every
 /// activation; widths up to 150 (several 64-column tiles).
 #[test]
 fn linear_backward_matches_reference_on_random_groups() {
@@ -63,10 +63,14 @@ fn linear_backward_matches_reference_on_random_groups() {
                     Activation::Gate,
                     Activation::Sigmoid,
                 ][r.random_range(0..4)];
-                let multiplied = r.random_range(0..3) == 0;
+                // As plans make them: a multiplier after an activation keeps the activation
+                // (without one it may or may not), a sigmoid has neither.
+                let multiplied = activation != Activation::Sigmoid && r.random_range(0..3) == 0;
                 let gate = gated.then(|| alloc(k));
                 let multiplier = multiplied.then(|| alloc(n));
-                let keep = (multiplied && r.random_range(0..2) == 0).then(|| alloc(n));
+                let must_keep = multiplied && activation != Activation::None;
+                let keep =
+                    (must_keep || (multiplied && r.random_range(0..2) == 0)).then(|| alloc(n));
                 let y = alloc(n);
                 shapes.push((a, k, grad_k, n, activation, gate, multiplier, keep, y));
             }

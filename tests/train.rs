@@ -245,3 +245,27 @@ fn trainer_is_send_and_sync() {
     fn send_sync<T: Send + Sync>() {}
     send_sync::<Trainer>();
 }
+
+/// An optimizer state from another model is refused, naming the tensor, not a panic.
+#[test]
+fn a_state_that_does_not_fit_the_model_is_an_error() {
+    let mut r = rng(2100);
+    let spec = random_spec(&mut r, 3);
+    let model = Model::init(spec.clone(), 0);
+    let batches = random_batches(&mut r, &spec, 1);
+    let (_, mut state, _) = train_steps(&model, None, &batches);
+    let name = state.tensors.keys().next().unwrap().clone();
+    state.tensors.get_mut(&name).unwrap().1.pop();
+    let options = TrainerOptions::default();
+    let err = Trainer::new(gpu(), &model, Some(&state), &options)
+        .err()
+        .expect("a misshapen state is refused")
+        .to_string();
+    assert!(err.contains(&name), "{err}");
+    state.tensors.remove(&name);
+    let err = Trainer::new(gpu(), &model, Some(&state), &options)
+        .err()
+        .expect("a state missing a tensor is refused")
+        .to_string();
+    assert!(err.contains(&name) && err.contains("missing"), "{err}");
+}

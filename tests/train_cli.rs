@@ -119,6 +119,37 @@ fn train_then_score_then_eval_and_resume() {
     let auc = click["auc"].as_f64().unwrap();
     assert!(auc > 0.6, "trained click AUC {auc}");
 
+    // One epoch, then one more resumed from it: bit for bit the two-epoch run.
+    let half = d.join("half").display().to_string();
+    let again = d.join("again").display().to_string();
+    let args = |from: &str, to: &str| -> Vec<String> {
+        [
+            "train",
+            "--model",
+            from,
+            "--train",
+            &train,
+            "--out",
+            to,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "256",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let run = |a: Vec<String>| pepnet(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    ok(&run(args(&spec_path(), &half)), "first epoch");
+    ok(&run(args(&half, &again)), "second epoch, resumed");
+    for file in ["weights.safetensors", "optimizer.safetensors"] {
+        assert!(
+            std::fs::read(Path::new(&again).join(file)).unwrap()
+                == std::fs::read(Path::new(&model).join(file)).unwrap(),
+            "{file}: a resumed run differs from an uninterrupted one"
+        );
+    }
+
     // Resume from the directory: the step count goes on.
     let resumed = d.join("resumed").display().to_string();
     let err = ok(
@@ -211,6 +242,38 @@ fn bad_training_data_fails_naming_the_place() {
             "0",
         ],
         &["batch size"],
+        &out_dir,
+    );
+
+    // Hyperparameters that would poison the weights with NaN.
+    fails_naming(
+        &[
+            "train",
+            "--model",
+            &spec,
+            "--train",
+            &train,
+            "--out",
+            &out,
+            "--adam-eps",
+            "0",
+        ],
+        &["Adam's epsilon", "above 0"],
+        &out_dir,
+    );
+    fails_naming(
+        &[
+            "train",
+            "--model",
+            &spec,
+            "--train",
+            &train,
+            "--out",
+            &out,
+            "--task-weights",
+            "1,1,-1,1,1,1",
+        ],
+        &["task 'follow'", "at least 0"],
         &out_dir,
     );
 

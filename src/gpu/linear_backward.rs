@@ -4,7 +4,7 @@
 //! [`crate::reference::kernels::linear_backward`] (`tests/backward_kernels.rs`); the whole
 //! backward is checked against [`crate::grad`] in `tests/train.rs`.
 
-use super::linear::{LinearProblem, View, TILE_N};
+use super::linear::{Activation, LinearProblem, View, TILE_N};
 use super::{entry_pipelines, whole_buffers};
 
 pub const SOURCE: &str = include_str!("../../shaders/linear_backward.wgsl");
@@ -27,6 +27,11 @@ pub struct InputGroupGpu {
 /// consecutive problems with the same A view form one group, since their input gradients must
 /// be summed, not raced. Groups whose input gets no gradient are left out. Returns the groups and
 /// the number of column tiles (the `input_grad` dispatch's x size).
+///
+/// Panics on problems the backward cannot differentiate (a plan bug, not bad input): an input
+/// read by problems that are not consecutive; a multiplier after an activation without the
+/// activation kept; a sigmoid anywhere but a plain output layer; a gated input with a
+/// stop-gradient.
 pub fn input_groups(problems: &[LinearProblem], first: u32) -> (Vec<InputGroupGpu>, u32) {
     let mut groups: Vec<InputGroupGpu> = Vec::new();
     let mut last_a: Option<View> = None;
@@ -34,6 +39,18 @@ pub fn input_groups(problems: &[LinearProblem], first: u32) -> (Vec<InputGroupGp
         assert!(
             p.gate.is_none() || p.grad_k == p.k,
             "a gated input gets its whole gradient"
+        );
+        assert!(
+            p.multiplier.is_none() || p.activation == Activation::None || p.keep.is_some(),
+            "an activation before a multiplier is kept for the backward"
+        );
+        assert!(
+            p.activation != Activation::Sigmoid || (p.multiplier.is_none() && p.keep.is_none()),
+            "a sigmoid is an output layer, whose dZ the loss writes"
+        );
+        assert!(
+            last_a == Some(p.a) || problems[..i].iter().all(|q| q.a != p.a),
+            "problems reading one input are consecutive"
         );
         match groups.last_mut() {
             Some(g) if last_a == Some(p.a) => {

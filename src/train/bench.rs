@@ -55,6 +55,11 @@ pub fn run(
     seed: u64,
 ) -> Result<TrainBench> {
     let spec = &model.spec;
+    if steps == 0 {
+        return Err(crate::Error::Batch(
+            "train-bench times at least one step".into(),
+        ));
+    }
     let options = TrainerOptions {
         batch_size,
         ..Default::default()

@@ -74,6 +74,23 @@ impl LabelledData {
         self.batch.len()
     }
 
+    /// Checks that the data fits `spec`: one label per sample and task, a batch that validates.
+    pub fn check(&self, spec: &ModelSpec) -> Result<()> {
+        if self.tasks != spec.n_tasks() || self.labels.len() != self.len() * self.tasks {
+            return Err(Error::Batch(format!(
+                "labelled data: {} labels of {} tasks for {} samples; the model has {} tasks",
+                self.labels.len(),
+                self.tasks,
+                self.len(),
+                spec.n_tasks()
+            )));
+        }
+        if self.is_empty() {
+            return Err(Error::Batch("labelled data: no samples".into()));
+        }
+        self.batch.validate(spec, "labelled data", 1)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.batch.is_empty()
     }
@@ -94,7 +111,8 @@ impl LabelledData {
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
     pub epochs: usize,
-    /// Seeds the shuffle (epoch e shuffles with seed + e).
+    /// Seeds the shuffle: epoch e (0-based, counted on from a resumed model's) shuffles with
+    /// seed + e.
     pub seed: u64,
     pub shuffle: bool,
     /// Show a progress bar on stderr.
@@ -112,6 +130,7 @@ pub struct Validation {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct EpochReport {
+    /// 1-based, counted on from a resumed model's epochs.
     pub epoch: usize,
     pub steps: u64,
     /// Mean of the epoch's batch losses.
@@ -133,14 +152,22 @@ pub fn train(
     valid: Option<&LabelledData>,
     config: &TrainConfig,
 ) -> Result<TrainReport> {
+    data.check(trainer.spec())?;
     let batch_size = trainer.options.batch_size;
     let n = data.len();
     let steps_per_epoch = n.div_ceil(batch_size);
+    // Epochs are numbered on from a resumed model's, so that its shuffles continue the
+    // sequence an uninterrupted run would have used.
+    let first_epoch = trainer.steps_done() / steps_per_epoch as u64;
+    trainer.losses()?;
     let mut report = TrainReport { epochs: Vec::new() };
-    for epoch in 0..config.epochs {
+    for e in 0..config.epochs {
+        let epoch = first_epoch + e as u64;
         let mut order: Vec<usize> = (0..n).collect();
         if config.shuffle {
-            order.shuffle(&mut ChaCha8Rng::seed_from_u64(config.seed + epoch as u64));
+            order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+                config.seed.wrapping_add(epoch),
+            ));
         }
         let bar = if config.progress {
             indicatif::ProgressBar::new(steps_per_epoch as u64)
@@ -154,7 +181,7 @@ pub fn train(
             .expect("a valid template")
             .progress_chars("=> "),
         );
-        bar.set_prefix(format!("{}/{}", epoch + 1, config.epochs));
+        bar.set_prefix(format!("{}/{}", e + 1, config.epochs));
         let start = Instant::now();
         let mut losses = Vec::with_capacity(steps_per_epoch);
         for (s, chunk) in order.chunks(batch_size).enumerate() {
@@ -183,7 +210,7 @@ pub fn train(
         }
         let validation = valid.map(|v| validate(trainer, v)).transpose()?;
         report.epochs.push(EpochReport {
-            epoch: epoch + 1,
+            epoch: epoch as usize + 1,
             steps: losses.len() as u64,
             train_loss: losses.iter().map(|&x| x as f64).sum::<f64>() / losses.len().max(1) as f64,
             seconds,
@@ -196,6 +223,7 @@ pub fn train(
 
 /// Scores `data` with the model as trained so far and measures its loss and AUCs.
 pub fn validate(trainer: &Trainer, data: &LabelledData) -> Result<Validation> {
+    data.check(trainer.spec())?;
     let model = trainer.model()?;
     let engine = Engine::new(
         trainer.ctx.clone(),

@@ -19,6 +19,8 @@ pub use state::{OptimizerState, OPTIMIZER_FILE};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use bytemuck::Zeroable;
+
 use crate::batch::Batch;
 use crate::error::{Error, Result};
 use crate::gpu::gather::{GatherLayout, MAX_PAGES};
@@ -108,8 +110,6 @@ struct Buffers {
     row_params: wgpu::Buffer,
     adam_params: wgpu::Buffer,
     adagrad_params: wgpu::Buffer,
-    /// Keeps the per-step uniforms and tables alive.
-    _keep: Vec<wgpu::Buffer>,
 }
 
 enum Backward {
@@ -119,6 +119,105 @@ enum Backward {
     },
     Mix([wgpu::BindGroup; 2], crate::gpu::mmoe_mix::MixParams),
     Gather,
+}
+
+/// Per linear step of the plan, its spans and dispatch sizes in the shared tables.
+struct LinearStep {
+    /// The forward's (and `weight_grad`'s) span of problems.
+    problems: SpanParams,
+    column_tiles: u32,
+    /// `input_grad`'s span of input groups.
+    groups: SpanParams,
+    input_tiles: u32,
+    weight_tiles: u32,
+}
+
+/// The problem table every linear step indexes, the backward's input groups beside it, and
+/// each step's place in them (`None` for other steps).
+fn linear_tables(
+    plan: &Plan,
+) -> (
+    Vec<linear::ProblemGpu>,
+    Vec<linear_backward::InputGroupGpu>,
+    Vec<Option<LinearStep>>,
+) {
+    let span = |first: usize, count: usize| SpanParams {
+        first: first as u32,
+        count: count as u32,
+        _pad: [0; 2],
+    };
+    let (mut table, mut groups, mut steps) = (Vec::new(), Vec::new(), Vec::new());
+    for step in &plan.steps {
+        let Step::Linear { problems, .. } = step else {
+            steps.push(None);
+            continue;
+        };
+        let (gpu, column_tiles) = linear::lay_out(problems);
+        let (g, input_tiles) = linear_backward::input_groups(problems, table.len() as u32);
+        steps.push(Some(LinearStep {
+            problems: span(table.len(), gpu.len()),
+            column_tiles,
+            groups: span(groups.len(), g.len()),
+            input_tiles,
+            weight_tiles: problems.iter().map(linear::weight_tiles).sum(),
+        }));
+        table.extend(gpu);
+        groups.extend(g);
+    }
+    (table, groups, steps)
+}
+
+/// Checks the options against the spec; returns the task weights.
+fn check_options(spec: &ModelSpec, options: &TrainerOptions) -> Result<Vec<f32>> {
+    if let Some(f) = spec.features.iter().find(|f| f.hashed) {
+        return Err(Error::Gpu(format!(
+            "feature '{}' is hashed: training hashed features (rows in a store) is not \
+             supported yet; train with a vocabulary",
+            f.name
+        )));
+    }
+    if options.batch_size == 0 || options.batch_size > u32::MAX as usize / 2 {
+        return Err(Error::Batch(format!(
+            "the batch size must be at least 1 (and below 2^31), found {}",
+            options.batch_size
+        )));
+    }
+    let rates = [
+        ("Adam's learning rate", options.adam.lr, false),
+        ("Adam's epsilon", options.adam.eps, true),
+        ("AdaGrad's learning rate", options.adagrad.lr, false),
+        ("AdaGrad's epsilon", options.adagrad.eps, true),
+    ];
+    for (what, x, positive) in rates {
+        if !x.is_finite() || x < 0.0 || (positive && x == 0.0) {
+            let must = if positive { "above 0" } else { "at least 0" };
+            return Err(Error::Batch(format!(
+                "{what} must be finite and {must}, found {x}"
+            )));
+        }
+    }
+    for (name, beta) in [("beta1", options.adam.beta1), ("beta2", options.adam.beta2)] {
+        if !(0.0..1.0).contains(&beta) {
+            return Err(Error::Batch(format!(
+                "Adam's {name} must be in [0, 1), found {beta}"
+            )));
+        }
+    }
+    let t = spec.n_tasks();
+    match &options.task_weights {
+        Some(w) if w.len() != t => Err(Error::Batch(format!(
+            "{} task weights given for {t} tasks",
+            w.len()
+        ))),
+        Some(w) => match w.iter().position(|x| !x.is_finite() || *x < 0.0) {
+            Some(i) => Err(Error::Batch(format!(
+                "task '{}': a loss weight must be finite and at least 0, found {}",
+                spec.tasks[i], w[i]
+            ))),
+            None => Ok(w.iter().map(|&x| x as f32).collect()),
+        },
+        None => Ok(vec![1.0; t]),
+    }
 }
 
 impl Trainer {
@@ -131,41 +230,20 @@ impl Trainer {
         options: &TrainerOptions,
     ) -> Result<Self> {
         let spec = &model.spec;
-        if let Some(f) = spec.features.iter().find(|f| f.hashed) {
-            return Err(Error::Gpu(format!(
-                "feature '{}' is hashed: training hashed features (rows in a store) is not \
-                 supported yet; train with a vocabulary",
-                f.name
-            )));
-        }
-        let t_count = spec.n_tasks();
-        let task_weights: Vec<f32> = match &options.task_weights {
-            Some(w) if w.len() != t_count => {
-                return Err(Error::Batch(format!(
-                    "{} task weights given for {t_count} tasks",
-                    w.len()
-                )))
-            }
-            Some(w) => w.iter().map(|&x| x as f32).collect(),
-            None => vec![1.0; t_count],
-        };
-        if options.batch_size == 0 {
-            return Err(Error::Batch("the batch size must be at least 1".into()));
-        }
+        let task_weights = check_options(spec, options)?;
         let rows = options.batch_size;
-        let per_sample = Plan::for_training(spec, &PackedWeights::new(spec, &model.weights), 1)
-            .row_width as u64
-            + t_count as u64;
+        let t_count = spec.n_tasks();
+        let packed = PackedWeights::new(spec, &model.weights);
+        let plan = Plan::for_training(spec, &packed, rows as u32);
         let max_binding = ctx.max_binding_bytes();
-        if per_sample * 4 * rows as u64 > max_binding {
+        let act_len = rows as u64 * (plan.row_width as u64 + t_count as u64);
+        if act_len * 4 > max_binding {
             return Err(Error::Gpu(format!(
                 "a batch of {rows} needs {} bytes of activations, more than one storage binding \
                  ({max_binding} bytes) on this device; use a smaller batch",
-                per_sample * 4 * rows as u64
+                act_len * 4
             )));
         }
-        let packed = PackedWeights::new(spec, &model.weights);
-        let plan = Plan::for_training(spec, &packed, rows as u32);
         let layout = GatherLayout::new(spec, &plan.destinations, max_binding, 0)?;
         if layout.n_pages > 1 {
             return Err(Error::Gpu(format!(
@@ -189,18 +267,26 @@ impl Trainer {
 
         let slots = layout.params.slots as usize;
         let n_dense = layout.params.n_dense as usize;
+        // A batch touches at most every id slot and dense feature of each sample, and at most
+        // every row of the tables.
+        let max_touched = (rows * (slots + n_dense))
+            .min(layout.total_rows as usize)
+            .max(1);
         let max_uses = (rows * (slots + n_dense)).max(1);
         let d = spec.d();
-        let act_len = rows * per_sample as usize;
+
+        let out_of_memory = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let invalid = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let zeroed = |label: &str, floats: usize| ctx.zeroed_storage(label, floats as u64 * 4);
         let b = Buffers {
             weights: ctx.storage_buffer("dense weights", &packed.data),
             page: ctx.storage_buffer("embedding rows", &page_data),
             m: ctx.storage_buffer("adam m", &m),
             v: ctx.storage_buffer("adam v", &v),
             sum_sq: ctx.storage_buffer("adagrad sums", &sum_sq),
-            wgrad: ctx.zeroed_storage("weight gradients", packed.data.len() as u64 * 4),
-            act: ctx.zeroed_storage("activations", act_len as u64 * 4),
-            grad: ctx.zeroed_storage("gradients", act_len as u64 * 4),
+            wgrad: zeroed("weight gradients", packed.data.len()),
+            act: zeroed("activations", act_len as usize),
+            grad: zeroed("gradients", act_len as usize),
             batch: ctx.uniform_buffer(
                 "batch",
                 &BatchParams {
@@ -208,77 +294,21 @@ impl Trainer {
                     _pad: [0; 3],
                 },
             ),
-            ids: ctx.zeroed_storage("ids", (rows * slots) as u64 * 4),
-            dense: ctx.zeroed_storage("dense", (rows * n_dense) as u64 * 4),
-            labels: ctx.zeroed_storage("labels", (rows * t_count) as u64 * 4),
-            loss_params: ctx.uniform_buffer(
-                "loss params",
-                &LossParams {
-                    tasks: t_count as u32,
-                    out_off: plan.out.offset,
-                    log_slot: 0,
-                    _pad: 0,
-                },
-            ),
-            loss_log: ctx.zeroed_storage("loss log", LOG_CAPACITY * 4),
-            starts: ctx.zeroed_storage("row starts", (max_uses + 1) as u64 * 4),
-            uses: ctx.zeroed_storage("row uses", max_uses as u64 * 16),
-            touched: ctx.zeroed_storage("touched rows", max_uses as u64 * 4),
-            row_grad: ctx.zeroed_storage("row gradients", (max_uses * d) as u64 * 4),
-            row_params: ctx.uniform_buffer(
-                "row gradient params",
-                &RowGradParams {
-                    rows: 0,
-                    d: d as u32,
-                    _pad: [0; 2],
-                },
-            ),
-            adam_params: ctx.uniform_buffer(
-                "adam params",
-                &AdamParams::new(&options.adam, packed.data.len() as u32, 1),
-            ),
-            adagrad_params: ctx.uniform_buffer(
-                "adagrad params",
-                &AdaGradParams {
-                    rows: 0,
-                    d: d as u32,
-                    lr: options.adagrad.lr as f32,
-                    eps: options.adagrad.eps as f32,
-                },
-            ),
-            _keep: Vec::new(),
+            ids: zeroed("ids", rows * slots),
+            dense: zeroed("dense", rows * n_dense),
+            labels: zeroed("labels", rows * t_count),
+            loss_params: ctx.uniform_buffer("loss params", &LossParams::zeroed()),
+            loss_log: zeroed("loss log", LOG_CAPACITY as usize),
+            starts: zeroed("row starts", max_touched + 1),
+            uses: zeroed("row uses", max_uses * 4),
+            touched: zeroed("touched rows", max_touched),
+            row_grad: zeroed("row gradients", max_touched * d),
+            row_params: ctx.uniform_buffer("row gradient params", &RowGradParams::zeroed()),
+            adam_params: ctx.uniform_buffer("adam params", &AdamParams::zeroed()),
+            adagrad_params: ctx.uniform_buffer("adagrad params", &AdaGradParams::zeroed()),
         };
-        let mut keep = Vec::new();
         let device = &ctx.device;
-
-        // The forward's tables, as the engine builds them; the backward's beside them.
-        let mut table = Vec::new();
-        let mut groups = Vec::new();
-        let mut spans = Vec::new();
-        for step in &plan.steps {
-            if let Step::Linear { problems, .. } = step {
-                let first = table.len() as u32;
-                let (gpu, tiles) = linear::lay_out(problems);
-                let (g, in_tiles) = linear_backward::input_groups(problems, first);
-                let w_tiles: u32 = problems.iter().map(linear::weight_tiles).sum();
-                let span = |first, count| SpanParams {
-                    first,
-                    count,
-                    _pad: [0; 2],
-                };
-                spans.push(Some((
-                    span(first, gpu.len() as u32),
-                    tiles,
-                    span(groups.len() as u32, g.len() as u32),
-                    in_tiles,
-                    w_tiles,
-                )));
-                table.extend(gpu);
-                groups.extend(g);
-            } else {
-                spans.push(None);
-            }
-        }
+        let (table, groups, linear_steps) = linear_tables(&plan);
         let problems = ctx.storage_buffer("linear problems", &table);
         let group_buf = ctx.storage_buffer("input groups", &groups);
         let features = ctx.storage_buffer("gather features", &layout.features);
@@ -287,11 +317,10 @@ impl Trainer {
             "gather backward features",
             &gather_backward::feature_table(&layout, &plan.grad_sources),
         );
-        let pages: [&wgpu::Buffer; MAX_PAGES] = [&b.page; MAX_PAGES];
         let mut forward = Vec::new();
         let mut backward = Vec::new();
-        for (step, span) in plan.steps.iter().zip(&spans) {
-            match (step, span) {
+        for (step, linear_step) in plan.steps.iter().zip(&linear_steps) {
+            match (step, linear_step) {
                 (Step::Gather, _) => {
                     forward.push(ctx.gather.bind_group(
                         device,
@@ -301,49 +330,61 @@ impl Trainer {
                         &b.ids,
                         &b.dense,
                         &b.act,
-                        pages,
+                        [&b.page; MAX_PAGES],
                     ));
                     backward.push(Backward::Gather);
                 }
-                (Step::Linear { label, .. }, Some((fwd, _, back, in_tiles, w_tiles))) => {
-                    let fwd_u = ctx.uniform_buffer(label, fwd);
-                    let back_u = ctx.uniform_buffer(label, back);
-                    forward.push(
-                        ctx.linear
-                            .bind_group(device, &fwd_u, &b.batch, &problems, &b.weights, &b.act),
-                    );
-                    let input = (*in_tiles > 0).then(|| {
+                (Step::Linear { label, .. }, Some(ls)) => {
+                    let problem_span = ctx.uniform_buffer(label, &ls.problems);
+                    let group_span = ctx.uniform_buffer(label, &ls.groups);
+                    forward.push(ctx.linear.bind_group(
+                        device,
+                        &problem_span,
+                        &b.batch,
+                        &problems,
+                        &b.weights,
+                        &b.act,
+                    ));
+                    let input = (ls.input_tiles > 0).then(|| {
                         let bg = ctx.linear_backward.input_bind_group(
-                            device, &back_u, &b.batch, &problems, &b.weights, &b.act, &b.grad,
+                            device,
+                            &group_span,
+                            &b.batch,
+                            &problems,
+                            &b.weights,
+                            &b.act,
+                            &b.grad,
                             &group_buf,
                         );
-                        (bg, *in_tiles)
+                        (bg, ls.input_tiles)
                     });
                     let weight = ctx.linear_backward.weight_bind_group(
-                        device, &fwd_u, &b.batch, &problems, &b.act, &b.grad, &b.wgrad,
+                        device,
+                        &problem_span,
+                        &b.batch,
+                        &problems,
+                        &b.act,
+                        &b.grad,
+                        &b.wgrad,
                     );
                     backward.push(Backward::Linear {
                         input,
-                        weight: (weight, *w_tiles),
+                        weight: (weight, ls.weight_tiles),
                     });
-                    keep.push(fwd_u);
-                    keep.push(back_u);
                 }
                 (Step::MmoeMix(params), _) => {
                     let u = ctx.uniform_buffer("mmoe_mix", params);
                     forward.push(ctx.mmoe_mix.bind_group(device, &u, &b.batch, &b.act));
-                    backward.push(Backward::Mix(
-                        ctx.mmoe_mix
-                            .backward_bind_groups(device, &u, &b.batch, &b.act, &b.grad),
-                        *params,
-                    ));
-                    keep.push(u);
+                    let bgs = ctx
+                        .mmoe_mix
+                        .backward_bind_groups(device, &u, &b.batch, &b.act, &b.grad);
+                    backward.push(Backward::Mix(bgs, *params));
                 }
                 _ => unreachable!("training plans have no resolve step"),
             }
         }
         let task_w = ctx.storage_buffer("task weights", &task_weights);
-        let terms = ctx.zeroed_storage("loss terms", (rows * t_count) as u64 * 4);
+        let terms = zeroed("loss terms", rows * t_count);
         let loss_groups = ctx.loss.bind_groups(
             device,
             [
@@ -382,20 +423,14 @@ impl Trainer {
                 &b.sum_sq,
             ],
         );
-        keep.extend([
-            problems,
-            group_buf,
-            features,
-            gather_params,
-            grad_features,
-            task_w,
-            terms,
-        ]);
-        let mut b = b;
-        b._keep = keep;
-        let forward_tiles = spans
+        // Scopes pop innermost first.
+        let errors = [invalid, out_of_memory].map(|scope| pollster::block_on(scope.pop()));
+        if let Some(e) = errors.into_iter().flatten().next() {
+            return Err(Error::Gpu(format!("allocating the trainer's buffers: {e}")));
+        }
+        let forward_tiles = linear_steps
             .iter()
-            .map(|s| s.as_ref().map_or(0, |s| s.1))
+            .map(|s| s.as_ref().map_or(0, |s| s.column_tiles))
             .collect();
         Ok(Self {
             ctx,
@@ -470,12 +505,7 @@ impl Trainer {
         queue.write_buffer(
             &self.b.loss_params,
             0,
-            bytemuck::bytes_of(&LossParams {
-                tasks: self.model.spec.n_tasks() as u32,
-                out_off: self.plan.out.offset,
-                log_slot: slot,
-                _pad: 0,
-            }),
+            bytemuck::bytes_of(&self.loss_params(slot)),
         );
         let adam = AdamParams::new(
             &self.options.adam,
@@ -483,15 +513,41 @@ impl Trainer {
             self.steps_done.min(i32::MAX as u64) as u32,
         );
         queue.write_buffer(&self.b.adam_params, 0, bytemuck::bytes_of(&adam));
-        let touched = self.uses.touched.len() as u32;
-        let adagrad = AdaGradParams {
-            rows: touched,
+        queue.write_buffer(
+            &self.b.adagrad_params,
+            0,
+            bytemuck::bytes_of(&self.adagrad_params()),
+        );
+        Ok(rows)
+    }
+
+    /// The loss kernel's parameters, its loss going to log `slot`.
+    fn loss_params(&self, slot: u32) -> LossParams {
+        LossParams {
+            tasks: self.model.spec.n_tasks() as u32,
+            out_off: self.plan.out.offset,
+            log_slot: slot,
+            _pad: 0,
+        }
+    }
+
+    /// The gather backward's parameters for the batch uploaded last.
+    fn row_params(&self) -> RowGradParams {
+        RowGradParams {
+            rows: self.uses.touched.len() as u32,
+            d: self.model.spec.d() as u32,
+            _pad: [0; 2],
+        }
+    }
+
+    /// AdaGrad's parameters for the batch uploaded last.
+    fn adagrad_params(&self) -> AdaGradParams {
+        AdaGradParams {
+            rows: self.uses.touched.len() as u32,
             d: self.model.spec.d() as u32,
             lr: self.options.adagrad.lr as f32,
             eps: self.options.adagrad.eps as f32,
-        };
-        queue.write_buffer(&self.b.adagrad_params, 0, bytemuck::bytes_of(&adagrad));
-        Ok(rows)
+        }
     }
 
     /// The loss and every parameter's gradient on `batch`, computed on the GPU, with no update:
@@ -503,12 +559,7 @@ impl Trainer {
         self.ctx.queue.write_buffer(
             &self.b.loss_params,
             0,
-            bytemuck::bytes_of(&LossParams {
-                tasks: self.model.spec.n_tasks() as u32,
-                out_off: self.plan.out.offset,
-                log_slot: slot,
-                _pad: 0,
-            }),
+            bytemuck::bytes_of(&self.loss_params(slot)),
         );
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
         {
@@ -631,7 +682,7 @@ impl Trainer {
         }
         if let Some(i) = labels.iter().position(|y| !(0.0..=1.0).contains(y)) {
             return Err(Error::Batch(format!(
-                "row {}, task '{}': a label is 0 or 1, found {}",
+                "row {}, task '{}': a label is between 0 and 1, found {}",
                 i / t + 1,
                 spec.tasks[i % t],
                 labels[i]
@@ -667,15 +718,7 @@ impl Trainer {
         write(&b.starts, bytemuck::cast_slice(&self.uses.starts));
         write(&b.uses, bytemuck::cast_slice(&self.uses.uses));
         write(&b.touched, bytemuck::cast_slice(&self.uses.touched));
-        queue.write_buffer(
-            &b.row_params,
-            0,
-            bytemuck::bytes_of(&RowGradParams {
-                rows: self.uses.touched.len() as u32,
-                d: spec.d() as u32,
-                _pad: [0; 2],
-            }),
-        );
+        queue.write_buffer(&b.row_params, 0, bytemuck::bytes_of(&self.row_params()));
         Ok(rows as u32)
     }
 
@@ -717,8 +760,6 @@ impl Trainer {
     /// Records one dispatch of a batch of `rows`.
     fn record(&self, pass: &mut wgpu::ComputePass, dispatch: &Dispatch, rows: u32) {
         let ctx = &self.ctx;
-        let touched = self.uses.touched.len() as u32;
-        let d = self.model.spec.d() as u32;
         match *dispatch {
             Dispatch::Forward(i) => {
                 let bg = &self.forward[i];
@@ -735,32 +776,28 @@ impl Trainer {
                 let t = self.model.spec.n_tasks() as u32;
                 ctx.loss.dispatch(pass, &self.loss_groups, rows, t);
             }
-            Dispatch::InputGrad(i) => {
-                if let Backward::Linear {
+            Dispatch::InputGrad(i) => match &self.backward[i] {
+                Backward::Linear {
                     input: Some((bg, tiles)),
                     ..
-                } = &self.backward[i]
-                {
-                    ctx.linear_backward.input_grad(pass, bg, *tiles, rows);
+                } => ctx.linear_backward.input_grad(pass, bg, *tiles, rows),
+                _ => unreachable!("listed for linear steps whose input gets a gradient"),
+            },
+            Dispatch::WeightGrad(i) => match &self.backward[i] {
+                Backward::Linear { weight, .. } => {
+                    ctx.linear_backward.weight_grad(pass, &weight.0, weight.1)
                 }
-            }
-            Dispatch::WeightGrad(i) => {
-                if let Backward::Linear { weight, .. } = &self.backward[i] {
-                    ctx.linear_backward.weight_grad(pass, &weight.0, weight.1);
+                _ => unreachable!("listed for linear steps"),
+            },
+            Dispatch::MixBackward(i) => match &self.backward[i] {
+                Backward::Mix(bgs, params) => {
+                    ctx.mmoe_mix.dispatch_backward(pass, bgs, params, rows)
                 }
-            }
-            Dispatch::MixBackward(i) => {
-                if let Backward::Mix(bgs, params) = &self.backward[i] {
-                    ctx.mmoe_mix.dispatch_backward(pass, bgs, params, rows);
-                }
-            }
+                _ => unreachable!("listed for mix steps"),
+            },
             Dispatch::RowGrad => {
-                let params = RowGradParams {
-                    rows: touched,
-                    d,
-                    _pad: [0; 2],
-                };
-                if touched > 0 {
+                let params = self.row_params();
+                if params.rows > 0 {
                     ctx.gather_backward
                         .dispatch(pass, &self.row_grad_group, &params);
                 }
@@ -770,13 +807,8 @@ impl Trainer {
                 ctx.optimizer.adam(pass, &self.adam_group, count);
             }
             Dispatch::AdaGrad => {
-                let params = AdaGradParams {
-                    rows: touched,
-                    d,
-                    lr: self.options.adagrad.lr as f32,
-                    eps: self.options.adagrad.eps as f32,
-                };
-                if touched > 0 {
+                let params = self.adagrad_params();
+                if params.rows > 0 {
                     ctx.optimizer
                         .adagrad_rows(pass, &self.adagrad_group, &params);
                 }

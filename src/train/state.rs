@@ -24,6 +24,20 @@ pub struct OptimizerState {
     pub tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
 }
 
+/// The state's tensors for `spec`, with their shapes.
+fn expected(spec: &ModelSpec) -> Vec<(String, Vec<usize>)> {
+    let mut out = Vec::new();
+    for (name, shape) in spec.expected_tensors() {
+        if name.starts_with("emb.") {
+            out.push((format!("adagrad.{name}"), shape));
+        } else {
+            out.push((format!("adam.m.{name}"), shape.clone()));
+            out.push((format!("adam.v.{name}"), shape));
+        }
+    }
+    out
+}
+
 /// Each gathered embedding table's rows, by tensor name, out of a page laid out by `layout`.
 pub(crate) fn unpack_page(
     spec: &ModelSpec,
@@ -77,31 +91,82 @@ impl OptimizerState {
         Self { step, tensors }
     }
 
-    /// The state in the device's layouts: (Adam m, Adam v, AdaGrad sums). A table the state
-    /// lacks (say, a feature that was not gathered before) starts from zero.
+    /// Checks the state against the spec: every tensor [`OptimizerState::load`] requires, with
+    /// its tensor's shape. Errors name the tensor.
+    pub fn check(&self, spec: &ModelSpec) -> Result<()> {
+        for (name, shape) in expected(spec) {
+            let err = |message: String| Error::Tensor {
+                file: OPTIMIZER_FILE.into(),
+                tensor: name.clone(),
+                message,
+            };
+            match self.tensors.get(&name) {
+                None => return Err(err(format!("missing; expected shape {shape:?}"))),
+                Some((s, data)) if *s != shape || data.len() != shape.iter().product::<usize>() => {
+                    return Err(err(format!(
+                        "expected shape {shape:?}, found {s:?} with {} values",
+                        data.len()
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The state in the device's layouts: (Adam m, Adam v, AdaGrad sums), after checking it
+    /// against the spec.
     pub(crate) fn to_device_layout(
         &self,
         spec: &ModelSpec,
         packed: &PackedWeights,
         layout: &GatherLayout,
     ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-        let get = |name: &str| -> Vec<f32> {
-            self.tensors
-                .get(name)
-                .map(|(_, data)| data.clone())
-                .expect("checked by load")
-        };
-        let m = packed.pack(spec, |n| get(&format!("adam.m.{n}")));
-        let v = packed.pack(spec, |n| get(&format!("adam.v.{n}")));
+        self.check(spec)?;
+        let get = |name: String| self.tensors[&name].1.clone();
+        let m = packed.pack(spec, |n| get(format!("adam.m.{n}")));
+        let v = packed.pack(spec, |n| get(format!("adam.v.{n}")));
         let d = spec.d();
         let mut sums = vec![0.0; layout.total_rows as usize * d];
         for (f, placed) in spec.features.iter().zip(&layout.placement) {
             let Some((_, base)) = placed else { continue };
-            if let Some((_, data)) = self.tensors.get(&format!("adagrad.emb.{}", f.name)) {
-                sums[*base as usize * d..][..data.len()].copy_from_slice(data);
-            }
+            let data = &self.tensors[&format!("adagrad.emb.{}", f.name)].1;
+            sums[*base as usize * d..][..data.len()].copy_from_slice(data);
         }
         Ok((m, v, sums))
+    }
+
+    /// Writes a trained model and this state into `dir` so that a failure leaves `dir` as it
+    /// was: everything is written into a temporary directory beside it first, which then
+    /// becomes `dir` (a new directory) or whose files are renamed over `dir`'s, each whole.
+    pub fn save_with(&self, model: &crate::Model, dir: &Path) -> Result<()> {
+        let parent = dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".pepnet-")
+            .tempdir_in(parent)
+            .map_err(|e| Error::io(parent, e))?;
+        model.save(tmp.path())?;
+        self.save(tmp.path())?;
+        if !dir.exists() {
+            let staged = tmp.keep();
+            return std::fs::rename(&staged, dir).map_err(|e| {
+                let _ = std::fs::remove_dir_all(&staged);
+                Error::io(dir, e)
+            });
+        }
+        for file in [
+            crate::model::SPEC_FILE,
+            crate::model::WEIGHTS_FILE,
+            OPTIMIZER_FILE,
+        ] {
+            std::fs::rename(tmp.path().join(file), dir.join(file))
+                .map_err(|e| Error::io(dir.join(file), e))?;
+        }
+        Ok(())
     }
 
     /// Writes `dir/optimizer.safetensors` atomically.
@@ -145,17 +210,8 @@ impl OptimizerState {
             .map_err(|e| err(format!("metadata 'step' is not a step count: {e}")))?;
         let st = SafeTensors::deserialize(&bytes)
             .map_err(|e| err(format!("not a valid safetensors file: {e}")))?;
-        let mut expected = Vec::new();
-        for (name, shape) in spec.expected_tensors() {
-            if name.starts_with("emb.") {
-                expected.push((format!("adagrad.{name}"), shape));
-            } else {
-                expected.push((format!("adam.m.{name}"), shape.clone()));
-                expected.push((format!("adam.v.{name}"), shape));
-            }
-        }
         let mut tensors = BTreeMap::new();
-        for (name, shape) in expected {
+        for (name, shape) in expected(spec) {
             let tensor_err = |message: String| Error::Tensor {
                 file: file.clone(),
                 tensor: name.clone(),
