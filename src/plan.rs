@@ -40,21 +40,28 @@ pub struct PackedWeights {
     offsets: HashMap<String, (u32, u32)>,
 }
 
+/// The spec's linear layers in packing order: (layer name, n, k).
+fn dense_layers(spec: &ModelSpec) -> Vec<(String, usize, usize)> {
+    spec.expected_tensors()
+        .into_iter()
+        // Embeddings live in pages; a feature may be named "weight", so test the prefix.
+        .filter(|(name, _)| !name.starts_with("emb."))
+        .filter_map(|(name, shape)| {
+            let layer = name.strip_suffix(".weight")?;
+            Some((layer.to_string(), shape[0], shape[1]))
+        })
+        .collect()
+}
+
 impl PackedWeights {
     pub fn new(spec: &ModelSpec, weights: &Weights) -> Self {
         let mut data = Vec::new();
         let mut offsets = HashMap::new();
-        for (name, shape) in spec.expected_tensors() {
-            // Embeddings live in pages; a feature may be named "weight", so test the prefix.
-            if name.starts_with("emb.") {
-                continue;
-            }
-            if let Some(layer) = name.strip_suffix(".weight") {
-                let bias = &weights.get(&format!("{layer}.bias")).data;
-                let (w, b) =
-                    linear::pack_layer(&mut data, &weights.get(&name).data, bias, shape[1] as u32);
-                offsets.insert(layer.to_string(), (w, b));
-            }
+        for (layer, _, k) in dense_layers(spec) {
+            let weight = &weights.get(&format!("{layer}.weight")).data;
+            let bias = &weights.get(&format!("{layer}.bias")).data;
+            let (w, b) = linear::pack_layer(&mut data, weight, bias, k as u32);
+            offsets.insert(layer, (w, b));
         }
         Self { data, offsets }
     }
@@ -68,41 +75,30 @@ impl PackedWeights {
     /// are (the weights themselves, their gradients, or an optimizer's moments).
     pub fn unpack(&self, spec: &ModelSpec, data: &[f32]) -> Vec<(String, Vec<f32>)> {
         let mut out = Vec::new();
-        for (name, shape) in spec.expected_tensors() {
-            let Some(layer) = name.strip_suffix(".weight") else {
-                continue;
-            };
-            if name.starts_with("emb.") {
-                continue;
-            }
-            let (w, b) = self.layer(layer);
-            let (n, k) = (shape[0], shape[1]);
+        for (layer, n, k) in dense_layers(spec) {
+            let (w, b) = self.layer(&layer);
             let stride = linear::padded_k(k as u32) as usize;
             let weight = (0..n)
                 .flat_map(|r| &data[w as usize + r * stride..][..k])
                 .copied()
                 .collect();
-            out.push((name.clone(), weight));
+            out.push((format!("{layer}.weight"), weight));
             out.push((format!("{layer}.bias"), data[b as usize..][..n].to_vec()));
         }
         out
     }
 
-    /// The inverse of [`PackedWeights::unpack`]: `tensor(name)` for every dense tensor, laid out
-    /// as these weights are (padding zero).
+    /// The inverse of [`PackedWeights::unpack`]: `tensor(name)` (of the tensor's shape) for
+    /// every dense tensor, laid out as these weights are (padding zero).
     pub fn pack(&self, spec: &ModelSpec, tensor: impl Fn(&str) -> Vec<f32>) -> Vec<f32> {
         let mut data = vec![0.0; self.data.len()];
-        for (name, shape) in spec.expected_tensors() {
-            let Some(layer) = name.strip_suffix(".weight") else {
-                continue;
-            };
-            if name.starts_with("emb.") {
-                continue;
-            }
-            let (w, b) = self.layer(layer);
-            let (n, k) = (shape[0], shape[1]);
+        for (layer, n, k) in dense_layers(spec) {
+            let (w, b) = self.layer(&layer);
             let stride = linear::padded_k(k as u32) as usize;
-            for (r, row) in tensor(&name).chunks_exact(k).enumerate() {
+            for (r, row) in tensor(&format!("{layer}.weight"))
+                .chunks_exact(k)
+                .enumerate()
+            {
                 data[w as usize + r * stride..][..k].copy_from_slice(row);
             }
             data[b as usize..][..n].copy_from_slice(&tensor(&format!("{layer}.bias")));
@@ -128,7 +124,8 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// f32s of activation buffer one sample needs.
+    /// f32s of activation buffer one sample needs when scoring (a training plan's rows are
+    /// wider: see its `row_width`).
     pub fn floats_per_sample(spec: &ModelSpec) -> u64 {
         Columns::new(spec, false).width as u64 + spec.n_tasks() as u64
     }

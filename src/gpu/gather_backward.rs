@@ -78,7 +78,8 @@ pub struct RowUses {
 
 impl RowUses {
     /// Lists the uses of samples `range` of a validated batch (ids as the gather reads them:
-    /// sparse and multi-hot ids, and each dense feature's vector).
+    /// sparse and multi-hot ids of a vocabulary, and each dense feature's vector). Hashed
+    /// features, whose rows the cache resolves on the GPU, are not trained and not listed here.
     pub fn build(
         &mut self,
         spec: &ModelSpec,

@@ -5,7 +5,7 @@
 //! backward is checked against [`crate::grad`] in `tests/train.rs`.
 
 use super::linear::{Activation, LinearProblem, View, TILE_N};
-use super::{entry_pipelines, whole_buffers};
+use super::{bind_buffers, entry_pipelines, whole_buffers};
 
 pub const SOURCE: &str = include_str!("../../shaders/linear_backward.wgsl");
 
@@ -139,18 +139,7 @@ impl LinearBackwardKernel {
             (5, grad),
             (7, wgrad),
         ];
-        let entries: Vec<wgpu::BindGroupEntry> = bound
-            .iter()
-            .map(|&(binding, b)| wgpu::BindGroupEntry {
-                binding,
-                resource: b.as_entire_binding(),
-            })
-            .collect();
-        device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("weight_grad"),
-            layout: &self.weight_grad.get_bind_group_layout(0),
-            entries: &entries,
-        })
+        bind_buffers(device, &self.weight_grad, "weight_grad", &bound)
     }
 
     /// Records `input_grad` over `tiles` column tiles and `rows` rows.

@@ -2,7 +2,7 @@
 //! probabilities and labels, and the batch's loss appended to a log. Its f64 reference is
 //! written out in its test (`tests/backward_kernels.rs`), and [`crate::grad`] checks it whole.
 
-use super::{dispatch_flat, entry_pipelines, whole_buffers};
+use super::{bind_buffers, dispatch_flat, entry_pipelines, whole_buffers};
 
 pub const SOURCE: &str = include_str!("../../shaders/loss.wgsl");
 const WORKGROUP: u64 = 256;
@@ -45,18 +45,8 @@ impl LossKernel {
             layout: &self.bce.get_bind_group_layout(0),
             entries: &whole_buffers(&buffers[..7]),
         });
-        let sum_entries: Vec<wgpu::BindGroupEntry> = [0usize, 1, 6, 7]
-            .iter()
-            .map(|&i| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: buffers[i].as_entire_binding(),
-            })
-            .collect();
-        let sum = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("loss sum"),
-            layout: &self.sum.get_bind_group_layout(0),
-            entries: &sum_entries,
-        });
+        let sum_bound = [0, 1, 6, 7].map(|i| (i as u32, buffers[i]));
+        let sum = bind_buffers(device, &self.sum, "loss sum", &sum_bound);
         (bce, sum)
     }
 

@@ -318,6 +318,28 @@ pub(crate) fn entry_pipelines(
         .collect()
 }
 
+/// A bind group for `pipeline` (automatic layout) with each buffer bound whole at its binding:
+/// for entry points that use only some of a shader's bindings.
+pub(crate) fn bind_buffers(
+    device: &wgpu::Device,
+    pipeline: &wgpu::ComputePipeline,
+    label: &str,
+    buffers: &[(u32, &wgpu::Buffer)],
+) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry> = buffers
+        .iter()
+        .map(|&(binding, b)| wgpu::BindGroupEntry {
+            binding,
+            resource: b.as_entire_binding(),
+        })
+        .collect();
+    device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(label),
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &entries,
+    })
+}
+
 /// Bind group entries for buffers bound whole at bindings 0, 1, 2, ...
 pub(crate) fn whole_buffers<'a>(buffers: &[&'a wgpu::Buffer]) -> Vec<wgpu::BindGroupEntry<'a>> {
     buffers

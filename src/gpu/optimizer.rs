@@ -2,7 +2,7 @@
 //! the embedding rows a batch touched, as the paper trains them. Their CPU references are
 //! [`crate::reference::kernels::adam`] and [`crate::reference::kernels::adagrad_rows`].
 
-use super::{dispatch_flat, entry_pipelines};
+use super::{bind_buffers, dispatch_flat, entry_pipelines};
 
 pub const SOURCE: &str = include_str!("../../shaders/optimizer.wgsl");
 const WORKGROUP: u64 = 256;
@@ -90,25 +90,15 @@ pub struct OptimizerKernels {
     adagrad_rows: wgpu::ComputePipeline,
 }
 
+/// Binds five buffers at bindings `first ..`.
 fn bind(
     device: &wgpu::Device,
     pipeline: &wgpu::ComputePipeline,
     first: u32,
     buffers: [&wgpu::Buffer; 5],
 ) -> wgpu::BindGroup {
-    let entries: Vec<wgpu::BindGroupEntry> = buffers
-        .iter()
-        .enumerate()
-        .map(|(i, b)| wgpu::BindGroupEntry {
-            binding: first + i as u32,
-            resource: b.as_entire_binding(),
-        })
-        .collect();
-    device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some("optimizer"),
-        layout: &pipeline.get_bind_group_layout(0),
-        entries: &entries,
-    })
+    let at: Vec<(u32, &wgpu::Buffer)> = (first..).zip(buffers).collect();
+    bind_buffers(device, pipeline, "optimizer", &at)
 }
 
 impl OptimizerKernels {
