@@ -22,57 +22,10 @@
 //              tiles read as whole vec4s. For batches.
 //   main_small 4×64 tiles: 64 threads, each one column of 4 rows; K advances 32 at a time. For
 //              a few samples (online scoring), where a 64-row tile would be mostly padding.
+//
+// The problem table, the shared bindings and the loads of A and W are in linear_common.wgsl,
+// which comes first in the compiled source.
 
-const ACT_NONE: u32 = 0u;
-const ACT_RELU: u32 = 1u;
-const ACT_GATE: u32 = 2u;     // γ · σ(z), a Gate NU's output
-const ACT_SIGMOID: u32 = 3u;
-
-const FLAG_GATED: u32 = 1u;      // multiply A by G on load
-const FLAG_MULTIPLIED: u32 = 2u; // multiply Y by M in the epilogue
-const FLAG_KEEP: u32 = 4u;       // also store act(z) before M to K (training: its backward needs it)
-
-struct Problem {
-    a_off: u32,
-    a_stride: u32,
-    g_off: u32,
-    g_stride: u32,
-    m_off: u32,
-    m_stride: u32,
-    y_off: u32,
-    y_stride: u32,
-    w_off: u32,
-    bias_off: u32,
-    n: u32,
-    k: u32,
-    act: u32,
-    flags: u32,
-    gamma: f32,
-    first_tile: u32,   // index of this problem's first column tile within the dispatch
-    keep_off: u32,
-    keep_stride: u32,
-    first_wtile: u32,  // backward: index of this problem's first weight-gradient tile
-    _pad: u32,
-}
-
-struct Span {
-    first: u32, // first problem of this dispatch in `problems`
-    count: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
-struct Batch {
-    rows: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-@group(0) @binding(0) var<uniform> span: Span;
-@group(0) @binding(1) var<uniform> batch: Batch;
-@group(0) @binding(2) var<storage, read> problems: array<Problem>;
-@group(0) @binding(3) var<storage, read> weights: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> act: array<f32>;
 
 fn activate(z: f32, kind: u32, gamma: f32) -> f32 {
@@ -92,27 +45,6 @@ fn find_problem(tile_x: u32) -> Problem {
         p += 1u;
     }
     return problems[p];
-}
-
-// Element (m, k) of A ⊙ G, or 0 outside the problem.
-fn load_a(pr: Problem, m: u32, k: u32) -> f32 {
-    if m >= batch.rows || k >= pr.k {
-        return 0.0;
-    }
-    var a = act[pr.a_off + m * pr.a_stride + k];
-    if (pr.flags & FLAG_GATED) != 0u {
-        a *= act[pr.g_off + m * pr.g_stride + k];
-    }
-    return a;
-}
-
-// W[n, k..k+4] (k a multiple of 4), or 0 outside the problem; rows are padded to vec4s.
-fn load_w4(pr: Problem, n: u32, k: u32) -> vec4<f32> {
-    if n >= pr.n || k >= pr.k {
-        return vec4<f32>(0.0);
-    }
-    let w_stride = (pr.k + 3u) & ~3u;
-    return weights[(pr.w_off + n * w_stride + k) / 4u];
 }
 
 // The epilogue: bias, activation and multiplier applied to the sum z of output (m, n).

@@ -19,39 +19,9 @@
 //   weight_grad  per problem: dW = dZᵀ · (A ⊙ G) and db = Σ_m dZ, into `wgrad`, laid out as the
 //                packed weights. 64×64 tiles of W; each element is summed by one thread over
 //                the rows in order: deterministic, no atomics.
-
-const ACT_NONE: u32 = 0u;
-const ACT_RELU: u32 = 1u;
-const ACT_GATE: u32 = 2u;
-const ACT_SIGMOID: u32 = 3u;
-
-const FLAG_GATED: u32 = 1u;
-const FLAG_MULTIPLIED: u32 = 2u;
-const FLAG_KEEP: u32 = 4u;
-
-// linear.wgsl's Problem, field for field.
-struct Problem {
-    a_off: u32,
-    a_stride: u32,
-    g_off: u32,
-    g_stride: u32,
-    m_off: u32,
-    m_stride: u32,
-    y_off: u32,
-    y_stride: u32,
-    w_off: u32,
-    bias_off: u32,
-    n: u32,
-    k: u32,
-    act: u32,
-    flags: u32,
-    gamma: f32,
-    first_tile: u32,
-    keep_off: u32,
-    keep_stride: u32,
-    first_wtile: u32,
-    _pad: u32,
-}
+//
+// The problem table, the shared bindings and the loads of A and W are in linear_common.wgsl,
+// which comes first in the compiled source.
 
 // Problems first .. first + count of `problems` read the same A.
 struct InputGroup {
@@ -61,24 +31,6 @@ struct InputGroup {
     first_tile: u32,  // this group's first 64-column tile within the dispatch
 }
 
-struct Span {
-    first: u32,  // input_grad: first group of the dispatch; weight_grad: first problem
-    count: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
-struct Batch {
-    rows: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-@group(0) @binding(0) var<uniform> span: Span;
-@group(0) @binding(1) var<uniform> batch: Batch;
-@group(0) @binding(2) var<storage, read> problems: array<Problem>;
-@group(0) @binding(3) var<storage, read> weights: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> act: array<f32>;
 @group(0) @binding(5) var<storage, read_write> grad: array<f32>;
 @group(0) @binding(6) var<storage, read> groups: array<InputGroup>;
@@ -119,27 +71,6 @@ fn load_dz(pr: Problem, m: u32, n: u32) -> f32 {
         dz *= act[pr.m_off + m * pr.m_stride + n];
     }
     return dz;
-}
-
-// (A ⊙ G)[m, k], or 0 outside the problem.
-fn load_a(pr: Problem, m: u32, k: u32) -> f32 {
-    if m >= batch.rows || k >= pr.k {
-        return 0.0;
-    }
-    var a = act[pr.a_off + m * pr.a_stride + k];
-    if (pr.flags & FLAG_GATED) != 0u {
-        a *= act[pr.g_off + m * pr.g_stride + k];
-    }
-    return a;
-}
-
-// W[n, k..k+4] (k a multiple of 4), or 0 outside the problem; rows are padded to vec4s.
-fn load_w4(pr: Problem, n: u32, k: u32) -> vec4<f32> {
-    if n >= pr.n || k >= pr.k {
-        return vec4<f32>(0.0);
-    }
-    let w_stride = (pr.k + 3u) & ~3u;
-    return weights[(pr.w_off + n * w_stride + k) / 4u];
 }
 
 // ---- input_grad --------------------------------------------------------------------------

@@ -4,7 +4,12 @@
 
 use super::whole_buffers;
 
-pub const SOURCE: &str = include_str!("../../shaders/linear.wgsl");
+/// `shaders/linear_common.wgsl` (the problem table and the loads it shares with the backward),
+/// then `shaders/linear.wgsl`.
+pub const SOURCE: &str = concat!(
+    include_str!("../../shaders/linear_common.wgsl"),
+    include_str!("../../shaders/linear.wgsl")
+);
 
 /// Rows of a workgroup tile of the batch variant (`main`).
 pub const TILE_M: u32 = 64;

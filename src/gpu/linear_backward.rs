@@ -7,7 +7,11 @@
 use super::linear::{Activation, LinearProblem, View, TILE_N};
 use super::{bind_buffers, entry_pipelines, whole_buffers};
 
-pub const SOURCE: &str = include_str!("../../shaders/linear_backward.wgsl");
+/// `shaders/linear_common.wgsl`, shared with the forward, then `shaders/linear_backward.wgsl`.
+pub const SOURCE: &str = concat!(
+    include_str!("../../shaders/linear_common.wgsl"),
+    include_str!("../../shaders/linear_backward.wgsl")
+);
 
 /// Rows of a workgroup tile of `input_grad`.
 pub const TILE_M: u32 = 64;
