@@ -37,6 +37,16 @@ pub struct EvalRow {
     pub gauc_users: usize,
 }
 
+/// What evaluation needs of a labelled data file, row for row: each sample's domain (the
+/// domain feature's id), user, and per task its 0/1 label.
+#[derive(Debug, Clone)]
+pub struct EvalData {
+    pub domains: Vec<u64>,
+    pub users: Vec<String>,
+    /// Per task, per sample.
+    pub labels: Vec<Vec<bool>>,
+}
+
 /// Reads `data` (features, user and labels) and `scores` (one column per task) and computes the
 /// report.
 pub fn evaluate(
@@ -45,6 +55,24 @@ pub fn evaluate(
     scores: &Path,
     options: &EvalOptions,
 ) -> Result<Vec<EvalRow>> {
+    let truth = read_eval_data(spec, data, options)?;
+    let predictions = read_number_columns(scores, &spec.tasks)?;
+    if predictions[0].len() != truth.domains.len() {
+        return Err(Error::InputFile {
+            source_name: scores.display().to_string(),
+            message: format!(
+                "{} rows of scores for {} rows of data in {}; the files must match row for row",
+                predictions[0].len(),
+                truth.domains.len(),
+                data.display()
+            ),
+        });
+    }
+    Ok(report(spec, &truth, &predictions))
+}
+
+/// Reads the domains, users and labels of a labelled data file.
+pub fn read_eval_data(spec: &ModelSpec, data: &Path, options: &EvalOptions) -> Result<EvalData> {
     let mut carry = vec![options.user_column.clone()];
     carry.extend(options.label_columns.iter().cloned());
     let domain_index = spec
@@ -96,18 +124,21 @@ pub fn evaluate(
             }
         }
     }
-    let predictions = read_number_columns(scores, &spec.tasks)?;
-    if predictions[0].len() != domains.len() {
-        return Err(Error::InputFile {
-            source_name: scores.display().to_string(),
-            message: format!(
-                "{} rows of scores for {} rows of data in {source}; the files must match row for row",
-                predictions[0].len(),
-                domains.len()
-            ),
-        });
-    }
+    Ok(EvalData {
+        domains,
+        users,
+        labels,
+    })
+}
 
+/// AUC and GAUC per domain × task and over all domains; `predictions[t][i]` is sample i's
+/// probability for task t.
+pub fn report(spec: &ModelSpec, truth: &EvalData, predictions: &[Vec<f32>]) -> Vec<EvalRow> {
+    let EvalData {
+        domains,
+        users,
+        labels,
+    } = truth;
     let mut by_domain: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
     for (i, &d) in domains.iter().enumerate() {
         by_domain.entry(d).or_default().push(i);
@@ -135,7 +166,7 @@ pub fn evaluate(
             });
         }
     }
-    Ok(report)
+    report
 }
 
 /// The report as a terminal table.

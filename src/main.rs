@@ -1,4 +1,4 @@
-//! The `pepnet` command line: `score`, `train`, `train-bench`, `init`, `info`, `plan`, `bench`, `eval`,
+//! The `pepnet` command line: `score`, `train`, `ablation`, `train-bench`, `init`, `info`, `plan`, `bench`, `eval`,
 //! `gen-input`, `gen-data`, `kuairand`, `apply-rows`, `cache-bench`.
 
 use std::path::PathBuf;
@@ -204,6 +204,37 @@ enum Command {
         #[arg(long)]
         no_shuffle: bool,
         /// Also write the per-epoch report as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[arg(long)]
+        adapter: Option<String>,
+    },
+    /// The paper's ablation: PEPNet, EPNet only, PPNet only, the plain DNN and MMoE built from
+    /// one spec, trained on the GPU with the same data, seeds and optimizers, and their GAUC per
+    /// domain × task on the validation data (mean over seeds) as a markdown table.
+    Ablation {
+        /// The base spec (model.json, or a model directory's): its gates' width and first tower
+        /// layer size the variants.
+        #[arg(long)]
+        model: PathBuf,
+        /// Training data (CSV or Parquet) with one 0/1 label column per task.
+        #[arg(long)]
+        train: PathBuf,
+        /// Validation data of the same form, with the user column for GAUC.
+        #[arg(long)]
+        valid: PathBuf,
+        #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
+        seeds: Vec<u64>,
+        #[arg(long, default_value_t = 2)]
+        epochs: usize,
+        #[arg(long, default_value_t = 1024)]
+        batch_size: usize,
+        #[arg(long, default_value = "user_id")]
+        user_column: String,
+        /// Label columns as TASK=COLUMN, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        labels: Vec<String>,
+        /// Also write every seed's GAUC as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
         #[arg(long)]
@@ -455,6 +486,27 @@ fn main() -> ExitCode {
                 adapter.as_deref(),
             )
         }
+        Command::Ablation {
+            model,
+            train: train_path,
+            valid,
+            seeds,
+            epochs,
+            batch_size,
+            user_column,
+            labels,
+            json,
+            adapter,
+        } => ablation(
+            &model,
+            (&train_path, &valid),
+            &seeds,
+            (epochs, batch_size),
+            user_column,
+            &labels,
+            json.as_deref(),
+            adapter.as_deref(),
+        ),
         Command::TrainBench {
             preset,
             model,
@@ -795,6 +847,62 @@ fn eval(
     print!("{}", pepnet::eval::table(&report));
     if let Some(path) = json {
         let text = serde_json::to_string_pretty(&report).expect("a report always serialises");
+        std::fs::write(path, text).map_err(|e| pepnet::Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn ablation(
+    model: &std::path::Path,
+    (train_path, valid_path): (&std::path::Path, &std::path::Path),
+    seeds: &[u64],
+    (epochs, batch_size): (usize, usize),
+    user_column: String,
+    labels: &[String],
+    json: Option<&std::path::Path>,
+    adapter: Option<&str>,
+) -> Result<()> {
+    use pepnet::train::{ablation, LabelledData, TrainerOptions};
+    let spec = load_spec(model)?;
+    let columns = label_columns(&spec, labels)?;
+    let train_data = LabelledData::read(train_path, &spec, &columns)?;
+    let valid = LabelledData::read(valid_path, &spec, &columns)?;
+    let truth = pepnet::eval::read_eval_data(
+        &spec,
+        valid_path,
+        &pepnet::eval::EvalOptions {
+            user_column,
+            label_columns: columns,
+        },
+    )?;
+    let ctx = GpuContext::new(adapter)?;
+    let options = TrainerOptions {
+        batch_size,
+        ..Default::default()
+    };
+    eprintln!(
+        "ablation on {}: 5 models x {} seeds, {} epochs of {} samples",
+        ctx.info.name,
+        seeds.len(),
+        epochs,
+        train_data.len()
+    );
+    let cells = ablation::run(
+        &ctx,
+        &spec,
+        (&train_data, &valid, &truth),
+        seeds,
+        &options,
+        epochs,
+        |name, seed| eprintln!("trained {name}, seed {seed}"),
+    )?;
+    print!("{}", ablation::table(&cells));
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&cells).expect("a report always serialises");
         std::fs::write(path, text).map_err(|e| pepnet::Error::Io {
             path: path.to_path_buf(),
             source: e,

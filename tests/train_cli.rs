@@ -294,3 +294,41 @@ fn bad_training_data_fails_naming_the_place() {
         &out_dir,
     );
 }
+
+/// `pepnet ablation` trains the five variants and prints their GAUC table.
+#[test]
+fn ablation_prints_a_gauc_table_of_the_five_variants() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let train = gen(d, "train.csv", 1500, 1);
+    let valid = gen(d, "valid.csv", 800, 2);
+    let json = d.join("ablation.json").display().to_string();
+    let out = pepnet(&[
+        "ablation",
+        "--model",
+        &spec_path(),
+        "--train",
+        &train,
+        "--valid",
+        &valid,
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "256",
+        "--json",
+        &json,
+    ]);
+    ok(&out, "ablation");
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        table.starts_with("| domain | task | PEPNet | EPNet | PPNet | DNN | MMoE |"),
+        "{table}"
+    );
+    assert!(table.contains("| all | click | 0."), "{table}");
+    let cells: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    // 5 variants × (3 domains + all) × 6 tasks, one seed each.
+    assert_eq!(cells.as_array().unwrap().len(), 5 * 4 * 6);
+}

@@ -9,6 +9,7 @@
 //! weights and AdaGrad the touched rows. Every sum runs in a fixed order, so training is
 //! bit-for-bit repeatable on one adapter.
 
+pub mod ablation;
 pub mod bench;
 mod data;
 mod state;
