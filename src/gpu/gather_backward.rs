@@ -102,7 +102,8 @@ impl RowUses {
                         weight,
                         _pad: 0,
                     };
-                    self.keys.push((row as u64) << 32 | self.listed.len() as u64);
+                    self.keys
+                        .push((row as u64) << 32 | self.listed.len() as u64);
                     self.listed.push(u);
                 };
                 match col {
