@@ -846,11 +846,7 @@ fn eval(
     let report = pepnet::eval::evaluate(&spec, input, scores, &options)?;
     print!("{}", pepnet::eval::table(&report));
     if let Some(path) = json {
-        let text = serde_json::to_string_pretty(&report).expect("a report always serialises");
-        std::fs::write(path, text).map_err(|e| pepnet::Error::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
+        write_json(path, &report)?;
     }
     Ok(())
 }
@@ -902,11 +898,7 @@ fn ablation(
     )?;
     print!("{}", ablation::table(&cells));
     if let Some(path) = json {
-        let text = serde_json::to_string_pretty(&cells).expect("a report always serialises");
-        std::fs::write(path, text).map_err(|e| pepnet::Error::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
+        write_json(path, &cells)?;
     }
     Ok(())
 }
@@ -939,11 +931,7 @@ fn train_bench(
         println!("  {:32} {total:10.1} us", "GPU total");
     }
     if let Some(path) = json {
-        let text = serde_json::to_string_pretty(&r).expect("a report always serialises");
-        std::fs::write(path, text).map_err(|e| pepnet::Error::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
+        write_json(path, &r)?;
     }
     Ok(())
 }
@@ -1030,15 +1018,20 @@ fn train(
     let trained = trainer.model()?;
     let state = trainer.optimizer_state()?;
     if let Some(path) = json {
-        let text = serde_json::to_string_pretty(&report).expect("a report always serialises");
-        std::fs::write(path, text).map_err(|e| pepnet::Error::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
+        write_json(path, &report)?;
     }
     state.save_with(&trained, out)?;
     eprintln!("wrote {} (step {})", out.display(), state.step);
     Ok(())
+}
+
+/// Writes a report as pretty JSON.
+fn write_json(path: &std::path::Path, report: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(report).expect("a report always serialises");
+    std::fs::write(path, text).map_err(|e| pepnet::Error::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })
 }
 
 /// A spec from a model directory or a spec file.
