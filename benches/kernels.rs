@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pepnet::gpu::gather::{GatherLayout, MAX_PAGES};
-use pepnet::gpu::linear::{lay_out, SpanParams};
+use pepnet::gpu::linear::{lay_out, Precision, SpanParams};
 use pepnet::gpu::{BatchParams, GpuContext};
 use pepnet::io::InputReader;
 use pepnet::plan::{PackedWeights, Plan, Step};
@@ -85,12 +85,22 @@ fn kernels(c: &mut Criterion) {
             },
         );
         let problems_buf = ctx.storage_buffer("problems", &table);
-        let bg = ctx
-            .linear
-            .bind_group(&ctx.device, &span, &batch, &problems_buf, &weights, &act);
+        let bg = ctx.linear.bind_group(
+            &ctx.device,
+            &span,
+            &batch,
+            &problems_buf,
+            &weights,
+            &act,
+            None,
+        );
         group.throughput(Throughput::Elements(step.flops_per_sample() * ROWS as u64));
         group.bench_function(format!("linear/{label}/{ROWS}"), |b| {
-            b.iter(|| run(ctx, |pass| ctx.linear.dispatch(pass, &bg, tiles, ROWS)))
+            b.iter(|| {
+                run(ctx, |pass| {
+                    ctx.linear.dispatch(pass, &bg, tiles, ROWS, Precision::F32);
+                })
+            })
         });
     }
 

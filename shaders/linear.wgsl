@@ -23,10 +23,70 @@
 //   main_small 4×64 tiles: 64 threads, each one column of 4 rows; K advances 32 at a time. For
 //              a few samples (online scoring), where a 64-row tile would be mostly padding.
 //
+// Precision: with the override HALF (the f16 SIMT variants), W is read from `weights_half`
+// (the packed weights as f16, same offsets) and each A ⊙ G is rounded to f16 as it is staged,
+// so every product is of two f16 values, summed in f32: exactly what the cooperative-matrix
+// entry point (linear_coop.wgsl, appended on devices that have it) computes. The bias, the
+// epilogue and the activations stay f32.
+//
 // The problem table, the shared bindings and the loads of A and W are in linear_common.wgsl,
 // which comes first in the compiled source.
 
+override HALF: bool = false;
+
 @group(0) @binding(4) var<storage, read_write> act: array<f32>;
+// The packed weights as f16, four to a vec2<u32>; a 1-element dummy when HALF is off.
+@group(0) @binding(5) var<storage, read> weights_half: array<vec2<u32>>;
+
+// W[n, k..k+4] as four f16 (k a multiple of 4), or 0 outside the problem.
+fn load_w_half(pr: Problem, n: u32, k: u32) -> vec2<u32> {
+    if n >= pr.n || k >= pr.k {
+        return vec2<u32>(0u);
+    }
+    let w_stride = (pr.k + 3u) & ~3u;
+    return weights_half[(pr.w_off + n * w_stride + k) / 4u];
+}
+
+// x rounded to the nearest f16 (ties to even; beyond f16's range, ±inf), as an f32. Written
+// out rather than left to a conversion, whose rounding Vulkan leaves to the device (to nearest
+// or toward zero), so every device and the host reference round alike.
+fn round_half(x: f32) -> f32 {
+    let bits = bitcast<u32>(x);
+    let sign = bits & 0x80000000u;
+    let mag = bits & 0x7fffffffu;
+    if mag > 0x7f800000u {
+        return x; // NaN
+    }
+    if mag >= 0x477ff000u {
+        return bitcast<f32>(sign | 0x7f800000u); // 65520 and up round to infinity
+    }
+    if mag < 0x38800000u {
+        // f16 subnormals are multiples of 2^-24; scaling by powers of two is exact and
+        // round() breaks ties to even.
+        return round(x * 16777216.0) * (1.0 / 16777216.0);
+    }
+    // Normal: keep 10 of the 23 mantissa bits, ties to even.
+    let lsb = (mag >> 13u) & 1u;
+    return bitcast<f32>(sign | ((mag + 0x0fffu + lsb) & ~0x1fffu));
+}
+
+// Element (m, k) of A ⊙ G as the variant's products read it.
+fn stage_a(pr: Problem, m: u32, k: u32) -> f32 {
+    let a = load_a(pr, m, k);
+    if HALF {
+        return round_half(a);
+    }
+    return a;
+}
+
+// W[n, k..k+4] as the variant's products read it.
+fn stage_w4(pr: Problem, n: u32, k: u32) -> vec4<f32> {
+    if HALF {
+        let w = load_w_half(pr, n, k);
+        return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
+    }
+    return load_w4(pr, n, k);
+}
 
 fn activate(z: f32, kind: u32, gamma: f32) -> f32 {
     switch kind {
@@ -92,13 +152,13 @@ fn main(
             let e = li + 256u * j;
             let kk = e % TK;
             let r = e / TK;
-            a_tile[kk * TILE_STRIDE + r / 4u][r % 4u] = load_a(pr, m0 + r, k0 + kk);
+            a_tile[kk * TILE_STRIDE + r / 4u][r % 4u] = stage_a(pr, m0 + r, k0 + kk);
         }
         // W: each thread loads one vec4 (4 consecutive k of one output column c).
         {
             let c = li / 4u;
             let kk = (li % 4u) * 4u;
-            let w = load_w4(pr, n0 + c, k0 + kk);
+            let w = stage_w4(pr, n0 + c, k0 + kk);
             for (var j = 0u; j < 4u; j++) {
                 w_tile[(kk + j) * TILE_STRIDE + c % 16u][c / 16u] = w[j];
             }
@@ -146,8 +206,8 @@ fn main_small(
         {
             let kk = li % SMALL_TK;
             let r = (li / SMALL_TK) * 2u;
-            small_a[kk][r] = load_a(pr, m0 + r, k0 + kk);
-            small_a[kk][r + 1u] = load_a(pr, m0 + r + 1u, k0 + kk);
+            small_a[kk][r] = stage_a(pr, m0 + r, k0 + kk);
+            small_a[kk][r + 1u] = stage_a(pr, m0 + r + 1u, k0 + kk);
         }
         // W: 64 columns × 32 k as 512 vec4s, 8 per thread; 8 consecutive threads read one
         // 128-byte run of a row.
@@ -155,7 +215,7 @@ fn main_small(
             let e = li + 64u * i;
             let col = e / 8u;
             let kq = (e % 8u) * 4u;
-            let w = load_w4(pr, n0 + col, k0 + kq);
+            let w = stage_w4(pr, n0 + col, k0 + kq);
             for (var q = 0u; q < 4u; q++) {
                 small_w[(kq + q) * SMALL_W_STRIDE + col] = w[q];
             }

@@ -10,7 +10,7 @@ use crate::batch::Batch;
 use crate::cache::{CacheOptions, CacheState, CacheStats, UpdateOutcome};
 use crate::error::{Error, Result};
 use crate::gpu::gather::{GatherLayout, MAX_PAGES};
-use crate::gpu::linear::{self, SpanParams};
+use crate::gpu::linear::{self, Precision, SpanParams, Variant};
 use crate::gpu::resolve::{KeyGpu, ResolveParams};
 use crate::gpu::{BatchParams, GpuContext};
 use crate::model::Model;
@@ -32,6 +32,9 @@ pub struct EngineOptions {
     pub max_page_bytes: Option<u64>,
     /// The embedding cache of hashed features (unused by models without them).
     pub cache: CacheOptions,
+    /// What the linear products store and multiply in: f32 (the default) or f16 (tensor cores
+    /// where the device has them).
+    pub precision: Precision,
 }
 
 impl Default for EngineOptions {
@@ -41,6 +44,7 @@ impl Default for EngineOptions {
             workspaces: 1,
             max_page_bytes: None,
             cache: CacheOptions::default(),
+            precision: Precision::F32,
         }
     }
 }
@@ -63,11 +67,14 @@ pub struct Engine {
     /// no batch sees both.
     weights_lock: RwLock<()>,
     packed_len: usize,
+    precision: Precision,
 }
 
 /// Buffers every workspace reads: weights, pages, and the plan's constant tables.
 struct SharedBuffers {
     weights: wgpu::Buffer,
+    /// The dense weights as f16, for the f16 precision.
+    weights_half: Option<wgpu::Buffer>,
     pages: Vec<wgpu::Buffer>,
     features: wgpu::Buffer,
     gather_params: wgpu::Buffer,
@@ -134,9 +141,11 @@ impl Engine {
                 "one sample needs {per_sample} bytes of activations, more than a storage binding ({max_binding} bytes)"
             )));
         }
-        // A linear dispatch has one workgroup row per TILE_M samples.
+        // A linear dispatch has one workgroup row per tile of rows (of the variant with the
+        // fewest rows a tile, among those that run batches).
         let max_groups = ctx.limits.max_compute_workgroups_per_dimension;
-        let max_rows = max_rows.min(max_groups as u64 * linear::TILE_M as u64) as u32;
+        let tile_m = linear::TILE_M.min(ctx.linear.tile_m(Variant::Coop));
+        let max_rows = max_rows.min(max_groups as u64 * tile_m as u64) as u32;
         let packed = PackedWeights::new(&spec, &model.weights);
         if packed.data.len() as u64 * 4 > max_binding {
             return Err(Error::Gpu(format!(
@@ -188,7 +197,15 @@ impl Engine {
         } else {
             None
         };
-        let shared = SharedBuffers::new(&ctx, model, &layout, &plan, &packed, cache.as_ref());
+        let shared = SharedBuffers::new(
+            &ctx,
+            model,
+            &layout,
+            &plan,
+            &packed,
+            cache.as_ref(),
+            options.precision,
+        );
         let workspaces = (0..options.workspaces.max(1))
             .map(|_| {
                 let ws = Workspace::new(
@@ -217,6 +234,7 @@ impl Engine {
             cache: cache.map(Mutex::new),
             weights_lock: RwLock::new(()),
             packed_len: packed.data.len(),
+            precision: options.precision,
             ctx,
             spec,
             layout,
@@ -239,6 +257,17 @@ impl Engine {
     /// The forward plan's steps, one dispatch each.
     pub fn steps(&self) -> &[Step] {
         &self.plan.steps
+    }
+
+    /// The precision of the linear products.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The linear kernel variant a batch of `rows` runs on (every linear step runs the same).
+    pub fn linear_variant(&self, rows: usize) -> Variant {
+        let rows = rows.min(self.max_rows()) as u32;
+        self.ctx.linear.variant_for(self.precision, rows)
     }
 
     /// Embedding pages the tables were split into.
@@ -389,9 +418,12 @@ impl Engine {
             )));
         }
         let _batches = self.weights_lock.write().unwrap_or_else(|e| e.into_inner());
-        self.ctx
-            .queue
-            .write_buffer(&self.shared.weights, 0, bytemuck::cast_slice(&packed.data));
+        let queue = &self.ctx.queue;
+        queue.write_buffer(&self.shared.weights, 0, bytemuck::cast_slice(&packed.data));
+        if let Some(half) = &self.shared.weights_half {
+            let data = linear::pack_half(&packed.data);
+            queue.write_buffer(half, 0, bytemuck::cast_slice(&data));
+        }
         // Every batch after this one submits after the write; flush it now all the same.
         self.ctx.queue.submit([]);
         Ok(())
@@ -589,7 +621,9 @@ impl Engine {
                 .dispatch(pass, bind_group, &self.layout.params, rows),
             Step::Linear { .. } => {
                 let tiles = self.shared.step_tiles[i];
-                self.ctx.linear.dispatch(pass, bind_group, tiles, rows)
+                self.ctx
+                    .linear
+                    .dispatch(pass, bind_group, tiles, rows, self.precision);
             }
             Step::MmoeMix(params) => self.ctx.mmoe_mix.dispatch(pass, bind_group, params, rows),
         }
@@ -641,8 +675,11 @@ impl SharedBuffers {
         plan: &Plan,
         packed: &PackedWeights,
         cache: Option<&CacheState>,
+        precision: Precision,
     ) -> Self {
         let weights = ctx.storage_buffer("dense weights", &packed.data);
+        let weights_half = (precision == Precision::F16)
+            .then(|| ctx.storage_buffer("dense weights f16", &linear::pack_half(&packed.data)));
         let mut pages: Vec<wgpu::Buffer> = (0..layout.resident_pages())
             .map(|p| {
                 ctx.storage_buffer(
@@ -682,6 +719,7 @@ impl SharedBuffers {
         let problems = ctx.storage_buffer("linear problems", &table);
         Self {
             weights,
+            weights_half,
             pages,
             features,
             gather_params,
@@ -769,6 +807,7 @@ impl Workspace {
                     &shared.problems,
                     &shared.weights,
                     &act,
+                    shared.weights_half.as_ref(),
                 ),
                 Step::MmoeMix(_) => ctx.mmoe_mix.bind_group(
                     device,

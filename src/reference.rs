@@ -201,12 +201,34 @@ fn hadamard(a: &[f64], b: &[f64]) -> Vec<f64> {
 /// kernels read. Kernel tests compare each kernel against these on random problems.
 pub mod kernels {
     use crate::gpu::gather::{GatherLayout, NO_ROW};
-    use crate::gpu::linear::{Activation, LinearProblem};
+    use crate::gpu::linear::{Activation, LinearProblem, Precision};
     use crate::gpu::mmoe_mix::MixParams;
+
+    /// `x` rounded to f16 (round to nearest even), as the f16 kernels stage their inputs.
+    pub fn round_f16(x: f64) -> f64 {
+        half::f16::from_f64(x).to_f64()
+    }
 
     /// Every problem of one linear dispatch, reading `act` as it was before the dispatch and
     /// writing each problem's output view. Weights are laid out by `linear::pack_layer`.
     pub fn linear_group(problems: &[LinearProblem], rows: usize, weights: &[f32], act: &mut [f64]) {
+        linear_group_at(Precision::F32, problems, rows, weights, act)
+    }
+
+    /// [`linear_group`] as the kernels of `precision` compute it: at f16, every A ⊙ G element
+    /// and every weight (not the bias) is rounded to f16 before the products, which are summed
+    /// exactly here (in f64) and in f32 on the GPU.
+    pub fn linear_group_at(
+        precision: Precision,
+        problems: &[LinearProblem],
+        rows: usize,
+        weights: &[f32],
+        act: &mut [f64],
+    ) {
+        let round = |x: f64| match precision {
+            Precision::F32 => x,
+            Precision::F16 => round_f16(x),
+        };
         let before = act.to_vec();
         for p in problems {
             let w_stride = crate::gpu::linear::padded_k(p.k) as usize;
@@ -217,11 +239,13 @@ pub mod kernels {
                 for n in 0..p.n as usize {
                     let mut z = weights[p.bias_offset as usize + n] as f64;
                     for k in 0..p.k as usize {
-                        let mut a = before[at(p.a, m, k)];
+                        // A and G are f32 values in the buffer, and so is their product.
+                        let mut a = before[at(p.a, m, k)] as f32;
                         if let Some(g) = p.gate {
-                            a *= before[at(g, m, k)];
+                            a *= before[at(g, m, k)] as f32;
                         }
-                        z += a * weights[p.w_offset as usize + n * w_stride + k] as f64;
+                        let w = weights[p.w_offset as usize + n * w_stride + k] as f64;
+                        z += round(a as f64) * round(w);
                     }
                     let mut y = match p.activation {
                         Activation::None => z,

@@ -8,11 +8,11 @@
 
 mod common;
 
-use common::{assert_close, gpu, random_spec, random_vec, rng, run, width, Rng};
+use common::{assert_close, assert_close_tol, gpu, random_spec, random_vec, rng, run, width, Rng};
 use pepnet::cache::table::{tag, HostTable};
 use pepnet::gpu::gather::{GatherLayout, MAX_PAGES};
 use pepnet::gpu::linear::{
-    lay_out, pack_layer, Activation, LinearProblem, SpanParams, Variant, View,
+    lay_out, pack_half, pack_layer, Activation, LinearProblem, Precision, SpanParams, Variant, View,
 };
 use pepnet::gpu::mmoe_mix::MixParams;
 use pepnet::gpu::optimizer::{AdaGradConfig, AdaGradParams, AdamConfig, AdamParams};
@@ -102,28 +102,53 @@ fn linear_matches_reference_on_random_groups() {
         );
         let problem_buf = ctx.storage_buffer("problems", &table);
         let weight_buf = ctx.storage_buffer("weights", &weights);
+        let half_buf = ctx.storage_buffer("weights f16", &pack_half(&weights));
         let act = ctx.storage_buffer("act", &initial);
-        let bg = ctx
-            .linear
-            .bind_group(&ctx.device, &span, &batch, &problem_buf, &weight_buf, &act);
-        let mut want: Vec<f64> = initial.iter().map(|&x| x as f64).collect();
-        kernels::linear_group(&problems, rows, &weights, &mut want);
-        // Both variants, whatever the size: each must be right on every shape.
-        for variant in [Variant::Batch, Variant::Small] {
+        let bg = ctx.linear.bind_group(
+            &ctx.device,
+            &span,
+            &batch,
+            &problem_buf,
+            &weight_buf,
+            &act,
+            Some(&half_buf),
+        );
+        let reference = |precision| {
+            let mut want: Vec<f64> = initial.iter().map(|&x| x as f64).collect();
+            kernels::linear_group_at(precision, &problems, rows, &weights, &mut want);
+            want
+        };
+        let (want_f32, want_f16) = (reference(Precision::F32), reference(Precision::F16));
+        // Every variant the device has, whatever the size: each must be right on every shape.
+        for variant in Variant::ALL.into_iter().filter(|&v| ctx.linear.has(v)) {
             ctx.queue
                 .write_buffer(&act, 0, bytemuck::cast_slice(&initial));
             let got = run(&ctx, &act, len, |pass| {
                 ctx.linear
                     .dispatch_variant(pass, &bg, tiles, rows as u32, variant)
             });
-            assert_close(
-                &got,
-                &want,
-                &format!("linear {variant:?}, seed {seed}, rows {rows}, {problems:?}"),
-            );
+            let what = format!("linear {variant:?}, seed {seed}, rows {rows}, {problems:?}");
+            match variant.precision() {
+                Precision::F32 => assert_close(&got, &want_f32, &what),
+                Precision::F16 => assert_close_tol(&got, &want_f16, HALF_TOLERANCE, &what),
+            }
         }
     }
+    // Which variants ran: the f16 SIMT ones everywhere, tensor cores where the device has them
+    // (PEPNET_REQUIRE_COOP makes their absence a failure, as in CI's Mesa 26 run).
+    assert!(ctx.linear.has(Variant::HalfBatch) && ctx.linear.has(Variant::HalfSmall));
+    if common::coop_required() {
+        assert!(
+            ctx.linear.has(Variant::Coop),
+            "no cooperative-matrix kernel on this device"
+        );
+    }
 }
+
+/// f16 kernels against the reference that rounds their inputs alike: the products of f16
+/// values are exact in f32, so only the order and rounding of the f32 sums differ; tensor
+/// cores may round their sums less finely than IEEE f32, hence 4× the f32 tolerance.
+const HALF_TOLERANCE: f64 = 4e-5;
 
 #[test]
 fn gather_matches_reference_on_random_specs_and_pages() {

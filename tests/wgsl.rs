@@ -1,15 +1,35 @@
 //! Every kernel's WGSL source parses and validates with naga, and every file in `shaders/` is
-//! part of one. Needs no GPU.
+//! part of one. Needs no GPU: the cooperative-matrix kernel is validated here in both of its
+//! builds, lavapipe's 8×8×8 and NVIDIA's 16×16×16, whatever device this machine has.
 
 use std::path::Path;
 
-/// Every kernel's complete source (a kernel may be a shared prelude followed by its own file).
-fn sources() -> Vec<(&'static str, &'static str)> {
+use naga::valid::Capabilities;
+use pepnet::gpu::linear::CoopShape;
+
+/// The two cooperative-matrix builds: lavapipe's (8×8×8 on 8-wide subgroups) and NVIDIA's
+/// tensor cores (16×16×16 on 32-wide subgroups).
+const COOP_SHAPES: [CoopShape; 2] = [
+    CoopShape {
+        size: 8,
+        subgroup: 8,
+    },
+    CoopShape {
+        size: 16,
+        subgroup: 32,
+    },
+];
+
+/// Every kernel's complete source (a kernel may be a shared prelude followed by its own file),
+/// with the capabilities it needs. Every Vulkan, Metal and D3D12 device has f16 packing
+/// (`unpack2x16float`); the cooperative-matrix builds need f16 and cooperative matrices.
+fn sources() -> Vec<(String, String, Capabilities)> {
     use pepnet::gpu::{
         gather, gather_backward, linear, linear_backward, loss, mmoe_mix, optimizer, resolve,
         scatter,
     };
-    vec![
+    let base = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+    let mut all: Vec<(String, String, Capabilities)> = [
         ("gather", gather::SOURCE),
         ("gather_backward", gather_backward::SOURCE),
         ("linear", linear::SOURCE),
@@ -20,19 +40,75 @@ fn sources() -> Vec<(&'static str, &'static str)> {
         ("resolve", resolve::SOURCE),
         ("scatter", scatter::SOURCE),
     ]
+    .into_iter()
+    .map(|(name, source)| (name.to_string(), source.to_string(), base))
+    .collect();
+    for shape in COOP_SHAPES {
+        all.push((
+            format!("linear coop {0}x{0}x{0}", shape.size),
+            shape.source(),
+            base | Capabilities::SHADER_FLOAT16 | Capabilities::COOPERATIVE_MATRIX,
+        ));
+    }
+    all
+}
+
+fn validate(
+    name: &str,
+    source: &str,
+    caps: Capabilities,
+) -> (naga::Module, naga::valid::ModuleInfo) {
+    let module = naga::front::wgsl::parse_str(source)
+        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+    (module, info)
 }
 
 #[test]
 fn every_kernel_validates() {
-    for (name, source) in sources() {
-        let module = naga::front::wgsl::parse_str(source)
-            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
-        naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::empty(),
-        )
-        .validate(&module)
-        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+    for (name, source, caps) in sources() {
+        validate(&name, &source, caps);
+    }
+}
+
+/// Bytes of workgroup memory each entry point of `module` uses.
+fn workgroup_bytes(module: &naga::Module, info: &naga::valid::ModuleInfo) -> Vec<(String, u32)> {
+    let mut layouter = naga::proc::Layouter::default();
+    layouter.update(module.to_ctx()).unwrap();
+    module
+        .entry_points
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let used = info.get_entry_point(i);
+            let bytes = module
+                .global_variables
+                .iter()
+                .filter(|(h, g)| g.space == naga::AddressSpace::WorkGroup && !used[*h].is_empty())
+                .map(|(_, g)| layouter[g.ty].size)
+                .sum();
+            (entry.name.clone(), bytes)
+        })
+        .collect()
+}
+
+/// The host decides where the tensor-core kernel fits from `CoopShape::workgroup_bytes`: it
+/// must be what the shader declares.
+#[test]
+fn coop_workgroup_memory_is_what_the_host_expects() {
+    for shape in COOP_SHAPES {
+        let source = shape.source();
+        let caps = Capabilities::all();
+        let (module, info) = validate("coop", &source, caps);
+        let bytes = workgroup_bytes(&module, &info);
+        let coop = bytes
+            .iter()
+            .find(|(name, _)| name == "main_coop")
+            .unwrap()
+            .1;
+        assert_eq!(coop, shape.workgroup_bytes(), "{shape:?}");
     }
 }
 
@@ -47,15 +123,15 @@ fn every_shader_file_is_compiled_into_a_kernel() {
         }
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
-            sources().iter().any(|(_, s)| s.contains(text.as_str())),
+            sources().iter().any(|(_, s, _)| s.contains(text.as_str())),
             "{} is in no kernel's source",
             path.display()
         );
         count += 1;
     }
     assert_eq!(
-        count, 10,
-        "nine kernels and the linear kernels' shared prelude"
+        count, 11,
+        "nine kernels, the linear kernels' shared prelude and the tensor-core entry point"
     );
 }
 
@@ -150,31 +226,16 @@ fn rust_structs_match_wgsl_layouts() {
     );
 }
 
-/// Every entry point fits the 16 KiB of workgroup memory that WebGPU guarantees on any device.
+/// Every entry point fits the 16 KiB of workgroup memory that WebGPU guarantees on any device,
+/// except the tensor-core one, which is built only where the device has room for it.
 #[test]
 fn every_entry_point_fits_16_kib_of_workgroup_memory() {
-    for (_, source) in sources() {
-        let module = naga::front::wgsl::parse_str(source).unwrap();
-        let info = naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::empty(),
-        )
-        .validate(&module)
-        .unwrap();
-        let mut layouter = naga::proc::Layouter::default();
-        layouter.update(module.to_ctx()).unwrap();
-        for (i, entry) in module.entry_points.iter().enumerate() {
-            let used = info.get_entry_point(i);
-            let bytes: u32 = module
-                .global_variables
-                .iter()
-                .filter(|(h, g)| g.space == naga::AddressSpace::WorkGroup && !used[*h].is_empty())
-                .map(|(_, g)| layouter[g.ty].size)
-                .sum();
+    for (name, source, caps) in sources() {
+        let (module, info) = validate(&name, &source, caps);
+        for (entry, bytes) in workgroup_bytes(&module, &info) {
             assert!(
-                bytes <= 16384,
-                "{}: {bytes} bytes of workgroup memory",
-                entry.name
+                entry == "main_coop" || bytes <= 16384,
+                "{name} {entry}: {bytes} bytes of workgroup memory"
             );
         }
     }

@@ -191,43 +191,202 @@ pub fn pack_layer(buffer: &mut Vec<f32>, weight: &[f32], bias: &[f32], k: u32) -
     (w_offset, bias_offset)
 }
 
-/// The two entry points of `linear.wgsl`: same problems and bindings, different row tiles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The packed weights as f16, two to a `u32` (the layout `weights_half` binds): same element
+/// offsets as the f32 packing, so one problem table serves both.
+pub fn pack_half(data: &[f32]) -> Vec<u32> {
+    data.chunks(2)
+        .map(|pair| {
+            let lo = half::f16::from_f32(pair[0]).to_bits() as u32;
+            let hi = pair
+                .get(1)
+                .map_or(0, |&x| half::f16::from_f32(x).to_bits() as u32);
+            lo | hi << 16
+        })
+        .collect()
+}
+
+/// What the linear products store and multiply in. Chosen by the user, as TensorRT's FP16 mode
+/// is; f32 is the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum Precision {
+    /// f32 weights and inputs, f32 sums (the SIMT kernels).
+    #[default]
+    F32,
+    /// f16 weights and f16-rounded inputs, f32 sums; on tensor cores (cooperative matrices)
+    /// where the device has them, else on the SIMT kernels. Bias, activations and
+    /// probabilities stay f32.
+    F16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "f16" => Ok(Precision::F16),
+            _ => Err(format!("unknown precision '{s}': expected f32 or f16")),
+        }
+    }
+}
+
+/// A cooperative-matrix configuration the kernel is built for: `size`×`size`×`size` fragments
+/// of f16 inputs and f32 accumulators, on subgroups of `subgroup` invocations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CoopShape {
+    pub size: u32,
+    pub subgroup: u32,
+}
+
+impl CoopShape {
+    /// Rows of a workgroup tile of `main_coop` (linear_coop.wgsl's BM).
+    pub fn tile_m(self) -> u32 {
+        4 * self.size
+    }
+
+    /// Invocations of a workgroup: 2 × (64 / 2·size) subgroups.
+    pub fn threads(self) -> u32 {
+        2 * (64 / (2 * self.size)) * self.subgroup
+    }
+
+    /// Bytes of workgroup memory `main_coop` declares (two stages of A and W in f16, one
+    /// f32 fragment per subgroup).
+    pub fn workgroup_bytes(self) -> u32 {
+        let (cm, lds) = (self.size, 2 * self.size + 8);
+        let subgroups = 2 * (64 / (2 * cm));
+        2 * (4 * cm * lds) * 2 + 2 * (64 * lds) * 2 + subgroups * cm * cm * 4
+    }
+
+    /// The shape the kernel can use on a device, if any: a square 8 or 16 f16 → f32 shape
+    /// whose fragments tile 64 columns, a fixed subgroup size (the kernel assigns fragments to
+    /// subgroups by invocation index), and room for its workgroup memory.
+    pub fn choose(
+        offered: &[wgpu::CooperativeMatrixProperties],
+        subgroup_min: u32,
+        subgroup_max: u32,
+        limits: &wgpu::Limits,
+    ) -> Option<Self> {
+        if subgroup_min != subgroup_max || subgroup_min == 0 {
+            return None;
+        }
+        offered
+            .iter()
+            .filter(|p| {
+                p.ab_type == wgpu::CooperativeScalarType::F16
+                    && p.cr_type == wgpu::CooperativeScalarType::F32
+                    && p.m_size == p.n_size
+                    && p.n_size == p.k_size
+                    && (p.m_size == 8 || p.m_size == 16)
+            })
+            .map(|p| Self {
+                size: p.m_size,
+                subgroup: subgroup_min,
+            })
+            .filter(|s| {
+                s.workgroup_bytes() <= limits.max_compute_workgroup_storage_size
+                    && s.threads() <= limits.max_compute_invocations_per_workgroup
+            })
+            .max_by_key(|s| s.size)
+    }
+
+    /// The header `linear_coop.wgsl` is compiled after: the enables, the fragment size, the
+    /// subgroup size and the fragment types.
+    pub fn header(self) -> String {
+        let n = self.size;
+        format!(
+            "enable f16;\nenable wgpu_cooperative_matrix;\n\
+             const CM: u32 = {n}u;\nconst SG: u32 = {sg}u;\n\
+             alias FragA = coop_mat{n}x{n}<f16, A>;\n\
+             alias FragB = coop_mat{n}x{n}<f16, B>;\n\
+             alias FragC = coop_mat{n}x{n}<f32, C>;\n",
+            sg = self.subgroup
+        )
+    }
+
+    /// The complete source of the cooperative-matrix build: the header, then the forward's
+    /// source, then `main_coop`.
+    pub fn source(self) -> String {
+        format!("{}{SOURCE}{COOP_SOURCE}", self.header())
+    }
+}
+
+/// `main_coop`, appended to [`SOURCE`] after a [`CoopShape::header`].
+pub const COOP_SOURCE: &str = include_str!("../../shaders/linear_coop.wgsl");
+
+/// The kernel variants: entry points of `linear.wgsl` (and `linear_coop.wgsl`) at a precision.
+/// All share the problem table, the bindings and one bind group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Variant {
-    /// 64×64 tiles, 4×4 per thread.
+    /// f32, 64×64 tiles, 4×4 per thread.
     Batch,
-    /// 4×64 tiles, one column of 4 rows per thread.
+    /// f32, 4×64 tiles, one column of 4 rows per thread.
     Small,
+    /// f16 inputs, f32 sums, on the `Batch` tiles.
+    HalfBatch,
+    /// f16 inputs, f32 sums, on the `Small` tiles.
+    HalfSmall,
+    /// f16 inputs, f32 sums on cooperative matrices (tensor cores).
+    Coop,
 }
 
 impl Variant {
-    /// The variant a batch of `rows` runs on.
-    pub fn for_rows(rows: u32) -> Self {
-        if rows <= SMALL_MAX_ROWS {
-            Variant::Small
-        } else {
-            Variant::Batch
+    pub const ALL: [Variant; 5] = [
+        Variant::Batch,
+        Variant::Small,
+        Variant::HalfBatch,
+        Variant::HalfSmall,
+        Variant::Coop,
+    ];
+
+    pub fn precision(self) -> Precision {
+        match self {
+            Variant::Batch | Variant::Small => Precision::F32,
+            _ => Precision::F16,
         }
     }
 
-    fn tile_m(self) -> u32 {
+    /// A short name for reports (`pepnet plan`, `pepnet bench`).
+    pub fn name(self) -> &'static str {
         match self {
-            Variant::Batch => TILE_M,
-            Variant::Small => SMALL_TILE_M,
+            Variant::Batch => "f32 simt 64x64",
+            Variant::Small => "f32 simt 4x64",
+            Variant::HalfBatch => "f16 simt 64x64",
+            Variant::HalfSmall => "f16 simt 4x64",
+            Variant::Coop => "f16 coop",
+        }
+    }
+
+    fn entry_point(self) -> &'static str {
+        match self {
+            Variant::Batch | Variant::HalfBatch => "main",
+            Variant::Small | Variant::HalfSmall => "main_small",
+            Variant::Coop => "main_coop",
         }
     }
 }
 
-/// The compiled kernel: both variants, sharing one bind group layout so that one bind group
-/// serves either.
+/// The compiled kernel: every variant the device can run, sharing one bind group layout so that
+/// one bind group serves any of them. Built once per device.
 pub struct LinearKernel {
     layout: wgpu::BindGroupLayout,
-    batch: wgpu::ComputePipeline,
-    small: wgpu::ComputePipeline,
+    pipelines: Vec<(Variant, wgpu::ComputePipeline)>,
+    coop: Option<CoopShape>,
+    /// Bound as `weights_half` by engines that run f32 only.
+    no_half: wgpu::Buffer,
 }
 
 impl LinearKernel {
-    pub fn new(device: &wgpu::Device) -> Self {
+    /// Compiles the f32 and f16 SIMT variants, and the cooperative-matrix one when `coop` is
+    /// given (the device must have been opened with f16 shaders and cooperative matrices).
+    pub fn new(device: &wgpu::Device, coop: Option<CoopShape>) -> Self {
         let entry = |binding: u32, ty: wgpu::BufferBindingType| wgpu::BindGroupLayoutEntry {
             binding,
             visibility: wgpu::ShaderStages::COMPUTE,
@@ -247,6 +406,7 @@ impl LinearKernel {
                 entry(2, storage(true)),
                 entry(3, storage(true)),
                 entry(4, storage(false)),
+                entry(5, storage(true)),
             ],
         });
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
@@ -254,29 +414,88 @@ impl LinearKernel {
             bind_group_layouts: &[Some(&layout)],
             immediate_size: 0,
         });
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("linear"),
-            source: wgpu::ShaderSource::Wgsl(SOURCE.into()),
-        });
-        let pipeline = |entry_point: &str| {
-            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(entry_point),
-                layout: Some(&pipeline_layout),
-                module: &module,
-                entry_point: Some(entry_point),
-                compilation_options: Default::default(),
-                cache: None,
+        let module = |label: &str, source: &str| {
+            device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(label),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
             })
         };
+        let simt = module("linear", SOURCE);
+        let coop_module = coop.map(|shape| module("linear coop", &shape.source()));
+        let pipelines = Variant::ALL
+            .into_iter()
+            .filter_map(|variant| {
+                let module = match variant {
+                    Variant::Coop => coop_module.as_ref()?,
+                    _ => &simt,
+                };
+                let half = [("HALF", 1.0)];
+                let constants: &[(&str, f64)] = match variant {
+                    Variant::HalfBatch | Variant::HalfSmall => &half,
+                    _ => &[],
+                };
+                let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(variant.name()),
+                    layout: Some(&pipeline_layout),
+                    module,
+                    entry_point: Some(variant.entry_point()),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants,
+                        ..Default::default()
+                    },
+                    cache: None,
+                });
+                Some((variant, pipeline))
+            })
+            .collect();
+        let no_half = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("no f16 weights"),
+            size: 8,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
         Self {
-            batch: pipeline("main"),
-            small: pipeline("main_small"),
             layout,
+            pipelines,
+            coop,
+            no_half,
         }
     }
 
-    /// Binds: the dispatch's span, the batch size, the problem table, the weights and the
-    /// activation buffer.
+    /// The cooperative-matrix shape `main_coop` was built for; `None` where the device has none.
+    pub fn coop(&self) -> Option<CoopShape> {
+        self.coop
+    }
+
+    /// Whether this device runs `variant`.
+    pub fn has(&self, variant: Variant) -> bool {
+        self.pipelines.iter().any(|(v, _)| *v == variant)
+    }
+
+    /// The variant a batch of `rows` runs on at `precision`: the small tiles for a few rows,
+    /// else tensor cores where the device has them (f16), else the 64×64 SIMT tiles.
+    pub fn variant_for(&self, precision: Precision, rows: u32) -> Variant {
+        match (precision, rows <= SMALL_MAX_ROWS) {
+            (Precision::F32, true) => Variant::Small,
+            (Precision::F32, false) => Variant::Batch,
+            (Precision::F16, true) => Variant::HalfSmall,
+            (Precision::F16, false) if self.coop.is_some() => Variant::Coop,
+            (Precision::F16, false) => Variant::HalfBatch,
+        }
+    }
+
+    /// Rows of one workgroup tile of `variant`.
+    pub fn tile_m(&self, variant: Variant) -> u32 {
+        match variant {
+            Variant::Batch | Variant::HalfBatch => TILE_M,
+            Variant::Small | Variant::HalfSmall => SMALL_TILE_M,
+            Variant::Coop => self.coop.map_or(TILE_M, CoopShape::tile_m),
+        }
+    }
+
+    /// Binds: the dispatch's span, the batch size, the problem table, the weights, the
+    /// activation buffer, and the weights as f16 (`None` for an engine that runs f32 only).
+    #[allow(clippy::too_many_arguments)]
     pub fn bind_group(
         &self,
         device: &wgpu::Device,
@@ -285,27 +504,32 @@ impl LinearKernel {
         problems: &wgpu::Buffer,
         weights: &wgpu::Buffer,
         act: &wgpu::Buffer,
+        weights_half: Option<&wgpu::Buffer>,
     ) -> wgpu::BindGroup {
+        let half = weights_half.unwrap_or(&self.no_half);
         device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("linear"),
             layout: &self.layout,
-            entries: &whole_buffers(&[span, batch, problems, weights, act]),
+            entries: &whole_buffers(&[span, batch, problems, weights, act, half]),
         })
     }
 
     /// Records one dispatch over `tiles` column tiles and `rows` rows, on the variant that
-    /// suits `rows`.
+    /// suits `rows` at `precision`; returns that variant.
     pub fn dispatch(
         &self,
         pass: &mut wgpu::ComputePass,
         bind_group: &wgpu::BindGroup,
         tiles: u32,
         rows: u32,
-    ) {
-        self.dispatch_variant(pass, bind_group, tiles, rows, Variant::for_rows(rows));
+        precision: Precision,
+    ) -> Variant {
+        let variant = self.variant_for(precision, rows);
+        self.dispatch_variant(pass, bind_group, tiles, rows, variant);
+        variant
     }
 
-    /// Records one dispatch on a given variant.
+    /// Records one dispatch on a given variant, which this device must have ([`Self::has`]).
     pub fn dispatch_variant(
         &self,
         pass: &mut wgpu::ComputePass,
@@ -314,11 +538,13 @@ impl LinearKernel {
         rows: u32,
         variant: Variant,
     ) {
-        pass.set_pipeline(match variant {
-            Variant::Batch => &self.batch,
-            Variant::Small => &self.small,
-        });
+        let (_, pipeline) = self
+            .pipelines
+            .iter()
+            .find(|(v, _)| *v == variant)
+            .expect("a variant the device was built with");
+        pass.set_pipeline(pipeline);
         pass.set_bind_group(0, bind_group, &[]);
-        pass.dispatch_workgroups(tiles, rows.div_ceil(variant.tile_m()), 1);
+        pass.dispatch_workgroups(tiles, rows.div_ceil(self.tile_m(variant)), 1);
     }
 }

@@ -22,6 +22,10 @@ use crate::error::{Error, Result};
 /// `PEPNET_ADAPTER=llvmpipe` for Mesa's lavapipe. wgpu's own `WGPU_BACKEND` also applies.
 pub const ADAPTER_ENV: &str = "PEPNET_ADAPTER";
 
+/// Environment variable that, set to `off`, keeps the device from using cooperative matrices
+/// (tensor cores) even where it has them: f16 then runs on the f16 SIMT kernels.
+pub const COOP_ENV: &str = "PEPNET_COOP";
+
 /// A device, its queue, and every kernel compiled for it.
 pub struct GpuContext {
     pub device: wgpu::Device,
@@ -30,6 +34,8 @@ pub struct GpuContext {
     pub limits: wgpu::Limits,
     /// Optional features the device was opened with (timestamp queries, when the adapter has them).
     pub features: wgpu::Features,
+    /// Cooperative-matrix shapes the adapter offers (any types), as `pepnet info` lists them.
+    pub coop_offered: Vec<wgpu::CooperativeMatrixProperties>,
     pub gather: gather::GatherKernel,
     pub gather_backward: gather_backward::GatherBackwardKernel,
     pub linear: linear::LinearKernel,
@@ -47,6 +53,8 @@ pub struct AdapterSummary {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
+    /// Cooperative-matrix shapes (tensor cores) the adapter offers.
+    pub coop: Vec<wgpu::CooperativeMatrixProperties>,
 }
 
 fn instance() -> wgpu::Instance {
@@ -62,6 +70,7 @@ pub fn list_adapters() -> Vec<AdapterSummary> {
             info: a.get_info(),
             limits: a.limits(),
             features: a.features(),
+            coop: a.cooperative_matrix_properties(),
         })
         .collect()
 }
@@ -105,19 +114,42 @@ impl GpuContext {
         let info = adapter.get_info();
         // The defaults are far below what hardware offers (storage binding size above all).
         let limits = adapter.limits();
-        // Timestamps let `pepnet bench` time each kernel; scoring never needs them.
-        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        // Timestamps let `pepnet bench` time each kernel; scoring never needs them. f16 shaders
+        // and cooperative matrices run the f16 precision on tensor cores.
+        let coop_offered = adapter.cooperative_matrix_properties();
+        let coop_wanted = std::env::var(COOP_ENV).map_or(true, |v| v != "off");
+        let coop_features =
+            wgpu::Features::SHADER_F16 | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        let coop = (coop_wanted && adapter.features().contains(coop_features))
+            .then(|| {
+                linear::CoopShape::choose(
+                    &coop_offered,
+                    info.subgroup_min_size,
+                    info.subgroup_max_size,
+                    &limits,
+                )
+            })
+            .flatten();
+        let mut features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        if coop.is_some() {
+            features |= coop_features;
+        }
+        let descriptor = wgpu::DeviceDescriptor {
             label: Some("pepnet"),
             required_limits: limits.clone(),
             required_features: features,
+            // SAFETY: experimental features are enabled only to request cooperative matrices,
+            // whose one kernel (linear_coop.wgsl) is tested against its f64 reference on every
+            // device that offers them.
+            experimental_features: unsafe { wgpu::ExperimentalFeatures::enabled() },
             ..Default::default()
-        }))
-        .map_err(|e| Error::Gpu(format!("{}: could not open the device: {e}", info.name)))?;
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&descriptor))
+            .map_err(|e| Error::Gpu(format!("{}: could not open the device: {e}", info.name)))?;
 
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let gather = gather::GatherKernel::new(&device);
-        let linear = linear::LinearKernel::new(&device);
+        let linear = linear::LinearKernel::new(&device, coop);
         let gather_backward = gather_backward::GatherBackwardKernel::new(&device);
         let linear_backward = linear_backward::LinearBackwardKernel::new(&device);
         let loss = loss::LossKernel::new(&device);
@@ -137,6 +169,7 @@ impl GpuContext {
             info,
             limits,
             features,
+            coop_offered,
             gather,
             gather_backward,
             linear,

@@ -345,6 +345,7 @@ impl Trainer {
                         &problems,
                         &b.weights,
                         &b.act,
+                        None,
                     ));
                     let input = (ls.input_tiles > 0).then(|| {
                         let bg = ctx.linear_backward.input_bind_group(
@@ -767,7 +768,13 @@ impl Trainer {
                 match &self.plan.steps[i] {
                     Step::Gather => ctx.gather.dispatch(pass, bg, &self.layout.params, rows),
                     Step::Linear { .. } => {
-                        ctx.linear.dispatch(pass, bg, self.forward_tiles[i], rows)
+                        ctx.linear.dispatch(
+                            pass,
+                            bg,
+                            self.forward_tiles[i],
+                            rows,
+                            linear::Precision::F32,
+                        );
                     }
                     Step::MmoeMix(params) => ctx.mmoe_mix.dispatch(pass, bg, params, rows),
                     Step::Resolve => unreachable!("training plans have no resolve step"),

@@ -25,6 +25,13 @@ pub fn gpu() -> Arc<GpuContext> {
     .clone()
 }
 
+/// Whether the cooperative-matrix kernels must run here: set `PEPNET_REQUIRE_COOP=1` where the
+/// device offers them (CI's Mesa 26 run), so that their absence fails instead of passing on
+/// the f16 SIMT kernels alone.
+pub fn coop_required() -> bool {
+    std::env::var("PEPNET_REQUIRE_COOP").is_ok_and(|v| v == "1")
+}
+
 /// Awkward widths: 1, primes, and non-multiples of every tile size (4, 16, 64).
 pub fn width(rng: &mut Rng, max: usize) -> usize {
     const AWKWARD: [usize; 12] = [1, 2, 3, 5, 7, 13, 17, 31, 37, 61, 67, 97];
@@ -166,9 +173,14 @@ pub fn random_vec(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
 }
 
 pub fn assert_close(got: &[f32], want: &[f64], what: &str) {
+    assert_close_tol(got, want, 1e-5, what)
+}
+
+/// |got − want| ≤ `rel` · (1 + |want|) element by element.
+pub fn assert_close_tol(got: &[f32], want: &[f64], rel: f64, what: &str) {
     assert_eq!(got.len(), want.len());
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let tol = 1e-5 * (1.0 + w.abs());
+        let tol = rel * (1.0 + w.abs());
         assert!(
             (g as f64 - w).abs() <= tol,
             "{what}: element {i}: gpu {g}, reference {w}"
