@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, EngineOptions};
 use crate::error::{Error, Result};
+use crate::gpu::linear::Precision;
 use crate::gpu::GpuContext;
 use crate::model::Model;
 use crate::spec::ModelSpec;
@@ -54,6 +55,8 @@ pub struct BenchConfig {
     /// Rows to cut the batches from (e.g. a file shared with the PyTorch baseline, so both time
     /// the same inputs); random rows from `seed` when absent.
     pub pool: Option<crate::Batch>,
+    /// Precision of the linear products.
+    pub precision: Precision,
 }
 
 impl Default for BenchConfig {
@@ -66,6 +69,7 @@ impl Default for BenchConfig {
             distinct_inputs: 4,
             seed: 0,
             pool: None,
+            precision: Precision::F32,
         }
     }
 }
@@ -78,6 +82,10 @@ pub struct BenchReport {
     pub engine: String,
     pub model: ModelSummary,
     pub device: DeviceSummary,
+    /// Precision of the linear products: "f32" or "f16" (absent in reports written before
+    /// there was a choice: f32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
     pub results: Vec<BatchResult>,
 }
 
@@ -129,10 +137,14 @@ pub struct GpuResult {
 #[serde(deny_unknown_fields)]
 pub struct KernelResult {
     pub name: String,
+    /// The kernel variant the dispatch ran, e.g. "f16 coop 16x16x16" (absent in older reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
     pub problems: usize,
     pub ms: f64,
     pub flops: u64,
-    /// Fewest bytes the kernel must move: activations read and written, weights read once.
+    /// Fewest bytes the kernel must move: activations read and written, weights read once (at
+    /// the precision's width).
     pub bytes: u64,
     pub gflop_per_s: f64,
     pub gb_per_s: f64,
@@ -152,6 +164,7 @@ pub fn run(
     for &batch_size in &config.batch_sizes {
         let options = EngineOptions {
             max_batch: batch_size,
+            precision: config.precision,
             ..Default::default()
         };
         let engine = Engine::new(ctx.clone(), model, &options)?;
@@ -202,6 +215,7 @@ pub fn run(
                 .trim()
                 .to_string(),
         },
+        precision: Some(config.precision.name().to_string()),
         results,
     })
 }
@@ -249,6 +263,7 @@ fn gpu_result(
         }
     }
     let rows = inputs[0].len().min(engine.max_rows());
+    let variant = engine.linear_variant(rows);
     let kernels: Vec<KernelResult> = engine
         .steps()
         .iter()
@@ -256,8 +271,8 @@ fn gpu_result(
         .map(|(step, times)| {
             let ms = percentile(times, 50.0);
             let flops = step.flops_per_sample() * rows as u64;
-            let bytes =
-                step.activation_bytes_per_sample(&model.spec) * rows as u64 + step.weight_bytes();
+            let bytes = step.activation_bytes_per_sample(&model.spec) * rows as u64
+                + step.weight_bytes_at(engine.precision());
             let per_s = |x: u64| {
                 if ms > 0.0 {
                     x as f64 / (ms / 1e3) / 1e9
@@ -267,6 +282,7 @@ fn gpu_result(
             };
             KernelResult {
                 name: step.label().to_string(),
+                kernel: Some(engine.kernel_name(step, variant)),
                 problems: step.problems(),
                 ms,
                 flops,
@@ -314,6 +330,9 @@ pub fn table(report: &BenchReport) -> String {
         m.flops_per_sample as f64 / 1e6,
         m.dispatches
     );
+    if let Some(p) = &report.precision {
+        let _ = writeln!(out, "precision: {p}");
+    }
     let _ = writeln!(
         out,
         "{:>7} {:>5} {:>14} {:>10} {:>10} {:>14} {:>10}",
@@ -334,14 +353,15 @@ pub fn table(report: &BenchReport) -> String {
         let _ = writeln!(out, "\nper kernel, {} rows:", g.rows);
         let _ = writeln!(
             out,
-            "{:<12} {:>8} {:>10} {:>12} {:>12} {:>10} {:>8}",
-            "kernel", "problems", "ms", "MFLOP", "MB", "GFLOP/s", "GB/s"
+            "{:<12} {:<22} {:>8} {:>10} {:>12} {:>12} {:>10} {:>8}",
+            "dispatch", "kernel", "problems", "ms", "MFLOP", "MB", "GFLOP/s", "GB/s"
         );
         for k in &g.kernels {
             let _ = writeln!(
                 out,
-                "{:<12} {:>8} {:>10.3} {:>12.1} {:>12.2} {:>10.2} {:>8.2}",
+                "{:<12} {:<22} {:>8} {:>10.3} {:>12.1} {:>12.2} {:>10.2} {:>8.2}",
                 k.name,
+                k.kernel.as_deref().unwrap_or("-"),
                 k.problems,
                 k.ms,
                 k.flops as f64 / 1e6,

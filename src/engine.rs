@@ -270,6 +270,22 @@ impl Engine {
         self.ctx.linear.variant_for(self.precision, rows)
     }
 
+    /// What runs `step` for a batch whose linear steps run `variant`: the linear kernel's
+    /// variant (with the tensor-core shape), or the kernel's name.
+    pub fn kernel_name(&self, step: &Step, variant: Variant) -> String {
+        match step {
+            Step::Linear { .. } => match (variant, self.ctx.linear.coop()) {
+                (Variant::Coop, Some(shape)) => {
+                    format!("f16 coop {0}x{0}x{0}", shape.size)
+                }
+                _ => variant.name().to_string(),
+            },
+            Step::Gather => "gather".into(),
+            Step::Resolve => "resolve".into(),
+            Step::MmoeMix(_) => "mmoe_mix".into(),
+        }
+    }
+
     /// Embedding pages the tables were split into.
     pub fn pages(&self) -> usize {
         self.layout.n_pages

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use pepnet::gpu::linear::Precision;
 use pepnet::io::InputReader;
 use pepnet::pipeline::ScoreFileOptions;
 use pepnet::{reference, Engine, EngineOptions, GpuContext, Model, ModelSpec, Result};
@@ -53,6 +54,10 @@ enum Command {
         /// Adapter name substring (default: $PEPNET_ADAPTER, else the high-performance one).
         #[arg(long)]
         adapter: Option<String>,
+        /// Precision of the matrix products: f32, or f16 (f16 weights and layer inputs, f32
+        /// sums; tensor cores where the device has them).
+        #[arg(long, default_value = "f32")]
+        precision: Precision,
         /// Write rows that do not fit the model here (CSV: row, column, value, reason) and
         /// score the rest, instead of failing on the first.
         #[arg(long)]
@@ -159,6 +164,9 @@ enum Command {
         seed: u64,
         #[arg(long)]
         adapter: Option<String>,
+        /// Precision of the matrix products: f32 or f16.
+        #[arg(long, default_value = "f32")]
+        precision: Precision,
     },
     /// Train a model on the GPU (AdaGrad on embeddings, Adam on dense layers) and write a
     /// model directory `score` reads, with the optimizer state to resume from.
@@ -339,6 +347,9 @@ enum Command {
         /// Model directory, or a model.json spec file.
         #[arg(long)]
         model: PathBuf,
+        /// Precision whose kernels and weight bytes to show: f32 or f16.
+        #[arg(long, default_value = "f32")]
+        precision: Precision,
     },
 }
 
@@ -353,6 +364,7 @@ fn main() -> ExitCode {
             carry,
             backend,
             adapter,
+            precision,
             rejects,
             quiet,
             cache_rows,
@@ -381,6 +393,7 @@ fn main() -> ExitCode {
                 cache,
                 backend,
                 adapter.as_deref(),
+                precision,
             )
         }
         Command::ApplyRows { model, rows, out } => apply_rows(&model, &rows, out.as_deref()),
@@ -406,7 +419,7 @@ fn main() -> ExitCode {
             info();
             Ok(())
         }
-        Command::Plan { model } => plan(&model),
+        Command::Plan { model, precision } => plan(&model, precision),
         Command::Kuairand {
             log,
             users,
@@ -548,6 +561,7 @@ fn main() -> ExitCode {
             input,
             seed,
             adapter,
+            precision,
         } => {
             let config = pepnet::bench::BenchConfig {
                 batch_sizes,
@@ -555,6 +569,7 @@ fn main() -> ExitCode {
                 iterations: iters,
                 budget: std::time::Duration::from_secs_f64(budget_s.max(0.0)),
                 seed,
+                precision,
                 ..Default::default()
             };
             bench(
@@ -590,6 +605,7 @@ fn score(
     cache: pepnet::cache::CacheOptions,
     backend: Backend,
     adapter: Option<&str>,
+    precision: Precision,
 ) -> Result<()> {
     let model = Model::load(model_dir)?;
     let engine = match backend {
@@ -600,9 +616,18 @@ fn score(
                 max_batch: options.batch_size,
                 workspaces: options.scorers,
                 cache,
+                precision,
                 ..Default::default()
             };
-            Some(Engine::new(ctx, &model, &engine_options)?)
+            let engine = Engine::new(ctx, &model, &engine_options)?;
+            if precision != Precision::F32 {
+                eprintln!(
+                    "precision: {} ({})",
+                    precision.name(),
+                    engine.linear_variant(engine.max_rows()).name()
+                );
+            }
+            Some(engine)
         }
         Backend::Reference => None,
     };
@@ -1055,25 +1080,35 @@ fn gen_input(
     Ok(())
 }
 
-fn plan(path: &std::path::Path) -> Result<()> {
+fn plan(path: &std::path::Path, precision: Precision) -> Result<()> {
     let spec = load_spec(path)?;
     let model = Model::init(spec, 0);
     let packed = pepnet::plan::PackedWeights::new(&model.spec, &model.weights);
     let plan = pepnet::plan::Plan::new(&model.spec, &packed, 1);
+    // Which linear kernel runs depends on the device and the batch; name the choice.
+    let linear_kernel = match precision {
+        Precision::F32 => "linear f32 simt",
+        Precision::F16 => "linear f16 coop|simt",
+    };
     println!(
-        "{:<14} {:>8} {:>14} {:>16} {:>14}",
-        "dispatch", "problems", "FLOP/sample", "act bytes/sample", "weight bytes"
+        "{:<14} {:<21} {:>8} {:>14} {:>16} {:>14}",
+        "dispatch", "kernel", "problems", "FLOP/sample", "act bytes/sample", "weight bytes"
     );
     let (mut flops, mut act, mut weights) = (0, 0, 0);
     for step in &plan.steps {
         let (f, a, w) = (
             step.flops_per_sample(),
             step.activation_bytes_per_sample(&model.spec),
-            step.weight_bytes(),
+            step.weight_bytes_at(precision),
         );
+        let kernel = match step {
+            pepnet::plan::Step::Linear { .. } => linear_kernel,
+            other => other.label(),
+        };
         println!(
-            "{:<14} {:>8} {:>14} {:>16} {:>14}",
+            "{:<14} {:<21} {:>8} {:>14} {:>16} {:>14}",
             step.label(),
+            kernel,
             step.problems(),
             f,
             a,
@@ -1082,8 +1117,9 @@ fn plan(path: &std::path::Path) -> Result<()> {
         (flops, act, weights) = (flops + f, act + a, weights + w);
     }
     println!(
-        "{:<14} {:>8} {:>14} {:>16} {:>14}",
+        "{:<14} {:<21} {:>8} {:>14} {:>16} {:>14}",
         "total",
+        "",
         plan.steps.len(),
         flops,
         act,
@@ -1093,6 +1129,14 @@ fn plan(path: &std::path::Path) -> Result<()> {
         "activation row: {} f32 per sample",
         pepnet::plan::Plan::floats_per_sample(&model.spec)
     );
+    if precision == Precision::F16 {
+        println!(
+            "f16: linear steps run on tensor cores (cooperative matrices) where the device offers \
+             f16 x f16 -> f32 fragments of 8 or 16, on batches of more than {} rows; else on the \
+             f16 SIMT kernels",
+            pepnet::gpu::linear::SMALL_MAX_ROWS
+        );
+    }
     Ok(())
 }
 
@@ -1116,8 +1160,45 @@ fn info() {
             l.max_compute_workgroup_storage_size >> 10,
             l.max_compute_invocations_per_workgroup
         );
+        println!(
+            "    subgroup size {}..{}",
+            info.subgroup_min_size, info.subgroup_max_size
+        );
+        let shapes: Vec<String> = a
+            .coop
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}x{}x{} {:?}->{:?}",
+                    p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type
+                )
+            })
+            .collect();
+        let usable = pepnet::gpu::linear::CoopShape::choose(
+            &a.coop,
+            info.subgroup_min_size,
+            info.subgroup_max_size,
+            l,
+        );
+        println!(
+            "    cooperative matrices (tensor cores): {}; f16 runs on {}",
+            if shapes.is_empty() {
+                "none".to_string()
+            } else {
+                shapes.join(", ")
+            },
+            match usable {
+                Some(shape) if a.features.contains(wgpu::Features::SHADER_F16) =>
+                    format!("f16 coop {0}x{0}x{0}", shape.size),
+                _ => "the f16 SIMT kernels".to_string(),
+            }
+        );
         let wanted = [
             ("shader-f16", wgpu::Features::SHADER_F16),
+            (
+                "cooperative-matrix",
+                wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX,
+            ),
             ("subgroup", wgpu::Features::SUBGROUP),
             ("timestamp-query", wgpu::Features::TIMESTAMP_QUERY),
         ];

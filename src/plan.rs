@@ -512,7 +512,19 @@ impl Step {
         }
     }
 
-    /// Weight bytes the dispatch must read once per batch.
+    /// Weight bytes the dispatch must read once per batch at `precision`: at f16 the
+    /// matrices are read as f16, the biases as f32.
+    pub fn weight_bytes_at(&self, precision: crate::gpu::linear::Precision) -> u64 {
+        match (self, precision) {
+            (Step::Linear { problems, .. }, crate::gpu::linear::Precision::F16) => problems
+                .iter()
+                .map(|p| 2 * p.n as u64 * p.k as u64 + 4 * p.n as u64)
+                .sum(),
+            _ => self.weight_bytes(),
+        }
+    }
+
+    /// Weight bytes the dispatch must read once per batch (f32).
     pub fn weight_bytes(&self) -> u64 {
         match self {
             Step::Linear { problems, .. } => problems

@@ -21,7 +21,10 @@ fn random_specs_of_every_variant_match_the_reference_at_f16() {
     let ctx = gpu();
     let coop = ctx.linear.coop().is_some();
     if coop_required() {
-        assert!(coop, "PEPNET_REQUIRE_COOP=1 but the device has no cooperative matrices");
+        assert!(
+            coop,
+            "PEPNET_REQUIRE_COOP=1 but the device has no cooperative matrices"
+        );
     }
     let batch_variant = if coop {
         Variant::Coop
@@ -62,7 +65,10 @@ fn random_specs_of_every_variant_match_the_reference_at_f16() {
         }
     }
     // f16 must actually differ from f32 somewhere, or the f16 path did not run.
-    assert!(worst > 1e-6, "f16 scores equal the f64 reference to {worst:e}");
+    assert!(
+        worst > 1e-6,
+        "f16 scores equal the f64 reference to {worst:e}"
+    );
     eprintln!("f16 forward: worst |gpu - reference| = {worst:e} ({batch_variant:?})");
 }
 
