@@ -47,29 +47,6 @@ fn load_w_half(pr: Problem, n: u32, k: u32) -> vec2<u32> {
     return weights_half[(pr.w_off + n * w_stride + k) / 4u];
 }
 
-// x rounded to the nearest f16 (ties to even; beyond f16's range, ±inf), as an f32. Written
-// out rather than left to a conversion, whose rounding Vulkan leaves to the device (to nearest
-// or toward zero), so every device and the host reference round alike.
-fn round_half(x: f32) -> f32 {
-    let bits = bitcast<u32>(x);
-    let sign = bits & 0x80000000u;
-    let mag = bits & 0x7fffffffu;
-    if mag > 0x7f800000u {
-        return x; // NaN
-    }
-    if mag >= 0x477ff000u {
-        return bitcast<f32>(sign | 0x7f800000u); // 65520 and up round to infinity
-    }
-    if mag < 0x38800000u {
-        // f16 subnormals are multiples of 2^-24; scaling by powers of two is exact and
-        // round() breaks ties to even.
-        return round(x * 16777216.0) * (1.0 / 16777216.0);
-    }
-    // Normal: keep 10 of the 23 mantissa bits, ties to even.
-    let lsb = (mag >> 13u) & 1u;
-    return bitcast<f32>(sign | ((mag + 0x0fffu + lsb) & ~0x1fffu));
-}
-
 // Element (m, k) of A ⊙ G as the variant's products read it.
 fn stage_a(pr: Problem, m: u32, k: u32) -> f32 {
     let a = load_a(pr, m, k);

@@ -66,3 +66,20 @@ fn adagrad_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     sum_sq[i] = s;
     table[i] -= p.lr * g / (sqrt(s) + p.eps);
 }
+
+// `to_half`: the f16 copy of the packed dense weights that f16 training's forward reads, made
+// from the f32 master weights after each Adam step: one thread per pair, rounded to nearest
+// (ties to even) as the host's initial copy is.
+@group(0) @binding(10) var<storage, read_write> param_half: array<u32>;
+
+@compute @workgroup_size(256, 1, 1)
+fn to_half(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 256u;
+    if 2u * i >= adam_params.count {
+        return;
+    }
+    // The count is a whole number of vec4s, so both elements exist. Packing a value that is
+    // already an f16 is exact.
+    let pair = vec2<f32>(round_half(param[2u * i]), round_half(param[2u * i + 1u]));
+    param_half[i] = pack2x16float(pair);
+}

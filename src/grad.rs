@@ -6,6 +6,7 @@
 //! `docs/model.md` hold: EPNet's gate reads `E_d ⊕ sg(E)`, so its loss reaches E_d's features
 //! but not E's through that input; PPNet's gates read `E_p ⊕ sg(O_ep)`, likewise.
 
+use crate::gpu::linear::Precision;
 use std::collections::BTreeMap;
 
 use crate::batch::{Batch, Column};
@@ -52,8 +53,11 @@ pub struct Frozen {
     pub o_ep: Vec<Vec<f64>>,
 }
 
-fn linear(w: &Weights, name: &str, x: &[f64]) -> Vec<f64> {
-    crate::reference::linear(w, name, x)
+/// A linear layer's forward as the kernels of `precision` compute it (at f16, its input and
+/// weight rounded to f16). The backward always uses the f32 weights and the unrounded input, as
+/// the backward kernels do: mixed precision differentiates at the rounded forward.
+fn linear(w: &Weights, name: &str, x: &[f64], precision: Precision) -> Vec<f64> {
+    crate::reference::linear_at(precision, w, name, x)
 }
 
 /// Adds `name`'s weight and bias gradients for input `x` and output gradient `dy`; returns the
@@ -92,9 +96,9 @@ fn relu(v: &[f64]) -> Vec<f64> {
 }
 
 /// Gate NU forward.
-fn gate(w: &Weights, prefix: &str, x: &[f64], gamma: f64) -> Vec<f64> {
-    let h = relu(&linear(w, &format!("{prefix}.fc1"), x));
-    linear(w, &format!("{prefix}.fc2"), &h)
+fn gate(w: &Weights, prefix: &str, x: &[f64], gamma: f64, precision: Precision) -> Vec<f64> {
+    let h = relu(&linear(w, &format!("{prefix}.fc1"), x, precision));
+    linear(w, &format!("{prefix}.fc2"), &h, precision)
         .into_iter()
         .map(|z| gamma * sigmoid(z))
         .collect()
@@ -108,11 +112,12 @@ fn gate_back(
     x: &[f64],
     d_delta: &[f64],
     gamma: f64,
+    precision: Precision,
 ) -> Vec<f64> {
     let (fc1, fc2) = (format!("{prefix}.fc1"), format!("{prefix}.fc2"));
-    let pre = linear(w, &fc1, x);
+    let pre = linear(w, &fc1, x, precision);
     let h = relu(&pre);
-    let z = linear(w, &fc2, &h);
+    let z = linear(w, &fc2, &h, precision);
     let dz: Vec<f64> = z
         .iter()
         .zip(d_delta)
@@ -130,7 +135,13 @@ fn gate_back(
     linear_back(w, g, &fc1, x, &dpre)
 }
 
-fn forward(model: &Model, batch: &Batch, i: usize, frozen: Option<&Frozen>) -> Tape {
+fn forward(
+    model: &Model,
+    batch: &Batch,
+    i: usize,
+    frozen: Option<&Frozen>,
+    precision: Precision,
+) -> Tape {
     let spec = &model.spec;
     let w = &model.weights;
     let gamma = spec.gate_gamma;
@@ -141,7 +152,7 @@ fn forward(model: &Model, batch: &Batch, i: usize, frozen: Option<&Frozen>) -> T
         Some(_) => {
             let e_in = frozen.map_or(&e, |f| &f.e[i]);
             let x: Vec<f64> = e_d.iter().chain(e_in).copied().collect();
-            let delta = gate(w, "epnet", &x, gamma);
+            let delta = gate(w, "epnet", &x, gamma, precision);
             let o = delta.iter().zip(&e).map(|(a, b)| a * b).collect();
             (Some((x, delta)), o)
         }
@@ -153,7 +164,7 @@ fn forward(model: &Model, batch: &Batch, i: usize, frozen: Option<&Frozen>) -> T
         let o_in = frozen.map_or(&o_ep, |f| &f.o_ep[i]);
         let x: Vec<f64> = e_p.iter().chain(o_in).copied().collect();
         let deltas: Vec<Vec<f64>> = (0..widths.len())
-            .map(|l| gate(w, &format!("ppnet.{l}"), &x, gamma))
+            .map(|l| gate(w, &format!("ppnet.{l}"), &x, gamma, precision))
             .collect();
         (x, deltas)
     });
@@ -163,7 +174,12 @@ fn forward(model: &Model, batch: &Batch, i: usize, frozen: Option<&Frozen>) -> T
             for k in 0..ex.count {
                 let mut layers = vec![o_ep.clone()];
                 for j in 0..ex.hidden.len() {
-                    let next = relu(&linear(w, &format!("expert.{k}.{j}"), &layers[j]));
+                    let next = relu(&linear(
+                        w,
+                        &format!("expert.{k}.{j}"),
+                        &layers[j],
+                        precision,
+                    ));
                     layers.push(next);
                 }
                 experts.push(layers);
@@ -171,7 +187,7 @@ fn forward(model: &Model, batch: &Batch, i: usize, frozen: Option<&Frozen>) -> T
             spec.tasks
                 .iter()
                 .map(|task| {
-                    let z = linear(w, &format!("mmoe_gate.{task}"), &o_ep);
+                    let z = linear(w, &format!("mmoe_gate.{task}"), &o_ep, precision);
                     let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let ex: Vec<f64> = z.iter().map(|v| (v - max).exp()).collect();
                     let sum: f64 = ex.iter().sum();
@@ -201,7 +217,7 @@ fn forward(model: &Model, batch: &Batch, i: usize, frozen: Option<&Frozen>) -> T
                 Some((_, d)) => h.iter().zip(&d[l][t * wl..]).map(|(x, g)| x * g).collect(),
                 None => h.clone(),
             };
-            let y = linear(w, &format!("tower.{task}.{l}"), &a);
+            let y = linear(w, &format!("tower.{task}.{l}"), &a, precision);
             h = if l + 1 < widths.len() { relu(&y) } else { y };
         }
         probs.push(sigmoid(h[0]));
@@ -230,7 +246,7 @@ fn bce(p: f64, y: f64) -> f64 {
 /// The values the stop-gradients freeze, from the model as it is.
 pub fn frozen(model: &Model, batch: &Batch) -> Frozen {
     let tapes: Vec<Tape> = (0..batch.len())
-        .map(|i| forward(model, batch, i, None))
+        .map(|i| forward(model, batch, i, None, Precision::F32))
         .collect();
     Frozen {
         e: tapes.iter().map(|t| t.e.clone()).collect(),
@@ -250,7 +266,7 @@ pub fn loss(
     let t = model.spec.n_tasks();
     (0..batch.len())
         .map(|i| {
-            let tape = forward(model, batch, i, frozen);
+            let tape = forward(model, batch, i, frozen, Precision::F32);
             (0..t)
                 .map(|k| task_weights[k] * bce(tape.probs[k], labels[i * t + k]))
                 .sum::<f64>()
@@ -262,6 +278,19 @@ pub fn loss(
 /// The loss and every parameter's gradient on `batch`; `labels` are `B × T` (0 or 1),
 /// `task_weights` one per task.
 pub fn loss_and_gradients(
+    model: &Model,
+    batch: &Batch,
+    labels: &[f64],
+    task_weights: &[f64],
+) -> Result<(f64, Gradients)> {
+    loss_and_gradients_at(Precision::F32, model, batch, labels, task_weights)
+}
+
+/// [`loss_and_gradients`] as mixed-precision training computes them at `precision`: the
+/// forward's linear layers round their inputs and weights as the f16 kernels do; the backward
+/// uses the f32 weights and the unrounded inputs.
+pub fn loss_and_gradients_at(
+    precision: Precision,
     model: &Model,
     batch: &Batch,
     labels: &[f64],
@@ -279,7 +308,7 @@ pub fn loss_and_gradients(
     };
     let mut total = 0.0;
     for i in 0..n {
-        let tape = forward(model, batch, i, None);
+        let tape = forward(model, batch, i, None, precision);
         // Towers, last layer first; PPNet's δ_t(l) gets the product's other factor.
         let mut d_h0 = Vec::with_capacity(t_count);
         let mut d_deltas: Vec<Vec<f64>> =
@@ -323,7 +352,7 @@ pub fn loss_and_gradients(
         let mut d_e_p = vec![0.0; tape.e_p.len()];
         if let Some((x, _)) = &tape.pp {
             for (l, dd) in d_deltas.iter().enumerate() {
-                let dx = gate_back(w, &mut g, &format!("ppnet.{l}"), x, dd, gamma);
+                let dx = gate_back(w, &mut g, &format!("ppnet.{l}"), x, dd, gamma, precision);
                 for (acc, v) in d_e_p.iter_mut().zip(&dx) {
                     *acc += v;
                 }
@@ -383,7 +412,7 @@ pub fn loss_and_gradients(
             Some((x, delta)) => {
                 let d_e: Vec<f64> = d_o.iter().zip(delta).map(|(a, b)| a * b).collect();
                 let d_delta: Vec<f64> = d_o.iter().zip(&tape.e).map(|(a, b)| a * b).collect();
-                let dx = gate_back(w, &mut g, "epnet", x, &d_delta, gamma);
+                let dx = gate_back(w, &mut g, "epnet", x, &d_delta, gamma, precision);
                 (d_e, dx[..tape.e_d.len()].to_vec())
             }
             None => (d_o, vec![0.0; tape.e_d.len()]),

@@ -216,6 +216,10 @@ enum Command {
         json: Option<PathBuf>,
         #[arg(long)]
         adapter: Option<String>,
+        /// Precision of the forward pass's matrix products: f32, or f16 (mixed precision:
+        /// f16 weight copy and layer inputs, f32 sums, gradients and optimizer state).
+        #[arg(long, default_value = "f32")]
+        precision: Precision,
     },
     /// The paper's ablation: PEPNet, EPNet only, PPNet only, the plain DNN and MMoE built from
     /// one spec, trained on the GPU with the same data, seeds and optimizers, and their GAUC per
@@ -247,6 +251,10 @@ enum Command {
         json: Option<PathBuf>,
         #[arg(long)]
         adapter: Option<String>,
+        /// Precision of the forward pass's matrix products: f32, or f16 (mixed precision:
+        /// f16 weight copy and layer inputs, f32 sums, gradients and optimizer state).
+        #[arg(long, default_value = "f32")]
+        precision: Precision,
     },
     /// Training samples/s of a model on random batches, with each dispatch's GPU time.
     TrainBench {
@@ -266,6 +274,10 @@ enum Command {
         json: Option<PathBuf>,
         #[arg(long)]
         adapter: Option<String>,
+        /// Precision of the forward pass's matrix products: f32, or f16 (mixed precision:
+        /// f16 weight copy and layer inputs, f32 sums, gradients and optimizer state).
+        #[arg(long, default_value = "f32")]
+        precision: Precision,
     },
     /// AUC and GAUC per domain × task, from labelled data and the scores written for it.
     Eval {
@@ -468,6 +480,7 @@ fn main() -> ExitCode {
             no_shuffle,
             json,
             adapter,
+            precision,
         } => {
             let options = pepnet::train::TrainerOptions {
                 batch_size,
@@ -481,6 +494,7 @@ fn main() -> ExitCode {
                     eps: adagrad_eps,
                 },
                 task_weights: (!task_weights.is_empty()).then_some(task_weights),
+                precision,
             };
             let config = pepnet::train::TrainConfig {
                 epochs,
@@ -510,11 +524,12 @@ fn main() -> ExitCode {
             labels,
             json,
             adapter,
+            precision,
         } => ablation(
             &model,
             (&train_path, &valid),
             &seeds,
-            (epochs, batch_size),
+            (epochs, batch_size, precision),
             user_column,
             &labels,
             json.as_deref(),
@@ -527,10 +542,11 @@ fn main() -> ExitCode {
             steps,
             json,
             adapter,
+            precision,
         } => train_bench(
             &preset,
             model.as_deref(),
-            batch_size,
+            (batch_size, precision),
             steps,
             json.as_deref(),
             adapter.as_deref(),
@@ -881,7 +897,7 @@ fn ablation(
     model: &std::path::Path,
     (train_path, valid_path): (&std::path::Path, &std::path::Path),
     seeds: &[u64],
-    (epochs, batch_size): (usize, usize),
+    (epochs, batch_size, precision): (usize, usize, Precision),
     user_column: String,
     labels: &[String],
     json: Option<&std::path::Path>,
@@ -903,10 +919,12 @@ fn ablation(
     let ctx = GpuContext::new(adapter)?;
     let options = TrainerOptions {
         batch_size,
+        precision,
         ..Default::default()
     };
     eprintln!(
-        "ablation on {}: 5 models x {} seeds, {} epochs of {} samples",
+        "ablation ({}) on {}: 5 models x {} seeds, {} epochs of {} samples",
+        precision.name(),
         ctx.info.name,
         seeds.len(),
         epochs,
@@ -931,7 +949,7 @@ fn ablation(
 fn train_bench(
     preset: &str,
     model: Option<&std::path::Path>,
-    batch_size: usize,
+    (batch_size, precision): (usize, Precision),
     steps: usize,
     json: Option<&std::path::Path>,
     adapter: Option<&str>,
@@ -942,7 +960,7 @@ fn train_bench(
         None => Model::init(pepnet::bench::preset(preset)?, 0),
     };
     let ctx = GpuContext::new(adapter)?;
-    let r = pepnet::train::bench::run(ctx, &model, batch_size, steps, 0)?;
+    let r = pepnet::train::bench::run(ctx, &model, (batch_size, precision), steps, 0)?;
     println!(
         "{}: batch {}, {} steps: {:.1} ms/step, {:.0} samples/s, {:.1} GFLOP/s \
          ({} FLOPs per sample)",

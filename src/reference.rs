@@ -162,15 +162,38 @@ pub fn gate_nu(w: &Weights, prefix: &str, x: &[f64], gamma: f64) -> Vec<f64> {
 
 /// `y = x · weightᵀ + bias`, PyTorch's `nn.Linear` convention (weight is `[out, in]`).
 pub fn linear(w: &Weights, name: &str, x: &[f64]) -> Vec<f64> {
+    linear_at(crate::gpu::linear::Precision::F32, w, name, x)
+}
+
+/// [`linear`] as the kernels of `precision` compute it: at f16, `x` (as the f32 the GPU holds)
+/// and the weight are rounded to f16 before the products; the bias stays f32.
+pub fn linear_at(
+    precision: crate::gpu::linear::Precision,
+    w: &Weights,
+    name: &str,
+    x: &[f64],
+) -> Vec<f64> {
     let weight = w.get(&format!("{name}.weight"));
     let bias = &w.get(&format!("{name}.bias")).data;
     let n_in = weight.shape[1];
     assert_eq!(x.len(), n_in, "{name}: input width");
+    let round = |v: f64| match precision {
+        crate::gpu::linear::Precision::F32 => v,
+        crate::gpu::linear::Precision::F16 => kernels::round_f16(v as f32 as f64),
+    };
+    let x: Vec<f64> = x.iter().map(|&v| round(v)).collect();
     weight
         .data
         .chunks_exact(n_in)
         .zip(bias)
-        .map(|(row, &b)| b as f64 + row.iter().zip(x).map(|(&a, &x)| a as f64 * x).sum::<f64>())
+        .map(|(row, &b)| {
+            b as f64
+                + row
+                    .iter()
+                    .zip(&x)
+                    .map(|(&a, &x)| round(a as f64) * x)
+                    .sum::<f64>()
+        })
         .collect()
 }
 

@@ -538,3 +538,57 @@ fn adagrad_updates_only_the_touched_rows_as_the_reference_does() {
         }
     }
 }
+
+/// The f16 copy of the weights (`to_half`, whose rounding `round_half` every f16 kernel shares)
+/// is bit for bit what the host's `pack_half` (the `half` crate, ties to even) makes: on random
+/// values of every magnitude, exact ties, f16 subnormals, the largest finite f16 and overflow.
+#[test]
+fn to_half_rounds_as_the_host_does() {
+    let ctx = gpu();
+    for seed in 0..4u64 {
+        let mut r = rng(seed);
+        let n = [4, 12, 1028, 70_000][seed as usize];
+        let mut values: Vec<f32> = (0..n)
+            .map(|i| match i % 6 {
+                // Random magnitudes from 2^-30 to 2^17, both signs.
+                0 | 1 => {
+                    let sign = if r.random_range(0..2) == 0 { 1.0 } else { -1.0 };
+                    sign * 2f32.powf(r.random_range(-30.0..17.0))
+                }
+                // A tie: halfway between two f16 neighbours (a random f16 plus half an ulp).
+                2 => {
+                    let h = half::f16::from_bits(r.random_range(0x0001u16..0x7bff));
+                    let next = half::f16::from_bits(h.to_bits() + 1);
+                    (h.to_f32() + next.to_f32()) / 2.0
+                }
+                3 => r.random_range(-1e-5f32..1e-5), // f16 subnormals
+                4 => [65504.0, 65519.0, 65520.0, -70000.0, 6.1e-5, 0.0][r.random_range(0..6)],
+                _ => r.random_range(-1.0f32..1.0),
+            })
+            .collect();
+        values.resize(values.len().next_multiple_of(4), 0.5);
+        let count = values.len() as u32;
+        let params = AdamParams::new(&AdamConfig::default(), count, 1);
+        let params_buf = ctx.uniform_buffer("params", &params);
+        let weights = ctx.storage_buffer("weights", &values);
+        let initial: Vec<u32> = (0..count / 2).map(|_| r.random::<u32>()).collect();
+        let half_buf = ctx.storage_buffer("weights f16", &initial);
+        let bg = ctx
+            .optimizer
+            .to_half_bind_group(&ctx.device, &params_buf, &weights, &half_buf);
+        let got = run(&ctx, &half_buf, initial.len(), |pass| {
+            ctx.optimizer.to_half(pass, &bg, count)
+        });
+        let got: &[u32] = bytemuck::cast_slice(&got);
+        let want = pack_half(&values);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(
+                g,
+                w,
+                "seed {seed}: pair {i} ({}, {}): gpu {g:08x}, host {w:08x}",
+                values[2 * i],
+                values[2 * i + 1]
+            );
+        }
+    }
+}

@@ -8,6 +8,7 @@ use super::whole_buffers;
 /// then `shaders/linear.wgsl`.
 pub const SOURCE: &str = concat!(
     include_str!("../../shaders/linear_common.wgsl"),
+    include_str!("../../shaders/half.wgsl"),
     include_str!("../../shaders/linear.wgsl")
 );
 

@@ -4,7 +4,10 @@
 
 use super::{bind_buffers, dispatch_flat, entry_pipelines};
 
-pub const SOURCE: &str = include_str!("../../shaders/optimizer.wgsl");
+pub const SOURCE: &str = concat!(
+    include_str!("../../shaders/half.wgsl"),
+    include_str!("../../shaders/optimizer.wgsl")
+);
 const WORKGROUP: u64 = 256;
 
 /// Adam's hyperparameters. The defaults are PyTorch's (the paper's "small" learning rate).
@@ -88,6 +91,7 @@ pub struct AdaGradParams {
 pub struct OptimizerKernels {
     adam: wgpu::ComputePipeline,
     adagrad_rows: wgpu::ComputePipeline,
+    to_half: wgpu::ComputePipeline,
 }
 
 /// Binds five buffers at bindings `first ..`.
@@ -103,10 +107,48 @@ fn bind(
 
 impl OptimizerKernels {
     pub fn new(device: &wgpu::Device) -> Self {
-        let mut p = entry_pipelines(device, "optimizer", SOURCE, &["adam", "adagrad_rows"]);
-        let adagrad_rows = p.pop().expect("two pipelines");
-        let adam = p.pop().expect("two pipelines");
-        Self { adam, adagrad_rows }
+        let mut p = entry_pipelines(
+            device,
+            "optimizer",
+            SOURCE,
+            &["adam", "adagrad_rows", "to_half"],
+        );
+        let to_half = p.pop().expect("three pipelines");
+        let adagrad_rows = p.pop().expect("three pipelines");
+        let adam = p.pop().expect("three pipelines");
+        Self {
+            adam,
+            adagrad_rows,
+            to_half,
+        }
+    }
+
+    /// Binds: Adam params (uniform, for the count), the f32 parameters, their f16 copy (two to
+    /// a `u32`, as `linear::pack_half` lays them out).
+    pub fn to_half_bind_group(
+        &self,
+        device: &wgpu::Device,
+        params: &wgpu::Buffer,
+        weights: &wgpu::Buffer,
+        weights_half: &wgpu::Buffer,
+    ) -> wgpu::BindGroup {
+        bind_buffers(
+            device,
+            &self.to_half,
+            "optimizer to_half",
+            &[(0, params), (2, weights), (10, weights_half)],
+        )
+    }
+
+    /// Records the f16 copy of `count` parameters (even): one thread per pair.
+    pub fn to_half(&self, pass: &mut wgpu::ComputePass, bind_group: &wgpu::BindGroup, count: u32) {
+        dispatch_flat(
+            pass,
+            &self.to_half,
+            bind_group,
+            count.div_ceil(2) as u64,
+            WORKGROUP,
+        );
     }
 
     /// Binds: Adam params (uniform), gradients, parameters, first and second moments.

@@ -46,11 +46,11 @@ pub fn flops_per_sample(model: &Model) -> u64 {
         .sum()
 }
 
-/// Times `steps` training steps (after two untimed ones) at `batch_size`.
+/// Times `steps` training steps (after two untimed ones) at `batch_size` and `precision`.
 pub fn run(
     ctx: std::sync::Arc<GpuContext>,
     model: &Model,
-    batch_size: usize,
+    (batch_size, precision): (usize, crate::gpu::linear::Precision),
     steps: usize,
     seed: u64,
 ) -> Result<TrainBench> {
@@ -62,6 +62,7 @@ pub fn run(
     }
     let options = TrainerOptions {
         batch_size,
+        precision,
         ..Default::default()
     };
     let mut trainer = Trainer::new(ctx.clone(), model, None, &options)?;

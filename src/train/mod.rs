@@ -48,6 +48,11 @@ pub struct TrainerOptions {
     pub adagrad: AdaGradConfig,
     /// Per task, the weight of its loss (1 each when `None`).
     pub task_weights: Option<Vec<f64>>,
+    /// Precision of the forward pass's matrix products. At f16 (mixed precision) the forward
+    /// reads an f16 copy of the weights, refreshed from the f32 master weights after every
+    /// Adam step; the loss, the gradients (in f32 buffers, so no loss scaling is needed) and the
+    /// optimizer state stay f32.
+    pub precision: linear::Precision,
 }
 
 impl Default for TrainerOptions {
@@ -57,6 +62,7 @@ impl Default for TrainerOptions {
             adam: AdamConfig::default(),
             adagrad: AdaGradConfig::default(),
             task_weights: None,
+            precision: linear::Precision::F32,
         }
     }
 }
@@ -84,6 +90,8 @@ pub struct Trainer {
     row_grad_group: wgpu::BindGroup,
     adam_group: wgpu::BindGroup,
     adagrad_group: wgpu::BindGroup,
+    /// f16 training: the f16 copy of the weights refreshed after Adam.
+    to_half_group: Option<wgpu::BindGroup>,
     uses: RowUses,
     host_ids: Vec<u32>,
     host_dense: Vec<f32>,
@@ -91,6 +99,8 @@ pub struct Trainer {
 
 struct Buffers {
     weights: wgpu::Buffer,
+    /// The forward's f16 copy of `weights`, for f16 training.
+    weights_half: Option<wgpu::Buffer>,
     page: wgpu::Buffer,
     m: wgpu::Buffer,
     v: wgpu::Buffer,
@@ -281,6 +291,8 @@ impl Trainer {
         let zeroed = |label: &str, floats: usize| ctx.zeroed_storage(label, floats as u64 * 4);
         let b = Buffers {
             weights: ctx.storage_buffer("dense weights", &packed.data),
+            weights_half: (options.precision == linear::Precision::F16)
+                .then(|| ctx.storage_buffer("dense weights f16", &linear::pack_half(&packed.data))),
             page: ctx.storage_buffer("embedding rows", &page_data),
             m: ctx.storage_buffer("adam m", &m),
             v: ctx.storage_buffer("adam v", &v),
@@ -345,7 +357,7 @@ impl Trainer {
                         &problems,
                         &b.weights,
                         &b.act,
-                        None,
+                        b.weights_half.as_ref(),
                     ));
                     let input = (ls.input_tiles > 0).then(|| {
                         let bg = ctx.linear_backward.input_bind_group(
@@ -425,6 +437,10 @@ impl Trainer {
                 &b.sum_sq,
             ],
         );
+        let to_half_group = b.weights_half.as_ref().map(|half| {
+            ctx.optimizer
+                .to_half_bind_group(device, &b.adam_params, &b.weights, half)
+        });
         // Scopes pop innermost first.
         let errors = [invalid, out_of_memory].map(|scope| pollster::block_on(scope.pop()));
         if let Some(e) = errors.into_iter().flatten().next() {
@@ -452,6 +468,7 @@ impl Trainer {
             row_grad_group,
             adam_group,
             adagrad_group,
+            to_half_group,
             uses: RowUses::default(),
             host_ids: Vec::new(),
             host_dense: Vec::new(),
@@ -488,8 +505,9 @@ impl Trainer {
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             self.record_gradients(&mut pass, rows);
-            self.record(&mut pass, &Dispatch::Adam, rows);
-            self.record(&mut pass, &Dispatch::AdaGrad, rows);
+            for dispatch in self.optimizer_dispatches() {
+                self.record(&mut pass, &dispatch, rows);
+            }
         }
         self.ctx.queue.submit([encoder.finish()]);
         Ok(())
@@ -647,6 +665,23 @@ impl Trainer {
         Ok(model)
     }
 
+    /// The packed f32 master weights, as the kernels read them (waits for the GPU).
+    pub fn packed_weights(&self) -> Result<Vec<f32>> {
+        self.ctx
+            .read_buffer(&self.b.weights, self.packed.data.len())
+    }
+
+    /// f16 training: the forward's f16 copy of the packed weights, two to a `u32` (waits for
+    /// the GPU); `None` at f32.
+    pub fn half_weights(&self) -> Result<Option<Vec<u32>>> {
+        let Some(half) = &self.b.weights_half else {
+            return Ok(None);
+        };
+        let words = self.packed.data.len().div_ceil(2);
+        let floats = self.ctx.read_buffer(half, words)?;
+        Ok(Some(bytemuck::cast_slice(&floats).to_vec()))
+    }
+
     /// Adam's moments, AdaGrad's sums and the step count, to resume from (waits for the GPU).
     pub fn optimizer_state(&self) -> Result<OptimizerState> {
         let spec = &self.model.spec;
@@ -744,6 +779,28 @@ impl Trainer {
         out
     }
 
+    /// The optimizers' dispatches after the gradients: Adam, the f16 copy of the weights (f16
+    /// training), AdaGrad.
+    fn optimizer_dispatches(&self) -> Vec<Dispatch> {
+        let mut out = vec![Dispatch::Adam];
+        if self.to_half_group.is_some() {
+            out.push(Dispatch::ToHalf);
+        }
+        out.push(Dispatch::AdaGrad);
+        out
+    }
+
+    /// The precision of the forward pass's matrix products.
+    pub fn precision(&self) -> linear::Precision {
+        self.options.precision
+    }
+
+    /// The linear kernel variant the forward pass of a batch of `rows` runs on.
+    pub fn linear_variant(&self, rows: usize) -> linear::Variant {
+        let rows = rows.min(self.options.batch_size) as u32;
+        self.ctx.linear.variant_for(self.options.precision, rows)
+    }
+
     /// What a dispatch computes, for profiles.
     fn label(&self, dispatch: &Dispatch) -> String {
         let step = |i: usize| self.plan.steps[i].label();
@@ -755,6 +812,7 @@ impl Trainer {
             Dispatch::MixBackward(i) => format!("{} backward", step(i)),
             Dispatch::RowGrad => "gather backward".into(),
             Dispatch::Adam => "adam".into(),
+            Dispatch::ToHalf => "adam f16 copy".into(),
             Dispatch::AdaGrad => "adagrad".into(),
         }
     }
@@ -773,7 +831,7 @@ impl Trainer {
                             bg,
                             self.forward_tiles[i],
                             rows,
-                            linear::Precision::F32,
+                            self.options.precision,
                         );
                     }
                     Step::MmoeMix(params) => ctx.mmoe_mix.dispatch(pass, bg, params, rows),
@@ -814,6 +872,12 @@ impl Trainer {
                 let count = self.packed.data.len() as u32;
                 ctx.optimizer.adam(pass, &self.adam_group, count);
             }
+            Dispatch::ToHalf => {
+                if let Some(bg) = &self.to_half_group {
+                    ctx.optimizer
+                        .to_half(pass, bg, self.packed.data.len() as u32);
+                }
+            }
             Dispatch::AdaGrad => {
                 let params = self.adagrad_params();
                 if params.rows > 0 {
@@ -841,7 +905,7 @@ impl Trainer {
         self.prepare_step(batch, labels)?;
         let rows = batch.len() as u32;
         let mut dispatches = self.gradient_dispatches();
-        dispatches.extend([Dispatch::Adam, Dispatch::AdaGrad]);
+        dispatches.extend(self.optimizer_dispatches());
         let count = 2 * dispatches.len() as u32;
         let set = self.ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
             label: Some("training timestamps"),
@@ -896,5 +960,6 @@ enum Dispatch {
     MixBackward(usize),
     RowGrad,
     Adam,
+    ToHalf,
     AdaGrad,
 }
