@@ -404,8 +404,7 @@ fn main() -> ExitCode {
                 options,
                 cache,
                 backend,
-                adapter.as_deref(),
-                precision,
+                (adapter.as_deref(), precision),
             )
         }
         Command::ApplyRows { model, rows, out } => apply_rows(&model, &rows, out.as_deref()),
@@ -620,8 +619,7 @@ fn score(
     options: ScoreFileOptions,
     cache: pepnet::cache::CacheOptions,
     backend: Backend,
-    adapter: Option<&str>,
-    precision: Precision,
+    (adapter, precision): (Option<&str>, Precision),
 ) -> Result<()> {
     let model = Model::load(model_dir)?;
     let engine = match backend {
