@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """One comparison table from bench reports (docs/bench.schema.json): samples/s end to end and
-GPU-only per batch size, for pepnet and each baseline mode, with the ratio pepnet / baseline.
+GPU-only per batch size, for pepnet and each baseline mode, with the ratio pepnet / baseline
+(pepnet at f32, and at f16 where its report "pepnet-f16" is among the inputs).
 
     python3 bench/compare.py RESULTS_DIR_OR_FILES... [--markdown]
 """
@@ -40,7 +41,13 @@ def main():
     for r in reports:
         if r is not ref:
             print(f"{r['engine']} on {r['device']['name']} ({r['device']['driver']})")
+    half = next((r for r in reports if r["engine"] == "pepnet-f16"), None)
+    half_rows = by_batch(half) if half else {}
     head = ["batch", "engine", "samples/s", "p50 ms", "GPU samples/s", "pepnet / this (e2e)", "pepnet / this (GPU)"]
+    if half:
+        head += ["pepnet f16 / this (e2e)", "pepnet f16 / this (GPU)"]
+    gpu_rate = lambda x: x["gpu"]["samples_per_s"] if x and x.get("gpu") else None
+    ratio = lambda a, b: f"{a / b:.2f}" if a and b else "-"
     rows = []
     for b in sorted(ref_rows):
         for r in reports:
@@ -48,14 +55,17 @@ def main():
             if not x:
                 continue
             ours_x = ref_rows[b]
-            gpu = x["gpu"]["samples_per_s"] if x.get("gpu") else None
-            ours_gpu = ours_x["gpu"]["samples_per_s"] if ours_x.get("gpu") else None
-            rows.append([
+            gpu = gpu_rate(x)
+            row = [
                 str(b), r["engine"], f"{x['samples_per_s']:.0f}", f"{x['latency_ms_p50']:.3f}",
                 f"{gpu:.0f}" if gpu else "-",
-                f"{ours_x['samples_per_s'] / x['samples_per_s']:.2f}",
-                f"{ours_gpu / gpu:.2f}" if gpu and ours_gpu else "-",
-            ])
+                ratio(ours_x["samples_per_s"], x["samples_per_s"]),
+                ratio(gpu_rate(ours_x), gpu),
+            ]
+            if half:
+                h = half_rows.get(b)
+                row += [ratio(h and h["samples_per_s"], x["samples_per_s"]), ratio(gpu_rate(h), gpu)]
+            rows.append(row)
     if args.markdown:
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))

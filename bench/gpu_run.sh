@@ -5,9 +5,10 @@
 #   bash bench/gpu_run.sh OUT_DIR [BATCH_SIZES]
 #
 # Records the GPU and driver, runs bench/run_comparison.sh on tiny, paper and paper_mmoe in a
-# scratch directory (models and inputs are large), then training: `pepnet train-bench` on the
-# paper preset and the example's spec, and one epoch of 100 000 generated rows by `pepnet train`
-# and by bench/torch_train.py on the same GPU. Leaves in OUT_DIR only machine.txt and
+# scratch directory (models and inputs are large): pepnet at f32 and f16 (tensor cores) beside
+# PyTorch eager and torch.compile at fp32 and bf16, then training: `pepnet train-bench` on the
+# paper preset and the example's spec at f32 and f16, and one epoch of 100 000 generated rows by
+# `pepnet train` (f32 and f16) and by bench/torch_train.py on the same GPU. Leaves in OUT_DIR only machine.txt and
 # results.tar.gz (each preset's reports, parity check and table; train/), printing the tables.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -37,13 +38,17 @@ done
 pepnet="$here/../target/release/pepnet"
 spec="$here/../examples/kuairand/model.json"
 mkdir -p "$work/results/train"
-"$pepnet" train-bench --preset paper --batch-size 1024 --steps 20 \
-    --json "$work/results/train/train-bench-paper.json" | tee "$work/results/train/train-bench-paper.txt"
-"$pepnet" train-bench --model "$spec" --batch-size 1024 --steps 50 \
-    --json "$work/results/train/train-bench-kuairand.json" | tee "$work/results/train/train-bench-kuairand.txt"
+for p in f32 f16; do
+    "$pepnet" train-bench --preset paper --batch-size 1024 --steps 20 --precision $p \
+        --json "$work/results/train/train-bench-paper-$p.json" | tee "$work/results/train/train-bench-paper-$p.txt"
+    "$pepnet" train-bench --model "$spec" --batch-size 1024 --steps 50 --precision $p \
+        --json "$work/results/train/train-bench-kuairand-$p.json" | tee "$work/results/train/train-bench-kuairand-$p.txt"
+done
 "$pepnet" gen-data --model "$spec" --rows 100000 --output "$work/train.csv" --world 0 --seed 1
-"$pepnet" train --model "$spec" --train "$work/train.csv" --out "$work/trained-pepnet" --epochs 1 \
-    2>&1 | tee "$work/results/train/pepnet-train.txt"
+for p in f32 f16; do
+    "$pepnet" train --model "$spec" --train "$work/train.csv" --out "$work/trained-pepnet-$p" --epochs 1 \
+        --precision $p 2>&1 | tee "$work/results/train/pepnet-train-$p.txt"
+done
 python3 "$here/torch_train.py" --spec "$spec" --train "$work/train.csv" --out "$work/trained-torch" \
     --epochs 1 2>&1 | tee "$work/results/train/torch-train.txt" || echo "torch_train.py failed"
 tar -C "$work/results" -czf "$out/results.tar.gz" .

@@ -205,7 +205,11 @@ pub fn run(
     }
     Ok(BenchReport {
         schema_version: SCHEMA_VERSION,
-        engine: "pepnet".into(),
+        // f32 is "pepnet" (the name every earlier report uses); another precision is named.
+        engine: match config.precision {
+            Precision::F32 => "pepnet".into(),
+            other => format!("pepnet-{}", other.name()),
+        },
         model: summary.ok_or_else(|| Error::Batch("no batch sizes to run".into()))?,
         device: DeviceSummary {
             name: info.name.clone(),

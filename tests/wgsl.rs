@@ -130,8 +130,9 @@ fn every_shader_file_is_compiled_into_a_kernel() {
         count += 1;
     }
     assert_eq!(
-        count, 11,
-        "nine kernels, the linear kernels' shared prelude and the tensor-core entry point"
+        count, 12,
+        "nine kernels, the linear kernels' shared prelude, the tensor-core entry point and the \
+         f16 rounding prelude"
     );
 }
 
