@@ -65,6 +65,9 @@ enum Command {
         /// No progress bar (it is only drawn on a terminal anyway).
         #[arg(long)]
         quiet: bool,
+        /// Threads parsing and checking the input [default: the cores, at most 4].
+        #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        readers: Option<usize>,
         /// Embedding cache capacity in rows, for hashed features (default 65536).
         #[arg(long, conflicts_with = "cache_bytes")]
         cache_rows: Option<u64>,
@@ -379,6 +382,7 @@ fn main() -> ExitCode {
             precision,
             rejects,
             quiet,
+            readers,
             cache_rows,
             cache_bytes,
             cache_policy,
@@ -395,6 +399,7 @@ fn main() -> ExitCode {
                 carry,
                 rejects,
                 progress: !quiet,
+                readers: readers.unwrap_or_else(pepnet::pipeline::default_readers),
                 ..Default::default()
             };
             score(

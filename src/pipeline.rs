@@ -2,8 +2,11 @@
 //! writing overlap, with memory bounded by a few batches whatever the file size.
 //!
 //! ```text
-//! reader thread ──(2 batches)──► scorer threads (2) ──(2 results)──► writer thread
+//! reader threads (parts of the file, in turn) ──► scorer threads (2) ──(2 results)──► writer
 //! ```
+//!
+//! The readers (`ScoreFileOptions::readers`, default the cores up to 4) each parse and check
+//! every n-th CSV chunk or Parquet row group; their batches reach the scorers in file order.
 //!
 //! Two scorers give the engine two batches in flight (one uploading or reading back while the
 //! other computes), each in its own workspace; the writer puts results back in input order.
@@ -36,6 +39,14 @@ pub struct ScoreFileOptions {
     pub progress: bool,
     /// Threads scoring at once (give the engine as many workspaces).
     pub scorers: usize,
+    /// Threads parsing and checking the input (CSV chunks or Parquet row groups in turn; output
+    /// in input order whatever the number).
+    pub readers: usize,
+}
+
+/// The default number of reader threads: the machine's cores, at most 4.
+pub fn default_readers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
 impl Default for ScoreFileOptions {
@@ -46,6 +57,7 @@ impl Default for ScoreFileOptions {
             rejects: None,
             progress: false,
             scorers: 2,
+            readers: default_readers(),
         }
     }
 }
@@ -87,7 +99,14 @@ pub fn score_file(
         .as_deref()
         .map(Rejects::create)
         .transpose()?;
-    let reader = InputReader::open(input, spec, &options.carry, options.batch_size, rejects)?;
+    let reader = InputReader::open_parallel(
+        input,
+        spec,
+        &options.carry,
+        options.batch_size,
+        rejects,
+        options.readers,
+    )?;
     let writer = ScoreWriter::create(output, &options.carry, &spec.tasks)?;
     let progress = if options.progress && std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(0);

@@ -498,3 +498,136 @@ fn many_small_batches_through_the_pipeline_keep_their_order() {
     // synth writes chunks of 65536 rows, so 5000 rows come from one seed: the same rows.
     assert_eq!(ids, want);
 }
+
+/// Reading on several threads gives what one reader gives: the same output, the same rejects
+/// file (rows in file order), and without `--rejects` the same first error, for CSV (chunks)
+/// and Parquet (row groups), with bad rows in several threads' parts.
+#[test]
+fn several_reader_threads_read_as_one() {
+    let model = model();
+    let dir = tempfile::tempdir().unwrap();
+    let clean = dir.path().join("clean.csv");
+    pepnet::synth::write_file(&model.spec, 2000, 3, &clean).unwrap();
+    // Bad cells spread over the file: an id out of range, text for a number, a short row.
+    let mut lines: Vec<String> = std::fs::read_to_string(&clean)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    for (n, row) in [5usize, 97, 98, 640, 1333, 1999].into_iter().enumerate() {
+        let cells: Vec<&str> = lines[row].split(',').collect();
+        lines[row] = match n % 3 {
+            0 => format!("{},999,{}", cells[0], cells[2..].join(",")),
+            1 => format!("{},{},{},oops", cells[0], cells[1], cells[2]),
+            _ => cells[0].to_string(),
+        };
+    }
+    let csv_in = dir.path().join("in.csv");
+    std::fs::write(&csv_in, lines.join("\n") + "\n").unwrap();
+    // The same rows as Parquet in row groups of 150 (a few per thread), bad values kept.
+    let pq_in = dir.path().join("in.parquet");
+    write_parquet_groups(&csv_in, &pq_in, 150);
+    let groups = ParquetRecordBatchReaderBuilder::try_new(File::open(&pq_in).unwrap())
+        .unwrap()
+        .metadata()
+        .num_row_groups();
+    assert_eq!(groups, 14, "2000 rows in row groups of 150");
+
+    for input in [&csv_in, &pq_in] {
+        let mut outputs = Vec::new();
+        for readers in [1, 2, 3] {
+            let out = dir.path().join(format!("out{readers}.csv"));
+            let rejects = dir.path().join(format!("rejects{readers}.csv"));
+            let options = ScoreFileOptions {
+                batch_size: 64,
+                carry: vec!["user_id".into()],
+                rejects: Some(rejects.clone()),
+                readers,
+                ..Default::default()
+            };
+            let summary = run(&model, input, &out, &options).unwrap();
+            assert_eq!(summary.rejected, 6, "{} with {readers} readers", input.display());
+            let failed = run(
+                &model,
+                input,
+                &dir.path().join("never.csv"),
+                &ScoreFileOptions {
+                    batch_size: 64,
+                    readers,
+                    ..Default::default()
+                },
+            )
+            .unwrap_err()
+            .to_string();
+            outputs.push((
+                std::fs::read(&out).unwrap(),
+                std::fs::read(&rejects).unwrap(),
+                failed,
+            ));
+        }
+        for (readers, o) in outputs.iter().enumerate().skip(1) {
+            let what = format!("{} with {} readers", input.display(), readers + 1);
+            assert!(o.0 == outputs[0].0, "{what}: scores differ");
+            assert!(o.1 == outputs[0].1, "{what}: rejects differ");
+            assert_eq!(o.2, outputs[0].2, "{what}: first error");
+        }
+        assert!(outputs[0].2.contains("row 5"), "{}", outputs[0].2);
+        assert!(!dir.path().join("never.csv").exists());
+    }
+}
+
+/// Rewrites a CSV of the test spec as Parquet with row groups of `rows`: ids as integers where
+/// they parse, the rest (bad cells) as they are, so both files hold the same bad rows.
+fn write_parquet_groups(csv_in: &Path, out: &Path, rows: usize) {
+    let lines: Vec<Vec<String>> = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(csv_in)
+        .unwrap()
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_string).collect())
+        .collect();
+    let int = |s: &str| s.parse::<i64>().ok();
+    let tab: Vec<Option<i64>> = lines.iter().map(|r| int(&r[0])).collect();
+    let user: Vec<Option<i64>> = lines.iter().map(|r| r.get(1).and_then(|c| int(c))).collect();
+    let tags: Vec<Option<Vec<Option<i64>>>> = lines
+        .iter()
+        .map(|r| {
+            r.get(2).map(|c| {
+                c.split('|')
+                    .filter(|p| !p.is_empty())
+                    .map(|p| p.parse::<i64>().ok())
+                    .collect()
+            })
+        })
+        .collect();
+    let dur: Vec<Option<f64>> = lines
+        .iter()
+        .map(|r| r.get(3).and_then(|c| c.parse::<f64>().ok()))
+        .collect();
+    let columns: Vec<(&str, ArrayRef)> = vec![
+        ("tab", Arc::new(Int64Array::from(tab))),
+        ("user_id", Arc::new(Int64Array::from(user))),
+        (
+            "tags",
+            Arc::new(ListArray::from_iter_primitive::<
+                arrow_array::types::Int64Type,
+                _,
+                _,
+            >(tags)),
+        ),
+        ("dur", Arc::new(Float64Array::from(dur))),
+    ];
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let batch =
+        RecordBatch::try_new(schema.clone(), columns.into_iter().map(|c| c.1).collect()).unwrap();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(rows))
+        .build();
+    let mut writer = ArrowWriter::try_new(File::create(out).unwrap(), schema, Some(props)).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+}

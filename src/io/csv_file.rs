@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use arrow_array::ArrayRef;
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
 
-use super::{format_probability, string_array, BadRow, InputBatch, RowAssembler};
+use super::{format_probability, string_array, BadRow, InputBatch, Part, RowAssembler, UnitItem};
 use crate::atomic_file;
 use crate::error::{Error, Result};
 use crate::spec::FeatureKind;
@@ -24,6 +24,8 @@ pub struct CsvReader {
     rows_read: usize,
     record: csv::StringRecord,
     done: bool,
+    /// A part reader's share of the file: chunks of `batch_size` records.
+    part: Option<Part>,
 }
 
 impl CsvReader {
@@ -32,6 +34,7 @@ impl CsvReader {
         carry: &[String],
         batch_size: usize,
         rows: RowAssembler,
+        part: Option<Part>,
     ) -> Result<Self> {
         let name = path.display().to_string();
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
@@ -78,12 +81,52 @@ impl CsvReader {
             rows_read: 0,
             record: csv::StringRecord::new(),
             done: false,
+            part,
         })
     }
 
-    fn next_batch(&mut self) -> Result<Option<InputBatch>> {
+    /// A part reader's next unit: skips the other parts' chunks (records split, not parsed),
+    /// then parses its own chunk of `batch_size` records.
+    pub(super) fn next_unit(&mut self, emit: &mut dyn FnMut(UnitItem) -> bool) -> Result<bool> {
+        let part = self.part.expect("a part reader");
+        let mut skip = csv::ByteRecord::new();
+        loop {
+            if self.done {
+                return Ok(false);
+            }
+            if (self.rows_read / self.batch_size) % part.count == part.index {
+                break;
+            }
+            match self.reader.read_byte_record(&mut skip) {
+                Ok(false) => self.done = true,
+                Ok(true) => self.rows_read += 1,
+                // A malformed record is a record: its own chunk's reader reports it.
+                Err(e) if !matches!(e.kind(), csv::ErrorKind::Io(_)) => self.rows_read += 1,
+                Err(e) => {
+                    return Err(Error::InputFile {
+                        source_name: self.rows.source().to_string(),
+                        message: format!("row {}: {e}", self.rows_read + 1),
+                    })
+                }
+            }
+        }
+        let chunk_end = (self.rows_read / self.batch_size + 1) * self.batch_size;
+        let batch = self.next_batch(chunk_end)?;
+        let rejected = self.rows.take_rejected();
+        if batch.is_none() && rejected.is_empty() && self.done {
+            return Ok(false); // the file ended at the chunk's start
+        }
+        let sent = (rejected.is_empty() || emit(UnitItem::Rejected(rejected)))
+            && batch.is_none_or(|b| emit(UnitItem::Batch(b)))
+            && emit(UnitItem::End);
+        Ok(sent)
+    }
+
+    /// Reads rows into a batch until it holds `batch_size` rows (a whole reader) or the file's
+    /// record count reaches `record_limit` (a part reader's chunk), or the file ends.
+    fn next_batch(&mut self, record_limit: usize) -> Result<Option<InputBatch>> {
         let mut carried: Vec<Vec<String>> = vec![Vec::new(); self.carry_cols.len()];
-        while self.rows.len() < self.batch_size {
+        while self.rows.len() < self.batch_size && self.rows_read < record_limit {
             let read = self.reader.read_record(&mut self.record);
             let row = self.rows_read + 1;
             match read {
@@ -187,7 +230,7 @@ impl Iterator for CsvReader {
         if self.done && self.rows.len() == 0 {
             return None;
         }
-        let result = self.next_batch();
+        let result = self.next_batch(usize::MAX);
         if result.is_err() {
             self.done = true;
         }

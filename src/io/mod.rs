@@ -8,6 +8,7 @@
 //! Parquet) to the output, followed by one probability column per task.
 
 mod csv_file;
+mod parallel;
 mod parquet_file;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use crate::spec::{FeatureKind, ModelSpec};
 
 pub(crate) use csv_file::read_text_rows;
 pub use csv_file::CsvReader;
+pub use parallel::ParallelReader;
 pub use parquet_file::ParquetReader;
 
 /// A file format, chosen by extension: `.parquet` / `.pq` are Parquet, anything else CSV.
@@ -55,10 +57,20 @@ pub struct InputBatch {
     pub total_rows: Option<u64>,
 }
 
-/// Reads an input file batch by batch; memory stays at about one batch whatever the file size.
+/// Reads an input file batch by batch; memory stays at a few batches whatever the file size.
 pub enum InputReader {
     Csv(CsvReader),
     Parquet(ParquetReader),
+    /// Several threads parsing and checking parts of the file, batches delivered in file order.
+    Parallel(ParallelReader),
+}
+
+/// Which part of a file a reader takes when several share it: CSV chunks of `batch_size`
+/// records, or Parquet row groups, number `index`, `index + count`, `index + 2·count`, ...
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Part {
+    pub index: usize,
+    pub count: usize,
 }
 
 impl InputReader {
@@ -72,13 +84,75 @@ impl InputReader {
         batch_size: usize,
         rejects: Option<Rejects>,
     ) -> Result<Self> {
-        let rows = RowAssembler::new(spec, path, rejects);
+        let sink = rejects.map_or(RejectSink::Fail, RejectSink::File);
+        let rows = RowAssembler::new(spec, path, sink);
         Ok(match Format::of(path) {
-            Format::Csv => InputReader::Csv(CsvReader::open(path, carry, batch_size, rows)?),
+            Format::Csv => InputReader::Csv(CsvReader::open(path, carry, batch_size, rows, None)?),
             Format::Parquet => {
-                InputReader::Parquet(ParquetReader::open(path, carry, batch_size, rows)?)
+                InputReader::Parquet(ParquetReader::open(path, carry, batch_size, rows, None)?)
             }
         })
+    }
+
+    /// As [`InputReader::open`], with `threads` threads parsing and checking the file's values
+    /// (CSV chunks of `batch_size` records, or Parquet row groups, taken in turn); batches and
+    /// rejected rows come out in file order, the first bad row in file order fails the run.
+    /// One thread reads as `open` does.
+    pub fn open_parallel(
+        path: &Path,
+        spec: &ModelSpec,
+        carry: &[String],
+        batch_size: usize,
+        rejects: Option<Rejects>,
+        threads: usize,
+    ) -> Result<Self> {
+        if threads <= 1 {
+            return Self::open(path, spec, carry, batch_size, rejects);
+        }
+        Ok(InputReader::Parallel(ParallelReader::open(
+            path, spec, carry, batch_size, rejects, threads,
+        )?))
+    }
+
+    /// A reader of one part of the file for a [`ParallelReader`]'s thread; rejected rows are
+    /// collected (`collect`) or fail the read.
+    pub(crate) fn open_part(
+        path: &Path,
+        spec: &ModelSpec,
+        carry: &[String],
+        batch_size: usize,
+        collect: bool,
+        part: Part,
+    ) -> Result<Self> {
+        let sink = if collect {
+            RejectSink::Collect(Vec::new())
+        } else {
+            RejectSink::Fail
+        };
+        let rows = RowAssembler::new(spec, path, sink);
+        Ok(match Format::of(path) {
+            Format::Csv => {
+                InputReader::Csv(CsvReader::open(path, carry, batch_size, rows, Some(part))?)
+            }
+            Format::Parquet => InputReader::Parquet(ParquetReader::open(
+                path,
+                carry,
+                batch_size,
+                rows,
+                Some(part),
+            )?),
+        })
+    }
+
+    /// For a part reader: reads its next unit (a CSV chunk or a Parquet row group), passing
+    /// each rejected-rows list and batch to `emit` in file order. Returns false when the part
+    /// has no unit left or `emit` refused (the consumer is gone).
+    pub(crate) fn next_unit(&mut self, emit: &mut dyn FnMut(UnitItem) -> bool) -> Result<bool> {
+        match self {
+            InputReader::Csv(r) => r.next_unit(emit),
+            InputReader::Parquet(r) => r.next_unit(emit),
+            InputReader::Parallel(_) => unreachable!("parts are plain readers"),
+        }
     }
 
     /// Rows rejected so far.
@@ -86,6 +160,7 @@ impl InputReader {
         match self {
             InputReader::Csv(r) => r.rows.rejected(),
             InputReader::Parquet(r) => r.rows.rejected(),
+            InputReader::Parallel(r) => r.rejected(),
         }
     }
 
@@ -94,6 +169,7 @@ impl InputReader {
         match self {
             InputReader::Csv(r) => r.rows.finish(),
             InputReader::Parquet(r) => r.rows.finish(),
+            InputReader::Parallel(r) => r.finish(),
         }
     }
 }
@@ -105,8 +181,36 @@ impl Iterator for InputReader {
         match self {
             InputReader::Csv(r) => r.next(),
             InputReader::Parquet(r) => r.next(),
+            InputReader::Parallel(r) => r.next(),
         }
     }
+}
+
+/// What a part reader hands its consumer, in file order.
+pub(crate) enum UnitItem {
+    Rejected(Vec<RejectedRow>),
+    Batch(InputBatch),
+    /// The unit (CSV chunk, Parquet row group) is complete.
+    End,
+}
+
+/// A rejected row, kept by a part reader until its consumer writes it in file order.
+#[derive(Debug, Clone)]
+pub(crate) struct RejectedRow {
+    pub row: usize,
+    pub column: String,
+    pub value: String,
+    pub reason: String,
+}
+
+/// Where rows that do not fit go.
+enum RejectSink {
+    /// Nowhere: the first one fails the read.
+    Fail,
+    /// The rejects file.
+    File(Rejects),
+    /// Kept in memory (a part reader's, written out in order by its consumer).
+    Collect(Vec<RejectedRow>),
 }
 
 /// Builds a batch row by row, checking each value as it arrives; a bad row is rolled back and
@@ -116,7 +220,7 @@ pub(crate) struct RowAssembler {
     source: String,
     columns: Vec<Column>,
     rows: usize,
-    rejects: Option<Rejects>,
+    rejects: RejectSink,
 }
 
 /// What to do after a row's value did not fit.
@@ -128,7 +232,7 @@ pub(crate) enum BadRow {
 }
 
 impl RowAssembler {
-    fn new(spec: &ModelSpec, path: &Path, rejects: Option<Rejects>) -> Self {
+    fn new(spec: &ModelSpec, path: &Path, rejects: RejectSink) -> Self {
         let mut a = Self {
             spec: spec.clone(),
             source: path.display().to_string(),
@@ -220,11 +324,22 @@ impl RowAssembler {
             }
         }
         match &mut self.rejects {
-            Some(rejects) => match rejects.add(row, column, value, &with_value(message, value)) {
-                Ok(()) => BadRow::Skip,
-                Err(e) => BadRow::Fail(e),
-            },
-            None => BadRow::Fail(if column.is_empty() {
+            RejectSink::File(rejects) => {
+                match rejects.add(row, column, value, &with_value(message, value)) {
+                    Ok(()) => BadRow::Skip,
+                    Err(e) => BadRow::Fail(e),
+                }
+            }
+            RejectSink::Collect(rows) => {
+                rows.push(RejectedRow {
+                    row,
+                    column: column.to_string(),
+                    value: value.to_string(),
+                    reason: with_value(message, value),
+                });
+                BadRow::Skip
+            }
+            RejectSink::Fail => BadRow::Fail(if column.is_empty() {
                 Error::InputFile {
                     source_name: self.source.clone(),
                     message: format!("row {row}: {message}"),
@@ -248,13 +363,24 @@ impl RowAssembler {
     }
 
     fn rejected(&self) -> usize {
-        self.rejects.as_ref().map_or(0, |r| r.count)
+        match &self.rejects {
+            RejectSink::File(r) => r.count,
+            _ => 0,
+        }
+    }
+
+    /// The rows rejected since the last call (a part reader's).
+    pub(crate) fn take_rejected(&mut self) -> Vec<RejectedRow> {
+        match &mut self.rejects {
+            RejectSink::Collect(rows) => std::mem::take(rows),
+            _ => Vec::new(),
+        }
     }
 
     fn finish(self) -> Result<usize> {
         match self.rejects {
-            Some(r) => r.finish(),
-            None => Ok(0),
+            RejectSink::File(r) => r.finish(),
+            _ => Ok(0),
         }
     }
 }
@@ -289,14 +415,18 @@ impl Rejects {
         })
     }
 
-    fn add(&mut self, row: usize, column: &str, value: &str, reason: &str) -> Result<()> {
+    pub(crate) fn add(&mut self, row: usize, column: &str, value: &str, reason: &str) -> Result<()> {
         self.count += 1;
         self.writer
             .write_record([row.to_string().as_str(), column, value, reason])
             .map_err(|e| Error::io(&self.path, e.into()))
     }
 
-    fn finish(self) -> Result<usize> {
+    pub(crate) fn count(&self) -> usize {
+        self.count
+    }
+
+    pub(crate) fn finish(self) -> Result<usize> {
         atomic_file::persist_csv(self.writer, &self.path)?;
         Ok(self.count)
     }

@@ -12,7 +12,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 
-use super::{BadRow, InputBatch, RowAssembler};
+use super::{BadRow, InputBatch, Part, RowAssembler, UnitItem};
 use crate::atomic_file;
 use crate::error::{Error, Result};
 use crate::spec::FeatureKind;
@@ -25,6 +25,19 @@ pub struct ParquetReader {
     carry: Vec<String>,
     total_rows: u64,
     rows_read: usize,
+    /// What a part reader needs to open one row group at a time.
+    part: Option<PartState>,
+}
+
+/// A part reader's share of the file: row groups `next`, `next + count`, ...
+struct PartState {
+    path: PathBuf,
+    mask: ProjectionMask,
+    batch_size: usize,
+    /// Rows before each row group.
+    starts: Vec<usize>,
+    next: usize,
+    count: usize,
 }
 
 impl ParquetReader {
@@ -33,6 +46,7 @@ impl ParquetReader {
         carry: &[String],
         batch_size: usize,
         rows: RowAssembler,
+        part: Option<Part>,
     ) -> Result<Self> {
         let name = path.display().to_string();
         let file_err = |message: String| Error::InputFile {
@@ -42,6 +56,12 @@ impl ParquetReader {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)
             .map_err(|e| file_err(format!("not a readable Parquet file: {e}")))?;
+        let mut starts = Vec::new();
+        let mut rows_before = 0usize;
+        for g in builder.metadata().row_groups() {
+            starts.push(rows_before);
+            rows_before += g.num_rows().max(0) as usize;
+        }
         let schema = builder.schema().clone();
         let total_rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
         let find = |col: &str, what: &str| {
@@ -83,6 +103,20 @@ impl ParquetReader {
             wanted.push(find(c, "asked to be carried")?);
         }
         let mask = ProjectionMask::roots(builder.parquet_schema(), wanted);
+        let part = part.map(|p| PartState {
+            path: path.to_path_buf(),
+            mask: mask.clone(),
+            batch_size: batch_size.max(1),
+            starts,
+            next: p.index,
+            count: p.count,
+        });
+        // A part reader opens its row groups one at a time; this whole-file reader then reads
+        // none.
+        let builder = match &part {
+            Some(_) => builder.with_row_groups(Vec::new()),
+            None => builder,
+        };
         let reader = builder
             .with_batch_size(batch_size.max(1))
             .with_projection(mask)
@@ -94,7 +128,49 @@ impl ParquetReader {
             carry: carry.to_vec(),
             total_rows,
             rows_read: 0,
+            part,
         })
+    }
+
+    /// A part reader's next unit: its next row group, batch by batch.
+    pub(super) fn next_unit(&mut self, emit: &mut dyn FnMut(UnitItem) -> bool) -> Result<bool> {
+        let state = self.part.as_mut().expect("a part reader");
+        let group = state.next;
+        if group >= state.starts.len() {
+            return Ok(false);
+        }
+        state.next += state.count;
+        self.rows_read = state.starts[group];
+        let name = self.rows.source().to_string();
+        let file = File::open(&state.path).map_err(|e| Error::io(&state.path, e))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| {
+                b.with_batch_size(state.batch_size)
+                    .with_projection(state.mask.clone())
+                    .with_row_groups(vec![group])
+                    .build()
+            })
+            .map_err(|e| Error::InputFile {
+                source_name: name.clone(),
+                message: format!("row group {group}: cannot read: {e}"),
+            })?;
+        for record in reader {
+            let record = record.map_err(|e| Error::InputFile {
+                source_name: name.clone(),
+                message: format!("after row {}: {e}", self.rows_read),
+            })?;
+            let batch = self.convert(record)?;
+            let rejected = self.rows.take_rejected();
+            if !rejected.is_empty() && !emit(UnitItem::Rejected(rejected)) {
+                return Ok(false);
+            }
+            if let Some(b) = batch {
+                if !emit(UnitItem::Batch(b)) {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(emit(UnitItem::End))
     }
 
     fn convert(&mut self, record: RecordBatch) -> Result<Option<InputBatch>> {

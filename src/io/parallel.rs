@@ -1,0 +1,144 @@
+//! Reading one file on several threads. Each thread opens its own reader of the file and takes
+//! every `threads`-th unit of it (CSV: chunks of `batch_size` records, whose records it splits
+//! but does not parse when they are another thread's; Parquet: row groups), parses and checks
+//! its units' values, and hands batches and rejected rows to the consumer through a small
+//! channel. The consumer takes unit 0 from thread 0, unit 1 from thread 1, and so on, so batches,
+//! rejected rows and the first error come out in file order, as from one reader.
+//!
+//! Memory: each thread holds at most its channel's few items and the unit it is reading.
+
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::thread::JoinHandle;
+
+use super::{InputBatch, InputReader, Part, Rejects, UnitItem};
+use crate::error::{Error, Result};
+use crate::spec::ModelSpec;
+
+/// Items a thread may run ahead of the consumer.
+const AHEAD: usize = 2;
+
+/// What a part thread sends.
+enum Message {
+    Item(UnitItem),
+    Failed(Error),
+}
+
+/// Batches of one file read by several threads, in file order.
+pub struct ParallelReader {
+    receivers: Vec<Receiver<Message>>,
+    threads: Vec<JoinHandle<()>>,
+    /// The unit being delivered; its thread is `unit % receivers.len()`.
+    unit: usize,
+    rejects: Option<Rejects>,
+    done: bool,
+}
+
+impl ParallelReader {
+    pub(super) fn open(
+        path: &Path,
+        spec: &ModelSpec,
+        carry: &[String],
+        batch_size: usize,
+        rejects: Option<Rejects>,
+        threads: usize,
+    ) -> Result<Self> {
+        let collect = rejects.is_some();
+        // Open every part here, so that a missing column or an unreadable file fails at once.
+        let parts = (0..threads)
+            .map(|index| {
+                let part = Part {
+                    index,
+                    count: threads,
+                };
+                InputReader::open_part(path, spec, carry, batch_size, collect, part)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut receivers = Vec::new();
+        let mut handles = Vec::new();
+        for (index, mut part) in parts.into_iter().enumerate() {
+            let (tx, rx) = sync_channel(AHEAD);
+            receivers.push(rx);
+            let handle = std::thread::Builder::new()
+                .name(format!("pepnet-reader-{index}"))
+                .spawn(move || loop {
+                    let mut emit = |item| tx.send(Message::Item(item)).is_ok();
+                    match part.next_unit(&mut emit) {
+                        Ok(true) => continue,
+                        Ok(false) => break,
+                        Err(e) => {
+                            let _ = tx.send(Message::Failed(e));
+                            break;
+                        }
+                    }
+                })
+                .map_err(|e| Error::io(path, e))?;
+            handles.push(handle);
+        }
+        Ok(Self {
+            receivers,
+            threads: handles,
+            unit: 0,
+            rejects,
+            done: false,
+        })
+    }
+
+    /// Rows written to the rejects file so far.
+    pub fn rejected(&self) -> usize {
+        self.rejects.as_ref().map_or(0, Rejects::count)
+    }
+
+    /// Ends the read: moves the rejects file into place. Call only when the whole run succeeded.
+    pub fn finish(mut self) -> Result<usize> {
+        match self.rejects.take() {
+            Some(r) => r.finish(),
+            None => Ok(0),
+        }
+    }
+
+    fn next_batch(&mut self) -> Option<Result<InputBatch>> {
+        while !self.done {
+            let thread = self.unit % self.receivers.len();
+            match self.receivers[thread].recv() {
+                Ok(Message::Item(UnitItem::Batch(b))) => return Some(Ok(b)),
+                Ok(Message::Item(UnitItem::Rejected(rows))) => {
+                    let rejects = self.rejects.as_mut().expect("rows are collected for a file");
+                    for r in rows {
+                        if let Err(e) = rejects.add(r.row, &r.column, &r.value, &r.reason) {
+                            self.done = true;
+                            return Some(Err(e));
+                        }
+                    }
+                }
+                Ok(Message::Item(UnitItem::End)) => self.unit += 1,
+                Ok(Message::Failed(e)) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+                // The thread whose turn it is has no unit left: neither has any other.
+                Err(_) => self.done = true,
+            }
+        }
+        None
+    }
+}
+
+impl Iterator for ParallelReader {
+    type Item = Result<InputBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_batch()
+    }
+}
+
+impl Drop for ParallelReader {
+    fn drop(&mut self) {
+        // Dropping the receivers makes every thread's next send fail, so each stops after the
+        // unit it is reading.
+        self.receivers.clear();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
