@@ -15,6 +15,7 @@ pub mod error;
 pub mod eval;
 pub mod gpu;
 pub mod grad;
+pub mod host_bench;
 pub mod io;
 pub mod kuairand;
 pub mod metrics;

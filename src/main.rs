@@ -170,6 +170,13 @@ enum Command {
         /// Precision of the matrix products: f32 or f16.
         #[arg(long, default_value = "f32")]
         precision: Precision,
+        /// Measure only the host: --input read and encoded into GPU-ready buffers by 1, 2, ...
+        /// threads (--readers), no GPU.
+        #[arg(long, requires = "input")]
+        host_only: bool,
+        /// Thread counts for --host-only [default: 1 up to the cores].
+        #[arg(long, value_delimiter = ',')]
+        readers: Vec<usize>,
     },
     /// Train a model on the GPU (AdaGrad on embeddings, Adam on dense layers) and write a
     /// model directory `score` reads, with the optimizer state to resume from.
@@ -582,7 +589,25 @@ fn main() -> ExitCode {
             seed,
             adapter,
             precision,
+            host_only,
+            readers,
         } => {
+            if host_only {
+                return match host_bench(
+                    &preset,
+                    model.as_deref(),
+                    input.as_deref(),
+                    batch_sizes.first().copied().unwrap_or(4096),
+                    readers,
+                    json.as_deref(),
+                ) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
             let config = pepnet::bench::BenchConfig {
                 batch_sizes,
                 warmup,
@@ -820,6 +845,41 @@ fn init(spec_path: &std::path::Path, out: &std::path::Path, seed: u64) -> Result
     let spec = ModelSpec::load(spec_path)?;
     Model::init(spec, seed).save(out)?;
     eprintln!("wrote {} (seed {seed})", out.display());
+    Ok(())
+}
+
+fn host_bench(
+    preset: &str,
+    model_dir: Option<&std::path::Path>,
+    input: Option<&std::path::Path>,
+    batch_size: usize,
+    mut threads: Vec<usize>,
+    json: Option<&std::path::Path>,
+) -> Result<()> {
+    let model = match model_dir {
+        Some(dir) => Model::load(dir)?,
+        None => Model::init(pepnet::bench::preset(preset)?, 0),
+    };
+    let input = input.expect("clap requires --input with --host-only");
+    if threads.is_empty() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        threads = (1..=cores).collect();
+    }
+    if let Some(&t) = threads.iter().find(|&&t| t == 0) {
+        return Err(pepnet::Error::Batch(format!(
+            "--readers {t}: at least one thread is needed"
+        )));
+    }
+    eprintln!(
+        "host only: {} read and encoded in batches of {batch_size}, {} cores",
+        input.display(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let results = pepnet::host_bench::run(&model, input, batch_size.max(1), &threads)?;
+    print!("{}", pepnet::host_bench::table(&results));
+    if let Some(path) = json {
+        write_json(path, &results)?;
+    }
     Ok(())
 }
 

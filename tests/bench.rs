@@ -121,3 +121,98 @@ fn committed_results_follow_the_schema() {
     }
     assert!(checked > 0, "no results under {}", dir.display());
 }
+
+/// `pepnet bench --precision f16` names the precision and each dispatch's f16 kernel, and its
+/// report validates.
+#[test]
+fn bench_at_f16_names_its_kernels() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("tiny-f16.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pepnet"))
+        .args([
+            "bench",
+            "--preset",
+            "tiny",
+            "--batch-sizes",
+            "3,40",
+            "--iters",
+            "1",
+        ])
+        .args(["--warmup", "1", "--precision", "f16", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("precision: f16") && stdout.contains("f16 "),
+        "{stdout}"
+    );
+    let value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(schema().is_valid(&value));
+    assert_eq!(value["precision"], "f16");
+    assert_eq!(value["engine"], "pepnet-f16");
+    let kernels = value["results"][1]["gpu"]["kernels"].as_array().unwrap();
+    let linear: Vec<&str> = kernels
+        .iter()
+        .filter(|k| k["name"] != "gather")
+        .map(|k| k["kernel"].as_str().unwrap())
+        .collect();
+    assert!(
+        !linear.is_empty() && linear.iter().all(|k| k.starts_with("f16 ")),
+        "{linear:?}"
+    );
+}
+
+/// The host-only measurement reads and encodes every row at each thread count, through the
+/// library and the CLI; thread counts of 0 are refused.
+#[test]
+fn host_only_bench_reads_and_encodes_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = Model::init(bench::preset("tiny").unwrap(), 1);
+    for name in ["in.csv", "in.parquet"] {
+        let input = dir.path().join(name);
+        pepnet::synth::write_file(&model.spec, 3000, 2, &input).unwrap();
+        let results = pepnet::host_bench::run(&model, &input, 256, &[1, 2, 3]).unwrap();
+        assert_eq!(results.len(), 3);
+        for r in &results {
+            assert_eq!(r.rows, 3000, "{name}, {} threads", r.threads);
+            assert!(r.read_rows_per_s > 0.0 && r.host_rows_per_s > 0.0);
+        }
+    }
+    let input = dir.path().join("in.csv");
+    let run = |readers: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pepnet"))
+            .args([
+                "bench",
+                "--preset",
+                "tiny",
+                "--host-only",
+                "--readers",
+                readers,
+            ])
+            .arg("--input")
+            .arg(&input)
+            .output()
+            .unwrap()
+    };
+    let out = run("1,2");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("host rows/s") && stdout.contains("rows/s per core"),
+        "{stdout}"
+    );
+    let out = run("0");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--readers 0"));
+}

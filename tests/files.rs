@@ -546,7 +546,12 @@ fn several_reader_threads_read_as_one() {
                 ..Default::default()
             };
             let summary = run(&model, input, &out, &options).unwrap();
-            assert_eq!(summary.rejected, 6, "{} with {readers} readers", input.display());
+            assert_eq!(
+                summary.rejected,
+                6,
+                "{} with {readers} readers",
+                input.display()
+            );
             let failed = run(
                 &model,
                 input,
@@ -588,7 +593,10 @@ fn write_parquet_groups(csv_in: &Path, out: &Path, rows: usize) {
         .collect();
     let int = |s: &str| s.parse::<i64>().ok();
     let tab: Vec<Option<i64>> = lines.iter().map(|r| int(&r[0])).collect();
-    let user: Vec<Option<i64>> = lines.iter().map(|r| r.get(1).and_then(|c| int(c))).collect();
+    let user: Vec<Option<i64>> = lines
+        .iter()
+        .map(|r| r.get(1).and_then(|c| int(c)))
+        .collect();
     let tags: Vec<Option<Vec<Option<i64>>>> = lines
         .iter()
         .map(|r| {

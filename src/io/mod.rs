@@ -415,7 +415,13 @@ impl Rejects {
         })
     }
 
-    pub(crate) fn add(&mut self, row: usize, column: &str, value: &str, reason: &str) -> Result<()> {
+    pub(crate) fn add(
+        &mut self,
+        row: usize,
+        column: &str,
+        value: &str,
+        reason: &str,
+    ) -> Result<()> {
         self.count += 1;
         self.writer
             .write_record([row.to_string().as_str(), column, value, reason])

@@ -103,7 +103,10 @@ impl ParallelReader {
             match self.receivers[thread].recv() {
                 Ok(Message::Item(UnitItem::Batch(b))) => return Some(Ok(b)),
                 Ok(Message::Item(UnitItem::Rejected(rows))) => {
-                    let rejects = self.rejects.as_mut().expect("rows are collected for a file");
+                    let rejects = self
+                        .rejects
+                        .as_mut()
+                        .expect("rows are collected for a file");
                     for r in rows {
                         if let Err(e) = rejects.add(r.row, &r.column, &r.value, &r.reason) {
                             self.done = true;
