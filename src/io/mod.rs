@@ -84,7 +84,7 @@ impl InputReader {
         batch_size: usize,
         rejects: Option<Rejects>,
     ) -> Result<Self> {
-        let sink = rejects.map_or(RejectSink::Fail, RejectSink::File);
+        let sink = rejects.map_or(RejectSink::Fail, |r| RejectSink::File(Box::new(r)));
         let rows = RowAssembler::new(spec, path, sink);
         Ok(match Format::of(path) {
             Format::Csv => InputReader::Csv(CsvReader::open(path, carry, batch_size, rows, None)?),
@@ -207,8 +207,8 @@ pub(crate) struct RejectedRow {
 enum RejectSink {
     /// Nowhere: the first one fails the read.
     Fail,
-    /// The rejects file.
-    File(Rejects),
+    /// The rejects file (boxed: it holds a CSV writer's buffer).
+    File(Box<Rejects>),
     /// Kept in memory (a part reader's, written out in order by its consumer).
     Collect(Vec<RejectedRow>),
 }
