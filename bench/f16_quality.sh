@@ -14,7 +14,7 @@ pepnet="${PEPNET:-$here/../target/release/pepnet}"
 out="$1"; rows="${2:-100000}"; seeds="${3:-0 1 2}"
 spec="$here/../examples/kuairand/model.json"
 mkdir -p "$out"
-"$pepnet" info | head -5 > "$out/machine.txt"
+[ -f "$out/machine.txt" ] || "$pepnet" info | head -5 > "$out/machine.txt"
 [ -f "$out/train.csv" ] || "$pepnet" gen-data --model "$spec" --rows "$rows" --output "$out/train.csv" --world 0 --seed 1
 [ -f "$out/valid.csv" ] || "$pepnet" gen-data --model "$spec" --rows $((rows * 3 / 10)) --output "$out/valid.csv" --world 0 --seed 2
 for seed in $seeds; do
@@ -31,6 +31,10 @@ for seed in $seeds; do
         echo "trained and evaluated $p, seed $seed"
     done
 done
+if ! command -v python3 >/dev/null; then
+    echo "no python3 here for the summary: run this script again where there is one (finished runs are kept)"
+    exit 0
+fi
 python3 - "$out" $seeds <<'PY' | tee "$out/table.md"
 import json, sys, statistics
 out, seeds = sys.argv[1], sys.argv[2:]

@@ -140,8 +140,12 @@ pub(crate) fn write_rows(
                 )
                 .collect();
             let schema = Arc::new(Schema::new(fields));
-            let mut writer =
-                ArrowWriter::try_new(tmp, schema.clone(), None).map_err(|e| err(e.to_string()))?;
+            // Row groups of 64 Ki rows, so that several threads can read a large file.
+            let props = parquet::file::properties::WriterProperties::builder()
+                .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+                .build();
+            let mut writer = ArrowWriter::try_new(tmp, schema.clone(), Some(props))
+                .map_err(|e| err(e.to_string()))?;
             for (batch, extra_values) in chunks {
                 let arrays: Vec<ArrayRef> = batch
                     .columns
@@ -178,3 +182,7 @@ fn to_arrow(column: &Column) -> ArrayRef {
         }
     }
 }
+
+/// Rows per Parquet row group in the files written here: several threads read a file a row
+/// group each, in turn.
+pub const ROW_GROUP_ROWS: usize = 65536;

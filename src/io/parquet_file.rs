@@ -366,6 +366,7 @@ impl ParquetScoreWriter {
             let schema = Arc::new(Schema::new(fields));
             let props = parquet::file::properties::WriterProperties::builder()
                 .set_compression(parquet::basic::Compression::SNAPPY)
+                .set_max_row_group_row_count(Some(crate::synth::ROW_GROUP_ROWS))
                 .build();
             let tmp = self.tmp.take().expect("the temporary file is taken once");
             let writer =
