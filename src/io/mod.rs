@@ -144,6 +144,17 @@ impl InputReader {
         })
     }
 
+    /// For a part reader: the most items one unit hands its consumer (each batch may come
+    /// after a list of rejected rows, and an end marker closes the unit), so that a thread can
+    /// read a whole unit while the consumer drains another's.
+    pub(crate) fn max_items_per_unit(&self) -> usize {
+        match self {
+            InputReader::Csv(_) => 3,
+            InputReader::Parquet(r) => 2 * r.max_batches_per_unit() + 1,
+            InputReader::Parallel(_) => unreachable!("parts are plain readers"),
+        }
+    }
+
     /// For a part reader: reads its next unit (a CSV chunk or a Parquet row group), passing
     /// each rejected-rows list and batch to `emit` in file order. Returns false when the part
     /// has no unit left or `emit` refused (the consumer is gone).

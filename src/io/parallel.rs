@@ -5,7 +5,9 @@
 //! channel. The consumer takes unit 0 from thread 0, unit 1 from thread 1, and so on, so batches,
 //! rejected rows and the first error come out in file order, as from one reader.
 //!
-//! Memory: each thread holds at most its channel's few items and the unit it is reading.
+//! Memory: each thread may run one unit ahead of the consumer (its channel holds a whole unit, so
+//! that it can read while the consumer drains the other threads' units), besides the unit it is
+//! reading: a few batches for CSV, two row groups for Parquet.
 
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -15,8 +17,8 @@ use super::{InputBatch, InputReader, Part, Rejects, UnitItem};
 use crate::error::{Error, Result};
 use crate::spec::ModelSpec;
 
-/// Items a thread may run ahead of the consumer.
-const AHEAD: usize = 2;
+/// Units a thread may read ahead of the consumer, besides the one it is reading.
+const AHEAD: usize = 1;
 
 /// What a part thread sends.
 enum Message {
@@ -57,7 +59,7 @@ impl ParallelReader {
         let mut receivers = Vec::new();
         let mut handles = Vec::new();
         for (index, mut part) in parts.into_iter().enumerate() {
-            let (tx, rx) = sync_channel(AHEAD);
+            let (tx, rx) = sync_channel(AHEAD * part.max_items_per_unit());
             receivers.push(rx);
             let handle = std::thread::Builder::new()
                 .name(format!("pepnet-reader-{index}"))

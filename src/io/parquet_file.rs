@@ -132,6 +132,20 @@ impl ParquetReader {
         })
     }
 
+    /// The most batches a row group of this file makes.
+    pub(super) fn max_batches_per_unit(&self) -> usize {
+        self.part.as_ref().map_or(1, |p| {
+            let rows = p
+                .starts
+                .iter()
+                .zip(p.starts.iter().skip(1).chain([&(self.total_rows as usize)]))
+                .map(|(a, b)| b - a)
+                .max()
+                .unwrap_or(0);
+            rows.div_ceil(p.batch_size).max(1)
+        })
+    }
+
     /// A part reader's next unit: its next row group, batch by batch.
     pub(super) fn next_unit(&mut self, emit: &mut dyn FnMut(UnitItem) -> bool) -> Result<bool> {
         let state = self.part.as_mut().expect("a part reader");
