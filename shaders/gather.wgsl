@@ -10,6 +10,10 @@
 //
 // One thread per (sample, feature, element k of d): consecutive threads read consecutive
 // elements of a row.
+//
+// Rows are stored as f32 or, for the f16 precision, as f16 (two to a word, each row padded to a
+// whole word): `row_words` words a row either way, `half` says which. The gathered values are
+// f32 whichever.
 
 const KIND_SPARSE: u32 = 0u;
 const KIND_MULTI_HOT: u32 = 1u;
@@ -36,9 +40,9 @@ struct Params {
     slots: u32,       // ids per sample
     n_dense: u32,     // dense values per sample
     rows_per_page: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    row_words: u32,   // words of one stored row: d (f32), or ceil(d / 2) (f16)
+    half: u32,        // 1: rows are f16
+    _pad: u32,
 }
 
 struct Batch {
@@ -54,19 +58,25 @@ struct Batch {
 @group(0) @binding(3) var<storage, read> ids: array<u32>;
 @group(0) @binding(4) var<storage, read> dense: array<f32>;
 @group(0) @binding(5) var<storage, read_write> act: array<f32>;
-@group(0) @binding(6) var<storage, read> page0: array<f32>;
-@group(0) @binding(7) var<storage, read> page1: array<f32>;
-@group(0) @binding(8) var<storage, read> page2: array<f32>;
-@group(0) @binding(9) var<storage, read> page3: array<f32>;
+@group(0) @binding(6) var<storage, read> page0: array<u32>;
+@group(0) @binding(7) var<storage, read> page1: array<u32>;
+@group(0) @binding(8) var<storage, read> page2: array<u32>;
+@group(0) @binding(9) var<storage, read> page3: array<u32>;
 
 fn table(row: u32, k: u32) -> f32 {
-    let i = (row % params.rows_per_page) * params.d + k;
+    let base = (row % params.rows_per_page) * params.row_words;
+    let i = select(base + k, base + k / 2u, params.half != 0u);
+    var w: u32;
     switch row / params.rows_per_page {
-        case 0u: { return page0[i]; }
-        case 1u: { return page1[i]; }
-        case 2u: { return page2[i]; }
-        default: { return page3[i]; }
+        case 0u: { w = page0[i]; }
+        case 1u: { w = page1[i]; }
+        case 2u: { w = page2[i]; }
+        default: { w = page3[i]; }
     }
+    if params.half != 0u {
+        return unpack2x16float(w)[k % 2u];
+    }
+    return bitcast<f32>(w);
 }
 
 @compute @workgroup_size(256, 1, 1)

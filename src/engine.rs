@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use crate::batch::Batch;
 use crate::cache::{CacheOptions, CacheState, CacheStats, UpdateOutcome};
 use crate::error::{Error, Result};
-use crate::gpu::gather::{GatherLayout, MAX_PAGES};
+use crate::gpu::gather::{self, GatherLayout, MAX_PAGES};
 use crate::gpu::linear::{self, Precision, SpanParams, Variant};
 use crate::gpu::resolve::{KeyGpu, ResolveParams};
 use crate::gpu::{BatchParams, GpuContext};
@@ -33,7 +33,8 @@ pub struct EngineOptions {
     /// The embedding cache of hashed features (unused by models without them).
     pub cache: CacheOptions,
     /// What the linear products store and multiply in: f32 (the default) or f16 (tensor cores
-    /// where the device has them).
+    /// where the device has them). At f16 the embedding tables and the cache store rows as f16
+    /// too, so the cache's capacity in bytes holds twice the rows.
     pub precision: Precision,
 }
 
@@ -168,12 +169,20 @@ impl Engine {
             .max_page_bytes
             .unwrap_or(max_binding)
             .min(max_binding);
+        // At f16 the tables and the cache store rows as f16: twice the rows per byte.
+        let row_bytes = 4 * gather::row_words(spec.d(), options.precision) as u64;
         let cache_rows = if spec.has_hashed() {
-            options.cache.capacity.rows(spec.d())
+            options.cache.capacity.rows_of(row_bytes)
         } else {
             0
         };
-        let layout = GatherLayout::new(&spec, &plan.destinations, page_bytes, cache_rows)?;
+        let layout = GatherLayout::with_precision(
+            &spec,
+            &plan.destinations,
+            page_bytes,
+            cache_rows,
+            options.precision,
+        )?;
         let keys_per_row: u32 = layout
             .features
             .iter()
@@ -193,6 +202,7 @@ impl Engine {
                 store,
                 &defaults,
                 max_keys,
+                options.precision,
             )?)
         } else {
             None
@@ -700,7 +710,7 @@ impl SharedBuffers {
             .map(|p| {
                 ctx.storage_buffer(
                     "embedding page",
-                    &layout.page(&model.spec, &model.weights, p),
+                    &layout.page_words(&model.spec, &model.weights, p),
                 )
             })
             .collect();

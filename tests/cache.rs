@@ -758,3 +758,71 @@ fn hashed_models_round_trip_through_a_model_directory() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// At f16 the cache stores rows as f16 too: hashed features score bit for bit like the same rows
+/// resident at f16, across evictions, and a capacity in bytes holds twice the
+/// rows it holds at f32.
+#[test]
+fn f16_cached_scores_equal_f16_resident_scores_and_bytes_hold_twice_the_rows() {
+    let ctx = gpu();
+    let at_f16 = |mut o: EngineOptions| {
+        o.precision = pepnet::gpu::linear::Precision::F16;
+        o
+    };
+    for (seed, (variant, twin)) in twins(7, 4, 0.1).into_iter().enumerate() {
+        let mut r = rng(7000 + seed as u64);
+        let spec = &twin.resident.spec;
+        let batches: Vec<Batch> = (0..3).map(|_| random_batch(&mut r, spec, 120)).collect();
+        let policy = EvictionPolicy::score();
+        let resident =
+            Engine::new(ctx.clone(), &twin.resident, &at_f16(options(1, policy, 64))).unwrap();
+        let smallest = batches
+            .iter()
+            .map(|b| max_rows_per_sample(&twin, b))
+            .max()
+            .unwrap()
+            .max(1);
+        let cached = Engine::new(
+            ctx.clone(),
+            &twin.hashed,
+            &at_f16(options(smallest, policy, 64)),
+        )
+        .unwrap();
+        for (b, batch) in batches.iter().enumerate() {
+            let want = resident.score(batch).unwrap();
+            let got = cached.score(&twin.map(batch)).unwrap();
+            assert_bits(
+                &got,
+                &want,
+                &format!("seed {seed}, variant {variant}, batch {b}"),
+            );
+        }
+        // Within f16's tolerance of the f64 reference on the hashed model.
+        let mapped = twin.map(&batches[0]);
+        let got = cached.score(&mapped).unwrap();
+        let want = reference::forward(&twin.hashed, &mapped).unwrap();
+        assert!(
+            common::max_abs_diff(&got, &want) <= 2e-3,
+            "seed {seed}: vs reference"
+        );
+
+        // Bytes: rows of d f16s padded to a word, against d f32s.
+        let d = spec.d() as u64;
+        let bytes = 64 * 4 * d;
+        let with_bytes = |precision| {
+            let mut o = options(1, policy, 64);
+            o.cache.capacity = CacheCapacity::Bytes(bytes);
+            o.precision = precision;
+            Engine::new(ctx.clone(), &twin.hashed, &o)
+                .unwrap()
+                .cache_stats()
+                .unwrap()
+                .capacity_rows
+        };
+        assert_eq!(with_bytes(pepnet::gpu::linear::Precision::F32), 64);
+        assert_eq!(
+            with_bytes(pepnet::gpu::linear::Precision::F16),
+            bytes / (4 * d.div_ceil(2))
+        );
+    }
+}

@@ -183,61 +183,76 @@ fn gather_matches_reference_on_random_specs_and_pages() {
             })
             .collect();
         let total_rows: u64 = spec.features.iter().map(|f| f.rows() as u64).sum();
-        let page_bytes = total_rows.div_ceil(r.random_range(1..=MAX_PAGES as u64)) * d as u64 * 4;
-        let layout = GatherLayout::new(&spec, &destinations, page_bytes, 0).unwrap();
-        let pages: Vec<Vec<f32>> = (0..layout.n_pages)
-            .map(|p| layout.page(&spec, &weights, p))
-            .collect();
-
+        let pages_wanted = r.random_range(1..=MAX_PAGES as u64);
         let batch = common::random_batch(&mut r, &spec, rows);
-        let (mut ids, mut dense) = (Vec::new(), Vec::new());
-        layout.encode(&batch, 0..rows, &mut ids, &mut dense, &mut Vec::new());
-
         let len = rows * stride as usize;
         let initial = random_vec(&mut r, len, 1.0);
-        let params = ctx.uniform_buffer("params", &layout.params);
-        let batch_buf = ctx.uniform_buffer(
-            "batch",
-            &BatchParams {
-                rows: rows as u32,
-                _pad: [0; 3],
-            },
-        );
-        let features = ctx.storage_buffer("features", &layout.features);
-        let ids_buf = ctx.storage_buffer("ids", &ids);
-        let dense_buf = ctx.storage_buffer("dense", &dense);
-        let act = ctx.storage_buffer("act", &initial);
-        let page_bufs: Vec<wgpu::Buffer> = pages
-            .iter()
-            .map(|p| ctx.storage_buffer("page", p))
-            .collect();
-        let page_refs: [&wgpu::Buffer; MAX_PAGES] =
-            std::array::from_fn(|p| &page_bufs[p.min(page_bufs.len() - 1)]);
-        let bg = ctx.gather.bind_group(
-            &ctx.device,
-            &params,
-            &batch_buf,
-            &features,
-            &ids_buf,
-            &dense_buf,
-            &act,
-            page_refs,
-        );
-        let got = run(&ctx, &act, len, |pass| {
-            ctx.gather.dispatch(pass, &bg, &layout.params, rows as u32)
-        });
+        // Rows stored as f32, and as f16 (half the bytes: a page holds twice the rows).
+        for precision in [Precision::F32, Precision::F16] {
+            let row_bytes = 4 * pepnet::gpu::gather::row_words(d, precision) as u64;
+            let page_bytes = total_rows.div_ceil(pages_wanted) * row_bytes;
+            let layout =
+                GatherLayout::with_precision(&spec, &destinations, page_bytes, 0, precision)
+                    .unwrap();
+            let pages: Vec<Vec<u32>> = (0..layout.n_pages)
+                .map(|p| layout.page_words(&spec, &weights, p))
+                .collect();
+            let (mut ids, mut dense) = (Vec::new(), Vec::new());
+            layout.encode(&batch, 0..rows, &mut ids, &mut dense, &mut Vec::new());
+            let params = ctx.uniform_buffer("params", &layout.params);
+            let batch_buf = ctx.uniform_buffer(
+                "batch",
+                &BatchParams {
+                    rows: rows as u32,
+                    _pad: [0; 3],
+                },
+            );
+            let features = ctx.storage_buffer("features", &layout.features);
+            let ids_buf = ctx.storage_buffer("ids", &ids);
+            let dense_buf = ctx.storage_buffer("dense", &dense);
+            let act = ctx.storage_buffer("act", &initial);
+            let page_bufs: Vec<wgpu::Buffer> = pages
+                .iter()
+                .map(|p| ctx.storage_buffer("page", p))
+                .collect();
+            let page_refs: [&wgpu::Buffer; MAX_PAGES] =
+                std::array::from_fn(|p| &page_bufs[p.min(page_bufs.len() - 1)]);
+            let bg = ctx.gather.bind_group(
+                &ctx.device,
+                &params,
+                &batch_buf,
+                &features,
+                &ids_buf,
+                &dense_buf,
+                &act,
+                page_refs,
+            );
+            let got = run(&ctx, &act, len, |pass| {
+                ctx.gather.dispatch(pass, &bg, &layout.params, rows as u32)
+            });
 
-        let per_page = layout.params.rows_per_page as usize;
-        let table = |row: u32, k: usize| {
-            pages[row as usize / per_page][(row as usize % per_page) * d + k] as f64
-        };
-        let mut want: Vec<f64> = initial.iter().map(|&x| x as f64).collect();
-        kernels::gather(&layout, &table, &ids, &dense, rows, &mut want);
-        assert_close(
-            &got,
-            &want,
-            &format!("gather seed {seed}, {} pages", layout.n_pages),
-        );
+            // The reference reads the model's f32 rows, rounded to f16 where stored so.
+            let resident: Vec<f32> = (0..layout.n_pages)
+                .flat_map(|p| layout.page(&spec, &weights, p))
+                .collect();
+            let table = |row: u32, k: usize| {
+                let x = resident[row as usize * d + k] as f64;
+                match precision {
+                    Precision::F32 => x,
+                    Precision::F16 => kernels::round_f16(x),
+                }
+            };
+            let mut want: Vec<f64> = initial.iter().map(|&x| x as f64).collect();
+            kernels::gather(&layout, &table, &ids, &dense, rows, &mut want);
+            assert_close(
+                &got,
+                &want,
+                &format!(
+                    "gather seed {seed}, {precision:?}, {} pages",
+                    layout.n_pages
+                ),
+            );
+        }
     }
 }
 

@@ -23,6 +23,8 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::gpu::gather::{row_to_words, row_words};
+use crate::gpu::linear::Precision;
 use crate::gpu::resolve::MISS;
 use crate::gpu::scatter::ScatterParams;
 use crate::gpu::GpuContext;
@@ -38,15 +40,22 @@ use updates::UpdateTracker;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheCapacity {
     Rows(u64),
-    /// Rows of d f32s that fit in this many bytes.
+    /// Rows, as the engine stores them (d f32s, or at f16 d f16s padded to a whole word), that
+    /// fit in this many bytes.
     Bytes(u64),
 }
 
 impl CacheCapacity {
+    /// Rows of d f32s.
     pub fn rows(&self, d: usize) -> u64 {
+        self.rows_of(4 * d as u64)
+    }
+
+    /// Rows of `row_bytes` bytes each.
+    pub fn rows_of(&self, row_bytes: u64) -> u64 {
         match *self {
             CacheCapacity::Rows(n) => n,
-            CacheCapacity::Bytes(b) => b / (4 * d as u64),
+            CacheCapacity::Bytes(b) => b / row_bytes.max(1),
         }
     }
 }
@@ -270,6 +279,8 @@ pub struct TooManyRows {
 /// The host side of the cache, behind the engine's lock.
 pub struct CacheState {
     d: usize,
+    /// How rows are stored on the GPU (f32, or f16 for the f16 precision).
+    precision: Precision,
     capacity: u64,
     policy: EvictionPolicy,
     names: Vec<String>,
@@ -301,9 +312,11 @@ impl CacheState {
         store: Box<dyn EmbeddingStore>,
         default_rows: &[u32],
         max_keys: usize,
+        precision: Precision,
     ) -> Result<Self> {
-        let mut state = Self::host_only(spec, options, store)?;
-        let (capacity, d) = (state.capacity, state.d);
+        let mut state = Self::host_only_at(spec, options, store, precision)?;
+        let capacity = state.capacity;
+        let words = row_words(state.d, precision);
         let table_bytes = std::mem::size_of_val(state.table.entries()) as u64;
         if table_bytes > ctx.max_binding_bytes() {
             return Err(Error::Cache(format!(
@@ -314,12 +327,12 @@ impl CacheState {
         }
         let buffers = CacheBuffers {
             table: ctx.storage_buffer("cache table", state.table.entries()),
-            rows: ctx.zeroed_storage("cache rows", capacity * d as u64 * 4),
+            rows: ctx.zeroed_storage("cache rows", capacity * words as u64 * 4),
             defaults: ctx.storage_buffer("cache default rows", default_rows),
         };
         let max_rows = (capacity as usize).min(max_keys.max(1));
         state.entries = Upload::new(ctx, "cache entry upload", 4, 2 * max_rows, &buffers.table);
-        state.rows = Upload::new(ctx, "cache row upload", d as u32, max_rows, &buffers.rows);
+        state.rows = Upload::new(ctx, "cache row upload", words, max_rows, &buffers.rows);
         state.table.take_changes();
         state.buffers = Some(buffers);
         Ok(state)
@@ -332,6 +345,15 @@ impl CacheState {
         options: &CacheOptions,
         store: Box<dyn EmbeddingStore>,
     ) -> Result<Self> {
+        Self::host_only_at(spec, options, store, Precision::F32)
+    }
+
+    fn host_only_at(
+        spec: &ModelSpec,
+        options: &CacheOptions,
+        store: Box<dyn EmbeddingStore>,
+        precision: Precision,
+    ) -> Result<Self> {
         let d = spec.d();
         if store.dim() != d {
             return Err(Error::Cache(format!(
@@ -339,7 +361,7 @@ impl CacheState {
                 store.dim()
             )));
         }
-        let capacity = options.capacity.rows(d);
+        let capacity = options.capacity.rows_of(4 * row_words(d, precision) as u64);
         if capacity == 0 {
             return Err(Error::Cache(
                 "the cache capacity is 0 rows; it must hold at least one row".into(),
@@ -350,6 +372,7 @@ impl CacheState {
         let slots = capacity as usize;
         Ok(Self {
             d,
+            precision,
             capacity,
             policy: options.policy,
             names: spec.features.iter().map(|f| f.name.clone()).collect(),
@@ -372,7 +395,7 @@ impl CacheState {
                 .collect(),
             buffers: None,
             entries: Upload::host_only(4, usize::MAX),
-            rows: Upload::host_only(d as u32, usize::MAX),
+            rows: Upload::host_only(row_words(d, precision), usize::MAX),
         })
     }
 
@@ -480,10 +503,8 @@ impl CacheState {
             self.evictor.insert(slot, batch, uses);
             self.stats[key.0 as usize].insertions += 1;
             inserted = true;
-            self.rows.push(
-                slot,
-                bytemuck::cast_slice(&fetched[i * self.d..(i + 1) * self.d]),
-            );
+            let row = &fetched[i * self.d..(i + 1) * self.d];
+            self.rows.push(slot, &row_to_words(row, self.precision));
         }
         Ok(inserted)
     }
@@ -538,7 +559,7 @@ impl CacheState {
                 if self.rows.is_full() {
                     self.flush(ctx);
                 }
-                self.rows.push(slot, bytemuck::cast_slice(row));
+                self.rows.push(slot, &row_to_words(row, self.precision));
             }
             outcome.applied += 1;
         }

@@ -4,7 +4,7 @@
 
 use bytemuck::Zeroable;
 
-use super::linear::View;
+use super::linear::{Precision, View};
 use super::resolve::{key_gpu, KeyGpu};
 use super::{compute_pipeline, dispatch_flat, whole_buffers};
 use crate::batch::{Batch, Column};
@@ -49,7 +49,11 @@ pub struct GatherParams {
     pub slots: u32,
     pub n_dense: u32,
     pub rows_per_page: u32,
-    pub _pad: [u32; 3],
+    /// Words of one stored row: d (f32 rows) or ceil(d / 2) (f16 rows).
+    pub row_words: u32,
+    /// 1: rows are stored as f16.
+    pub half: u32,
+    pub _pad: u32,
 }
 
 /// How a model's features map onto the kernel: the feature table, the id slots of a sample,
@@ -82,7 +86,26 @@ impl GatherLayout {
         max_page_bytes: u64,
         cache_rows: u64,
     ) -> Result<Self> {
+        Self::with_precision(
+            spec,
+            destinations,
+            max_page_bytes,
+            cache_rows,
+            Precision::F32,
+        )
+    }
+
+    /// As [`GatherLayout::new`], with rows stored at `precision`: f16 rows take half the
+    /// bytes, so a page (and the cache) holds twice the rows.
+    pub fn with_precision(
+        spec: &ModelSpec,
+        destinations: &[Vec<View>],
+        max_page_bytes: u64,
+        cache_rows: u64,
+        precision: Precision,
+    ) -> Result<Self> {
         let d = spec.d();
+        let row_words = row_words(d, precision);
         let (mut slots, mut n_dense, mut next_row) = (0u32, 0u32, 0u64);
         let mut features = Vec::new();
         let mut placement = Vec::new();
@@ -126,7 +149,7 @@ impl GatherLayout {
                 "no feature has a destination: there is nothing to gather".into(),
             ));
         }
-        let row_bytes = 4 * d as u64;
+        let row_bytes = 4 * row_words as u64;
         let page_rows = max_page_bytes / row_bytes;
         if cache_rows > page_rows {
             return Err(Error::Gpu(format!(
@@ -159,7 +182,9 @@ impl GatherLayout {
                 slots,
                 n_dense,
                 rows_per_page: rows_per_page as u32,
-                _pad: [0; 3],
+                row_words,
+                half: (precision == Precision::F16) as u32,
+                _pad: 0,
             },
             features,
             placement,
@@ -189,6 +214,23 @@ impl GatherLayout {
     }
 
     /// The f32 contents of page `p`: global rows `p·rows_per_page ..`, every table in spec order.
+    /// Page `p` as the gather kernel reads it: each row as f32 bits, or as f16 pairs padded to
+    /// a whole word (ties to even, as every f16 rounding here).
+    pub fn page_words(&self, spec: &ModelSpec, weights: &Weights, p: usize) -> Vec<u32> {
+        let page = self.page(spec, weights, p);
+        if self.params.half == 0 {
+            return bytemuck::cast_slice(&page).to_vec();
+        }
+        page.chunks_exact(spec.d().max(1))
+            .flat_map(|row| row_to_words(row, Precision::F16))
+            .collect()
+    }
+
+    /// Bytes of one stored row.
+    pub fn row_bytes(&self) -> u64 {
+        4 * self.params.row_words as u64
+    }
+
     pub fn page(&self, spec: &ModelSpec, weights: &Weights, p: usize) -> Vec<f32> {
         let d = spec.d() as u64;
         let per_page = self.params.rows_per_page as u64;
@@ -259,6 +301,22 @@ impl GatherLayout {
                 }
             }
         }
+    }
+}
+
+/// Words of one stored row of `d` values at `precision`.
+pub fn row_words(d: usize, precision: Precision) -> u32 {
+    match precision {
+        Precision::F32 => d as u32,
+        Precision::F16 => d.div_ceil(2) as u32,
+    }
+}
+
+/// One embedding row as stored at `precision`: f32 bits, or f16 pairs (the last padded with 0).
+pub fn row_to_words(row: &[f32], precision: Precision) -> Vec<u32> {
+    match precision {
+        Precision::F32 => bytemuck::cast_slice(row).to_vec(),
+        Precision::F16 => super::linear::pack_half(row),
     }
 }
 
