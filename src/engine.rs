@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use crate::batch::Batch;
 use crate::cache::{CacheOptions, CacheState, CacheStats, UpdateOutcome};
 use crate::error::{Error, Result};
+use crate::forward::{ForwardBuffers, ForwardPass};
 use crate::gpu::gather::{self, GatherLayout, MAX_PAGES};
 use crate::gpu::linear::{self, Precision, SpanParams, Variant};
 use crate::gpu::resolve::{KeyGpu, ResolveParams};
@@ -93,7 +94,10 @@ struct Workspace {
     dense: wgpu::Buffer,
     act: wgpu::Buffer,
     staging: wgpu::Buffer,
-    bind_groups: Vec<wgpu::BindGroup>,
+    /// The resolve step's bind group, for models with hashed features.
+    resolve_group: Option<wgpu::BindGroup>,
+    /// Every other step's.
+    forward: ForwardPass,
     host_ids: Vec<u32>,
     host_dense: Vec<f32>,
     /// Hashed features' ids, for models that have them.
@@ -225,7 +229,7 @@ impl Engine {
                     &plan,
                     &shared,
                     cache.as_ref(),
-                    max_keys,
+                    (max_keys, options.precision),
                 );
                 Mutex::new(ws)
             })
@@ -556,7 +560,7 @@ impl Engine {
                     let mut pass = lookup.begin_compute_pass(&Default::default());
                     self.ctx
                         .resolve
-                        .dispatch(&mut pass, &ws.bind_groups[0], n_keys);
+                        .dispatch(&mut pass, resolve_group(ws), n_keys);
                 }
                 let bytes = n_keys as u64 * 4;
                 lookup.copy_buffer_to_buffer(&space.resolved, 0, &space.staging, 0, bytes);
@@ -638,22 +642,20 @@ impl Engine {
         rows: u32,
         n_keys: u32,
     ) {
-        let bind_group = &ws.bind_groups[i];
         match &self.plan.steps[i] {
-            Step::Resolve => self.ctx.resolve.dispatch(pass, bind_group, n_keys),
-            Step::Gather => self
-                .ctx
-                .gather
-                .dispatch(pass, bind_group, &self.layout.params, rows),
-            Step::Linear { .. } => {
-                let tiles = self.shared.step_tiles[i];
-                self.ctx
-                    .linear
-                    .dispatch(pass, bind_group, tiles, rows, self.precision);
+            Step::Resolve => self.ctx.resolve.dispatch(pass, resolve_group(ws), n_keys),
+            _ => {
+                ws.forward.record(&self.ctx, pass, &self.plan, i, rows);
             }
-            Step::MmoeMix(params) => self.ctx.mmoe_mix.dispatch(pass, bind_group, params, rows),
         }
     }
+}
+
+/// A workspace's resolve bind group; only models with hashed features have a resolve step.
+fn resolve_group(ws: &Workspace) -> &wgpu::BindGroup {
+    ws.resolve_group
+        .as_ref()
+        .expect("a resolve step means hashed features, whose workspaces bind the resolve kernel")
 }
 
 /// A query set with two timestamps per step, and the buffers to read them back through.
@@ -764,7 +766,7 @@ impl Workspace {
         plan: &Plan,
         shared: &SharedBuffers,
         cache: Option<&CacheState>,
-        max_keys: usize,
+        (max_keys, precision): (usize, Precision),
     ) -> Self {
         let rows = plan.max_rows as usize;
         let batch = ctx.uniform_buffer(
@@ -799,57 +801,43 @@ impl Workspace {
         });
         let page = |p: usize| &shared.pages[p.min(shared.pages.len() - 1)];
         let pages: [&wgpu::Buffer; MAX_PAGES] = std::array::from_fn(page);
-        let bind_groups = plan
-            .steps
-            .iter()
-            .zip(&shared.step_uniforms)
-            .map(|(step, uniform)| match step {
-                Step::Resolve => {
-                    let (c, r) = (
-                        cache
-                            .and_then(|c| c.buffers.as_ref())
-                            .expect("models with hashed features have a GPU cache"),
-                        resolve.as_ref().expect("and resolve buffers"),
-                    );
-                    ctx.resolve.bind_group(
-                        device,
-                        [&r.params, &r.keys, &c.table, &c.defaults, &ids, &r.resolved],
-                    )
-                }
-                Step::Gather => ctx.gather.bind_group(
-                    device,
-                    &shared.gather_params,
-                    &batch,
-                    &shared.features,
-                    &ids,
-                    &dense,
-                    &act,
-                    pages,
-                ),
-                Step::Linear { .. } => ctx.linear.bind_group(
-                    device,
-                    uniform.as_ref().expect("linear steps have a span"),
-                    &batch,
-                    &shared.problems,
-                    &shared.weights,
-                    &act,
-                    shared.weights_half.as_ref(),
-                ),
-                Step::MmoeMix(_) => ctx.mmoe_mix.bind_group(
-                    device,
-                    uniform.as_ref().expect("mix steps have params"),
-                    &batch,
-                    &act,
-                ),
-            })
-            .collect();
+        let resolve_group = resolve.as_ref().map(|r| {
+            let c = cache
+                .and_then(|c| c.buffers.as_ref())
+                .expect("models with hashed features have a GPU cache");
+            ctx.resolve.bind_group(
+                device,
+                [&r.params, &r.keys, &c.table, &c.defaults, &ids, &r.resolved],
+            )
+        });
+        let forward = ForwardPass::new(
+            ctx,
+            plan,
+            shared.step_tiles.clone(),
+            layout.params,
+            precision,
+            &ForwardBuffers {
+                step_uniforms: &shared.step_uniforms,
+                gather_params: &shared.gather_params,
+                features: &shared.features,
+                pages,
+                problems: &shared.problems,
+                weights: &shared.weights,
+                weights_half: shared.weights_half.as_ref(),
+                batch: &batch,
+                ids: &ids,
+                dense: &dense,
+                act: &act,
+            },
+        );
         Self {
             batch,
             ids,
             dense,
             act,
             staging,
-            bind_groups,
+            resolve_group,
+            forward,
             host_ids: Vec::new(),
             host_dense: Vec::new(),
             resolve,

@@ -13,6 +13,7 @@ pub mod datagen;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod forward;
 pub mod gpu;
 pub mod grad;
 pub mod host_bench;

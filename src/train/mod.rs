@@ -24,6 +24,7 @@ use bytemuck::Zeroable;
 
 use crate::batch::Batch;
 use crate::error::{Error, Result};
+use crate::forward::{ForwardBuffers, ForwardPass};
 use crate::gpu::gather::{GatherLayout, MAX_PAGES};
 use crate::gpu::gather_backward::{self, RowGradParams, RowUses};
 use crate::gpu::linear::{self, SpanParams};
@@ -81,9 +82,8 @@ pub struct Trainer {
     log_from: u64,
     losses: Vec<f32>,
     b: Buffers,
-    forward: Vec<wgpu::BindGroup>,
-    /// Per step of the plan, the column tiles of a linear dispatch.
-    forward_tiles: Vec<u32>,
+    /// The forward plan's dispatches over the trainer's buffers.
+    forward: ForwardPass,
     /// Per step of the plan, what its backward records.
     backward: Vec<Backward>,
     loss_groups: (wgpu::BindGroup, wgpu::BindGroup),
@@ -330,35 +330,18 @@ impl Trainer {
             "gather backward features",
             &gather_backward::feature_table(&layout, &plan.grad_sources),
         );
-        let mut forward = Vec::new();
+        // Per step, its linear span or mix parameters, read by its forward and backward alike.
+        let mut step_uniforms = Vec::new();
         let mut backward = Vec::new();
         for (step, linear_step) in plan.steps.iter().zip(&linear_steps) {
             match (step, linear_step) {
                 (Step::Gather, _) => {
-                    forward.push(ctx.gather.bind_group(
-                        device,
-                        &gather_params,
-                        &b.batch,
-                        &features,
-                        &b.ids,
-                        &b.dense,
-                        &b.act,
-                        [&b.page; MAX_PAGES],
-                    ));
+                    step_uniforms.push(None);
                     backward.push(Backward::Gather);
                 }
                 (Step::Linear { label, .. }, Some(ls)) => {
                     let problem_span = ctx.uniform_buffer(label, &ls.problems);
                     let group_span = ctx.uniform_buffer(label, &ls.groups);
-                    forward.push(ctx.linear.bind_group(
-                        device,
-                        &problem_span,
-                        &b.batch,
-                        &problems,
-                        &b.weights,
-                        &b.act,
-                        b.weights_half.as_ref(),
-                    ));
                     let input = (ls.input_tiles > 0).then(|| {
                         let bg = ctx.linear_backward.input_bind_group(
                             device,
@@ -385,14 +368,15 @@ impl Trainer {
                         input,
                         weight: (weight, ls.weight_tiles),
                     });
+                    step_uniforms.push(Some(problem_span));
                 }
                 (Step::MmoeMix(params), _) => {
                     let u = ctx.uniform_buffer("mmoe_mix", params);
-                    forward.push(ctx.mmoe_mix.bind_group(device, &u, &b.batch, &b.act));
                     let bgs = ctx
                         .mmoe_mix
                         .backward_bind_groups(device, &u, &b.batch, &b.act, &b.grad);
                     backward.push(Backward::Mix(bgs, *params));
+                    step_uniforms.push(Some(u));
                 }
                 _ => unreachable!("training plans have no resolve step"),
             }
@@ -450,6 +434,26 @@ impl Trainer {
             .iter()
             .map(|s| s.as_ref().map_or(0, |s| s.column_tiles))
             .collect();
+        let forward = ForwardPass::new(
+            &ctx,
+            &plan,
+            forward_tiles,
+            layout.params,
+            options.precision,
+            &ForwardBuffers {
+                step_uniforms: &step_uniforms,
+                gather_params: &gather_params,
+                features: &features,
+                pages: [&b.page; MAX_PAGES],
+                problems: &problems,
+                weights: &b.weights,
+                weights_half: b.weights_half.as_ref(),
+                batch: &b.batch,
+                ids: &b.ids,
+                dense: &b.dense,
+                act: &b.act,
+            },
+        );
         Ok(Self {
             ctx,
             model: model.clone(),
@@ -462,7 +466,6 @@ impl Trainer {
             losses: Vec::new(),
             b,
             forward,
-            forward_tiles,
             backward,
             loss_groups,
             row_grad_group,
@@ -822,21 +825,7 @@ impl Trainer {
         let ctx = &self.ctx;
         match *dispatch {
             Dispatch::Forward(i) => {
-                let bg = &self.forward[i];
-                match &self.plan.steps[i] {
-                    Step::Gather => ctx.gather.dispatch(pass, bg, &self.layout.params, rows),
-                    Step::Linear { .. } => {
-                        ctx.linear.dispatch(
-                            pass,
-                            bg,
-                            self.forward_tiles[i],
-                            rows,
-                            self.options.precision,
-                        );
-                    }
-                    Step::MmoeMix(params) => ctx.mmoe_mix.dispatch(pass, bg, params, rows),
-                    Step::Resolve => unreachable!("training plans have no resolve step"),
-                }
+                self.forward.record(ctx, pass, &self.plan, i, rows);
             }
             Dispatch::Loss => {
                 let t = self.model.spec.n_tasks() as u32;
