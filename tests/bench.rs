@@ -55,39 +55,44 @@ fn report_validates_against_the_schema() {
     assert!(!validator.is_valid(&extra));
 }
 
-#[test]
-fn bench_command_runs_the_paper_preset_and_writes_json() {
+/// Runs `pepnet bench ARGS --json FILE` and returns its table and its schema-valid report.
+fn bench_cli(args: &[&str]) -> (String, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("paper.json");
+    let json = dir.path().join("report.json");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pepnet"))
-        .args([
-            "bench",
-            "--preset",
-            "paper",
-            "--batch-sizes",
-            "1,8",
-            "--iters",
-            "1",
-            "--warmup",
-            "1",
-            "--json",
-        ])
+        .arg("bench")
+        .args(args)
+        .arg("--json")
         .arg(&json)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(schema().is_valid(&value));
+    (String::from_utf8_lossy(&out.stdout).into_owned(), value)
+}
+
+#[test]
+fn bench_command_runs_the_paper_preset_and_writes_json() {
+    let (stdout, value) = bench_cli(&[
+        "--preset",
+        "paper",
+        "--batch-sizes",
+        "1,8",
+        "--iters",
+        "1",
+        "--warmup",
+        "1",
+    ]);
     assert!(
         stdout.contains("samples/s") && stdout.contains("towers.0"),
         "{stdout}"
     );
-    let value: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert!(schema().is_valid(&value));
     assert_eq!(value["model"]["flops_per_sample"], 15_547_392);
 }
 
@@ -126,35 +131,22 @@ fn committed_results_follow_the_schema() {
 /// report validates.
 #[test]
 fn bench_at_f16_names_its_kernels() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("tiny-f16.json");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pepnet"))
-        .args([
-            "bench",
-            "--preset",
-            "tiny",
-            "--batch-sizes",
-            "3,40",
-            "--iters",
-            "1",
-        ])
-        .args(["--warmup", "1", "--precision", "f16", "--json"])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (stdout, value) = bench_cli(&[
+        "--preset",
+        "tiny",
+        "--batch-sizes",
+        "3,40",
+        "--iters",
+        "1",
+        "--warmup",
+        "1",
+        "--precision",
+        "f16",
+    ]);
     assert!(
         stdout.contains("precision: f16") && stdout.contains("f16 "),
         "{stdout}"
     );
-    let value: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert!(schema().is_valid(&value));
     assert_eq!(value["precision"], "f16");
     assert_eq!(value["engine"], "pepnet-f16");
     let kernels = value["results"][1]["gpu"]["kernels"].as_array().unwrap();

@@ -244,6 +244,15 @@ fn rejects_collects_bad_rows_and_scores_the_rest() {
 
 /// Writes a Parquet file with the given columns.
 fn write_parquet(path: &Path, columns: Vec<(&str, ArrayRef)>) {
+    write_parquet_with(path, columns, None)
+}
+
+/// Writes a Parquet file with the given columns and writer properties.
+fn write_parquet_with(
+    path: &Path,
+    columns: Vec<(&str, ArrayRef)>,
+    props: Option<parquet::file::properties::WriterProperties>,
+) {
     let fields: Vec<Field> = columns
         .iter()
         .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
@@ -251,7 +260,7 @@ fn write_parquet(path: &Path, columns: Vec<(&str, ArrayRef)>) {
     let schema = Arc::new(Schema::new(fields));
     let batch =
         RecordBatch::try_new(schema.clone(), columns.into_iter().map(|c| c.1).collect()).unwrap();
-    let mut writer = ArrowWriter::try_new(File::create(path).unwrap(), schema, None).unwrap();
+    let mut writer = ArrowWriter::try_new(File::create(path).unwrap(), schema, props).unwrap();
     writer.write(&batch).unwrap();
     writer.close().unwrap();
 }
@@ -625,17 +634,8 @@ fn write_parquet_groups(csv_in: &Path, out: &Path, rows: usize) {
         ),
         ("dur", Arc::new(Float64Array::from(dur))),
     ];
-    let fields: Vec<Field> = columns
-        .iter()
-        .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
-        .collect();
-    let schema = Arc::new(Schema::new(fields));
-    let batch =
-        RecordBatch::try_new(schema.clone(), columns.into_iter().map(|c| c.1).collect()).unwrap();
     let props = parquet::file::properties::WriterProperties::builder()
         .set_max_row_group_row_count(Some(rows))
         .build();
-    let mut writer = ArrowWriter::try_new(File::create(out).unwrap(), schema, Some(props)).unwrap();
-    writer.write(&batch).unwrap();
-    writer.close().unwrap();
+    write_parquet_with(out, columns, Some(props));
 }
