@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, EngineOptions};
 use crate::error::{Error, Result};
-use crate::gpu::linear::Precision;
+use crate::gpu::linear::{Precision, Variant};
 use crate::gpu::GpuContext;
 use crate::model::Model;
 use crate::spec::ModelSpec;
@@ -57,6 +57,8 @@ pub struct BenchConfig {
     pub pool: Option<crate::Batch>,
     /// Precision of the linear products.
     pub precision: Precision,
+    /// The device's peak rates, for each kernel's floor; known devices' are used when absent.
+    pub peaks: Option<DevicePeaks>,
 }
 
 impl Default for BenchConfig {
@@ -70,6 +72,7 @@ impl Default for BenchConfig {
             seed: 0,
             pool: None,
             precision: Precision::F32,
+            peaks: None,
         }
     }
 }
@@ -148,6 +151,43 @@ pub struct KernelResult {
     pub bytes: u64,
     pub gflop_per_s: f64,
     pub gb_per_s: f64,
+    /// The kernel's floor on this device, where its peak rates are known: the larger of its
+    /// bytes over the memory bandwidth and its FLOPs over the rate of the units it runs on
+    /// (tensor cores for the cooperative-matrix kernel, the f32 units otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor_ms: Option<f64>,
+}
+
+/// A device's peak rates, for the floors.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DevicePeaks {
+    /// Memory bandwidth, bytes/s.
+    pub bytes_per_s: f64,
+    /// f32 FLOP/s on the ordinary (SIMT) units.
+    pub f32_flops: f64,
+    /// f16 × f16 → f32 FLOP/s on the matrix units (tensor cores), dense.
+    pub f16_matrix_flops: f64,
+}
+
+impl DevicePeaks {
+    /// Known devices, by adapter name: the NVIDIA H200 (bandwidth as measured by a
+    /// device-to-device copy, rates from the SXM datasheet).
+    pub fn known(adapter: &str) -> Option<Self> {
+        adapter.contains("H200").then_some(Self {
+            bytes_per_s: 4.3e12,
+            f32_flops: 67e12,
+            f16_matrix_flops: 989e12,
+        })
+    }
+
+    /// The floor of a kernel moving `bytes` and doing `flops` on the units `variant` uses.
+    pub fn floor_ms(&self, bytes: u64, flops: u64, variant: Option<Variant>) -> f64 {
+        let rate = match variant {
+            Some(Variant::Coop) => self.f16_matrix_flops,
+            _ => self.f32_flops,
+        };
+        (bytes as f64 / self.bytes_per_s).max(flops as f64 / rate) * 1e3
+    }
 }
 
 /// Runs the sweep for `model` (named `name` in the report).
@@ -191,7 +231,13 @@ pub fn run(
             latencies.push(t.elapsed().as_secs_f64() * 1e3);
         }
         let total_ms: f64 = latencies.iter().sum();
-        let gpu = gpu_result(&engine, model, &inputs, latencies.len().min(5))?;
+        let gpu = gpu_result(
+            &engine,
+            model,
+            &inputs,
+            latencies.len().min(5),
+            config.peaks,
+        )?;
         let result = BatchResult {
             batch_size,
             iterations: latencies.len(),
@@ -256,6 +302,7 @@ fn gpu_result(
     model: &Model,
     inputs: &[crate::Batch],
     runs: usize,
+    peaks: Option<DevicePeaks>,
 ) -> Result<Option<GpuResult>> {
     let mut per_step: Vec<Vec<f64>> = vec![Vec::new(); engine.steps().len()];
     for i in 0..runs.max(1) {
@@ -268,6 +315,7 @@ fn gpu_result(
     }
     let rows = inputs[0].len().min(engine.max_rows());
     let variant = engine.linear_variant(rows);
+    let peaks = peaks.or_else(|| DevicePeaks::known(&engine.adapter_name()));
     let kernels: Vec<KernelResult> = engine
         .steps()
         .iter()
@@ -284,7 +332,9 @@ fn gpu_result(
                     0.0
                 }
             };
+            let runs_on = matches!(step, crate::plan::Step::Linear { .. }).then_some(variant);
             KernelResult {
+                floor_ms: peaks.map(|p| p.floor_ms(bytes, flops, runs_on)),
                 name: step.label().to_string(),
                 kernel: Some(engine.kernel_name(step, variant)),
                 problems: step.problems(),
@@ -357,13 +407,26 @@ pub fn table(report: &BenchReport) -> String {
         let _ = writeln!(out, "\nper kernel, {} rows:", g.rows);
         let _ = writeln!(
             out,
-            "{:<12} {:<22} {:>8} {:>10} {:>12} {:>12} {:>10} {:>8}",
-            "dispatch", "kernel", "problems", "ms", "MFLOP", "MB", "GFLOP/s", "GB/s"
+            "{:<12} {:<22} {:>8} {:>10} {:>12} {:>12} {:>10} {:>8} {:>10} {:>7}",
+            "dispatch",
+            "kernel",
+            "problems",
+            "ms",
+            "MFLOP",
+            "MB",
+            "GFLOP/s",
+            "GB/s",
+            "floor ms",
+            "floor%"
         );
         for k in &g.kernels {
+            let (floor, share) = match k.floor_ms {
+                Some(f) if k.ms > 0.0 => (format!("{f:.4}"), format!("{:.0}", 100.0 * f / k.ms)),
+                _ => ("-".into(), "-".into()),
+            };
             let _ = writeln!(
                 out,
-                "{:<12} {:<22} {:>8} {:>10.3} {:>12.1} {:>12.2} {:>10.2} {:>8.2}",
+                "{:<12} {:<22} {:>8} {:>10.3} {:>12.1} {:>12.2} {:>10.2} {:>8.2} {:>10} {:>7}",
                 k.name,
                 k.kernel.as_deref().unwrap_or("-"),
                 k.problems,
@@ -371,7 +434,9 @@ pub fn table(report: &BenchReport) -> String {
                 k.flops as f64 / 1e6,
                 k.bytes as f64 / 1e6,
                 k.gflop_per_s,
-                k.gb_per_s
+                k.gb_per_s,
+                floor,
+                share
             );
         }
     }

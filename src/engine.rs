@@ -273,6 +273,11 @@ impl Engine {
         &self.plan.steps
     }
 
+    /// The adapter the engine runs on.
+    pub fn adapter_name(&self) -> String {
+        self.ctx.info.name.clone()
+    }
+
     /// The precision of the linear products.
     pub fn precision(&self) -> Precision {
         self.precision

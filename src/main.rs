@@ -170,6 +170,10 @@ enum Command {
         /// Precision of the matrix products: f32 or f16.
         #[arg(long, default_value = "f32")]
         precision: Precision,
+        /// The device's peaks for each kernel's floor: memory GB/s, f32 TFLOP/s, f16 tensor
+        /// TFLOP/s, e.g. 4300,67,989 (known for an H200 without it).
+        #[arg(long, value_delimiter = ',')]
+        peaks: Vec<f64>,
         /// Measure only the host: --input read and encoded into GPU-ready buffers by 1, 2, ...
         /// threads (--readers), no GPU.
         #[arg(long, requires = "input")]
@@ -591,6 +595,7 @@ fn main() -> ExitCode {
             precision,
             host_only,
             readers,
+            peaks,
         } => {
             if host_only {
                 return match host_bench(
@@ -615,6 +620,25 @@ fn main() -> ExitCode {
                 budget: std::time::Duration::from_secs_f64(budget_s.max(0.0)),
                 seed,
                 precision,
+                peaks: match peaks.as_slice() {
+                    [gbps, f32_tflops, f16_tflops]
+                        if [gbps, f32_tflops, f16_tflops].iter().all(|&&x| x > 0.0) =>
+                    {
+                        Some(pepnet::bench::DevicePeaks {
+                            bytes_per_s: gbps * 1e9,
+                            f32_flops: f32_tflops * 1e12,
+                            f16_matrix_flops: f16_tflops * 1e12,
+                        })
+                    }
+                    [] => None,
+                    _ => {
+                        eprintln!(
+                            "error: --peaks takes three positive numbers: GB/s, f32 TFLOP/s, \
+                             f16 tensor TFLOP/s"
+                        );
+                        return ExitCode::from(2);
+                    }
+                },
                 ..Default::default()
             };
             bench(

@@ -142,6 +142,8 @@ fn bench_at_f16_names_its_kernels() {
         "1",
         "--precision",
         "f16",
+        "--peaks",
+        "100,1,4",
     ]);
     assert!(
         stdout.contains("precision: f16") && stdout.contains("f16 "),
@@ -159,6 +161,31 @@ fn bench_at_f16_names_its_kernels() {
         !linear.is_empty() && linear.iter().all(|k| k.starts_with("f16 ")),
         "{linear:?}"
     );
+    // Every kernel has its floor from the peaks given.
+    for k in kernels {
+        let floor = k["floor_ms"].as_f64().unwrap();
+        let bytes_ms = k["bytes"].as_f64().unwrap() / 100e9 * 1e3;
+        assert!(floor >= bytes_ms * 0.999 && floor > 0.0, "{k}");
+    }
+}
+
+/// A kernel's floor is the larger of its bytes over the bandwidth and its FLOPs over the rate
+/// of the units it runs on: tensor cores for the cooperative-matrix kernel.
+#[test]
+fn floors_take_the_units_each_kernel_runs_on() {
+    use pepnet::gpu::linear::Variant;
+    let peaks = bench::DevicePeaks {
+        bytes_per_s: 1e12,
+        f32_flops: 1e15,
+        f16_matrix_flops: 1e16,
+    };
+    let (bytes, flops) = (1_000_000_000, 2_000_000_000_000);
+    assert!((peaks.floor_ms(bytes, flops, Some(Variant::Batch)) - 2.0).abs() < 1e-9);
+    assert!((peaks.floor_ms(bytes, flops, Some(Variant::HalfBatch)) - 2.0).abs() < 1e-9);
+    assert!((peaks.floor_ms(bytes, flops, Some(Variant::Coop)) - 1.0).abs() < 1e-9);
+    assert!((peaks.floor_ms(bytes, 0, None) - 1.0).abs() < 1e-9);
+    assert!(bench::DevicePeaks::known("NVIDIA H200").is_some());
+    assert!(bench::DevicePeaks::known("llvmpipe (LLVM 15.0.6, 256 bits)").is_none());
 }
 
 /// The host-only measurement reads and encodes every row at each thread count, through the
