@@ -47,6 +47,40 @@ impl Column {
     }
 }
 
+/// A batch whose every value an input reader has checked against a spec, named by
+/// [`spec_id`]: an engine of the same spec scores it without checking it again
+/// ([`crate::Engine::score_checked`]). Only the readers make one, and it cannot be changed.
+#[derive(Debug, Clone)]
+pub struct CheckedBatch {
+    batch: Batch,
+    spec_id: u64,
+}
+
+impl CheckedBatch {
+    pub(crate) fn new(batch: Batch, spec_id: u64) -> Self {
+        Self { batch, spec_id }
+    }
+
+    pub fn batch(&self) -> &Batch {
+        &self.batch
+    }
+
+    /// The [`spec_id`] of the spec the values were checked against.
+    pub fn spec_id(&self) -> u64 {
+        self.spec_id
+    }
+}
+
+/// A fingerprint of a spec: equal for specs that check values alike (a hash of its JSON).
+pub fn spec_id(spec: &ModelSpec) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(spec)
+        .expect("a spec always serialises")
+        .hash(&mut h);
+    h.finish()
+}
+
 /// Samples in columns, one per feature of the spec, in spec order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use crate::batch::Batch;
+use crate::batch::{Batch, CheckedBatch};
 use crate::cache::{CacheOptions, CacheState, CacheStats, UpdateOutcome};
 use crate::error::{Error, Result};
 use crate::forward::{ForwardBuffers, ForwardPass};
@@ -70,6 +70,8 @@ pub struct Engine {
     weights_lock: RwLock<()>,
     packed_len: usize,
     precision: Precision,
+    /// `batch::spec_id` of the spec: batches checked against it are not checked again.
+    spec_id: u64,
 }
 
 /// Buffers every workspace reads: weights, pages, and the plan's constant tables.
@@ -249,6 +251,7 @@ impl Engine {
             weights_lock: RwLock::new(()),
             packed_len: packed.data.len(),
             precision: options.precision,
+            spec_id: crate::batch::spec_id(&spec),
             ctx,
             spec,
             layout,
@@ -313,6 +316,21 @@ impl Engine {
     /// Scores a batch: `len × T` probabilities, sample-major.
     pub fn score(&self, batch: &Batch) -> Result<Vec<f32>> {
         batch.validate(&self.spec, "batch", 1)?;
+        self.score_valid(batch)
+    }
+
+    /// Scores a batch an input reader has checked: without checking it again when it was
+    /// checked against this engine's spec (else as [`Engine::score`]).
+    pub fn score_checked(&self, batch: &CheckedBatch) -> Result<Vec<f32>> {
+        if batch.spec_id() == self.spec_id {
+            self.score_valid(batch.batch())
+        } else {
+            self.score(batch.batch())
+        }
+    }
+
+    /// Scores a batch known to fit the spec.
+    fn score_valid(&self, batch: &Batch) -> Result<Vec<f32>> {
         let t = self.spec.n_tasks();
         let mut out = Vec::with_capacity(batch.len() * t);
         let _weights = self.weights_lock.read().unwrap_or_else(|e| e.into_inner());

@@ -1,8 +1,9 @@
 //! How fast the host turns a file into GPU-ready buffers, with no GPU: the ceiling the host puts
 //! on scoring. For each thread count `t` it runs what `pepnet score` runs before the GPU:
 //! `t` reader threads parsing and checking the file (CSV chunks or Parquet row groups in turn)
-//! and `t` encoder threads validating each batch as the engine does and encoding it into the
-//! global row ids and dense values the engine uploads; it also times the read alone.
+//! and `t` encoder threads encoding each batch into the global row ids and dense values the
+//! engine uploads (an engine does not check a reader's batches again); it also times the read
+//! alone.
 
 use std::path::Path;
 use std::sync::mpsc::sync_channel;
@@ -17,6 +18,16 @@ use crate::io::InputReader;
 use crate::model::Model;
 use crate::plan::{PackedWeights, Plan};
 
+/// One core's rates of the two steps after reading, on batches already in memory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRates {
+    /// Checking a batch again as `Engine::score` does for a batch of unknown origin (the
+    /// scoring pipeline skips it: its readers have checked every value).
+    pub validate_rows_per_s: f64,
+    /// Encoding into global row ids and dense values.
+    pub encode_rows_per_s: f64,
+}
+
 /// One thread count's rates.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostResult {
@@ -25,8 +36,35 @@ pub struct HostResult {
     pub rows: usize,
     /// File → checked batches (parse and check only).
     pub read_rows_per_s: f64,
-    /// File → GPU-ready buffers (parse, check, the engine's validation, encoding).
+    /// File → GPU-ready buffers (parse, check, encode).
     pub host_rows_per_s: f64,
+}
+
+/// Times validation and encoding alone, on one core, over `input`'s batches held in memory.
+pub fn step_rates(model: &Model, input: &Path, batch_size: usize) -> Result<StepRates> {
+    let spec = &model.spec;
+    let packed = PackedWeights::new(spec, &model.weights);
+    let plan = Plan::new(spec, &packed, batch_size.max(1) as u32);
+    let layout = GatherLayout::new(spec, &plan.destinations, u32::MAX as u64 & !3, 0)?;
+    let batches = InputReader::open(input, spec, &[], batch_size, None)?
+        .map(|b| b.map(|b| b.batch))
+        .collect::<Result<Vec<_>>>()?;
+    let rows: usize = batches.iter().map(|b| b.len()).sum();
+    let start = Instant::now();
+    for b in &batches {
+        b.validate(spec, "batch", 1)?;
+    }
+    let validate_s = start.elapsed().as_secs_f64();
+    let (mut ids, mut dense, mut keys) = (Vec::new(), Vec::new(), Vec::new());
+    let start = Instant::now();
+    for b in &batches {
+        layout.encode(b, 0..b.len(), &mut ids, &mut dense, &mut keys);
+    }
+    let encode_s = start.elapsed().as_secs_f64();
+    Ok(StepRates {
+        validate_rows_per_s: rows as f64 / validate_s.max(1e-9),
+        encode_rows_per_s: rows as f64 / encode_s.max(1e-9),
+    })
 }
 
 /// Measures `input` (CSV or Parquet with `model`'s features) at each of `threads`, in batches
@@ -67,7 +105,6 @@ pub fn run(
                         loop {
                             let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                             let Ok(batch) = next else { break };
-                            batch.validate(spec, "batch", 1)?;
                             layout.encode(&batch, 0..batch.len(), &mut ids, &mut dense, &mut keys);
                             done += batch.len();
                         }

@@ -699,10 +699,10 @@ fn score(
         }
         Backend::Reference => None,
     };
-    let score = |batch: &pepnet::Batch| -> Result<Vec<f32>> {
+    let score = |batch: &pepnet::batch::CheckedBatch| -> Result<Vec<f32>> {
         match &engine {
-            Some(engine) => engine.score(batch),
-            None => Ok(reference::forward(&model, batch)?
+            Some(engine) => engine.score_checked(batch),
+            None => Ok(reference::forward(&model, batch.batch())?
                 .into_iter()
                 .map(|p| p as f32)
                 .collect()),
@@ -901,6 +901,11 @@ fn host_bench(
     );
     let results = pepnet::host_bench::run(&model, input, batch_size.max(1), &threads)?;
     print!("{}", pepnet::host_bench::table(&results));
+    let steps = pepnet::host_bench::step_rates(&model, input, batch_size.max(1))?;
+    println!(
+        "one core, batches in memory: the engine's validation {:.0} rows/s, encoding {:.0} rows/s",
+        steps.validate_rows_per_s, steps.encode_rows_per_s
+    );
     if let Some(path) = json {
         write_json(path, &results)?;
     }

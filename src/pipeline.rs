@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use arrow_array::ArrayRef;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::batch::Batch;
+use crate::batch::CheckedBatch;
 use crate::error::{Error, Result};
 use crate::io::{InputReader, Rejects, ScoreWriter};
 use crate::spec::ModelSpec;
@@ -85,13 +85,15 @@ struct Scored {
 }
 
 /// Scores `input` into `output` (formats by extension) with `score`, which maps a batch to its
-/// `len × T` probabilities. On any error nothing is left at `output` (nor at the rejects path).
+/// `len × T` probabilities. The batches come checked against `spec` by the readers (an engine
+/// of the same spec scores them without checking again: `Engine::score_checked`). On any error
+/// nothing is left at `output` (nor at the rejects path).
 pub fn score_file(
     spec: &ModelSpec,
     input: &Path,
     output: &Path,
     options: &ScoreFileOptions,
-    score: &(dyn Fn(&Batch) -> Result<Vec<f32>> + Sync),
+    score: &(dyn Fn(&CheckedBatch) -> Result<Vec<f32>> + Sync),
 ) -> Result<ScoreSummary> {
     let start = Instant::now();
     let rejects = options
@@ -146,9 +148,11 @@ pub fn score_file(
                 };
                 let Some((seq, batch)) = next else { break };
                 let result = batch.and_then(|b| {
+                    let rows = b.batch.len();
+                    let checked = CheckedBatch::new(b.batch, b.spec_id);
                     Ok(Scored {
-                        rows: b.batch.len(),
-                        scores: score_caught(score, &b.batch)?,
+                        rows,
+                        scores: score_caught(score, &checked)?,
                         carried: b.carried,
                         rows_read: b.rows_read,
                         total_rows: b.total_rows,
@@ -228,8 +232,8 @@ fn write_in_order(
 /// `score(batch)`, with a panic turned into an error, so that every batch a scorer takes comes
 /// back to the writer (which waits for batches in order) as scores or as an error.
 fn score_caught(
-    score: &(dyn Fn(&Batch) -> Result<Vec<f32>> + Sync),
-    batch: &Batch,
+    score: &(dyn Fn(&CheckedBatch) -> Result<Vec<f32>> + Sync),
+    batch: &CheckedBatch,
 ) -> Result<Vec<f32>> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| score(batch)))
         .unwrap_or_else(|_| Err(Error::Gpu("scoring a batch panicked".into())))

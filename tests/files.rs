@@ -48,7 +48,9 @@ fn run(
     options: &ScoreFileOptions,
 ) -> pepnet::Result<pepnet::pipeline::ScoreSummary> {
     let engine = engine(model);
-    score_file(&model.spec, input, output, options, &|b| engine.score(b))
+    score_file(&model.spec, input, output, options, &|b| {
+        engine.score_checked(b)
+    })
 }
 
 /// Every column of a Parquet file, as (name, array) after concatenating its batches.
@@ -638,4 +640,32 @@ fn write_parquet_groups(csv_in: &Path, out: &Path, rows: usize) {
         .set_max_row_group_row_count(Some(rows))
         .build();
     write_parquet_with(out, columns, Some(props));
+}
+
+/// A batch checked against one spec is checked again by an engine of another: rows that fit
+/// the reader's spec but not the engine's are an error naming the column, never read out of
+/// range.
+#[test]
+fn batches_checked_against_another_spec_are_checked_again() {
+    let model = model();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.csv");
+    pepnet::synth::write_file(&model.spec, 300, 4, &input).unwrap();
+    // The same features with a smaller user vocabulary: ids up to 49 no longer fit.
+    let small = Model::init(
+        ModelSpec::from_json(&SPEC.replace("\"vocab\": 50", "\"vocab\": 5"), "spec").unwrap(),
+        3,
+    );
+    let engine = engine(&small);
+    let err = score_file(
+        &model.spec,
+        &input,
+        &dir.path().join("out.csv"),
+        &ScoreFileOptions::default(),
+        &|b| engine.score_checked(b),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("user_id"), "{err}");
+    assert!(!dir.path().join("out.csv").exists());
 }

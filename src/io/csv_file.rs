@@ -174,6 +174,7 @@ impl CsvReader {
         }
         let consumed = self.reader.position().byte().max(1);
         Ok(Some(InputBatch {
+            spec_id: self.rows.spec_id(),
             batch: self.rows.take(),
             carried: carried.into_iter().map(string_array).collect(),
             rows_read: self.rows_read,

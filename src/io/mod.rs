@@ -55,6 +55,8 @@ pub struct InputBatch {
     pub rows_read: usize,
     /// The file's rows, exactly (Parquet) or estimated from the bytes read so far (CSV).
     pub total_rows: Option<u64>,
+    /// The `batch::spec_id` of the spec every value of `batch` was checked against.
+    pub(crate) spec_id: u64,
 }
 
 /// Reads an input file batch by batch; memory stays at a few batches whatever the file size.
@@ -228,6 +230,7 @@ enum RejectSink {
 /// either rejected (with `--rejects`) or turned into an error naming file, row and column.
 pub(crate) struct RowAssembler {
     spec: ModelSpec,
+    spec_id: u64,
     source: String,
     columns: Vec<Column>,
     rows: usize,
@@ -246,6 +249,7 @@ impl RowAssembler {
     fn new(spec: &ModelSpec, path: &Path, rejects: RejectSink) -> Self {
         let mut a = Self {
             spec: spec.clone(),
+            spec_id: crate::batch::spec_id(spec),
             source: path.display().to_string(),
             columns: Vec::new(),
             rows: 0,
@@ -274,6 +278,10 @@ impl RowAssembler {
 
     pub(crate) fn spec(&self) -> &ModelSpec {
         &self.spec
+    }
+
+    pub(crate) fn spec_id(&self) -> u64 {
+        self.spec_id
     }
 
     pub(crate) fn source(&self) -> &str {

@@ -295,6 +295,7 @@ impl ParquetReader {
                 message: format!("selecting carried columns: {e}"),
             })?;
         Ok(Some(InputBatch {
+            spec_id: self.rows.spec_id(),
             batch: self.rows.take(),
             carried,
             rows_read: self.rows_read,
