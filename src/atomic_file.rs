@@ -1,13 +1,84 @@
-//! Files that appear whole or not at all: written to a temporary file beside their final path
-//! and renamed into place once complete. Dropping one before that deletes it.
+//! Outputs that appear whole or not at all, and never destroy what they should not touch.
+//!
+//! A regular file is written to a temporary file beside it and renamed into place once complete;
+//! dropping the output before that deletes the temporary file and leaves the target untouched.
+//! A symlink is followed: the file it points to is replaced that way and the link stays. A FIFO
+//! or a device (e.g. `/dev/null`) cannot be replaced by a rename, so it is written as the stream
+//! it is. A directory, or a symlink to nothing, is refused.
 
-use std::path::Path;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+/// An output being written: see the module comment.
+pub(crate) enum Output {
+    /// A temporary file, renamed over `target` by [`Output::commit`].
+    Temp {
+        tmp: tempfile::NamedTempFile,
+        target: PathBuf,
+    },
+    /// A FIFO or device, written in place.
+    Stream(File),
+}
+
+impl Write for Output {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Output::Temp { tmp, .. } => tmp.write(buf),
+            Output::Stream(f) => f.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Output::Temp { tmp, .. } => tmp.flush(),
+            Output::Stream(f) => f.flush(),
+        }
+    }
+}
+
+impl Output {
+    /// Opens the output for `path` (errors name `path`).
+    pub(crate) fn create(path: &Path) -> Result<Self> {
+        let refuse = |why: &str| Error::io(path, std::io::Error::other(why.to_string()));
+        let target = match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path)
+                .map_err(|_| refuse("is a symlink to nothing; give the file itself"))?,
+            _ => path.to_path_buf(),
+        };
+        match std::fs::metadata(&target) {
+            Ok(m) if m.is_dir() => Err(refuse("is a directory, not a file to write")),
+            Ok(m) if !m.is_file() => {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&target)
+                    .map_err(|e| Error::io(path, e))?;
+                Ok(Output::Stream(f))
+            }
+            _ => Ok(Output::Temp {
+                tmp: temp_beside(&target)?,
+                target,
+            }),
+        }
+    }
+
+    /// Completes the output: the temporary file takes the target's place (errors name `path`).
+    pub(crate) fn commit(self, path: &Path) -> Result<()> {
+        match self {
+            Output::Temp { tmp, target } => {
+                tmp.persist(&target).map_err(|e| Error::io(path, e.error))?;
+            }
+            Output::Stream(mut f) => f.flush().map_err(|e| Error::io(path, e))?,
+        }
+        Ok(())
+    }
+}
+
 /// A temporary file in `path`'s directory, readable by others once renamed (as a plain
 /// `File::create` would make it).
-pub(crate) fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
+fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -28,20 +99,42 @@ pub(crate) fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
     })
 }
 
-/// Writes `bytes` to `path` atomically.
+/// Writes `bytes` to `path` as an [`Output`].
 pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut tmp = temp_beside(path)?;
-    tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
+    let mut out = Output::create(path)?;
+    out.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    out.commit(path)
 }
 
-/// Flushes a CSV writer over a temporary file from [`temp_beside`] and moves the file to `path`.
-pub(crate) fn persist_csv(writer: csv::Writer<tempfile::NamedTempFile>, path: &Path) -> Result<()> {
-    let tmp = writer
+/// Flushes a CSV writer over an [`Output`] and completes it.
+pub(crate) fn persist_csv(writer: csv::Writer<Output>, path: &Path) -> Result<()> {
+    let out = writer
         .into_inner()
         .map_err(|e| Error::io(path, e.into_error()))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
+    out.commit(path)
+}
+
+/// Whether two paths name the same file (the same device and inode, however spelled; through
+/// symlinks), or, where one does not exist yet, the same place.
+pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+            return x.dev() == y.dev() && x.ino() == y.ino();
+        }
+    }
+    match (place(a), place(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// An absolute spelling of a path whose directory exists: the canonical directory and the name.
+fn place(path: &Path) -> Option<PathBuf> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Some(std::fs::canonicalize(dir).ok()?.join(path.file_name()?))
 }

@@ -43,8 +43,8 @@ enum Command {
         /// Output: the carried columns, then one column per task; CSV or Parquet by extension.
         #[arg(long)]
         output: PathBuf,
-        /// Samples per batch.
-        #[arg(long, default_value_t = 4096)]
+        /// Samples per batch (at least 1).
+        #[arg(long, default_value_t = 4096, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
         batch_size: usize,
         /// Input columns to copy to the output, comma-separated.
         #[arg(long, value_delimiter = ',')]
@@ -95,14 +95,14 @@ enum Command {
     /// Embedding-cache benchmark: hit rates of the score, LRU and LFU policies on Zipf id
     /// streams, and scoring throughput with the cache against the same model fully resident.
     CacheBench {
-        /// Distinct ids of the hit-rate streams.
-        #[arg(long, default_value_t = 100_000)]
+        /// Distinct ids of the hit-rate streams (at least 1).
+        #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
         distinct: u64,
-        /// Lookups per stream (the first fifth warms the cache).
-        #[arg(long, default_value_t = 2_000_000)]
+        /// Lookups per stream (the first fifth warms the cache; at least 1).
+        #[arg(long, default_value_t = 2_000_000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
         lookups: usize,
-        /// Ids per batch.
-        #[arg(long, default_value_t = 4096)]
+        /// Ids per batch (at least 1).
+        #[arg(long, default_value_t = 4096, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
         batch: usize,
         /// Skip the GPU throughput part.
         #[arg(long)]

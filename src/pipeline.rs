@@ -96,6 +96,27 @@ pub fn score_file(
     score: &(dyn Fn(&CheckedBatch) -> Result<Vec<f32>> + Sync),
 ) -> Result<ScoreSummary> {
     let start = Instant::now();
+    // Before anything is read or written: no output may be the input or the other output.
+    let files = [
+        ("the input", Some(input)),
+        ("the output", Some(output)),
+        ("the rejects file", options.rejects.as_deref()),
+    ];
+    for (i, (what, a)) in files.iter().enumerate() {
+        for (other, b) in &files[i + 1..] {
+            if let (Some(a), Some(b)) = (a, b) {
+                if crate::atomic_file::same_file(a, b) {
+                    return Err(Error::io(
+                        b,
+                        std::io::Error::other(format!(
+                            "{other} is the same file as {what} ({}); nothing was read or written",
+                            a.display()
+                        )),
+                    ));
+                }
+            }
+        }
+    }
     let rejects = options
         .rejects
         .as_deref()

@@ -83,7 +83,7 @@ pub(crate) fn write_rows(
     chunks: impl Iterator<Item = (Batch, Vec<Vec<f32>>)>,
     path: &Path,
 ) -> Result<()> {
-    let tmp = atomic_file::temp_beside(path)?;
+    let tmp = atomic_file::Output::create(path)?;
     let err = |e: String| Error::io(path, std::io::Error::other(e));
     let tmp = match Format::of(path) {
         Format::Csv => {
@@ -164,7 +164,7 @@ pub(crate) fn write_rows(
             writer.into_inner().map_err(|e| err(e.to_string()))?
         }
     };
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    tmp.commit(path)?;
     Ok(())
 }
 

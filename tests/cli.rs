@@ -810,3 +810,40 @@ fn info_lists_an_adapter() {
         "no adapter line in:\n{stdout}"
     );
 }
+
+/// Degenerate sizes are refused by name, not silently changed, looped on or divided by.
+#[test]
+fn zero_sizes_are_refused_naming_the_option() {
+    let cases: [&[&str]; 5] = [
+        &[
+            "score",
+            "--model",
+            "m",
+            "--input",
+            "i.csv",
+            "--output",
+            "o.csv",
+            "--batch-size",
+            "0",
+        ],
+        &[
+            "score",
+            "--model",
+            "m",
+            "--input",
+            "i.csv",
+            "--output",
+            "o.csv",
+            "--readers",
+            "0",
+        ],
+        &["cache-bench", "--distinct", "0"],
+        &["cache-bench", "--batch", "0"],
+        &["cache-bench", "--lookups", "0"],
+    ];
+    for args in cases {
+        let flag = args[args.len() - 2];
+        let out = pepnet(args);
+        assert_fails_naming(&out, &[flag], &args.join(" "));
+    }
+}

@@ -669,3 +669,83 @@ fn batches_checked_against_another_spec_are_checked_again() {
     assert!(err.contains("user_id"), "{err}");
     assert!(!dir.path().join("out.csv").exists());
 }
+
+/// Outputs never destroy what they should not touch: an output or rejects path naming the input
+/// (however spelled) or each other is refused before anything is read; a symlinked output
+/// replaces the file the link points to and the link stays; a FIFO is written as a stream and
+/// stays a FIFO.
+#[test]
+fn outputs_never_replace_inputs_links_or_fifos() {
+    let model = model();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.csv");
+    pepnet::synth::write_file(&model.spec, 200, 6, &input).unwrap();
+    let original = std::fs::read(&input).unwrap();
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let same_input = sub.join("..").join("in.csv");
+    let cases = [
+        (same_input.clone(), None),
+        (dir.path().join("out.csv"), Some(input.clone())),
+        (dir.path().join("out.csv"), Some(sub.join("../out.csv"))),
+    ];
+    for (output, rejects) in cases {
+        let options = ScoreFileOptions {
+            rejects: rejects.clone(),
+            ..Default::default()
+        };
+        let err = run(&model, &input, &output, &options)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is the same file as"), "{err}");
+        assert_eq!(
+            std::fs::read(&input).unwrap(),
+            original,
+            "the input was touched"
+        );
+        assert!(!dir.path().join("out.csv").exists());
+    }
+
+    // A symlink: its target gets the scores, the link stays a link.
+    let target = dir.path().join("target.csv");
+    std::fs::write(&target, "old").unwrap();
+    let link = dir.path().join("link.csv");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    run(&model, &input, &link, &ScoreFileOptions::default()).unwrap();
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(csv_rows(&target).len(), 200);
+
+    // A FIFO: read on another thread while scoring writes to it.
+    let fifo = dir.path().join("scores.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+    };
+    run(&model, &input, &fifo, &ScoreFileOptions::default()).unwrap();
+    let text = reader.join().unwrap();
+    assert_eq!(
+        text.lines().count(),
+        201,
+        "a header and 200 rows through the FIFO"
+    );
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    // Nothing left behind beside any of them.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".pepnet-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -242,14 +242,14 @@ impl Iterator for CsvReader {
 /// Writes the scores CSV.
 pub struct CsvScoreWriter {
     path: PathBuf,
-    writer: csv::Writer<tempfile::NamedTempFile>,
+    writer: csv::Writer<atomic_file::Output>,
     tasks: usize,
     fields: Vec<String>,
 }
 
 impl CsvScoreWriter {
     pub(super) fn create(path: &Path, carry: &[String], tasks: &[String]) -> Result<Self> {
-        let mut writer = csv::Writer::from_writer(atomic_file::temp_beside(path)?);
+        let mut writer = csv::Writer::from_writer(atomic_file::Output::create(path)?);
         writer
             .write_record(carry.iter().chain(tasks))
             .map_err(|e| Error::io(path, e.into()))?;

@@ -417,13 +417,13 @@ fn with_value(message: String, value: &str) -> String {
 /// and moved into place only when the run succeeds.
 pub struct Rejects {
     path: PathBuf,
-    writer: ::csv::Writer<tempfile::NamedTempFile>,
+    writer: ::csv::Writer<atomic_file::Output>,
     count: usize,
 }
 
 impl Rejects {
     pub fn create(path: &Path) -> Result<Self> {
-        let mut writer = ::csv::Writer::from_writer(atomic_file::temp_beside(path)?);
+        let mut writer = ::csv::Writer::from_writer(atomic_file::Output::create(path)?);
         writer
             .write_record(["row", "column", "value", "reason"])
             .map_err(|e| Error::io(path, e.into()))?;

@@ -342,8 +342,8 @@ pub struct ParquetScoreWriter {
     path: PathBuf,
     carry: Vec<String>,
     tasks: Vec<String>,
-    tmp: Option<tempfile::NamedTempFile>,
-    writer: Option<(SchemaRef, ArrowWriter<tempfile::NamedTempFile>)>,
+    tmp: Option<atomic_file::Output>,
+    writer: Option<(SchemaRef, ArrowWriter<atomic_file::Output>)>,
 }
 
 impl ParquetScoreWriter {
@@ -352,7 +352,7 @@ impl ParquetScoreWriter {
             path: path.to_path_buf(),
             carry: carry.to_vec(),
             tasks: tasks.to_vec(),
-            tmp: Some(atomic_file::temp_beside(path)?),
+            tmp: Some(atomic_file::Output::create(path)?),
             writer: None,
         })
     }
@@ -365,7 +365,7 @@ impl ParquetScoreWriter {
     fn writer(
         &mut self,
         carried_types: &[DataType],
-    ) -> Result<&mut (SchemaRef, ArrowWriter<tempfile::NamedTempFile>)> {
+    ) -> Result<&mut (SchemaRef, ArrowWriter<atomic_file::Output>)> {
         if self.writer.is_none() {
             let fields: Vec<Field> = self
                 .carry
@@ -412,10 +412,8 @@ impl ParquetScoreWriter {
             self.writer(&types)?;
         }
         let (_, writer) = self.writer.take().expect("created above");
-        let tmp = writer.into_inner().map_err(|e| self.err(e))?;
-        tmp.persist(&self.path)
-            .map_err(|e| Error::io(&self.path, e.error))?;
-        Ok(())
+        let out = writer.into_inner().map_err(|e| self.err(e))?;
+        out.commit(&self.path)
     }
 }
 
