@@ -5,7 +5,7 @@
 # failure rather than a quiet fall-back to the f16 SIMT one.
 #
 #   bash .ci/coop-tests.sh [TEST_BINARY_NAME ...] [-- TEST_FILTER ...]
-# Default binaries: kernels, forward_f16, train_f16. Needs root.
+# Default binaries: kernels, backward_kernels, forward_f16, train_f16. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$PWD"
@@ -13,7 +13,7 @@ repo="$PWD"
 names=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do names+=("$1"); shift; done
 [ "${1:-}" = "--" ] && shift
-[ ${#names[@]} -gt 0 ] || names=(kernels forward_f16 train_f16)
+[ ${#names[@]} -gt 0 ] || names=(kernels backward_kernels forward_f16 train_f16)
 
 
 # The test executables, built for release as `cargo test --release` builds them.

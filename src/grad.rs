@@ -61,16 +61,37 @@ fn linear(w: &Weights, name: &str, x: &[f64], precision: Precision) -> Vec<f64> 
 }
 
 /// Adds `name`'s weight and bias gradients for input `x` and output gradient `dy`; returns the
-/// input's gradient.
-fn linear_back(w: &Weights, g: &mut Gradients, name: &str, x: &[f64], dy: &[f64]) -> Vec<f64> {
+/// input's gradient. With `weight_grad` at f16 the weight gradient's products take `x` rounded
+/// to f16 and `dy` rounded to f16's 11 significant bits (the tensor-core kernel block-scales dZ,
+/// so its exponent is kept), as `weight_grad_coop` does; the bias and the input's gradient stay
+/// exact.
+fn linear_back(
+    w: &Weights,
+    g: &mut Gradients,
+    name: &str,
+    x: &[f64],
+    dy: &[f64],
+    weight_grad: Precision,
+) -> Vec<f64> {
     let weight = w.get(&format!("{name}.weight"));
     let n_in = weight.shape[1];
     let dw = g
         .dense
         .entry(format!("{name}.weight"))
         .or_insert_with(|| vec![0.0; weight.data.len()]);
-    for (o, &d) in dy.iter().enumerate() {
-        for (i, &xi) in x.iter().enumerate() {
+    let (x_w, dy_w): (Vec<f64>, Vec<f64>) = match weight_grad {
+        Precision::F32 => (x.to_vec(), dy.to_vec()),
+        Precision::F16 => (
+            x.iter()
+                .map(|&v| crate::reference::kernels::round_f16(v as f32 as f64))
+                .collect(),
+            dy.iter()
+                .map(|&v| round_significand(v as f32 as f64))
+                .collect(),
+        ),
+    };
+    for (o, &d) in dy_w.iter().enumerate() {
+        for (i, &xi) in x_w.iter().enumerate() {
             dw[o * n_in + i] += d * xi;
         }
     }
@@ -89,6 +110,17 @@ fn linear_back(w: &Weights, g: &mut Gradients, name: &str, x: &[f64], dy: &[f64]
                 .sum()
         })
         .collect()
+}
+
+/// `v` rounded to f16's 11 significant bits (ties to even) whatever its exponent: what rounding
+/// a power-of-two-scaled value to f16 and scaling back gives while it stays in f16's normal range.
+fn round_significand(v: f64) -> f64 {
+    if v == 0.0 || !v.is_finite() {
+        return v;
+    }
+    let e = v.abs().log2().floor() as i32;
+    let scale = 2f64.powi(14 - e);
+    crate::reference::kernels::round_f16(v * scale) / scale
 }
 
 fn relu(v: &[f64]) -> Vec<f64> {
@@ -112,7 +144,7 @@ fn gate_back(
     x: &[f64],
     d_delta: &[f64],
     gamma: f64,
-    precision: Precision,
+    (precision, weight_grad): (Precision, Precision),
 ) -> Vec<f64> {
     let (fc1, fc2) = (format!("{prefix}.fc1"), format!("{prefix}.fc2"));
     let pre = linear(w, &fc1, x, precision);
@@ -126,13 +158,13 @@ fn gate_back(
             d * gamma * s * (1.0 - s)
         })
         .collect();
-    let dh = linear_back(w, g, &fc2, &h, &dz);
+    let dh = linear_back(w, g, &fc2, &h, &dz, weight_grad);
     let dpre: Vec<f64> = dh
         .iter()
         .zip(&pre)
         .map(|(&d, &p)| if p > 0.0 { d } else { 0.0 })
         .collect();
-    linear_back(w, g, &fc1, x, &dpre)
+    linear_back(w, g, &fc1, x, &dpre, weight_grad)
 }
 
 fn forward(
@@ -296,6 +328,24 @@ pub fn loss_and_gradients_at(
     labels: &[f64],
     task_weights: &[f64],
 ) -> Result<(f64, Gradients)> {
+    loss_and_gradients_mixed(
+        (precision, Precision::F32),
+        model,
+        batch,
+        labels,
+        task_weights,
+    )
+}
+
+/// [`loss_and_gradients_at`] with the weight gradients' products at `weight_grad` as well: at
+/// f16 they round their operands as the tensor-core `weight_grad_coop` does.
+pub fn loss_and_gradients_mixed(
+    (precision, weight_grad): (Precision, Precision),
+    model: &Model,
+    batch: &Batch,
+    labels: &[f64],
+    task_weights: &[f64],
+) -> Result<(f64, Gradients)> {
     batch.validate(&model.spec, "batch", 1)?;
     let spec = &model.spec;
     let w = &model.weights;
@@ -325,7 +375,14 @@ pub fn loss_and_gradients_at(
                     Some(dl) => h.iter().zip(dl).map(|(x, g)| x * g).collect(),
                     None => h.clone(),
                 };
-                let da = linear_back(w, &mut g, &format!("tower.{task}.{l}"), &a, &dy);
+                let da = linear_back(
+                    w,
+                    &mut g,
+                    &format!("tower.{task}.{l}"),
+                    &a,
+                    &dy,
+                    weight_grad,
+                );
                 let dh: Vec<f64> = match delta {
                     Some(dl) => {
                         for (k, (&dak, &hk)) in da.iter().zip(h).enumerate() {
@@ -352,7 +409,15 @@ pub fn loss_and_gradients_at(
         let mut d_e_p = vec![0.0; tape.e_p.len()];
         if let Some((x, _)) = &tape.pp {
             for (l, dd) in d_deltas.iter().enumerate() {
-                let dx = gate_back(w, &mut g, &format!("ppnet.{l}"), x, dd, gamma, precision);
+                let dx = gate_back(
+                    w,
+                    &mut g,
+                    &format!("ppnet.{l}"),
+                    x,
+                    dd,
+                    gamma,
+                    (precision, weight_grad),
+                );
                 for (acc, v) in d_e_p.iter_mut().zip(&dx) {
                     *acc += v;
                 }
@@ -383,7 +448,14 @@ pub fn loss_and_gradients_at(
                     }
                     let dot: f64 = gk.iter().zip(&dg).map(|(a, b)| a * b).sum();
                     let dz: Vec<f64> = gk.iter().zip(&dg).map(|(a, b)| a * (b - dot)).collect();
-                    let dx = linear_back(w, &mut g, &format!("mmoe_gate.{task}"), &tape.o_ep, &dz);
+                    let dx = linear_back(
+                        w,
+                        &mut g,
+                        &format!("mmoe_gate.{task}"),
+                        &tape.o_ep,
+                        &dz,
+                        weight_grad,
+                    );
                     d_o.iter_mut().zip(&dx).for_each(|(acc, v)| *acc += v);
                 }
                 for (k, layers) in tape.experts.iter().enumerate() {
@@ -395,7 +467,14 @@ pub fn loss_and_gradients_at(
                             .zip(out)
                             .map(|(&dv, &o)| if o > 0.0 { dv } else { 0.0 })
                             .collect();
-                        dy = linear_back(w, &mut g, &format!("expert.{k}.{j}"), &layers[j], &dpre);
+                        dy = linear_back(
+                            w,
+                            &mut g,
+                            &format!("expert.{k}.{j}"),
+                            &layers[j],
+                            &dpre,
+                            weight_grad,
+                        );
                     }
                     d_o.iter_mut().zip(&dy).for_each(|(acc, v)| *acc += v);
                 }
@@ -412,7 +491,15 @@ pub fn loss_and_gradients_at(
             Some((x, delta)) => {
                 let d_e: Vec<f64> = d_o.iter().zip(delta).map(|(a, b)| a * b).collect();
                 let d_delta: Vec<f64> = d_o.iter().zip(&tape.e).map(|(a, b)| a * b).collect();
-                let dx = gate_back(w, &mut g, "epnet", x, &d_delta, gamma, precision);
+                let dx = gate_back(
+                    w,
+                    &mut g,
+                    "epnet",
+                    x,
+                    &d_delta,
+                    gamma,
+                    (precision, weight_grad),
+                );
                 (d_e, dx[..tape.e_d.len()].to_vec())
             }
             None => (d_o, vec![0.0; tape.e_d.len()]),

@@ -35,6 +35,7 @@ fn batch_params(rows: usize) -> BatchParams {
 /// activation; widths up to 150 (several 64-column tiles).
 #[test]
 fn linear_backward_matches_reference_on_random_groups() {
+    let mut coop_runs = 0;
     let ctx = gpu();
     for seed in 0..30u64 {
         let mut r = rng(3000 + seed);
@@ -143,10 +144,29 @@ fn linear_backward_matches_reference_on_random_groups() {
             &act_buf,
             &grad_buf,
             &wgrad_buf,
+            false,
         );
+        // The tensor-core weight gradient, into its own pre-filled buffer (it reads `grad`
+        // before input_grad writes it, as the trainer records them).
+        let coop_wgrad_buf = ctx.storage_buffer("wgrad coop", &wgrad);
+        let coop = kernel.has_weight_grad_coop().then(|| {
+            kernel.weight_bind_group(
+                &ctx.device,
+                &w_span,
+                &batch,
+                &problem_buf,
+                &act_buf,
+                &grad_buf,
+                &coop_wgrad_buf,
+                true,
+            )
+        });
         let got_grad = common::run(&ctx, &grad_buf, len, |pass| {
+            if let Some(bg) = &coop {
+                kernel.weight_grad(pass, bg, w_tiles, true);
+            }
+            kernel.weight_grad(pass, &weight, w_tiles, false);
             kernel.input_grad(pass, &input, in_tiles, rows as u32);
-            kernel.weight_grad(pass, &weight, w_tiles);
         });
         let got_wgrad = ctx.read_buffer(&wgrad_buf, weights.len()).unwrap();
 
@@ -168,6 +188,52 @@ fn linear_backward_matches_reference_on_random_groups() {
             &want_wgrad,
             &format!("weight gradients, {what}"),
         );
+        if coop.is_some() {
+            coop_runs += 1;
+            let got = ctx.read_buffer(&coop_wgrad_buf, weights.len()).unwrap();
+            check_coop_wgrad(&problems, &got, &want_wgrad, &got_wgrad, &what);
+        }
+    }
+    if common::coop_required() {
+        assert!(coop_runs > 0, "weight_grad_coop never ran");
+    }
+}
+
+/// `weight_grad_coop` against the reference: dZ and A ⊙ G enter the products as f16 (dZ
+/// block-scaled, so relative rounding 2^-12 however small), summed in f32, so each weight's
+/// error is within 2e-3 of its problem's largest weight gradient (a sum of `rows` terms each
+/// rounded by 2^-11 at most); the bias sums f32 values as `weight_grad` does, in another order.
+fn check_coop_wgrad(
+    problems: &[LinearProblem],
+    got: &[f32],
+    want: &[f64],
+    simt: &[f32],
+    what: &str,
+) {
+    for p in problems {
+        let stride = pepnet::gpu::linear::padded_k(p.k) as usize;
+        let (w0, b0) = (p.w_offset as usize, p.bias_offset as usize);
+        let at = |n: usize, k: usize| w0 + n * stride + k;
+        let mut scale: f64 = 0.0;
+        for n in 0..p.n as usize {
+            for k in 0..p.k as usize {
+                scale = scale.max(want[at(n, k)].abs());
+            }
+        }
+        for n in 0..p.n as usize {
+            for k in 0..p.k as usize {
+                let (g, w) = (got[at(n, k)] as f64, want[at(n, k)]);
+                assert!(
+                    (g - w).abs() <= 1e-6 + 2e-3 * scale,
+                    "coop weight gradient [{n}, {k}]: gpu {g}, reference {w} (scale {scale}), {what}"
+                );
+            }
+            let (g, s) = (got[b0 + n], simt[b0 + n]);
+            assert!(
+                (g - s).abs() <= 1e-5 * (1.0 + s.abs()),
+                "coop bias gradient [{n}]: {g}, weight_grad's {s}, {what}"
+            );
+        }
     }
 }
 

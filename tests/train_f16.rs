@@ -3,9 +3,10 @@
 //! from the f32 master weights after every step; loss, gradients (f32 buffers, so no loss
 //! scaling) and optimizer state stay f32.
 //!
-//! - Gradients against the f64 reference of mixed precision (`grad::loss_and_gradients_at`: the
-//!   forward's linear inputs and weights rounded to f16 as the kernels round them, the backward
-//!   with f32 weights and unrounded inputs), for random specs of every variant. Tolerance per
+//! - Gradients against the f64 reference of mixed precision (`grad::loss_and_gradients_mixed`:
+//!   the forward's linear inputs and weights rounded to f16 as the kernels round them; the weight
+//!   gradients' operands rounded too where they run on tensor cores; the input gradients with
+//!   f32 weights and unrounded inputs), for random specs of every variant. Tolerance per
 //!   element: |gpu − f64| ≤ 1e-6 + 1e-3 · max|f64 over the tensor| + 1e-3 · |f64|, ten times
 //!   f32's scale term: an input the GPU holds in f32 and the reference in f64 can round to
 //!   neighbouring f16 values (worst seen: 1.8e-4 · max). Against the exact model the f16
@@ -61,9 +62,24 @@ fn f16_gradients_match_the_f64_reference_for_every_variant() {
         assert_eq!(trainer.linear_variant(rows), expected);
         let (loss, got) = trainer.gradients(&batch, &labels).unwrap();
         let labels64: Vec<f64> = labels.iter().map(|&y| y as f64).collect();
-        let (want_loss, want) =
-            grad::loss_and_gradients_at(Precision::F16, &model, &batch, &labels64, &vec![1.0; t])
-                .unwrap();
+        // The weight gradients' products round their operands too where they run on tensor
+        // cores.
+        let weight_grad = if trainer.weight_grad_on_tensor_cores() {
+            Precision::F16
+        } else {
+            Precision::F32
+        };
+        if coop_required() {
+            assert_eq!(weight_grad, Precision::F16, "weight_grad_coop is not used");
+        }
+        let (want_loss, want) = grad::loss_and_gradients_mixed(
+            (Precision::F16, weight_grad),
+            &model,
+            &batch,
+            &labels64,
+            &vec![1.0; t],
+        )
+        .unwrap();
         let context = format!("seed {seed}, variant {variant}, {rows} rows, {expected:?}");
         assert!(
             (loss - want_loss).abs() <= 2e-3 * (1.0 + want_loss),

@@ -44,10 +44,16 @@ fn sources() -> Vec<(String, String, Capabilities)> {
     .map(|(name, source)| (name.to_string(), source.to_string(), base))
     .collect();
     for shape in COOP_SHAPES {
+        let caps = base | Capabilities::SHADER_FLOAT16 | Capabilities::COOPERATIVE_MATRIX;
         all.push((
             format!("linear coop {0}x{0}x{0}", shape.size),
             shape.source(),
-            base | Capabilities::SHADER_FLOAT16 | Capabilities::COOPERATIVE_MATRIX,
+            caps,
+        ));
+        all.push((
+            format!("linear_backward coop {0}x{0}x{0}", shape.size),
+            linear_backward::coop_source(shape),
+            caps,
         ));
     }
     all
@@ -130,9 +136,9 @@ fn every_shader_file_is_compiled_into_a_kernel() {
         count += 1;
     }
     assert_eq!(
-        count, 12,
-        "nine kernels, the linear kernels' shared prelude, the tensor-core entry point and the \
-         f16 rounding prelude"
+        count, 13,
+        "nine kernels, the linear kernels' shared prelude, the two tensor-core entry points and \
+         the f16 rounding prelude"
     );
 }
 
@@ -235,7 +241,7 @@ fn every_entry_point_fits_16_kib_of_workgroup_memory() {
         let (module, info) = validate(&name, &source, caps);
         for (entry, bytes) in workgroup_bytes(&module, &info) {
             assert!(
-                entry == "main_coop" || bytes <= 16384,
+                entry.ends_with("_coop") || bytes <= 16384,
                 "{name} {entry}: {bytes} bytes of workgroup memory"
             );
         }

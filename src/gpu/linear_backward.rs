@@ -4,7 +4,7 @@
 //! [`crate::reference::kernels::linear_backward`] (`tests/backward_kernels.rs`); the whole
 //! backward is checked against [`crate::grad`] in `tests/train.rs`.
 
-use super::linear::{Activation, LinearProblem, View, TILE_N};
+use super::linear::{Activation, CoopShape, LinearProblem, View, TILE_N};
 use super::{bind_buffers, entry_pipelines, whole_buffers};
 
 /// `shaders/linear_common.wgsl`, shared with the forward, then `shaders/linear_backward.wgsl`.
@@ -12,6 +12,29 @@ pub const SOURCE: &str = concat!(
     include_str!("../../shaders/linear_common.wgsl"),
     include_str!("../../shaders/linear_backward.wgsl")
 );
+
+/// `weight_grad_coop` (`shaders/linear_backward_coop.wgsl`), appended to [`SOURCE`].
+pub const COOP_SOURCE: &str = include_str!("../../shaders/linear_backward_coop.wgsl");
+
+/// The tensor-core build: `shape`'s header (as the forward's), f16 rounding, [`SOURCE`], then
+/// `weight_grad_coop`.
+pub fn coop_source(shape: CoopShape) -> String {
+    format!(
+        "{}{}{SOURCE}{COOP_SOURCE}",
+        shape.header(),
+        include_str!("../../shaders/half.wgsl")
+    )
+}
+
+/// Bytes of workgroup memory `weight_grad_coop` declares for `shape`: two stages of dZ and
+/// A ⊙ G (2·CM rows of 64 + 8 f16 each), one f32 fragment per subgroup, the bias partial sums
+/// and the max.
+pub fn weight_grad_coop_bytes(shape: CoopShape) -> u32 {
+    let cm = shape.size;
+    let sub = 64 / (2 * cm);
+    let threads = sub * sub * shape.subgroup;
+    2 * (2 * 2 * cm * 72 * 2) + sub * sub * cm * cm * 4 + threads * 4 + 4
+}
 
 /// Rows of a workgroup tile of `input_grad`.
 pub const TILE_M: u32 = 64;
@@ -79,14 +102,18 @@ pub fn input_groups(problems: &[LinearProblem], first: u32) -> (Vec<InputGroupGp
     (groups, tiles)
 }
 
-/// The compiled kernel's two entry points.
+/// The compiled kernel's entry points: `input_grad` and `weight_grad` on the f32 SIMT units,
+/// and `weight_grad_coop` on tensor cores where the device has them.
 pub struct LinearBackwardKernel {
     input_grad: wgpu::ComputePipeline,
     weight_grad: wgpu::ComputePipeline,
+    weight_grad_coop: Option<wgpu::ComputePipeline>,
 }
 
 impl LinearBackwardKernel {
-    pub fn new(device: &wgpu::Device) -> Self {
+    /// `coop`: the device's cooperative-matrix shape (opened with f16 and cooperative
+    /// matrices), for `weight_grad_coop`, where it has room for its workgroup memory.
+    pub fn new(device: &wgpu::Device, coop: Option<CoopShape>, limits: &wgpu::Limits) -> Self {
         let mut p = entry_pipelines(
             device,
             "linear_backward",
@@ -95,9 +122,35 @@ impl LinearBackwardKernel {
         );
         let weight_grad = p.pop().expect("two pipelines");
         let input_grad = p.pop().expect("two pipelines");
+        let weight_grad_coop = coop
+            .filter(|&s| weight_grad_coop_bytes(s) <= limits.max_compute_workgroup_storage_size)
+            .map(|shape| {
+                let source = coop_source(shape);
+                entry_pipelines(
+                    device,
+                    "linear_backward coop",
+                    &source,
+                    &["weight_grad_coop"],
+                )
+                .remove(0)
+            });
         Self {
             input_grad,
             weight_grad,
+            weight_grad_coop,
+        }
+    }
+
+    /// Whether `weight_grad_coop` was built (the device has tensor cores and room for it).
+    pub fn has_weight_grad_coop(&self) -> bool {
+        self.weight_grad_coop.is_some()
+    }
+
+    /// `weight_grad_coop` when `coop` and built, else `weight_grad`.
+    fn weight_pipeline(&self, coop: bool) -> &wgpu::ComputePipeline {
+        match (&self.weight_grad_coop, coop) {
+            (Some(p), true) => p,
+            _ => &self.weight_grad,
         }
     }
 
@@ -122,8 +175,9 @@ impl LinearBackwardKernel {
         })
     }
 
-    /// Binds, for `weight_grad`: the span of problems, the batch size, the problem table, the
-    /// activations, the gradients and the weight gradients (laid out as the packed weights).
+    /// Binds, for `weight_grad` (or `weight_grad_coop` when `coop`): the span of problems, the
+    /// batch size, the problem table, the activations, the gradients and the weight gradients
+    /// (laid out as the packed weights).
     #[allow(clippy::too_many_arguments)]
     pub fn weight_bind_group(
         &self,
@@ -134,6 +188,7 @@ impl LinearBackwardKernel {
         act: &wgpu::Buffer,
         grad: &wgpu::Buffer,
         wgrad: &wgpu::Buffer,
+        coop: bool,
     ) -> wgpu::BindGroup {
         let bound = [
             (0, span),
@@ -143,7 +198,7 @@ impl LinearBackwardKernel {
             (5, grad),
             (7, wgrad),
         ];
-        bind_buffers(device, &self.weight_grad, "weight_grad", &bound)
+        bind_buffers(device, self.weight_pipeline(coop), "weight_grad", &bound)
     }
 
     /// Records `input_grad` over `tiles` column tiles and `rows` rows.
@@ -159,14 +214,16 @@ impl LinearBackwardKernel {
         pass.dispatch_workgroups(tiles, rows.div_ceil(TILE_M), 1);
     }
 
-    /// Records `weight_grad` over `tiles` weight tiles ([`super::linear::weight_tiles`] summed).
+    /// Records `weight_grad` (or `weight_grad_coop` when `coop`, with a bind group made for it)
+    /// over `tiles` weight tiles ([`super::linear::weight_tiles`] summed).
     pub fn weight_grad(
         &self,
         pass: &mut wgpu::ComputePass,
         bind_group: &wgpu::BindGroup,
         tiles: u32,
+        coop: bool,
     ) {
-        pass.set_pipeline(&self.weight_grad);
+        pass.set_pipeline(self.weight_pipeline(coop));
         pass.set_bind_group(0, bind_group, &[]);
         pass.dispatch_workgroups(tiles, 1, 1);
     }

@@ -151,7 +151,7 @@ impl GpuContext {
         let gather = gather::GatherKernel::new(&device);
         let linear = linear::LinearKernel::new(&device, coop);
         let gather_backward = gather_backward::GatherBackwardKernel::new(&device);
-        let linear_backward = linear_backward::LinearBackwardKernel::new(&device);
+        let linear_backward = linear_backward::LinearBackwardKernel::new(&device, coop, &limits);
         let loss = loss::LossKernel::new(&device);
         let mmoe_mix = mmoe_mix::MmoeMixKernel::new(&device);
         let optimizer = optimizer::OptimizerKernels::new(&device);

@@ -84,6 +84,8 @@ pub struct Trainer {
     b: Buffers,
     /// The forward plan's dispatches over the trainer's buffers.
     forward: ForwardPass,
+    /// Whether the weight gradients run on `weight_grad_coop` (f16 on tensor cores).
+    coop_weight_grad: bool,
     /// Per step of the plan, what its backward records.
     backward: Vec<Backward>,
     loss_groups: (wgpu::BindGroup, wgpu::BindGroup),
@@ -330,6 +332,9 @@ impl Trainer {
             "gather backward features",
             &gather_backward::feature_table(&layout, &plan.grad_sources),
         );
+        // At f16 the weight gradients' products run on tensor cores where the device has them.
+        let coop_weight_grad = options.precision == linear::Precision::F16
+            && ctx.linear_backward.has_weight_grad_coop();
         // Per step, its linear span or mix parameters, read by its forward and backward alike.
         let mut step_uniforms = Vec::new();
         let mut backward = Vec::new();
@@ -363,6 +368,7 @@ impl Trainer {
                         &b.act,
                         &b.grad,
                         &b.wgrad,
+                        coop_weight_grad,
                     );
                     backward.push(Backward::Linear {
                         input,
@@ -466,6 +472,7 @@ impl Trainer {
             losses: Vec::new(),
             b,
             forward,
+            coop_weight_grad,
             backward,
             loss_groups,
             row_grad_group,
@@ -793,6 +800,12 @@ impl Trainer {
         out
     }
 
+    /// Whether the weight gradients' products run on tensor cores (f16 where the device has
+    /// them).
+    pub fn weight_grad_on_tensor_cores(&self) -> bool {
+        self.coop_weight_grad
+    }
+
     /// The precision of the forward pass's matrix products.
     pub fn precision(&self) -> linear::Precision {
         self.options.precision
@@ -839,9 +852,12 @@ impl Trainer {
                 _ => unreachable!("listed for linear steps whose input gets a gradient"),
             },
             Dispatch::WeightGrad(i) => match &self.backward[i] {
-                Backward::Linear { weight, .. } => {
-                    ctx.linear_backward.weight_grad(pass, &weight.0, weight.1)
-                }
+                Backward::Linear { weight, .. } => ctx.linear_backward.weight_grad(
+                    pass,
+                    &weight.0,
+                    weight.1,
+                    self.coop_weight_grad,
+                ),
                 _ => unreachable!("listed for linear steps"),
             },
             Dispatch::MixBackward(i) => match &self.backward[i] {
