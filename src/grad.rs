@@ -61,10 +61,10 @@ fn linear(w: &Weights, name: &str, x: &[f64], precision: Precision) -> Vec<f64> 
 }
 
 /// Adds `name`'s weight and bias gradients for input `x` and output gradient `dy`; returns the
-/// input's gradient. With `weight_grad` at f16 the weight gradient's products take `x` rounded
-/// to f16 and `dy` rounded to f16's 11 significant bits (the tensor-core kernel block-scales dZ,
-/// so its exponent is kept), as `weight_grad_coop` does; the bias and the input's gradient stay
-/// exact.
+/// input's gradient. With `weight_grad` (the backward's precision) at f16 the products take
+/// `dy` rounded to f16's 11 significant bits (the tensor-core kernels block-scale dZ, so its
+/// exponent is kept), and `x` (weight gradient) or the weight (input gradient) rounded to f16,
+/// as `weight_grad_coop` and `input_grad_coop` do; the bias stays exact.
 fn linear_back(
     w: &Weights,
     g: &mut Gradients,
@@ -102,13 +102,15 @@ fn linear_back(
     for (acc, &d) in db.iter_mut().zip(dy) {
         *acc += d;
     }
+    let w_at = |o: usize, i: usize| {
+        let v = weight.data[o * n_in + i] as f64;
+        match weight_grad {
+            Precision::F32 => v,
+            Precision::F16 => crate::reference::kernels::round_f16(v),
+        }
+    };
     (0..n_in)
-        .map(|i| {
-            dy.iter()
-                .enumerate()
-                .map(|(o, &d)| weight.data[o * n_in + i] as f64 * d)
-                .sum()
-        })
+        .map(|i| dy_w.iter().enumerate().map(|(o, &d)| w_at(o, i) * d).sum())
         .collect()
 }
 
@@ -337,8 +339,8 @@ pub fn loss_and_gradients_at(
     )
 }
 
-/// [`loss_and_gradients_at`] with the weight gradients' products at `weight_grad` as well: at
-/// f16 they round their operands as the tensor-core `weight_grad_coop` does.
+/// [`loss_and_gradients_at`] with the backward's products (input and weight gradients) at
+/// `weight_grad` as well: at f16 they round their operands as the tensor-core kernels do.
 pub fn loss_and_gradients_mixed(
     (precision, weight_grad): (Precision, Precision),
     model: &Model,

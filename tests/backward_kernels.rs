@@ -135,6 +135,7 @@ fn linear_backward_matches_reference_on_random_groups() {
             &act_buf,
             &grad_buf,
             &group_buf,
+            false,
         );
         let weight = kernel.weight_bind_group(
             &ctx.device,
@@ -149,8 +150,9 @@ fn linear_backward_matches_reference_on_random_groups() {
         // The tensor-core weight gradient, into its own pre-filled buffer (it reads `grad`
         // before input_grad writes it, as the trainer records them).
         let coop_wgrad_buf = ctx.storage_buffer("wgrad coop", &wgrad);
-        let coop = kernel.has_weight_grad_coop().then(|| {
-            kernel.weight_bind_group(
+        let coop_grad_buf = ctx.storage_buffer("grad coop", &grad);
+        let coop = kernel.has_coop().then(|| {
+            let weight = kernel.weight_bind_group(
                 &ctx.device,
                 &w_span,
                 &batch,
@@ -159,14 +161,27 @@ fn linear_backward_matches_reference_on_random_groups() {
                 &grad_buf,
                 &coop_wgrad_buf,
                 true,
-            )
+            );
+            let input = kernel.input_bind_group(
+                &ctx.device,
+                &in_span,
+                &batch,
+                &problem_buf,
+                &weight_buf,
+                &act_buf,
+                &coop_grad_buf,
+                &group_buf,
+                true,
+            );
+            (weight, input)
         });
         let got_grad = common::run(&ctx, &grad_buf, len, |pass| {
-            if let Some(bg) = &coop {
-                kernel.weight_grad(pass, bg, w_tiles, true);
+            if let Some((weight, input)) = &coop {
+                kernel.weight_grad(pass, weight, w_tiles, true);
+                kernel.input_grad(pass, input, in_tiles, rows as u32, true);
             }
             kernel.weight_grad(pass, &weight, w_tiles, false);
-            kernel.input_grad(pass, &input, in_tiles, rows as u32);
+            kernel.input_grad(pass, &input, in_tiles, rows as u32, false);
         });
         let got_wgrad = ctx.read_buffer(&wgrad_buf, weights.len()).unwrap();
 
@@ -192,6 +207,21 @@ fn linear_backward_matches_reference_on_random_groups() {
             coop_runs += 1;
             let got = ctx.read_buffer(&coop_wgrad_buf, weights.len()).unwrap();
             check_coop_wgrad(&problems, &got, &want_wgrad, &got_wgrad, &what);
+            // Input and gate gradients: dZ and W enter as f16, so each is within 2e-3 of the
+            // largest of the buffer's reference values it could sum (the same bound as above),
+            // and everything it must not write stays as it was.
+            let got = ctx.read_buffer(&coop_grad_buf, len).unwrap();
+            let scale = want_grad
+                .iter()
+                .zip(&grad)
+                .filter(|(w, g)| **w != **g as f64)
+                .fold(0.0f64, |m, (w, _)| m.max(w.abs()));
+            for (i, (&g, &w)) in got.iter().zip(&want_grad).enumerate() {
+                assert!(
+                    (g as f64 - w).abs() <= 1e-6 + 2e-3 * scale,
+                    "coop input gradients: element {i}: gpu {g}, reference {w} (scale {scale}), {what}"
+                );
+            }
         }
     }
     if common::coop_required() {

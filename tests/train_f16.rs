@@ -64,13 +64,17 @@ fn f16_gradients_match_the_f64_reference_for_every_variant() {
         let labels64: Vec<f64> = labels.iter().map(|&y| y as f64).collect();
         // The weight gradients' products round their operands too where they run on tensor
         // cores.
-        let weight_grad = if trainer.weight_grad_on_tensor_cores() {
+        let weight_grad = if trainer.backward_on_tensor_cores() {
             Precision::F16
         } else {
             Precision::F32
         };
         if coop_required() {
-            assert_eq!(weight_grad, Precision::F16, "weight_grad_coop is not used");
+            assert_eq!(
+                weight_grad,
+                Precision::F16,
+                "the backward is not on tensor cores"
+            );
         }
         let (want_loss, want) = grad::loss_and_gradients_mixed(
             (Precision::F16, weight_grad),

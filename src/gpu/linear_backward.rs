@@ -13,11 +13,12 @@ pub const SOURCE: &str = concat!(
     include_str!("../../shaders/linear_backward.wgsl")
 );
 
-/// `weight_grad_coop` (`shaders/linear_backward_coop.wgsl`), appended to [`SOURCE`].
+/// `weight_grad_coop` and `input_grad_coop` (`shaders/linear_backward_coop.wgsl`), appended to
+/// [`SOURCE`].
 pub const COOP_SOURCE: &str = include_str!("../../shaders/linear_backward_coop.wgsl");
 
 /// The tensor-core build: `shape`'s header (as the forward's), f16 rounding, [`SOURCE`], then
-/// `weight_grad_coop`.
+/// `weight_grad_coop` and `input_grad_coop`.
 pub fn coop_source(shape: CoopShape) -> String {
     format!(
         "{}{}{SOURCE}{COOP_SOURCE}",
@@ -34,6 +35,16 @@ pub fn weight_grad_coop_bytes(shape: CoopShape) -> u32 {
     let sub = 64 / (2 * cm);
     let threads = sub * sub * shape.subgroup;
     2 * (2 * 2 * cm * 72 * 2) + sub * sub * cm * cm * 4 + threads * 4 + 4
+}
+
+/// Bytes of workgroup memory `input_grad_coop` declares for `shape`: two stages of dZ (4·CM
+/// rows of 2·CM + 8 f16) and W (2·CM rows of 64 + 8 f16), one f32 fragment per subgroup, the
+/// group's f32 sum over the tile, and the max.
+pub fn input_grad_coop_bytes(shape: CoopShape) -> u32 {
+    let cm = shape.size;
+    let subgroups = 2 * (64 / (2 * cm));
+    let (bm, bn) = (4 * cm, 2 * cm);
+    2 * bm * (bn + 8) * 2 + 2 * bn * 72 * 2 + subgroups * cm * cm * 4 + bm * 64 * 4 + 4
 }
 
 /// Rows of a workgroup tile of `input_grad`.
@@ -108,11 +119,14 @@ pub struct LinearBackwardKernel {
     input_grad: wgpu::ComputePipeline,
     weight_grad: wgpu::ComputePipeline,
     weight_grad_coop: Option<wgpu::ComputePipeline>,
+    /// `input_grad_coop` and its rows per tile.
+    input_grad_coop: Option<(wgpu::ComputePipeline, u32)>,
 }
 
 impl LinearBackwardKernel {
     /// `coop`: the device's cooperative-matrix shape (opened with f16 and cooperative
-    /// matrices), for `weight_grad_coop`, where it has room for its workgroup memory.
+    /// matrices), for the tensor-core entry points, where it has room for their workgroup
+    /// memory.
     pub fn new(device: &wgpu::Device, coop: Option<CoopShape>, limits: &wgpu::Limits) -> Self {
         let mut p = entry_pipelines(
             device,
@@ -122,28 +136,44 @@ impl LinearBackwardKernel {
         );
         let weight_grad = p.pop().expect("two pipelines");
         let input_grad = p.pop().expect("two pipelines");
-        let weight_grad_coop = coop
-            .filter(|&s| weight_grad_coop_bytes(s) <= limits.max_compute_workgroup_storage_size)
-            .map(|shape| {
+        let room = limits.max_compute_workgroup_storage_size;
+        let coop =
+            coop.filter(|&s| weight_grad_coop_bytes(s) <= room && input_grad_coop_bytes(s) <= room);
+        let (input_grad_coop, weight_grad_coop) = match coop {
+            Some(shape) => {
                 let source = coop_source(shape);
-                entry_pipelines(
+                let mut p = entry_pipelines(
                     device,
                     "linear_backward coop",
                     &source,
-                    &["weight_grad_coop"],
-                )
-                .remove(0)
-            });
+                    &["input_grad_coop", "weight_grad_coop"],
+                );
+                let weight = p.pop().expect("two pipelines");
+                let input = p.pop().expect("two pipelines");
+                (Some((input, 4 * shape.size)), Some(weight))
+            }
+            None => (None, None),
+        };
         Self {
             input_grad,
             weight_grad,
             weight_grad_coop,
+            input_grad_coop,
         }
     }
 
-    /// Whether `weight_grad_coop` was built (the device has tensor cores and room for it).
-    pub fn has_weight_grad_coop(&self) -> bool {
-        self.weight_grad_coop.is_some()
+    /// Whether the tensor-core entry points were built (the device has cooperative matrices and
+    /// room for their workgroup memory).
+    pub fn has_coop(&self) -> bool {
+        self.input_grad_coop.is_some() && self.weight_grad_coop.is_some()
+    }
+
+    /// `input_grad_coop` (and its rows per tile) when `coop` and built, else `input_grad`.
+    fn input_pipeline(&self, coop: bool) -> (&wgpu::ComputePipeline, u32) {
+        match (&self.input_grad_coop, coop) {
+            (Some((p, rows)), true) => (p, *rows),
+            _ => (&self.input_grad, TILE_M),
+        }
     }
 
     /// `weight_grad_coop` when `coop` and built, else `weight_grad`.
@@ -154,8 +184,9 @@ impl LinearBackwardKernel {
         }
     }
 
-    /// Binds, for `input_grad`: the span of groups, the batch size, the problem table, the
-    /// weights, the activations, the gradients and the group table.
+    /// Binds, for `input_grad` (or `input_grad_coop` when `coop`): the span of groups, the
+    /// batch size, the problem table, the weights, the activations, the gradients and the group
+    /// table.
     #[allow(clippy::too_many_arguments)]
     pub fn input_bind_group(
         &self,
@@ -167,10 +198,11 @@ impl LinearBackwardKernel {
         act: &wgpu::Buffer,
         grad: &wgpu::Buffer,
         groups: &wgpu::Buffer,
+        coop: bool,
     ) -> wgpu::BindGroup {
         device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("input_grad"),
-            layout: &self.input_grad.get_bind_group_layout(0),
+            layout: &self.input_pipeline(coop).0.get_bind_group_layout(0),
             entries: &whole_buffers(&[span, batch, problems, weights, act, grad, groups]),
         })
     }
@@ -201,17 +233,20 @@ impl LinearBackwardKernel {
         bind_buffers(device, self.weight_pipeline(coop), "weight_grad", &bound)
     }
 
-    /// Records `input_grad` over `tiles` column tiles and `rows` rows.
+    /// Records `input_grad` (or `input_grad_coop` when `coop`, with a bind group made for it)
+    /// over `tiles` column tiles and `rows` rows.
     pub fn input_grad(
         &self,
         pass: &mut wgpu::ComputePass,
         bind_group: &wgpu::BindGroup,
         tiles: u32,
         rows: u32,
+        coop: bool,
     ) {
-        pass.set_pipeline(&self.input_grad);
+        let (pipeline, tile_m) = self.input_pipeline(coop);
+        pass.set_pipeline(pipeline);
         pass.set_bind_group(0, bind_group, &[]);
-        pass.dispatch_workgroups(tiles, rows.div_ceil(TILE_M), 1);
+        pass.dispatch_workgroups(tiles, rows.div_ceil(tile_m), 1);
     }
 
     /// Records `weight_grad` (or `weight_grad_coop` when `coop`, with a bind group made for it)

@@ -84,8 +84,9 @@ pub struct Trainer {
     b: Buffers,
     /// The forward plan's dispatches over the trainer's buffers.
     forward: ForwardPass,
-    /// Whether the weight gradients run on `weight_grad_coop` (f16 on tensor cores).
-    coop_weight_grad: bool,
+    /// Whether the backward's products run on tensor cores (`input_grad_coop`,
+    /// `weight_grad_coop`: f16 where the device has them).
+    coop_backward: bool,
     /// Per step of the plan, what its backward records.
     backward: Vec<Backward>,
     loss_groups: (wgpu::BindGroup, wgpu::BindGroup),
@@ -332,9 +333,9 @@ impl Trainer {
             "gather backward features",
             &gather_backward::feature_table(&layout, &plan.grad_sources),
         );
-        // At f16 the weight gradients' products run on tensor cores where the device has them.
-        let coop_weight_grad = options.precision == linear::Precision::F16
-            && ctx.linear_backward.has_weight_grad_coop();
+        // At f16 the backward's products run on tensor cores where the device has them.
+        let coop_backward =
+            options.precision == linear::Precision::F16 && ctx.linear_backward.has_coop();
         // Per step, its linear span or mix parameters, read by its forward and backward alike.
         let mut step_uniforms = Vec::new();
         let mut backward = Vec::new();
@@ -357,6 +358,7 @@ impl Trainer {
                             &b.act,
                             &b.grad,
                             &group_buf,
+                            coop_backward,
                         );
                         (bg, ls.input_tiles)
                     });
@@ -368,7 +370,7 @@ impl Trainer {
                         &b.act,
                         &b.grad,
                         &b.wgrad,
-                        coop_weight_grad,
+                        coop_backward,
                     );
                     backward.push(Backward::Linear {
                         input,
@@ -472,7 +474,7 @@ impl Trainer {
             losses: Vec::new(),
             b,
             forward,
-            coop_weight_grad,
+            coop_backward,
             backward,
             loss_groups,
             row_grad_group,
@@ -800,10 +802,9 @@ impl Trainer {
         out
     }
 
-    /// Whether the weight gradients' products run on tensor cores (f16 where the device has
-    /// them).
-    pub fn weight_grad_on_tensor_cores(&self) -> bool {
-        self.coop_weight_grad
+    /// Whether the backward's products run on tensor cores (f16 where the device has them).
+    pub fn backward_on_tensor_cores(&self) -> bool {
+        self.coop_backward
     }
 
     /// The precision of the forward pass's matrix products.
@@ -848,16 +849,16 @@ impl Trainer {
                 Backward::Linear {
                     input: Some((bg, tiles)),
                     ..
-                } => ctx.linear_backward.input_grad(pass, bg, *tiles, rows),
+                } => ctx
+                    .linear_backward
+                    .input_grad(pass, bg, *tiles, rows, self.coop_backward),
                 _ => unreachable!("listed for linear steps whose input gets a gradient"),
             },
             Dispatch::WeightGrad(i) => match &self.backward[i] {
-                Backward::Linear { weight, .. } => ctx.linear_backward.weight_grad(
-                    pass,
-                    &weight.0,
-                    weight.1,
-                    self.coop_weight_grad,
-                ),
+                Backward::Linear { weight, .. } => {
+                    ctx.linear_backward
+                        .weight_grad(pass, &weight.0, weight.1, self.coop_backward)
+                }
                 _ => unreachable!("listed for linear steps"),
             },
             Dispatch::MixBackward(i) => match &self.backward[i] {
