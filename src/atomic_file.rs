@@ -5,18 +5,54 @@
 //! A symlink is followed: the file it points to is replaced that way and the link stays. A FIFO
 //! or a device (e.g. `/dev/null`) cannot be replaced by a rename, so it is written as the stream
 //! it is. A directory, or a symlink to nothing, is refused.
+//!
+//! A run stopped by SIGINT or SIGTERM leaves nothing either: every unfinished temporary file is
+//! registered, and [`remove_unfinished_on_interrupt`] deletes them before the process exits.
 
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 
+/// Temporary files not yet renamed into place (or deleted), for an interrupt to remove.
+static UNFINISHED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn unfinished() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    UNFINISHED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// On SIGINT or SIGTERM, deletes every unfinished output's temporary file, says so, and exits
+/// with 128 + the signal, as a shell reports it. For programs (the CLI); a library user handles
+/// its own signals.
+pub fn remove_unfinished_on_interrupt() -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::Builder::new()
+        .name("pepnet-interrupt".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                let files = std::mem::take(&mut *unfinished());
+                for f in &files {
+                    let _ = std::fs::remove_file(f);
+                }
+                eprintln!(
+                    "interrupted: stopped before finishing; {} unfinished output file(s) removed, \
+                     nothing was replaced",
+                    files.len()
+                );
+                std::process::exit(128 + signal);
+            }
+        })?;
+    Ok(())
+}
+
 /// An output being written: see the module comment.
 pub(crate) enum Output {
-    /// A temporary file, renamed over `target` by [`Output::commit`].
+    /// A temporary file, renamed over `target` by [`Output::commit`] (`None` once it has been).
     Temp {
-        tmp: tempfile::NamedTempFile,
+        tmp: Option<tempfile::NamedTempFile>,
         target: PathBuf,
     },
     /// A FIFO or device, written in place.
@@ -26,15 +62,27 @@ pub(crate) enum Output {
 impl Write for Output {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self {
-            Output::Temp { tmp, .. } => tmp.write(buf),
+            Output::Temp { tmp: Some(t), .. } => t.write(buf),
+            Output::Temp { tmp: None, .. } => Err(std::io::Error::other("output already complete")),
             Output::Stream(f) => f.write(buf),
         }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
-            Output::Temp { tmp, .. } => tmp.flush(),
+            Output::Temp { tmp: Some(t), .. } => t.flush(),
+            Output::Temp { tmp: None, .. } => Ok(()),
             Output::Stream(f) => f.flush(),
+        }
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        // The temporary file deletes itself (or was renamed); it is no longer unfinished.
+        if let Output::Temp { tmp: Some(t), .. } = self {
+            let path = t.path().to_path_buf();
+            unfinished().retain(|p| *p != path);
         }
     }
 }
@@ -57,20 +105,28 @@ impl Output {
                     .map_err(|e| Error::io(path, e))?;
                 Ok(Output::Stream(f))
             }
-            _ => Ok(Output::Temp {
-                tmp: temp_beside(&target)?,
-                target,
-            }),
+            _ => {
+                let tmp = temp_beside(&target)?;
+                unfinished().push(tmp.path().to_path_buf());
+                Ok(Output::Temp {
+                    tmp: Some(tmp),
+                    target,
+                })
+            }
         }
     }
 
     /// Completes the output: the temporary file takes the target's place (errors name `path`).
-    pub(crate) fn commit(self, path: &Path) -> Result<()> {
-        match self {
+    pub(crate) fn commit(mut self, path: &Path) -> Result<()> {
+        match &mut self {
             Output::Temp { tmp, target } => {
-                tmp.persist(&target).map_err(|e| Error::io(path, e.error))?;
+                let t = tmp.take().expect("an output is committed once");
+                let temp_path = t.path().to_path_buf();
+                let persisted = t.persist(&*target);
+                unfinished().retain(|p| *p != temp_path);
+                persisted.map_err(|e| Error::io(path, e.error))?;
             }
-            Output::Stream(mut f) => f.flush().map_err(|e| Error::io(path, e))?,
+            Output::Stream(f) => f.flush().map_err(|e| Error::io(path, e))?,
         }
         Ok(())
     }

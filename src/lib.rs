@@ -6,6 +6,7 @@
 //! [`Engine::score`]; [`reference::forward`] computes the same thing in f64 on the CPU.
 
 mod atomic_file;
+pub use atomic_file::remove_unfinished_on_interrupt;
 pub mod batch;
 pub mod bench;
 pub mod cache;

@@ -381,6 +381,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A run stopped by SIGINT or SIGTERM leaves no half-written output behind.
+    if let Err(e) = pepnet::remove_unfinished_on_interrupt() {
+        eprintln!("warning: cannot watch for interrupts ({e}); an interrupted run may leave .pepnet-* files");
+    }
     let result = match cli.command {
         Command::Score {
             model,

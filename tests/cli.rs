@@ -847,3 +847,74 @@ fn zero_sizes_are_refused_naming_the_option() {
         assert_fails_naming(&out, &[flag], &args.join(" "));
     }
 }
+
+/// A run stopped by SIGTERM or SIGINT leaves no temporary file behind and does not touch the
+/// output it was writing (here an existing file, which keeps its old content).
+#[test]
+fn an_interrupted_score_leaves_nothing_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.csv");
+    let gen = Command::new(env!("CARGO_BIN_EXE_pepnet"))
+        .args([
+            "gen-input",
+            "--model",
+            "examples/kuairand",
+            "--rows",
+            "40000",
+            "--output",
+        ])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_ok(&gen, "gen-input");
+    for signal in ["-TERM", "-INT"] {
+        let output = dir.path().join("scores.csv");
+        std::fs::write(&output, "old").unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pepnet"))
+            .args([
+                "score",
+                "--model",
+                "examples/kuairand",
+                "--batch-size",
+                "64",
+                "--input",
+            ])
+            .arg(&input)
+            .arg("--output")
+            .arg(&output)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait (at most 20 s) until the run has its temporary output, then stop it.
+        let temporary = || {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with(".pepnet-"))
+                .count()
+        };
+        let start = std::time::Instant::now();
+        while temporary() == 0 && start.elapsed().as_secs() < 20 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(temporary(), 1, "{signal}: the run never started its output");
+        let killed = Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            !out.status.success(),
+            "{signal}: the run finished before the signal"
+        );
+        assert!(
+            stderr(&out).contains("interrupted"),
+            "{signal}: {}",
+            stderr(&out)
+        );
+        assert_eq!(temporary(), 0, "{signal}: a temporary file was left behind");
+        assert_eq!(std::fs::read_to_string(&output).unwrap(), "old", "{signal}");
+    }
+}
