@@ -870,7 +870,7 @@ fn an_interrupted_score_leaves_nothing_and_touches_nothing() {
     for signal in ["-TERM", "-INT"] {
         let output = dir.path().join("scores.csv");
         std::fs::write(&output, "old").unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pepnet"))
+        let child = Command::new(env!("CARGO_BIN_EXE_pepnet"))
             .args([
                 "score",
                 "--model",
