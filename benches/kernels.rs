@@ -25,9 +25,9 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let ctx = GpuContext::new(None).expect("a GPU adapter");
-    let model = Model::init(bench::preset("paper").unwrap(), 1);
+    let model = Model::init(bench::preset("paper").unwrap(), 1).unwrap();
     let packed = PackedWeights::new(&model.spec, &model.weights);
-    let plan = Plan::new(&model.spec, &packed, ROWS);
+    let plan = Plan::new(&model.spec, &packed.layout, ROWS);
     Fixture {
         ctx,
         model,
@@ -153,7 +153,7 @@ fn kernels(c: &mut Criterion) {
 }
 
 fn host_paths(c: &mut Criterion) {
-    let model = Model::init(bench::preset("paper").unwrap(), 1);
+    let model = Model::init(bench::preset("paper").unwrap(), 1).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("in.parquet");
     let rows = 65536;
@@ -170,7 +170,7 @@ fn host_paths(c: &mut Criterion) {
         })
     });
     let packed = PackedWeights::new(&model.spec, &model.weights);
-    let plan = Plan::new(&model.spec, &packed, 16384);
+    let plan = Plan::new(&model.spec, &packed.layout, 16384);
     let layout = GatherLayout::new(&model.spec, &plan.destinations, u64::MAX / 8, 0).unwrap();
     let batch = synth::random_batch(&model.spec, 16384, 2);
     let (mut ids, mut dense, mut keys) = (Vec::new(), Vec::new(), Vec::new());

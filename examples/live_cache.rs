@@ -34,7 +34,7 @@ fn request(seed: u64, n: usize) -> Batch {
 fn main() -> pepnet::Result<()> {
     let spec = ModelSpec::from_json(SPEC, "live_cache spec")?;
     // Fresh dense weights; hashed features start with no stored rows (all ids unknown).
-    let model = Model::init(spec, 1);
+    let model = Model::init(spec, 1).unwrap();
     let options = EngineOptions {
         workspaces: 2,
         cache: CacheOptions {

@@ -12,7 +12,7 @@ fn main() -> pepnet::Result<()> {
         .nth(1)
         .unwrap_or_else(|| "examples/kuairand/model.json".into());
     let spec = ModelSpec::load(spec_path.as_ref())?;
-    let model = Model::init(spec.clone(), 0);
+    let model = Model::init(spec.clone(), 0).unwrap();
 
     // 8 192 labelled impressions, written and read back as `pepnet train` would.
     let dir = tempfile::tempdir().map_err(|source| pepnet::Error::Io {

@@ -65,7 +65,14 @@ fn stage_w4(pr: Problem, n: u32, k: u32) -> vec4<f32> {
     return load_w4(pr, n, k);
 }
 
+// An overflowed sum (infinite or NaN) leaves every layer as NaN, whatever its activation: a
+// ReLU's max or a gate's saturating sigmoid would otherwise turn it into a plausible value,
+// and NaN carries on to the probabilities, where the host refuses it. Tested on the bits: a
+// compiler may fold `z != z` away under WGSL's finite-math rules, never a mask.
 fn activate(z: f32, kind: u32, gamma: f32) -> f32 {
+    if (bitcast<u32>(z) & 0x7f800000u) == 0x7f800000u {
+        return bitcast<f32>(0x7fc00000u);
+    }
     switch kind {
         case ACT_RELU: { return max(z, 0.0); }
         case ACT_GATE: { return gamma / (1.0 + exp(-z)); }

@@ -47,6 +47,12 @@ fn bce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
     let w = task_weights[t];
     grad[params.out_off + i] = w * (p - y) / f32(batch.rows);
     let q = clamp(p, P_MIN, 1.0 - P_MIN);
+    // clamp() may turn a NaN probability (an overflow upstream) into a number; the term stays
+    // NaN so that the host sees the loss diverge (tested on the bits, as linear.wgsl does).
+    if (bitcast<u32>(p) & 0x7f800000u) == 0x7f800000u {
+        terms[i] = p;
+        return;
+    }
     terms[i] = -w * (y * log(q) + (1.0 - y) * log(1.0 - q));
 }
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::batch::{Batch, CheckedBatch};
 use crate::cache::{CacheOptions, CacheState, CacheStats, UpdateOutcome};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SampleError};
 use crate::forward::{ForwardBuffers, ForwardPass};
 use crate::gpu::gather::{self, GatherLayout, MAX_PAGES};
 use crate::gpu::linear::{self, Precision, SpanParams, Variant};
@@ -143,9 +143,14 @@ impl Engine {
         let max_rows = (max_binding / per_sample)
             .min(max_binding / ids_per_sample)
             .min(options.max_batch.max(1) as u64);
-        if max_rows == 0 {
+        if per_sample > max_binding || ids_per_sample > max_binding {
+            let (what, bytes) = if per_sample > max_binding {
+                ("activations", per_sample)
+            } else {
+                ("ids (the sum of max_len over the features)", ids_per_sample)
+            };
             return Err(Error::Gpu(format!(
-                "one sample needs {per_sample} bytes of activations, more than a storage binding ({max_binding} bytes)"
+                "one sample needs {bytes} bytes of {what}, more than a storage binding ({max_binding} bytes)"
             )));
         }
         // A linear dispatch has one workgroup row per tile of rows (of the variant with the
@@ -160,7 +165,7 @@ impl Engine {
                 packed.data.len() * 4
             )));
         }
-        let plan = Plan::new(&spec, &packed, max_rows);
+        let plan = Plan::new(&spec, &packed.layout, max_rows);
         for step in &plan.steps {
             if let Step::Linear { label, problems } = step {
                 let (_, tiles) = linear::lay_out(problems);
@@ -351,17 +356,21 @@ impl Engine {
                         end = start + (end - start) / 2;
                     }
                     Err(needed) => {
-                        return Err(Error::Cache(format!(
-                            "sample {} of the batch needs {needed} distinct cached rows at once, \
-                             more than the cache's capacity of {} rows; raise the capacity",
-                            start + 1,
-                            self.cache_capacity()
-                        )))
+                        return Err(Error::Samples(vec![SampleError {
+                            sample: start,
+                            column: String::new(),
+                            message: format!(
+                                "needs {needed} distinct cached embedding rows at once, more \
+                                 than the cache's capacity of {} rows; raise the capacity",
+                                self.cache_capacity()
+                            ),
+                        }]))
                     }
                 }
             }
             start = end;
         }
+        check_probabilities(&out, &self.spec.tasks)?;
         Ok(out)
     }
 
@@ -422,11 +431,16 @@ impl Engine {
                 rows.len()
             )));
         }
-        if let Some(i) = rows.iter().position(|x| !x.is_finite()) {
+        if let Some(i) = rows
+            .iter()
+            .position(|x| crate::weights::check_values(&[*x]).is_err())
+        {
             return Err(Error::Cache(format!(
-                "feature '{feature}': row of id {} holds {}; rows must be finite",
+                "feature '{feature}': row of id {} holds {}; rows must be finite and within \
+                 ±{} (the f16 range)",
                 ids[i / d],
-                rows[i]
+                rows[i],
+                crate::weights::MAX_WEIGHT
             )));
         }
         Ok(self.lock_cache(cache)?.update(&self.ctx, f, ids, rows, now))
@@ -865,5 +879,33 @@ impl Workspace {
             host_dense: Vec::new(),
             resolve,
         }
+    }
+}
+
+/// Every probability of a `[samples × tasks]` block is finite, or the samples that are not,
+/// as an error: a value or weight that overflowed f32 somewhere in the model comes out here
+/// as NaN, and must never leave as a score.
+pub fn check_probabilities(scores: &[f32], tasks: &[String]) -> Result<()> {
+    let t = tasks.len().max(1);
+    let bad: Vec<SampleError> = scores
+        .chunks(t)
+        .enumerate()
+        .filter_map(|(sample, p)| {
+            let task = p.iter().position(|x| !x.is_finite())?;
+            Some(SampleError {
+                sample,
+                column: tasks.get(task).cloned().unwrap_or_default(),
+                message: format!(
+                    "the probability came out {}: a value overflowed the float range inside \
+                     the model (look for a huge dense value in this row)",
+                    p[task]
+                ),
+            })
+        })
+        .collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Samples(bad))
     }
 }

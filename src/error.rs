@@ -43,10 +43,21 @@ pub enum Error {
     #[error("batch: {0}")]
     Batch(String),
 
+    /// Samples of a batch that could not be scored, each with its place and why (a
+    /// probability that came out NaN or infinite, a sample needing more cached rows than the
+    /// cache has). The file scorer maps them to input rows (and rejects them under
+    /// `--rejects`).
+    #[error("{}", describe_samples(.0))]
+    Samples(Vec<SampleError>),
+
     /// The embedding cache or store cannot do what was asked (a batch needing more distinct
     /// rows than the cache holds, a row of the wrong width, an unknown feature).
     #[error("embedding cache: {0}")]
     Cache(String),
+
+    /// The host cannot hold what a model or run needs (estimated before allocating).
+    #[error("memory: {0}")]
+    Memory(String),
 
     /// No usable GPU adapter, or the device refused what the model needs.
     #[error("gpu: {0}")]
@@ -59,6 +70,37 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// One sample a batch could not score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleError {
+    /// 0-based position in the batch.
+    pub sample: usize,
+    /// The output or input column concerned ("" if none).
+    pub column: String,
+    pub message: String,
+}
+
+fn describe_samples(samples: &[SampleError]) -> String {
+    let Some(first) = samples.first() else {
+        return "batch: no sample could be scored".into();
+    };
+    let column = if first.column.is_empty() {
+        String::new()
+    } else {
+        format!(", column '{}'", first.column)
+    };
+    let more = match samples.len() - 1 {
+        0 => String::new(),
+        1 => " (and 1 more sample)".into(),
+        n => format!(" (and {n} more samples)"),
+    };
+    format!(
+        "batch: sample {}{column}: {}{more}",
+        first.sample + 1,
+        first.message
+    )
 }
 
 impl Error {

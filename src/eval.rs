@@ -57,6 +57,20 @@ pub fn evaluate(
 ) -> Result<Vec<EvalRow>> {
     let truth = read_eval_data(spec, data, options)?;
     let predictions = read_number_columns(scores, &spec.tasks)?;
+    // A score outside [0, 1] (or NaN) is not a probability; AUC would rank it silently.
+    for (task, column) in spec.tasks.iter().zip(&predictions) {
+        if let Some(i) = column.iter().position(|p| !(0.0..=1.0).contains(p)) {
+            return Err(Error::Input {
+                source_name: scores.display().to_string(),
+                row: i + 1,
+                column: task.clone(),
+                message: format!(
+                    "{} is not a probability (expected a number in [0, 1])",
+                    column[i]
+                ),
+            });
+        }
+    }
     if predictions[0].len() != truth.domains.len() {
         return Err(Error::InputFile {
             source_name: scores.display().to_string(),

@@ -508,15 +508,16 @@ pub fn loss_and_gradients_mixed(
         };
 
         // Each feature's vector gets the gradients of the places it was read, then its rows.
+        let offsets = [Role::General, Role::Domain, Role::Prior].map(|r| spec.role_offsets(r));
         for (f, feature) in spec.features.iter().enumerate() {
             let mut dv = vec![0.0; d];
             let mut any = false;
-            for (role, grad, on) in [
-                (Role::General, &d_e, true),
-                (Role::Domain, &d_e_d, spec.epnet.is_some()),
-                (Role::Prior, &d_e_p, spec.ppnet.is_some()),
+            for (offsets, grad, on) in [
+                (&offsets[0], &d_e, true),
+                (&offsets[1], &d_e_d, spec.epnet.is_some()),
+                (&offsets[2], &d_e_p, spec.ppnet.is_some()),
             ] {
-                if let (Some(off), true) = (spec.role_offset(f, role), on) {
+                if let (Some(off), true) = (offsets[f], on) {
                     dv.iter_mut()
                         .zip(&grad[off..off + d])
                         .for_each(|(a, b)| *a += b);

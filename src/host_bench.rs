@@ -44,7 +44,7 @@ pub struct HostResult {
 pub fn step_rates(model: &Model, input: &Path, batch_size: usize) -> Result<StepRates> {
     let spec = &model.spec;
     let packed = PackedWeights::new(spec, &model.weights);
-    let plan = Plan::new(spec, &packed, batch_size.max(1) as u32);
+    let plan = Plan::new(spec, &packed.layout, batch_size.max(1) as u32);
     let layout = GatherLayout::new(spec, &plan.destinations, u32::MAX as u64 & !3, 0)?;
     let batches = InputReader::open(input, spec, &[], batch_size, None)?
         .map(|b| b.map(|b| b.batch))
@@ -77,7 +77,7 @@ pub fn run(
 ) -> Result<Vec<HostResult>> {
     let spec = &model.spec;
     let packed = PackedWeights::new(spec, &model.weights);
-    let plan = Plan::new(spec, &packed, batch_size.max(1) as u32);
+    let plan = Plan::new(spec, &packed.layout, batch_size.max(1) as u32);
     // The largest binding any device offers: only the id layout matters here, not the paging.
     let layout = GatherLayout::new(spec, &plan.destinations, u32::MAX as u64 & !3, 0)?;
     let mut results = Vec::new();

@@ -20,6 +20,7 @@ pub mod grad;
 pub mod host_bench;
 pub mod io;
 pub mod kuairand;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

@@ -871,7 +871,7 @@ fn cache_bench(
 
 fn init(spec_path: &std::path::Path, out: &std::path::Path, seed: u64) -> Result<()> {
     let spec = ModelSpec::load(spec_path)?;
-    Model::init(spec, seed).save(out)?;
+    Model::init(spec, seed)?.save(out)?;
     eprintln!("wrote {} (seed {seed})", out.display());
     Ok(())
 }
@@ -886,7 +886,7 @@ fn host_bench(
 ) -> Result<()> {
     let model = match model_dir {
         Some(dir) => Model::load(dir)?,
-        None => Model::init(pepnet::bench::preset(preset)?, 0),
+        None => Model::init(pepnet::bench::preset(preset)?, 0)?,
     };
     let input = input.expect("clap requires --input with --host-only");
     if threads.is_empty() {
@@ -927,7 +927,7 @@ fn bench(
     let (model, name) = match model_dir {
         Some(dir) => (Model::load(dir)?, dir.display().to_string()),
         None => (
-            Model::init(pepnet::bench::preset(preset)?, config.seed),
+            Model::init(pepnet::bench::preset(preset)?, config.seed)?,
             preset.to_string(),
         ),
     };
@@ -1052,8 +1052,8 @@ fn train_bench(
 ) -> Result<()> {
     let model = match model {
         Some(p) if p.is_dir() => Model::load(p)?,
-        Some(p) => Model::init(ModelSpec::load(p)?, 0),
-        None => Model::init(pepnet::bench::preset(preset)?, 0),
+        Some(p) => Model::init(ModelSpec::load(p)?, 0)?,
+        None => Model::init(pepnet::bench::preset(preset)?, 0)?,
     };
     let ctx = GpuContext::new(adapter)?;
     let r = pepnet::train::bench::run(ctx, &model, (batch_size, precision), steps, 0)?;
@@ -1116,7 +1116,7 @@ fn train(
         let state = OptimizerState::load(model, &m.spec)?;
         (m, state)
     } else {
-        (Model::init(ModelSpec::load(model)?, config.seed), None)
+        (Model::init(ModelSpec::load(model)?, config.seed)?, None)
     };
     let columns = label_columns(&model.spec, labels)?;
     let data = LabelledData::read(train_path, &model.spec, &columns)?;
@@ -1195,10 +1195,10 @@ fn gen_input(
 }
 
 fn plan(path: &std::path::Path, precision: Precision) -> Result<()> {
+    // The plan comes from the spec alone: no weights are read or made.
     let spec = load_spec(path)?;
-    let model = Model::init(spec, 0);
-    let packed = pepnet::plan::PackedWeights::new(&model.spec, &model.weights);
-    let plan = pepnet::plan::Plan::new(&model.spec, &packed, 1);
+    let layout = pepnet::plan::PackedLayout::new(&spec);
+    let plan = pepnet::plan::Plan::new(&spec, &layout, 1);
     // Which linear kernel runs depends on the device and the batch; name the choice.
     let linear_kernel = match precision {
         Precision::F32 => "linear f32 simt",
@@ -1212,7 +1212,7 @@ fn plan(path: &std::path::Path, precision: Precision) -> Result<()> {
     for step in &plan.steps {
         let (f, a, w) = (
             step.flops_per_sample(),
-            step.activation_bytes_per_sample(&model.spec),
+            step.activation_bytes_per_sample(&spec),
             step.weight_bytes_at(precision),
         );
         let kernel = match step {
@@ -1241,7 +1241,7 @@ fn plan(path: &std::path::Path, precision: Precision) -> Result<()> {
     );
     println!(
         "activation row: {} f32 per sample",
-        pepnet::plan::Plan::floats_per_sample(&model.spec)
+        pepnet::plan::Plan::floats_per_sample(&spec)
     );
     if precision == Precision::F16 {
         println!(

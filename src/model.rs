@@ -25,15 +25,26 @@ impl Model {
         Ok(Self { spec, weights })
     }
 
-    /// A model with fresh weights (see [`Weights::init`]).
-    pub fn init(spec: ModelSpec, seed: u64) -> Self {
+    /// A model with fresh weights (see [`Weights::init`]). Refused, before anything is
+    /// allocated, when the host has too little memory for the weights.
+    pub fn init(spec: ModelSpec, seed: u64) -> Result<Self> {
+        crate::memory::check_host(
+            spec.weight_bytes(),
+            &format!(
+                "the weights of this spec ({} parameters)",
+                spec.weight_bytes() / 4
+            ),
+        )?;
         let weights = Weights::init(&spec, seed);
-        Self { spec, weights }
+        Ok(Self { spec, weights })
     }
 
     /// Writes the model directory, creating it if needed. Each file is written to a temporary
     /// name and renamed into place, so a failure never leaves a half-written file.
     pub fn save(&self, dir: &Path) -> Result<()> {
+        // A model that could not be loaded back is not written (nor the directory made).
+        self.weights
+            .check(&dir.join(WEIGHTS_FILE).display().to_string())?;
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         atomic_file::write(&dir.join(SPEC_FILE), self.spec.to_json().as_bytes())?;
         atomic_file::write(&dir.join(WEIGHTS_FILE), &self.weights.to_safetensors())

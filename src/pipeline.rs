@@ -22,8 +22,8 @@ use arrow_array::ArrayRef;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::batch::CheckedBatch;
-use crate::error::{Error, Result};
-use crate::io::{InputReader, Rejects, ScoreWriter};
+use crate::error::{Error, Result, SampleError};
+use crate::io::{InputBatch, InputReader, RejectedRow, Rejects, ScoreWriter};
 use crate::spec::ModelSpec;
 
 /// How [`score_file`] runs.
@@ -80,6 +80,8 @@ struct Scored {
     rows: usize,
     carried: Vec<ArrayRef>,
     scores: Vec<f32>,
+    /// Rows the scorer could not score, rejected (only under `--rejects`).
+    rejected: Vec<RejectedRow>,
     rows_read: usize,
     total_rows: Option<u64>,
 }
@@ -143,6 +145,7 @@ pub fn score_file(
         ProgressBar::hidden()
     };
 
+    let rejecting = options.rejects.is_some();
     let (batch_tx, batch_rx) = sync_channel(2);
     let (scored_tx, scored_rx) = sync_channel::<(usize, Result<Scored>)>(2);
     // Behind an Option so that the receiver can be dropped, unblocking the reader, when the
@@ -168,17 +171,7 @@ pub fn score_file(
                     None => None,
                 };
                 let Some((seq, batch)) = next else { break };
-                let result = batch.and_then(|b| {
-                    let rows = b.batch.len();
-                    let checked = CheckedBatch::new(b.batch, b.spec_id);
-                    Ok(Scored {
-                        rows,
-                        scores: score_caught(score, &checked)?,
-                        carried: b.carried,
-                        rows_read: b.rows_read,
-                        total_rows: b.total_rows,
-                    })
-                });
+                let result = batch.and_then(|b| score_batch(spec, score, b, rejecting, input));
                 let failed = result.is_err();
                 if scored_tx.send((seq, result)).is_err() || failed {
                     break;
@@ -196,11 +189,11 @@ pub fn score_file(
         source_name: input.display().to_string(),
         message: "the reader failed unexpectedly (a panic while decoding the file)".into(),
     })?;
-    let (writer, rows) = writer?;
-    let rejected = reader.rejected();
+    let (writer, rows, late_rejects) = writer?;
+    let rejected = reader.rejected() + late_rejects.len();
     // The rejects file first: if the output then fails, take the rejects back, so that a failed
     // run leaves neither.
-    reader.finish()?;
+    reader.finish_with(late_rejects)?;
     if let Err(e) = writer.finish() {
         if let Some(path) = &options.rejects {
             let _ = std::fs::remove_file(path);
@@ -214,23 +207,26 @@ pub fn score_file(
     })
 }
 
-/// Writes results in input order; returns the writer and the rows written, or the first error.
+/// Writes results in input order; returns the writer, the rows written and the rows the
+/// scorers rejected, or the first error.
 fn write_in_order(
     mut writer: ScoreWriter,
     scored: Receiver<(usize, Result<Scored>)>,
     progress: &ProgressBar,
     input: &Path,
-) -> Result<(ScoreWriter, usize)> {
+) -> Result<(ScoreWriter, usize, Vec<RejectedRow>)> {
     let lost = || Error::InputFile {
         source_name: input.display().to_string(),
         message: "a batch was lost between scoring and writing".into(),
     };
     let mut pending = BTreeMap::new();
     let (mut next, mut rows) = (0, 0);
+    let mut late_rejects = Vec::new();
     for (seq, result) in scored {
         pending.insert(seq, result);
         while let Some(result) = pending.remove(&next) {
             let s = result?;
+            late_rejects.extend(s.rejected);
             writer.write(&s.carried, &s.scores)?;
             rows += s.rows;
             if let Some(total) = s.total_rows {
@@ -247,7 +243,7 @@ fn write_in_order(
         result?;
         return Err(lost());
     }
-    Ok((writer, rows))
+    Ok((writer, rows, late_rejects))
 }
 
 /// `score(batch)`, with a panic turned into an error, so that every batch a scorer takes comes
@@ -258,4 +254,83 @@ fn score_caught(
 ) -> Result<Vec<f32>> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| score(batch)))
         .unwrap_or_else(|_| Err(Error::Gpu("scoring a batch panicked".into())))
+}
+
+/// Scores one input batch. Samples the engine cannot score (`Error::Samples`: a non-finite
+/// probability, a sample too large for the cache) fail the run naming their input row, or,
+/// when `rejecting`, are rejected with the reason and the rest of the batch scored again.
+fn score_batch(
+    spec: &ModelSpec,
+    score: &(dyn Fn(&CheckedBatch) -> Result<Vec<f32>> + Sync),
+    input_batch: InputBatch,
+    rejecting: bool,
+    input: &Path,
+) -> Result<Scored> {
+    let InputBatch {
+        batch,
+        mut rows,
+        mut carried,
+        rows_read,
+        total_rows,
+        spec_id,
+    } = input_batch;
+    let mut checked = CheckedBatch::new(batch, spec_id);
+    let mut rejected = Vec::new();
+    loop {
+        let bad = match score_caught(score, &checked)
+            .and_then(|s| crate::engine::check_probabilities(&s, &spec.tasks).map(|()| s))
+        {
+            Ok(scores) => {
+                return Ok(Scored {
+                    rows: rows.len(),
+                    carried,
+                    scores,
+                    rejected,
+                    rows_read,
+                    total_rows,
+                })
+            }
+            Err(Error::Samples(bad)) => bad,
+            Err(e) => return Err(e),
+        };
+        let row_of = |s: &SampleError| rows.get(s.sample).copied().unwrap_or(0);
+        if !rejecting {
+            let first = &bad[0];
+            return Err(Error::Input {
+                source_name: input.display().to_string(),
+                row: row_of(first),
+                column: first.column.clone(),
+                message: first.message.clone(),
+            });
+        }
+        rejected.extend(bad.iter().map(|s| RejectedRow {
+            row: row_of(s),
+            column: s.column.clone(),
+            value: String::new(),
+            reason: s.message.clone(),
+        }));
+        let dropped: std::collections::HashSet<usize> = bad.iter().map(|s| s.sample).collect();
+        let keep: Vec<usize> = (0..rows.len()).filter(|i| !dropped.contains(i)).collect();
+        let indices = arrow_array::UInt64Array::from_iter_values(keep.iter().map(|&i| i as u64));
+        carried = carried
+            .iter()
+            .map(|c| arrow_select::take::take(c.as_ref(), &indices, None))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::InputFile {
+                source_name: input.display().to_string(),
+                message: format!("dropping rejected rows from the carried columns: {e}"),
+            })?;
+        rows = keep.iter().map(|&i| rows[i]).collect();
+        checked = CheckedBatch::new(checked.batch().take(&keep), spec_id);
+        if rows.is_empty() {
+            return Ok(Scored {
+                rows: 0,
+                carried,
+                scores: Vec::new(),
+                rejected,
+                rows_read,
+                total_rows,
+            });
+        }
+    }
 }

@@ -31,13 +31,21 @@ pub enum Step {
     MmoeMix(MixParams),
 }
 
-/// Dense weights (every tensor but the embeddings), packed into one buffer by
-/// [`linear::pack_layer`].
+/// Where each dense layer (every tensor but the embeddings) lies in the one packed buffer
+/// [`linear::pack_layer`] writes: computed from the spec alone, so planning needs no weights.
 #[derive(Debug, Clone)]
-pub struct PackedWeights {
-    pub data: Vec<f32>,
+pub struct PackedLayout {
     /// Per linear layer, the offsets of its weight and bias.
     offsets: HashMap<String, (u32, u32)>,
+    /// Floats in the packed buffer.
+    pub len: usize,
+}
+
+/// Dense weights packed as [`PackedLayout`] says.
+#[derive(Debug, Clone)]
+pub struct PackedWeights {
+    pub layout: PackedLayout,
+    pub data: Vec<f32>,
 }
 
 /// The spec's linear layers in packing order: (layer name, n, k).
@@ -53,17 +61,16 @@ fn dense_layers(spec: &ModelSpec) -> Vec<(String, usize, usize)> {
         .collect()
 }
 
-impl PackedWeights {
-    pub fn new(spec: &ModelSpec, weights: &Weights) -> Self {
-        let mut data = Vec::new();
+impl PackedLayout {
+    pub fn new(spec: &ModelSpec) -> Self {
+        let mut len = 0;
         let mut offsets = HashMap::new();
-        for (layer, _, k) in dense_layers(spec) {
-            let weight = &weights.get(&format!("{layer}.weight")).data;
-            let bias = &weights.get(&format!("{layer}.bias")).data;
-            let (w, b) = linear::pack_layer(&mut data, weight, bias, k as u32);
+        for (layer, n, k) in dense_layers(spec) {
+            let (w, b, end) = linear::layer_offsets(len, n, k as u32);
             offsets.insert(layer, (w, b));
+            len = end;
         }
-        Self { data, offsets }
+        Self { offsets, len }
     }
 
     /// Offsets of `{layer}.weight` and `{layer}.bias`.
@@ -88,10 +95,10 @@ impl PackedWeights {
         out
     }
 
-    /// The inverse of [`PackedWeights::unpack`]: `tensor(name)` (of the tensor's shape) for
+    /// The inverse of [`PackedLayout::unpack`]: `tensor(name)` (of the tensor's shape) for
     /// every dense tensor, laid out as these weights are (padding zero).
     pub fn pack(&self, spec: &ModelSpec, tensor: impl Fn(&str) -> Vec<f32>) -> Vec<f32> {
-        let mut data = vec![0.0; self.data.len()];
+        let mut data = vec![0.0; self.len];
         for (layer, n, k) in dense_layers(spec) {
             let (w, b) = self.layer(&layer);
             let stride = linear::padded_k(k as u32) as usize;
@@ -104,6 +111,22 @@ impl PackedWeights {
             data[b as usize..][..n].copy_from_slice(&tensor(&format!("{layer}.bias")));
         }
         data
+    }
+}
+
+impl PackedWeights {
+    pub fn new(spec: &ModelSpec, weights: &Weights) -> Self {
+        let layout = PackedLayout::new(spec);
+        let data = layout.pack(spec, |name| weights.get(name).data.clone());
+        Self { layout, data }
+    }
+
+    pub fn unpack(&self, spec: &ModelSpec, data: &[f32]) -> Vec<(String, Vec<f32>)> {
+        self.layout.unpack(spec, data)
+    }
+
+    pub fn pack(&self, spec: &ModelSpec, tensor: impl Fn(&str) -> Vec<f32>) -> Vec<f32> {
+        self.layout.pack(spec, tensor)
     }
 }
 
@@ -127,21 +150,26 @@ impl Plan {
     /// f32s of activation buffer one sample needs when scoring (a training plan's rows are
     /// wider: see its `row_width`).
     pub fn floats_per_sample(spec: &ModelSpec) -> u64 {
-        Columns::new(spec, false).width as u64 + spec.n_tasks() as u64
+        Self::floats_per_sample_for(spec, false)
+    }
+
+    /// As [`Plan::floats_per_sample`], for a scoring or a training plan.
+    pub fn floats_per_sample_for(spec: &ModelSpec, training: bool) -> u64 {
+        Columns::new(spec, training).width as u64 + spec.n_tasks() as u64
     }
 
     /// The forward plan for scoring.
-    pub fn new(spec: &ModelSpec, packed: &PackedWeights, max_rows: u32) -> Self {
-        Self::build(spec, packed, max_rows, false)
+    pub fn new(spec: &ModelSpec, layout: &PackedLayout, max_rows: u32) -> Self {
+        Self::build(spec, layout, max_rows, false)
     }
 
     /// The forward plan for training: as [`Plan::new`], but EPNet's gate is also kept beside
     /// its product, for the backward pass.
-    pub fn for_training(spec: &ModelSpec, packed: &PackedWeights, max_rows: u32) -> Self {
-        Self::build(spec, packed, max_rows, true)
+    pub fn for_training(spec: &ModelSpec, layout: &PackedLayout, max_rows: u32) -> Self {
+        Self::build(spec, layout, max_rows, true)
     }
 
-    fn build(spec: &ModelSpec, packed: &PackedWeights, max_rows: u32, training: bool) -> Self {
+    fn build(spec: &ModelSpec, layout: &PackedLayout, max_rows: u32, training: bool) -> Self {
         let c = Columns::new(spec, training);
         let stride = c.width;
         let at = |col: u32| View {
@@ -158,7 +186,7 @@ impl Plan {
             stride: t_count,
         };
         let problem = |layer: &str, a: View, k: u32, n: u32, y: View, activation| {
-            let (w_offset, bias_offset) = packed.layer(layer);
+            let (w_offset, bias_offset) = layout.layer(layer);
             LinearProblem {
                 grad_k: k,
                 a,
@@ -177,20 +205,21 @@ impl Plan {
 
         // Where each feature's vector goes: E into the EPNet input (or straight into O_ep's
         // place without EPNet), E_d into the EPNet input, E_p in front of O_ep for PPNet.
+        let [general, domain, prior] =
+            [Role::General, Role::Domain, Role::Prior].map(|r| spec.role_offsets(r));
         let destinations = (0..spec.features.len())
             .map(|f| {
                 let mut dest = Vec::new();
-                if let Some(off) = spec.role_offset(f, Role::General) {
+                if let Some(off) = general[f] {
                     dest.push(at(match c.ep_in {
                         Some(ep_in) => ep_in + dd + off as u32,
                         None => c.o_ep + off as u32,
                     }));
                 }
-                if let (Some(off), Some(ep_in)) = (spec.role_offset(f, Role::Domain), c.ep_in) {
+                if let (Some(off), Some(ep_in)) = (domain[f], c.ep_in) {
                     dest.push(at(ep_in + off as u32));
                 }
-                if let (Some(off), true) = (spec.role_offset(f, Role::Prior), spec.ppnet.is_some())
-                {
+                if let (Some(off), true) = (prior[f], spec.ppnet.is_some()) {
                     dest.push(at(c.x0 + off as u32));
                 }
                 dest
@@ -202,18 +231,17 @@ impl Plan {
         let grad_sources = (0..spec.features.len())
             .map(|f| {
                 let mut src = Vec::new();
-                if let Some(off) = spec.role_offset(f, Role::General) {
+                if let Some(off) = general[f] {
                     let off = off as u32;
                     src.push(match c.ep_gate {
                         Some(gate) => (at(c.o_ep + off), Some(at(gate + off))),
                         None => (at(c.o_ep + off), None),
                     });
                 }
-                if let (Some(off), Some(ep_in)) = (spec.role_offset(f, Role::Domain), c.ep_in) {
+                if let (Some(off), Some(ep_in)) = (domain[f], c.ep_in) {
                     src.push((at(ep_in + off as u32), None));
                 }
-                if let (Some(off), true) = (spec.role_offset(f, Role::Prior), spec.ppnet.is_some())
-                {
+                if let (Some(off), true) = (prior[f], spec.ppnet.is_some()) {
                     src.push((at(c.x0 + off as u32), None));
                 }
                 src

@@ -2,9 +2,33 @@
 //! from it. The contract is `docs/model.md`; this module is its only reader.
 
 use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use crate::error::{Error, Result};
+
+/// What this engine supports. Each bound keeps a product of sizes inside what the kernels
+/// index with u32 offsets and one GPU binding holds, so a spec within them never overflows
+/// an allocation size.
+pub mod limits {
+    /// `embedding_dim`.
+    pub const EMBEDDING_DIM: usize = 4096;
+    /// A multi-hot feature's `max_len`.
+    pub const LIST_LEN: usize = 1 << 16;
+    /// Any layer width (`towers[i]`, `experts.hidden[i]`, a gate's `hidden`).
+    pub const WIDTH: usize = 1 << 16;
+    /// The concatenated embeddings of one role (features × embedding_dim).
+    pub const CONCAT_WIDTH: usize = 1 << 20;
+    /// Tasks, experts and tower layers.
+    pub const TASKS: usize = 1024;
+    pub const EXPERTS: usize = 1024;
+    pub const LAYERS: usize = 64;
+    /// Elements of one tensor, and of all dense layers together: 4 GiB of f32, the most one
+    /// storage binding can address.
+    pub const TENSOR_ELEMENTS: u64 = 1 << 30;
+    /// `gate_gamma`: a gate scales by less than γ, and L + 1 of them stack.
+    pub const GATE_GAMMA: f64 = 64.0;
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -140,32 +164,54 @@ impl ModelSpec {
         if self.embedding_dim == 0 {
             return Err("key 'embedding_dim': must be at least 1, found 0".into());
         }
-        if !(self.gate_gamma.is_finite() && self.gate_gamma > 0.0) {
+        if self.embedding_dim > limits::EMBEDDING_DIM {
             return Err(format!(
-                "key 'gate_gamma': must be a positive finite number, found {}",
+                "key 'embedding_dim': {} is more than this engine supports ({})",
+                self.embedding_dim,
+                limits::EMBEDDING_DIM
+            ));
+        }
+        if !(self.gate_gamma.is_finite()
+            && self.gate_gamma > 0.0
+            && self.gate_gamma <= limits::GATE_GAMMA)
+        {
+            return Err(format!(
+                "key 'gate_gamma': must be a number in (0, {}], found {}; gates stacked over \
+                 every layer would otherwise overflow f32 and f16 activations",
+                limits::GATE_GAMMA,
                 self.gate_gamma
             ));
         }
         if self.tasks.is_empty() {
             return Err("key 'tasks': the task list is empty; at least one task is needed".into());
         }
+        if self.tasks.len() > limits::TASKS {
+            return Err(format!(
+                "key 'tasks': {} tasks are more than this engine supports ({})",
+                self.tasks.len(),
+                limits::TASKS
+            ));
+        }
+        // Sets, not pairwise scans: a spec with 100 000 features validates in linear time.
+        let mut tasks_seen = HashSet::new();
         for (i, t) in self.tasks.iter().enumerate() {
             if t.is_empty() {
                 return Err(format!("key 'tasks[{i}]': empty task name"));
             }
-            if self.tasks[..i].contains(t) {
+            if !tasks_seen.insert(t.as_str()) {
                 return Err(format!("key 'tasks[{i}]': duplicate task name '{t}'"));
             }
         }
         if self.features.is_empty() {
             return Err("key 'features': the feature list is empty".into());
         }
+        let mut features_seen = HashSet::new();
         for (i, f) in self.features.iter().enumerate() {
             let at = format!("key 'features[{i}]' ('{}')", f.name);
             if f.name.is_empty() {
                 return Err(format!("key 'features[{i}].name': empty feature name"));
             }
-            if self.features[..i].iter().any(|g| g.name == f.name) {
+            if !features_seen.insert(f.name.as_str()) {
                 return Err(format!("{at}: duplicate feature name"));
             }
             if f.roles.is_empty() {
@@ -227,6 +273,12 @@ impl ModelSpec {
                         }
                         Some(0) => {
                             return Err(format!("{at}.max_len: must be at least 1, found 0"))
+                        }
+                        Some(n) if n > limits::LIST_LEN => {
+                            return Err(format!(
+                                "{at}.max_len: {n} is more than this engine supports ({})",
+                                limits::LIST_LEN
+                            ))
                         }
                         Some(_) => {}
                     }
@@ -295,6 +347,132 @@ impl ModelSpec {
         if let Some(j) = self.towers.iter().position(|&w| w == 0) {
             return Err(format!("key 'towers[{j}]': must be at least 1, found 0"));
         }
+        self.validate_sizes()?;
+        self.validate_tensor_names()
+    }
+
+    /// Every width and count within what the kernels index (u32 offsets, one binding per
+    /// buffer), and no tensor larger than one GPU binding can hold. Checked before anything
+    /// is allocated, so an absurd spec is an error naming its key, never an abort.
+    fn validate_sizes(&self) -> std::result::Result<(), String> {
+        let width = |key: String, w: usize| {
+            if w > limits::WIDTH {
+                Err(format!(
+                    "key '{key}': {w} is more than this engine supports ({})",
+                    limits::WIDTH
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        for (key, g) in [("epnet", self.epnet), ("ppnet", self.ppnet)] {
+            if let Some(g) = g {
+                width(format!("{key}.hidden"), g.hidden)?;
+            }
+        }
+        if let Some(e) = &self.experts {
+            if e.count > limits::EXPERTS {
+                return Err(format!(
+                    "key 'experts.count': {} is more than this engine supports ({})",
+                    e.count,
+                    limits::EXPERTS
+                ));
+            }
+            for (j, &w) in e.hidden.iter().enumerate() {
+                width(format!("experts.hidden[{j}]"), w)?;
+            }
+        }
+        if self.towers.len() > limits::LAYERS {
+            return Err(format!(
+                "key 'towers': {} layers are more than this engine supports ({})",
+                self.towers.len(),
+                limits::LAYERS
+            ));
+        }
+        for (j, &w) in self.towers.iter().enumerate() {
+            width(format!("towers[{j}]"), w)?;
+        }
+        // Concatenated embeddings: features × embedding_dim, each role at most WIDTH · 16.
+        for (role, w) in [
+            ("general", self.dg()),
+            ("domain", self.dd()),
+            ("prior", self.dp()),
+        ] {
+            if w > limits::CONCAT_WIDTH {
+                return Err(format!(
+                    "key 'features': the {role} embeddings concatenate to {w} floats per \
+                     sample (features × embedding_dim), more than this engine supports ({})",
+                    limits::CONCAT_WIDTH
+                ));
+            }
+        }
+        // With every width bounded above, no product below overflows a u64.
+        let mut dense_words: u64 = 0;
+        for (name, shape) in self.expected_tensors() {
+            let elements: u64 = shape.iter().map(|&n| n as u64).product();
+            if elements > limits::TENSOR_ELEMENTS {
+                return Err(format!(
+                    "tensor '{name}' would hold {} ({} bytes as f32); one tensor is at most \
+                     {} elements, what one GPU binding indexes: {}",
+                    shape
+                        .iter()
+                        .map(|n| n.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" × "),
+                    elements * 4,
+                    limits::TENSOR_ELEMENTS,
+                    self.size_keys(&name)
+                ));
+            }
+            if !name.starts_with("emb.") {
+                dense_words += elements;
+            }
+        }
+        if dense_words > limits::TENSOR_ELEMENTS {
+            return Err(format!(
+                "the dense layers hold {dense_words} weights ({} bytes as f32), more than one \
+                 GPU binding indexes ({}): reduce 'towers', 'experts', 'epnet' or 'ppnet'",
+                dense_words * 4,
+                limits::TENSOR_ELEMENTS
+            ));
+        }
+        Ok(())
+    }
+
+    /// The spec keys that set a tensor's size, for error messages.
+    fn size_keys(&self, tensor: &str) -> String {
+        match tensor
+            .strip_prefix("emb.")
+            .and_then(|f| self.features.iter().position(|g| g.name == f))
+        {
+            Some(i) => format!("reduce 'features[{i}].vocab' or 'embedding_dim'"),
+            None => "reduce the layer widths ('towers', 'experts.hidden', 'epnet.hidden', \
+                     'ppnet.hidden') or the number of features"
+                .into(),
+        }
+    }
+
+    /// No two tensors of the weights file share a name: a hashed feature `f` stores
+    /// `emb.f.ids` and `emb.f.default`, which a feature named `f.ids` would alias.
+    fn validate_tensor_names(&self) -> std::result::Result<(), String> {
+        let mut owner: HashMap<String, usize> = HashMap::new();
+        for (i, f) in self.features.iter().enumerate() {
+            let names: Vec<String> = if f.hashed {
+                crate::weights::HashedRows::tensor_names(&f.name).into()
+            } else {
+                vec![format!("emb.{}", f.name)]
+            };
+            for name in names {
+                if let Some(j) = owner.insert(name.clone(), i) {
+                    let (a, b) = (&self.features[j], f);
+                    return Err(format!(
+                        "key 'features[{i}]' ('{}'): its tensor '{name}' is also a tensor of \
+                         'features[{j}]' ('{}'); rename one of the two features",
+                        b.name, a.name
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -339,6 +517,29 @@ impl ModelSpec {
             .filter(|f| f.has_role(role))
             .count();
         Some(before * self.d())
+    }
+
+    /// Bytes of the f32 tensors the spec sizes (hashed features' stored rows not counted).
+    /// Exact in u64 for any validated spec.
+    pub fn weight_bytes(&self) -> u64 {
+        self.expected_tensors()
+            .iter()
+            .map(|(_, shape)| shape.iter().map(|&n| n as u64).product::<u64>() * 4)
+            .sum()
+    }
+
+    /// [`ModelSpec::role_offset`] for every feature at once, in linear time.
+    pub fn role_offsets(&self, role: Role) -> Vec<Option<usize>> {
+        let mut next = 0;
+        self.features
+            .iter()
+            .map(|f| {
+                f.has_role(role).then(|| {
+                    next += self.d();
+                    next - self.d()
+                })
+            })
+            .collect()
     }
 
     /// Whether any feature is hashed, i.e. the model needs an embedding store and cache.

@@ -174,18 +174,36 @@ fn floats(view: &safetensors::tensor::TensorView) -> std::result::Result<Vec<f32
             .collect(),
         other => return Err(format!("expected dtype F32 or F16, found {other:?}")),
     };
-    match data.iter().position(|x| !x.is_finite()) {
+    check_values(&data)?;
+    Ok(data)
+}
+
+/// The largest weight magnitude a model may hold: the largest f16, so that the f16 precision
+/// holds every weight the f32 one does, and sums of products stay far from f32's limit.
+pub const MAX_WEIGHT: f32 = 65504.0;
+
+/// Every value finite and within ±[`MAX_WEIGHT`]; else which element and why.
+pub fn check_values(data: &[f32]) -> std::result::Result<(), String> {
+    match data.iter().position(|x| !(x.is_finite() && x.abs() <= MAX_WEIGHT)) {
         Some(i) => Err(format!(
-            "element {i} is {}; weights must be finite",
+            "element {i} is {}; weights must be finite and within ±{MAX_WEIGHT} (the f16 range)",
             data[i]
         )),
-        None => Ok(data),
+        None => Ok(()),
     }
 }
 
 impl Weights {
     /// Reads a safetensors file and checks it against the spec.
     pub fn load(path: &Path, spec: &ModelSpec) -> Result<Self> {
+        let size = std::fs::metadata(path)
+            .map_err(|e| Error::io(path, e))?
+            .len();
+        // The file, then the tensors parsed out of it: twice its size at the peak.
+        crate::memory::check_host(
+            size.saturating_mul(2),
+            &format!("reading {}", path.display()),
+        )?;
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         Self::from_safetensors(&bytes, &path.display().to_string(), spec)
     }
@@ -228,13 +246,13 @@ impl Weights {
                 HashedRows::read(&st, &f.name, spec.d()).map_err(|(t, m)| tensor_err(&t, m))?;
             hashed.insert(f.name.clone(), table);
         }
-        let known = |n: &str| {
-            tensors.contains_key(n)
-                || spec
-                    .features
-                    .iter()
-                    .any(|f| f.hashed && HashedRows::tensor_names(&f.name).iter().any(|t| t == n))
-        };
+        let hashed_names: std::collections::HashSet<String> = spec
+            .features
+            .iter()
+            .filter(|f| f.hashed)
+            .flat_map(|f| HashedRows::tensor_names(&f.name))
+            .collect();
+        let known = |n: &str| tensors.contains_key(n) || hashed_names.contains(n);
         let mut extra: Vec<&str> = st.names().into_iter().filter(|n| !known(n)).collect();
         extra.sort_unstable();
         if let Some(name) = extra.first() {
@@ -288,6 +306,24 @@ impl Weights {
             })
             .collect();
         Self { tensors, hashed }
+    }
+
+    /// Every tensor's values within [`check_values`]' bounds, or the first that is not, named
+    /// (e.g. after a training run that diverged).
+    pub fn check(&self, file: &str) -> Result<()> {
+        let tensors = self.tensors.iter().map(|(n, t)| (n.clone(), &t.data));
+        let hashed = self.hashed.iter().flat_map(|(f, h)| {
+            let [_, rows, default] = HashedRows::tensor_names(f);
+            std::iter::once((rows, &h.rows)).chain(h.default.as_ref().map(|d| (default, d)))
+        });
+        for (name, data) in tensors.chain(hashed) {
+            check_values(data).map_err(|message| Error::Tensor {
+                file: file.to_string(),
+                tensor: name,
+                message,
+            })?;
+        }
+        Ok(())
     }
 
     /// Writes the tensors as f32 safetensors (hashed features' ids as U64).

@@ -16,7 +16,7 @@ fn schema() -> jsonschema::Validator {
 #[test]
 fn report_validates_against_the_schema() {
     let ctx = common::gpu();
-    let model = Model::init(bench::preset("tiny").unwrap(), 3);
+    let model = Model::init(bench::preset("tiny").unwrap(), 3).unwrap();
     let config = BenchConfig {
         batch_sizes: vec![1, 7, 300],
         warmup: 1,
@@ -193,7 +193,7 @@ fn floors_take_the_units_each_kernel_runs_on() {
 #[test]
 fn host_only_bench_reads_and_encodes_every_row() {
     let dir = tempfile::tempdir().unwrap();
-    let model = Model::init(bench::preset("tiny").unwrap(), 1);
+    let model = Model::init(bench::preset("tiny").unwrap(), 1).unwrap();
     for name in ["in.csv", "in.parquet"] {
         let input = dir.path().join(name);
         pepnet::synth::write_file(&model.spec, 3000, 2, &input).unwrap();

@@ -133,8 +133,8 @@ fn twin(r: &mut Rng, variant: u32, unknown_share: f64) -> Option<Twin> {
         hspec.features[f].vocab = None;
     }
     hspec.validate().unwrap();
-    let resident = Model::init(spec.clone(), r.random());
-    let mut hashed = Model::init(hspec, 0);
+    let resident = Model::init(spec.clone(), r.random()).unwrap();
+    let mut hashed = Model::init(hspec, 0).unwrap();
     let names: Vec<String> = hashed.weights.iter().map(|(n, _)| n.to_string()).collect();
     for name in names {
         let src = resident.weights.get(&name).data.clone();
@@ -666,7 +666,7 @@ fn a_sample_needing_more_rows_than_the_cache_holds_is_a_clear_error() {
         )
         .unwrap();
         let err = cached.score(&twin.map(&batch)).unwrap_err();
-        assert!(matches!(err, Error::Cache(_)), "{err}");
+        assert!(matches!(err, Error::Samples(_)), "{err}");
         let text = err.to_string();
         assert!(
             text.contains("capacity of") && text.contains("sample"),
@@ -702,7 +702,7 @@ fn dense_weight_swaps_are_atomic_per_batch() {
     let (_, twin) = twins(9, 1, 0.0).pop().unwrap();
     let mut r = rng(29);
     let batch = random_batch(&mut r, &twin.resident.spec, 96);
-    let other = Model::init(twin.resident.spec.clone(), 4242);
+    let other = Model::init(twin.resident.spec.clone(), 4242).unwrap();
     let mut new_weights = twin.hashed.weights.clone();
     for (name, t) in other.weights.iter() {
         if !name.starts_with("emb.") {
@@ -732,7 +732,7 @@ fn dense_weight_swaps_are_atomic_per_batch() {
             "batch {k} mixes old and new weights"
         );
     }
-    let wrong = Model::init(random_spec(&mut r, 7), 1);
+    let wrong = Model::init(random_spec(&mut r, 7), 1).unwrap();
     assert!(cached.swap_weights(&wrong.weights).is_err());
 }
 

@@ -29,7 +29,7 @@ const SPEC: &str = r#"{
 }"#;
 
 fn model() -> Model {
-    Model::init(ModelSpec::from_json(SPEC, "spec").unwrap(), 17)
+    Model::init(ModelSpec::from_json(SPEC, "spec").unwrap(), 17).unwrap()
 }
 
 fn engine(model: &Model) -> Engine {
@@ -655,7 +655,8 @@ fn batches_checked_against_another_spec_are_checked_again() {
     let small = Model::init(
         ModelSpec::from_json(&SPEC.replace("\"vocab\": 50", "\"vocab\": 5"), "spec").unwrap(),
         3,
-    );
+    )
+    .unwrap();
     let engine = engine(&small);
     let err = score_file(
         &model.spec,

@@ -31,7 +31,7 @@ fn random_specs_of_every_variant_match_the_reference() {
     for seed in 0..n_specs {
         let mut r = rng(1000 + seed);
         let spec = random_spec(&mut r, seed as u32 % 8);
-        let model = Model::init(spec, seed);
+        let model = Model::init(spec, seed).unwrap();
         // Half the engines hold fewer rows than the large batch, so it is split across passes.
         let max_batch = if seed % 2 == 0 { 4096 } else { 1000 };
         let options = EngineOptions {
@@ -72,7 +72,7 @@ fn tables_split_across_pages_match_the_reference() {
     let ctx = gpu();
     for seed in 0..8u64 {
         let mut r = rng(7000 + seed);
-        let model = Model::init(random_spec(&mut r, seed as u32), seed);
+        let model = Model::init(random_spec(&mut r, seed as u32), seed).unwrap();
         let d = model.spec.d() as u64;
         let total_rows: u64 = model.spec.features.iter().map(|f| f.rows() as u64).sum();
         // Pages of about a third of the tables: three or four pages.
@@ -95,7 +95,7 @@ fn tables_split_across_pages_match_the_reference() {
 #[test]
 fn tables_that_need_more_pages_than_bindings_are_a_clear_error() {
     let mut r = rng(42);
-    let model = Model::init(random_spec(&mut r, 7), 1);
+    let model = Model::init(random_spec(&mut r, 7), 1).unwrap();
     let d = model.spec.d() as u64;
     let options = EngineOptions {
         max_page_bytes: Some(d * 4),
@@ -114,7 +114,7 @@ fn tables_that_need_more_pages_than_bindings_are_a_clear_error() {
 fn one_engine_scores_from_many_threads() {
     let ctx = gpu();
     let mut r = rng(99);
-    let model = Model::init(random_spec(&mut r, 7), 5);
+    let model = Model::init(random_spec(&mut r, 7), 5).unwrap();
     let options = EngineOptions {
         max_batch: 100,
         workspaces: 2,
@@ -149,7 +149,7 @@ fn dispatch_count_does_not_grow_with_tasks_or_experts() {
     let mut r = rng(3);
     let mut base = random_spec(&mut r, 7);
     let count = |spec: &pepnet::ModelSpec| {
-        let model = Model::init(spec.clone(), 0);
+        let model = Model::init(spec.clone(), 0).unwrap();
         Engine::new(
             gpu(),
             &model,
@@ -177,7 +177,7 @@ fn dispatch_count_does_not_grow_with_tasks_or_experts() {
 #[test]
 fn an_invalid_batch_is_an_error_not_a_panic() {
     let mut r = rng(11);
-    let model = Model::init(random_spec(&mut r, 3), 0);
+    let model = Model::init(random_spec(&mut r, 3), 0).unwrap();
     let engine = Engine::new(gpu(), &model, &EngineOptions::default()).unwrap();
     let mut batch = random_batch(&mut r, &model.spec, 5);
     if let pepnet::Column::Sparse(ids) = &mut batch.columns[0] {
@@ -206,7 +206,7 @@ fn features_named_like_tensors_score() {
         "spec",
     )
     .unwrap();
-    let model = Model::init(spec, 8);
+    let model = Model::init(spec, 8).unwrap();
     let engine = Engine::new(gpu(), &model, &EngineOptions::default()).unwrap();
     let batch = random_batch(&mut rng(8), &model.spec, 33);
     check(&engine, &model, &batch, "features named like tensors");

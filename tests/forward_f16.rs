@@ -36,7 +36,7 @@ fn random_specs_of_every_variant_match_the_reference_at_f16() {
     for seed in 0..n_specs {
         let mut r = rng(5000 + seed);
         let spec = random_spec(&mut r, seed as u32 % 8);
-        let model = Model::init(spec, seed);
+        let model = Model::init(spec, seed).unwrap();
         let options = EngineOptions {
             max_batch: if seed % 2 == 0 { 4096 } else { 1000 },
             precision: Precision::F16,
@@ -77,7 +77,7 @@ fn random_specs_of_every_variant_match_the_reference_at_f16() {
 fn f32_is_the_default_and_runs_the_f32_kernels() {
     let ctx = gpu();
     let mut r = rng(77);
-    let model = Model::init(random_spec(&mut r, 7), 3);
+    let model = Model::init(random_spec(&mut r, 7), 3).unwrap();
     let engine = Engine::new(ctx, &model, &EngineOptions::default()).unwrap();
     assert_eq!(engine.precision(), Precision::F32);
     assert_eq!(engine.linear_variant(5), Variant::Small);

@@ -22,7 +22,7 @@ fn gradients_match_finite_differences_for_every_variant() {
         let mut r = rng(500 + seed);
         let variant = (seed % 8) as u32;
         let spec = random_spec(&mut r, variant);
-        let mut model = Model::init(spec.clone(), seed);
+        let mut model = Model::init(spec.clone(), seed).unwrap();
         let batch = random_batch(&mut r, &spec, 4);
         let t = spec.n_tasks();
         let labels: Vec<f64> = (0..batch.len() * t)

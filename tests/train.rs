@@ -26,7 +26,7 @@ fn gpu_gradients_match_the_f64_reference_for_every_variant() {
         let mut r = rng(900 + seed);
         let variant = (seed % 8) as u32;
         let spec = random_spec(&mut r, variant);
-        let model = Model::init(spec.clone(), seed);
+        let model = Model::init(spec.clone(), seed).unwrap();
         let rows = [1, 7, 70, 131][seed as usize % 4];
         let batch = random_batch(&mut r, &spec, rows);
         let t = spec.n_tasks();
@@ -134,7 +134,7 @@ fn training_is_bit_identical_run_to_run_and_across_a_resume() {
     for seed in 0..8u64 {
         let mut r = rng(1300 + seed);
         let spec = random_spec(&mut r, seed as u32);
-        let model = Model::init(spec.clone(), seed);
+        let model = Model::init(spec.clone(), seed).unwrap();
         let batches = random_batches(&mut r, &spec, 4);
         let (a, state_a, losses_a) = train_steps(&model, None, &batches);
         let (b, state_b, losses_b) = train_steps(&model, None, &batches);
@@ -179,7 +179,7 @@ fn one_step_applies_adam_and_adagrad_as_the_reference() {
     for seed in 0..8u64 {
         let mut r = rng(1700 + seed);
         let spec = random_spec(&mut r, seed as u32);
-        let model = Model::init(spec.clone(), seed);
+        let model = Model::init(spec.clone(), seed).unwrap();
         let batches = random_batches(&mut r, &spec, 1);
         let (trained, _, _) = train_steps(&model, None, &batches);
         let (batch, labels) = &batches[0];
@@ -251,7 +251,7 @@ fn trainer_is_send_and_sync() {
 fn a_state_that_does_not_fit_the_model_is_an_error() {
     let mut r = rng(2100);
     let spec = random_spec(&mut r, 3);
-    let model = Model::init(spec.clone(), 0);
+    let model = Model::init(spec.clone(), 0).unwrap();
     let batches = random_batches(&mut r, &spec, 1);
     let (_, mut state, _) = train_steps(&model, None, &batches);
     let name = state.tensors.keys().next().unwrap().clone();

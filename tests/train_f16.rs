@@ -48,7 +48,7 @@ fn f16_gradients_match_the_f64_reference_for_every_variant() {
         let mut r = rng(2900 + seed);
         let variant = (seed % 8) as u32;
         let spec = random_spec(&mut r, variant);
-        let model = Model::init(spec.clone(), seed);
+        let model = Model::init(spec.clone(), seed).unwrap();
         let rows = [1, 7, 70, 131][seed as usize % 4];
         let batch = random_batch(&mut r, &spec, rows);
         let t = spec.n_tasks();
@@ -157,7 +157,7 @@ fn train(model: &Model, precision: Precision, seed: u64) -> (Vec<(String, Vec<f3
 fn f16_training_is_bit_identical_run_to_run() {
     for seed in 0..8u64 {
         let mut r = rng(3300 + seed);
-        let model = Model::init(random_spec(&mut r, seed as u32), seed);
+        let model = Model::init(random_spec(&mut r, seed as u32), seed).unwrap();
         let (a, losses_a) = train(&model, Precision::F16, seed);
         let (b, losses_b) = train(&model, Precision::F16, seed);
         assert_eq!(losses_a, losses_b, "seed {seed}: losses");

@@ -208,7 +208,7 @@ fn bytes_that_are_not_safetensors_are_an_error_naming_the_file() {
 fn model_save_then_load_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     let model_dir = dir.path().join("nested").join("model");
-    let model = Model::init(spec(), 6);
+    let model = Model::init(spec(), 6).unwrap();
     model.save(&model_dir).unwrap();
     let mut files: Vec<String> = std::fs::read_dir(&model_dir)
         .unwrap()
@@ -224,7 +224,7 @@ fn model_save_then_load_round_trips() {
     assert_eq!(loaded, model);
 
     // Saving another model over it replaces both files.
-    let other = Model::init(spec(), 7);
+    let other = Model::init(spec(), 7).unwrap();
     other.save(&model_dir).unwrap();
     assert_eq!(Model::load(&model_dir).unwrap(), other);
     assert_ne!(other, model);
@@ -233,7 +233,7 @@ fn model_save_then_load_round_trips() {
 #[test]
 fn model_load_checks_weights_against_the_spec() {
     let dir = tempfile::tempdir().unwrap();
-    let model = Model::init(spec(), 8);
+    let model = Model::init(spec(), 8).unwrap();
     model.save(dir.path()).unwrap();
     // Same weights, but a spec with wider towers: the tower tensors no longer fit.
     let wider = SPEC.replace(r#""towers": [3]"#, r#""towers": [4]"#);

@@ -183,7 +183,7 @@ fn kernel_times(engine: &Engine, batch: &Batch) -> Result<(Option<f64>, Option<f
 
 /// A small PEPNet whose two id features have `users` and `items` ids: either as vocabularies
 /// (resident) or hashed, with the same rows in the store.
-pub fn throughput_models(users: usize, items: usize, seed: u64) -> (Model, Model) {
+pub fn throughput_models(users: usize, items: usize, seed: u64) -> Result<(Model, Model)> {
     let text = |hashed: bool| {
         let id = |name: &str, vocab: usize| {
             if hashed {
@@ -207,10 +207,10 @@ pub fn throughput_models(users: usize, items: usize, seed: u64) -> (Model, Model
             id("item_id", items)
         )
     };
-    let resident_spec = ModelSpec::from_json(&text(false), "resident").expect("valid");
-    let hashed_spec = ModelSpec::from_json(&text(true), "hashed").expect("valid");
-    let resident = Model::init(resident_spec, seed);
-    let mut hashed = Model::init(hashed_spec, seed);
+    let resident_spec = ModelSpec::from_json(&text(false), "--users/--items")?;
+    let hashed_spec = ModelSpec::from_json(&text(true), "--users/--items")?;
+    let resident = Model::init(resident_spec, seed)?;
+    let mut hashed = Model::init(hashed_spec, seed)?;
     let names: Vec<String> = hashed.weights.iter().map(|(n, _)| n.to_string()).collect();
     for name in names {
         let data = resident.weights.get(&name).data.clone();
@@ -222,7 +222,7 @@ pub fn throughput_models(users: usize, items: usize, seed: u64) -> (Model, Model
         h.ids = (0..(rows.len() / 16) as u64).map(raw_id).collect();
         h.rows = rows;
     }
-    (resident, hashed)
+    Ok((resident, hashed))
 }
 
 /// Batches whose ids follow Zipf(`exponent`): as vocabulary ids and as raw ids.
@@ -291,7 +291,7 @@ pub fn throughput(
     batches: usize,
     rows: usize,
 ) -> Result<Vec<Throughput>> {
-    let (resident, hashed) = throughput_models(users, items, 7);
+    let (resident, hashed) = throughput_models(users, items, 7)?;
     let data = throughput_batches(users, items, 1.0, 2 * batches, rows, 11);
     let (vocab, raw): (Vec<Batch>, Vec<Batch>) = data.into_iter().unzip();
     let (vocab_warm, vocab) = vocab.split_at(batches);

@@ -178,18 +178,26 @@ pub fn padded_k(k: u32) -> u32 {
 /// the buffer left a whole number of vec4s long.
 /// Returns the weight's and the bias's offsets.
 pub fn pack_layer(buffer: &mut Vec<f32>, weight: &[f32], bias: &[f32], k: u32) -> (u32, u32) {
-    buffer.resize(buffer.len().next_multiple_of(4), 0.0);
-    let w_offset = buffer.len() as u32;
+    let (w_offset, bias_offset, end) = layer_offsets(buffer.len(), bias.len(), k);
+    buffer.resize(w_offset as usize, 0.0);
     let (k, stride) = (k as usize, padded_k(k) as usize);
     for row in weight.chunks_exact(k) {
         buffer.extend_from_slice(row);
         buffer.resize(buffer.len() + stride - k, 0.0);
     }
-    let bias_offset = buffer.len() as u32;
     buffer.extend_from_slice(bias);
-    // Whole vec4s only: the kernel binds the buffer as array<vec4<f32>>, whose length rounds down.
-    buffer.resize(buffer.len().next_multiple_of(4), 0.0);
+    buffer.resize(end, 0.0);
     (w_offset, bias_offset)
+}
+
+/// Where [`pack_layer`] puts an `[n, k]` layer appended to a buffer of `len` floats: the
+/// weight's and the bias's offsets, and the buffer's new length. Whole vec4s only: the kernel
+/// binds the buffer as `array<vec4<f32>>`, whose length rounds down.
+pub fn layer_offsets(len: usize, n: usize, k: u32) -> (u32, u32, usize) {
+    let w_offset = len.next_multiple_of(4);
+    let bias_offset = w_offset + n * padded_k(k) as usize;
+    let end = (bias_offset + n).next_multiple_of(4);
+    (w_offset as u32, bias_offset as u32, end)
 }
 
 /// The packed weights as f16, two to a `u32` (the layout `weights_half` binds): same element

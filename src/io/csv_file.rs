@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use arrow_array::ArrayRef;
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
 
-use super::{format_probability, string_array, BadRow, InputBatch, Part, RowAssembler, UnitItem};
+use super::{
+    find_column, format_probability, quoted, string_array, BadRow, InputBatch, Part, RowAssembler,
+    UnitItem,
+};
 use crate::atomic_file;
 use crate::error::{Error, Result};
 use crate::spec::FeatureKind;
@@ -49,18 +52,8 @@ impl CsvReader {
                 message: format!("cannot read the header row: {e}"),
             })?
             .clone();
-        let find = |col: &str, what: &str| {
-            header
-                .iter()
-                .position(|h| h.trim() == col)
-                .ok_or_else(|| Error::InputFile {
-                    source_name: name.clone(),
-                    message: format!(
-                        "missing column '{col}' ({what}); the header has {:?}",
-                        header.iter().collect::<Vec<_>>()
-                    ),
-                })
-        };
+        let header: Vec<&str> = header.iter().collect();
+        let find = |col: &str, what: &str| find_column(&name, &header, col, what);
         let feature_cols = rows
             .spec()
             .features
@@ -164,7 +157,7 @@ impl CsvReader {
                     BadRow::Fail(e) => return Err(e),
                 }
             }
-            self.rows.end_row();
+            self.rows.end_row(row);
             for (cells, &c) in carried.iter_mut().zip(&self.carry_cols) {
                 cells.push(self.record.get(c).unwrap_or("").to_string());
             }
@@ -173,9 +166,11 @@ impl CsvReader {
             return Ok(None);
         }
         let consumed = self.reader.position().byte().max(1);
+        let (batch, rows) = self.rows.take();
         Ok(Some(InputBatch {
             spec_id: self.rows.spec_id(),
-            batch: self.rows.take(),
+            batch,
+            rows,
             carried: carried.into_iter().map(string_array).collect(),
             rows_read: self.rows_read,
             total_rows: Some(if self.done {
@@ -199,7 +194,7 @@ impl CsvReader {
             let pushed = match feature.kind {
                 FeatureKind::Dense => match cell.parse::<f32>() {
                     Ok(x) => self.rows.push_dense(f, x),
-                    Err(_) => Err(format!("expected a number, found '{cell}'")),
+                    Err(_) => Err(format!("expected a number, found {}", quoted(cell))),
                 },
                 FeatureKind::Sparse | FeatureKind::MultiHot => {
                     ids.clear();
@@ -221,7 +216,7 @@ impl CsvReader {
 
 fn parse_id(cell: &str) -> std::result::Result<u64, String> {
     cell.parse::<u64>()
-        .map_err(|_| format!("expected a non-negative integer id, found '{cell}'"))
+        .map_err(|_| format!("expected a non-negative integer id, found {}", quoted(cell)))
 }
 
 impl Iterator for CsvReader {
@@ -298,14 +293,10 @@ pub(crate) fn read_text_rows(path: &Path, names: &[&str]) -> Result<Vec<Vec<Stri
         .headers()
         .map_err(|e| file_err(format!("cannot read the header row: {e}")))?
         .clone();
+    let header: Vec<&str> = header.iter().collect();
     let cols = names
         .iter()
-        .map(|n| {
-            header
-                .iter()
-                .position(|h| h.trim() == *n)
-                .ok_or_else(|| file_err(format!("missing column '{n}'")))
-        })
+        .map(|n| find_column(&source_name, &header, n, "asked for"))
         .collect::<Result<Vec<_>>>()?;
     reader
         .records()
@@ -330,7 +321,7 @@ pub(super) fn read_number_columns(path: &Path, names: &[String]) -> Result<Vec<V
                 source_name: path.display().to_string(),
                 row: i + 1,
                 column: name.clone(),
-                message: format!("expected a number, found '{cell}'"),
+                message: format!("expected a number, found {}", quoted(cell)),
             })?);
         }
     }

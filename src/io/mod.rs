@@ -51,6 +51,8 @@ pub struct InputBatch {
     pub batch: Batch,
     /// The carried columns of the batch's rows, in `carry` order.
     pub carried: Vec<ArrayRef>,
+    /// Each sample's 1-based data row in the file (rejected rows leave gaps).
+    pub rows: Vec<usize>,
     /// Rows of the file read so far, this batch's and rejected ones included.
     pub rows_read: usize,
     /// The file's rows, exactly (Parquet) or estimated from the bytes read so far (CSV).
@@ -179,10 +181,29 @@ impl InputReader {
 
     /// Ends the read: moves the rejects file into place. Call only when the whole run succeeded.
     pub fn finish(self) -> Result<usize> {
-        match self {
-            InputReader::Csv(r) => r.rows.finish(),
-            InputReader::Parquet(r) => r.rows.finish(),
-            InputReader::Parallel(r) => r.finish(),
+        self.finish_with(Vec::new())
+    }
+
+    /// As [`InputReader::finish`], first adding rows rejected after reading (by the scorer),
+    /// which the rejects file lists after those rejected while reading.
+    pub(crate) fn finish_with(self, late: Vec<RejectedRow>) -> Result<usize> {
+        let rejects = match self {
+            InputReader::Csv(r) => r.rows.into_rejects(),
+            InputReader::Parquet(r) => r.rows.into_rejects(),
+            InputReader::Parallel(r) => r.into_rejects(),
+        };
+        match rejects {
+            Some(mut r) => {
+                for row in late {
+                    r.add(row.row, &row.column, &row.value, &row.reason)?;
+                }
+                r.finish()
+            }
+            None if late.is_empty() => Ok(0),
+            None => Err(Error::InputFile {
+                source_name: String::new(),
+                message: "rows were rejected without a rejects file".into(),
+            }),
         }
     }
 }
@@ -234,6 +255,8 @@ pub(crate) struct RowAssembler {
     source: String,
     columns: Vec<Column>,
     rows: usize,
+    /// The file rows of the completed rows.
+    row_numbers: Vec<usize>,
     rejects: RejectSink,
 }
 
@@ -253,6 +276,7 @@ impl RowAssembler {
             source: path.display().to_string(),
             columns: Vec::new(),
             rows: 0,
+            row_numbers: Vec::new(),
             rejects,
         };
         a.reset();
@@ -317,9 +341,10 @@ impl RowAssembler {
         Ok(())
     }
 
-    /// Completes the current row.
-    pub(crate) fn end_row(&mut self) {
+    /// Completes the current row, file row `row` (1-based).
+    pub(crate) fn end_row(&mut self, row: usize) {
         self.rows += 1;
+        self.row_numbers.push(row);
     }
 
     /// Rolls back a partly pushed row, then rejects it or turns it into an error. `row` is the
@@ -374,11 +399,12 @@ impl RowAssembler {
         }
     }
 
-    /// The completed rows as a batch; starts the next one.
-    pub(crate) fn take(&mut self) -> Batch {
+    /// The completed rows as a batch, with their file rows; starts the next one.
+    pub(crate) fn take(&mut self) -> (Batch, Vec<usize>) {
         let batch = Batch::new(std::mem::take(&mut self.columns));
+        let rows = std::mem::take(&mut self.row_numbers);
         self.reset();
-        batch
+        (batch, rows)
     }
 
     fn rejected(&self) -> usize {
@@ -396,20 +422,87 @@ impl RowAssembler {
         }
     }
 
-    fn finish(self) -> Result<usize> {
+    fn into_rejects(self) -> Option<Rejects> {
         match self.rejects {
-            RejectSink::File(r) => r.finish(),
-            _ => Ok(0),
+            RejectSink::File(r) => Some(*r),
+            _ => None,
         }
     }
 }
 
 /// `message`, naming `value` as the file holds it unless it already does.
 fn with_value(message: String, value: &str) -> String {
-    if value.is_empty() || message.contains(value) {
+    if value.is_empty() || message.contains(&quoted(value)) {
         message
     } else {
-        format!("{message} (the cell holds '{value}')")
+        format!("{message} (the cell holds {})", quoted(value))
+    }
+}
+
+/// The one column of `header` named `col` (names trimmed), or an error naming the file: the
+/// column is missing, or more than one column has its name (which one was meant is unknown).
+pub(crate) fn find_column<S: AsRef<str>>(
+    source: &str,
+    header: &[S],
+    col: &str,
+    what: &str,
+) -> Result<usize> {
+    let mut hits = header
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| h.as_ref().trim() == col)
+        .map(|(i, _)| i);
+    let names = || header.iter().map(|h| h.as_ref().trim()).collect::<Vec<_>>();
+    match (hits.next(), hits.next()) {
+        (Some(i), None) => Ok(i),
+        (None, _) => Err(Error::InputFile {
+            source_name: source.to_string(),
+            message: format!(
+                "missing column '{col}' ({what}); the header has {:?}",
+                names()
+            ),
+        }),
+        (Some(i), Some(j)) => Err(Error::InputFile {
+            source_name: source.to_string(),
+            message: format!(
+                "column '{col}' ({what}) appears more than once in the header (columns {} and \
+                 {}); rename or drop the copies",
+                i + 1,
+                j + 1
+            ),
+        }),
+    }
+}
+
+/// The output's header (carried columns, then one per task) names each column once: a
+/// carried column named like a task would make the score and the copy indistinguishable.
+fn check_output_header(path: &Path, carry: &[String], tasks: &[String]) -> Result<()> {
+    let mut seen = std::collections::HashMap::new();
+    for (what, name) in carry
+        .iter()
+        .map(|c| ("a carried column", c))
+        .chain(tasks.iter().map(|t| ("a task's score", t)))
+    {
+        if let Some(before) = seen.insert(name.as_str(), what) {
+            return Err(Error::io(
+                path,
+                std::io::Error::other(format!(
+                    "the output would have two columns named '{name}' ({before} and {what}); \
+                     carry a column only once and none named like a task"
+                )),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A cell as an error message shows it: quoted, and cut short when long, so that a 10 MB cell
+/// makes a one-line message.
+pub(crate) fn quoted(cell: &str) -> String {
+    const SHOWN: usize = 60;
+    match cell.char_indices().nth(SHOWN) {
+        None => format!("'{cell}'"),
+        Some((end, _)) => format!("'{}…' (a cell of {} bytes)", &cell[..end], cell.len()),
     }
 }
 
@@ -466,6 +559,7 @@ pub enum ScoreWriter {
 
 impl ScoreWriter {
     pub fn create(path: &Path, carry: &[String], tasks: &[String]) -> Result<Self> {
+        check_output_header(path, carry, tasks)?;
         Ok(match Format::of(path) {
             Format::Csv => ScoreWriter::Csv(csv_file::CsvScoreWriter::create(path, carry, tasks)?),
             Format::Parquet => ScoreWriter::Parquet(parquet_file::ParquetScoreWriter::create(

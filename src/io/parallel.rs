@@ -92,11 +92,12 @@ impl ParallelReader {
     }
 
     /// Ends the read: moves the rejects file into place. Call only when the whole run succeeded.
-    pub fn finish(mut self) -> Result<usize> {
-        match self.rejects.take() {
-            Some(r) => r.finish(),
-            None => Ok(0),
-        }
+    pub fn finish(self) -> Result<usize> {
+        self.into_rejects().map_or(Ok(0), Rejects::finish)
+    }
+
+    pub(crate) fn into_rejects(mut self) -> Option<Rejects> {
+        self.rejects.take()
     }
 
     fn next_batch(&mut self) -> Option<Result<InputBatch>> {

@@ -5,14 +5,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Float32Type, Int64Type};
+use arrow_array::types::{Float32Type, Int64Type, UInt64Type};
 use arrow_array::{Array, ArrayRef, BooleanArray, Float32Array, RecordBatch};
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 
-use super::{BadRow, InputBatch, Part, RowAssembler, UnitItem};
+use super::{find_column, BadRow, InputBatch, Part, RowAssembler, UnitItem};
 use crate::atomic_file;
 use crate::error::{Error, Result};
 use crate::spec::FeatureKind;
@@ -64,14 +64,8 @@ impl ParquetReader {
         }
         let schema = builder.schema().clone();
         let total_rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
-        let find = |col: &str, what: &str| {
-            schema.index_of(col).map_err(|_| {
-                let names: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
-                file_err(format!(
-                    "missing column '{col}' ({what}); the file has {names:?}"
-                ))
-            })
-        };
+        let names: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
+        let find = |col: &str, what: &str| find_column(&name, &names, col, what);
         let mut wanted = Vec::new();
         for f in &rows.spec().features {
             let i = find(&f.name, "a feature of the model")?;
@@ -198,10 +192,27 @@ impl ParquetReader {
         let mut cast = Vec::new();
         for f in &spec.features {
             let original = record.column_by_name(&f.name).expect("projected").clone();
-            let target = match f.kind {
-                FeatureKind::Sparse => DataType::Int64,
-                FeatureKind::Dense => DataType::Float32,
-                FeatureKind::MultiHot => {
+            // Ids are read as u64 from unsigned columns (a hashed id may use all 64 bits) and
+            // as i64 from any other.
+            let id_type = |t: &DataType| match t {
+                DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
+                    DataType::UInt64
+                }
+                _ => DataType::Int64,
+            };
+            let target = match (f.kind, original.data_type()) {
+                (FeatureKind::Sparse, t) => id_type(t),
+                (FeatureKind::Dense, _) => DataType::Float32,
+                (
+                    FeatureKind::MultiHot,
+                    DataType::List(child)
+                    | DataType::LargeList(child)
+                    | DataType::FixedSizeList(child, _),
+                ) => DataType::LargeList(Arc::new(Field::new_list_field(
+                    id_type(child.data_type()),
+                    true,
+                ))),
+                (FeatureKind::MultiHot, _) => {
                     DataType::LargeList(Arc::new(Field::new_list_field(DataType::Int64, true)))
                 }
             };
@@ -229,20 +240,24 @@ impl ParquetReader {
                         FeatureKind::Dense => self
                             .rows
                             .push_dense(f, array.as_primitive::<Float32Type>().value(i)),
-                        FeatureKind::Sparse => {
-                            let id = array.as_primitive::<Int64Type>().value(i);
-                            to_id(id, feature.hashed).and_then(|id| self.rows.push_ids(f, &[id]))
-                        }
+                        FeatureKind::Sparse => id_at(array.as_ref(), i, feature.hashed)
+                            .and_then(|id| self.rows.push_ids(f, &[id])),
                         FeatureKind::MultiHot => {
-                            let list = array.as_list::<i64>().value(i);
-                            let values = list.as_primitive::<Int64Type>();
+                            let values = array.as_list::<i64>().value(i);
+                            let original_values = list_values(original.as_ref(), i);
                             ids.clear();
                             let parsed: std::result::Result<(), String> = (0..values.len())
                                 .try_for_each(|j| {
                                     if values.is_null(j) {
-                                        return Err(format!("null id at position {j} of the list"));
+                                        return Err(match &original_values {
+                                            Some(o) if !o.is_null(j) => format!(
+                                                "the id at position {j} of the list is not a \
+                                                 whole number that fits 64 bits"
+                                            ),
+                                            _ => format!("null id at position {j} of the list"),
+                                        });
                                     }
-                                    ids.push(to_id(values.value(j), feature.hashed)?);
+                                    ids.push(id_at(values.as_ref(), j, feature.hashed)?);
                                     Ok(())
                                 });
                             parsed.and_then(|()| self.rows.push_ids(f, &ids))
@@ -256,7 +271,7 @@ impl ParquetReader {
             }
             match bad {
                 None => {
-                    self.rows.end_row();
+                    self.rows.end_row(first_row + i);
                     keep.push(true);
                 }
                 Some((f, message)) => {
@@ -294,9 +309,11 @@ impl ParquetReader {
                 source_name: name,
                 message: format!("selecting carried columns: {e}"),
             })?;
+        let (batch, rows) = self.rows.take();
         Ok(Some(InputBatch {
             spec_id: self.rows.spec_id(),
-            batch: self.rows.take(),
+            batch,
+            rows,
             carried,
             rows_read: self.rows_read,
             total_rows: Some(self.total_rows),
@@ -306,11 +323,27 @@ impl ParquetReader {
 
 /// A Parquet INT64 id: a vocabulary id must not be negative; a hashed feature's id is the
 /// 64 bits as they are (hashes are commonly stored signed).
-fn to_id(id: i64, hashed: bool) -> std::result::Result<u64, String> {
+/// Value `i` of an id array cast to UInt64 or Int64. A hashed feature takes a signed id's 64
+/// bits as they are (ids are hashes); a vocabulary id must not be negative.
+fn id_at(array: &dyn Array, i: usize, hashed: bool) -> std::result::Result<u64, String> {
+    if array.data_type() == &DataType::UInt64 {
+        return Ok(array.as_primitive::<UInt64Type>().value(i));
+    }
+    let id = array.as_primitive::<Int64Type>().value(i);
     if hashed {
         return Ok(id as u64);
     }
     u64::try_from(id).map_err(|_| format!("id {id} is negative"))
+}
+
+/// The values of list `i` of a list column as the file holds them (before any cast).
+fn list_values(array: &dyn Array, i: usize) -> Option<ArrayRef> {
+    match array.data_type() {
+        DataType::List(_) => Some(array.as_list::<i32>().value(i)),
+        DataType::LargeList(_) => Some(array.as_list::<i64>().value(i)),
+        DataType::FixedSizeList(..) => Some(array.as_fixed_size_list().value(i)),
+        _ => None,
+    }
 }
 
 impl Iterator for ParquetReader {
@@ -427,13 +460,10 @@ pub(super) fn read_number_columns(path: &Path, names: &[String]) -> Result<Vec<V
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| file_err(format!("not a readable Parquet file: {e}")))?;
     let schema = builder.schema().clone();
+    let columns: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
     let indices = names
         .iter()
-        .map(|n| {
-            schema
-                .index_of(n)
-                .map_err(|_| file_err(format!("missing column '{n}'")))
-        })
+        .map(|n| find_column(&source_name, &columns, n, "asked for"))
         .collect::<Result<Vec<_>>>()?;
     let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
     let reader = builder

@@ -71,7 +71,7 @@ pub fn run(
     let mut cells: Vec<AblationCell> = Vec::new();
     for (name, spec) in variants(base) {
         for &seed in seeds {
-            let model = Model::init(spec.clone(), seed);
+            let model = Model::init(spec.clone(), seed)?;
             let mut trainer = Trainer::new(ctx.clone(), &model, None, options)?;
             let config = TrainConfig {
                 epochs,

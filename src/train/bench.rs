@@ -33,7 +33,7 @@ pub struct TrainBench {
 /// gradient and its input gradient (over the columns that get one).
 pub fn flops_per_sample(model: &Model) -> u64 {
     let packed = PackedWeights::new(&model.spec, &model.weights);
-    let plan = Plan::for_training(&model.spec, &packed, 1);
+    let plan = Plan::for_training(&model.spec, &packed.layout, 1);
     plan.steps
         .iter()
         .map(|s| match s {

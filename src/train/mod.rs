@@ -247,17 +247,18 @@ impl Trainer {
         let task_weights = check_options(spec, options)?;
         let rows = options.batch_size;
         let t_count = spec.n_tasks();
-        let packed = PackedWeights::new(spec, &model.weights);
-        let plan = Plan::for_training(spec, &packed, rows as u32);
+        // Sized before anything is built: the plan's offsets are u32.
         let max_binding = ctx.max_binding_bytes();
-        let act_len = rows as u64 * (plan.row_width as u64 + t_count as u64);
-        if act_len * 4 > max_binding {
+        let act_bytes = (rows as u64).saturating_mul(Plan::floats_per_sample_for(spec, true) * 4);
+        if act_bytes > max_binding {
             return Err(Error::Gpu(format!(
-                "a batch of {rows} needs {} bytes of activations, more than one storage binding \
-                 ({max_binding} bytes) on this device; use a smaller batch",
-                act_len * 4
+                "a batch of {rows} needs {act_bytes} bytes of activations, more than one storage \
+                 binding ({max_binding} bytes) on this device; use a smaller batch"
             )));
         }
+        let packed = PackedWeights::new(spec, &model.weights);
+        let plan = Plan::for_training(spec, &packed.layout, rows as u32);
+        let act_len = act_bytes / 4;
         let layout = GatherLayout::new(spec, &plan.destinations, max_binding, 0)?;
         if layout.n_pages > 1 {
             return Err(Error::Gpu(format!(
