@@ -155,6 +155,55 @@ fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
     })
 }
 
+/// Checks, before any work, that `path` can be written as an [`Output`] will write it: not a
+/// directory nor a dangling symlink, in an existing directory where a file can be created (a
+/// temporary file is made there and removed). Streams and devices are not opened (a FIFO's
+/// open would wait for a reader).
+pub fn check_output_file(path: &Path) -> Result<()> {
+    let refuse = |why: &str| Error::io(path, std::io::Error::other(why.to_string()));
+    let target = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path)
+            .map_err(|_| refuse("is a symlink to nothing; give the file itself"))?,
+        _ => path.to_path_buf(),
+    };
+    match std::fs::metadata(&target) {
+        Ok(m) if m.is_dir() => Err(refuse("is a directory, not a file to write")),
+        Ok(m) if !m.is_file() => Ok(()),
+        _ => temp_beside(&target).map(drop),
+    }
+}
+
+/// As [`check_output_file`], for an output directory that is created when missing: it is a
+/// directory, or its nearest existing ancestor is one where a file can be created.
+pub fn check_output_dir(dir: &Path) -> Result<()> {
+    let mut at = dir;
+    loop {
+        match std::fs::metadata(at) {
+            Ok(m) if m.is_dir() => return temp_beside(&at.join("probe")).map(drop),
+            Ok(_) => {
+                return Err(Error::io(
+                    dir,
+                    std::io::Error::other(format!(
+                        "{} is not a directory, so the output directory cannot be made",
+                        at.display()
+                    )),
+                ))
+            }
+            Err(e) => match at.parent().filter(|p| !p.as_os_str().is_empty()) {
+                Some(parent) => at = parent,
+                None if at != Path::new(".") => at = Path::new("."),
+                None => return Err(Error::io(dir, e)),
+            },
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically (see [`Output`]): a failed or interrupted write leaves
+/// the target as it was.
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    write(path, bytes)
+}
+
 /// Writes `bytes` to `path` as an [`Output`].
 pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut out = Output::create(path)?;

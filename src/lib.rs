@@ -6,7 +6,9 @@
 //! [`Engine::score`]; [`reference::forward`] computes the same thing in f64 on the CPU.
 
 mod atomic_file;
-pub use atomic_file::remove_unfinished_on_interrupt;
+pub use atomic_file::{
+    check_output_dir, check_output_file, remove_unfinished_on_interrupt, write_file,
+};
 pub mod batch;
 pub mod bench;
 pub mod cache;

@@ -44,7 +44,7 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
         /// Samples per batch (at least 1).
-        #[arg(long, default_value_t = 4096, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        #[arg(long, default_value_t = 4096, value_parser = at_least_one())]
         batch_size: usize,
         /// Input columns to copy to the output, comma-separated.
         #[arg(long, value_delimiter = ',')]
@@ -66,7 +66,7 @@ enum Command {
         #[arg(long)]
         quiet: bool,
         /// Threads parsing and checking the input [default: the cores, at most 4].
-        #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        #[arg(long, value_parser = at_least_one())]
         readers: Option<usize>,
         /// Embedding cache capacity in rows, for hashed features (default 65536).
         #[arg(long, conflicts_with = "cache_bytes")]
@@ -99,23 +99,23 @@ enum Command {
         #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
         distinct: u64,
         /// Lookups per stream (the first fifth warms the cache; at least 1).
-        #[arg(long, default_value_t = 2_000_000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        #[arg(long, default_value_t = 2_000_000, value_parser = at_least_one())]
         lookups: usize,
         /// Ids per batch (at least 1).
-        #[arg(long, default_value_t = 4096, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        #[arg(long, default_value_t = 4096, value_parser = at_least_one())]
         batch: usize,
         /// Skip the GPU throughput part.
         #[arg(long)]
         no_throughput: bool,
         /// Throughput: distinct users and items of the model.
-        #[arg(long, default_value_t = 20_000)]
+        #[arg(long, default_value_t = 20_000, value_parser = at_least_one())]
         users: usize,
-        #[arg(long, default_value_t = 100_000)]
+        #[arg(long, default_value_t = 100_000, value_parser = at_least_one())]
         items: usize,
         /// Throughput: timed batches and samples per batch.
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 8, value_parser = at_least_one())]
         batches: usize,
-        #[arg(long, default_value_t = 2048)]
+        #[arg(long, default_value_t = 2048, value_parser = at_least_one())]
         rows: usize,
         /// Write the results as JSON here.
         #[arg(long)]
@@ -146,10 +146,10 @@ enum Command {
         model: Option<PathBuf>,
         /// Batch sizes to sweep [default: 1,64,1024,16384,65536; 1,64,1024 on a CPU adapter
         /// such as lavapipe, where the large ones take minutes each].
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', value_parser = at_least_one())]
         batch_sizes: Vec<usize>,
         /// Timed iterations per batch size (fewer if --budget-s runs out; at least one).
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, value_parser = at_least_one())]
         iters: usize,
         #[arg(long, default_value_t = 2)]
         warmup: usize,
@@ -179,7 +179,7 @@ enum Command {
         #[arg(long, requires = "input")]
         host_only: bool,
         /// Thread counts for --host-only [default: 1 up to the cores].
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', value_parser = at_least_one())]
         readers: Vec<usize>,
     },
     /// Train a model on the GPU (AdaGrad on embeddings, Adam on dense layers) and write a
@@ -198,9 +198,9 @@ enum Command {
         /// Model directory to write (model.json, weights.safetensors, optimizer.safetensors).
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = at_least_one())]
         epochs: usize,
-        #[arg(long, default_value_t = 1024)]
+        #[arg(long, default_value_t = 1024, value_parser = at_least_one())]
         batch_size: usize,
         /// Adam's learning rate (dense layers).
         #[arg(long, default_value_t = 1e-3)]
@@ -251,9 +251,9 @@ enum Command {
         valid: PathBuf,
         #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
         seeds: Vec<u64>,
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 2, value_parser = at_least_one())]
         epochs: usize,
-        #[arg(long, default_value_t = 1024)]
+        #[arg(long, default_value_t = 1024, value_parser = at_least_one())]
         batch_size: usize,
         #[arg(long, default_value = "user_id")]
         user_column: String,
@@ -278,10 +278,10 @@ enum Command {
         /// A model directory or spec instead of a preset.
         #[arg(long)]
         model: Option<PathBuf>,
-        #[arg(long, default_value_t = 1024)]
+        #[arg(long, default_value_t = 1024, value_parser = at_least_one())]
         batch_size: usize,
         /// Timed steps.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = at_least_one())]
         steps: usize,
         /// Also write the result as JSON.
         #[arg(long)]
@@ -321,7 +321,7 @@ enum Command {
         /// Model directory, or a model.json spec file.
         #[arg(long)]
         model: PathBuf,
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one())]
         rows: usize,
         /// CSV or Parquet, by extension.
         #[arg(long)]
@@ -353,7 +353,7 @@ enum Command {
         #[arg(long)]
         spec_out: PathBuf,
         /// Embedding width of the spec.
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = 16, value_parser = at_least_one())]
         dim: usize,
     },
     /// Write random input rows for a model, CSV or Parquet by extension (benchmarks, trials).
@@ -361,7 +361,7 @@ enum Command {
         /// Model directory, or a model.json spec file.
         #[arg(long)]
         model: PathBuf,
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one())]
         rows: usize,
         #[arg(long)]
         output: PathBuf,
@@ -379,11 +379,58 @@ enum Command {
     },
 }
 
+/// A count or size option: zero is refused by the parser, with the option's name.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+}
+
+fn present(paths: Vec<Option<&PathBuf>>) -> Vec<&std::path::Path> {
+    paths.into_iter().flatten().map(PathBuf::as_path).collect()
+}
+
+impl Command {
+    /// The files and directories this command writes.
+    fn outputs(&self) -> (Vec<&std::path::Path>, Vec<&std::path::Path>) {
+        use Command::*;
+        let (files, dirs): (Vec<Option<&PathBuf>>, Vec<Option<&PathBuf>>) = match self {
+            Score {
+                output, rejects, ..
+            } => (vec![Some(output), rejects.as_ref()], vec![]),
+            ApplyRows { out, model, .. } => (vec![], vec![Some(out.as_ref().unwrap_or(model))]),
+            CacheBench { json, .. }
+            | Bench { json, .. }
+            | Ablation { json, .. }
+            | TrainBench { json, .. }
+            | Eval { json, .. } => (vec![json.as_ref()], vec![]),
+            Init { out, .. } => (vec![], vec![Some(out)]),
+            Train { out, json, .. } => (vec![json.as_ref()], vec![Some(out)]),
+            GenData { output, .. } | GenInput { output, .. } => (vec![Some(output)], vec![]),
+            Kuairand {
+                output, spec_out, ..
+            } => (vec![Some(output), Some(spec_out)], vec![]),
+            Info | Plan { .. } => (vec![], vec![]),
+        };
+        (present(files), present(dirs))
+    }
+
+    fn check_outputs(&self) -> Result<()> {
+        let (files, dirs) = self.outputs();
+        files.into_iter().try_for_each(pepnet::check_output_file)?;
+        dirs.into_iter().try_for_each(pepnet::check_output_dir)
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // A run stopped by SIGINT or SIGTERM leaves no half-written output behind.
     if let Err(e) = pepnet::remove_unfinished_on_interrupt() {
         eprintln!("warning: cannot watch for interrupts ({e}); an interrupted run may leave .pepnet-* files");
+    }
+    // Every output is checked before any work starts: a run never fails at its end for want
+    // of a directory (nor loses what it computed).
+    if let Err(e) = cli.command.check_outputs() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
     }
     let result = match cli.command {
         Command::Score {
@@ -459,10 +506,7 @@ fn main() -> ExitCode {
             spec_out,
             dim,
         } => pepnet::kuairand::convert(&log, &users, &videos, &output, dim).and_then(|c| {
-            std::fs::write(&spec_out, c.spec.to_json()).map_err(|e| pepnet::Error::Io {
-                path: spec_out.clone(),
-                source: e,
-            })?;
+            pepnet::write_file(&spec_out, c.spec.to_json().as_bytes())?;
             eprintln!(
                 "wrote {} rows to {} and the spec to {}",
                 c.rows,
@@ -860,11 +904,10 @@ fn cache_bench(
         }
     }
     if let Some(path) = json {
-        let text = serde_json::json!({"hit_rates": rates, "throughput": speeds}).to_string();
-        std::fs::write(path, text).map_err(|e| pepnet::Error::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
+        write_json(
+            path,
+            &serde_json::json!({"hit_rates": rates, "throughput": speeds}),
+        )?;
     }
     Ok(())
 }
@@ -1164,13 +1207,10 @@ fn train(
     Ok(())
 }
 
-/// Writes a report as pretty JSON.
+/// Writes a report as pretty JSON, atomically.
 fn write_json(path: &std::path::Path, report: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(report).expect("a report always serialises");
-    std::fs::write(path, text).map_err(|e| pepnet::Error::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })
+    pepnet::write_file(path, text.as_bytes())
 }
 
 /// A spec from a model directory or a spec file.

@@ -139,10 +139,7 @@ pub fn read_rows_file(
     use crate::weights::HashedRows;
     let file = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Weights {
-        file: file.clone(),
-        message: format!("not a valid safetensors file: {e}"),
-    })?;
+    let st = crate::weights::parse_safetensors(&bytes, &file)?;
     let mut out = Vec::new();
     let mut known = Vec::new();
     for (f, feature) in spec.features.iter().enumerate().filter(|(_, f)| f.hashed) {

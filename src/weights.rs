@@ -159,6 +159,87 @@ impl HashedRows {
     }
 }
 
+/// Parses a safetensors file; an error names the tensor at fault when one is (the format
+/// library's own errors often do not), else the file.
+pub(crate) fn parse_safetensors<'a>(bytes: &'a [u8], file: &str) -> Result<SafeTensors<'a>> {
+    SafeTensors::deserialize(bytes).map_err(|e| match diagnose_header(bytes) {
+        Some((tensor, message)) => Error::Tensor {
+            file: file.to_string(),
+            tensor,
+            message,
+        },
+        None => Error::Weights {
+            file: file.to_string(),
+            message: format!("not a valid safetensors file: {e}"),
+        },
+    })
+}
+
+/// The first tensor entry of a safetensors header that cannot be right, and why: read from
+/// the JSON header directly, only to explain a failed parse.
+fn diagnose_header(bytes: &[u8]) -> Option<(String, String)> {
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let header = bytes.get(8..8usize.checked_add(usize::try_from(n).ok()?)?)?;
+    let data_len = (bytes.len() - 8 - header.len()) as u64;
+    let entries: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(header).ok()?;
+    let mut spans = Vec::new();
+    for (name, entry) in entries.iter().filter(|(n, _)| *n != "__metadata__") {
+        let fail = |why: String| Some((name.clone(), why));
+        let width = match entry.get("dtype").and_then(|d| d.as_str()) {
+            Some("F64" | "I64" | "U64") => 8,
+            Some("F32" | "I32" | "U32") => 4,
+            Some("F16" | "BF16" | "I16" | "U16") => 2,
+            Some("I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2") => 1,
+            Some(other) => return fail(format!("unknown dtype '{other}'")),
+            None => return fail("no dtype".into()),
+        };
+        let shape: Option<Vec<u64>> = entry
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .and_then(|a| a.iter().map(|x| x.as_u64()).collect());
+        let Some(shape) = shape else {
+            return fail("the shape is not a list of non-negative integers".into());
+        };
+        let offsets: Option<Vec<u64>> = entry
+            .get("data_offsets")
+            .and_then(|s| s.as_array())
+            .and_then(|a| a.iter().map(|x| x.as_u64()).collect());
+        let Some([begin, end]) = offsets
+            .as_deref()
+            .and_then(|o| <[u64; 2]>::try_from(o).ok())
+        else {
+            return fail("data_offsets is not a pair of byte offsets".into());
+        };
+        let bytes_needed = shape
+            .iter()
+            .try_fold(width, |acc: u64, &d| acc.checked_mul(d));
+        if begin > end || end > data_len {
+            return fail(format!(
+                "data_offsets [{begin}, {end}] do not lie within the file's {data_len} data bytes"
+            ));
+        }
+        if bytes_needed != Some(end - begin) {
+            return fail(format!(
+                "shape {shape:?} needs {} bytes, but data_offsets [{begin}, {end}] hold {}",
+                bytes_needed.map_or("more than 2^64".into(), |b| b.to_string()),
+                end - begin
+            ));
+        }
+        spans.push((begin, end, name));
+    }
+    spans.sort();
+    for pair in spans.windows(2) {
+        if pair[1].0 < pair[0].1 {
+            return Some((
+                pair[1].2.clone(),
+                format!("its data overlaps tensor '{}'", pair[0].2),
+            ));
+        }
+    }
+    None
+}
+
 /// A float tensor's elements as f32 (F32 or F16 on disk), all finite.
 fn floats(view: &safetensors::tensor::TensorView) -> std::result::Result<Vec<f32>, String> {
     let data: Vec<f32> = match view.dtype() {
@@ -184,7 +265,10 @@ pub const MAX_WEIGHT: f32 = 65504.0;
 
 /// Every value finite and within ±[`MAX_WEIGHT`]; else which element and why.
 pub fn check_values(data: &[f32]) -> std::result::Result<(), String> {
-    match data.iter().position(|x| !(x.is_finite() && x.abs() <= MAX_WEIGHT)) {
+    match data
+        .iter()
+        .position(|x| !(x.is_finite() && x.abs() <= MAX_WEIGHT))
+    {
         Some(i) => Err(format!(
             "element {i} is {}; weights must be finite and within ±{MAX_WEIGHT} (the f16 range)",
             data[i]
@@ -210,10 +294,7 @@ impl Weights {
 
     /// Parses safetensors bytes; `file` names them in errors.
     pub fn from_safetensors(bytes: &[u8], file: &str, spec: &ModelSpec) -> Result<Self> {
-        let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Weights {
-            file: file.to_string(),
-            message: format!("not a valid safetensors file: {e}"),
-        })?;
+        let st = parse_safetensors(bytes, file)?;
         let tensor_err = |tensor: &str, message: String| Error::Tensor {
             file: file.to_string(),
             tensor: tensor.to_string(),

@@ -16,6 +16,10 @@ use crate::spec::ModelSpec;
 
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 
+/// The most steps a saved state may count: the GPU's step counter is an i32, and Adam's bias
+/// correction divides by 1 − β^step, which a wrapped counter would make 0.
+pub const MAX_STEP: u64 = i32::MAX as u64 / 2;
+
 /// Adam's and AdaGrad's state, by tensor name, with the number of steps taken.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OptimizerState {
@@ -94,6 +98,23 @@ impl OptimizerState {
     /// Checks the state against the spec: every tensor [`OptimizerState::load`] requires, with
     /// its tensor's shape. Errors name the tensor.
     pub fn check(&self, spec: &ModelSpec) -> Result<()> {
+        if self.step > MAX_STEP {
+            return Err(Error::Weights {
+                file: OPTIMIZER_FILE.into(),
+                message: format!(
+                    "metadata 'step' is {}; a resumed run counts at most {MAX_STEP} steps",
+                    self.step
+                ),
+            });
+        }
+        let wanted: HashMap<String, Vec<usize>> = expected(spec).into_iter().collect();
+        if let Some(name) = self.tensors.keys().find(|n| !wanted.contains_key(*n)) {
+            return Err(Error::Tensor {
+                file: OPTIMIZER_FILE.into(),
+                tensor: name.clone(),
+                message: "not part of this model's optimizer state (extra tensor)".into(),
+            });
+        }
         for (name, shape) in expected(spec) {
             let err = |message: String| Error::Tensor {
                 file: OPTIMIZER_FILE.into(),
@@ -108,7 +129,21 @@ impl OptimizerState {
                         data.len()
                     )))
                 }
-                Some(_) => {}
+                Some((_, data)) => {
+                    // Adam's first moment is any finite number; the second moment and
+                    // AdaGrad's sums are sums of squares, so also not negative.
+                    let signed = name.starts_with("adam.m.");
+                    if let Some(i) = data
+                        .iter()
+                        .position(|x| !x.is_finite() || (!signed && *x < 0.0))
+                    {
+                        return Err(err(format!(
+                            "element {i} is {}; expected a finite{} number",
+                            data[i],
+                            if signed { "" } else { ", non-negative" }
+                        )));
+                    }
+                }
             }
         }
         Ok(())
@@ -199,6 +234,7 @@ impl OptimizerState {
             file: file.clone(),
             message,
         };
+        let st = crate::weights::parse_safetensors(&bytes, &file)?;
         let (_, meta) = SafeTensors::read_metadata(&bytes)
             .map_err(|e| err(format!("not a valid safetensors file: {e}")))?;
         let step = meta
@@ -208,8 +244,6 @@ impl OptimizerState {
             .ok_or_else(|| err("metadata 'step' is missing".into()))?
             .parse::<u64>()
             .map_err(|e| err(format!("metadata 'step' is not a step count: {e}")))?;
-        let st = SafeTensors::deserialize(&bytes)
-            .map_err(|e| err(format!("not a valid safetensors file: {e}")))?;
         let mut tensors = BTreeMap::new();
         for (name, shape) in expected(spec) {
             let tensor_err = |message: String| Error::Tensor {
@@ -230,6 +264,35 @@ impl OptimizerState {
             let data: Vec<f32> = bytemuck::pod_collect_to_vec(view.data());
             tensors.insert(name, (shape, data));
         }
-        Ok(Some(Self { step, tensors }))
+        let known: std::collections::HashSet<&str> = tensors.keys().map(String::as_str).collect();
+        let mut extra: Vec<&str> = st
+            .names()
+            .into_iter()
+            .filter(|n| !known.contains(n))
+            .collect();
+        extra.sort_unstable();
+        if let Some(name) = extra.first() {
+            return Err(Error::Tensor {
+                file: file.clone(),
+                tensor: name.to_string(),
+                message: "not part of this model's optimizer state (extra tensor)".into(),
+            });
+        }
+        let state = Self { step, tensors };
+        state.check(spec).map_err(|e| match e {
+            Error::Tensor {
+                tensor, message, ..
+            } => Error::Tensor {
+                file: file.clone(),
+                tensor,
+                message,
+            },
+            Error::Weights { message, .. } => Error::Weights {
+                file: file.clone(),
+                message,
+            },
+            other => other,
+        })?;
+        Ok(Some(state))
     }
 }
