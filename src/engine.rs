@@ -346,7 +346,16 @@ impl Engine {
             // A chunk needing more distinct cached rows than the cache has is halved until
             // it fits; one sample that does not fit is an error.
             loop {
-                match self.run_chunk(&mut ws, batch, start..end, None)? {
+                let scored = self.run_chunk(&mut ws, batch, start..end, None);
+                let scored = scored.map_err(|e| {
+                    e.while_doing(format_args!(
+                        "scoring samples {}..={} of a batch of {}",
+                        start + 1,
+                        end,
+                        batch.len()
+                    ))
+                })?;
+                match scored {
                     Ok(scores) => {
                         out.extend(scores);
                         break;

@@ -104,6 +104,15 @@ fn describe_samples(samples: &[SampleError]) -> String {
 }
 
 impl Error {
+    /// A GPU error with what was being done put in front; other errors unchanged (they name
+    /// their place already).
+    pub fn while_doing(self, what: impl std::fmt::Display) -> Self {
+        match self {
+            Error::Gpu(message) => Error::Gpu(format!("{what}: {message}")),
+            other => other,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

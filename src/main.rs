@@ -379,6 +379,18 @@ enum Command {
     },
 }
 
+/// Opens the GPU for a command, saying which adapter runs it, and loudly when it is a slow
+/// fallback.
+fn open_gpu(adapter: Option<&str>) -> Result<std::sync::Arc<GpuContext>> {
+    let ctx = GpuContext::new(adapter)?;
+    eprintln!("adapter: {} ({:?})", ctx.info.name, ctx.info.backend);
+    if let Some(warning) = ctx.fallback_warning() {
+        let loud = ctx.info.backend == wgpu::Backend::Gl;
+        eprintln!("{}: {warning}", if loud { "WARNING" } else { "note" });
+    }
+    Ok(ctx)
+}
+
 /// A count or size option: zero is refused by the parser, with the option's name.
 fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
@@ -726,8 +738,7 @@ fn score(
     let model = Model::load(model_dir)?;
     let engine = match backend {
         Backend::Gpu => {
-            let ctx = GpuContext::new(adapter)?;
-            eprintln!("adapter: {} ({:?})", ctx.info.name, ctx.info.backend);
+            let ctx = open_gpu(adapter)?;
             let engine_options = EngineOptions {
                 max_batch: options.batch_size,
                 workspaces: options.scorers,
@@ -881,7 +892,7 @@ fn cache_bench(
     }
     let mut speeds = Vec::new();
     if let Some((users, items, batches, rows)) = throughput {
-        let ctx = GpuContext::new(adapter)?;
+        let ctx = open_gpu(adapter)?;
         println!(
             "\nthroughput on {}: {users} users + {items} items, Zipf 1.0, {batches} batches of {rows}",
             ctx.info.name
@@ -982,7 +993,7 @@ fn bench(
         }
         config.pool = pool;
     }
-    let ctx = GpuContext::new(adapter)?;
+    let ctx = open_gpu(adapter)?;
     if config.batch_sizes.is_empty() {
         config.batch_sizes = if ctx.info.device_type == wgpu::DeviceType::Cpu {
             eprintln!("a CPU adapter: sweeping batch sizes 1, 64, 1024 (choose others with --batch-sizes)");
@@ -1055,7 +1066,7 @@ fn ablation(
             label_columns: columns,
         },
     )?;
-    let ctx = GpuContext::new(adapter)?;
+    let ctx = open_gpu(adapter)?;
     let options = TrainerOptions {
         batch_size,
         precision,
@@ -1098,7 +1109,7 @@ fn train_bench(
         Some(p) => Model::init(ModelSpec::load(p)?, 0)?,
         None => Model::init(pepnet::bench::preset(preset)?, 0)?,
     };
-    let ctx = GpuContext::new(adapter)?;
+    let ctx = open_gpu(adapter)?;
     let r = pepnet::train::bench::run(ctx, &model, (batch_size, precision), steps, 0)?;
     println!(
         "{}: batch {}, {} steps: {:.1} ms/step, {:.0} samples/s, {:.1} GFLOP/s \
@@ -1166,7 +1177,7 @@ fn train(
     let valid = valid_path
         .map(|p| LabelledData::read(p, &model.spec, &columns))
         .transpose()?;
-    let ctx = GpuContext::new(adapter)?;
+    let ctx = open_gpu(adapter)?;
     eprintln!(
         "training on {} ({} samples{}, {} epochs of batches of {})",
         ctx.info.name,

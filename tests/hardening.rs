@@ -887,3 +887,77 @@ fn parquet_unsigned_ids_are_read_whole() {
     ok(&fx.score(&input, &output, &[]), "unsigned hashed ids");
     assert_eq!(lines(&output).len(), 4);
 }
+
+// ---- Device faults ---------------------------------------------------------------------------------
+
+/// A device lost in the middle of a run (here destroyed) is a typed error naming what was being
+/// done, for scoring and for training; never a panic or a hang.
+#[test]
+fn a_lost_device_is_an_error_naming_what_was_being_done() {
+    use pepnet::train::{Trainer, TrainerOptions};
+    use pepnet::{Batch, Column, Engine, EngineOptions, GpuContext, Model};
+    let spec = ModelSpec::from_json(SPEC, "spec").unwrap();
+    let model = Model::init(spec, 5).unwrap();
+    let batch = Batch::new(vec![
+        Column::Sparse(vec![0, 1, 2]),
+        Column::Sparse(vec![4, 5, 6]),
+        Column::MultiHot {
+            offsets: vec![0, 1, 3, 3],
+            ids: vec![1, 2, 3],
+        },
+        Column::Dense(vec![0.5, 0.75, -0.25]),
+    ]);
+
+    let ctx = GpuContext::new(None).expect("a GPU adapter");
+    let engine = Engine::new(ctx.clone(), &model, &EngineOptions::default()).unwrap();
+    engine.score(&batch).unwrap();
+    ctx.device.destroy();
+    match engine.score(&batch) {
+        Err(Error::Gpu(m)) => {
+            assert!(m.contains("scoring samples 1..=3"), "{m}");
+            assert!(m.contains("lost"), "{m}");
+        }
+        other => panic!("expected a GPU error, got {other:?}"),
+    }
+
+    let ctx = GpuContext::new(None).expect("a GPU adapter");
+    let options = TrainerOptions {
+        batch_size: 3,
+        ..Default::default()
+    };
+    let mut trainer = Trainer::new(ctx.clone(), &model, None, &options).unwrap();
+    let labels = vec![1.0, 0.0, 0.0, 1.0, 1.0, 0.0];
+    trainer.step(&batch, &labels).unwrap();
+    trainer.losses().unwrap();
+    ctx.device.destroy();
+    let err = trainer
+        .step(&batch, &labels)
+        .and_then(|()| trainer.losses().map(drop))
+        .unwrap_err();
+    assert!(matches!(err, Error::Gpu(_)), "{err}");
+    assert!(err.to_string().contains("training step"), "{err}");
+}
+
+/// Where only OpenGL is found (forced here), the run says so loudly, with how to get Vulkan.
+#[test]
+fn a_run_on_the_opengl_fallback_says_so() {
+    let fx = Fixture::new();
+    let input = fx.input("in.csv", 2, |_, _| {});
+    let out = Command::new(env!("CARGO_BIN_EXE_pepnet"))
+        .args(["score", "--model"])
+        .arg(&fx.model)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(fx.path("out.csv"))
+        .env("WGPU_BACKEND", "gl")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    if !err.contains("(Gl)") {
+        // No OpenGL driver on this machine either: nothing to fall back to.
+        return;
+    }
+    assert!(err.contains("WARNING: running on OpenGL"), "{err}");
+    assert!(err.contains("mesa-vulkan-drivers"), "{err}");
+}

@@ -12,7 +12,7 @@ pub mod optimizer;
 pub mod resolve;
 pub mod scatter;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
 
@@ -45,6 +45,10 @@ pub struct GpuContext {
     pub optimizer: optimizer::OptimizerKernels,
     pub resolve: resolve::ResolveKernel,
     pub scatter: scatter::ScatterKernel,
+    /// The first fault the device reported outside an error scope (lost, out of memory, a
+    /// failed validation), kept for the next readback to return as an error: wgpu's default
+    /// would panic, or a lost device hang a wait.
+    faults: Arc<Mutex<Option<String>>>,
 }
 
 /// What `pepnet info` shows of an adapter.
@@ -147,6 +151,23 @@ impl GpuContext {
         let (device, queue) = pollster::block_on(adapter.request_device(&descriptor))
             .map_err(|e| Error::Gpu(format!("{}: could not open the device: {e}", info.name)))?;
 
+        let faults: Arc<Mutex<Option<String>>> = Arc::default();
+        let record = |faults: &Arc<Mutex<Option<String>>>, fault: String| {
+            let mut slot = faults.lock().unwrap_or_else(|e| e.into_inner());
+            slot.get_or_insert(fault);
+        };
+        let f = faults.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let fault = match &e {
+                wgpu::Error::OutOfMemory { .. } => format!("the device ran out of memory ({e})"),
+                _ => format!("the device reported an error: {e}"),
+            };
+            record(&f, fault);
+        }));
+        let f = faults.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            record(&f, format!("the device was lost ({reason:?}): {message}"));
+        });
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let gather = gather::GatherKernel::new(&device);
         let linear = linear::LinearKernel::new(&device, coop);
@@ -179,7 +200,40 @@ impl GpuContext {
             optimizer,
             resolve,
             scatter,
+            faults,
         }))
+    }
+
+    /// The device's first fault so far, as an error (see `faults`).
+    pub fn check_faults(&self) -> Result<()> {
+        match &*self.faults.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(fault) => Err(Error::Gpu(format!(
+                "{}: {fault}; nothing more can run on it",
+                self.info.name
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// A warning when this device is a slow fallback, with how to get the fast one: OpenGL
+    /// (wgpu's last resort when no Vulkan driver is installed, hundreds of times slower), or a
+    /// CPU implementation of Vulkan (the right choice only on a machine without a GPU).
+    pub fn fallback_warning(&self) -> Option<String> {
+        match (self.info.backend, self.info.device_type) {
+            (wgpu::Backend::Gl, _) => Some(format!(
+                "running on OpenGL ({}): no Vulkan driver was found, and this backend is \
+                 hundreds of times slower. Install one (Debian: apt-get install \
+                 mesa-vulkan-drivers libvulkan1, or run ./setup.sh), or your GPU's Vulkan \
+                 driver",
+                self.info.name
+            )),
+            (_, wgpu::DeviceType::Cpu) => Some(format!(
+                "running on {}, a CPU implementation of Vulkan: fine where there is no GPU; on \
+                 a machine with one, install its Vulkan driver (check with `pepnet info`)",
+                self.info.name
+            )),
+            _ => None,
+        }
     }
 
     /// The largest byte size one storage binding may have on this device, and at most 4 GiB:
@@ -238,6 +292,7 @@ impl GpuContext {
         bytes: u64,
         submission: Option<wgpu::SubmissionIndex>,
     ) -> Result<Vec<u8>> {
+        self.check_faults()?;
         if bytes == 0 {
             return Ok(Vec::new());
         }
@@ -251,8 +306,18 @@ impl GpuContext {
                 submission_index: submission,
                 timeout: None,
             })
-            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
-        rx.recv()
+            .map_err(|e| {
+                self.check_faults().err().unwrap_or_else(|| {
+                    Error::Gpu(format!(
+                        "the GPU did not run the work (a lost device or a refused \
+                             submission): {e}"
+                    ))
+                })
+            })?;
+        let mapped = rx.recv();
+        // A fault explains a failed map better than the map's own error does.
+        self.check_faults()?;
+        mapped
             .map_err(|_| Error::Gpu("the readback was dropped".into()))?
             .map_err(|e| Error::Gpu(format!("mapping the readback buffer: {e}")))?;
         let out = slice

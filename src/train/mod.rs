@@ -513,6 +513,10 @@ impl Trainer {
     /// One training step on `batch` (at most the batch size) with `labels`, `B × T` row-major,
     /// each 0 or 1 (or in between, for soft labels). Records and submits without waiting.
     pub fn step(&mut self, batch: &Batch, labels: &[f32]) -> Result<()> {
+        // A device that faulted runs nothing more: say so at the next step, not at the end.
+        self.ctx
+            .check_faults()
+            .map_err(|e| e.while_doing(format_args!("training step {}", self.steps_done + 1)))?;
         let rows = self.prepare_step(batch, labels)?;
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
         {
@@ -651,7 +655,14 @@ impl Trainer {
         }
         let log = self
             .ctx
-            .read_buffer(&self.b.loss_log, LOG_CAPACITY as usize)?;
+            .read_buffer(&self.b.loss_log, LOG_CAPACITY as usize)
+            .map_err(|e| {
+                e.while_doing(format_args!(
+                    "training steps {}..={}",
+                    self.log_from + 1,
+                    self.steps_done
+                ))
+            })?;
         for s in self.log_from..self.steps_done {
             self.losses.push(log[(s % LOG_CAPACITY) as usize]);
         }
