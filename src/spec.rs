@@ -680,4 +680,62 @@ mod tests {
         assert!(err(&SPEC.replace("\"vocab\": 5", "\"vocab\": 0")).contains("vocab"));
         assert!(err(&SPEC.replace("\"max_len\": 3, ", "")).contains("max_len"));
     }
+
+    #[test]
+    fn sizes_beyond_the_limits_name_their_key_or_tensor() {
+        let dim = err(&SPEC.replace("\"embedding_dim\": 4", "\"embedding_dim\": 4097"));
+        assert!(
+            dim.contains("'embedding_dim'") && dim.contains("4096"),
+            "{dim}"
+        );
+        let len = err(&SPEC.replace("\"max_len\": 3", "\"max_len\": 65537"));
+        assert!(
+            len.contains("features[2]") && len.contains("max_len"),
+            "{len}"
+        );
+        let tower = err(&SPEC.replace("[5, 3]", "[5, 65537]"));
+        assert!(tower.contains("'towers[1]'"), "{tower}");
+        // 2^28 + 1 rows of d = 4: one element past the largest tensor.
+        let vocab = err(&SPEC.replace("\"vocab\": 10", "\"vocab\": 268435457"));
+        assert!(
+            vocab.contains("tensor 'emb.user_id'") && vocab.contains("4294967312 bytes"),
+            "{vocab}"
+        );
+        assert!(vocab.contains("features[1].vocab"), "{vocab}");
+        ModelSpec::from_json(
+            &SPEC.replace("\"vocab\": 10", "\"vocab\": 268435456"),
+            "m.json",
+        )
+        .expect("exactly 2^30 elements fit");
+        let gamma = err(&SPEC.replace("\"gate_gamma\": 2.0", "\"gate_gamma\": 64.5"));
+        assert!(gamma.contains("gate_gamma"), "{gamma}");
+    }
+
+    #[test]
+    fn tensor_names_that_would_coincide_are_refused_naming_both() {
+        let clash = SPEC.replace(
+            "{\"name\": \"dur\"",
+            "{\"name\": \"user\", \"kind\": \"sparse\", \"hashed\": true, \"roles\": [\"general\"]},
+             {\"name\": \"user.default\", \"kind\": \"dense\", \"roles\": [\"general\"]},
+             {\"name\": \"dur\"",
+        );
+        let e = err(&clash);
+        assert!(
+            e.contains("'emb.user.default'")
+                && e.contains("'user'")
+                && e.contains("'user.default'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn role_offsets_match_role_offset() {
+        let s = ModelSpec::from_json(SPEC, "m.json").unwrap();
+        for role in [Role::General, Role::Domain, Role::Prior] {
+            let all = s.role_offsets(role);
+            for (f, off) in all.iter().enumerate() {
+                assert_eq!(*off, s.role_offset(f, role));
+            }
+        }
+    }
 }
