@@ -12,7 +12,8 @@ use pepnet::gpu::linear::{lay_out, Precision, SpanParams};
 use pepnet::gpu::{BatchParams, GpuContext};
 use pepnet::io::InputReader;
 use pepnet::plan::{PackedWeights, Plan, Step};
-use pepnet::{bench, synth, Model};
+use pepnet::tools::bench;
+use pepnet::{synth, Model};
 
 const ROWS: u32 = 256;
 

@@ -10,7 +10,6 @@ pub use atomic_file::{
     check_output_dir, check_output_file, remove_unfinished_on_interrupt, write_file,
 };
 pub mod batch;
-pub mod bench;
 pub mod cache;
 pub mod datagen;
 pub mod engine;
@@ -19,9 +18,7 @@ pub mod eval;
 pub mod forward;
 pub mod gpu;
 pub mod grad;
-pub mod host_bench;
 pub mod io;
-pub mod kuairand;
 pub mod memory;
 pub mod metrics;
 pub mod model;
@@ -31,6 +28,7 @@ pub mod reference;
 pub mod spec;
 pub mod store;
 pub mod synth;
+pub mod tools;
 pub mod train;
 pub mod weights;
 

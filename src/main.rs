@@ -517,7 +517,7 @@ fn main() -> ExitCode {
             output,
             spec_out,
             dim,
-        } => pepnet::kuairand::convert(&log, &users, &videos, &output, dim).and_then(|c| {
+        } => pepnet::tools::kuairand::convert(&log, &users, &videos, &output, dim).and_then(|c| {
             pepnet::write_file(&spec_out, c.spec.to_json().as_bytes())?;
             eprintln!(
                 "wrote {} rows to {} and the spec to {}",
@@ -673,7 +673,7 @@ fn main() -> ExitCode {
                     }
                 };
             }
-            let config = pepnet::bench::BenchConfig {
+            let config = pepnet::tools::bench::BenchConfig {
                 batch_sizes,
                 warmup,
                 iterations: iters,
@@ -684,7 +684,7 @@ fn main() -> ExitCode {
                     [gbps, f32_tflops, f16_tflops]
                         if [gbps, f32_tflops, f16_tflops].iter().all(|&&x| x > 0.0) =>
                     {
-                        Some(pepnet::bench::DevicePeaks {
+                        Some(pepnet::tools::bench::DevicePeaks {
                             bytes_per_s: gbps * 1e9,
                             f32_flops: f32_tflops * 1e12,
                             f16_matrix_flops: f16_tflops * 1e12,
@@ -856,7 +856,8 @@ fn cache_bench(
     json: Option<&std::path::Path>,
     adapter: Option<&str>,
 ) -> Result<()> {
-    use pepnet::cache::{bench, EvictionPolicy};
+    use pepnet::cache::EvictionPolicy;
+    use pepnet::tools::cache_bench as bench;
     let (distinct, lookups, batch) = hit;
     let policies = [
         EvictionPolicy::score(),
@@ -940,7 +941,7 @@ fn host_bench(
 ) -> Result<()> {
     let model = match model_dir {
         Some(dir) => Model::load(dir)?,
-        None => Model::init(pepnet::bench::preset(preset)?, 0)?,
+        None => Model::init(pepnet::tools::bench::preset(preset)?, 0)?,
     };
     let input = input.expect("clap requires --input with --host-only");
     if threads.is_empty() {
@@ -957,9 +958,9 @@ fn host_bench(
         input.display(),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    let results = pepnet::host_bench::run(&model, input, batch_size.max(1), &threads)?;
-    print!("{}", pepnet::host_bench::table(&results));
-    let steps = pepnet::host_bench::step_rates(&model, input, batch_size.max(1))?;
+    let results = pepnet::tools::host_bench::run(&model, input, batch_size.max(1), &threads)?;
+    print!("{}", pepnet::tools::host_bench::table(&results));
+    let steps = pepnet::tools::host_bench::step_rates(&model, input, batch_size.max(1))?;
     println!(
         "one core, batches in memory: the engine's validation {:.0} rows/s, encoding {:.0} rows/s",
         steps.validate_rows_per_s, steps.encode_rows_per_s
@@ -973,7 +974,7 @@ fn host_bench(
 fn bench(
     preset: &str,
     model_dir: Option<&std::path::Path>,
-    mut config: pepnet::bench::BenchConfig,
+    mut config: pepnet::tools::bench::BenchConfig,
     input: Option<&std::path::Path>,
     json: Option<&std::path::Path>,
     adapter: Option<&str>,
@@ -981,7 +982,7 @@ fn bench(
     let (model, name) = match model_dir {
         Some(dir) => (Model::load(dir)?, dir.display().to_string()),
         None => (
-            Model::init(pepnet::bench::preset(preset)?, config.seed)?,
+            Model::init(pepnet::tools::bench::preset(preset)?, config.seed)?,
             preset.to_string(),
         ),
     };
@@ -1007,15 +1008,15 @@ fn bench(
         "benchmarking {name} on {} ({:?})",
         ctx.info.name, ctx.info.backend
     );
-    let report = pepnet::bench::run(&ctx, &model, &name, config, |r| {
+    let report = pepnet::tools::bench::run(&ctx, &model, &name, config, |r| {
         eprintln!(
             "  batch {:>6}: {:>10.0} samples/s, p50 {:.3} ms ({} iterations)",
             r.batch_size, r.samples_per_s, r.latency_ms_p50, r.iterations
         )
     })?;
-    println!("{}", pepnet::bench::table(&report));
+    println!("{}", pepnet::tools::bench::table(&report));
     if let Some(path) = json {
-        pepnet::bench::write_json(&report, path)?;
+        pepnet::tools::bench::write_json(&report, path)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
@@ -1053,7 +1054,8 @@ fn ablation(
     json: Option<&std::path::Path>,
     adapter: Option<&str>,
 ) -> Result<()> {
-    use pepnet::train::{ablation, LabelledData, TrainerOptions};
+    use pepnet::tools::ablation;
+    use pepnet::train::{LabelledData, TrainerOptions};
     let spec = load_spec(model)?;
     let columns = label_columns(&spec, labels)?;
     let train_data = LabelledData::read(train_path, &spec, &columns)?;
@@ -1107,10 +1109,10 @@ fn train_bench(
     let model = match model {
         Some(p) if p.is_dir() => Model::load(p)?,
         Some(p) => Model::init(ModelSpec::load(p)?, 0)?,
-        None => Model::init(pepnet::bench::preset(preset)?, 0)?,
+        None => Model::init(pepnet::tools::bench::preset(preset)?, 0)?,
     };
     let ctx = open_gpu(adapter)?;
-    let r = pepnet::train::bench::run(ctx, &model, (batch_size, precision), steps, 0)?;
+    let r = pepnet::tools::train_bench::run(ctx, &model, (batch_size, precision), steps, 0)?;
     println!(
         "{}: batch {}, {} steps: {:.1} ms/step, {:.0} samples/s, {:.1} GFLOP/s \
          ({} FLOPs per sample)",

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use pepnet::bench::{self, BenchConfig};
+use pepnet::tools::bench::{self, BenchConfig};
 use pepnet::Model;
 
 fn schema() -> jsonschema::Validator {
@@ -197,7 +197,7 @@ fn host_only_bench_reads_and_encodes_every_row() {
     for name in ["in.csv", "in.parquet"] {
         let input = dir.path().join(name);
         pepnet::synth::write_file(&model.spec, 3000, 2, &input).unwrap();
-        let results = pepnet::host_bench::run(&model, &input, 256, &[1, 2, 3]).unwrap();
+        let results = pepnet::tools::host_bench::run(&model, &input, 256, &[1, 2, 3]).unwrap();
         assert_eq!(results.len(), 3);
         for r in &results {
             assert_eq!(r.rows, 3000, "{name}, {} threads", r.threads);
@@ -233,5 +233,5 @@ fn host_only_bench_reads_and_encodes_every_row() {
     );
     let out = run("0");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--readers 0"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value '0' for '--readers"));
 }

@@ -38,7 +38,7 @@ fn converts_joins_and_maps_ids() {
     let dir = tempfile::tempdir().unwrap();
     files(dir.path());
     let out = dir.path().join("data.csv");
-    let c = pepnet::kuairand::convert(
+    let c = pepnet::tools::kuairand::convert(
         &dir.path().join("log.csv"),
         &dir.path().join("users.csv"),
         &dir.path().join("videos.csv"),
@@ -166,7 +166,7 @@ fn a_bad_label_names_the_row() {
         LOG.replace("1,0,0,0,1,0,1,31000", "1,0,0,0,yes,0,1,31000"),
     )
     .unwrap();
-    let err = pepnet::kuairand::convert(
+    let err = pepnet::tools::kuairand::convert(
         &dir.path().join("log.csv"),
         &dir.path().join("users.csv"),
         &dir.path().join("videos.csv"),

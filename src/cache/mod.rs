@@ -13,7 +13,6 @@
 //! through the queue, so a batch submitted before a change never sees it and one submitted
 //! after always does.
 
-pub mod bench;
 pub mod evict;
 pub mod table;
 pub mod updates;
@@ -588,6 +587,11 @@ impl CacheState {
     }
 
     /// Counters per hashed feature (`hashed[f]` says which features are) and in total.
+    /// Cache hits of feature `f` so far.
+    pub fn hits_of(&self, f: usize) -> u64 {
+        self.stats[f].hits
+    }
+
     pub fn stats(&self, hashed: &[bool]) -> CacheStats {
         let features: Vec<FeatureStats> = self
             .stats

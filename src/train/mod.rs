@@ -9,8 +9,6 @@
 //! weights and AdaGrad the touched rows. Every sum runs in a fixed order, so training is
 //! bit-for-bit repeatable on one adapter.
 
-pub mod ablation;
-pub mod bench;
 mod data;
 mod state;
 

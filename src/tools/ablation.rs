@@ -5,13 +5,13 @@
 
 use serde::Serialize;
 
-use super::{train, LabelledData, TrainConfig, Trainer, TrainerOptions};
 use crate::engine::{Engine, EngineOptions};
 use crate::error::Result;
 use crate::eval::{report, EvalData};
 use crate::gpu::GpuContext;
 use crate::model::Model;
 use crate::spec::{ExpertsSpec, GateSpec, ModelSpec};
+use crate::train::{train, LabelledData, TrainConfig, Trainer, TrainerOptions};
 
 /// The five models of the ablation, from `base`: its gates (or 64 wide), MMoE with 4 experts of
 /// one layer as wide as the first tower layer (or 64).

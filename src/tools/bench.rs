@@ -20,11 +20,11 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 /// Built-in models: `(name, spec JSON)`.
 pub const PRESETS: [(&str, &str); 3] = [
-    ("tiny", include_str!("../examples/specs/tiny.json")),
-    ("paper", include_str!("../examples/specs/paper.json")),
+    ("tiny", include_str!("../../examples/specs/tiny.json")),
+    ("paper", include_str!("../../examples/specs/paper.json")),
     (
         "paper_mmoe",
-        include_str!("../examples/specs/paper_mmoe.json"),
+        include_str!("../../examples/specs/paper_mmoe.json"),
     ),
 ];
 

@@ -8,11 +8,11 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use super::{Trainer, TrainerOptions};
 use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::model::Model;
 use crate::plan::{PackedWeights, Plan, Step};
+use crate::train::{Trainer, TrainerOptions};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainBench {

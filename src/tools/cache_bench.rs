@@ -9,8 +9,8 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use super::{CacheCapacity, CacheOptions, CacheState, EvictionPolicy};
 use crate::batch::{Batch, Column};
+use crate::cache::{CacheCapacity, CacheOptions, CacheState, EvictionPolicy};
 use crate::engine::{Engine, EngineOptions};
 use crate::error::Result;
 use crate::gpu::GpuContext;
@@ -108,10 +108,10 @@ pub fn replay(
         admit_split(&mut cache, &keys);
         seen += batch;
         if seen <= warm_up {
-            (seen_at_warm_up, hits_at_warm_up) = (seen, cache.stats[1].hits);
+            (seen_at_warm_up, hits_at_warm_up) = (seen, cache.hits_of(1));
         }
     }
-    let hits = cache.stats[1].hits - hits_at_warm_up;
+    let hits = cache.hits_of(1) - hits_at_warm_up;
     Ok(hits as f64 / (seen - seen_at_warm_up) as f64)
 }
 
