@@ -241,7 +241,7 @@ fn bad_training_data_fails_naming_the_place() {
             "--batch-size",
             "0",
         ],
-        &["batch size"],
+        &["--batch-size", "0 is not in 1.."],
         &out_dir,
     );
 

@@ -442,9 +442,3 @@ pub fn table(report: &BenchReport) -> String {
     }
     out
 }
-
-/// Writes the report as pretty JSON, atomically.
-pub fn write_json(report: &BenchReport, path: &std::path::Path) -> Result<()> {
-    let text = serde_json::to_string_pretty(report).expect("a report always serialises");
-    crate::atomic_file::write(path, text.as_bytes())
-}

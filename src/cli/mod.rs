@@ -1,0 +1,222 @@
+//! The `pepnet` command line, one module per subcommand: each an argument struct (clap's
+//! `Args`) with a `run`. This module holds what they share: the argument groups for the device
+//! and the JSON report, the check of every output before any work, and the spec and label
+//! lookups.
+
+mod ablation;
+mod apply_rows;
+mod bench;
+mod cache_bench;
+mod eval;
+mod gen_data;
+mod gen_input;
+mod info;
+mod init;
+mod kuairand;
+mod plan;
+mod score;
+mod train;
+mod train_bench;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+
+use pepnet::gpu::linear::Precision;
+use pepnet::{GpuContext, ModelSpec, Result};
+
+#[derive(Parser)]
+#[command(
+    name = "pepnet",
+    version,
+    about = "GPU-native PEPNet scoring engine (WGSL on wgpu)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    Score(score::Score),
+    ApplyRows(apply_rows::ApplyRows),
+    CacheBench(cache_bench::CacheBench),
+    Init(init::Init),
+    Info(info::Info),
+    Bench(bench::Bench),
+    Train(train::Train),
+    Ablation(ablation::Ablation),
+    TrainBench(train_bench::TrainBench),
+    Eval(eval::Eval),
+    GenData(gen_data::GenData),
+    Kuairand(kuairand::Kuairand),
+    GenInput(gen_input::GenInput),
+    Plan(plan::Plan),
+}
+
+/// What a command writes: files, and directories (made when missing).
+#[derive(Default)]
+pub struct Outputs<'a> {
+    pub files: Vec<&'a Path>,
+    pub dirs: Vec<&'a Path>,
+}
+
+impl Command {
+    /// Runs the command, after checking every output it will write: a run never fails at its
+    /// end for want of a directory (nor loses what it computed).
+    pub fn run(self) -> Result<()> {
+        let outputs = self.outputs();
+        outputs
+            .files
+            .iter()
+            .try_for_each(|p| pepnet::check_output_file(p))?;
+        outputs
+            .dirs
+            .iter()
+            .try_for_each(|p| pepnet::check_output_dir(p))?;
+        match self {
+            Command::Score(c) => c.run(),
+            Command::ApplyRows(c) => c.run(),
+            Command::CacheBench(c) => c.run(),
+            Command::Init(c) => c.run(),
+            Command::Info(c) => c.run(),
+            Command::Bench(c) => c.run(),
+            Command::Train(c) => c.run(),
+            Command::Ablation(c) => c.run(),
+            Command::TrainBench(c) => c.run(),
+            Command::Eval(c) => c.run(),
+            Command::GenData(c) => c.run(),
+            Command::Kuairand(c) => c.run(),
+            Command::GenInput(c) => c.run(),
+            Command::Plan(c) => c.run(),
+        }
+    }
+
+    fn outputs(&self) -> Outputs<'_> {
+        match self {
+            Command::Score(c) => Outputs::files(&[Some(&c.output), c.rejects.as_ref()]),
+            Command::ApplyRows(c) => Outputs::dir(c.out.as_ref().unwrap_or(&c.model)),
+            Command::CacheBench(c) => Outputs::files(&[c.report.json.as_ref()]),
+            Command::Init(c) => Outputs::dir(&c.out),
+            Command::Bench(c) => Outputs::files(&[c.report.json.as_ref()]),
+            Command::Train(c) => Outputs {
+                dirs: vec![c.out.as_path()],
+                ..Outputs::files(&[c.report.json.as_ref()])
+            },
+            Command::Ablation(c) => Outputs::files(&[c.report.json.as_ref()]),
+            Command::TrainBench(c) => Outputs::files(&[c.report.json.as_ref()]),
+            Command::Eval(c) => Outputs::files(&[c.report.json.as_ref()]),
+            Command::GenData(c) => Outputs::files(&[Some(&c.output)]),
+            Command::Kuairand(c) => Outputs::files(&[Some(&c.output), Some(&c.spec_out)]),
+            Command::GenInput(c) => Outputs::files(&[Some(&c.output)]),
+            Command::Info(_) | Command::Plan(_) => Outputs::default(),
+        }
+    }
+}
+
+impl<'a> Outputs<'a> {
+    fn files(paths: &[Option<&'a PathBuf>]) -> Self {
+        Self {
+            files: paths.iter().flatten().map(|p| p.as_path()).collect(),
+            dirs: Vec::new(),
+        }
+    }
+
+    fn dir(path: &'a Path) -> Self {
+        Self {
+            files: Vec::new(),
+            dirs: vec![path],
+        }
+    }
+}
+
+/// The GPU a command runs on.
+#[derive(Args)]
+pub struct Adapter {
+    /// Adapter name substring (default: $PEPNET_ADAPTER, else the high-performance one).
+    #[arg(long)]
+    pub adapter: Option<String>,
+}
+
+impl Adapter {
+    /// Opens the GPU, saying which adapter runs the command, and loudly when it is a slow
+    /// fallback.
+    pub fn open(&self) -> Result<Arc<GpuContext>> {
+        let ctx = GpuContext::new(self.adapter.as_deref())?;
+        eprintln!("adapter: {} ({:?})", ctx.info.name, ctx.info.backend);
+        if let Some(warning) = ctx.fallback_warning() {
+            let loud = ctx.info.backend == wgpu::Backend::Gl;
+            eprintln!("{}: {warning}", if loud { "WARNING" } else { "note" });
+        }
+        Ok(ctx)
+    }
+}
+
+/// The GPU and the precision of its matrix products.
+#[derive(Args)]
+pub struct Device {
+    #[command(flatten)]
+    pub adapter: Adapter,
+    /// Precision of the matrix products: f32, or f16 (f16 weights and layer inputs, f32 sums;
+    /// tensor cores where the device has them; training keeps f32 gradients and optimizer
+    /// state).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
+}
+
+/// A command's report as JSON.
+#[derive(Args)]
+pub struct Report {
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+impl Report {
+    /// Writes `report` as pretty JSON, atomically, when `--json` was given.
+    pub fn write(&self, report: &impl serde::Serialize) -> Result<()> {
+        if let Some(path) = &self.json {
+            let text = serde_json::to_string_pretty(report).expect("a report always serialises");
+            pepnet::write_file(path, text.as_bytes())?;
+        }
+        Ok(())
+    }
+}
+
+/// A count or size option: zero is refused by the parser, with the option's name.
+pub fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+}
+
+/// A spec from a model directory or a spec file.
+pub fn load_spec(path: &Path) -> Result<ModelSpec> {
+    if path.is_dir() {
+        ModelSpec::load(&path.join(pepnet::model::SPEC_FILE))
+    } else {
+        ModelSpec::load(path)
+    }
+}
+
+/// Per task, its label column: the task's own name unless `--labels` names another.
+pub fn label_columns(spec: &ModelSpec, labels: &[String]) -> Result<Vec<String>> {
+    let mut label_columns = spec.tasks.clone();
+    for pair in labels {
+        let (task, column) = pair
+            .split_once('=')
+            .unwrap_or((pair.as_str(), pair.as_str()));
+        let t = spec
+            .tasks
+            .iter()
+            .position(|x| x == task)
+            .ok_or_else(|| pepnet::Error::Spec {
+                file: "--labels".into(),
+                message: format!(
+                    "'{task}' is not a task of the model; the tasks are {:?}",
+                    spec.tasks
+                ),
+            })?;
+        label_columns[t] = column.to_string();
+    }
+    Ok(label_columns)
+}
