@@ -37,6 +37,10 @@ pub struct EngineOptions {
     /// where the device has them). At f16 the embedding tables and the cache store rows as f16
     /// too, so the cache's capacity in bytes holds twice the rows.
     pub precision: Precision,
+    /// Run every batch on the same linear kernel variant (the one for large batches), so that
+    /// a sample's scores are bit-identical whatever it is batched with; a few-row batch then
+    /// runs on large tiles (slower alone). The dynamic batcher needs it.
+    pub batch_invariant: bool,
 }
 
 impl Default for EngineOptions {
@@ -47,6 +51,7 @@ impl Default for EngineOptions {
             max_page_bytes: None,
             cache: CacheOptions::default(),
             precision: Precision::F32,
+            batch_invariant: false,
         }
     }
 }
@@ -70,6 +75,7 @@ pub struct Engine {
     weights_lock: RwLock<()>,
     packed_len: usize,
     precision: Precision,
+    batch_invariant: bool,
     /// `batch::spec_id` of the spec: batches checked against it are not checked again.
     spec_id: u64,
 }
@@ -238,6 +244,11 @@ impl Engine {
                     cache.as_ref(),
                     (max_keys, options.precision),
                 );
+                let mut ws = ws;
+                if options.batch_invariant {
+                    ws.forward
+                        .fix_variant(ctx.linear.variant_for(options.precision, u32::MAX));
+                }
                 Mutex::new(ws)
             })
             .collect();
@@ -256,6 +267,7 @@ impl Engine {
             weights_lock: RwLock::new(()),
             packed_len: packed.data.len(),
             precision: options.precision,
+            batch_invariant: options.batch_invariant,
             spec_id: crate::batch::spec_id(&spec),
             ctx,
             spec,
@@ -293,8 +305,16 @@ impl Engine {
 
     /// The linear kernel variant a batch of `rows` runs on (every linear step runs the same).
     pub fn linear_variant(&self, rows: usize) -> Variant {
-        let rows = rows.min(self.max_rows()) as u32;
+        let rows = match self.batch_invariant {
+            true => u32::MAX,
+            false => rows.min(self.max_rows()) as u32,
+        };
         self.ctx.linear.variant_for(self.precision, rows)
+    }
+
+    /// Whether every batch runs on the same kernels ([`EngineOptions::batch_invariant`]).
+    pub fn is_batch_invariant(&self) -> bool {
+        self.batch_invariant
     }
 
     /// What runs `step` for a batch whose linear steps run `variant`: the linear kernel's

@@ -50,6 +50,14 @@ pub enum Error {
     #[error("{}", describe_samples(.0))]
     Samples(Vec<SampleError>),
 
+    /// The batcher's queue is full: the request was refused, not queued; retry later.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
+
+    /// A request's deadline passed before it was scored; it was not scored.
+    #[error("deadline exceeded: {0}")]
+    DeadlineExceeded(String),
+
     /// The embedding cache or store cannot do what was asked (a batch needing more distinct
     /// rows than the cache holds, a row of the wrong width, an unknown feature).
     #[error("embedding cache: {0}")]

@@ -34,6 +34,9 @@ pub struct ForwardPass {
     tiles: Vec<u32>,
     gather: GatherParams,
     precision: Precision,
+    /// The linear variant every batch runs on, whatever its rows (a batch-invariant engine);
+    /// `None`: the variant that suits the rows.
+    fixed_variant: Option<Variant>,
 }
 
 impl ForwardPass {
@@ -87,7 +90,14 @@ impl ForwardPass {
             tiles,
             gather,
             precision,
+            fixed_variant: None,
         }
+    }
+
+    /// Runs every linear step on `variant` whatever the batch's rows, so that a sample's
+    /// scores never depend on what it is batched with.
+    pub fn fix_variant(&mut self, variant: Variant) {
+        self.fixed_variant = Some(variant);
     }
 
     /// Records step `i` of `plan` (not the resolve step) for a batch of `rows`; returns the
@@ -109,12 +119,16 @@ impl ForwardPass {
                 ctx.gather.dispatch(pass, bind_group, &self.gather, rows);
                 None
             }
-            Step::Linear { .. } => {
-                Some(
+            Step::Linear { .. } => Some(match self.fixed_variant {
+                Some(v) => {
                     ctx.linear
-                        .dispatch(pass, bind_group, self.tiles[i], rows, self.precision),
-                )
-            }
+                        .dispatch_variant(pass, bind_group, self.tiles[i], rows, v);
+                    v
+                }
+                None => ctx
+                    .linear
+                    .dispatch(pass, bind_group, self.tiles[i], rows, self.precision),
+            }),
             Step::MmoeMix(params) => {
                 ctx.mmoe_mix.dispatch(pass, bind_group, params, rows);
                 None

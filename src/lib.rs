@@ -10,6 +10,7 @@ pub use atomic_file::{
     check_output_dir, check_output_file, remove_unfinished_on_interrupt, write_file,
 };
 pub mod batch;
+pub mod batcher;
 pub mod cache;
 pub mod datagen;
 pub mod engine;
@@ -33,6 +34,7 @@ pub mod train;
 pub mod weights;
 
 pub use batch::{Batch, Column};
+pub use batcher::{Batcher, BatcherOptions};
 pub use engine::{Engine, EngineOptions};
 pub use error::{Error, Result};
 pub use gpu::GpuContext;
