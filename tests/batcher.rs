@@ -41,6 +41,9 @@ fn batched_scores_are_bit_identical_to_scoring_alone() {
             // One row runs on the large-batch kernels, as every batch does.
             assert_eq!(engine.linear_variant(1), engine.linear_variant(100_000));
             assert_eq!(engine.linear_variant(1).precision(), precision);
+            if precision == Precision::F16 && common::coop_required() {
+                assert_eq!(engine.linear_variant(1), pepnet::gpu::linear::Variant::Coop);
+            }
             let sizes = [1usize, 3, 7, 13, 2, 29, 1, 5];
             let requests: Vec<Vec<Batch>> = (0..6)
                 .map(|t| {
