@@ -19,7 +19,7 @@ pub mod limits {
     pub const WIDTH: usize = 1 << 16;
     /// The concatenated embeddings of one role (features × embedding_dim).
     pub const CONCAT_WIDTH: usize = 1 << 20;
-    /// Tasks, experts and tower layers.
+    /// Tasks, experts, and the layers of the towers and of an expert.
     pub const TASKS: usize = 1024;
     pub const EXPERTS: usize = 1024;
     pub const LAYERS: usize = 64;
@@ -378,6 +378,13 @@ impl ModelSpec {
                     limits::EXPERTS
                 ));
             }
+            if e.hidden.len() > limits::LAYERS {
+                return Err(format!(
+                    "key 'experts.hidden': {} layers are more than this engine supports ({})",
+                    e.hidden.len(),
+                    limits::LAYERS
+                ));
+            }
             for (j, &w) in e.hidden.iter().enumerate() {
                 width(format!("experts.hidden[{j}]"), w)?;
             }
@@ -707,6 +714,15 @@ mod tests {
             "m.json",
         )
         .expect("exactly 2^30 elements fit");
+        let layers = vec!["3"; 65].join(", ");
+        let deep = err(&SPEC.replace(
+            "\"experts\": null",
+            &format!("\"experts\": {{\"count\": 2, \"hidden\": [{layers}]}}"),
+        ));
+        assert!(
+            deep.contains("'experts.hidden'") && deep.contains("65 layers"),
+            "{deep}"
+        );
         let gamma = err(&SPEC.replace("\"gate_gamma\": 2.0", "\"gate_gamma\": 64.5"));
         assert!(gamma.contains("gate_gamma"), "{gamma}");
     }
