@@ -26,6 +26,7 @@ pub mod model;
 pub mod pipeline;
 pub mod plan;
 pub mod reference;
+pub mod serve;
 pub mod spec;
 pub mod store;
 pub mod synth;

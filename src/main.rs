@@ -10,7 +10,11 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     // A run stopped by SIGINT or SIGTERM leaves no half-written output behind.
-    if let Err(e) = pepnet::remove_unfinished_on_interrupt() {
+    let watch = match cli.command.writes_files() {
+        true => pepnet::remove_unfinished_on_interrupt(),
+        false => Ok(()),
+    };
+    if let Err(e) = watch {
         eprintln!("warning: cannot watch for interrupts ({e}); an interrupted run may leave .pepnet-* files");
     }
     match cli.command.run() {

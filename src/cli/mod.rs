@@ -15,6 +15,7 @@ mod init;
 mod kuairand;
 mod plan;
 mod score;
+mod serve;
 mod train;
 mod train_bench;
 
@@ -40,6 +41,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     Score(score::Score),
+    Serve(serve::Serve),
     ApplyRows(apply_rows::ApplyRows),
     CacheBench(cache_bench::CacheBench),
     Init(init::Init),
@@ -63,6 +65,12 @@ pub struct Outputs<'a> {
 }
 
 impl Command {
+    /// Whether the command writes files (and so needs an interrupted run's cleanup); a server
+    /// handles SIGINT and SIGTERM itself, draining its requests.
+    pub fn writes_files(&self) -> bool {
+        !matches!(self, Command::Serve(_))
+    }
+
     /// Runs the command, after checking every output it will write: a run never fails at its
     /// end for want of a directory (nor loses what it computed).
     pub fn run(self) -> Result<()> {
@@ -77,6 +85,7 @@ impl Command {
             .try_for_each(|p| pepnet::check_output_dir(p))?;
         match self {
             Command::Score(c) => c.run(),
+            Command::Serve(c) => c.run(),
             Command::ApplyRows(c) => c.run(),
             Command::CacheBench(c) => c.run(),
             Command::Init(c) => c.run(),
@@ -110,7 +119,7 @@ impl Command {
             Command::GenData(c) => Outputs::files(&[Some(&c.output)]),
             Command::Kuairand(c) => Outputs::files(&[Some(&c.output), Some(&c.spec_out)]),
             Command::GenInput(c) => Outputs::files(&[Some(&c.output)]),
-            Command::Info(_) | Command::Plan(_) => Outputs::default(),
+            Command::Info(_) | Command::Plan(_) | Command::Serve(_) => Outputs::default(),
         }
     }
 }

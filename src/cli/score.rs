@@ -91,11 +91,14 @@ impl Score {
         let engine = match self.backend {
             Backend::Gpu => {
                 let ctx = self.device.adapter.open()?;
+                // Batch-invariant: a row's scores do not depend on the batch it falls in (nor
+                // on --batch-size), and equal what `pepnet serve` answers for it.
                 let engine_options = EngineOptions {
                     max_batch: options.batch_size,
                     workspaces: options.scorers,
                     cache,
                     precision,
+                    batch_invariant: true,
                     ..Default::default()
                 };
                 let engine = Engine::new(ctx, &model, &engine_options)?;

@@ -1,0 +1,380 @@
+//! The Open Inference Protocol's (KServe v2) JSON messages for a PEPNet model: the metadata a
+//! client reads, the inference request decoded into a [`Batch`], and the response.
+//!
+//! Tensors, one per feature, each `[N]` (or `[N, 1]`) for N samples:
+//! - a sparse feature: its ids, `INT64` (`UINT64` for hashed ids above 2^63; `INT32` and
+//!   `UINT32` are accepted too);
+//! - a multi-hot feature: two tensors, `<feature>` with every sample's ids one after another
+//!   (`[total]`) and `<feature>.lengths` (`[N]`, `INT32` or `INT64`) with each sample's count;
+//! - a dense feature: `FP32` (or `FP64`) values.
+//!
+//! The response has one `FP32` tensor `[N]` per task (those the request's `outputs` names, or
+//! all). Every error names the tensor, the element and the rule broken; nothing a client sends
+//! can panic the decoder (it is fuzzed).
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use crate::batch::{Batch, Column};
+use crate::spec::{FeatureKind, ModelSpec};
+
+/// The most samples one request may carry.
+pub const MAX_REQUEST_ROWS: usize = 1 << 16;
+
+/// A decoded inference request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InferRequest {
+    /// The request's `id`, echoed in the response.
+    pub id: Option<String>,
+    pub batch: Batch,
+    /// Task indices to return, in the order asked.
+    pub outputs: Vec<usize>,
+}
+
+/// The suffix of a multi-hot feature's lengths tensor.
+pub const LENGTHS: &str = ".lengths";
+
+/// The model's metadata (`GET /v2/models/{name}`).
+pub fn metadata(spec: &ModelSpec, name: &str, version: &str) -> Value {
+    let mut inputs = Vec::new();
+    for f in &spec.features {
+        let datatype = match f.kind {
+            FeatureKind::Dense => "FP32",
+            _ if f.hashed => "UINT64",
+            _ => "INT64",
+        };
+        inputs.push(json!({"name": f.name, "datatype": datatype, "shape": [-1]}));
+        if f.kind == FeatureKind::MultiHot {
+            inputs.push(
+                json!({"name": format!("{}{LENGTHS}", f.name), "datatype": "INT32", "shape": [-1]}),
+            );
+        }
+    }
+    let outputs: Vec<Value> = spec
+        .tasks
+        .iter()
+        .map(|t| json!({"name": t, "datatype": "FP32", "shape": [-1]}))
+        .collect();
+    json!({
+        "name": name,
+        "versions": [version],
+        "platform": "pepnet",
+        "inputs": inputs,
+        "outputs": outputs,
+    })
+}
+
+/// The response to a request: one `[N]` FP32 tensor per output asked for.
+pub fn response(
+    spec: &ModelSpec,
+    name: &str,
+    version: &str,
+    request: &InferRequest,
+    scores: &[f32],
+) -> Value {
+    let t = spec.n_tasks();
+    let n = request.batch.len();
+    let outputs: Vec<Value> = request
+        .outputs
+        .iter()
+        .map(|&task| {
+            let data: Vec<f32> = (0..n).map(|i| scores[i * t + task]).collect();
+            json!({"name": spec.tasks[task], "datatype": "FP32", "shape": [n], "data": data})
+        })
+        .collect();
+    let mut out = json!({"model_name": name, "model_version": version, "outputs": outputs});
+    if let Some(id) = &request.id {
+        out["id"] = json!(id);
+    }
+    out
+}
+
+/// One input tensor as sent.
+struct Tensor<'a> {
+    name: &'a str,
+    shape: Vec<u64>,
+    datatype: &'a str,
+    data: Vec<&'a Value>,
+}
+
+/// Decodes an inference request's JSON body against the model; the error says what is wrong,
+/// naming the tensor and element.
+pub fn decode(body: &[u8], spec: &ModelSpec) -> Result<InferRequest, String> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let object = value
+        .as_object()
+        .ok_or("the body must be a JSON object with 'inputs'")?;
+    let id = match object.get("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err("'id' must be a string".into()),
+    };
+    let inputs = object
+        .get("inputs")
+        .and_then(Value::as_array)
+        .ok_or("'inputs' must be a list of tensors")?;
+    let mut tensors: HashMap<&str, Tensor> = HashMap::new();
+    for (i, input) in inputs.iter().enumerate() {
+        let tensor = read_tensor(i, input)?;
+        if let Some(before) = tensors.insert(tensor.name, tensor) {
+            return Err(format!("input tensor '{}' is given twice", before.name));
+        }
+    }
+    let known = |name: &str| {
+        spec.features.iter().any(|f| {
+            f.name == name
+                || (f.kind == FeatureKind::MultiHot
+                    && name.strip_suffix(LENGTHS) == Some(f.name.as_str()))
+        })
+    };
+    if let Some(name) = tensors.keys().find(|n| !known(n)) {
+        let expected: Vec<String> = metadata(spec, "", "")["inputs"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t["name"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        return Err(format!(
+            "unknown input tensor '{name}'; the model's inputs are {expected:?}"
+        ));
+    }
+    // Every per-sample tensor must have the same N.
+    let mut rows: Option<usize> = None;
+    let mut samples = |n: usize, tensor: &str| -> Result<(), String> {
+        match rows.replace(n) {
+            Some(m) if m != n => Err(format!(
+                "input tensor '{tensor}' has {n} samples, the others {m}; every feature needs \
+                 one value (or list) per sample"
+            )),
+            _ => Ok(()),
+        }
+    };
+    let mut columns = Vec::with_capacity(spec.features.len());
+    for f in &spec.features {
+        let t = tensors
+            .get(f.name.as_str())
+            .ok_or_else(|| format!("input tensor '{}' is missing", f.name))?;
+        let column = match f.kind {
+            FeatureKind::Sparse => {
+                let n = per_sample(t)?;
+                samples(n, t.name)?;
+                Column::Sparse(ids(t, f.hashed)?)
+            }
+            FeatureKind::Dense => {
+                let n = per_sample(t)?;
+                samples(n, t.name)?;
+                Column::Dense(floats(t)?)
+            }
+            FeatureKind::MultiHot => {
+                let lengths_name = format!("{}{LENGTHS}", f.name);
+                let l = tensors.get(lengths_name.as_str()).ok_or_else(|| {
+                    format!(
+                        "input tensor '{lengths_name}' is missing: a multi-hot feature is two \
+                         tensors, '{}' (every sample's ids, one after another) and \
+                         '{lengths_name}' (each sample's count)",
+                        f.name
+                    )
+                })?;
+                let n = per_sample(l)?;
+                samples(n, l.name)?;
+                if t.shape.len() != 1 {
+                    return Err(format!(
+                        "input tensor '{}': shape {:?}, expected [total ids]",
+                        t.name, t.shape
+                    ));
+                }
+                let lengths = counts(l)?;
+                let all = ids(t, f.hashed)?;
+                let total: u64 = lengths.iter().map(|&c| c as u64).sum();
+                if total != all.len() as u64 {
+                    return Err(format!(
+                        "input tensor '{lengths_name}' counts {total} ids in all, but '{}' holds {}",
+                        f.name,
+                        all.len()
+                    ));
+                }
+                let mut offsets = Vec::with_capacity(lengths.len() + 1);
+                offsets.push(0);
+                for c in lengths {
+                    offsets.push(offsets.last().expect("starts at 0") + c);
+                }
+                Column::MultiHot { offsets, ids: all }
+            }
+        };
+        columns.push(column);
+    }
+    let outputs = match object.get("outputs") {
+        None | Some(Value::Null) => (0..spec.n_tasks()).collect(),
+        Some(Value::Array(list)) => list
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                let name = o
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .ok_or(format!("outputs[{i}] needs a 'name'"))?;
+                spec.tasks.iter().position(|t| t == name).ok_or(format!(
+                    "outputs[{i}]: unknown output '{name}'; the model's outputs are {:?}",
+                    spec.tasks
+                ))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err("'outputs' must be a list of {\"name\": ...}".into()),
+    };
+    let batch = Batch::new(columns);
+    batch
+        .validate(spec, "request", 1)
+        .map_err(|e| e.to_string().replace("request: row ", "sample "))?;
+    Ok(InferRequest { id, batch, outputs })
+}
+
+fn read_tensor(i: usize, input: &Value) -> Result<Tensor<'_>, String> {
+    let name = input
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or(format!("inputs[{i}] needs a 'name' string"))?;
+    let shape = input
+        .get("shape")
+        .and_then(Value::as_array)
+        .and_then(|s| s.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>())
+        .ok_or(format!(
+            "input tensor '{name}': 'shape' must be a list of non-negative integers"
+        ))?;
+    let datatype = input
+        .get("datatype")
+        .and_then(Value::as_str)
+        .ok_or(format!("input tensor '{name}' needs a 'datatype' string"))?;
+    let mut data = Vec::new();
+    flatten(
+        input
+            .get("data")
+            .ok_or(format!("input tensor '{name}' needs 'data'"))?,
+        &mut data,
+        0,
+    )
+    .map_err(|m| format!("input tensor '{name}': {m}"))?;
+    shape
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .filter(|&e| e == data.len() as u64)
+        .ok_or(format!(
+            "input tensor '{name}': shape {shape:?} does not match its {} values",
+            data.len()
+        ))?;
+    Ok(Tensor {
+        name,
+        shape,
+        datatype,
+        data,
+    })
+}
+
+/// The values of `data`, nested lists read in row-major order.
+fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>, depth: usize) -> Result<(), String> {
+    match value {
+        Value::Array(items) if depth < 8 => items
+            .iter()
+            .try_for_each(|item| flatten(item, out, depth + 1)),
+        Value::Array(_) => Err("'data' is nested too deeply".into()),
+        scalar => {
+            out.push(scalar);
+            Ok(())
+        }
+    }
+}
+
+/// Samples of a per-sample tensor: shape `[N]` or `[N, 1]`.
+fn per_sample(t: &Tensor) -> Result<usize, String> {
+    match t.shape.as_slice() {
+        [n] | [n, 1] if *n as usize <= MAX_REQUEST_ROWS => Ok(*n as usize),
+        [n] | [n, 1] => Err(format!(
+            "input tensor '{}': {n} samples, more than one request may carry ({MAX_REQUEST_ROWS})",
+            t.name
+        )),
+        other => Err(format!(
+            "input tensor '{}': shape {other:?}, expected [N] or [N, 1] for N samples",
+            t.name
+        )),
+    }
+}
+
+fn ids(t: &Tensor, hashed: bool) -> Result<Vec<u64>, String> {
+    let signed = match t.datatype {
+        "INT64" | "INT32" => true,
+        "UINT64" | "UINT32" => false,
+        other => return Err(format!(
+            "input tensor '{}': datatype {other}, expected INT64 (or UINT64, INT32, UINT32) ids",
+            t.name
+        )),
+    };
+    t.data
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let bad = |why: &str| format!("input tensor '{}', element {i}: {v} {why}", t.name);
+            match (v.as_u64(), v.as_i64()) {
+                (Some(u), _) if !signed || u <= i64::MAX as u64 => Ok(u),
+                (None, Some(s)) if signed && hashed => Ok(s as u64),
+                (None, Some(_)) if signed => Err(bad("is negative; ids are not")),
+                _ => Err(bad(&format!(
+                    "is not an integer of datatype {}",
+                    t.datatype
+                ))),
+            }
+        })
+        .collect()
+}
+
+fn counts(t: &Tensor) -> Result<Vec<usize>, String> {
+    if !matches!(t.datatype, "INT32" | "INT64" | "UINT32" | "UINT64") {
+        return Err(format!(
+            "input tensor '{}': datatype {}, expected INT32 or INT64 counts",
+            t.name, t.datatype
+        ));
+    }
+    t.data
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.as_u64()
+                .filter(|&c| c <= MAX_REQUEST_ROWS as u64 * 64)
+                .map(|c| c as usize)
+                .ok_or(format!(
+                    "input tensor '{}', element {i}: {v} is not a count (a non-negative integer)",
+                    t.name
+                ))
+        })
+        .collect()
+}
+
+fn floats(t: &Tensor) -> Result<Vec<f32>, String> {
+    if !matches!(t.datatype, "FP32" | "FP64") {
+        return Err(format!(
+            "input tensor '{}': datatype {}, expected FP32 (or FP64) values",
+            t.name, t.datatype
+        ));
+    }
+    t.data
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let x = v.as_f64().ok_or(format!(
+                "input tensor '{}', element {i}: {v} is not a number",
+                t.name
+            ))?;
+            let y = x as f32;
+            if y.is_finite() {
+                Ok(y)
+            } else {
+                Err(format!(
+                    "input tensor '{}', element {i}: {x} does not fit an f32",
+                    t.name
+                ))
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,447 @@
+//! `pepnet serve` end to end, through a real HTTP client over loopback: the Open Inference
+//! Protocol's health, metadata and infer; scores equal to `pepnet score` on the same rows bit
+//! for bit whatever the concurrency; every kind of malformed request a 400 naming the tensor;
+//! overload a 429 that the server recovers from; a graceful stop that answers what it has.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/kuairand");
+
+/// A running server, stopped (SIGTERM) when dropped.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pepnet"))
+            .args(["serve", "--model", MODEL, "--http", "127.0.0.1:0"])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the pepnet binary runs");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("the server says where it listens")
+                .unwrap();
+            if let Some(rest) = line.split("on http://").nth(1) {
+                break format!("http://{}", rest.split_whitespace().next().unwrap());
+            }
+        };
+        // Keep draining stderr so that the server never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, url }
+    }
+
+    fn stop(&mut self) -> std::process::ExitStatus {
+        send_signal(self.child.id(), "TERM");
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(60))
+        .build()
+}
+
+/// POSTs `body`; the status and the JSON answer, whatever the status.
+fn post(url: &str, body: &Value) -> (u16, Value) {
+    match agent().post(url).send_json(body) {
+        Ok(r) => (r.status(), r.into_json().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),
+        Err(e) => panic!("{url}: {e}"),
+    }
+}
+
+fn get(url: &str) -> (u16, String) {
+    match agent().get(url).call() {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("{url}: {e}"),
+    }
+}
+
+/// The example's input rows, as text cells by column name.
+fn rows() -> (Vec<String>, Vec<Vec<String>>) {
+    let mut reader = csv::Reader::from_path(Path::new(MODEL).join("input.csv")).unwrap();
+    let header = reader.headers().unwrap().iter().map(String::from).collect();
+    let rows = reader
+        .records()
+        .map(|r| r.unwrap().iter().map(String::from).collect())
+        .collect();
+    (header, rows)
+}
+
+/// An infer request for `rows`, one tensor per feature as the metadata lists them.
+fn request(metadata: &Value, header: &[String], rows: &[Vec<String>]) -> Value {
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let mut inputs = Vec::new();
+    for input in metadata["inputs"].as_array().unwrap() {
+        let name = input["name"].as_str().unwrap();
+        let datatype = input["datatype"].as_str().unwrap();
+        if let Some(feature) = name.strip_suffix(".lengths") {
+            let lengths: Vec<usize> = rows
+                .iter()
+                .map(|r| r[col(feature)].split('|').filter(|s| !s.is_empty()).count())
+                .collect();
+            inputs.push(
+                json!({"name": name, "datatype": datatype, "shape": [rows.len()], "data": lengths}),
+            );
+            continue;
+        }
+        let cells: Vec<&str> = rows.iter().map(|r| r[col(name)].as_str()).collect();
+        let list = metadata["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["name"] == format!("{name}.lengths"));
+        let data: Vec<Value> = if datatype == "FP32" {
+            cells
+                .iter()
+                .map(|c| json!(c.parse::<f32>().unwrap()))
+                .collect()
+        } else {
+            cells
+                .iter()
+                .flat_map(|c| c.split('|').filter(|s| !s.is_empty()))
+                .map(|id| json!(id.parse::<u64>().unwrap()))
+                .collect()
+        };
+        let shape = if list { data.len() } else { rows.len() };
+        inputs.push(json!({"name": name, "datatype": datatype, "shape": [shape], "data": data}));
+    }
+    json!({"id": "t", "inputs": inputs})
+}
+
+fn score_file(dir: &Path) -> Vec<Vec<f32>> {
+    let output = dir.join("scores.csv");
+    let out = Command::new(env!("CARGO_BIN_EXE_pepnet"))
+        .args(["score", "--model", MODEL, "--input"])
+        .arg(Path::new(MODEL).join("input.csv"))
+        .arg("--output")
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut reader = csv::Reader::from_path(&output).unwrap();
+    reader
+        .records()
+        .map(|r| r.unwrap().iter().map(|c| c.parse().unwrap()).collect())
+        .collect()
+}
+
+#[test]
+fn served_scores_equal_pepnet_score_bit_for_bit_at_any_concurrency() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = score_file(dir.path());
+    let mut server = Server::start(&["--max-delay-ms", "3"]);
+    let base = format!("{}/v2", server.url);
+    assert_eq!(get(&format!("{base}/health/live")).0, 200);
+    assert_eq!(get(&format!("{base}/health/ready")).0, 200);
+    assert_eq!(get(&format!("{base}/models/pepnet/ready")).0, 200);
+    let (status, text) = get(&format!("{base}/models/pepnet"));
+    assert_eq!(status, 200);
+    let metadata: Value = serde_json::from_str(&text).unwrap();
+    let tasks: Vec<&str> = metadata["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        tasks,
+        ["click", "like", "follow", "comment", "forward", "long_view"]
+    );
+    assert!(metadata["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["name"] == "tag_ids.lengths"));
+
+    let (header, rows) = rows();
+    let infer = format!("{base}/models/pepnet/infer");
+    for concurrency in [1usize, 8] {
+        // Requests of 1 to 37 rows, sent by `concurrency` clients at once.
+        let mut chunks = Vec::new();
+        let mut at = 0;
+        let mut size = 1;
+        while at < rows.len() {
+            let end = (at + size).min(rows.len());
+            chunks.push(at..end);
+            at = end;
+            size = size * 7 % 37 + 1;
+        }
+        let answers: Vec<(std::ops::Range<usize>, Value)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..concurrency)
+                .map(|c| {
+                    let (chunks, metadata, header, rows, infer) =
+                        (&chunks, &metadata, &header, &rows, &infer);
+                    s.spawn(move || {
+                        chunks
+                            .iter()
+                            .skip(c)
+                            .step_by(concurrency)
+                            .map(|r| {
+                                let (status, body) =
+                                    post(infer, &request(metadata, header, &rows[r.clone()]));
+                                assert_eq!(status, 200, "{body}");
+                                (r.clone(), body)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        assert_eq!(answers.len(), chunks.len());
+        for (range, body) in answers {
+            assert_eq!(body["id"], "t");
+            for (t, output) in body["outputs"].as_array().unwrap().iter().enumerate() {
+                assert_eq!(output["name"], tasks[t]);
+                assert_eq!(output["shape"], json!([range.len()]));
+                for (k, p) in output["data"].as_array().unwrap().iter().enumerate() {
+                    let got = p.as_f64().unwrap() as f32;
+                    let want = expected[range.start + k][t];
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
+                        "row {}, task {}: served {got}, scored {want} (concurrency {concurrency})",
+                        range.start + k + 1,
+                        tasks[t]
+                    );
+                }
+            }
+        }
+    }
+    let (_, metrics) = get(&format!("{}/metrics", server.url));
+    assert!(
+        metrics.contains("pepnet_requests_total{code=\"200\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("pepnet_rows_total {}", 2 * rows.len())),
+        "{metrics}"
+    );
+    assert!(server.stop().success());
+}
+
+/// Every kind of malformed request is a 400 naming the tensor (and element) and the rule; the
+/// server answers the next good request as before.
+#[test]
+fn malformed_requests_are_400s_naming_the_tensor() {
+    let server = Server::start(&[]);
+    let base = format!("{}/v2/models/pepnet", server.url);
+    let infer = format!("{base}/infer");
+    let (_, text) = get(&base);
+    let metadata: Value = serde_json::from_str(&text).unwrap();
+    let (header, rows) = rows();
+    let good = request(&metadata, &header, &rows[..3]);
+    let edit = |f: &dyn Fn(&mut Value)| {
+        let mut r = good.clone();
+        f(&mut r);
+        r
+    };
+    let input = |r: &mut Value, name: &str| -> usize {
+        r["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|i| i["name"] == name)
+            .unwrap()
+    };
+    let cases: Vec<(&str, Value, Vec<&str>)> = vec![
+        ("not an object", json!([1, 2]), vec!["JSON object"]),
+        ("no inputs", json!({"id": "x"}), vec!["'inputs'"]),
+        (
+            "unknown tensor",
+            edit(&|r| {
+                r["inputs"].as_array_mut().unwrap().push(
+                    json!({"name": "colour", "shape": [3], "datatype": "INT64", "data": [1, 2, 3]}),
+                )
+            }),
+            vec!["unknown input tensor 'colour'"],
+        ),
+        (
+            "missing tensor",
+            edit(&|r| {
+                let i = input(r, "user_id");
+                r["inputs"].as_array_mut().unwrap().remove(i);
+            }),
+            vec!["'user_id' is missing"],
+        ),
+        (
+            "wrong datatype",
+            edit(&|r| {
+                let i = input(r, "user_id");
+                r["inputs"][i]["datatype"] = json!("FP32");
+            }),
+            vec!["'user_id'", "datatype FP32"],
+        ),
+        (
+            "shape against data",
+            edit(&|r| {
+                let i = input(r, "user_id");
+                r["inputs"][i]["shape"] = json!([4]);
+            }),
+            vec!["'user_id'", "shape [4]", "3 values"],
+        ),
+        (
+            "samples differ",
+            edit(&|r| {
+                let i = input(r, "user_id");
+                r["inputs"][i]["shape"] = json!([2]);
+                r["inputs"][i]["data"].as_array_mut().unwrap().pop();
+            }),
+            vec!["2 samples", "the others 3"],
+        ),
+        (
+            "id out of range",
+            edit(&|r| {
+                let i = input(r, "user_id");
+                r["inputs"][i]["data"][1] = json!(1_000_000);
+            }),
+            vec!["sample 2", "'user_id'", "1000000"],
+        ),
+        (
+            "negative id",
+            edit(&|r| {
+                let i = input(r, "video_id");
+                r["inputs"][i]["data"][0] = json!(-5);
+            }),
+            vec!["'video_id', element 0", "negative"],
+        ),
+        (
+            "a string for a number",
+            edit(&|r| {
+                let i = input(r, "log_duration");
+                r["inputs"][i]["data"][2] = json!("NaN");
+            }),
+            vec!["'log_duration', element 2", "not a number"],
+        ),
+        (
+            "beyond f32",
+            edit(&|r| {
+                let i = input(r, "log_duration");
+                r["inputs"][i]["data"][0] = json!(1e39);
+            }),
+            vec!["'log_duration', element 0", "does not fit an f32"],
+        ),
+        (
+            "lengths against ids",
+            edit(&|r| {
+                let i = input(r, "tag_ids.lengths");
+                r["inputs"][i]["data"][0] = json!(40);
+            }),
+            vec!["'tag_ids.lengths'", "'tag_ids' holds"],
+        ),
+        (
+            "duplicate tensor",
+            edit(&|r| {
+                let i = input(r, "tab");
+                let copy = r["inputs"][i].clone();
+                r["inputs"].as_array_mut().unwrap().push(copy);
+            }),
+            vec!["'tab' is given twice"],
+        ),
+        (
+            "unknown output",
+            edit(&|r| r["outputs"] = json!([{"name": "purchase"}])),
+            vec!["unknown output 'purchase'"],
+        ),
+    ];
+    for (what, body, needles) in cases {
+        let (status, answer) = post(&infer, &body);
+        assert_eq!(status, 400, "{what}: {answer}");
+        let message = answer["error"].as_str().unwrap_or_default();
+        for n in needles {
+            assert!(message.contains(n), "{what}: '{message}' lacks '{n}'");
+        }
+    }
+    // Not JSON at all, an unknown model, a body beyond the limit.
+    let raw = agent().post(&infer).send_string("{\"inputs\": [");
+    assert!(matches!(raw, Err(ureq::Error::Status(400, _))));
+    let (status, _) = post(&format!("{}/v2/models/other/infer", server.url), &good);
+    assert_eq!(status, 404);
+    let big = agent().post(&infer).send_string(&" ".repeat(17 << 20));
+    assert!(matches!(big, Err(ureq::Error::Status(413, _))));
+    // The server is unharmed.
+    let (status, answer) = post(&infer, &good);
+    assert_eq!(status, 200, "{answer}");
+}
+
+/// A full queue answers 429 at once, without queueing; the server recovers when it drains.
+/// A SIGTERM lets the requests in flight finish, then the server exits cleanly.
+#[test]
+fn overload_is_a_429_and_a_stop_is_graceful() {
+    let mut server = Server::start(&[
+        "--max-delay-ms",
+        "400",
+        "--max-queued-rows",
+        "4",
+        "--in-flight",
+        "1",
+        "--timeout-ms",
+        "20000",
+    ]);
+    let base = format!("{}/v2/models/pepnet", server.url);
+    let infer = format!("{base}/infer");
+    let (_, text) = get(&base);
+    let metadata: Value = serde_json::from_str(&text).unwrap();
+    let (header, rows) = rows();
+    let three = request(&metadata, &header, &rows[..3]);
+    let first = {
+        let (infer, three) = (infer.clone(), three.clone());
+        std::thread::spawn(move || post(&infer, &three))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    // 3 rows wait for their batch to fill; 3 more exceed the queue's 4.
+    let (status, answer) = post(&infer, &three);
+    assert_eq!(status, 429, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("retry later"));
+    assert_eq!(first.join().unwrap().0, 200);
+    assert_eq!(post(&infer, &three).0, 200, "recovered");
+
+    // In flight when the signal comes: answered, then the server stops.
+    let last = {
+        let (infer, three) = (infer.clone(), three.clone());
+        std::thread::spawn(move || post(&infer, &three))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let status = server.stop();
+    assert_eq!(last.join().unwrap().0, 200);
+    assert!(status.success(), "{status:?}");
+}
