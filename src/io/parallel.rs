@@ -20,6 +20,10 @@ use crate::spec::ModelSpec;
 /// Units a thread may read ahead of the consumer, besides the one it is reading.
 const AHEAD: usize = 1;
 
+/// The most items one reader thread may have waiting (batches of a huge row group beyond it
+/// wait for the consumer).
+const MAX_AHEAD_ITEMS: usize = 256;
+
 /// What a part thread sends.
 enum Message {
     Item(UnitItem),
@@ -59,7 +63,9 @@ impl ParallelReader {
         let mut receivers = Vec::new();
         let mut handles = Vec::new();
         for (index, mut part) in parts.into_iter().enumerate() {
-            let (tx, rx) = sync_channel(AHEAD * part.max_items_per_unit());
+            // Room to read ahead a whole unit, within reason: a channel's slots are allocated
+            // up front, and a reader blocked on a full channel only waits for its turn.
+            let (tx, rx) = sync_channel((AHEAD * part.max_items_per_unit()).min(MAX_AHEAD_ITEMS));
             receivers.push(rx);
             let handle = std::thread::Builder::new()
                 .name(format!("pepnet-reader-{index}"))

@@ -57,13 +57,30 @@ impl ParquetReader {
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)
             .map_err(|e| file_err(format!("not a readable Parquet file: {e}")))?;
         let mut starts = Vec::new();
+        // The footer's row counts are checked before anything is sized from them: a damaged
+        // or hostile file must not make a reader allocate for rows that are not there.
         let mut rows_before = 0usize;
-        for g in builder.metadata().row_groups() {
+        for (i, g) in builder.metadata().row_groups().iter().enumerate() {
             starts.push(rows_before);
-            rows_before += g.num_rows().max(0) as usize;
+            rows_before = usize::try_from(g.num_rows())
+                .ok()
+                .and_then(|n| rows_before.checked_add(n))
+                .ok_or_else(|| {
+                    file_err(format!(
+                        "row group {i} claims {} rows; the file's metadata is damaged",
+                        g.num_rows()
+                    ))
+                })?;
         }
         let schema = builder.schema().clone();
-        let total_rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
+        let total_rows = builder.metadata().file_metadata().num_rows();
+        if u64::try_from(total_rows).ok() != Some(rows_before as u64) {
+            return Err(file_err(format!(
+                "the footer counts {total_rows} rows but the row groups hold {rows_before}; the \
+                 file's metadata is damaged"
+            )));
+        }
+        let total_rows = total_rows as u64;
         let names: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
         let find = |col: &str, what: &str| find_column(&name, &names, col, what);
         let mut wanted = Vec::new();

@@ -306,10 +306,12 @@ fn ids(t: &Tensor, hashed: bool) -> Result<Vec<u64>, String> {
     let signed = match t.datatype {
         "INT64" | "INT32" => true,
         "UINT64" | "UINT32" => false,
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "input tensor '{}': datatype {other}, expected INT64 (or UINT64, INT32, UINT32) ids",
             t.name
-        )),
+        ))
+        }
     };
     t.data
         .iter()
