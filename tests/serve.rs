@@ -445,3 +445,50 @@ fn overload_is_a_429_and_a_stop_is_graceful() {
     assert_eq!(last.join().unwrap().0, 200);
     assert!(status.success(), "{status:?}");
 }
+
+/// `pepnet loadgen` against a server: closed and open loop, every request answered, and only
+/// loopback addresses.
+#[test]
+fn loadgen_measures_a_server_over_loopback() {
+    let server = Server::start(&[]);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("load.json");
+    for mode in [["--concurrency", "4"], ["--rate", "200"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_pepnet"))
+            .args([
+                "loadgen",
+                "--http",
+                &addr,
+                "--model",
+                MODEL,
+                "--requests",
+                "24",
+                "--rows",
+                "5",
+            ])
+            .args(mode)
+            .arg("--json")
+            .arg(&json)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(report["ok"], 24, "{report}");
+        assert_eq!(report["failed"], 0);
+        assert!(
+            report["latency_ms_p99"].as_f64().unwrap()
+                >= report["latency_ms_p50"].as_f64().unwrap()
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_pepnet"))
+        .args(["loadgen", "--http", "192.0.2.1:80", "--model", MODEL])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only to loopback"));
+}

@@ -13,6 +13,7 @@ mod gen_input;
 mod info;
 mod init;
 mod kuairand;
+mod loadgen;
 mod plan;
 mod score;
 mod serve;
@@ -53,6 +54,7 @@ pub enum Command {
     Eval(eval::Eval),
     GenData(gen_data::GenData),
     Kuairand(kuairand::Kuairand),
+    Loadgen(loadgen::Loadgen),
     GenInput(gen_input::GenInput),
     Plan(plan::Plan),
 }
@@ -97,6 +99,7 @@ impl Command {
             Command::Eval(c) => c.run(),
             Command::GenData(c) => c.run(),
             Command::Kuairand(c) => c.run(),
+            Command::Loadgen(c) => c.run(),
             Command::GenInput(c) => c.run(),
             Command::Plan(c) => c.run(),
         }
@@ -118,6 +121,7 @@ impl Command {
             Command::Eval(c) => Outputs::files(&[c.report.json.as_ref()]),
             Command::GenData(c) => Outputs::files(&[Some(&c.output)]),
             Command::Kuairand(c) => Outputs::files(&[Some(&c.output), Some(&c.spec_out)]),
+            Command::Loadgen(c) => Outputs::files(&[c.report.json.as_ref()]),
             Command::GenInput(c) => Outputs::files(&[Some(&c.output)]),
             Command::Info(_) | Command::Plan(_) | Command::Serve(_) => Outputs::default(),
         }

@@ -35,6 +35,9 @@ pub struct Serve {
     /// The most samples waiting at once; beyond, requests get 429.
     #[arg(long, default_value_t = 65536, value_parser = at_least_one())]
     pub max_queued_rows: usize,
+    /// Score every request alone, as it comes (to measure what batching brings).
+    #[arg(long)]
+    pub no_batching: bool,
     /// Batches scored at once.
     #[arg(long, default_value_t = 2, value_parser = at_least_one())]
     pub in_flight: usize,
@@ -66,9 +69,18 @@ impl Serve {
         let options = ServeOptions {
             name: self.name,
             http: self.http,
+            // Without batching, one request per batch (a request beyond max_rows is taken
+            // alone) and no waiting for others.
             batcher: BatcherOptions {
-                max_rows: self.max_batch_rows,
-                max_delay: Duration::from_secs_f64(self.max_delay_ms.max(0.0) / 1e3),
+                max_rows: if self.no_batching {
+                    1
+                } else {
+                    self.max_batch_rows
+                },
+                max_delay: match self.no_batching {
+                    true => Duration::ZERO,
+                    false => Duration::from_secs_f64(self.max_delay_ms.max(0.0) / 1e3),
+                },
                 max_queued_rows: self.max_queued_rows,
                 in_flight: self.in_flight,
             },

@@ -90,6 +90,39 @@ pub fn response(
     out
 }
 
+/// The request a client would send for `batch` (the inverse of [`decode`]), e.g. for a load
+/// generator or a test.
+pub fn request(spec: &ModelSpec, batch: &Batch, id: Option<&str>) -> Value {
+    let mut inputs = Vec::new();
+    for (f, column) in spec.features.iter().zip(&batch.columns) {
+        let id_type = if f.hashed { "UINT64" } else { "INT64" };
+        let tensor = |name: String, datatype: &str, data: Value, n: usize| json!({"name": name, "datatype": datatype, "shape": [n], "data": data});
+        match column {
+            Column::Sparse(ids) => {
+                inputs.push(tensor(f.name.clone(), id_type, json!(ids), ids.len()))
+            }
+            Column::Dense(values) => {
+                inputs.push(tensor(f.name.clone(), "FP32", json!(values), values.len()))
+            }
+            Column::MultiHot { offsets, ids } => {
+                let lengths: Vec<usize> = offsets.windows(2).map(|w| w[1] - w[0]).collect();
+                inputs.push(tensor(f.name.clone(), id_type, json!(ids), ids.len()));
+                inputs.push(tensor(
+                    format!("{}{LENGTHS}", f.name),
+                    "INT32",
+                    json!(lengths),
+                    lengths.len(),
+                ));
+            }
+        }
+    }
+    let mut out = json!({ "inputs": inputs });
+    if let Some(id) = id {
+        out["id"] = json!(id);
+    }
+    out
+}
+
 /// One input tensor as sent.
 struct Tensor<'a> {
     name: &'a str,
