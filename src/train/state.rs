@@ -229,13 +229,22 @@ impl OptimizerState {
             return Ok(None);
         }
         let file = path.display().to_string();
+        let size = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
+        crate::memory::check_host(size.saturating_mul(2), &format!("reading {file}"))?;
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        Self::from_safetensors(&bytes, &file, spec).map(Some)
+    }
+
+    /// Parses the bytes of an optimizer state file (as [`OptimizerState::load`] reads it);
+    /// `file` names them in errors.
+    pub fn from_safetensors(bytes: &[u8], file: &str, spec: &ModelSpec) -> Result<Self> {
+        let file = file.to_string();
         let err = |message: String| Error::Weights {
             file: file.clone(),
             message,
         };
-        let st = crate::weights::parse_safetensors(&bytes, &file)?;
-        let (_, meta) = SafeTensors::read_metadata(&bytes)
+        let st = crate::weights::parse_safetensors(bytes, &file)?;
+        let (_, meta) = SafeTensors::read_metadata(bytes)
             .map_err(|e| err(format!("not a valid safetensors file: {e}")))?;
         let step = meta
             .metadata()
@@ -293,6 +302,6 @@ impl OptimizerState {
             },
             other => other,
         })?;
-        Ok(Some(state))
+        Ok(state)
     }
 }
