@@ -244,6 +244,11 @@ impl Batcher {
         self.submit(batch, deadline)?.wait()
     }
 
+    /// The engine the batcher scores on.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.shared.engine
+    }
+
     /// Rows waiting to be batched now.
     pub fn queued_rows(&self) -> usize {
         lock(&self.shared.queue).rows

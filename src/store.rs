@@ -135,11 +135,20 @@ pub fn read_rows_file(
     path: &std::path::Path,
     spec: &ModelSpec,
 ) -> crate::error::Result<Vec<(usize, crate::weights::HashedRows)>> {
+    let bytes = std::fs::read(path).map_err(|e| crate::error::Error::io(path, e))?;
+    read_rows(&bytes, &path.display().to_string(), spec)
+}
+
+/// As [`read_rows_file`], from the file's bytes; `file` names them in errors.
+pub fn read_rows(
+    bytes: &[u8],
+    file: &str,
+    spec: &ModelSpec,
+) -> crate::error::Result<Vec<(usize, crate::weights::HashedRows)>> {
     use crate::error::Error;
     use crate::weights::HashedRows;
-    let file = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let st = crate::weights::parse_safetensors(&bytes, &file)?;
+    let file = file.to_string();
+    let st = crate::weights::parse_safetensors(bytes, &file)?;
     let mut out = Vec::new();
     let mut known = Vec::new();
     for (f, feature) in spec.features.iter().enumerate().filter(|(_, f)| f.hashed) {

@@ -20,8 +20,15 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Self {
+        Self::start_model(Path::new(MODEL), extra)
+    }
+
+    fn start_model(model: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pepnet"))
-            .args(["serve", "--model", MODEL, "--http", "127.0.0.1:0"])
+            .arg("serve")
+            .arg("--model")
+            .arg(model)
+            .args(["--http", "127.0.0.1:0"])
             .args(extra)
             .stderr(Stdio::piped())
             .spawn()
@@ -141,9 +148,17 @@ fn request(metadata: &Value, header: &[String], rows: &[Vec<String>]) -> Value {
 }
 
 fn score_file(dir: &Path) -> Vec<Vec<f32>> {
+    score_with(Path::new(MODEL), dir)
+}
+
+/// `pepnet score` of the example's input with `model`, read back.
+fn score_with(model: &Path, dir: &Path) -> Vec<Vec<f32>> {
     let output = dir.join("scores.csv");
     let out = Command::new(env!("CARGO_BIN_EXE_pepnet"))
-        .args(["score", "--model", MODEL, "--input"])
+        .arg("score")
+        .arg("--model")
+        .arg(model)
+        .arg("--input")
         .arg(Path::new(MODEL).join("input.csv"))
         .arg("--output")
         .arg(&output)
@@ -491,4 +506,219 @@ fn loadgen_measures_a_server_over_loopback() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("only to loopback"));
+}
+
+/// A reload under load: every answer is wholly the old model's or wholly the new one's (its
+/// `model_version` says which, and its scores equal `pepnet score` with that model bit for
+/// bit); none is lost. A model directory that does not load leaves the old model serving;
+/// SIGHUP reloads too.
+#[test]
+fn a_reload_swaps_the_model_whole_and_loses_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = d.join("model");
+    std::fs::create_dir(&model).unwrap();
+    for f in ["model.json", "weights.safetensors"] {
+        std::fs::copy(Path::new(MODEL).join(f), model.join(f)).unwrap();
+    }
+    let v2 = d.join("v2");
+    let init = Command::new(env!("CARGO_BIN_EXE_pepnet"))
+        .args(["init", "--seed", "5", "--spec"])
+        .arg(model.join("model.json"))
+        .arg("--out")
+        .arg(&v2)
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let expected = [score_with(&model, d), score_with(&v2, d)];
+    assert_ne!(expected[0][0], expected[1][0]);
+
+    let mut server = Server::start_model(&model, &["--max-delay-ms", "2"]);
+    let base = format!("{}/v2", server.url);
+    let (_, text) = get(&format!("{base}/models/pepnet"));
+    let metadata: Value = serde_json::from_str(&text).unwrap();
+    let (header, rows) = rows();
+    let infer = format!("{base}/models/pepnet/infer");
+    let reloaded = std::sync::atomic::AtomicBool::new(false);
+    let answers: Vec<(usize, Value)> = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..4)
+            .map(|c| {
+                let (metadata, header, rows, infer, reloaded) =
+                    (&metadata, &header, &rows, &infer, &reloaded);
+                s.spawn(move || {
+                    let mut out = Vec::new();
+                    let mut after = 0;
+                    for i in 0.. {
+                        let at = (c * 50 + i * 7) % (rows.len() - 5);
+                        let (status, body) =
+                            post(infer, &request(metadata, header, &rows[at..at + 5]));
+                        assert_eq!(status, 200, "{body}");
+                        out.push((at, body));
+                        if reloaded.load(std::sync::atomic::Ordering::SeqCst) {
+                            after += 1;
+                            if after == 5 {
+                                break;
+                            }
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::copy(v2.join("weights.safetensors"), model.join("weights.tmp")).unwrap();
+        std::fs::rename(model.join("weights.tmp"), model.join("weights.safetensors")).unwrap();
+        let (status, body) = post(&format!("{base}/repository/models/pepnet/load"), &json!({}));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["model_version"], "2");
+        reloaded.store(true, std::sync::atomic::Ordering::SeqCst);
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect()
+    });
+    let mut seen = [0, 0];
+    for (at, body) in &answers {
+        let v = match body["model_version"].as_str().unwrap() {
+            "1" => 0,
+            "2" => 1,
+            other => panic!("version {other}"),
+        };
+        seen[v] += 1;
+        for (t, output) in body["outputs"].as_array().unwrap().iter().enumerate() {
+            for (k, p) in output["data"].as_array().unwrap().iter().enumerate() {
+                let got = p.as_f64().unwrap() as f32;
+                assert_eq!(
+                    got.to_bits(),
+                    expected[v][at + k][t].to_bits(),
+                    "row {}: an answer mixing models (version {})",
+                    at + k + 1,
+                    v + 1
+                );
+            }
+        }
+    }
+    // Each client sends 5 requests after the reload answered; the first may have left before.
+    assert!(seen[0] > 0 && seen[1] >= 16, "answers by version: {seen:?}");
+
+    // A broken directory: refused, the model of version 2 still serves.
+    std::fs::write(model.join("model.json"), "{").unwrap();
+    let (status, body) = post(&format!("{base}/repository/models/pepnet/load"), &json!({}));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("model.json"),
+        "{body}"
+    );
+    let (status, body) = post(&infer, &request(&metadata, &header, &rows[..2]));
+    assert_eq!((status, body["model_version"].as_str()), (200, Some("2")));
+
+    // SIGHUP, the directory fixed: version 4 (the failed load used number 3).
+    std::fs::copy(v2.join("model.json"), model.join("model.json")).unwrap();
+    send_signal(server.child.id(), "HUP");
+    let mut version = String::new();
+    for _ in 0..100 {
+        let (_, text) = get(&format!("{base}/models/pepnet"));
+        let m: Value = serde_json::from_str(&text).unwrap();
+        version = m["versions"][0].as_str().unwrap().to_string();
+        if version != "2" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(version, "4");
+    assert!(server.stop().success());
+}
+
+/// Rows for hashed ids posted to a running server change the scores of samples with those ids
+/// at once, and no others.
+#[test]
+fn row_updates_reach_the_served_model() {
+    let spec = r#"{
+      "embedding_dim": 4, "domain_feature": "tab", "tasks": ["click"],
+      "features": [
+        {"name": "tab", "kind": "sparse", "vocab": 3, "roles": ["domain"]},
+        {"name": "user_id", "kind": "sparse", "hashed": true, "roles": ["general", "prior"]},
+        {"name": "dur", "kind": "dense", "roles": ["general", "domain"]}
+      ],
+      "epnet": {"hidden": 5}, "ppnet": {"hidden": 6}, "towers": [5]
+    }"#;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("spec.json"), spec).unwrap();
+    let model = dir.path().join("model");
+    let init = Command::new(env!("CARGO_BIN_EXE_pepnet"))
+        .arg("init")
+        .arg("--spec")
+        .arg(dir.path().join("spec.json"))
+        .arg("--out")
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let server = Server::start_model(&model, &[]);
+    let base = format!("{}/v2/models/pepnet", server.url);
+    let users = [7u64, u64::MAX];
+    let body = json!({"inputs": [
+        {"name": "tab", "datatype": "INT64", "shape": [2], "data": [0, 1]},
+        {"name": "user_id", "datatype": "UINT64", "shape": [2], "data": users},
+        {"name": "dur", "datatype": "FP32", "shape": [2], "data": [0.5, 0.5]}
+    ]});
+    let scores = |body: &Value| -> Vec<u32> {
+        let (status, answer) = post(&format!("{base}/infer"), body);
+        assert_eq!(status, 200, "{answer}");
+        answer["outputs"][0]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p.as_f64().unwrap() as f32).to_bits())
+            .collect()
+    };
+    let before = scores(&body);
+    let ids: Vec<u8> = 7u64.to_le_bytes().to_vec();
+    let rows: Vec<f32> = vec![0.9, -0.7, 0.5, 1.1];
+    let views = [
+        (
+            "emb.user_id.ids",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::U64, vec![1], &ids).unwrap(),
+        ),
+        (
+            "emb.user_id",
+            safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                vec![1, 4],
+                bytemuck_bytes(&rows),
+            )
+            .unwrap(),
+        ),
+    ];
+    let file = safetensors::serialize(views, None).unwrap();
+    let answer = agent()
+        .post(&format!("{base}/rows"))
+        .send_bytes(&file)
+        .unwrap()
+        .into_json::<Value>()
+        .unwrap();
+    assert_eq!(answer["rows"], 1);
+    let after = scores(&body);
+    assert_ne!(before[0], after[0], "user 7's new row changes its score");
+    assert_eq!(before[1], after[1], "another user's score is untouched");
+    // Rows for a feature the model does not hash: a 400 naming the tensor.
+    let bad = safetensors::serialize(
+        [(
+            "emb.tab.ids",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::U64, vec![1], &ids).unwrap(),
+        )],
+        None,
+    )
+    .unwrap();
+    match agent().post(&format!("{base}/rows")).send_bytes(&bad) {
+        Err(ureq::Error::Status(400, r)) => {
+            let text = r.into_string().unwrap();
+            assert!(text.contains("emb.tab.ids"), "{text}");
+        }
+        other => panic!("expected a 400, got {:?}", other.map(|r| r.status())),
+    }
+}
+
+fn bytemuck_bytes(v: &[f32]) -> &[u8] {
+    bytemuck::cast_slice(v)
 }

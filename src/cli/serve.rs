@@ -3,18 +3,19 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 
 use pepnet::serve::{serve, ServeOptions};
-use pepnet::{BatcherOptions, Engine, EngineOptions, Model, Result};
+use pepnet::{BatcherOptions, EngineOptions, Result};
 
 use super::{at_least_one, Device};
 
 /// Serve a model over HTTP with the Open Inference Protocol (KServe v2): health, metadata,
-/// infer, and Prometheus metrics; stops on SIGINT or SIGTERM after answering what it has.
+/// infer, Prometheus metrics, reloading the model directory (POST
+/// /v2/repository/models/NAME/load, or SIGHUP) and row updates for hashed features (POST
+/// /v2/models/NAME/rows); stops on SIGINT or SIGTERM after answering what it has.
 #[derive(Args)]
 pub struct Serve {
     /// Model directory (model.json + weights.safetensors).
@@ -53,19 +54,14 @@ pub struct Serve {
 
 impl Serve {
     pub fn run(self) -> Result<()> {
-        let model = Model::load(&self.model)?;
         let ctx = self.device.adapter.open()?;
-        let engine = Engine::new(
-            ctx,
-            &model,
-            &EngineOptions {
-                max_batch: self.max_batch_rows,
-                workspaces: self.in_flight,
-                precision: self.device.precision,
-                batch_invariant: true,
-                ..Default::default()
-            },
-        )?;
+        let engine_options = EngineOptions {
+            max_batch: self.max_batch_rows,
+            workspaces: self.in_flight,
+            precision: self.device.precision,
+            batch_invariant: true,
+            ..Default::default()
+        };
         let options = ServeOptions {
             name: self.name,
             http: self.http,
@@ -88,7 +84,7 @@ impl Serve {
             max_body_bytes: self.max_body_bytes,
         };
         let name = options.name.clone();
-        serve(Arc::new(engine), options, |addr| {
+        serve(ctx, self.model, engine_options, options, |addr| {
             eprintln!("serving '{name}' on http://{addr} (POST /v2/models/{name}/infer)");
         })?;
         eprintln!("stopped");

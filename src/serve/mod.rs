@@ -6,7 +6,13 @@
 //! GET  /v2/models/{name}, /v2/models/{name}/ready
 //! POST /v2/models/{name}/infer                  JSON tensors in, one FP32 tensor per task out
 //! GET  /metrics                                 Prometheus text
+//! POST /v2/repository/models/{name}/load       reload the model directory (also on SIGHUP)
+//! POST /v2/models/{name}/rows                   new rows for hashed features (safetensors)
 //! ```
+//!
+//! A reload builds a new engine beside the old one and swaps them: a request is scored wholly by
+//! the old model or wholly by the new one (its answer's `model_version` says which), and none is
+//! dropped (the old batcher finishes what it holds).
 //!
 //! A bad request is a 400 naming the tensor, element and rule; a full queue a 429; a request
 //! past the timeout a 504; a body beyond the size limit a 413. The server stops on SIGINT or
@@ -15,8 +21,9 @@
 pub mod oip;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -28,8 +35,10 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::batcher::{Batcher, BatcherOptions};
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineOptions};
 use crate::error::{Error, Result};
+use crate::gpu::GpuContext;
+use crate::model::Model;
 use crate::spec::ModelSpec;
 
 /// How [`serve`] runs.
@@ -58,15 +67,70 @@ impl Default for ServeOptions {
     }
 }
 
-/// The model's version in responses and metadata.
-const VERSION: &str = "1";
+/// The model being served: a reload replaces it whole.
+struct Served {
+    spec: ModelSpec,
+    batcher: Batcher,
+    version: String,
+}
 
 struct App {
     name: String,
-    spec: ModelSpec,
-    batcher: Batcher,
+    model_dir: PathBuf,
+    ctx: Arc<GpuContext>,
+    engine_options: EngineOptions,
+    batcher_options: BatcherOptions,
+    served: RwLock<Arc<Served>>,
+    reloads: AtomicU64,
     timeout: Duration,
     metrics: Metrics,
+}
+
+impl App {
+    fn current(&self) -> Arc<Served> {
+        self.served
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Loads the model directory again into a new engine and swaps it in; requests already
+    /// given to the old one finish there.
+    fn reload(&self) -> Result<String> {
+        let version = (self.reloads.fetch_add(1, Ordering::SeqCst) + 2).to_string();
+        let served = load(
+            &self.ctx,
+            &self.model_dir,
+            &self.engine_options,
+            &self.batcher_options,
+            version.clone(),
+        )?;
+        *self.served.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(served);
+        Ok(version)
+    }
+}
+
+fn load(
+    ctx: &Arc<GpuContext>,
+    dir: &std::path::Path,
+    engine_options: &EngineOptions,
+    batcher_options: &BatcherOptions,
+    version: String,
+) -> Result<Served> {
+    let model = Model::load(dir)?;
+    let engine = Engine::new(
+        ctx.clone(),
+        &model,
+        &EngineOptions {
+            batch_invariant: true,
+            ..engine_options.clone()
+        },
+    )?;
+    Ok(Served {
+        spec: model.spec,
+        batcher: Batcher::new(Arc::new(engine), batcher_options.clone())?,
+        version,
+    })
 }
 
 #[derive(Default)]
@@ -88,10 +152,13 @@ impl Metrics {
     }
 }
 
-/// Serves `engine` until SIGINT or SIGTERM; `on_listening` gets the bound address once the
-/// server accepts connections. The engine must be batch-invariant (see [`Batcher`]).
+/// Serves the model directory `model_dir` on `ctx` until SIGINT or SIGTERM; `on_listening` gets
+/// the bound address once the server accepts connections. The engine is built
+/// batch-invariant whatever `engine_options` say (see [`Batcher`]).
 pub fn serve(
-    engine: Arc<Engine>,
+    ctx: Arc<GpuContext>,
+    model_dir: PathBuf,
+    engine_options: EngineOptions,
     options: ServeOptions,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<()> {
@@ -99,11 +166,21 @@ pub fn serve(
         .enable_all()
         .build()
         .map_err(|e| Error::Batch(format!("cannot start the server's runtime: {e}")))?;
-    let spec = engine.spec().clone();
+    let served = load(
+        &ctx,
+        &model_dir,
+        &engine_options,
+        &options.batcher,
+        "1".into(),
+    )?;
     let app = Arc::new(App {
         name: options.name.clone(),
-        spec,
-        batcher: Batcher::new(engine, options.batcher.clone())?,
+        model_dir,
+        ctx,
+        engine_options,
+        batcher_options: options.batcher.clone(),
+        served: RwLock::new(Arc::new(served)),
+        reloads: AtomicU64::new(0),
         timeout: options.timeout,
         metrics: Metrics::default(),
     });
@@ -114,6 +191,7 @@ pub fn serve(
         let bound = listener
             .local_addr()
             .map_err(|e| Error::io(options.http.to_string(), e))?;
+        reload_on_hangup(app.clone());
         let router = router(app.clone(), options.max_body_bytes);
         on_listening(bound);
         axum::serve(listener, router)
@@ -123,6 +201,30 @@ pub fn serve(
     })
 }
 
+/// SIGHUP reloads the model directory, as the load endpoint does.
+fn reload_on_hangup(app: Arc<App>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                let app = app.clone();
+                let result = tokio::task::spawn_blocking(move || app.reload()).await;
+                match result {
+                    Ok(Ok(version)) => eprintln!("reloaded: model version {version}"),
+                    Ok(Err(e)) => eprintln!("reload failed, still serving the old model: {e}"),
+                    Err(e) => eprintln!("reload failed: {e}"),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = app;
+}
+
 fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/v2/health/live", get(|| async { StatusCode::OK }))
@@ -130,6 +232,8 @@ fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
         .route("/v2/models/{name}", get(model_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
         .route("/v2/models/{name}/infer", post(infer))
+        .route("/v2/repository/models/{name}/load", post(reload))
+        .route("/v2/models/{name}/rows", post(update_rows))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(app)
@@ -175,7 +279,58 @@ async fn model_metadata(State(app): State<Arc<App>>, Path(name): Path<String>) -
     if let Some(r) = unknown_model(&app, &name) {
         return r;
     }
-    Json(oip::metadata(&app.spec, &app.name, VERSION)).into_response()
+    let served = app.current();
+    Json(oip::metadata(&served.spec, &app.name, &served.version)).into_response()
+}
+
+async fn reload(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    if let Some(r) = unknown_model(&app, &name) {
+        return r;
+    }
+    let worker = app.clone();
+    match tokio::task::spawn_blocking(move || worker.reload()).await {
+        Ok(Ok(version)) => {
+            Json(json!({"model_name": app.name, "model_version": version})).into_response()
+        }
+        // A model directory that does not load leaves the old model serving.
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// New rows for hashed features, as a safetensors body (`emb.<f>.ids` beside `emb.<f>`, the
+/// format `pepnet apply-rows` reads): written to the store and the cache of the model served.
+async fn update_rows(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = unknown_model(&app, &name) {
+        return r;
+    }
+    let served = app.current();
+    let result = tokio::task::spawn_blocking(move || -> Result<usize> {
+        let updates = crate::store::read_rows(&body, "the request body", &served.spec)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut rows = 0;
+        for (f, update) in updates {
+            let feature = &served.spec.features[f].name;
+            served
+                .batcher
+                .engine()
+                .update_rows(feature, &update.ids, &update.rows, now)?;
+            rows += update.ids.len();
+        }
+        Ok(rows)
+    })
+    .await;
+    match result {
+        Ok(Ok(rows)) => Json(json!({"rows": rows})).into_response(),
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 async fn model_ready(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
@@ -198,13 +353,15 @@ async fn answer(app: &App, name: &str, body: &[u8]) -> Response {
     if let Some(r) = unknown_model(app, name) {
         return r;
     }
-    let request = match oip::decode(body, &app.spec) {
+    // One model for the whole request, even if a reload swaps it meanwhile.
+    let served = app.current();
+    let request = match oip::decode(body, &served.spec) {
         Ok(r) => r,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     let rows = request.batch.len();
     let deadline = Instant::now() + app.timeout;
-    let pending = match app.batcher.submit(request.batch.clone(), Some(deadline)) {
+    let pending = match served.batcher.submit(request.batch.clone(), Some(deadline)) {
         Ok(p) => p,
         Err(e) => return refused(e),
     };
@@ -220,7 +377,11 @@ async fn answer(app: &App, name: &str, body: &[u8]) -> Response {
     };
     app.metrics.rows.fetch_add(rows as u64, Ordering::Relaxed);
     Json(oip::response(
-        &app.spec, &app.name, VERSION, &request, &scores,
+        &served.spec,
+        &app.name,
+        &served.version,
+        &request,
+        &scores,
     ))
     .into_response()
 }
@@ -238,6 +399,7 @@ fn refused(e: Error) -> Response {
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let m = &app.metrics;
+    let served = app.current();
     let mut text = String::from(
         "# HELP pepnet_requests_total Inference requests answered, by HTTP status.\n\
          # TYPE pepnet_requests_total counter\n",
@@ -257,11 +419,12 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
          # HELP pepnet_queue_rows Samples waiting to be batched.\n# TYPE pepnet_queue_rows gauge\n\
          pepnet_queue_rows {}\n\
          # HELP pepnet_model_info The model served.\n# TYPE pepnet_model_info gauge\n\
-         pepnet_model_info{{name=\"{}\",version=\"{VERSION}\"}} 1\n",
+         pepnet_model_info{{name=\"{}\",version=\"{}\"}} 1\n",
         m.rows.load(Ordering::Relaxed),
         m.latency_us.load(Ordering::Relaxed) as f64 / 1e6,
-        app.batcher.queued_rows(),
-        app.name
+        served.batcher.queued_rows(),
+        app.name,
+        served.version
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

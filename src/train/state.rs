@@ -229,7 +229,9 @@ impl OptimizerState {
             return Ok(None);
         }
         let file = path.display().to_string();
-        let size = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
+        let size = std::fs::metadata(&path)
+            .map_err(|e| Error::io(&path, e))?
+            .len();
         crate::memory::check_host(size.saturating_mul(2), &format!("reading {file}"))?;
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
         Self::from_safetensors(&bytes, &file, spec).map(Some)
