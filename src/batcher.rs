@@ -16,6 +16,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
@@ -52,6 +53,81 @@ impl Default for BatcherOptions {
     }
 }
 
+/// Upper bounds of the histogram buckets: rows per GPU batch, and milliseconds a request waited
+/// in the queue.
+pub const BATCH_ROWS_BUCKETS: [f64; 10] = [
+    1.0,
+    4.0,
+    16.0,
+    64.0,
+    256.0,
+    1024.0,
+    4096.0,
+    16384.0,
+    65536.0,
+    f64::INFINITY,
+];
+pub const QUEUE_MS_BUCKETS: [f64; 10] = [
+    0.1,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    50.0,
+    100.0,
+    1000.0,
+    f64::INFINITY,
+];
+
+/// A cumulative histogram (Prometheus' convention): per bucket, the observations at or below
+/// its bound; with their count and sum.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; 10],
+    count: AtomicU64,
+    /// Sum of the observations, in millionths.
+    sum_micro: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, bounds: &[f64; 10], x: f64) {
+        for (b, bound) in self.buckets.iter().zip(bounds) {
+            if x <= *bound {
+                b.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micro
+            .fetch_add((x * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// (bucket bound, cumulative count) pairs, the count and the sum.
+    pub fn snapshot(&self, bounds: &[f64; 10]) -> (Vec<(f64, u64)>, u64, f64) {
+        let buckets = bounds
+            .iter()
+            .zip(&self.buckets)
+            .map(|(b, c)| (*b, c.load(Ordering::Relaxed)))
+            .collect();
+        (
+            buckets,
+            self.count.load(Ordering::Relaxed),
+            self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
+}
+
+/// What the batcher did so far.
+#[derive(Debug, Default)]
+pub struct BatcherStats {
+    /// Rows of each GPU batch.
+    pub batch_rows: Histogram,
+    /// Milliseconds each request waited before its batch was scored.
+    pub queue_ms: Histogram,
+    /// Microseconds spent scoring batches (upload, GPU, readback).
+    pub scoring_us: AtomicU64,
+}
+
 /// Coalesces requests into batches for one engine. Dropping it finishes the requests already
 /// queued, then stops its workers.
 pub struct Batcher {
@@ -62,6 +138,7 @@ pub struct Batcher {
 struct Shared {
     engine: Arc<Engine>,
     options: BatcherOptions,
+    stats: BatcherStats,
     queue: Mutex<Queue>,
     /// Signalled when a request arrives or the batcher closes.
     arrived: Condvar,
@@ -186,6 +263,7 @@ impl Batcher {
         let shared = Arc::new(Shared {
             engine,
             options,
+            stats: BatcherStats::default(),
             queue: Mutex::new(Queue::default()),
             arrived: Condvar::new(),
         });
@@ -242,6 +320,11 @@ impl Batcher {
     /// [`Pending::wait`].
     pub fn score(&self, batch: Batch, deadline: Option<Instant>) -> Result<Vec<f32>> {
         self.submit(batch, deadline)?.wait()
+    }
+
+    /// Counters and histograms of the batches scored so far.
+    pub fn stats(&self) -> &BatcherStats {
+        &self.shared.stats
     }
 
     /// The engine the batcher scores on.
@@ -329,15 +412,26 @@ impl Shared {
             ))));
         }
         let Some(first) = live.first() else { return };
+        for r in &live {
+            let waited = now.duration_since(r.arrived).as_secs_f64() * 1e3;
+            self.stats.queue_ms.observe(&QUEUE_MS_BUCKETS, waited);
+        }
+        let started = Instant::now();
         let mut merged = first.batch.clone();
         for r in &live[1..] {
             merged.append(&r.batch);
         }
         let spec_id = crate::batch::spec_id(self.engine.spec());
-        match self
+        self.stats
+            .batch_rows
+            .observe(&BATCH_ROWS_BUCKETS, merged.len() as f64);
+        let scored = self
             .engine
-            .score_checked(&CheckedBatch::new(merged, spec_id))
-        {
+            .score_checked(&CheckedBatch::new(merged, spec_id));
+        self.stats
+            .scoring_us
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        match scored {
             Ok(scores) => {
                 let t = self.engine.spec().n_tasks();
                 let mut at = 0;

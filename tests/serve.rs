@@ -271,6 +271,20 @@ fn served_scores_equal_pepnet_score_bit_for_bit_at_any_concurrency() {
         metrics.contains(&format!("pepnet_rows_total {}", 2 * rows.len())),
         "{metrics}"
     );
+    // Every request waited in the queue once; the batches' rows add up to all rows sent.
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap()))
+            .unwrap_or_else(|| panic!("{name} missing: {metrics}"))
+    };
+    let requests = value("pepnet_requests_total{code=\"200\"}");
+    assert_eq!(value("pepnet_queue_milliseconds_count"), requests);
+    assert_eq!(value("pepnet_batch_rows_sum"), (2 * rows.len()) as f64);
+    assert_eq!(
+        value("pepnet_batch_rows_bucket{le=\"+Inf\"}"),
+        value("pepnet_batch_rows_count")
+    );
     assert!(server.stop().success());
 }
 
@@ -700,6 +714,11 @@ fn row_updates_reach_the_served_model() {
     assert_eq!(answer["rows"], 1);
     let after = scores(&body);
     assert_ne!(before[0], after[0], "user 7's new row changes its score");
+    let (_, metrics) = get(&format!("{}/metrics", server.url));
+    assert!(
+        metrics.contains("pepnet_cache_hit_ratio{feature=\"user_id\"}"),
+        "{metrics}"
+    );
     assert_eq!(before[1], after[1], "another user's score is untouched");
     // Rows for a feature the model does not hash: a 400 naming the tensor.
     let bad = safetensors::serialize(

@@ -34,7 +34,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::batcher::{Batcher, BatcherOptions};
+use crate::batcher::{Batcher, BatcherOptions, BATCH_ROWS_BUCKETS, QUEUE_MS_BUCKETS};
 use crate::engine::{Engine, EngineOptions};
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
@@ -426,5 +426,48 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         app.name,
         served.version
     );
+    let stats = served.batcher.stats();
+    for (metric, help, histogram, bounds) in [
+        (
+            "pepnet_batch_rows",
+            "Samples per GPU batch.",
+            &stats.batch_rows,
+            &BATCH_ROWS_BUCKETS,
+        ),
+        (
+            "pepnet_queue_milliseconds",
+            "Time a request waited for its batch.",
+            &stats.queue_ms,
+            &QUEUE_MS_BUCKETS,
+        ),
+    ] {
+        let (buckets, count, sum) = histogram.snapshot(bounds);
+        text += &format!("# HELP {metric} {help}\n# TYPE {metric} histogram\n");
+        for (bound, n) in buckets {
+            let le = if bound.is_infinite() {
+                "+Inf".to_string()
+            } else {
+                bound.to_string()
+            };
+            text += &format!("{metric}_bucket{{le=\"{le}\"}} {n}\n");
+        }
+        text += &format!("{metric}_sum {sum}\n{metric}_count {count}\n");
+    }
+    text += &format!(
+        "# HELP pepnet_scoring_seconds_total Time scoring batches (upload, GPU, readback).\n\
+         # TYPE pepnet_scoring_seconds_total counter\npepnet_scoring_seconds_total {}\n",
+        stats.scoring_us.load(Ordering::Relaxed) as f64 / 1e6
+    );
+    if let Some(cache) = served.batcher.engine().cache_stats() {
+        text += "# HELP pepnet_cache_hit_ratio Embedding cache hits over lookups, per hashed feature.\n\
+                 # TYPE pepnet_cache_hit_ratio gauge\n";
+        for f in &cache.features {
+            text += &format!(
+                "pepnet_cache_hit_ratio{{feature=\"{}\"}} {}\n",
+                f.feature,
+                f.hit_rate()
+            );
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
