@@ -750,3 +750,25 @@ fn outputs_never_replace_inputs_links_or_fifos() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// A file's bytes in memory read as the file itself is: the same batches, CSV and Parquet.
+#[test]
+fn inputs_read_from_memory_equal_inputs_read_from_files() {
+    use pepnet::io::{Format, InputReader};
+    let model = model();
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["in.csv", "in.parquet"] {
+        let path = dir.path().join(name);
+        pepnet::synth::write_file(&model.spec, 37, 3, &path).unwrap();
+        let read = |reader: InputReader| -> Vec<pepnet::Batch> {
+            reader.map(|b| b.unwrap().batch).collect()
+        };
+        let from_file = read(InputReader::open(&path, &model.spec, &[], 8, None).unwrap());
+        let format = Format::of(&path);
+        let bytes = std::fs::read(&path).unwrap();
+        let from_memory =
+            read(InputReader::from_bytes(name, bytes, format, &model.spec, &[], 8, None).unwrap());
+        assert_eq!(from_file.len(), 5, "{name}");
+        assert_eq!(from_file, from_memory, "{name}");
+    }
+}

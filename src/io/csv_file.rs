@@ -17,7 +17,7 @@ use crate::spec::FeatureKind;
 /// Reads a CSV file batch by batch.
 pub struct CsvReader {
     pub(super) rows: RowAssembler,
-    reader: csv::Reader<File>,
+    reader: csv::Reader<Box<dyn std::io::Read + Send>>,
     file_bytes: u64,
     /// Column index of each feature, in spec order.
     feature_cols: Vec<usize>,
@@ -39,12 +39,34 @@ impl CsvReader {
         rows: RowAssembler,
         part: Option<Part>,
     ) -> Result<Self> {
-        let name = path.display().to_string();
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let file_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let name = path.display().to_string();
+        Self::from_reader(
+            &name,
+            Box::new(file),
+            file_bytes,
+            carry,
+            batch_size,
+            rows,
+            part,
+        )
+    }
+
+    /// As [`CsvReader::open`], reading `source` (of `total_bytes`, for progress) named `name`.
+    pub(super) fn from_reader(
+        name: &str,
+        source: Box<dyn std::io::Read + Send>,
+        file_bytes: u64,
+        carry: &[String],
+        batch_size: usize,
+        rows: RowAssembler,
+        part: Option<Part>,
+    ) -> Result<Self> {
+        let name = name.to_string();
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(true)
-            .from_reader(file);
+            .from_reader(source);
         let header = reader
             .headers()
             .map_err(|e| Error::InputFile {

@@ -98,6 +98,33 @@ impl InputReader {
         })
     }
 
+    /// As [`InputReader::open`], reading a file's bytes held in memory (`name` names them in
+    /// errors; `format` says how to read them). One thread.
+    pub fn from_bytes(
+        name: &str,
+        bytes: Vec<u8>,
+        format: Format,
+        spec: &ModelSpec,
+        carry: &[String],
+        batch_size: usize,
+        rejects: Option<Rejects>,
+    ) -> Result<Self> {
+        let sink = rejects.map_or(RejectSink::Fail, |r| RejectSink::File(Box::new(r)));
+        let rows = RowAssembler::new(spec, Path::new(name), sink);
+        Ok(match format {
+            Format::Csv => {
+                let len = bytes.len() as u64;
+                let source = Box::new(std::io::Cursor::new(bytes));
+                InputReader::Csv(CsvReader::from_reader(
+                    name, source, len, carry, batch_size, rows, None,
+                )?)
+            }
+            Format::Parquet => InputReader::Parquet(ParquetReader::from_bytes(
+                name, bytes, carry, batch_size, rows,
+            )?),
+        })
+    }
+
     /// As [`InputReader::open`], with `threads` threads parsing and checking the file's values
     /// (CSV chunks of `batch_size` records, or Parquet row groups, taken in turn); batches and
     /// rejected rows come out in file order, the first bad row in file order fails the run.

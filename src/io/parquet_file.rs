@@ -48,13 +48,39 @@ impl ParquetReader {
         rows: RowAssembler,
         part: Option<Part>,
     ) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let name = path.display().to_string();
+        Self::from_source(&name, Some(path), file, carry, batch_size, rows, part)
+    }
+
+    /// A whole-file reader of Parquet bytes in memory, named `name` in errors.
+    pub(super) fn from_bytes(
+        name: &str,
+        bytes: Vec<u8>,
+        carry: &[String],
+        batch_size: usize,
+        rows: RowAssembler,
+    ) -> Result<Self> {
+        let data = bytes::Bytes::from(bytes);
+        Self::from_source(name, None, data, carry, batch_size, rows, None)
+    }
+
+    /// The reader over `source`; a part reader needs the `path` to reopen its row groups.
+    fn from_source<T: parquet::file::reader::ChunkReader + 'static>(
+        name: &str,
+        path: Option<&Path>,
+        source: T,
+        carry: &[String],
+        batch_size: usize,
+        rows: RowAssembler,
+        part: Option<Part>,
+    ) -> Result<Self> {
+        let name = name.to_string();
         let file_err = |message: String| Error::InputFile {
             source_name: name.clone(),
             message,
         };
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        let builder = ParquetRecordBatchReaderBuilder::try_new(source)
             .map_err(|e| file_err(format!("not a readable Parquet file: {e}")))?;
         let mut starts = Vec::new();
         // The footer's row counts are checked before anything is sized from them: a damaged
@@ -115,7 +141,7 @@ impl ParquetReader {
         }
         let mask = ProjectionMask::roots(builder.parquet_schema(), wanted);
         let part = part.map(|p| PartState {
-            path: path.to_path_buf(),
+            path: path.expect("a part reader reads a file").to_path_buf(),
             mask: mask.clone(),
             batch_size: batch_size.max(1),
             starts,
