@@ -413,3 +413,78 @@ fn floats(t: &Tensor) -> Result<Vec<f32>, String> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = r#"{
+      "embedding_dim": 4, "domain_feature": "tab", "tasks": ["click", "like"],
+      "features": [
+        {"name": "tab", "kind": "sparse", "vocab": 3, "roles": ["domain"]},
+        {"name": "user", "kind": "sparse", "hashed": true, "roles": ["general"]},
+        {"name": "tags", "kind": "multi_hot", "vocab": 9, "max_len": 3, "pooling": "sum", "roles": ["general"]},
+        {"name": "dur", "kind": "dense", "roles": ["general"]}
+      ],
+      "towers": [3]
+    }"#;
+
+    fn spec() -> ModelSpec {
+        ModelSpec::from_json(SPEC, "spec").unwrap()
+    }
+
+    #[test]
+    fn a_batch_encoded_as_a_request_decodes_to_itself() {
+        let spec = spec();
+        for n in [0, 1, 7] {
+            let batch = crate::synth::random_batch(&spec, n, n as u64);
+            let body = serde_json::to_vec(&request(&spec, &batch, Some("x"))).unwrap();
+            let decoded = decode(&body, &spec).unwrap();
+            assert_eq!(decoded.batch, batch);
+            assert_eq!(decoded.id.as_deref(), Some("x"));
+            assert_eq!(decoded.outputs, [0, 1]);
+        }
+    }
+
+    #[test]
+    fn nested_data_signed_hashed_ids_and_chosen_outputs() {
+        let body = br#"{"inputs": [
+            {"name": "tab", "datatype": "INT32", "shape": [2, 1], "data": [[0], [2]]},
+            {"name": "user", "datatype": "INT64", "shape": [2], "data": [-1, 5]},
+            {"name": "tags", "datatype": "INT64", "shape": [3], "data": [1, 2, 8]},
+            {"name": "tags.lengths", "datatype": "INT32", "shape": [2], "data": [0, 3]},
+            {"name": "dur", "datatype": "FP64", "shape": [2], "data": [0.5, -1]}
+        ], "outputs": [{"name": "like"}]}"#;
+        let r = decode(body, &spec()).unwrap();
+        assert_eq!(r.batch.columns[0], Column::Sparse(vec![0, 2]));
+        // A signed hashed id keeps its 64 bits, as the Parquet reader reads it.
+        assert_eq!(r.batch.columns[1], Column::Sparse(vec![u64::MAX, 5]));
+        assert_eq!(
+            r.batch.columns[2],
+            Column::MultiHot {
+                offsets: vec![0, 0, 3],
+                ids: vec![1, 2, 8]
+            }
+        );
+        assert_eq!(r.outputs, [1]);
+        let out = response(&spec(), "m", "1", &r, &[0.1, 0.2, 0.3, 0.4]);
+        assert_eq!(out["outputs"][0]["name"], "like");
+        assert_eq!(
+            out["outputs"][0]["data"],
+            serde_json::json!([0.2f32, 0.4f32])
+        );
+    }
+
+    #[test]
+    fn a_list_longer_than_max_len_names_the_sample_and_feature() {
+        let body = br#"{"inputs": [
+            {"name": "tab", "datatype": "INT64", "shape": [1], "data": [0]},
+            {"name": "user", "datatype": "UINT64", "shape": [1], "data": [18446744073709551615]},
+            {"name": "tags", "datatype": "INT64", "shape": [4], "data": [1, 2, 3, 4]},
+            {"name": "tags.lengths", "datatype": "INT64", "shape": [1], "data": [4]},
+            {"name": "dur", "datatype": "FP32", "shape": [1], "data": [0.5]}
+        ]}"#;
+        let e = decode(body, &spec()).unwrap_err();
+        assert!(e.contains("sample 1") && e.contains("'tags'"), "{e}");
+    }
+}
