@@ -90,15 +90,9 @@ impl Drop for Output {
 impl Output {
     /// Opens the output for `path` (errors name `path`).
     pub(crate) fn create(path: &Path) -> Result<Self> {
-        let refuse = |why: &str| Error::io(path, std::io::Error::other(why.to_string()));
-        let target = match std::fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path)
-                .map_err(|_| refuse("is a symlink to nothing; give the file itself"))?,
-            _ => path.to_path_buf(),
-        };
-        match std::fs::metadata(&target) {
-            Ok(m) if m.is_dir() => Err(refuse("is a directory, not a file to write")),
-            Ok(m) if !m.is_file() => {
+        let (target, meta) = output_target(path)?;
+        match meta {
+            Some(m) if !m.is_file() => {
                 let f = std::fs::OpenOptions::new()
                     .write(true)
                     .open(&target)
@@ -160,6 +154,15 @@ fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
 /// temporary file is made there and removed). Streams and devices are not opened (a FIFO's
 /// open would wait for a reader).
 pub fn check_output_file(path: &Path) -> Result<()> {
+    match output_target(path)? {
+        (_, Some(m)) if !m.is_file() => Ok(()),
+        (target, _) => temp_beside(&target).map(drop),
+    }
+}
+
+/// Where an output to `path` goes (a symlink's target, the link kept) and what is there now;
+/// a dangling symlink or a directory is refused.
+fn output_target(path: &Path) -> Result<(PathBuf, Option<std::fs::Metadata>)> {
     let refuse = |why: &str| Error::io(path, std::io::Error::other(why.to_string()));
     let target = match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path)
@@ -168,8 +171,8 @@ pub fn check_output_file(path: &Path) -> Result<()> {
     };
     match std::fs::metadata(&target) {
         Ok(m) if m.is_dir() => Err(refuse("is a directory, not a file to write")),
-        Ok(m) if !m.is_file() => Ok(()),
-        _ => temp_beside(&target).map(drop),
+        Ok(m) => Ok((target, Some(m))),
+        Err(_) => Ok((target, None)),
     }
 }
 
