@@ -239,11 +239,33 @@ impl Iterator for InputReader {
     type Item = Result<InputBatch>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        match self {
+        let source = match self {
+            InputReader::Csv(r) => r.rows.source().to_string(),
+            InputReader::Parquet(r) => r.rows.source().to_string(),
+            InputReader::Parallel(r) => return r.next(),
+        };
+        // A damaged file can make a decoding library panic: an error of this file then.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match self {
             InputReader::Csv(r) => r.next(),
             InputReader::Parquet(r) => r.next(),
             InputReader::Parallel(r) => r.next(),
-        }
+        }))
+        .unwrap_or_else(|panic| Some(Err(decoder_panic(&source, &*panic))))
+    }
+}
+
+/// The error for a panic caught while decoding `source`.
+pub(crate) fn decoder_panic(source: &str, panic: &(dyn std::any::Any + Send)) -> Error {
+    let why = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    Error::InputFile {
+        source_name: source.to_string(),
+        message: format!(
+            "the file could not be decoded (the decoder failed: {why}); is it damaged?"
+        ),
     }
 }
 

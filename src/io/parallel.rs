@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::thread::JoinHandle;
 
-use super::{InputBatch, InputReader, Part, Rejects, UnitItem};
+use super::{decoder_panic, InputBatch, InputReader, Part, Rejects, UnitItem};
 use crate::error::{Error, Result};
 use crate::spec::ModelSpec;
 
@@ -28,6 +28,8 @@ const MAX_AHEAD_ITEMS: usize = 256;
 enum Message {
     Item(UnitItem),
     Failed(Error),
+    /// The thread's part of the file is read to its end.
+    Done,
 }
 
 /// Batches of one file read by several threads, in file order.
@@ -38,6 +40,8 @@ pub struct ParallelReader {
     unit: usize,
     rejects: Option<Rejects>,
     done: bool,
+    /// The file, for errors.
+    name: String,
 }
 
 impl ParallelReader {
@@ -60,6 +64,7 @@ impl ParallelReader {
                 InputReader::open_part(path, spec, carry, batch_size, collect, part)
             })
             .collect::<Result<Vec<_>>>()?;
+        let name = path.display().to_string();
         let mut receivers = Vec::new();
         let mut handles = Vec::new();
         for (index, mut part) in parts.into_iter().enumerate() {
@@ -67,13 +72,23 @@ impl ParallelReader {
             // up front, and a reader blocked on a full channel only waits for its turn.
             let (tx, rx) = sync_channel((AHEAD * part.max_items_per_unit()).min(MAX_AHEAD_ITEMS));
             receivers.push(rx);
+            let name = name.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("pepnet-reader-{index}"))
                 .spawn(move || loop {
                     let mut emit = |item| tx.send(Message::Item(item)).is_ok();
-                    match part.next_unit(&mut emit) {
+                    // A panic inside a decoding library (a damaged file can cause one) is an
+                    // error of this file, not a thread that silently ends the read early.
+                    let unit = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        part.next_unit(&mut emit)
+                    }))
+                    .unwrap_or_else(|panic| Err(decoder_panic(&name, &*panic)));
+                    match unit {
                         Ok(true) => continue,
-                        Ok(false) => break,
+                        Ok(false) => {
+                            let _ = tx.send(Message::Done);
+                            break;
+                        }
                         Err(e) => {
                             let _ = tx.send(Message::Failed(e));
                             break;
@@ -89,6 +104,7 @@ impl ParallelReader {
             unit: 0,
             rejects,
             done: false,
+            name,
         })
     }
 
@@ -129,7 +145,15 @@ impl ParallelReader {
                     return Some(Err(e));
                 }
                 // The thread whose turn it is has no unit left: neither has any other.
-                Err(_) => self.done = true,
+                Ok(Message::Done) => self.done = true,
+                // Gone without saying so: it failed, and the file was not read to its end.
+                Err(_) => {
+                    self.done = true;
+                    return Some(Err(Error::InputFile {
+                        source_name: self.name.clone(),
+                        message: "a reader thread stopped before the end of the file".into(),
+                    }));
+                }
             }
         }
         None
