@@ -961,3 +961,69 @@ fn a_run_on_the_opengl_fallback_says_so() {
     assert!(err.contains("WARNING: running on OpenGL"), "{err}");
     assert!(err.contains("mesa-vulkan-drivers"), "{err}");
 }
+
+// ---- Fuzzing's findings ------------------------------------------------------------------------
+
+/// Every input the fuzzers found to crash, hang or exhaust memory (kept in fuzz/findings/),
+/// through the CLI: a clean exit (scored, or an error naming the file), never a panic or an
+/// abort.
+#[test]
+fn the_fuzzers_findings_fail_cleanly() {
+    let findings = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/findings");
+    let fuzz_spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/spec.json");
+    let fx = Fixture::with_spec(&std::fs::read_to_string(&fuzz_spec).unwrap());
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&findings).unwrap() {
+        let dir = entry.unwrap().path();
+        for file in std::fs::read_dir(&dir).unwrap() {
+            let file = file.unwrap().path();
+            let target = dir.file_name().unwrap().to_str().unwrap();
+            let runs: Vec<Output> = match target {
+                "model_json" => vec![pepnet(&[
+                    "plan".as_ref(),
+                    "--model".as_ref(),
+                    file.as_os_str(),
+                ])],
+                "csv_input" | "parquet_input" => {
+                    let ext = if target == "csv_input" {
+                        "csv"
+                    } else {
+                        "parquet"
+                    };
+                    let input = fx.path(&format!("finding.{ext}"));
+                    std::fs::copy(&file, &input).unwrap();
+                    ["1", "2"]
+                        .iter()
+                        .map(|readers| {
+                            fx.score(&input, &fx.path("out.csv"), &["--readers", readers])
+                        })
+                        .collect()
+                }
+                _ => continue,
+            };
+            // A file that made a decoder panic is damaged: the run must fail, on one reader
+            // thread or several (a reader thread's panic once ended the read early, silently).
+            let damaged = file
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("panic-parquet");
+            for out in runs {
+                let code = out.status.code();
+                assert!(
+                    code == Some(1) || (code == Some(0) && !damaged),
+                    "{}: exit {code:?}: {}",
+                    file.display(),
+                    stderr(&out)
+                );
+                assert!(!stderr(&out).contains("panicked"), "{}", file.display());
+            }
+            seen += 1;
+        }
+    }
+    assert!(
+        seen >= 4,
+        "the findings are kept in fuzz/findings ({seen} found)"
+    );
+}

@@ -651,8 +651,10 @@ pub(crate) fn string_array(values: Vec<String>) -> ArrayRef {
 /// Reads whole columns of numbers from a CSV or Parquet file (e.g. a scores file), by name.
 /// Errors name the file, and the row and column of a cell that is not a number.
 pub fn read_number_columns(path: &Path, names: &[String]) -> Result<Vec<Vec<f32>>> {
-    match Format::of(path) {
+    // A damaged file can make a decoding library panic: an error of this file then.
+    std::panic::catch_unwind(|| match Format::of(path) {
         Format::Csv => csv_file::read_number_columns(path, names),
         Format::Parquet => parquet_file::read_number_columns(path, names),
-    }
+    })
+    .unwrap_or_else(|panic| Err(decoder_panic(&path.display().to_string(), &*panic)))
 }

@@ -80,33 +80,15 @@ impl ParquetReader {
             source_name: name.clone(),
             message,
         };
-        let builder = ParquetRecordBatchReaderBuilder::try_new(source)
-            .map_err(|e| file_err(format!("not a readable Parquet file: {e}")))?;
-        let mut starts = Vec::new();
-        // The footer's row counts are checked before anything is sized from them: a damaged
-        // or hostile file must not make a reader allocate for rows that are not there.
-        let mut rows_before = 0usize;
-        for (i, g) in builder.metadata().row_groups().iter().enumerate() {
-            starts.push(rows_before);
-            rows_before = usize::try_from(g.num_rows())
-                .ok()
-                .and_then(|n| rows_before.checked_add(n))
-                .ok_or_else(|| {
-                    file_err(format!(
-                        "row group {i} claims {} rows; the file's metadata is damaged",
-                        g.num_rows()
-                    ))
-                })?;
-        }
+        // A damaged footer can make the decoder panic (an overflow it does not check): an
+        // error of this file.
+        let builder = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ParquetRecordBatchReaderBuilder::try_new(source)
+        }))
+        .map_err(|panic| super::decoder_panic(&name, &*panic))?
+        .map_err(|e| file_err(format!("not a readable Parquet file: {e}")))?;
+        let (starts, total_rows) = row_group_starts(builder.metadata(), &name)?;
         let schema = builder.schema().clone();
-        let total_rows = builder.metadata().file_metadata().num_rows();
-        if u64::try_from(total_rows).ok() != Some(rows_before as u64) {
-            return Err(file_err(format!(
-                "the footer counts {total_rows} rows but the row groups hold {rows_before}; the \
-                 file's metadata is damaged"
-            )));
-        }
-        let total_rows = total_rows as u64;
         let names: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
         let find = |col: &str, what: &str| find_column(&name, &names, col, what);
         let mut wanted = Vec::new();
@@ -493,6 +475,35 @@ impl ParquetScoreWriter {
     }
 }
 
+/// The rows before each row group, and the file's rows, from the footer; checked before
+/// anything is sized from them: a damaged or hostile file must not make a reader allocate for
+/// rows that are not there, nor overflow a sum.
+fn row_group_starts(
+    metadata: &parquet::file::metadata::ParquetMetaData,
+    name: &str,
+) -> Result<(Vec<usize>, u64)> {
+    let damaged = |message: String| Error::InputFile {
+        source_name: name.to_string(),
+        message: format!("{message}; the file's metadata is damaged"),
+    };
+    let mut starts = Vec::new();
+    let mut rows_before = 0usize;
+    for (i, g) in metadata.row_groups().iter().enumerate() {
+        starts.push(rows_before);
+        rows_before = usize::try_from(g.num_rows())
+            .ok()
+            .and_then(|n| rows_before.checked_add(n))
+            .ok_or_else(|| damaged(format!("row group {i} claims {} rows", g.num_rows())))?;
+    }
+    let total_rows = metadata.file_metadata().num_rows();
+    if u64::try_from(total_rows).ok() != Some(rows_before as u64) {
+        return Err(damaged(format!(
+            "the footer counts {total_rows} rows but the row groups hold {rows_before}"
+        )));
+    }
+    Ok((starts, total_rows as u64))
+}
+
 pub(super) fn read_number_columns(path: &Path, names: &[String]) -> Result<Vec<Vec<f32>>> {
     let source_name = path.display().to_string();
     let file_err = |message: String| Error::InputFile {
@@ -500,8 +511,12 @@ pub(super) fn read_number_columns(path: &Path, names: &[String]) -> Result<Vec<V
         message,
     };
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| file_err(format!("not a readable Parquet file: {e}")))?;
+    let builder = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ParquetRecordBatchReaderBuilder::try_new(file)
+    }))
+    .map_err(|panic| super::decoder_panic(&source_name, &*panic))?
+    .map_err(|e| file_err(format!("not a readable Parquet file: {e}")))?;
+    row_group_starts(builder.metadata(), &source_name)?;
     let schema = builder.schema().clone();
     let columns: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
     let indices = names
