@@ -144,8 +144,14 @@ pub fn read_input(path: &Path, o: ReadOptions, threads: usize) -> Outcome {
 /// scores file (`read_number_columns`).
 pub fn fuzz_input_file(data: &[u8], ext: &str) {
     tolerate_caught_decoder_panics();
-    let path = scratch_file(&format!("input.{ext}"), data);
     let o = ReadOptions::from_hash(hash(data));
+    // Seven inputs in eight are read from memory only (`InputReader::from_bytes`, no file, one
+    // thread: many times faster); the eighth also through a file, with the checks below.
+    read_memory(data, ext, o);
+    if hash(data) >> 16 & 7 != 0 {
+        return;
+    }
+    let path = scratch_file(&format!("input.{ext}"), data);
     let one = read_input(&path, o, 1);
     if o.parallel {
         let two = read_input(&path, o, 2);
@@ -216,4 +222,35 @@ pub fn tolerate_caught_decoder_panics() {
             fuzzer_hook(info);
         }));
     });
+}
+
+/// Reads `data` from memory as a `.ext` file, checking every batch as [`read_input`] does.
+fn read_memory(data: &[u8], ext: &str, o: ReadOptions) {
+    let spec = spec();
+    let format = if ext == "csv" {
+        pepnet::io::Format::Csv
+    } else {
+        pepnet::io::Format::Parquet
+    };
+    let carry: Vec<String> = if o.carry { vec!["tab".into()] } else { Vec::new() };
+    let Ok(reader) = pepnet::io::InputReader::from_bytes(
+        "input",
+        data.to_vec(),
+        format,
+        spec,
+        &carry,
+        o.batch_size,
+        None,
+    ) else {
+        return;
+    };
+    for item in reader {
+        let Ok(b) = item else { break };
+        let n = b.batch.len();
+        assert!(n > 0 && n <= o.batch_size, "a batch of {n} rows (batch size {})", o.batch_size);
+        b.batch
+            .validate(spec, "batch", 1)
+            .expect("a reader's batch passes Batch::validate");
+        assert!(b.carried.iter().all(|c| c.len() == n), "a carried column's length");
+    }
 }
