@@ -3,178 +3,15 @@
 //! for bit whatever the concurrency; every kind of malformed request a 400 naming the tensor;
 //! overload a 429 that the server recovers from; a graceful stop that answers what it has.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/kuairand");
-
-/// A running server, stopped (SIGTERM) when dropped.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(extra: &[&str]) -> Self {
-        Self::start_model(Path::new(MODEL), extra)
-    }
-
-    fn start_model(model: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pepnet"))
-            .arg("serve")
-            .arg("--model")
-            .arg(model)
-            .args(["--http", "127.0.0.1:0"])
-            .args(extra)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the pepnet binary runs");
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines();
-        let url = loop {
-            let line = lines
-                .next()
-                .expect("the server says where it listens")
-                .unwrap();
-            if let Some(rest) = line.split("on http://").nth(1) {
-                break format!("http://{}", rest.split_whitespace().next().unwrap());
-            }
-        };
-        // Keep draining stderr so that the server never blocks on it.
-        std::thread::spawn(move || for _ in lines {});
-        Self { child, url }
-    }
-
-    fn stop(&mut self) -> std::process::ExitStatus {
-        send_signal(self.child.id(), "TERM");
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn send_signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .args([format!("-{signal}"), pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(60))
-        .build()
-}
-
-/// POSTs `body`; the status and the JSON answer, whatever the status.
-fn post(url: &str, body: &Value) -> (u16, Value) {
-    match agent().post(url).send_json(body) {
-        Ok(r) => (r.status(), r.into_json().unwrap()),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),
-        Err(e) => panic!("{url}: {e}"),
-    }
-}
-
-fn get(url: &str) -> (u16, String) {
-    match agent().get(url).call() {
-        Ok(r) => (r.status(), r.into_string().unwrap()),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
-        Err(e) => panic!("{url}: {e}"),
-    }
-}
-
-/// The example's input rows, as text cells by column name.
-fn rows() -> (Vec<String>, Vec<Vec<String>>) {
-    let mut reader = csv::Reader::from_path(Path::new(MODEL).join("input.csv")).unwrap();
-    let header = reader.headers().unwrap().iter().map(String::from).collect();
-    let rows = reader
-        .records()
-        .map(|r| r.unwrap().iter().map(String::from).collect())
-        .collect();
-    (header, rows)
-}
-
-/// An infer request for `rows`, one tensor per feature as the metadata lists them.
-fn request(metadata: &Value, header: &[String], rows: &[Vec<String>]) -> Value {
-    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
-    let mut inputs = Vec::new();
-    for input in metadata["inputs"].as_array().unwrap() {
-        let name = input["name"].as_str().unwrap();
-        let datatype = input["datatype"].as_str().unwrap();
-        if let Some(feature) = name.strip_suffix(".lengths") {
-            let lengths: Vec<usize> = rows
-                .iter()
-                .map(|r| r[col(feature)].split('|').filter(|s| !s.is_empty()).count())
-                .collect();
-            inputs.push(
-                json!({"name": name, "datatype": datatype, "shape": [rows.len()], "data": lengths}),
-            );
-            continue;
-        }
-        let cells: Vec<&str> = rows.iter().map(|r| r[col(name)].as_str()).collect();
-        let list = metadata["inputs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|i| i["name"] == format!("{name}.lengths"));
-        let data: Vec<Value> = if datatype == "FP32" {
-            cells
-                .iter()
-                .map(|c| json!(c.parse::<f32>().unwrap()))
-                .collect()
-        } else {
-            cells
-                .iter()
-                .flat_map(|c| c.split('|').filter(|s| !s.is_empty()))
-                .map(|id| json!(id.parse::<u64>().unwrap()))
-                .collect()
-        };
-        let shape = if list { data.len() } else { rows.len() };
-        inputs.push(json!({"name": name, "datatype": datatype, "shape": [shape], "data": data}));
-    }
-    json!({"id": "t", "inputs": inputs})
-}
-
-fn score_file(dir: &Path) -> Vec<Vec<f32>> {
-    score_with(Path::new(MODEL), dir)
-}
-
-/// `pepnet score` of the example's input with `model`, read back.
-fn score_with(model: &Path, dir: &Path) -> Vec<Vec<f32>> {
-    let output = dir.join("scores.csv");
-    let out = Command::new(env!("CARGO_BIN_EXE_pepnet"))
-        .arg("score")
-        .arg("--model")
-        .arg(model)
-        .arg("--input")
-        .arg(Path::new(MODEL).join("input.csv"))
-        .arg("--output")
-        .arg(&output)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut reader = csv::Reader::from_path(&output).unwrap();
-    reader
-        .records()
-        .map(|r| r.unwrap().iter().map(|c| c.parse().unwrap()).collect())
-        .collect()
-}
+use common::server::*;
 
 #[test]
 fn served_scores_equal_pepnet_score_bit_for_bit_at_any_concurrency() {
@@ -264,7 +101,7 @@ fn served_scores_equal_pepnet_score_bit_for_bit_at_any_concurrency() {
     }
     let (_, metrics) = get(&format!("{}/metrics", server.url));
     assert!(
-        metrics.contains("pepnet_requests_total{code=\"200\"}"),
+        metrics.contains("pepnet_requests_total{protocol=\"http\",code=\"200\"}"),
         "{metrics}"
     );
     assert!(
@@ -278,7 +115,7 @@ fn served_scores_equal_pepnet_score_bit_for_bit_at_any_concurrency() {
             .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap()))
             .unwrap_or_else(|| panic!("{name} missing: {metrics}"))
     };
-    let requests = value("pepnet_requests_total{code=\"200\"}");
+    let requests = value("pepnet_requests_total{protocol=\"http\",code=\"200\"}");
     assert_eq!(value("pepnet_queue_milliseconds_count"), requests);
     assert_eq!(value("pepnet_batch_rows_sum"), (2 * rows.len()) as f64);
     assert_eq!(

@@ -178,6 +178,38 @@ pub struct Device {
     pub precision: Precision,
 }
 
+/// The embedding cache of hashed features.
+#[derive(Args)]
+pub struct Cache {
+    /// Embedding cache capacity in rows, for hashed features (default 65536).
+    #[arg(long, conflicts_with = "cache_bytes")]
+    pub cache_rows: Option<u64>,
+    /// Embedding cache capacity in bytes of GPU memory.
+    #[arg(long)]
+    pub cache_bytes: Option<u64>,
+    /// Cache eviction policy: score (decayed access counts, the paper's), score:<decay>,
+    /// lru or lfu.
+    #[arg(long, default_value = "score", value_parser = pepnet::cache::EvictionPolicy::parse)]
+    pub cache_policy: pepnet::cache::EvictionPolicy,
+}
+
+impl Cache {
+    pub fn options(&self) -> pepnet::cache::CacheOptions {
+        use pepnet::cache::CacheCapacity;
+        let mut cache = pepnet::cache::CacheOptions {
+            policy: self.cache_policy,
+            ..Default::default()
+        };
+        if let Some(n) = self.cache_rows {
+            cache.capacity = CacheCapacity::Rows(n);
+        }
+        if let Some(b) = self.cache_bytes {
+            cache.capacity = CacheCapacity::Bytes(b);
+        }
+        cache
+    }
+}
+
 /// A command's report as JSON.
 #[derive(Args)]
 pub struct Report {

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-use pepnet::cache::{CacheCapacity, CacheOptions, CacheStats, EvictionPolicy};
+use pepnet::cache::CacheStats;
 use pepnet::gpu::linear::Precision;
 use pepnet::pipeline::ScoreFileOptions;
 use pepnet::{reference, Engine, EngineOptions, Model, Result};
 
-use super::{at_least_one, Device};
+use super::{at_least_one, Cache, Device};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
@@ -52,16 +52,8 @@ pub struct Score {
     /// Threads parsing and checking the input [default: the cores, at most 4].
     #[arg(long, value_parser = at_least_one())]
     pub readers: Option<usize>,
-    /// Embedding cache capacity in rows, for hashed features (default 65536).
-    #[arg(long, conflicts_with = "cache_bytes")]
-    pub cache_rows: Option<u64>,
-    /// Embedding cache capacity in bytes of GPU memory.
-    #[arg(long)]
-    pub cache_bytes: Option<u64>,
-    /// Cache eviction policy: score (decayed access counts, the paper's), score:<decay>,
-    /// lru or lfu.
-    #[arg(long, default_value = "score", value_parser = EvictionPolicy::parse)]
-    pub cache_policy: EvictionPolicy,
+    #[command(flatten)]
+    pub cache: Cache,
 }
 
 impl Score {
@@ -77,16 +69,7 @@ impl Score {
                 .unwrap_or_else(pepnet::pipeline::default_readers),
             ..Default::default()
         };
-        let mut cache = CacheOptions {
-            policy: self.cache_policy,
-            ..Default::default()
-        };
-        if let Some(n) = self.cache_rows {
-            cache.capacity = CacheCapacity::Rows(n);
-        }
-        if let Some(b) = self.cache_bytes {
-            cache.capacity = CacheCapacity::Bytes(b);
-        }
+        let cache = self.cache.options();
         let precision = self.device.precision;
         let engine = match self.backend {
             Backend::Gpu => {

@@ -1,21 +1,32 @@
-//! `pepnet serve`: online scoring over HTTP (the Open Inference Protocol), requests coalesced
-//! by the dynamic batcher.
+//! `pepnet serve`: online scoring over HTTP and gRPC (the Open Inference Protocol), requests
+//! coalesced by the dynamic batcher, logs through `tracing`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
+use pepnet::cache::UpdatePolicy;
 use pepnet::serve::{serve, ServeOptions};
 use pepnet::{BatcherOptions, EngineOptions, Result};
 
-use super::{at_least_one, Device};
+use super::{at_least_one, Cache, Device};
 
-/// Serve a model over HTTP with the Open Inference Protocol (KServe v2): health, metadata,
-/// infer, Prometheus metrics, reloading the model directory (POST
-/// /v2/repository/models/NAME/load, or SIGHUP) and row updates for hashed features (POST
-/// /v2/models/NAME/rows); stops on SIGINT or SIGTERM after answering what it has.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One line of text per event.
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+/// Serve a model with the Open Inference Protocol (KServe v2) over HTTP and gRPC: health,
+/// metadata, infer, Prometheus metrics, reloading the model directory (POST
+/// /v2/repository/models/NAME/load, or SIGHUP), row updates for hashed features (POST
+/// /v2/models/NAME/rows) and their expiry (on a timer, or POST /v2/models/NAME/expire); stops
+/// on SIGINT or SIGTERM after answering what it has. Logs go to stderr (RUST_LOG sets the
+/// level, e.g. RUST_LOG=debug for every refused request).
 #[derive(Args)]
 pub struct Serve {
     /// Model directory (model.json + weights.safetensors).
@@ -27,6 +38,9 @@ pub struct Serve {
     /// Address to listen on for HTTP (port 0: any free port; the address is printed).
     #[arg(long, default_value = "127.0.0.1:8000")]
     pub http: SocketAddr,
+    /// Address to listen on for gRPC (inference.GRPCInferenceService), if any.
+    #[arg(long)]
+    pub grpc: Option<SocketAddr>,
     /// The most samples one GPU batch holds (requests are merged up to it).
     #[arg(long, default_value_t = 4096, value_parser = at_least_one())]
     pub max_batch_rows: usize,
@@ -49,22 +63,50 @@ pub struct Serve {
     #[arg(long, default_value_t = 16 << 20, value_parser = at_least_one())]
     pub max_body_bytes: usize,
     #[command(flatten)]
+    pub cache: Cache,
+    /// The most writes of one hashed id's row per window (a write beyond is skipped and
+    /// counted); none: no cap.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_updates: Option<u32>,
+    /// The window of --max-updates, in seconds.
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub update_window_secs: u64,
+    /// Hashed ids whose row was not written for this many seconds expire (read as unknown);
+    /// none: never.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub expire_after_secs: Option<u64>,
+    /// How often expiry runs, in seconds [default: a tenth of --expire-after-secs, at least 1].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), requires = "expire_after_secs")]
+    pub expire_every_secs: Option<u64>,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(flatten)]
     pub device: Device,
 }
 
 impl Serve {
     pub fn run(self) -> Result<()> {
+        init_logs(self.log_format);
         let ctx = self.device.adapter.open()?;
+        let mut cache = self.cache.options();
+        cache.updates = UpdatePolicy {
+            max_updates: self.max_updates,
+            window_secs: self.update_window_secs,
+            expire_after_secs: self.expire_after_secs,
+        };
         let engine_options = EngineOptions {
             max_batch: self.max_batch_rows,
             workspaces: self.in_flight,
             precision: self.device.precision,
             batch_invariant: true,
+            cache,
             ..Default::default()
         };
         let options = ServeOptions {
             name: self.name,
             http: self.http,
+            grpc: self.grpc,
             // Without batching, one request per batch (a request beyond max_rows is taken
             // alone) and no waiting for others.
             batcher: BatcherOptions {
@@ -82,12 +124,27 @@ impl Serve {
             },
             timeout: Duration::from_millis(self.timeout_ms as u64),
             max_body_bytes: self.max_body_bytes,
+            expire_every: self.expire_after_secs.map(|after| {
+                Duration::from_secs(self.expire_every_secs.unwrap_or((after / 10).max(1)))
+            }),
         };
-        let name = options.name.clone();
-        serve(ctx, self.model, engine_options, options, |addr| {
-            eprintln!("serving '{name}' on http://{addr} (POST /v2/models/{name}/infer)");
-        })?;
-        eprintln!("stopped");
-        Ok(())
+        // The addresses are in the "listening" log event.
+        serve(ctx, self.model, engine_options, options, |_| {})
     }
+}
+
+/// Structured logs on stderr: RUST_LOG's filter (default: info for pepnet, warnings for the
+/// rest), as text or JSON.
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,pepnet=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }

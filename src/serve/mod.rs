@@ -1,24 +1,37 @@
-//! Online scoring over HTTP with the Open Inference Protocol (KServe v2, what Triton, Seldon
-//! and KServe clients speak), requests coalesced by the [`Batcher`].
+//! Online scoring with the Open Inference Protocol (KServe v2, what Triton, Seldon and KServe
+//! clients speak), over HTTP/JSON and gRPC, requests coalesced by the [`Batcher`].
 //!
 //! ```text
-//! GET  /v2/health/live, /v2/health/ready       200 once the model is loaded
-//! GET  /v2/models/{name}, /v2/models/{name}/ready
-//! POST /v2/models/{name}/infer                  JSON tensors in, one FP32 tensor per task out
-//! GET  /metrics                                 Prometheus text
-//! POST /v2/repository/models/{name}/load       reload the model directory (also on SIGHUP)
-//! POST /v2/models/{name}/rows                   new rows for hashed features (safetensors)
+//! HTTP  GET  /v2/health/live, /v2/health/ready       200 once the model is loaded
+//!       GET  /v2/models/{name}, /v2/models/{name}/ready
+//!       POST /v2/models/{name}/infer                  JSON tensors in, one FP32 tensor per task out
+//!       GET  /metrics                                 Prometheus text
+//!       POST /v2/repository/models/{name}/load        reload the model directory (also on SIGHUP)
+//!       POST /v2/models/{name}/rows                   new rows for hashed features (safetensors)
+//!       POST /v2/models/{name}/expire                 drop ids not written for the expiry time
+//! gRPC  inference.GRPCInferenceService: ServerLive, ServerReady, ModelReady, ServerMetadata,
+//!       ModelMetadata, ModelInfer (proto/inference.proto)
 //! ```
+//!
+//! Both protocols decode into the same request ([`oip::assemble`]), share one batcher and one
+//! set of metrics, and answer the same scores bit for bit.
 //!
 //! A reload builds a new engine beside the old one and swaps them: a request is scored wholly by
 //! the old model or wholly by the new one (its answer's `model_version` says which), and none is
-//! dropped (the old batcher finishes what it holds).
+//! dropped (the old batcher finishes what it holds). Expiry of hashed ids runs on a timer
+//! (`expire_every`) and on demand.
 //!
-//! A bad request is a 400 naming the tensor, element and rule; a full queue a 429; a request
-//! past the timeout a 504; a body beyond the size limit a 413. The server stops on SIGINT or
-//! SIGTERM after answering the requests it has (graceful shutdown).
+//! A bad request is a 400 / INVALID_ARGUMENT naming the tensor, element and rule; a full queue a
+//! 429 / RESOURCE_EXHAUSTED; a request past the timeout a 504 / DEADLINE_EXCEEDED; a body beyond
+//! the size limit a 413. The server stops on SIGINT or SIGTERM after answering the requests it
+//! has (graceful shutdown), on both protocols.
 
+pub mod grpc;
+mod http;
+mod metrics;
 pub mod oip;
+
+pub use grpc::proto;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,33 +39,37 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde_json::json;
+use tokio::sync::watch;
 
-use crate::batcher::{Batcher, BatcherOptions, BATCH_ROWS_BUCKETS, QUEUE_MS_BUCKETS};
+use crate::batcher::{Batcher, BatcherOptions};
+use crate::cache::unix_now;
 use crate::engine::{Engine, EngineOptions};
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::model::Model;
 use crate::spec::ModelSpec;
+use metrics::{Metrics, Protocol};
+use oip::InferRequest;
 
 /// How [`serve`] runs.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// The model's name in URLs (`/v2/models/{name}`).
+    /// The model's name in URLs (`/v2/models/{name}`) and gRPC requests.
     pub name: String,
-    /// Where to listen for HTTP (port 0: any free port, printed on start).
+    /// Where to listen for HTTP (port 0: any free port, reported on start).
     pub http: SocketAddr,
+    /// Where to listen for gRPC, if at all.
+    pub grpc: Option<SocketAddr>,
     pub batcher: BatcherOptions,
-    /// The longest a request may take, queueing included (then 504).
+    /// The longest a request may take, queueing included (then 504 / DEADLINE_EXCEEDED). A gRPC
+    /// client's own deadline (`grpc-timeout`) shortens it.
     pub timeout: Duration,
-    /// The largest request body accepted (then 413).
+    /// The largest request body (HTTP) or message (gRPC) accepted.
     pub max_body_bytes: usize,
+    /// How often to drop hashed ids not written for the update policy's expiry time
+    /// ([`UpdatePolicy::expire_after_secs`](crate::cache::UpdatePolicy)); `None`: only on
+    /// demand (`POST /v2/models/{name}/expire`).
+    pub expire_every: Option<Duration>,
 }
 
 impl Default for ServeOptions {
@@ -60,11 +77,20 @@ impl Default for ServeOptions {
         Self {
             name: "pepnet".into(),
             http: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            grpc: None,
             batcher: BatcherOptions::default(),
             timeout: Duration::from_secs(1),
             max_body_bytes: 16 << 20,
+            expire_every: None,
         }
     }
+}
+
+/// Where a started server listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Listening {
+    pub http: SocketAddr,
+    pub grpc: Option<SocketAddr>,
 }
 
 /// The model being served: a reload replaces it whole.
@@ -74,6 +100,7 @@ struct Served {
     version: String,
 }
 
+/// What both protocols' handlers share.
 struct App {
     name: String,
     model_dir: PathBuf,
@@ -86,12 +113,121 @@ struct App {
     metrics: Metrics,
 }
 
+/// Why a request was not scored, in terms both protocols map to their codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    BadRequest,
+    UnknownModel,
+    Overloaded,
+    Timeout,
+    Internal,
+}
+
+/// A request that was not scored: why, and the message for the client.
+struct Refused(Refusal, String);
+
+/// A request scored: the model that scored it, the request and its scores.
+struct Scored {
+    served: Arc<Served>,
+    request: InferRequest,
+    scores: Vec<f32>,
+}
+
 impl App {
     fn current(&self) -> Arc<Served> {
         self.served
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Whether `name` is the model served, and `version` its version (empty: any).
+    fn check_model(&self, name: &str, version: &str) -> std::result::Result<(), Refused> {
+        if name != self.name {
+            return Err(Refused(
+                Refusal::UnknownModel,
+                format!("unknown model '{name}'; this server serves '{}'", self.name),
+            ));
+        }
+        let served = self.current();
+        match version.is_empty() || version == served.version {
+            true => Ok(()),
+            false => Err(Refused(
+                Refusal::UnknownModel,
+                format!(
+                    "model '{name}' version '{version}' is not served; the version served is '{}'",
+                    served.version
+                ),
+            )),
+        }
+    }
+
+    /// Decodes a request against the model served now and scores it through the batcher; the
+    /// same path for both protocols: `model` is the name and version asked for (empty: any),
+    /// `deadline` the client's, which caps the server's timeout.
+    async fn infer(
+        &self,
+        protocol: Protocol,
+        model: (&str, &str),
+        deadline: Option<Duration>,
+        decode: impl FnOnce(&ModelSpec) -> std::result::Result<InferRequest, String>,
+    ) -> std::result::Result<Scored, Refused> {
+        let start = Instant::now();
+        let result = self.infer_timed(model, deadline, decode).await;
+        let refusal = result.as_ref().err().map(|Refused(r, _)| *r);
+        self.metrics.count(protocol, refusal);
+        match &result {
+            Ok(scored) => self
+                .metrics
+                .answered(scored.request.batch.len(), start.elapsed()),
+            Err(Refused(Refusal::Internal, message)) => {
+                tracing::warn!(?protocol, error = %message, "request failed")
+            }
+            Err(Refused(refusal, message)) => {
+                tracing::debug!(?protocol, ?refusal, error = %message, "request refused")
+            }
+        }
+        result
+    }
+
+    async fn infer_timed(
+        &self,
+        (name, version): (&str, &str),
+        deadline: Option<Duration>,
+        decode: impl FnOnce(&ModelSpec) -> std::result::Result<InferRequest, String>,
+    ) -> std::result::Result<Scored, Refused> {
+        self.check_model(name, "")?;
+        // One model for the whole request, even if a reload swaps it meanwhile.
+        let served = self.current();
+        if !version.is_empty() && version != served.version {
+            return Err(Refused(
+                Refusal::UnknownModel,
+                format!(
+                    "model '{name}' version '{version}' is not served; the version served is '{}'",
+                    served.version
+                ),
+            ));
+        }
+        let request = decode(&served.spec).map_err(|m| Refused(Refusal::BadRequest, m))?;
+        let timeout = deadline.map_or(self.timeout, |d| d.min(self.timeout));
+        let pending = served
+            .batcher
+            .submit(request.batch.clone(), Some(Instant::now() + timeout))
+            .map_err(refusal)?;
+        let scores = match tokio::time::timeout(timeout, pending).await {
+            Ok(scores) => scores.map_err(refusal)?,
+            Err(_) => {
+                return Err(Refused(
+                    Refusal::Timeout,
+                    format!("not scored within {} ms", timeout.as_millis()),
+                ))
+            }
+        };
+        Ok(Scored {
+            served,
+            request,
+            scores,
+        })
     }
 
     /// Loads the model directory again into a new engine and swaps it in; requests already
@@ -106,8 +242,34 @@ impl App {
             version.clone(),
         )?;
         *self.served.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(served);
+        self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(version = %version, dir = %self.model_dir.display(), "model reloaded");
         Ok(version)
     }
+
+    /// Drops the hashed ids of the model served that were not written for the update policy's
+    /// expiry time; returns how many.
+    fn expire(&self) -> Result<usize> {
+        let expired = self.current().batcher.engine().expire(unix_now())?;
+        self.metrics
+            .expired
+            .fetch_add(expired as u64, Ordering::Relaxed);
+        if expired > 0 {
+            tracing::info!(expired, "expired ids not written for the expiry time");
+        }
+        Ok(expired)
+    }
+}
+
+/// The refusal for an error the batcher or engine returned.
+fn refusal(e: Error) -> Refused {
+    let kind = match &e {
+        Error::Overloaded(_) => Refusal::Overloaded,
+        Error::DeadlineExceeded(_) => Refusal::Timeout,
+        Error::Samples(_) | Error::Batch(_) | Error::Input { .. } => Refusal::BadRequest,
+        _ => Refusal::Internal,
+    };
+    Refused(kind, e.to_string())
 }
 
 fn load(
@@ -133,34 +295,16 @@ fn load(
     })
 }
 
-#[derive(Default)]
-struct Metrics {
-    /// Requests answered, by status: 200, 400, 404, 413, 429, 500, 504.
-    by_status: [AtomicU64; 7],
-    rows: AtomicU64,
-    /// Microseconds spent answering successful requests.
-    latency_us: AtomicU64,
-}
-
-const STATUSES: [u16; 7] = [200, 400, 404, 413, 429, 500, 504];
-
-impl Metrics {
-    fn count(&self, status: StatusCode) {
-        if let Some(i) = STATUSES.iter().position(|&s| s == status.as_u16()) {
-            self.by_status[i].fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
 /// Serves the model directory `model_dir` on `ctx` until SIGINT or SIGTERM; `on_listening` gets
-/// the bound address once the server accepts connections. The engine is built
-/// batch-invariant whatever `engine_options` say (see [`Batcher`]).
+/// the bound addresses once the server accepts connections. The engine is built
+/// batch-invariant whatever `engine_options` say (see [`Batcher`]). Logs go through `tracing`:
+/// install a subscriber to see them.
 pub fn serve(
     ctx: Arc<GpuContext>,
     model_dir: PathBuf,
     engine_options: EngineOptions,
     options: ServeOptions,
-    on_listening: impl FnOnce(SocketAddr),
+    on_listening: impl FnOnce(Listening),
 ) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -185,20 +329,65 @@ pub fn serve(
         metrics: Metrics::default(),
     });
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(options.http)
-            .await
-            .map_err(|e| Error::io(options.http.to_string(), e))?;
-        let bound = listener
-            .local_addr()
-            .map_err(|e| Error::io(options.http.to_string(), e))?;
+        let bind = |addr: SocketAddr| async move {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::io(addr.to_string(), e))?;
+            let bound = listener
+                .local_addr()
+                .map_err(|e| Error::io(addr.to_string(), e))?;
+            Ok::<_, Error>((listener, bound))
+        };
+        let (http_listener, http) = bind(options.http).await?;
+        let grpc_listener = match options.grpc {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        // Both servers stop on the same signal, each after answering what it holds.
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(async move {
+            stop_signal().await;
+            tracing::info!("stopping: answering the requests in flight");
+            let _ = stop.send(true);
+        });
         reload_on_hangup(app.clone());
-        let router = router(app.clone(), options.max_body_bytes);
-        on_listening(bound);
-        axum::serve(listener, router)
-            .with_graceful_shutdown(stop_signal())
-            .await
-            .map_err(|e| Error::io(bound.to_string(), e))
+        if let Some(every) = options.expire_every {
+            expire_on_timer(app.clone(), every, stopped.clone());
+        }
+        let grpc = grpc_listener.as_ref().map(|(_, bound)| *bound);
+        tracing::info!(
+            model = %app.name,
+            version = %app.current().version,
+            http = %format!("http://{http}"),
+            grpc = %grpc.map_or("off".into(), |g| format!("grpc://{g}")),
+            "listening"
+        );
+        on_listening(Listening { http, grpc });
+        let http_server = http::serve(app.clone(), http_listener, options.max_body_bytes, {
+            let stopped = stopped.clone();
+            async move { wait_for(stopped).await }
+        });
+        let grpc_server = async {
+            match grpc_listener {
+                Some((listener, _)) => {
+                    grpc::serve(app.clone(), listener, options.max_body_bytes, async move {
+                        wait_for(stopped).await
+                    })
+                    .await
+                }
+                None => Ok(()),
+            }
+        };
+        let (h, g) = tokio::join!(http_server, grpc_server);
+        h.map_err(|e| Error::io(http.to_string(), e))?;
+        g.map_err(|e| Error::Batch(format!("the gRPC server failed: {e}")))?;
+        tracing::info!("stopped");
+        Ok(())
     })
+}
+
+async fn wait_for(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|&s| s).await;
 }
 
 /// SIGHUP reloads the model directory, as the load endpoint does.
@@ -212,11 +401,12 @@ fn reload_on_hangup(app: Arc<App>) {
         tokio::spawn(async move {
             while hangup.recv().await.is_some() {
                 let app = app.clone();
-                let result = tokio::task::spawn_blocking(move || app.reload()).await;
-                match result {
-                    Ok(Ok(version)) => eprintln!("reloaded: model version {version}"),
-                    Ok(Err(e)) => eprintln!("reload failed, still serving the old model: {e}"),
-                    Err(e) => eprintln!("reload failed: {e}"),
+                match tokio::task::spawn_blocking(move || app.reload()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "reload failed, still serving the old model")
+                    }
+                    Err(e) => tracing::error!(error = %e, "reload failed"),
                 }
             }
         });
@@ -225,18 +415,26 @@ fn reload_on_hangup(app: Arc<App>) {
     let _ = app;
 }
 
-fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
-    Router::new()
-        .route("/v2/health/live", get(|| async { StatusCode::OK }))
-        .route("/v2/health/ready", get(|| async { StatusCode::OK }))
-        .route("/v2/models/{name}", get(model_metadata))
-        .route("/v2/models/{name}/ready", get(model_ready))
-        .route("/v2/models/{name}/infer", post(infer))
-        .route("/v2/repository/models/{name}/load", post(reload))
-        .route("/v2/models/{name}/rows", post(update_rows))
-        .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state(app)
+/// Runs expiry every `every` until the server stops.
+fn expire_on_timer(app: Arc<App>, every: Duration, stopped: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate; the first expiry comes one period after the start.
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = wait_for(stopped.clone()) => return,
+            }
+            let worker = app.clone();
+            match tokio::task::spawn_blocking(move || worker.expire()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "expiry failed"),
+                Err(e) => tracing::error!(error = %e, "expiry failed"),
+            }
+        }
+    });
 }
 
 async fn stop_signal() {
@@ -260,214 +458,4 @@ async fn stop_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
-}
-
-fn error(status: StatusCode, message: String) -> Response {
-    (status, Json(json!({ "error": message }))).into_response()
-}
-
-fn unknown_model(app: &App, name: &str) -> Option<Response> {
-    (name != app.name).then(|| {
-        error(
-            StatusCode::NOT_FOUND,
-            format!("unknown model '{name}'; this server serves '{}'", app.name),
-        )
-    })
-}
-
-async fn model_metadata(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
-    if let Some(r) = unknown_model(&app, &name) {
-        return r;
-    }
-    let served = app.current();
-    Json(oip::metadata(&served.spec, &app.name, &served.version)).into_response()
-}
-
-async fn reload(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
-    if let Some(r) = unknown_model(&app, &name) {
-        return r;
-    }
-    let worker = app.clone();
-    match tokio::task::spawn_blocking(move || worker.reload()).await {
-        Ok(Ok(version)) => {
-            Json(json!({"model_name": app.name, "model_version": version})).into_response()
-        }
-        // A model directory that does not load leaves the old model serving.
-        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-/// New rows for hashed features, as a safetensors body (`emb.<f>.ids` beside `emb.<f>`, the
-/// format `pepnet apply-rows` reads): written to the store and the cache of the model served.
-async fn update_rows(
-    State(app): State<Arc<App>>,
-    Path(name): Path<String>,
-    body: Bytes,
-) -> Response {
-    if let Some(r) = unknown_model(&app, &name) {
-        return r;
-    }
-    let served = app.current();
-    let result = tokio::task::spawn_blocking(move || -> Result<usize> {
-        let updates = crate::store::read_rows(&body, "the request body", &served.spec)?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let mut rows = 0;
-        for (f, update) in updates {
-            let feature = &served.spec.features[f].name;
-            served
-                .batcher
-                .engine()
-                .update_rows(feature, &update.ids, &update.rows, now)?;
-            rows += update.ids.len();
-        }
-        Ok(rows)
-    })
-    .await;
-    match result {
-        Ok(Ok(rows)) => Json(json!({"rows": rows})).into_response(),
-        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-async fn model_ready(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
-    unknown_model(&app, &name).unwrap_or_else(|| StatusCode::OK.into_response())
-}
-
-async fn infer(State(app): State<Arc<App>>, Path(name): Path<String>, body: Bytes) -> Response {
-    let start = Instant::now();
-    let response = answer(&app, &name, &body).await;
-    app.metrics.count(response.status());
-    if response.status() == StatusCode::OK {
-        app.metrics
-            .latency_us
-            .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
-    }
-    response
-}
-
-async fn answer(app: &App, name: &str, body: &[u8]) -> Response {
-    if let Some(r) = unknown_model(app, name) {
-        return r;
-    }
-    // One model for the whole request, even if a reload swaps it meanwhile.
-    let served = app.current();
-    let request = match oip::decode(body, &served.spec) {
-        Ok(r) => r,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
-    };
-    let rows = request.batch.len();
-    let deadline = Instant::now() + app.timeout;
-    let pending = match served.batcher.submit(request.batch.clone(), Some(deadline)) {
-        Ok(p) => p,
-        Err(e) => return refused(e),
-    };
-    let scores = match tokio::time::timeout(app.timeout, pending).await {
-        Ok(Ok(scores)) => scores,
-        Ok(Err(e)) => return refused(e),
-        Err(_) => {
-            return error(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!("not scored within {} ms", app.timeout.as_millis()),
-            )
-        }
-    };
-    app.metrics.rows.fetch_add(rows as u64, Ordering::Relaxed);
-    Json(oip::response(
-        &served.spec,
-        &app.name,
-        &served.version,
-        &request,
-        &scores,
-    ))
-    .into_response()
-}
-
-/// The status for an error the batcher or engine returned.
-fn refused(e: Error) -> Response {
-    let status = match &e {
-        Error::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
-        Error::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
-        Error::Samples(_) | Error::Batch(_) | Error::Input { .. } => StatusCode::BAD_REQUEST,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    error(status, e.to_string())
-}
-
-async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let m = &app.metrics;
-    let served = app.current();
-    let mut text = String::from(
-        "# HELP pepnet_requests_total Inference requests answered, by HTTP status.\n\
-         # TYPE pepnet_requests_total counter\n",
-    );
-    for (status, count) in STATUSES.iter().zip(&m.by_status) {
-        text += &format!(
-            "pepnet_requests_total{{code=\"{status}\"}} {}\n",
-            count.load(Ordering::Relaxed)
-        );
-    }
-    text += &format!(
-        "# HELP pepnet_rows_total Samples scored.\n# TYPE pepnet_rows_total counter\n\
-         pepnet_rows_total {}\n\
-         # HELP pepnet_request_seconds_total Time spent answering successful requests.\n\
-         # TYPE pepnet_request_seconds_total counter\n\
-         pepnet_request_seconds_total {}\n\
-         # HELP pepnet_queue_rows Samples waiting to be batched.\n# TYPE pepnet_queue_rows gauge\n\
-         pepnet_queue_rows {}\n\
-         # HELP pepnet_model_info The model served.\n# TYPE pepnet_model_info gauge\n\
-         pepnet_model_info{{name=\"{}\",version=\"{}\"}} 1\n",
-        m.rows.load(Ordering::Relaxed),
-        m.latency_us.load(Ordering::Relaxed) as f64 / 1e6,
-        served.batcher.queued_rows(),
-        app.name,
-        served.version
-    );
-    let stats = served.batcher.stats();
-    for (metric, help, histogram, bounds) in [
-        (
-            "pepnet_batch_rows",
-            "Samples per GPU batch.",
-            &stats.batch_rows,
-            &BATCH_ROWS_BUCKETS,
-        ),
-        (
-            "pepnet_queue_milliseconds",
-            "Time a request waited for its batch.",
-            &stats.queue_ms,
-            &QUEUE_MS_BUCKETS,
-        ),
-    ] {
-        let (buckets, count, sum) = histogram.snapshot(bounds);
-        text += &format!("# HELP {metric} {help}\n# TYPE {metric} histogram\n");
-        for (bound, n) in buckets {
-            let le = if bound.is_infinite() {
-                "+Inf".to_string()
-            } else {
-                bound.to_string()
-            };
-            text += &format!("{metric}_bucket{{le=\"{le}\"}} {n}\n");
-        }
-        text += &format!("{metric}_sum {sum}\n{metric}_count {count}\n");
-    }
-    text += &format!(
-        "# HELP pepnet_scoring_seconds_total Time scoring batches (upload, GPU, readback).\n\
-         # TYPE pepnet_scoring_seconds_total counter\npepnet_scoring_seconds_total {}\n",
-        stats.scoring_us.load(Ordering::Relaxed) as f64 / 1e6
-    );
-    if let Some(cache) = served.batcher.engine().cache_stats() {
-        text += "# HELP pepnet_cache_hit_ratio Embedding cache hits over lookups, per hashed feature.\n\
-                 # TYPE pepnet_cache_hit_ratio gauge\n";
-        for f in &cache.features {
-            text += &format!(
-                "pepnet_cache_hit_ratio{{feature=\"{}\"}} {}\n",
-                f.feature,
-                f.hit_rate()
-            );
-        }
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

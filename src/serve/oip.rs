@@ -35,8 +35,8 @@ pub struct InferRequest {
 /// The suffix of a multi-hot feature's lengths tensor.
 pub const LENGTHS: &str = ".lengths";
 
-/// The model's metadata (`GET /v2/models/{name}`).
-pub fn metadata(spec: &ModelSpec, name: &str, version: &str) -> Value {
+/// The model's input tensors: name and datatype, each of shape `[-1]`.
+pub fn input_tensors(spec: &ModelSpec) -> Vec<(String, &'static str)> {
     let mut inputs = Vec::new();
     for f in &spec.features {
         let datatype = match f.kind {
@@ -44,13 +44,20 @@ pub fn metadata(spec: &ModelSpec, name: &str, version: &str) -> Value {
             _ if f.hashed => "UINT64",
             _ => "INT64",
         };
-        inputs.push(json!({"name": f.name, "datatype": datatype, "shape": [-1]}));
+        inputs.push((f.name.clone(), datatype));
         if f.kind == FeatureKind::MultiHot {
-            inputs.push(
-                json!({"name": format!("{}{LENGTHS}", f.name), "datatype": "INT32", "shape": [-1]}),
-            );
+            inputs.push((format!("{}{LENGTHS}", f.name), "INT32"));
         }
     }
+    inputs
+}
+
+/// The model's metadata (`GET /v2/models/{name}`).
+pub fn metadata(spec: &ModelSpec, name: &str, version: &str) -> Value {
+    let inputs: Vec<Value> = input_tensors(spec)
+        .into_iter()
+        .map(|(name, datatype)| json!({"name": name, "datatype": datatype, "shape": [-1]}))
+        .collect();
     let outputs: Vec<Value> = spec
         .tasks
         .iter()
@@ -123,12 +130,59 @@ pub fn request(spec: &ModelSpec, batch: &Batch, id: Option<&str>) -> Value {
     out
 }
 
-/// One input tensor as sent.
-struct Tensor<'a> {
-    name: &'a str,
-    shape: Vec<u64>,
-    datatype: &'a str,
-    data: Vec<&'a Value>,
+/// One element of an input tensor, whatever the protocol carried it in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Element<'a> {
+    Int(i128),
+    Float(f64),
+    /// A JSON value that is not a number (a string, a bool, null, an object).
+    NotANumber(&'a Value),
+}
+
+impl std::fmt::Display for Element<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Element::Int(i) => write!(f, "{i}"),
+            Element::Float(x) => write!(f, "{x:?}"),
+            Element::NotANumber(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+impl<'a> From<&'a Value> for Element<'a> {
+    fn from(v: &'a Value) -> Self {
+        match (v.as_u64(), v.as_i64(), v.as_f64()) {
+            (Some(u), _, _) => Element::Int(u.into()),
+            (_, Some(i), _) => Element::Int(i.into()),
+            (_, _, Some(x)) => Element::Float(x),
+            _ => Element::NotANumber(v),
+        }
+    }
+}
+
+/// One input tensor as sent, in either protocol.
+pub(crate) struct Tensor<'a> {
+    pub name: &'a str,
+    pub shape: Vec<u64>,
+    pub datatype: &'a str,
+    pub data: Vec<Element<'a>>,
+}
+
+impl Tensor<'_> {
+    /// Checks that the shape holds exactly the elements sent.
+    pub fn check_shape(&self) -> Result<(), String> {
+        self.shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .filter(|&e| e == self.data.len() as u64)
+            .map(|_| ())
+            .ok_or(format!(
+                "input tensor '{}': shape {:?} does not match its {} values",
+                self.name,
+                self.shape,
+                self.data.len()
+            ))
+    }
 }
 
 /// Decodes an inference request's JSON body against the model; the error says what is wrong,
@@ -148,9 +202,39 @@ pub fn decode(body: &[u8], spec: &ModelSpec) -> Result<InferRequest, String> {
         .get("inputs")
         .and_then(Value::as_array)
         .ok_or("'inputs' must be a list of tensors")?;
+    let tensors = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, input)| read_tensor(i, input))
+        .collect::<Result<Vec<_>, _>>()?;
+    let outputs = match object.get("outputs") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(list)) => Some(
+            list.iter()
+                .enumerate()
+                .map(|(i, o)| {
+                    o.get("name")
+                        .and_then(Value::as_str)
+                        .ok_or(format!("outputs[{i}] needs a 'name'"))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Some(_) => return Err("'outputs' must be a list of {\"name\": ...}".into()),
+    };
+    assemble(spec, id, tensors, outputs)
+}
+
+/// Builds the request from its tensors, in either protocol: one tensor (two for a multi-hot
+/// feature) per feature, the same number of samples in each, every element valid for its
+/// feature; `outputs` names the tasks to return (`None`: all).
+pub(crate) fn assemble(
+    spec: &ModelSpec,
+    id: Option<String>,
+    inputs: Vec<Tensor>,
+    outputs: Option<Vec<&str>>,
+) -> Result<InferRequest, String> {
     let mut tensors: HashMap<&str, Tensor> = HashMap::new();
-    for (i, input) in inputs.iter().enumerate() {
-        let tensor = read_tensor(i, input)?;
+    for tensor in inputs {
         if let Some(before) = tensors.insert(tensor.name, tensor) {
             return Err(format!("input tensor '{}' is given twice", before.name));
         }
@@ -163,14 +247,7 @@ pub fn decode(body: &[u8], spec: &ModelSpec) -> Result<InferRequest, String> {
         })
     };
     if let Some(name) = tensors.keys().find(|n| !known(n)) {
-        let expected: Vec<String> = metadata(spec, "", "")["inputs"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|t| t["name"].as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let expected: Vec<String> = input_tensors(spec).into_iter().map(|(n, _)| n).collect();
         return Err(format!(
             "unknown input tensor '{name}'; the model's inputs are {expected:?}"
         ));
@@ -240,23 +317,18 @@ pub fn decode(body: &[u8], spec: &ModelSpec) -> Result<InferRequest, String> {
         };
         columns.push(column);
     }
-    let outputs = match object.get("outputs") {
-        None | Some(Value::Null) => (0..spec.n_tasks()).collect(),
-        Some(Value::Array(list)) => list
+    let outputs = match outputs {
+        None => (0..spec.n_tasks()).collect(),
+        Some(names) => names
             .iter()
             .enumerate()
-            .map(|(i, o)| {
-                let name = o
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .ok_or(format!("outputs[{i}] needs a 'name'"))?;
+            .map(|(i, name)| {
                 spec.tasks.iter().position(|t| t == name).ok_or(format!(
                     "outputs[{i}]: unknown output '{name}'; the model's outputs are {:?}",
                     spec.tasks
                 ))
             })
             .collect::<Result<_, _>>()?,
-        Some(_) => return Err("'outputs' must be a list of {\"name\": ...}".into()),
     };
     let batch = Batch::new(columns);
     batch
@@ -290,31 +362,25 @@ fn read_tensor(i: usize, input: &Value) -> Result<Tensor<'_>, String> {
         0,
     )
     .map_err(|m| format!("input tensor '{name}': {m}"))?;
-    shape
-        .iter()
-        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-        .filter(|&e| e == data.len() as u64)
-        .ok_or(format!(
-            "input tensor '{name}': shape {shape:?} does not match its {} values",
-            data.len()
-        ))?;
-    Ok(Tensor {
+    let tensor = Tensor {
         name,
         shape,
         datatype,
         data,
-    })
+    };
+    tensor.check_shape()?;
+    Ok(tensor)
 }
 
 /// The values of `data`, nested lists read in row-major order.
-fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>, depth: usize) -> Result<(), String> {
+fn flatten<'a>(value: &'a Value, out: &mut Vec<Element<'a>>, depth: usize) -> Result<(), String> {
     match value {
         Value::Array(items) if depth < 8 => items
             .iter()
             .try_for_each(|item| flatten(item, out, depth + 1)),
         Value::Array(_) => Err("'data' is nested too deeply".into()),
         scalar => {
-            out.push(scalar);
+            out.push(scalar.into());
             Ok(())
         }
     }
@@ -351,10 +417,21 @@ fn ids(t: &Tensor, hashed: bool) -> Result<Vec<u64>, String> {
         .enumerate()
         .map(|(i, v)| {
             let bad = |why: &str| format!("input tensor '{}', element {i}: {v} {why}", t.name);
-            match (v.as_u64(), v.as_i64()) {
-                (Some(u), _) if !signed || u <= i64::MAX as u64 => Ok(u),
-                (None, Some(s)) if signed && hashed => Ok(s as u64),
-                (None, Some(_)) if signed => Err(bad("is negative; ids are not")),
+            match *v {
+                Element::Int(u)
+                    if u >= 0
+                        && u <= if signed {
+                            i64::MAX as i128
+                        } else {
+                            u64::MAX as i128
+                        } =>
+                {
+                    Ok(u as u64)
+                }
+                Element::Int(s) if signed && s >= i64::MIN as i128 && s < 0 => match hashed {
+                    true => Ok(s as i64 as u64),
+                    false => Err(bad("is negative; ids are not")),
+                },
                 _ => Err(bad(&format!(
                     "is not an integer of datatype {}",
                     t.datatype
@@ -375,13 +452,16 @@ fn counts(t: &Tensor) -> Result<Vec<usize>, String> {
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            v.as_u64()
-                .filter(|&c| c <= MAX_REQUEST_ROWS as u64 * 64)
-                .map(|c| c as usize)
-                .ok_or(format!(
-                    "input tensor '{}', element {i}: {v} is not a count (a non-negative integer)",
-                    t.name
-                ))
+            match *v {
+                Element::Int(c) if (0..=MAX_REQUEST_ROWS as i128 * 64).contains(&c) => {
+                    Some(c as usize)
+                }
+                _ => None,
+            }
+            .ok_or(format!(
+                "input tensor '{}', element {i}: {v} is not a count (a non-negative integer)",
+                t.name
+            ))
         })
         .collect()
 }
@@ -397,18 +477,27 @@ fn floats(t: &Tensor) -> Result<Vec<f32>, String> {
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            let x = v.as_f64().ok_or(format!(
-                "input tensor '{}', element {i}: {v} is not a number",
-                t.name
-            ))?;
+            let x = match *v {
+                Element::Int(i) => i as f64,
+                Element::Float(x) => x,
+                Element::NotANumber(_) => {
+                    return Err(format!(
+                        "input tensor '{}', element {i}: {v} is not a number",
+                        t.name
+                    ))
+                }
+            };
             let y = x as f32;
-            if y.is_finite() {
-                Ok(y)
-            } else {
-                Err(format!(
+            match (x.is_finite(), y.is_finite()) {
+                (true, true) => Ok(y),
+                (false, _) => Err(format!(
+                    "input tensor '{}', element {i}: {x}; values must be finite",
+                    t.name
+                )),
+                (true, false) => Err(format!(
                     "input tensor '{}', element {i}: {x} does not fit an f32",
                     t.name
-                ))
+                )),
             }
         })
         .collect()

@@ -2,6 +2,8 @@
 //! variant, and random batches. Everything random is seeded, so a failure names its seed.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::sync::{Arc, OnceLock};
 
 use pepnet::spec::{ExpertsSpec, FeatureKind, FeatureSpec, GateSpec, ModelSpec, Pooling, Role};

@@ -1,0 +1,165 @@
+//! The HTTP/JSON side of the server (axum): the Open Inference Protocol's REST endpoints, the
+//! admin endpoints (reload, rows, expiry) and `/metrics`.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::metrics::{render, Protocol};
+use super::{oip, App, Refusal, Refused};
+use crate::error::Result;
+
+/// Serves HTTP on `listener` until `stop` completes, then answers what it holds.
+pub(super) async fn serve(
+    app: Arc<App>,
+    listener: tokio::net::TcpListener,
+    max_body_bytes: usize,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = Router::new()
+        .route("/v2/health/live", get(|| async { StatusCode::OK }))
+        .route("/v2/health/ready", get(|| async { StatusCode::OK }))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route("/v2/models/{name}/infer", post(infer))
+        .route("/v2/repository/models/{name}/load", post(reload))
+        .route("/v2/models/{name}/rows", post(update_rows))
+        .route("/v2/models/{name}/expire", post(expire))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(app);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop)
+        .await
+}
+
+fn status(refusal: Refusal) -> StatusCode {
+    match refusal {
+        Refusal::BadRequest => StatusCode::BAD_REQUEST,
+        Refusal::UnknownModel => StatusCode::NOT_FOUND,
+        Refusal::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+        Refusal::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        Refusal::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+fn refused(Refused(refusal, message): Refused) -> Response {
+    error(status(refusal), message)
+}
+
+async fn model_metadata(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    if let Err(r) = app.check_model(&name, "") {
+        return refused(r);
+    }
+    let served = app.current();
+    Json(oip::metadata(&served.spec, &app.name, &served.version)).into_response()
+}
+
+async fn model_ready(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    match app.check_model(&name, "") {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(r) => refused(r),
+    }
+}
+
+async fn infer(State(app): State<Arc<App>>, Path(name): Path<String>, body: Bytes) -> Response {
+    match app
+        .infer(Protocol::Http, (&name, ""), None, |spec| {
+            oip::decode(&body, spec)
+        })
+        .await
+    {
+        Ok(s) => Json(oip::response(
+            &s.served.spec,
+            &app.name,
+            &s.served.version,
+            &s.request,
+            &s.scores,
+        ))
+        .into_response(),
+        Err(r) => refused(r),
+    }
+}
+
+/// Runs a blocking admin action off the async workers; its error is the client's (400): a model
+/// directory that does not load, rows that do not fit. Whatever failed leaves the model served
+/// as it was.
+async fn admin<T: serde::Serialize + Send + 'static>(
+    app: &Arc<App>,
+    name: &str,
+    action: impl FnOnce(&App) -> Result<T> + Send + 'static,
+) -> Response {
+    if let Err(r) = app.check_model(name, "") {
+        return refused(r);
+    }
+    let worker = app.clone();
+    match tokio::task::spawn_blocking(move || action(&worker)).await {
+        Ok(Ok(answer)) => Json(answer).into_response(),
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn reload(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    admin(&app, &name, |app| {
+        let version = app.reload().inspect_err(
+            |e| tracing::error!(error = %e, "reload failed, still serving the old model"),
+        )?;
+        Ok(json!({"model_name": app.name, "model_version": version}))
+    })
+    .await
+}
+
+/// New rows for hashed features, as a safetensors body (`emb.<f>.ids` beside `emb.<f>`, the
+/// format `pepnet apply-rows` reads): written to the store and the cache of the model served,
+/// under the update policy (a write beyond an id's cap for the window is skipped and counted).
+async fn update_rows(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    admin(&app, &name, move |app| {
+        let served = app.current();
+        let updates = crate::store::read_rows(&body, "the request body", &served.spec)?;
+        let now = crate::cache::unix_now();
+        let (mut rows, mut applied, mut capped) = (0, 0, 0);
+        for (f, update) in updates {
+            let feature = &served.spec.features[f].name;
+            let outcome =
+                served
+                    .batcher
+                    .engine()
+                    .update_rows(feature, &update.ids, &update.rows, now)?;
+            rows += update.ids.len();
+            applied += outcome.applied;
+            capped += outcome.capped;
+        }
+        tracing::info!(rows, applied, capped, "rows updated");
+        Ok(json!({"rows": rows, "applied": applied, "capped": capped}))
+    })
+    .await
+}
+
+/// Runs expiry now (it also runs on the server's timer).
+async fn expire(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    admin(&app, &name, |app| Ok(json!({"expired": app.expire()?}))).await
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render(&app),
+    )
+        .into_response()
+}

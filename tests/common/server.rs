@@ -1,0 +1,190 @@
+//! A `pepnet serve` process for tests, with HTTP and gRPC on free loopback ports, and the
+//! example's rows as requests.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+pub const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/kuairand");
+
+/// A running server, stopped (SIGTERM) when dropped.
+pub struct Server {
+    pub child: Child,
+    /// `http://HOST:PORT`.
+    pub url: String,
+    /// `http://HOST:PORT` of the gRPC listener.
+    pub grpc: String,
+}
+
+impl Server {
+    pub fn start(extra: &[&str]) -> Self {
+        Self::start_model(Path::new(MODEL), extra)
+    }
+
+    pub fn start_model(model: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pepnet"))
+            .arg("serve")
+            .arg("--model")
+            .arg(model)
+            .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the pepnet binary runs");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        // The "listening" log event: `... http=http://127.0.0.1:PORT grpc=grpc://127.0.0.1:PORT`.
+        let address = |line: &str, key: &str| -> Option<String> {
+            let rest = line.split(key).nth(1)?;
+            Some(
+                rest.chars()
+                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                    .collect(),
+            )
+        };
+        let (url, grpc) = loop {
+            let line = lines
+                .next()
+                .expect("the server says where it listens")
+                .unwrap();
+            if let (Some(http), Some(grpc)) = (
+                address(&line, "http=http://"),
+                address(&line, "grpc=grpc://"),
+            ) {
+                break (format!("http://{http}"), format!("http://{grpc}"));
+            }
+        };
+        // Keep draining stderr so that the server never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, url, grpc }
+    }
+
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        send_signal(self.child.id(), "TERM");
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(60))
+        .build()
+}
+
+/// POSTs `body`; the status and the JSON answer, whatever the status.
+pub fn post(url: &str, body: &Value) -> (u16, Value) {
+    match agent().post(url).send_json(body) {
+        Ok(r) => (r.status(), r.into_json().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),
+        Err(e) => panic!("{url}: {e}"),
+    }
+}
+
+pub fn get(url: &str) -> (u16, String) {
+    match agent().get(url).call() {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("{url}: {e}"),
+    }
+}
+
+/// The example's input rows, as text cells by column name.
+pub fn rows() -> (Vec<String>, Vec<Vec<String>>) {
+    let mut reader = csv::Reader::from_path(Path::new(MODEL).join("input.csv")).unwrap();
+    let header = reader.headers().unwrap().iter().map(String::from).collect();
+    let rows = reader
+        .records()
+        .map(|r| r.unwrap().iter().map(String::from).collect())
+        .collect();
+    (header, rows)
+}
+
+/// An infer request for `rows`, one tensor per feature as the metadata lists them.
+pub fn request(metadata: &Value, header: &[String], rows: &[Vec<String>]) -> Value {
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let mut inputs = Vec::new();
+    for input in metadata["inputs"].as_array().unwrap() {
+        let name = input["name"].as_str().unwrap();
+        let datatype = input["datatype"].as_str().unwrap();
+        if let Some(feature) = name.strip_suffix(".lengths") {
+            let lengths: Vec<usize> = rows
+                .iter()
+                .map(|r| r[col(feature)].split('|').filter(|s| !s.is_empty()).count())
+                .collect();
+            inputs.push(
+                json!({"name": name, "datatype": datatype, "shape": [rows.len()], "data": lengths}),
+            );
+            continue;
+        }
+        let cells: Vec<&str> = rows.iter().map(|r| r[col(name)].as_str()).collect();
+        let list = metadata["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["name"] == format!("{name}.lengths"));
+        let data: Vec<Value> = if datatype == "FP32" {
+            cells
+                .iter()
+                .map(|c| json!(c.parse::<f32>().unwrap()))
+                .collect()
+        } else {
+            cells
+                .iter()
+                .flat_map(|c| c.split('|').filter(|s| !s.is_empty()))
+                .map(|id| json!(id.parse::<u64>().unwrap()))
+                .collect()
+        };
+        let shape = if list { data.len() } else { rows.len() };
+        inputs.push(json!({"name": name, "datatype": datatype, "shape": [shape], "data": data}));
+    }
+    json!({"id": "t", "inputs": inputs})
+}
+
+pub fn score_file(dir: &Path) -> Vec<Vec<f32>> {
+    score_with(Path::new(MODEL), dir)
+}
+
+/// `pepnet score` of the example's input with `model`, read back.
+pub fn score_with(model: &Path, dir: &Path) -> Vec<Vec<f32>> {
+    let output = dir.join("scores.csv");
+    let out = Command::new(env!("CARGO_BIN_EXE_pepnet"))
+        .arg("score")
+        .arg("--model")
+        .arg(model)
+        .arg("--input")
+        .arg(Path::new(MODEL).join("input.csv"))
+        .arg("--output")
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut reader = csv::Reader::from_path(&output).unwrap();
+    reader
+        .records()
+        .map(|r| r.unwrap().iter().map(|c| c.parse().unwrap()).collect())
+        .collect()
+}
