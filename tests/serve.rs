@@ -480,10 +480,8 @@ fn a_reload_swaps_the_model_whole_and_loses_no_request() {
     assert!(server.stop().success());
 }
 
-/// Rows for hashed ids posted to a running server change the scores of samples with those ids
-/// at once, and no others.
-#[test]
-fn row_updates_reach_the_served_model() {
+/// A model with one hashed feature (`user_id`), initialised in `dir/model`.
+fn hashed_model(dir: &Path) -> std::path::PathBuf {
     let spec = r#"{
       "embedding_dim": 4, "domain_feature": "tab", "tasks": ["click"],
       "features": [
@@ -493,63 +491,83 @@ fn row_updates_reach_the_served_model() {
       ],
       "epnet": {"hidden": 5}, "ppnet": {"hidden": 6}, "towers": [5]
     }"#;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("spec.json"), spec).unwrap();
-    let model = dir.path().join("model");
+    std::fs::write(dir.join("spec.json"), spec).unwrap();
+    let model = dir.join("model");
     let init = Command::new(env!("CARGO_BIN_EXE_pepnet"))
         .arg("init")
         .arg("--spec")
-        .arg(dir.path().join("spec.json"))
+        .arg(dir.join("spec.json"))
         .arg("--out")
         .arg(&model)
         .output()
         .unwrap();
     assert!(init.status.success());
-    let server = Server::start_model(&model, &[]);
-    let base = format!("{}/v2/models/pepnet", server.url);
-    let users = [7u64, u64::MAX];
-    let body = json!({"inputs": [
-        {"name": "tab", "datatype": "INT64", "shape": [2], "data": [0, 1]},
-        {"name": "user_id", "datatype": "UINT64", "shape": [2], "data": users},
-        {"name": "dur", "datatype": "FP32", "shape": [2], "data": [0.5, 0.5]}
-    ]});
-    let scores = |body: &Value| -> Vec<u32> {
-        let (status, answer) = post(&format!("{base}/infer"), body);
-        assert_eq!(status, 200, "{answer}");
-        answer["outputs"][0]["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| (p.as_f64().unwrap() as f32).to_bits())
-            .collect()
-    };
-    let before = scores(&body);
-    let ids: Vec<u8> = 7u64.to_le_bytes().to_vec();
-    let rows: Vec<f32> = vec![0.9, -0.7, 0.5, 1.1];
+    model
+}
+
+/// Rows for `user_id`'s ids, as the rows endpoint takes them (safetensors).
+fn user_rows(ids: &[u64], rows: &[f32]) -> Vec<u8> {
+    let ids: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
     let views = [
         (
             "emb.user_id.ids",
-            safetensors::tensor::TensorView::new(safetensors::Dtype::U64, vec![1], &ids).unwrap(),
+            safetensors::tensor::TensorView::new(
+                safetensors::Dtype::U64,
+                vec![ids.len() / 8],
+                &ids,
+            )
+            .unwrap(),
         ),
         (
             "emb.user_id",
             safetensors::tensor::TensorView::new(
                 safetensors::Dtype::F32,
-                vec![1, 4],
-                bytemuck_bytes(&rows),
+                vec![rows.len() / 4, 4],
+                bytemuck_bytes(rows),
             )
             .unwrap(),
         ),
     ];
-    let file = safetensors::serialize(views, None).unwrap();
+    safetensors::serialize(views, None).unwrap()
+}
+
+/// Scores of the hashed model's task for `users` (tab 0 and 1 alternating, dur 0.5), as bits.
+fn user_scores(base: &str, users: &[u64]) -> Vec<u32> {
+    let n = users.len();
+    let tabs: Vec<u64> = (0..n as u64).map(|i| i % 2).collect();
+    let body = json!({"inputs": [
+        {"name": "tab", "datatype": "INT64", "shape": [n], "data": tabs},
+        {"name": "user_id", "datatype": "UINT64", "shape": [n], "data": users},
+        {"name": "dur", "datatype": "FP32", "shape": [n], "data": vec![0.5; n]}
+    ]});
+    let (status, answer) = post(&format!("{base}/infer"), &body);
+    assert_eq!(status, 200, "{answer}");
+    answer["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p.as_f64().unwrap() as f32).to_bits())
+        .collect()
+}
+
+/// Rows for hashed ids posted to a running server change the scores of samples with those ids
+/// at once, and no others.
+#[test]
+fn row_updates_reach_the_served_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = hashed_model(dir.path());
+    let server = Server::start_model(&model, &[]);
+    let base = format!("{}/v2/models/pepnet", server.url);
+    let users = [7u64, u64::MAX];
+    let before = user_scores(&base, &users);
     let answer = agent()
         .post(&format!("{base}/rows"))
-        .send_bytes(&file)
+        .send_bytes(&user_rows(&[7], &[0.9, -0.7, 0.5, 1.1]))
         .unwrap()
         .into_json::<Value>()
         .unwrap();
     assert_eq!(answer["rows"], 1);
-    let after = scores(&body);
+    let after = user_scores(&base, &users);
     assert_ne!(before[0], after[0], "user 7's new row changes its score");
     let (_, metrics) = get(&format!("{}/metrics", server.url));
     assert!(
@@ -558,6 +576,7 @@ fn row_updates_reach_the_served_model() {
     );
     assert_eq!(before[1], after[1], "another user's score is untouched");
     // Rows for a feature the model does not hash: a 400 naming the tensor.
+    let ids = 7u64.to_le_bytes();
     let bad = safetensors::serialize(
         [(
             "emb.tab.ids",
@@ -577,4 +596,55 @@ fn row_updates_reach_the_served_model() {
 
 fn bytemuck_bytes(v: &[f32]) -> &[u8] {
     bytemuck::cast_slice(v)
+}
+
+/// Ids not written for `--expire-after-secs` expire on the server's timer: they then read as
+/// unknown ids do (the default row), in the cache and the store alike; the metric counts them,
+/// and the expiry endpoint runs it on demand.
+#[test]
+fn expiry_runs_on_a_timer_and_expired_ids_read_as_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = hashed_model(dir.path());
+    let server = Server::start_model(
+        &model,
+        &["--expire-after-secs", "1", "--expire-every-secs", "1"],
+    );
+    let base = format!("{}/v2/models/pepnet", server.url);
+    // Two ids never written, to compare with.
+    let unknown = user_scores(&base, &[1 << 40, (1 << 41) + 3]);
+    let answer = agent()
+        .post(&format!("{base}/rows"))
+        .send_bytes(&user_rows(
+            &[7, 8],
+            &[0.9, -0.7, 0.5, 1.1, -0.2, 0.3, 0.8, -1.0],
+        ))
+        .unwrap()
+        .into_json::<Value>()
+        .unwrap();
+    assert_eq!(
+        (answer["rows"].as_u64(), answer["applied"].as_u64()),
+        (Some(2), Some(2))
+    );
+    let written = user_scores(&base, &[7, 8]);
+    assert_ne!(written, unknown, "the new rows change the scores");
+    // Expiry within about two timer periods; wait at most 10 s.
+    let start = std::time::Instant::now();
+    while user_scores(&base, &[7, 8]) != unknown {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "ids 7 and 8 did not expire"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, metrics) = get(&format!("{}/metrics", server.url));
+    let expired: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pepnet_expired_ids_total "))
+        .unwrap_or_else(|| panic!("{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(expired >= 2.0, "{metrics}");
+    let (status, answer) = post(&format!("{base}/expire"), &json!({}));
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["expired"].is_u64(), "{answer}");
 }

@@ -471,3 +471,100 @@ fn grpc_overload_and_deadlines() {
         );
     });
 }
+
+/// A reload under gRPC load: every answer is wholly the old model's or wholly the new one's (its
+/// `model_version` says which, and its scores equal `pepnet score` with that model bit for bit);
+/// none is lost.
+#[test]
+fn a_reload_under_grpc_load_answers_each_request_with_one_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = d.join("model");
+    std::fs::create_dir(&model).unwrap();
+    for f in ["model.json", "weights.safetensors"] {
+        std::fs::copy(Path::new(MODEL).join(f), model.join(f)).unwrap();
+    }
+    let v2 = d.join("v2");
+    let init = std::process::Command::new(env!("CARGO_BIN_EXE_pepnet"))
+        .args(["init", "--seed", "9", "--spec"])
+        .arg(model.join("model.json"))
+        .arg("--out")
+        .arg(&v2)
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let expected = [score_with(&model, d), score_with(&v2, d)];
+    let spec = spec();
+    let server = Server::start_model(&model, &["--max-delay-ms", "2"]);
+    let metadata = http_metadata(&server);
+    let (header, rows) = rows();
+    let requests: Vec<(usize, ModelInferRequest)> = (0..rows.len() - 5)
+        .step_by(3)
+        .map(|at| {
+            let raw = at % 2 == 0;
+            (
+                at,
+                grpc_request(&spec, &metadata, &header, &rows[at..at + 5], raw),
+            )
+        })
+        .collect();
+    let reloaded = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rt = runtime();
+    let answers = rt.block_on(async {
+        let c = client(&server).await;
+        let mut clients = Vec::new();
+        for k in 0..4 {
+            let (mut c, requests, reloaded) = (c.clone(), requests.clone(), reloaded.clone());
+            clients.push(tokio::spawn(async move {
+                let mut out = Vec::new();
+                let mut after = 0;
+                for (at, request) in requests.into_iter().skip(k).step_by(4).cycle() {
+                    out.push((at, c.model_infer(request).await.unwrap().into_inner()));
+                    if reloaded.load(std::sync::atomic::Ordering::SeqCst) {
+                        after += 1;
+                        if after == 5 {
+                            break;
+                        }
+                    }
+                }
+                out
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        std::fs::copy(v2.join("weights.safetensors"), model.join("weights.tmp")).unwrap();
+        std::fs::rename(model.join("weights.tmp"), model.join("weights.safetensors")).unwrap();
+        let load = format!("{}/v2/repository/models/pepnet/load", server.url);
+        let (status, body) =
+            tokio::task::spawn_blocking(move || post(&load, &serde_json::json!({})))
+                .await
+                .unwrap();
+        assert_eq!(status, 200, "{body}");
+        reloaded.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut answers = Vec::new();
+        for c in clients {
+            answers.extend(c.await.unwrap());
+        }
+        answers
+    });
+    let mut seen = [0, 0];
+    for (at, answer) in &answers {
+        let v = match answer.model_version.as_str() {
+            "1" => 0,
+            "2" => 1,
+            other => panic!("version {other}"),
+        };
+        seen[v] += 1;
+        for (t, (_, values)) in outputs(answer).into_iter().enumerate() {
+            for (k, got) in values.into_iter().enumerate() {
+                assert_eq!(
+                    got.to_bits(),
+                    expected[v][at + k][t].to_bits(),
+                    "row {}: an answer mixing models (version {})",
+                    at + k + 1,
+                    v + 1
+                );
+            }
+        }
+    }
+    assert!(seen[0] > 0 && seen[1] >= 16, "answers by version: {seen:?}");
+}
