@@ -9,6 +9,8 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    // A damaged input file is an error naming it, not a crash report.
+    pepnet::io::quiet_decoder_panics();
     // A run stopped by SIGINT or SIGTERM leaves no half-written output behind.
     let watch = match cli.command.writes_files() {
         true => pepnet::remove_unfinished_on_interrupt(),

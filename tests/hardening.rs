@@ -992,10 +992,30 @@ fn the_fuzzers_findings_fail_cleanly() {
                     };
                     let input = fx.path(&format!("finding.{ext}"));
                     std::fs::copy(&file, &input).unwrap();
+                    // Bad rows go to a rejects file, so that a read fails only on damage.
+                    let rejects = fx.path("rejects.csv");
+                    let rejects = rejects.to_str().unwrap();
+                    let (model, output) = (fx.model.to_str().unwrap(), fx.path("out.csv"));
+                    let (input, output) = (input.to_str().unwrap(), output.to_str().unwrap());
                     ["1", "2"]
                         .iter()
                         .map(|readers| {
-                            fx.score(&input, &fx.path("out.csv"), &["--readers", readers])
+                            pepnet(&[
+                                "score",
+                                "--model",
+                                model,
+                                "--input",
+                                input,
+                                "--output",
+                                output,
+                                "--batch-size",
+                                "2",
+                                "--readers",
+                                readers,
+                                "--rejects",
+                                rejects,
+                                "--quiet",
+                            ])
                         })
                         .collect()
                 }
@@ -1009,6 +1029,16 @@ fn the_fuzzers_findings_fail_cleanly() {
                 .to_str()
                 .unwrap()
                 .starts_with("panic-parquet");
+            // A file once read differently by one thread and two: now alike, ok or failed.
+            let name = file.file_name().unwrap().to_str().unwrap();
+            if name.starts_with("divergence-") {
+                let codes: Vec<_> = runs.iter().map(|o| o.status.code()).collect();
+                assert!(
+                    codes.windows(2).all(|w| w[0] == w[1]),
+                    "{}: one reader thread and two disagree: exits {codes:?}",
+                    file.display()
+                );
+            }
             for out in runs {
                 let code = out.status.code();
                 assert!(

@@ -254,6 +254,23 @@ impl Iterator for InputReader {
     }
 }
 
+/// Installs a panic hook that keeps quiet about panics raised inside the Parquet and Arrow
+/// decoders, which the readers catch and report as an error naming the file (the default hook
+/// would print a backtrace first, as if the program had crashed); every other panic is printed
+/// by the hook installed before. For programs, such as the `pepnet` command line.
+pub fn quiet_decoder_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let in_decoder = info.location().is_some_and(|l| {
+            let file = l.file();
+            file.contains("/parquet-") || file.contains("/arrow-")
+        });
+        if !in_decoder {
+            previous(info);
+        }
+    }));
+}
+
 /// The error for a panic caught while decoding `source`.
 pub(crate) fn decoder_panic(source: &str, panic: &(dyn std::any::Any + Send)) -> Error {
     let why = panic

@@ -9,35 +9,44 @@ use arrow_array::types::{Float32Type, Int64Type, UInt64Type};
 use arrow_array::{Array, ArrayRef, BooleanArray, Float32Array, RecordBatch};
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder,
+};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
+use parquet::errors::ParquetError;
 
 use super::{find_column, BadRow, InputBatch, Part, RowAssembler, UnitItem};
 use crate::atomic_file;
 use crate::error::{Error, Result};
 use crate::spec::FeatureKind;
 
+/// Opens one row group of the file: a reader of its projected columns, batch by batch.
+type OpenGroup = Box<dyn FnMut(usize) -> parquet::errors::Result<ParquetRecordBatchReader> + Send>;
+
 /// Reads a Parquet file one record batch (of at most the batch size) at a time, only the
 /// feature and carried columns.
+///
+/// Every read goes row group by row group, each group on a reader of its own, and checks that
+/// the group gave the rows its metadata claims: in a damaged file whose column chunks disagree
+/// on a group's row count, a reader spanning groups would shift one column's values into the
+/// next group's rows, a silent misalignment; read this way it is an error naming the group (and
+/// one thread and several read alike).
 pub struct ParquetReader {
     pub(super) rows: RowAssembler,
-    reader: ParquetRecordBatchReader,
     carry: Vec<String>,
     total_rows: u64,
     rows_read: usize,
-    /// What a part reader needs to open one row group at a time.
-    part: Option<PartState>,
-}
-
-/// A part reader's share of the file: row groups `next`, `next + count`, ...
-struct PartState {
-    path: PathBuf,
-    mask: ProjectionMask,
-    batch_size: usize,
+    open_group: OpenGroup,
     /// Rows before each row group.
     starts: Vec<usize>,
-    next: usize,
-    count: usize,
+    /// The row group being read, and its reader.
+    current: Option<(usize, ParquetRecordBatchReader)>,
+    /// The next row group to open, and the step to the one after: a part reader takes every
+    /// `count`-th group from its index, a whole-file reader every group.
+    next_group: usize,
+    step: usize,
+    batch_size: usize,
 }
 
 impl ParquetReader {
@@ -50,7 +59,9 @@ impl ParquetReader {
     ) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let name = path.display().to_string();
-        Self::from_source(&name, Some(path), file, carry, batch_size, rows, part)
+        // Each row group's reader reads through a handle of its own (it seeks before reading).
+        let reopen = move || file.try_clone();
+        Self::from_source(&name, reopen, carry, batch_size, rows, part)
     }
 
     /// A whole-file reader of Parquet bytes in memory, named `name` in errors.
@@ -62,14 +73,21 @@ impl ParquetReader {
         rows: RowAssembler,
     ) -> Result<Self> {
         let data = bytes::Bytes::from(bytes);
-        Self::from_source(name, None, data, carry, batch_size, rows, None)
+        Self::from_source(
+            name,
+            move || Ok(data.clone()),
+            carry,
+            batch_size,
+            rows,
+            None,
+        )
     }
 
-    /// The reader over `source`; a part reader needs the `path` to reopen its row groups.
+    /// The reader over the source `reopen` hands out (once per row group, and once for the
+    /// footer).
     fn from_source<T: parquet::file::reader::ChunkReader + 'static>(
         name: &str,
-        path: Option<&Path>,
-        source: T,
+        reopen: impl Fn() -> std::io::Result<T> + Send + 'static,
         carry: &[String],
         batch_size: usize,
         rows: RowAssembler,
@@ -80,15 +98,16 @@ impl ParquetReader {
             source_name: name.clone(),
             message,
         };
+        let source = reopen().map_err(|e| Error::io(&name, e))?;
         // A damaged footer can make the decoder panic (an overflow it does not check): an
         // error of this file.
-        let builder = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            ParquetRecordBatchReaderBuilder::try_new(source)
+        let metadata = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ArrowReaderMetadata::load(&source, ArrowReaderOptions::default())
         }))
         .map_err(|panic| super::decoder_panic(&name, &*panic))?
         .map_err(|e| file_err(format!("not a readable Parquet file: {e}")))?;
-        let (starts, total_rows) = row_group_starts(builder.metadata(), &name)?;
-        let schema = builder.schema().clone();
+        let (starts, total_rows) = row_group_starts(metadata.metadata(), &name)?;
+        let schema = metadata.schema().clone();
         let names: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
         let find = |col: &str, what: &str| find_column(&name, &names, col, what);
         let mut wanted = Vec::new();
@@ -121,78 +140,122 @@ impl ParquetReader {
         for c in carry {
             wanted.push(find(c, "asked to be carried")?);
         }
-        let mask = ProjectionMask::roots(builder.parquet_schema(), wanted);
-        let part = part.map(|p| PartState {
-            path: path.expect("a part reader reads a file").to_path_buf(),
-            mask: mask.clone(),
-            batch_size: batch_size.max(1),
-            starts,
-            next: p.index,
-            count: p.count,
+        let mask = ProjectionMask::roots(metadata.parquet_schema(), wanted);
+        let batch_size = batch_size.max(1);
+        let open_group: OpenGroup = Box::new(move |group| {
+            let source = reopen().map_err(|e| ParquetError::External(Box::new(e)))?;
+            ParquetRecordBatchReaderBuilder::new_with_metadata(source, metadata.clone())
+                .with_batch_size(batch_size)
+                .with_projection(mask.clone())
+                .with_row_groups(vec![group])
+                .build()
         });
-        // A part reader opens its row groups one at a time; this whole-file reader then reads
-        // none.
-        let builder = match &part {
-            Some(_) => builder.with_row_groups(Vec::new()),
-            None => builder,
-        };
-        let reader = builder
-            .with_batch_size(batch_size.max(1))
-            .with_projection(mask)
-            .build()
-            .map_err(|e| file_err(format!("cannot read: {e}")))?;
+        let (next_group, step) = part.map_or((0, 1), |p| (p.index, p.count.max(1)));
         Ok(Self {
             rows,
-            reader,
             carry: carry.to_vec(),
             total_rows,
             rows_read: 0,
-            part,
+            open_group,
+            starts,
+            current: None,
+            next_group,
+            step,
+            batch_size,
         })
+    }
+
+    /// The rows row group `group` holds by the metadata.
+    fn group_rows(&self, group: usize) -> usize {
+        let end = self
+            .starts
+            .get(group + 1)
+            .copied()
+            .unwrap_or(self.total_rows as usize);
+        end - self.starts[group]
+    }
+
+    /// Opens this reader's next row group; `None` after its last.
+    fn open_next_group(&mut self) -> Option<Result<()>> {
+        let group = self.next_group;
+        if group >= self.starts.len() {
+            return None;
+        }
+        self.next_group += self.step;
+        self.rows_read = self.starts[group];
+        Some(match (self.open_group)(group) {
+            Ok(reader) => {
+                self.current = Some((group, reader));
+                Ok(())
+            }
+            Err(e) => Err(Error::InputFile {
+                source_name: self.rows.source().to_string(),
+                message: format!("row group {group}: cannot read: {e}"),
+            }),
+        })
+    }
+
+    /// The open row group's next record batch; `None` once it ended with the rows its metadata
+    /// claims (or none is open), an error if it gave others.
+    fn next_in_group(&mut self) -> Option<Result<RecordBatch>> {
+        let (group, reader) = self.current.as_mut()?;
+        let group = *group;
+        let source_name = || self.rows.source().to_string();
+        match reader.next() {
+            Some(Ok(record)) => Some(Ok(record)),
+            Some(Err(e)) => Some(Err(Error::InputFile {
+                source_name: source_name(),
+                message: format!("after row {}: {e}", self.rows_read),
+            })),
+            None => {
+                self.current = None;
+                let read = self.rows_read - self.starts[group];
+                let claimed = self.group_rows(group);
+                (read != claimed).then(|| {
+                    Err(Error::InputFile {
+                        source_name: source_name(),
+                        message: format!(
+                            "row group {group} holds {claimed} rows by the file's metadata, but \
+                             its columns gave {read}; the file is damaged"
+                        ),
+                    })
+                })
+            }
+        }
+    }
+
+    /// The next record batch of this reader's row groups, opening the next group when one
+    /// ends; `None` after the last.
+    fn next_record(&mut self) -> Option<Result<RecordBatch>> {
+        loop {
+            if self.current.is_none() {
+                if let Err(e) = self.open_next_group()? {
+                    return Some(Err(e));
+                }
+            }
+            if let Some(record) = self.next_in_group() {
+                return Some(record);
+            }
+        }
     }
 
     /// The most batches a row group of this file makes.
     pub(super) fn max_batches_per_unit(&self) -> usize {
-        self.part.as_ref().map_or(1, |p| {
-            let rows = p
-                .starts
-                .iter()
-                .zip(p.starts.iter().skip(1).chain([&(self.total_rows as usize)]))
-                .map(|(a, b)| b - a)
-                .max()
-                .unwrap_or(0);
-            rows.div_ceil(p.batch_size).max(1)
-        })
+        let rows = (0..self.starts.len())
+            .map(|g| self.group_rows(g))
+            .max()
+            .unwrap_or(0);
+        rows.div_ceil(self.batch_size).max(1)
     }
 
     /// A part reader's next unit: its next row group, batch by batch.
     pub(super) fn next_unit(&mut self, emit: &mut dyn FnMut(UnitItem) -> bool) -> Result<bool> {
-        let state = self.part.as_mut().expect("a part reader");
-        let group = state.next;
-        if group >= state.starts.len() {
-            return Ok(false);
+        match self.open_next_group() {
+            None => return Ok(false),
+            Some(opened) => opened?,
         }
-        state.next += state.count;
-        self.rows_read = state.starts[group];
-        let name = self.rows.source().to_string();
-        let file = File::open(&state.path).map_err(|e| Error::io(&state.path, e))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-            .and_then(|b| {
-                b.with_batch_size(state.batch_size)
-                    .with_projection(state.mask.clone())
-                    .with_row_groups(vec![group])
-                    .build()
-            })
-            .map_err(|e| Error::InputFile {
-                source_name: name.clone(),
-                message: format!("row group {group}: cannot read: {e}"),
-            })?;
-        for record in reader {
-            let record = record.map_err(|e| Error::InputFile {
-                source_name: name.clone(),
-                message: format!("after row {}: {e}", self.rows_read),
-            })?;
-            let batch = self.convert(record)?;
+        while let Some(record) = self.next_in_group() {
+            let batch = self.convert(record?)?;
             let rejected = self.rows.take_rejected();
             if !rejected.is_empty() && !emit(UnitItem::Rejected(rejected)) {
                 return Ok(false);
@@ -376,14 +439,9 @@ impl Iterator for ParquetReader {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            let record = match self.reader.next()? {
+            let record = match self.next_record()? {
                 Ok(r) => r,
-                Err(e) => {
-                    return Some(Err(Error::InputFile {
-                        source_name: self.rows.source().to_string(),
-                        message: format!("after row {}: {e}", self.rows_read),
-                    }))
-                }
+                Err(e) => return Some(Err(e)),
             };
             match self.convert(record) {
                 Ok(Some(batch)) => return Some(Ok(batch)),
