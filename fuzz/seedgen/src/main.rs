@@ -26,9 +26,14 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The seeds this run wrote: the check at the end reads those (the seed directories also hold
+/// inputs the fuzzer found, which need not be valid).
+static WRITTEN: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
     fs::create_dir_all(dir).unwrap();
     fs::write(dir.join(name), bytes).unwrap();
+    WRITTEN.lock().unwrap().push(dir.join(name));
     println!("{} ({} bytes)", dir.join(name).display(), bytes.len());
 }
 
@@ -296,8 +301,21 @@ fn main() {
 /// Each seed is valid for its reader (so that fuzzing starts deep inside the parsers); the
 /// files meant to hold bad rows read to the end with a rejects file.
 fn check(out: &Path, spec: &ModelSpec) {
+    // grpc_request: ModelInferRequest messages for random batches, typed and raw contents.
+    let dir = out.join("grpc_request");
+    for (n, seed) in [(0usize, 0u64), (1, 1), (5, 2)] {
+        let batch = pepnet::synth::random_batch(&spec, n, seed);
+        for raw in [false, true] {
+            let request = pepnet::serve::grpc::request(&spec, "m", &batch, Some("s"), raw);
+            let kind = if raw { "raw" } else { "typed" };
+            write(&dir, &format!("{n}_rows_{kind}.pb"), &prost::Message::encode_to_vec(&request));
+        }
+    }
+
     let files = |t: &str| {
-        let mut v: Vec<PathBuf> = fs::read_dir(out.join(t)).unwrap().map(|e| e.unwrap().path()).collect();
+        let written = WRITTEN.lock().unwrap();
+        let mut v: Vec<PathBuf> =
+            written.iter().filter(|p| p.starts_with(out.join(t))).cloned().collect();
         v.sort();
         v
     };
@@ -312,6 +330,12 @@ fn check(out: &Path, spec: &ModelSpec) {
     for p in files("optimizer_state") {
         fs::copy(&p, tmp.join(OPTIMIZER_FILE)).unwrap();
         OptimizerState::load(&tmp, spec).unwrap_or_else(|e| panic!("{e}")).unwrap();
+    }
+    for p in files("grpc_request") {
+        let bytes = fs::read(&p).unwrap();
+        let message: pepnet::serve::proto::ModelInferRequest =
+            prost::Message::decode(bytes.as_slice()).unwrap();
+        pepnet::serve::grpc::decode(&message, &spec).unwrap_or_else(|e| panic!("{e}"));
     }
     for p in files("rows_safetensors") {
         pepnet::store::read_rows_file(&p, spec).unwrap_or_else(|e| panic!("{e}"));
