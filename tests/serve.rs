@@ -648,3 +648,67 @@ fn expiry_runs_on_a_timer_and_expired_ids_read_as_unknown() {
     assert_eq!(status, 200, "{answer}");
     assert!(answer["expired"].is_u64(), "{answer}");
 }
+
+/// Row updates while clients score: every answer sees one version of a row for all its samples
+/// (the rows before an update or after it, never a mix), and no request is lost.
+#[test]
+fn row_updates_under_load_answer_each_request_with_one_version_of_a_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = hashed_model(dir.path());
+    let server = Server::start_model(&model, &["--max-delay-ms", "2"]);
+    let base = format!("{}/v2/models/pepnet", server.url);
+    let versions: [Vec<f32>; 2] = [vec![0.9, -0.7, 0.5, 1.1], vec![-1.2, 0.4, 0.3, -0.6]];
+    // The score of user 7 on tab 0 under each version of its row (8 samples, tabs 0 and 1).
+    let mut expected = Vec::new();
+    for rows in &versions {
+        let answer = agent()
+            .post(&format!("{base}/rows"))
+            .send_bytes(&user_rows(&[7], rows))
+            .unwrap()
+            .into_json::<Value>()
+            .unwrap();
+        assert_eq!(answer["applied"], 1);
+        expected.push(user_scores(&base, &[7; 8]));
+    }
+    assert_ne!(expected[0], expected[1]);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let answers: Vec<Vec<u32>> = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..4)
+            .map(|_| {
+                let (base, done) = (&base, &done);
+                s.spawn(move || {
+                    let mut out = Vec::new();
+                    while !done.load(std::sync::atomic::Ordering::SeqCst) || out.len() < 5 {
+                        out.push(user_scores(base, &[7; 8]));
+                    }
+                    out
+                })
+            })
+            .collect();
+        for i in 0..20 {
+            let answer = agent()
+                .post(&format!("{base}/rows"))
+                .send_bytes(&user_rows(&[7], &versions[i % 2]))
+                .unwrap()
+                .into_json::<Value>()
+                .unwrap();
+            assert_eq!(answer["applied"], 1);
+            std::thread::sleep(Duration::from_millis(15));
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect()
+    });
+    let mut seen = [0, 0];
+    for answer in &answers {
+        let v = expected
+            .iter()
+            .position(|e| e == answer)
+            .unwrap_or_else(|| panic!("an answer mixing row versions: {answer:?}"));
+        seen[v] += 1;
+    }
+    assert!(answers.len() >= 20, "{} answers", answers.len());
+    assert!(seen[0] > 0 && seen[1] > 0, "answers by version: {seen:?}");
+}
