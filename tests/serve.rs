@@ -359,9 +359,9 @@ fn loadgen_measures_a_server_over_loopback() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("only to loopback"));
 }
 
-/// A reload under load: every answer is wholly the old model's or wholly the new one's (its
-/// `model_version` says which, and its scores equal `pepnet score` with that model bit for
-/// bit); none is lost. A model directory that does not load leaves the old model serving;
+/// A reload under load, to a model of another spec: every answer is wholly the old model's or
+/// wholly the new one's (its `model_version` says which, and its scores equal `pepnet score`
+/// with that model bit for bit); none is lost. A model directory that does not load leaves the old model serving;
 /// SIGHUP reloads too.
 #[test]
 fn a_reload_swaps_the_model_whole_and_loses_no_request() {
@@ -372,10 +372,15 @@ fn a_reload_swaps_the_model_whole_and_loses_no_request() {
     for f in ["model.json", "weights.safetensors"] {
         std::fs::copy(Path::new(MODEL).join(f), model.join(f)).unwrap();
     }
+    // Version 2 changes the spec too (other tower widths): a new engine, not new weights.
+    let mut spec: Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("model.json")).unwrap()).unwrap();
+    spec["towers"] = json!([24, 7]);
+    std::fs::write(d.join("spec2.json"), spec.to_string()).unwrap();
     let v2 = d.join("v2");
     let init = Command::new(env!("CARGO_BIN_EXE_pepnet"))
         .args(["init", "--seed", "5", "--spec"])
-        .arg(model.join("model.json"))
+        .arg(d.join("spec2.json"))
         .arg("--out")
         .arg(&v2)
         .output()
@@ -384,7 +389,9 @@ fn a_reload_swaps_the_model_whole_and_loses_no_request() {
     let expected = [score_with(&model, d), score_with(&v2, d)];
     assert_ne!(expected[0][0], expected[1][0]);
 
-    let mut server = Server::start_model(&model, &["--max-delay-ms", "2"]);
+    // Building the new engine (its pipelines compiled on a CPU driver) can slow scoring on a
+    // busy machine: the timeout is generous, this test is about consistency.
+    let mut server = Server::start_model(&model, &["--max-delay-ms", "2", "--timeout-ms", "60000"]);
     let base = format!("{}/v2", server.url);
     let (_, text) = get(&format!("{base}/models/pepnet"));
     let metadata: Value = serde_json::from_str(&text).unwrap();
@@ -417,8 +424,10 @@ fn a_reload_swaps_the_model_whole_and_loses_no_request() {
             })
             .collect();
         std::thread::sleep(Duration::from_millis(300));
-        std::fs::copy(v2.join("weights.safetensors"), model.join("weights.tmp")).unwrap();
-        std::fs::rename(model.join("weights.tmp"), model.join("weights.safetensors")).unwrap();
+        for f in ["model.json", "weights.safetensors"] {
+            std::fs::copy(v2.join(f), model.join("tmp")).unwrap();
+            std::fs::rename(model.join("tmp"), model.join(f)).unwrap();
+        }
         let (status, body) = post(&format!("{base}/repository/models/pepnet/load"), &json!({}));
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["model_version"], "2");

@@ -495,7 +495,8 @@ fn a_reload_under_grpc_load_answers_each_request_with_one_model() {
     assert!(init.status.success());
     let expected = [score_with(&model, d), score_with(&v2, d)];
     let spec = spec();
-    let server = Server::start_model(&model, &["--max-delay-ms", "2"]);
+    // Generous: the new engine's pipelines compile beside the scoring on a CPU driver.
+    let server = Server::start_model(&model, &["--max-delay-ms", "2", "--timeout-ms", "60000"]);
     let metadata = http_metadata(&server);
     let (header, rows) = rows();
     let requests: Vec<(usize, ModelInferRequest)> = (0..rows.len() - 5)
