@@ -367,27 +367,8 @@ fn loadgen_measures_a_server_over_loopback() {
 fn a_reload_swaps_the_model_whole_and_loses_no_request() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let model = d.join("model");
-    std::fs::create_dir(&model).unwrap();
-    for f in ["model.json", "weights.safetensors"] {
-        std::fs::copy(Path::new(MODEL).join(f), model.join(f)).unwrap();
-    }
     // Version 2 changes the spec too (other tower widths): a new engine, not new weights.
-    let mut spec: Value =
-        serde_json::from_str(&std::fs::read_to_string(model.join("model.json")).unwrap()).unwrap();
-    spec["towers"] = json!([24, 7]);
-    std::fs::write(d.join("spec2.json"), spec.to_string()).unwrap();
-    let v2 = d.join("v2");
-    let init = Command::new(env!("CARGO_BIN_EXE_pepnet"))
-        .args(["init", "--seed", "5", "--spec"])
-        .arg(d.join("spec2.json"))
-        .arg("--out")
-        .arg(&v2)
-        .output()
-        .unwrap();
-    assert!(init.status.success());
-    let expected = [score_with(&model, d), score_with(&v2, d)];
-    assert_ne!(expected[0][0], expected[1][0]);
+    let (model, v2, expected) = two_versions(d, true);
 
     // Building the new engine (its pipelines compiled on a CPU driver) can slow scoring on a
     // busy machine: the timeout is generous, this test is about consistency.
@@ -424,10 +405,7 @@ fn a_reload_swaps_the_model_whole_and_loses_no_request() {
             })
             .collect();
         std::thread::sleep(Duration::from_millis(300));
-        for f in ["model.json", "weights.safetensors"] {
-            std::fs::copy(v2.join(f), model.join("tmp")).unwrap();
-            std::fs::rename(model.join("tmp"), model.join(f)).unwrap();
-        }
+        publish(&v2, &model);
         let (status, body) = post(&format!("{base}/repository/models/pepnet/load"), &json!({}));
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["model_version"], "2");

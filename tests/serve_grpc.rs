@@ -478,22 +478,7 @@ fn grpc_overload_and_deadlines() {
 #[test]
 fn a_reload_under_grpc_load_answers_each_request_with_one_model() {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let model = d.join("model");
-    std::fs::create_dir(&model).unwrap();
-    for f in ["model.json", "weights.safetensors"] {
-        std::fs::copy(Path::new(MODEL).join(f), model.join(f)).unwrap();
-    }
-    let v2 = d.join("v2");
-    let init = std::process::Command::new(env!("CARGO_BIN_EXE_pepnet"))
-        .args(["init", "--seed", "9", "--spec"])
-        .arg(model.join("model.json"))
-        .arg("--out")
-        .arg(&v2)
-        .output()
-        .unwrap();
-    assert!(init.status.success());
-    let expected = [score_with(&model, d), score_with(&v2, d)];
+    let (model, v2, expected) = two_versions(dir.path(), false);
     let spec = spec();
     // Generous: the new engine's pipelines compile beside the scoring on a CPU driver.
     let server = Server::start_model(&model, &["--max-delay-ms", "2", "--timeout-ms", "60000"]);
@@ -532,8 +517,7 @@ fn a_reload_under_grpc_load_answers_each_request_with_one_model() {
             }));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        std::fs::copy(v2.join("weights.safetensors"), model.join("weights.tmp")).unwrap();
-        std::fs::rename(model.join("weights.tmp"), model.join("weights.safetensors")).unwrap();
+        publish(&v2, &model);
         let load = format!("{}/v2/repository/models/pepnet/load", server.url);
         let (status, body) =
             tokio::task::spawn_blocking(move || post(&load, &serde_json::json!({})))

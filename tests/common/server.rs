@@ -188,3 +188,42 @@ pub fn score_with(model: &Path, dir: &Path) -> Vec<Vec<f32>> {
         .map(|r| r.unwrap().iter().map(|c| c.parse().unwrap()).collect())
         .collect()
 }
+
+/// A copy of the example model in `dir/model` and a second version of it in `dir/v2` (other
+/// weights; with `new_spec`, other tower widths too), with `pepnet score`'s answers for each.
+pub fn two_versions(
+    dir: &Path,
+    new_spec: bool,
+) -> (std::path::PathBuf, std::path::PathBuf, [Vec<Vec<f32>>; 2]) {
+    let model = dir.join("model");
+    std::fs::create_dir(&model).unwrap();
+    for f in ["model.json", "weights.safetensors"] {
+        std::fs::copy(Path::new(MODEL).join(f), model.join(f)).unwrap();
+    }
+    let mut spec: Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("model.json")).unwrap()).unwrap();
+    if new_spec {
+        spec["towers"] = json!([24, 7]);
+    }
+    std::fs::write(dir.join("spec2.json"), spec.to_string()).unwrap();
+    let v2 = dir.join("v2");
+    let init = Command::new(env!("CARGO_BIN_EXE_pepnet"))
+        .args(["init", "--seed", "5", "--spec"])
+        .arg(dir.join("spec2.json"))
+        .arg("--out")
+        .arg(&v2)
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let expected = [score_with(&model, dir), score_with(&v2, dir)];
+    assert_ne!(expected[0][0], expected[1][0]);
+    (model, v2, expected)
+}
+
+/// Replaces the model directory's files with `from`'s, each by an atomic rename.
+pub fn publish(from: &Path, model: &Path) {
+    for f in ["model.json", "weights.safetensors"] {
+        std::fs::copy(from.join(f), model.join("publishing")).unwrap();
+        std::fs::rename(model.join("publishing"), model.join(f)).unwrap();
+    }
+}
