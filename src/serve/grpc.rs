@@ -111,14 +111,7 @@ fn read_tensor<'a>(
         Some(bytes) => raw_elements(name, datatype, bytes, input.contents.as_ref())?,
         None => typed_elements(name, datatype, input.contents.as_ref())?,
     };
-    let tensor = Tensor {
-        name,
-        shape,
-        datatype,
-        data,
-    };
-    tensor.check_shape()?;
-    Ok(tensor)
+    Tensor::new(name, shape, datatype, data)
 }
 
 const READABLE: &str = "INT64, UINT64, INT32, UINT32, FP32 or FP64";

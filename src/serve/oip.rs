@@ -168,20 +168,28 @@ pub(crate) struct Tensor<'a> {
     pub data: Vec<Element<'a>>,
 }
 
-impl Tensor<'_> {
-    /// Checks that the shape holds exactly the elements sent.
-    pub fn check_shape(&self) -> Result<(), String> {
-        self.shape
+impl<'a> Tensor<'a> {
+    /// The tensor, if its shape holds exactly the elements sent.
+    pub fn new(
+        name: &'a str,
+        shape: Vec<u64>,
+        datatype: &'a str,
+        data: Vec<Element<'a>>,
+    ) -> Result<Self, String> {
+        shape
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-            .filter(|&e| e == self.data.len() as u64)
-            .map(|_| ())
+            .filter(|&e| e == data.len() as u64)
             .ok_or(format!(
-                "input tensor '{}': shape {:?} does not match its {} values",
-                self.name,
-                self.shape,
-                self.data.len()
-            ))
+                "input tensor '{name}': shape {shape:?} does not match its {} values",
+                data.len()
+            ))?;
+        Ok(Self {
+            name,
+            shape,
+            datatype,
+            data,
+        })
     }
 }
 
@@ -362,14 +370,7 @@ fn read_tensor(i: usize, input: &Value) -> Result<Tensor<'_>, String> {
         0,
     )
     .map_err(|m| format!("input tensor '{name}': {m}"))?;
-    let tensor = Tensor {
-        name,
-        shape,
-        datatype,
-        data,
-    };
-    tensor.check_shape()?;
-    Ok(tensor)
+    Tensor::new(name, shape, datatype, data)
 }
 
 /// The values of `data`, nested lists read in row-major order.
