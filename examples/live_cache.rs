@@ -39,13 +39,14 @@ fn main() -> pepnet::Result<()> {
         workspaces: 2,
         cache: CacheOptions {
             capacity: CacheCapacity::Rows(256),
-            policy: EvictionPolicy::score(),
+            policy: EvictionPolicy::TinyLfu,
             updates: UpdatePolicy {
                 max_updates: Some(3),
                 window_secs: 60,
                 expire_after_secs: Some(600),
             },
             now: Some(0),
+            ..Default::default()
         },
         ..Default::default()
     };

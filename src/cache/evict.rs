@@ -8,6 +8,8 @@ use std::collections::BinaryHeap;
 
 use serde::{Deserialize, Serialize};
 
+use super::frequency::{Frequency, FrequencySketch};
+
 /// How a full cache picks its victim.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -19,6 +21,13 @@ pub enum EvictionPolicy {
     Lru,
     /// Least frequently used (accesses since the row entered the cache).
     Lfu,
+    /// TinyLFU: rows ranked by their ids' accesses, counted for every id asked for (cached or
+    /// not) in a count-min sketch that halves every so often ([`super::frequency`]); memory
+    /// proportional to the cache. Ties go to the less recently used.
+    TinyLfu,
+    /// LFU with every id's accesses counted from the start, also while not cached: the
+    /// benchmark's reference, in memory growing with the ids seen.
+    PerfectLfu,
 }
 
 impl EvictionPolicy {
@@ -31,18 +40,20 @@ impl EvictionPolicy {
         }
     }
 
-    /// Parses `score`, `score:<decay>`, `lru` or `lfu`.
+    /// Parses `tinylfu`, `score`, `score:<decay>`, `lru`, `lfu` or `perfect-lfu`.
     pub fn parse(s: &str) -> Result<Self, String> {
         match s {
             "lru" => Ok(EvictionPolicy::Lru),
             "lfu" => Ok(EvictionPolicy::Lfu),
+            "tinylfu" => Ok(EvictionPolicy::TinyLfu),
+            "perfect-lfu" => Ok(EvictionPolicy::PerfectLfu),
             "score" => Ok(Self::score()),
             _ => match s.strip_prefix("score:").map(str::parse::<f64>) {
                 Some(Ok(decay)) if decay > 0.0 && decay <= 1.0 => {
                     Ok(EvictionPolicy::Score { decay })
                 }
                 _ => Err(format!(
-                    "'{s}': expected score, score:<decay in (0, 1]>, lru or lfu"
+                    "'{s}': expected tinylfu, score, score:<decay in (0, 1]>, lru, lfu or perfect-lfu"
                 )),
             },
         }
@@ -53,6 +64,18 @@ impl EvictionPolicy {
             EvictionPolicy::Score { decay } => format!("score:{decay}"),
             EvictionPolicy::Lru => "lru".into(),
             EvictionPolicy::Lfu => "lfu".into(),
+            EvictionPolicy::TinyLfu => "tinylfu".into(),
+            EvictionPolicy::PerfectLfu => "perfect-lfu".into(),
+        }
+    }
+
+    /// The access history the policy ranks by, for a cache of `slots` rows; `None` for the
+    /// policies that rank cached rows only.
+    pub fn frequency(&self, slots: usize) -> Option<Frequency> {
+        match self {
+            EvictionPolicy::TinyLfu => Some(Frequency::Sketch(FrequencySketch::for_slots(slots))),
+            EvictionPolicy::PerfectLfu => Some(Frequency::Exact(Default::default())),
+            _ => None,
         }
     }
 }
@@ -114,6 +137,8 @@ impl Evictor {
         match self.policy {
             EvictionPolicy::Lru => batch as f64,
             EvictionPolicy::Lfu => self.count[s] as f64,
+            // Frequency policies set priorities themselves (`insert_at`, `access_at`).
+            EvictionPolicy::TinyLfu | EvictionPolicy::PerfectLfu => self.priority[s].unwrap_or(0.0),
             EvictionPolicy::Score { .. } => {
                 let add = (accesses as f64).ln() + batch as f64 * self.neg_ln_decay;
                 match self.priority[s] {
@@ -145,6 +170,39 @@ impl Evictor {
         self.count[s] += accesses;
         let p = self.raised(slot, batch, accesses);
         self.priority[s] = Some(p);
+    }
+
+    /// A row entered `slot` with `priority` (the frequency policies').
+    pub fn insert_at(&mut self, slot: u32, priority: f64) {
+        let s = slot as usize;
+        self.priority[s] = Some(priority);
+        self.generation[s] = self.generation[s].wrapping_add(1);
+        self.heap
+            .push(Reverse((Priority(priority), slot, self.generation[s])));
+    }
+
+    /// `slot`'s priority is now `priority` (the frequency policies'). A lower one (a count
+    /// halved since) gets its own heap entry; the stale higher one is dropped when popped.
+    pub fn access_at(&mut self, slot: u32, priority: f64) {
+        let s = slot as usize;
+        if self.priority[s].is_some_and(|p| priority < p) {
+            self.heap
+                .push(Reverse((Priority(priority), slot, self.generation[s])));
+        }
+        self.priority[s] = Some(priority);
+    }
+
+    /// Scales every priority by `factor` (the frequency history halved): the one change that
+    /// lowers priorities, so the heap is rebuilt from the current ones.
+    pub fn rescale(&mut self, factor: f64) {
+        self.heap.clear();
+        for (s, p) in self.priority.iter_mut().enumerate() {
+            if let Some(p) = p {
+                *p *= factor;
+                self.heap
+                    .push(Reverse((Priority(*p), s as u32, self.generation[s])));
+            }
+        }
     }
 
     /// `slot` was freed (expired): it is no longer a candidate.

@@ -52,43 +52,128 @@ pub fn raw_id(rank: u64) -> u64 {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct HitRate {
-    pub exponent: f64,
-    /// Cache size as a share of the distinct ids.
+    /// The stream: `zipf <exponent>` or the replayed file.
+    pub stream: String,
+    /// Cache size as a share of the stream's distinct ids.
     pub cache_share: f64,
     pub capacity_rows: u64,
+    /// The policy, or `optimum` (Belady's, offline).
     pub policy: String,
     /// Hits over lookups after the warm-up.
     pub hit_rate: f64,
 }
 
-/// One hashed sparse feature of width 1: all the hit-rate replay needs of a model.
-fn one_feature_spec() -> ModelSpec {
+/// An id stream in the engine's batches: (feature, id) keys, batch after batch.
+pub struct Stream {
+    pub name: String,
+    pub batches: Vec<Vec<Key>>,
+    /// Features the keys use (indices 1..=features, as in [`replay_spec`]).
+    pub features: usize,
+}
+
+impl Stream {
+    /// `lookups` Zipf(`exponent`) ids over `distinct` ids, in batches of `batch`.
+    pub fn zipf(distinct: u64, exponent: f64, lookups: usize, batch: usize, seed: u64) -> Stream {
+        let zipf = Zipf::new(distinct, exponent);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let batches = (0..lookups.div_ceil(batch))
+            .map(|b| {
+                let n = batch.min(lookups - b * batch);
+                (0..n).map(|_| (1, raw_id(zipf.sample(&mut rng)))).collect()
+            })
+            .collect();
+        Stream {
+            name: format!("zipf {exponent}"),
+            batches,
+            features: 1,
+        }
+    }
+
+    /// The hashed features' ids of an input file, read batch by batch as `pepnet score`
+    /// reads them (a row that does not fit the spec fails the read, naming it).
+    pub fn from_file(path: &std::path::Path, spec: &ModelSpec, batch: usize) -> Result<Stream> {
+        let hashed: Vec<usize> = (0..spec.features.len())
+            .filter(|&f| spec.features[f].hashed)
+            .collect();
+        if hashed.is_empty() {
+            return Err(crate::error::Error::Cache(format!(
+                "the model has no hashed features, so {} has no ids to replay",
+                path.display()
+            )));
+        }
+        let reader = crate::io::InputReader::open(path, spec, &[], batch, None)?;
+        let mut batches = Vec::new();
+        for input in reader {
+            let input = input?;
+            let mut keys = Vec::new();
+            for (i, &f) in hashed.iter().enumerate() {
+                if let Column::Sparse(ids) = &input.batch.columns[f] {
+                    keys.extend(ids.iter().map(|&id| (i as u32 + 1, id)));
+                }
+            }
+            batches.push(keys);
+        }
+        Ok(Stream {
+            name: path.display().to_string(),
+            batches,
+            features: hashed.len(),
+        })
+    }
+
+    pub fn lookups(&self) -> usize {
+        self.batches.iter().map(Vec::len).sum()
+    }
+
+    pub fn distinct(&self) -> u64 {
+        let mut keys: Vec<Key> = self.batches.iter().flatten().copied().collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys.len() as u64
+    }
+
+    /// Batches whose lookups end within the first fifth of the stream warm the cache up.
+    fn warm_up_batches(&self) -> usize {
+        let warm_up = self.lookups() / 5;
+        let mut seen = 0;
+        self.batches
+            .iter()
+            .take_while(|b| {
+                seen += b.len();
+                seen <= warm_up
+            })
+            .count()
+    }
+}
+
+/// `features` hashed sparse features of width 1 (spec indices 1..=features): all the hit-rate
+/// replay needs of a model.
+pub fn replay_spec(features: usize) -> ModelSpec {
+    let ids: Vec<String> = (0..features)
+        .map(|i| {
+            format!(
+                r#"{{"name": "id{i}", "kind": "sparse", "hashed": true, "roles": ["general"]}}"#
+            )
+        })
+        .collect();
     ModelSpec::from_json(
-        r#"{"embedding_dim": 1, "domain_feature": "tab", "tasks": ["click"],
-            "features": [
-              {"name": "tab", "kind": "sparse", "vocab": 1, "roles": ["domain"]},
-              {"name": "id", "kind": "sparse", "hashed": true, "roles": ["general"]}],
-            "towers": []}"#,
+        &format!(
+            r#"{{"embedding_dim": 1, "domain_feature": "tab", "tasks": ["click"],
+                "features": [{{"name": "tab", "kind": "sparse", "vocab": 1, "roles": ["domain"]}}, {}],
+                "towers": []}}"#,
+            ids.join(", ")
+        ),
         "cache benchmark spec",
     )
     .expect("a valid spec")
 }
 
-/// Replays `lookups` Zipf(`exponent`) ids over `distinct` ids, in batches of `batch` ids,
-/// through a cache of `capacity` rows; the first fifth of the stream warms the cache up.
-pub fn replay(
-    distinct: u64,
-    exponent: f64,
-    capacity: u64,
-    policy: EvictionPolicy,
-    lookups: usize,
-    batch: usize,
-    seed: u64,
-) -> Result<f64> {
-    let spec = one_feature_spec();
+/// Replays `stream` through the cache's own host state with `capacity` rows and `policy`;
+/// every id of the stream is in the store. Returns the hit rate after the warm-up.
+pub fn replay(stream: &Stream, capacity: u64, policy: EvictionPolicy) -> Result<f64> {
+    let spec = replay_spec(stream.features);
     let mut store = MemoryStore::new(1);
-    for rank in 0..distinct {
-        crate::store::EmbeddingStore::put(&mut store, (1, raw_id(rank)), &[rank as f32]);
+    for &key in stream.batches.iter().flatten() {
+        store.insert(key, &[key.1 as f32]);
     }
     let options = CacheOptions {
         capacity: CacheCapacity::Rows(capacity),
@@ -97,22 +182,17 @@ pub fn replay(
         ..Default::default()
     };
     let mut cache = CacheState::host_only(&spec, &options, Box::new(store))?;
-    let zipf = Zipf::new(distinct, exponent);
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let warm_up = lookups / 5;
-    let (mut seen, mut seen_at_warm_up, mut hits_at_warm_up) = (0, 0, 0);
-    while seen < lookups {
-        let keys: Vec<Key> = (0..batch)
-            .map(|_| (1, raw_id(zipf.sample(&mut rng))))
-            .collect();
-        admit_split(&mut cache, &keys);
-        seen += batch;
-        if seen <= warm_up {
-            (seen_at_warm_up, hits_at_warm_up) = (seen, cache.hits_of(1));
+    let warm_up = stream.warm_up_batches();
+    let hits = |c: &CacheState| (1..=stream.features).map(|f| c.hits_of(f)).sum::<u64>();
+    let mut hits_at_warm_up = 0;
+    for (b, keys) in stream.batches.iter().enumerate() {
+        if b == warm_up {
+            hits_at_warm_up = hits(&cache);
         }
+        admit_split(&mut cache, keys);
     }
-    let hits = cache.hits_of(1) - hits_at_warm_up;
-    Ok(hits as f64 / (seen - seen_at_warm_up) as f64)
+    let timed: usize = stream.batches[warm_up..].iter().map(Vec::len).sum();
+    Ok((hits(&cache) - hits_at_warm_up) as f64 / timed.max(1) as f64)
 }
 
 /// Admits `keys`, halving the batch as the engine does when it needs more rows than fit.
@@ -125,28 +205,103 @@ fn admit_split(cache: &mut CacheState, keys: &[Key]) {
     }
 }
 
-/// Every (exponent, share, policy) combination.
+/// Belady's offline optimum under the engine's batch semantics: a batch's ids are all cached
+/// while it is scored (a batch with more distinct ids than rows is halved, as the engine does),
+/// and a miss evicts the cached id asked for again furthest in the future. The ceiling no
+/// online policy can pass.
+pub fn optimum(stream: &Stream, capacity: u64) -> f64 {
+    use std::collections::{BTreeSet, HashMap, HashSet};
+    // The chunks the cache sees: halved until their distinct ids fit.
+    fn split<'a>(keys: &'a [Key], capacity: u64, out: &mut Vec<(usize, &'a [Key])>, batch: usize) {
+        let distinct: HashSet<&Key> = keys.iter().collect();
+        if distinct.len() as u64 > capacity && keys.len() > 1 {
+            let (a, b) = keys.split_at(keys.len() / 2);
+            split(a, capacity, out, batch);
+            split(b, capacity, out, batch);
+        } else {
+            out.push((batch, keys));
+        }
+    }
+    let mut chunks = Vec::new();
+    for (b, keys) in stream.batches.iter().enumerate() {
+        split(keys, capacity, &mut chunks, b);
+    }
+    // Per chunk, each distinct key's next chunk (usize::MAX: never again).
+    let mut next_use: Vec<HashMap<Key, usize>> = vec![HashMap::new(); chunks.len()];
+    let mut last: HashMap<Key, usize> = HashMap::new();
+    for (c, (_, keys)) in chunks.iter().enumerate().rev() {
+        for &k in *keys {
+            if let std::collections::hash_map::Entry::Vacant(e) = next_use[c].entry(k) {
+                e.insert(last.get(&k).copied().unwrap_or(usize::MAX));
+            }
+        }
+        for &k in *keys {
+            last.insert(k, c);
+        }
+    }
+    let warm_up = stream.warm_up_batches();
+    let mut cached: HashMap<Key, usize> = HashMap::new(); // key → its next use
+    let mut by_next: BTreeSet<(usize, Key)> = BTreeSet::new();
+    let (mut hits, mut timed) = (0u64, 0u64);
+    for (c, (b, keys)) in chunks.iter().enumerate() {
+        let counted = *b >= warm_up;
+        if counted {
+            timed += keys.len() as u64;
+        }
+        let mut missed = Vec::new();
+        for (&k, &next) in &next_use[c] {
+            match cached.get(&k) {
+                Some(&old) => {
+                    by_next.remove(&(old, k));
+                    cached.remove(&k);
+                }
+                None => missed.push(k),
+            }
+            let _ = next;
+        }
+        if counted {
+            hits += keys.iter().filter(|k| !missed.contains(k)).count() as u64;
+        }
+        // This chunk's keys are out of `by_next` (pinned); evict the furthest of the rest.
+        let room = capacity as usize - next_use[c].len();
+        while cached.len() > room {
+            let &(n, k) = by_next.last().expect("more cached than room");
+            by_next.remove(&(n, k));
+            cached.remove(&k);
+        }
+        for (&k, &next) in &next_use[c] {
+            cached.insert(k, next);
+            by_next.insert((next, k));
+        }
+    }
+    hits as f64 / timed.max(1) as f64
+}
+
+/// Every (stream, share, policy) combination, with the optimum after each (stream, share)'s
+/// policies when `with_optimum`.
 pub fn hit_rates(
-    distinct: u64,
-    lookups: usize,
-    batch: usize,
-    exponents: &[f64],
+    streams: &[Stream],
     shares: &[f64],
     policies: &[EvictionPolicy],
+    with_optimum: bool,
 ) -> Result<Vec<HitRate>> {
     let mut out = Vec::new();
-    for &exponent in exponents {
+    for stream in streams {
+        let distinct = stream.distinct();
         for &share in shares {
             let capacity = ((distinct as f64 * share).round() as u64).max(1);
+            let row = |policy: String, hit_rate: f64| HitRate {
+                stream: stream.name.clone(),
+                cache_share: share,
+                capacity_rows: capacity,
+                policy,
+                hit_rate,
+            };
             for &policy in policies {
-                let hit_rate = replay(distinct, exponent, capacity, policy, lookups, batch, 1)?;
-                out.push(HitRate {
-                    exponent,
-                    cache_share: share,
-                    capacity_rows: capacity,
-                    policy: policy.name(),
-                    hit_rate,
-                });
+                out.push(row(policy.name(), replay(stream, capacity, policy)?));
+            }
+            if with_optimum {
+                out.push(row("optimum".into(), optimum(stream, capacity)));
             }
         }
     }
@@ -339,4 +494,61 @@ pub fn throughput(
         gather_us,
     });
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tinylfu_matches_perfect_lfu_beats_the_rest_and_the_optimum_bounds_all() {
+        for exponent in [0.8, 1.1] {
+            let stream = Stream::zipf(20_000, exponent, 300_000, 1024, 3);
+            let capacity = (stream.distinct() as f64 * 0.02) as u64;
+            let rate = |p| replay(&stream, capacity, p).unwrap();
+            let (tiny, perfect) = (
+                rate(EvictionPolicy::TinyLfu),
+                rate(EvictionPolicy::PerfectLfu),
+            );
+            let others = [
+                rate(EvictionPolicy::score()),
+                rate(EvictionPolicy::Lru),
+                rate(EvictionPolicy::Lfu),
+            ];
+            let best = optimum(&stream, capacity);
+            assert!(
+                tiny >= perfect - 5e-4,
+                "{exponent}: tinylfu {tiny} < perfect lfu {perfect}"
+            );
+            for o in others {
+                assert!(tiny > o, "{exponent}: tinylfu {tiny} ≤ {o}");
+            }
+            for r in [tiny, perfect].iter().chain(&others) {
+                assert!(best >= *r, "{exponent}: optimum {best} below {r}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_optimum_misses_only_first_sightings_when_everything_fits_and_evicts_the_furthest() {
+        let batches = |ids: &[&[u64]]| Stream {
+            name: "hand".into(),
+            batches: ids
+                .iter()
+                .map(|b| b.iter().map(|&i| (1, i)).collect())
+                .collect(),
+            features: 1,
+        };
+        // 10 batches of one id; the first 2 (a fifth of 10 lookups) warm up.
+        let s = batches(&[&[1], &[2], &[3], &[1], &[2], &[3], &[1], &[2], &[3], &[1]]);
+        // Counted: 3's first sighting misses, the 7 later lookups hit.
+        assert_eq!(optimum(&s, 3), 0.875);
+        // Two rows: each miss evicts the id asked for later. Counted from batch 2: 3 misses
+        // (evicts 2), 1 hits, 2 misses (evicts 1), 3 hits, 1 misses (evicts 3), 2 hits, 3
+        // misses (evicts 2), 1 hits: 4 of 8.
+        assert_eq!(optimum(&s, 2), 0.5);
+        // A batch is cached whole while it is scored: three ids need three rows.
+        let s = batches(&[&[1, 2, 3], &[1, 2, 3]]);
+        assert_eq!(optimum(&s, 3), 0.5);
+    }
 }
