@@ -8,6 +8,8 @@
 # - a Vulkan driver: Mesa's (lavapipe, Vulkan on the CPU, where there is no GPU). Without one,
 #   wgpu falls back to OpenGL, hundreds of times slower. On Debian 12, Mesa 25 from
 #   bookworm-backports: Debian 12's own Mesa 22 runs our kernels about six times slower.
+# - redis-server (and redis-cli), which the embedding-store tests start as a Redis Cluster on
+#   loopback ports.
 # - Rust (through rustup) when cargo is missing.
 # Root or sudo is needed only when something must be installed.
 set -euo pipefail
@@ -38,6 +40,18 @@ if ! have_driver || [[ "$(mesa_version)" == 22.* ]]; then
             as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q mesa-vulkan-drivers libvulkan1
         fi
         have_driver || { echo "setup: no Vulkan driver could be installed" >&2; exit 1; }
+    fi
+fi
+
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing redis-server" >&2
+        as_root apt-get update -q
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server
+        # The package may start a system-wide server; the tests start their own nodes.
+        as_root service redis-server stop >/dev/null 2>&1 || true
+    else
+        echo "setup: redis-server is missing (the embedding-store tests need it); install it" >&2
     fi
 fi
 

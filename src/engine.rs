@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::batch::{Batch, CheckedBatch};
-use crate::cache::{CacheOptions, CacheState, CacheStats, UpdateOutcome};
+use crate::cache::{CacheOptions, CacheState, CacheStats, Refused, StoreSource, UpdateOutcome};
 use crate::error::{Error, Result, SampleError};
 use crate::forward::{ForwardBuffers, ForwardPass};
 use crate::gpu::gather::{self, GatherLayout, MAX_PAGES};
@@ -17,6 +17,7 @@ use crate::gpu::{BatchParams, GpuContext};
 use crate::model::Model;
 use crate::plan::{PackedWeights, Plan, Step};
 use crate::spec::ModelSpec;
+use crate::store::redis::RedisStore;
 use crate::store::{EmbeddingStore, Key, MemoryStore};
 use crate::weights::Weights;
 
@@ -125,8 +126,14 @@ impl Engine {
     /// Uploads the model and builds every buffer, bind group and table scoring needs. Hashed
     /// features' rows are served from a [`MemoryStore`] of the model's stored rows.
     pub fn new(ctx: Arc<GpuContext>, model: &Model, options: &EngineOptions) -> Result<Self> {
-        let store = MemoryStore::from_weights(&model.spec, &model.weights);
-        Self::with_store(ctx, model, options, Box::new(store))
+        let store: Box<dyn EmbeddingStore> = match &options.cache.store {
+            StoreSource::Redis(redis) if model.spec.has_hashed() => {
+                let names = model.spec.features.iter().map(|f| f.name.clone()).collect();
+                Box::new(RedisStore::open(redis.clone(), names, model.spec.d())?)
+            }
+            _ => Box::new(MemoryStore::from_weights(&model.spec, &model.weights)),
+        };
+        Self::with_store(ctx, model, options, store)
     }
 
     /// As [`Engine::new`], with hashed features' rows served from `store` (the model's stored
@@ -472,14 +479,14 @@ impl Engine {
                 crate::weights::MAX_WEIGHT
             )));
         }
-        Ok(self.lock_cache(cache)?.update(&self.ctx, f, ids, rows, now))
+        self.lock_cache(cache)?.update(&self.ctx, f, ids, rows, now)
     }
 
     /// Drops hashed ids not written for the update policy's expiry time from the store and the
     /// cache; returns how many. `now` is the update clock in seconds.
     pub fn expire(&self, now: u64) -> Result<usize> {
         match &self.cache {
-            Some(c) => Ok(self.lock_cache(c)?.expire(&self.ctx, now)),
+            Some(c) => self.lock_cache(c)?.expire(&self.ctx, now),
             None => Ok(0),
         }
     }
@@ -642,7 +649,8 @@ impl Engine {
                     .map(|k| (k[0] - 1, k[1] as u64 | (k[2] as u64) << 32))
                     .collect();
                 match guard.admit(&keys, &resolved) {
-                    Err(too_many) => return Ok(Err(too_many.needed)),
+                    Err(Refused::TooManyRows(too_many)) => return Ok(Err(too_many.needed)),
+                    Err(Refused::Store(e)) => return Err(e),
                     Ok(staged) => {
                         if staged {
                             guard.record_uploads(&self.ctx, &mut encoder);

@@ -63,6 +63,11 @@ pub enum Error {
     #[error("embedding cache: {0}")]
     Cache(String),
 
+    /// The embedding store did not answer: a node down, slow or refusing (named, with the
+    /// feature whose rows it holds).
+    #[error("embedding store: {0}")]
+    Store(String),
+
     /// The host cannot hold what a model or run needs (estimated before allocating).
     #[error("memory: {0}")]
     Memory(String),

@@ -197,6 +197,7 @@ fn options(capacity: u64, policy: EvictionPolicy, max_batch: usize) -> EngineOpt
             policy,
             updates: UpdatePolicy::default(),
             now: Some(0),
+            ..Default::default()
         },
         ..Default::default()
     }
@@ -270,9 +271,11 @@ fn max_rows_per_sample(twin: &Twin, batch: &Batch) -> u64 {
 fn cached_scores_equal_resident_scores_bit_for_bit_at_every_capacity() {
     let ctx = gpu();
     let policies = [
+        EvictionPolicy::TinyLfu,
         EvictionPolicy::score(),
         EvictionPolicy::Lru,
         EvictionPolicy::Lfu,
+        EvictionPolicy::PerfectLfu,
     ];
     for (seed, (variant, twin)) in twins(1, 8, 0.1).into_iter().enumerate() {
         let mut r = rng(1000 + seed as u64);

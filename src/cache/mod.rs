@@ -14,6 +14,7 @@
 //! after always does.
 
 pub mod evict;
+pub mod frequency;
 pub mod table;
 pub mod updates;
 
@@ -28,9 +29,10 @@ use crate::gpu::resolve::MISS;
 use crate::gpu::scatter::ScatterParams;
 use crate::gpu::GpuContext;
 use crate::spec::ModelSpec;
-use crate::store::{EmbeddingStore, Key};
+use crate::store::{EmbeddingStore, Fetched, Key};
 pub use evict::EvictionPolicy;
 use evict::Evictor;
+use frequency::Frequency;
 use table::HostTable;
 pub use updates::UpdatePolicy;
 use updates::UpdateTracker;
@@ -59,9 +61,20 @@ impl CacheCapacity {
     }
 }
 
+/// Where hashed features' rows live beyond the cache.
+#[derive(Debug, Clone, Default)]
+pub enum StoreSource {
+    /// The model directory's rows, in host memory ([`crate::store::MemoryStore`]).
+    #[default]
+    Model,
+    /// A Redis Cluster namespace that `pepnet store load` filled.
+    Redis(crate::store::redis::RedisOptions),
+}
+
 #[derive(Debug, Clone)]
 pub struct CacheOptions {
     pub capacity: CacheCapacity,
+    pub store: StoreSource,
     pub policy: EvictionPolicy,
     pub updates: UpdatePolicy,
     /// The update clock's reading when the engine starts (seconds; rows loaded from the store
@@ -73,7 +86,8 @@ impl Default for CacheOptions {
     fn default() -> Self {
         Self {
             capacity: CacheCapacity::Rows(1 << 16),
-            policy: EvictionPolicy::score(),
+            store: StoreSource::Model,
+            policy: EvictionPolicy::TinyLfu,
             updates: UpdatePolicy::default(),
             now: None,
         }
@@ -106,6 +120,9 @@ pub struct FeatureStats {
     pub capped_updates: u64,
     /// Ids dropped because they were not written for the expiry time.
     pub expired: u64,
+    /// Id occurrences whose store node did not answer, scored with the default row in
+    /// degraded mode.
+    pub unavailable: u64,
 }
 
 impl FeatureStats {
@@ -118,6 +135,7 @@ impl FeatureStats {
         self.updates += o.updates;
         self.capped_updates += o.capped_updates;
         self.expired += o.expired;
+        self.unavailable += o.unavailable;
     }
 
     /// hits / (hits + misses), 0 before any lookup.
@@ -268,11 +286,26 @@ impl Upload {
     }
 }
 
-/// Why a chunk of a batch could not be admitted.
+/// A chunk needs more distinct rows at once than the cache has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooManyRows {
     /// Distinct cached rows the chunk needs at once.
     pub needed: u64,
+}
+
+/// Why a chunk of a batch could not be admitted (nothing changed).
+#[derive(Debug)]
+pub enum Refused {
+    /// Too many rows: a smaller chunk may fit.
+    TooManyRows(TooManyRows),
+    /// The store did not answer (and was not asked to degrade).
+    Store(Error),
+}
+
+/// A frequency policy's priority for `key` in `batch`: its count, ties to the more recent (the
+/// batch number is far below one count: 2⁻³² per batch).
+fn frequency_priority(frequency: &Frequency, key: Key, batch: u64) -> f64 {
+    frequency.estimate(key) as f64 + batch as f64 * (1.0 / 4_294_967_296.0)
 }
 
 /// The host side of the cache, behind the engine's lock.
@@ -289,6 +322,8 @@ pub struct CacheState {
     slots: Vec<Option<Key>>,
     free: Vec<u32>,
     evictor: Evictor,
+    /// Every id's access history, for the frequency policies.
+    frequency: Option<Frequency>,
     tracker: UpdateTracker,
     /// Per slot, the last batch that used it, and its uses in that batch.
     used_in: Vec<u64>,
@@ -367,7 +402,17 @@ impl CacheState {
             ));
         }
         let now = options.now.unwrap_or_else(unix_now);
-        let tracker = UpdateTracker::new(options.updates, store.keys(), now);
+        let tracker = match store.keys() {
+            Some(keys) => UpdateTracker::new(options.updates, keys, now),
+            None if options.updates != UpdatePolicy::default() => {
+                return Err(Error::Cache(
+                    "the update cap and expiry are not kept for this embedding store yet; \
+                     leave --max-updates and --expire-after-secs unset"
+                        .into(),
+                ))
+            }
+            None => UpdateTracker::new(options.updates, [], now),
+        };
         let slots = capacity as usize;
         Ok(Self {
             d,
@@ -380,6 +425,7 @@ impl CacheState {
             slots: vec![None; slots],
             free: (0..slots as u32).rev().collect(),
             evictor: Evictor::new(options.policy, slots),
+            frequency: options.policy.frequency(slots),
             tracker,
             used_in: vec![0; slots],
             uses: vec![0; slots],
@@ -418,11 +464,7 @@ impl CacheState {
     /// [`MISS`]. Counts the hits, fetches the misses from the store and stages their rows and
     /// table entries (evicting as needed); returns whether anything was staged. Fails, changing
     /// nothing, when the chunk needs more distinct rows than the cache has.
-    pub fn admit(
-        &mut self,
-        keys: &[Key],
-        resolved: &[u32],
-    ) -> std::result::Result<bool, TooManyRows> {
+    pub fn admit(&mut self, keys: &[Key], resolved: &[u32]) -> std::result::Result<bool, Refused> {
         self.batch += 1;
         let batch = self.batch;
         let mut touched = Vec::new();
@@ -446,18 +488,24 @@ impl CacheState {
             }
         }
         let mut fetched = vec![0.0f32; missed.len() * self.d];
-        let mut known = vec![false; missed.len()];
+        let mut known = vec![Fetched::Unknown; missed.len()];
+        let forget_marks = |used_in: &mut [u64]| {
+            // Forget this batch's marks: a retry is a new batch.
+            for &s in &touched {
+                used_in[s as usize] = 0;
+            }
+        };
         if !missed.is_empty() {
-            self.store.get_many(&missed, &mut fetched, &mut known);
+            if let Err(e) = self.store.get_many(&missed, &mut fetched, &mut known) {
+                forget_marks(&mut self.used_in);
+                return Err(Refused::Store(self.name_features(e)));
+            }
         }
-        let n_known = known.iter().filter(|&&k| k).count() as u64;
+        let n_known = known.iter().filter(|&&k| k == Fetched::Row).count() as u64;
         let needed = touched.len() as u64 + n_known;
         if needed > self.capacity {
-            // Forget this batch's marks: the retry is a new batch.
-            for &s in &touched {
-                self.used_in[s as usize] = 0;
-            }
-            return Err(TooManyRows { needed });
+            forget_marks(&mut self.used_in);
+            return Err(Refused::TooManyRows(TooManyRows { needed }));
         }
 
         let mut inserted = false;
@@ -466,8 +514,27 @@ impl CacheState {
                 self.stats[key.0 as usize].hits += 1;
             }
         }
-        for &slot in &touched {
-            self.evictor.access(slot, batch, self.uses[slot as usize]);
+        if let Some(frequency) = &mut self.frequency {
+            let mut halved = false;
+            for &slot in &touched {
+                let key = self.slots[slot as usize].expect("a hit's slot is occupied");
+                halved |= frequency.record(key, self.uses[slot as usize]);
+            }
+            for key in &missed {
+                halved |= frequency.record(*key, miss_uses[key].1);
+            }
+            if halved {
+                self.evictor.rescale(0.5);
+            }
+            for &slot in &touched {
+                let key = self.slots[slot as usize].expect("occupied");
+                self.evictor
+                    .access_at(slot, frequency_priority(frequency, key, batch));
+            }
+        } else {
+            for &slot in &touched {
+                self.evictor.access(slot, batch, self.uses[slot as usize]);
+            }
         }
         // Victims for the known misses the free slots cannot take, chosen before any new row
         // enters, among the rows this batch does not use.
@@ -491,15 +558,27 @@ impl CacheState {
             let uses = miss_uses[&key].1;
             let stats = &mut self.stats[key.0 as usize];
             stats.misses += uses;
-            if !known[i] {
-                stats.unknown += uses;
-                continue;
+            match known[i] {
+                Fetched::Row => {}
+                Fetched::Unknown => {
+                    stats.unknown += uses;
+                    continue;
+                }
+                Fetched::Unavailable => {
+                    stats.unavailable += uses;
+                    continue;
+                }
             }
             let slot = self.free.pop().expect("freed above");
             self.table.insert(table::tag(key.0 as usize), key.1, slot);
             self.slots[slot as usize] = Some(key);
             self.used_in[slot as usize] = batch;
-            self.evictor.insert(slot, batch, uses);
+            match &self.frequency {
+                Some(f) => self
+                    .evictor
+                    .insert_at(slot, frequency_priority(f, key, batch)),
+                None => self.evictor.insert(slot, batch, uses),
+            }
             self.stats[key.0 as usize].insertions += 1;
             inserted = true;
             let row = &fetched[i * self.d..(i + 1) * self.d];
@@ -544,7 +623,7 @@ impl CacheState {
         ids: &[u64],
         rows: &[f32],
         now: u64,
-    ) -> UpdateOutcome {
+    ) -> Result<UpdateOutcome> {
         let d = self.d;
         let mut outcome = UpdateOutcome::default();
         for (&id, row) in ids.iter().zip(rows.chunks_exact(d)) {
@@ -553,7 +632,10 @@ impl CacheState {
                 outcome.capped += 1;
                 continue;
             }
-            self.store.put(key, row);
+            if let Err(e) = self.store.put(key, row) {
+                self.flush(ctx);
+                return Err(self.name_features(e));
+            }
             if let Some(slot) = self.table.get(table::tag(feature), id) {
                 if self.rows.is_full() {
                     self.flush(ctx);
@@ -566,15 +648,18 @@ impl CacheState {
         stats.updates += outcome.applied as u64;
         stats.capped_updates += outcome.capped as u64;
         self.flush(ctx);
-        outcome
+        Ok(outcome)
     }
 
     /// Drops every id not written for the expiry time from the store and the cache; returns
     /// how many.
-    pub fn expire(&mut self, ctx: &GpuContext, now: u64) -> usize {
+    pub fn expire(&mut self, ctx: &GpuContext, now: u64) -> Result<usize> {
         let gone = self.tracker.expire(now);
         for &(f, id) in &gone {
-            self.store.remove((f, id));
+            if let Err(e) = self.store.remove((f, id)) {
+                self.flush(ctx);
+                return Err(self.name_features(e));
+            }
             if let Some(slot) = self.table.remove(table::tag(f as usize), id) {
                 self.slots[slot as usize] = None;
                 self.evictor.remove(slot);
@@ -583,7 +668,22 @@ impl CacheState {
             self.stats[f as usize].expired += 1;
         }
         self.flush(ctx);
-        gone.len()
+        Ok(gone.len())
+    }
+
+    /// A store error with its features' names in place of their spec indices (stores name
+    /// keys as `feature #<index>`, not knowing the names).
+    fn name_features(&self, e: Error) -> Error {
+        match e {
+            Error::Store(mut message) => {
+                for (f, name) in self.names.iter().enumerate().rev() {
+                    message =
+                        message.replace(&format!("feature #{f}"), &format!("feature '{name}'"));
+                }
+                Error::Store(message)
+            }
+            other => other,
+        }
     }
 
     /// Counters per hashed feature (`hashed[f]` says which features are) and in total.

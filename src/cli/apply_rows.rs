@@ -1,13 +1,17 @@
-//! `pepnet apply-rows`: new rows for hashed features merged into a model directory.
+//! `pepnet apply-rows`: new rows for hashed features merged into a model directory, or written
+//! to the Redis Cluster store that scoring processes read.
 
 use std::path::PathBuf;
 
 use clap::Args;
 
+use pepnet::store::redis::RedisStore;
+use pepnet::store::EmbeddingStore;
 use pepnet::{Model, Result};
 
 /// Merge a safetensors file of new rows for hashed features (emb.<f>.ids beside emb.<f>)
-/// into a model directory: known ids' rows are replaced, new ids added.
+/// into a model directory, or write them to a store (--store): known ids' rows are replaced,
+/// new ids added.
 #[derive(Args)]
 pub struct ApplyRows {
     /// Model directory.
@@ -17,14 +21,35 @@ pub struct ApplyRows {
     #[arg(long)]
     pub rows: PathBuf,
     /// Where to write the updated model (default: in place, atomically per file).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "store")]
     pub out: Option<PathBuf>,
+    /// Write the rows to this store instead of the model directory (which is only read).
+    #[command(flatten)]
+    pub store: super::StoreFlags,
 }
 
 impl ApplyRows {
     pub fn run(self) -> Result<()> {
         let mut model = Model::load(&self.model)?;
         let updates = pepnet::store::read_rows_file(&self.rows, &model.spec)?;
+        if let Some(redis) = self.store.redis() {
+            let names = model.spec.features.iter().map(|f| f.name.clone()).collect();
+            let mut store = RedisStore::open(redis.clone(), names, model.spec.d())?;
+            let d = model.spec.d();
+            for (f, update) in &updates {
+                for (i, &id) in update.ids.iter().enumerate() {
+                    store.put((*f as u32, id), &update.rows[i * d..(i + 1) * d])?;
+                }
+                let name = &model.spec.features[*f].name;
+                eprintln!("{name}: {} rows written", update.ids.len());
+            }
+            eprintln!(
+                "wrote to namespace '{}' on {}",
+                redis.namespace,
+                redis.nodes.join(",")
+            );
+            return Ok(());
+        }
         for (f, update) in &updates {
             let name = model.spec.features[*f].name.clone();
             let table = model

@@ -17,6 +17,7 @@ mod loadgen;
 mod plan;
 mod score;
 mod serve;
+mod store;
 mod train;
 mod train_bench;
 
@@ -44,6 +45,7 @@ pub enum Command {
     Score(score::Score),
     Serve(serve::Serve),
     ApplyRows(apply_rows::ApplyRows),
+    Store(store::Store),
     CacheBench(cache_bench::CacheBench),
     Init(init::Init),
     Info(info::Info),
@@ -89,6 +91,7 @@ impl Command {
             Command::Score(c) => c.run(),
             Command::Serve(c) => c.run(),
             Command::ApplyRows(c) => c.run(),
+            Command::Store(c) => c.run(),
             Command::CacheBench(c) => c.run(),
             Command::Init(c) => c.run(),
             Command::Info(c) => c.run(),
@@ -108,6 +111,7 @@ impl Command {
     fn outputs(&self) -> Outputs<'_> {
         match self {
             Command::Score(c) => Outputs::files(&[Some(&c.output), c.rejects.as_ref()]),
+            Command::ApplyRows(c) if c.store.store.is_some() => Outputs::default(),
             Command::ApplyRows(c) => Outputs::dir(c.out.as_ref().unwrap_or(&c.model)),
             Command::CacheBench(c) => Outputs::files(&[c.report.json.as_ref()]),
             Command::Init(c) => Outputs::dir(&c.out),
@@ -123,7 +127,9 @@ impl Command {
             Command::Kuairand(c) => Outputs::files(&[Some(&c.output), Some(&c.spec_out)]),
             Command::Loadgen(c) => Outputs::files(&[c.report.json.as_ref()]),
             Command::GenInput(c) => Outputs::files(&[Some(&c.output)]),
-            Command::Info(_) | Command::Plan(_) | Command::Serve(_) => Outputs::default(),
+            Command::Info(_) | Command::Plan(_) | Command::Serve(_) | Command::Store(_) => {
+                Outputs::default()
+            }
         }
     }
 }
@@ -187,17 +193,62 @@ pub struct Cache {
     /// Embedding cache capacity in bytes of GPU memory.
     #[arg(long)]
     pub cache_bytes: Option<u64>,
-    /// Cache eviction policy: score (decayed access counts, the paper's), score:<decay>,
-    /// lru or lfu.
-    #[arg(long, default_value = "score", value_parser = pepnet::cache::EvictionPolicy::parse)]
+    /// Cache eviction policy: tinylfu (access counts of every id asked for, in a sketch that
+    /// slowly forgets), score (decayed access counts of cached rows, the paper's),
+    /// score:<decay>, lru, lfu, or perfect-lfu (exact counts of every id: memory grows with
+    /// the ids seen).
+    #[arg(long, default_value = "tinylfu", value_parser = pepnet::cache::EvictionPolicy::parse)]
     pub cache_policy: pepnet::cache::EvictionPolicy,
+    #[command(flatten)]
+    pub store: StoreFlags,
+}
+
+/// Where hashed features' rows live beyond the GPU cache.
+#[derive(Args)]
+pub struct StoreFlags {
+    /// Read hashed features' rows from a Redis Cluster, redis://HOST:PORT[,HOST:PORT...]
+    /// (seed nodes), filled by `pepnet store load` [default: the model directory's rows, in
+    /// host memory].
+    #[arg(long, value_parser = parse_store_url)]
+    pub store: Option<pepnet::store::redis::RedisOptions>,
+    /// The namespace in the store (one per model).
+    #[arg(long, default_value = "default", requires = "store")]
+    pub store_namespace: String,
+    /// Milliseconds to wait for a store node before it counts as down.
+    #[arg(long, default_value_t = 1000, requires = "store",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub store_timeout_ms: u64,
+    /// When a store node is down or slow, score its ids with their feature's default row
+    /// (counted as unavailable in the cache statistics) instead of failing.
+    #[arg(long, requires = "store")]
+    pub degraded: bool,
+}
+
+fn parse_store_url(s: &str) -> std::result::Result<pepnet::store::redis::RedisOptions, String> {
+    pepnet::store::redis::RedisOptions::from_url(s, "--store").map_err(|e| e.to_string())
+}
+
+impl StoreFlags {
+    /// The store's options, if one was given.
+    pub fn redis(&self) -> Option<pepnet::store::redis::RedisOptions> {
+        self.store.clone().map(|mut r| {
+            r.namespace = self.store_namespace.clone();
+            r.timeout = std::time::Duration::from_millis(self.store_timeout_ms);
+            r.degraded = self.degraded;
+            r
+        })
+    }
 }
 
 impl Cache {
     pub fn options(&self) -> pepnet::cache::CacheOptions {
-        use pepnet::cache::CacheCapacity;
+        use pepnet::cache::{CacheCapacity, StoreSource};
         let mut cache = pepnet::cache::CacheOptions {
             policy: self.cache_policy,
+            store: self
+                .store
+                .redis()
+                .map_or(StoreSource::Model, StoreSource::Redis),
             ..Default::default()
         };
         if let Some(n) = self.cache_rows {

@@ -1,16 +1,31 @@
 //! The embedding store: where hashed features' rows live on the host, keyed by (feature, id),
 //! however many there are. The GPU embedding cache ([`crate::cache`]) fetches from it on a miss
 //! and writes live updates through it. [`MemoryStore`] is the default, loaded from the model
-//! directory; [`EmbeddingStore`] is the seam for other backends (a memory-mapped file, a
-//! networked key-value store).
+//! directory; [`redis::RedisStore`] keeps the rows in a Redis Cluster that many scoring
+//! processes share.
+
+pub mod redis;
 
 use std::collections::HashMap;
 
+use crate::error::Result;
 use crate::spec::ModelSpec;
 use crate::weights::Weights;
 
 /// (index of the feature in the spec, raw id).
 pub type Key = (u32, u64);
+
+/// What the store said of one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetched {
+    /// Its row was copied out.
+    Row,
+    /// The store does not hold it: the id reads its feature's default row.
+    Unknown,
+    /// The part of the store holding it did not answer, and the store was asked to go on
+    /// without it (degraded mode): it reads the default row this time, and is not cached.
+    Unavailable,
+}
 
 /// Rows by (feature, id). Called only under the cache's lock, so implementations need no
 /// locking of their own.
@@ -18,16 +33,17 @@ pub trait EmbeddingStore: Send {
     /// Row width (the model's d).
     fn dim(&self) -> usize;
 
-    /// Copies the row of each key into its `dim()` floats of `out` and says whether the store
-    /// knows it; rows of unknown keys are left as they are. One call per batch's misses, so a
-    /// networked store can make one round trip.
-    fn get_many(&self, keys: &[Key], out: &mut [f32], found: &mut [bool]);
+    /// Copies the row of each key into its `dim()` floats of `out` and says what the store
+    /// knew of it; rows not found are left as they are. One call per batch's misses, so a
+    /// networked store can make one round trip. Fails, naming the part of the store that did
+    /// not answer, unless the store degrades to [`Fetched::Unavailable`] instead.
+    fn get_many(&mut self, keys: &[Key], out: &mut [f32], found: &mut [Fetched]) -> Result<()>;
 
     /// Inserts or replaces a row.
-    fn put(&mut self, key: Key, row: &[f32]);
+    fn put(&mut self, key: Key, row: &[f32]) -> Result<()>;
 
     /// Drops a row; says whether it was there.
-    fn remove(&mut self, key: Key) -> bool;
+    fn remove(&mut self, key: Key) -> Result<bool>;
 
     /// Rows held.
     fn len(&self) -> usize;
@@ -36,8 +52,9 @@ pub trait EmbeddingStore: Send {
         self.len() == 0
     }
 
-    /// Every key held (for expiry bookkeeping at start-up).
-    fn keys(&self) -> Vec<Key>;
+    /// Every key held, for the expiry bookkeeping of a store that keeps none itself; `None`
+    /// for a store that expires rows on its own (a networked one).
+    fn keys(&self) -> Option<Vec<Key>>;
 }
 
 /// Every row in host memory: one `Vec` of rows and an index; removed rows' places are reused.
@@ -67,7 +84,7 @@ impl MemoryStore {
             };
             store.index.reserve(h.ids.len());
             for (i, &id) in h.ids.iter().enumerate() {
-                store.put((f as u32, id), &h.rows[i * d..(i + 1) * d]);
+                store.insert((f as u32, id), &h.rows[i * d..(i + 1) * d]);
             }
         }
         store
@@ -79,20 +96,47 @@ impl EmbeddingStore for MemoryStore {
         self.d
     }
 
-    fn get_many(&self, keys: &[Key], out: &mut [f32], found: &mut [bool]) {
+    fn get_many(&mut self, keys: &[Key], out: &mut [f32], found: &mut [Fetched]) -> Result<()> {
         let d = self.d;
         for ((key, dst), hit) in keys.iter().zip(out.chunks_exact_mut(d)).zip(found) {
             *hit = match self.index.get(key) {
                 Some(&r) => {
                     dst.copy_from_slice(&self.rows[r * d..(r + 1) * d]);
-                    true
+                    Fetched::Row
                 }
-                None => false,
+                None => Fetched::Unknown,
             };
         }
+        Ok(())
     }
 
-    fn put(&mut self, key: Key, row: &[f32]) {
+    fn put(&mut self, key: Key, row: &[f32]) -> Result<()> {
+        self.insert(key, row);
+        Ok(())
+    }
+
+    fn remove(&mut self, key: Key) -> Result<bool> {
+        Ok(match self.index.remove(&key) {
+            Some(r) => {
+                self.free.push(r);
+                true
+            }
+            None => false,
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    fn keys(&self) -> Option<Vec<Key>> {
+        Some(self.index.keys().copied().collect())
+    }
+}
+
+impl MemoryStore {
+    /// Inserts or replaces a row.
+    pub fn insert(&mut self, key: Key, row: &[f32]) {
         let d = self.d;
         let r = match self.index.get(&key) {
             Some(&r) => r,
@@ -106,24 +150,6 @@ impl EmbeddingStore for MemoryStore {
             }
         };
         self.rows[r * d..(r + 1) * d].copy_from_slice(row);
-    }
-
-    fn remove(&mut self, key: Key) -> bool {
-        match self.index.remove(&key) {
-            Some(r) => {
-                self.free.push(r);
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.index.len()
-    }
-
-    fn keys(&self) -> Vec<Key> {
-        self.index.keys().copied().collect()
     }
 }
 
@@ -188,21 +214,22 @@ mod tests {
     #[test]
     fn rows_round_trip_and_removed_places_are_reused() {
         let mut s = MemoryStore::new(2);
-        s.put((0, u64::MAX), &[1.0, 2.0]);
-        s.put((1, u64::MAX), &[3.0, 4.0]);
-        s.put((0, u64::MAX), &[5.0, 6.0]);
+        s.put((0, u64::MAX), &[1.0, 2.0]).unwrap();
+        s.put((1, u64::MAX), &[3.0, 4.0]).unwrap();
+        s.put((0, u64::MAX), &[5.0, 6.0]).unwrap();
         let mut out = [9.0; 6];
-        let mut found = [false; 3];
+        let mut found = [Fetched::Unavailable; 3];
         s.get_many(
             &[(0, u64::MAX), (2, 7), (1, u64::MAX)],
             &mut out,
             &mut found,
-        );
-        assert_eq!(found, [true, false, true]);
+        )
+        .unwrap();
+        assert_eq!(found, [Fetched::Row, Fetched::Unknown, Fetched::Row]);
         assert_eq!(out, [5.0, 6.0, 9.0, 9.0, 3.0, 4.0]);
-        assert!(s.remove((0, u64::MAX)));
-        assert!(!s.remove((0, u64::MAX)));
-        s.put((0, 1), &[7.0, 8.0]);
+        assert!(s.remove((0, u64::MAX)).unwrap());
+        assert!(!s.remove((0, u64::MAX)).unwrap());
+        s.put((0, 1), &[7.0, 8.0]).unwrap();
         assert_eq!((s.len(), s.rows.len()), (2, 4));
     }
 }

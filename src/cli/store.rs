@@ -1,0 +1,185 @@
+//! `pepnet store`: the embedding store on a Redis Cluster.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use pepnet::store::redis::{self, RowType};
+use pepnet::{Model, Result};
+
+/// The embedding store on a Redis Cluster.
+#[derive(Args)]
+pub struct Store {
+    #[command(subcommand)]
+    pub command: StoreCommand,
+}
+
+#[derive(Subcommand)]
+pub enum StoreCommand {
+    Load(Load),
+    Bench(Bench),
+}
+
+/// Time fetching a batch's misses from the store against the in-memory store: random known
+/// ids of the model, `--keys` per fetch (a namespace loaded from the same model directory).
+#[derive(Args)]
+pub struct Bench {
+    /// Model directory (loaded into the store's namespace).
+    #[arg(long)]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub store: super::StoreFlags,
+    /// Keys per fetch.
+    #[arg(long, default_value_t = 1024, value_parser = super::at_least_one())]
+    pub keys: usize,
+    /// Timed fetches.
+    #[arg(long, default_value_t = 200, value_parser = super::at_least_one())]
+    pub fetches: usize,
+}
+
+/// Bulk-load a model directory's hashed rows into a Redis Cluster namespace, pipelined.
+#[derive(Args)]
+pub struct Load {
+    /// Model directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub store: super::StoreFlags,
+    /// How rows are stored: f32, or f16 (half the memory; exact for models scored at f16).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    pub dtype: String,
+    /// Rows per pipeline (one round trip to every node at once).
+    #[arg(long, default_value_t = 2048, value_parser = super::at_least_one())]
+    pub chunk: usize,
+    /// No progress bar (it is only drawn on a terminal anyway).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl Store {
+    pub fn run(self) -> Result<()> {
+        match self.command {
+            StoreCommand::Load(c) => c.run(),
+            StoreCommand::Bench(c) => c.run(),
+        }
+    }
+}
+
+impl Load {
+    pub fn run(self) -> Result<()> {
+        let options = self.store.redis().ok_or_else(|| {
+            pepnet::Error::Store("store load needs --store redis://HOST:PORT[,...]".into())
+        })?;
+        let model = Model::load(&self.model)?;
+        let row_type = RowType::parse(&self.dtype).expect("checked by clap");
+        let bar = (!self.quiet).then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} rows {per_sec} eta {eta}",
+                )
+                .expect("a valid template"),
+            );
+            bar
+        });
+        let loaded = redis::load(
+            &options,
+            &model.spec,
+            &model.weights,
+            row_type,
+            self.chunk,
+            &mut |done, total| {
+                if let Some(bar) = &bar {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                }
+            },
+        )?;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        eprintln!(
+            "loaded {} rows ({}) into namespace '{}' on {} in {:.3} s ({:.0} rows/s)",
+            loaded.rows,
+            row_type.name(),
+            options.namespace,
+            options.nodes.join(","),
+            loaded.seconds,
+            loaded.rows as f64 / loaded.seconds.max(1e-9)
+        );
+        Ok(())
+    }
+}
+
+impl Bench {
+    pub fn run(self) -> Result<()> {
+        use pepnet::store::{EmbeddingStore, Fetched, MemoryStore};
+        use rand::{RngExt, SeedableRng};
+        let options = self.store.redis().ok_or_else(|| {
+            pepnet::Error::Store("store bench needs --store redis://HOST:PORT[,...]".into())
+        })?;
+        let model = Model::load(&self.model)?;
+        let d = model.spec.d();
+        let mut memory = MemoryStore::from_weights(&model.spec, &model.weights);
+        let names = model.spec.features.iter().map(|f| f.name.clone()).collect();
+        let mut remote = redis::RedisStore::open(options.clone(), names, d)?;
+        let keys = memory.keys().unwrap_or_default();
+        if keys.is_empty() {
+            return Err(pepnet::Error::Store(format!(
+                "{} has no hashed rows to fetch",
+                self.model.display()
+            )));
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let fetches: Vec<Vec<pepnet::store::Key>> = (0..self.fetches + 5)
+            .map(|_| {
+                (0..self.keys)
+                    .map(|_| keys[rng.random_range(0..keys.len())])
+                    .collect()
+            })
+            .collect();
+        println!(
+            "{} fetches of {} random known rows (d = {d}) from namespace '{}' on {}",
+            self.fetches,
+            self.keys,
+            options.namespace,
+            options.nodes.join(",")
+        );
+        println!(
+            "{:<8} {:>10} {:>10} {:>10} {:>12}",
+            "store", "p50 ms", "p99 ms", "mean ms", "rows/s"
+        );
+        let stores: [(&str, &mut dyn EmbeddingStore); 2] =
+            [("memory", &mut memory), ("redis", &mut remote)];
+        for (name, store) in stores {
+            let mut out = vec![0.0f32; self.keys * d];
+            let mut found = vec![Fetched::Unknown; self.keys];
+            let mut times = Vec::with_capacity(self.fetches);
+            for (i, batch) in fetches.iter().enumerate() {
+                let start = std::time::Instant::now();
+                store.get_many(batch, &mut out, &mut found)?;
+                if i >= 5 {
+                    times.push(start.elapsed().as_secs_f64());
+                }
+                if let Some(k) = found.iter().position(|f| *f != Fetched::Row) {
+                    return Err(pepnet::Error::Store(format!(
+                        "{name}: key {:?} not found; load the model into the namespace first",
+                        batch[k]
+                    )));
+                }
+            }
+            let total: f64 = times.iter().sum();
+            times.sort_by(f64::total_cmp);
+            let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize] * 1e3;
+            println!(
+                "{:<8} {:>10.3} {:>10.3} {:>10.3} {:>12.0}",
+                name,
+                at(0.5),
+                at(0.99),
+                total / times.len() as f64 * 1e3,
+                (times.len() * self.keys) as f64 / total
+            );
+        }
+        Ok(())
+    }
+}

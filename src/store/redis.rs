@@ -1,0 +1,610 @@
+//! The embedding store on a Redis Cluster: rows that outgrow one host, shared by every scoring
+//! process that points at the same cluster and namespace.
+//!
+//! Layout, per namespace `ns`:
+//! - a row: key `pepnet:<ns>:{<feature>:<id>}` (the braces are Redis Cluster's hash tag, so
+//!   rows spread over every slot, and a row's companion keys could share its slot), value the
+//!   write's version (Unix microseconds, u64 little-endian) then the row: d f32s or d f16s,
+//!   little-endian;
+//! - `pepnet:<ns>:meta`: a hash of `d`, `dtype` (`f32` or `f16`) and `rows` (the rows loaded).
+//!
+//! One batch's misses are fetched with one cluster pipeline of GETs: the client sends each
+//! node its share of the commands at once and then reads the answers, so a batch costs one
+//! round trip to the slowest node involved, however many keys and nodes. On a failure the
+//! store finds which node did not answer (asking the cluster for its slot map and pinging the
+//! nodes that hold the keys) and fails naming it and the features of its keys, or, in degraded
+//! mode, answers the other nodes' keys and reports the node's as unavailable (the cache reads
+//! their default rows and counts them), and leaves the node alone for a second before trying it
+//! again: scoring recovers by itself when the node is back.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use half::f16;
+use redis::cluster::{cluster_pipe, ClusterClient, ClusterConnection};
+use redis::Value;
+
+use super::{EmbeddingStore, Fetched, Key};
+use crate::error::{Error, Result};
+
+/// How rows are stored in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowType {
+    F32,
+    F16,
+}
+
+impl RowType {
+    pub fn name(self) -> &'static str {
+        match self {
+            RowType::F32 => "f32",
+            RowType::F16 => "f16",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "f32" => Some(RowType::F32),
+            "f16" => Some(RowType::F16),
+            _ => None,
+        }
+    }
+
+    fn bytes(self) -> usize {
+        match self {
+            RowType::F32 => 4,
+            RowType::F16 => 2,
+        }
+    }
+}
+
+/// Where the store is and how to talk to it.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// Seed nodes, `redis://HOST:PORT` each.
+    pub nodes: Vec<String>,
+    pub namespace: String,
+    /// Connecting to and waiting for a node.
+    pub timeout: Duration,
+    /// Answer keys of a node that is down or slow as unavailable (default rows, counted)
+    /// instead of failing.
+    pub degraded: bool,
+}
+
+impl RedisOptions {
+    /// Parses `redis://HOST:PORT[,HOST:PORT...]`; `what` names the flag in errors.
+    pub fn from_url(url: &str, what: &str) -> Result<Self> {
+        let bad = |why: String| Error::Store(format!("{what} '{url}': {why}"));
+        let rest = url
+            .strip_prefix("redis://")
+            .ok_or_else(|| bad("expected redis://HOST:PORT[,HOST:PORT...]".into()))?;
+        let mut nodes = Vec::new();
+        for node in rest.split(',') {
+            let node = node.trim().trim_end_matches('/');
+            let (host, port) = node
+                .rsplit_once(':')
+                .ok_or_else(|| bad(format!("node '{node}' has no :PORT")))?;
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return Err(bad(format!("node '{node}': expected HOST:PORT")));
+            }
+            nodes.push(format!("redis://{node}"));
+        }
+        Ok(Self {
+            nodes,
+            namespace: "default".into(),
+            timeout: Duration::from_millis(1000),
+            degraded: false,
+        })
+    }
+}
+
+/// Redis Cluster's key slot: CRC16 (XMODEM) of the key's hash tag, modulo 16384.
+pub fn key_slot(key: &[u8]) -> u16 {
+    let tagged = match key.iter().position(|&b| b == b'{') {
+        Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    };
+    let mut crc: u16 = 0;
+    for &b in tagged {
+        crc ^= (b as u16) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+/// Rows by (feature, id) in a Redis Cluster.
+pub struct RedisStore {
+    options: RedisOptions,
+    /// Spec feature names by index (keys name features, not indices, so a spec that reorders
+    /// its features reads the same rows).
+    features: Vec<String>,
+    d: usize,
+    row_type: RowType,
+    rows: usize,
+    connection: ClusterConnection,
+    /// Slot ranges' owners, learned when something failed: (first slot, last slot, node).
+    slots: Vec<(u16, u16, String)>,
+    /// Nodes left alone until the instant given (degraded mode).
+    resting: HashMap<String, Instant>,
+}
+
+/// How long a node that failed is left alone in degraded mode before it is tried again.
+const REST: Duration = Duration::from_secs(1);
+
+fn redis_error(what: &str, e: redis::RedisError) -> Error {
+    Error::Store(format!("{what}: {e}"))
+}
+
+impl RedisStore {
+    fn client(options: &RedisOptions) -> Result<ClusterClient> {
+        ClusterClient::builder(options.nodes.clone())
+            .connection_timeout(options.timeout)
+            .response_timeout(options.timeout)
+            .retries(2)
+            .min_retry_wait(10)
+            .max_retry_wait(100)
+            .build()
+            .map_err(|e| redis_error(&format!("cluster {}", options.nodes.join(",")), e))
+    }
+
+    fn connect(options: &RedisOptions) -> Result<ClusterConnection> {
+        Self::client(options)?
+            .get_connection()
+            .map_err(|e| redis_error(&format!("cluster {}", options.nodes.join(",")), e))
+    }
+
+    fn meta_key(namespace: &str) -> String {
+        format!("pepnet:{namespace}:meta")
+    }
+
+    /// Opens namespace `options.namespace`, which a `pepnet store load` must have written, for
+    /// a model whose features are `features` and rows `d` wide.
+    pub fn open(options: RedisOptions, features: Vec<String>, d: usize) -> Result<Self> {
+        let mut connection = Self::connect(&options)?;
+        let meta: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(Self::meta_key(&options.namespace))
+            .query(&mut connection)
+            .map_err(|e| redis_error("reading the namespace's metadata", e))?;
+        let ns = &options.namespace;
+        if meta.is_empty() {
+            return Err(Error::Store(format!(
+                "namespace '{ns}' holds no rows on {}; load a model into it with `pepnet store load`",
+                options.nodes.join(",")
+            )));
+        }
+        let field = |name: &str| {
+            meta.get(name)
+                .ok_or_else(|| Error::Store(format!("namespace '{ns}': metadata has no '{name}'")))
+        };
+        let stored_d: usize = field("d")?
+            .parse()
+            .map_err(|_| Error::Store(format!("namespace '{ns}': metadata 'd' is not a number")))?;
+        if stored_d != d {
+            return Err(Error::Store(format!(
+                "namespace '{ns}' holds rows of {stored_d} floats, the model's d is {d}"
+            )));
+        }
+        let row_type = RowType::parse(field("dtype")?).ok_or_else(|| {
+            Error::Store(format!(
+                "namespace '{ns}': metadata 'dtype' is '{}', expected f32 or f16",
+                meta["dtype"]
+            ))
+        })?;
+        let rows = meta.get("rows").and_then(|r| r.parse().ok()).unwrap_or(0);
+        Ok(Self {
+            options,
+            features,
+            d,
+            row_type,
+            rows,
+            connection,
+            slots: Vec::new(),
+            resting: HashMap::new(),
+        })
+    }
+
+    pub fn row_type(&self) -> RowType {
+        self.row_type
+    }
+
+    fn key(&self, key: Key) -> String {
+        row_key(
+            &self.options.namespace,
+            &self.features[key.0 as usize],
+            key.1,
+        )
+    }
+
+    /// The node serving `slot`, from the last slot map learned.
+    fn node_of(&self, slot: u16) -> Option<&str> {
+        self.slots
+            .iter()
+            .find(|(first, last, _)| (*first..=*last).contains(&slot))
+            .map(|(_, _, node)| node.as_str())
+    }
+
+    /// Asks the seed nodes, one after another, for the cluster's slot map.
+    fn learn_slots(&mut self) -> Result<()> {
+        let mut last_error = String::from("no seed nodes");
+        for seed in &self.options.nodes {
+            match node_connection(seed, self.options.timeout).and_then(|mut c| {
+                redis::cmd("CLUSTER")
+                    .arg("SLOTS")
+                    .query::<Value>(&mut c)
+                    .map_err(|e| e.to_string())
+            }) {
+                Ok(value) => {
+                    self.slots = parse_slots(&value);
+                    return Ok(());
+                }
+                Err(e) => last_error = format!("{seed}: {e}"),
+            }
+        }
+        Err(Error::Store(format!(
+            "no seed node answered CLUSTER SLOTS (last: {last_error})"
+        )))
+    }
+
+    /// After a failed fetch of `keys`: the nodes holding some of them that do not answer a
+    /// PING, each with the features of its keys.
+    fn diagnose(&mut self, keys: &[Key]) -> Result<Vec<(String, BTreeSet<u32>)>> {
+        self.learn_slots()?;
+        let mut by_node: HashMap<String, BTreeSet<u32>> = HashMap::new();
+        for &key in keys {
+            let slot = key_slot(self.key(key).as_bytes());
+            let node = self.node_of(slot).unwrap_or("(no node serves its slot)");
+            by_node.entry(node.to_string()).or_default().insert(key.0);
+        }
+        let mut down: Vec<(String, BTreeSet<u32>)> = by_node
+            .into_iter()
+            .filter(|(node, _)| {
+                node_connection(&format!("redis://{node}"), self.options.timeout)
+                    .and_then(|mut c| {
+                        redis::cmd("PING")
+                            .query::<String>(&mut c)
+                            .map_err(|e| e.to_string())
+                    })
+                    .is_err()
+            })
+            .collect();
+        down.sort();
+        Ok(down)
+    }
+
+    /// One pipeline of GETs for `keys` (all of them, or an error).
+    fn fetch(&mut self, keys: &[Key]) -> redis::RedisResult<Vec<Option<Vec<u8>>>> {
+        let mut pipe = cluster_pipe();
+        for &key in keys {
+            pipe.get(self.key(key));
+        }
+        pipe.query(&mut self.connection)
+    }
+
+    fn decode(&self, key: Key, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+        let want = 8 + self.d * self.row_type.bytes();
+        if bytes.len() != want {
+            return Err(Error::Store(format!(
+                "key {}: {} bytes, expected {want} (an 8-byte version and {} {} values)",
+                self.key(key),
+                bytes.len(),
+                self.d,
+                self.row_type.name()
+            )));
+        }
+        let data = &bytes[8..];
+        match self.row_type {
+            RowType::F32 => {
+                for (x, b) in out.iter_mut().zip(data.chunks_exact(4)) {
+                    *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+            RowType::F16 => {
+                for (x, b) in out.iter_mut().zip(data.chunks_exact(2)) {
+                    *x = f16::from_le_bytes([b[0], b[1]]).to_f32();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The error naming each node that did not answer and the features of its keys.
+    fn node_error(&self, down: &[(String, BTreeSet<u32>)], cause: &str) -> Error {
+        let nodes: Vec<String> = down
+            .iter()
+            .map(|(node, features)| {
+                let names: Vec<String> = features.iter().map(|f| format!("feature #{f}")).collect();
+                format!("node {node} (rows of {})", names.join(", "))
+            })
+            .collect();
+        Error::Store(format!(
+            "{} did not answer ({cause}); start it again, or score with default rows for its \
+             ids with --degraded",
+            nodes.join(" and ")
+        ))
+    }
+}
+
+/// A row's key.
+pub fn row_key(namespace: &str, feature: &str, id: u64) -> String {
+    format!("pepnet:{namespace}:{{{feature}:{id}}}")
+}
+
+/// A row's value: the version, then the row as `row_type`.
+pub fn row_value(version: u64, row: &[f32], row_type: RowType) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + row.len() * row_type.bytes());
+    v.extend_from_slice(&version.to_le_bytes());
+    for &x in row {
+        match row_type {
+            RowType::F32 => v.extend_from_slice(&x.to_le_bytes()),
+            RowType::F16 => v.extend_from_slice(&f16::from_f32(x).to_le_bytes()),
+        }
+    }
+    v
+}
+
+/// Microseconds since the Unix epoch: a row's version.
+fn version_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// A plain connection to one node, with `timeout` on connecting, reading and writing.
+fn node_connection(url: &str, timeout: Duration) -> std::result::Result<redis::Connection, String> {
+    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+    let c = client
+        .get_connection_with_timeout(timeout)
+        .map_err(|e| e.to_string())?;
+    c.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    c.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
+/// CLUSTER SLOTS' answer as (first, last, "host:port" of the primary).
+fn parse_slots(value: &Value) -> Vec<(u16, u16, String)> {
+    let int = |v: &Value| match v {
+        Value::Int(i) => Some(*i),
+        _ => None,
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    let Value::Array(ranges) = value else {
+        return Vec::new();
+    };
+    ranges
+        .iter()
+        .filter_map(|range| {
+            let Value::Array(r) = range else { return None };
+            let (first, last) = (int(r.first()?)?, int(r.get(1)?)?);
+            let Value::Array(primary) = r.get(2)? else {
+                return None;
+            };
+            let host = text(primary.first()?)?;
+            let port = int(primary.get(1)?)?;
+            Some((first as u16, last as u16, format!("{host}:{port}")))
+        })
+        .collect()
+}
+
+impl EmbeddingStore for RedisStore {
+    fn dim(&self) -> usize {
+        self.d
+    }
+
+    fn get_many(&mut self, keys: &[Key], out: &mut [f32], found: &mut [Fetched]) -> Result<()> {
+        let now = Instant::now();
+        self.resting.retain(|_, until| *until > now);
+        // Degraded mode: keys of resting nodes are unavailable without asking.
+        let mut asked: Vec<usize> = (0..keys.len()).collect();
+        if self.options.degraded && !self.resting.is_empty() {
+            asked.retain(|&i| {
+                let slot = key_slot(self.key(keys[i]).as_bytes());
+                let resting = self
+                    .node_of(slot)
+                    .is_some_and(|n| self.resting.contains_key(n));
+                if resting {
+                    found[i] = Fetched::Unavailable;
+                }
+                !resting
+            });
+        }
+        let asked_keys: Vec<Key> = asked.iter().map(|&i| keys[i]).collect();
+        let values = match self.fetch(&asked_keys) {
+            Ok(values) => values,
+            Err(first) => {
+                // One more try on fresh connections (a node that restarted leaves the old ones
+                // broken), then find the culprit.
+                if let Ok(fresh) = Self::connect(&self.options) {
+                    self.connection = fresh;
+                }
+                match self.fetch(&asked_keys) {
+                    Ok(values) => values,
+                    Err(_) => {
+                        let down = self.diagnose(&asked_keys)?;
+                        if down.is_empty() {
+                            return Err(Error::Store(format!(
+                                "fetching {} rows failed ({first}), though every node holding \
+                                 them answers a ping",
+                                asked_keys.len()
+                            )));
+                        }
+                        if !self.options.degraded {
+                            return Err(self.node_error(&down, &first.to_string()));
+                        }
+                        let until = Instant::now() + REST;
+                        for (node, _) in &down {
+                            self.resting.insert(node.clone(), until);
+                        }
+                        return self.get_many(keys, out, found);
+                    }
+                }
+            }
+        };
+        let d = self.d;
+        for (&i, value) in asked.iter().zip(values) {
+            found[i] = match value {
+                Some(bytes) => {
+                    self.decode(keys[i], &bytes, &mut out[i * d..(i + 1) * d])?;
+                    Fetched::Row
+                }
+                None => Fetched::Unknown,
+            };
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, key: Key, row: &[f32]) -> Result<()> {
+        let value = row_value(version_now(), row, self.row_type);
+        let old: Option<Vec<u8>> = redis::cmd("SET")
+            .arg(self.key(key))
+            .arg(value)
+            .arg("GET")
+            .query(&mut self.connection)
+            .map_err(|e| redis_error(&format!("writing {}", self.key(key)), e))?;
+        if old.is_none() {
+            self.rows += 1;
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, key: Key) -> Result<bool> {
+        let n: i64 = redis::cmd("DEL")
+            .arg(self.key(key))
+            .query(&mut self.connection)
+            .map_err(|e| redis_error(&format!("deleting {}", self.key(key)), e))?;
+        if n > 0 {
+            self.rows = self.rows.saturating_sub(1);
+        }
+        Ok(n > 0)
+    }
+
+    fn len(&self) -> usize {
+        self.rows
+    }
+
+    fn keys(&self) -> Option<Vec<Key>> {
+        None
+    }
+}
+
+/// What a bulk load wrote.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Loaded {
+    pub rows: usize,
+    pub seconds: f64,
+}
+
+/// Writes every hashed row of `weights` into namespace `options.namespace` as `row_type`, in
+/// pipelines of `chunk` rows (one round trip each, to every node at once), then the namespace's
+/// metadata. `progress` is told the rows written so far.
+pub fn load(
+    options: &RedisOptions,
+    spec: &crate::spec::ModelSpec,
+    weights: &crate::weights::Weights,
+    row_type: RowType,
+    chunk: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Loaded> {
+    let start = Instant::now();
+    let mut connection = RedisStore::connect(options)?;
+    let d = spec.d();
+    let total: usize = spec
+        .features
+        .iter()
+        .filter_map(|f| weights.hashed(&f.name))
+        .map(|h| h.ids.len())
+        .sum();
+    let version = version_now();
+    let mut written = 0;
+    for feature in &spec.features {
+        let Some(h) = weights.hashed(&feature.name) else {
+            continue;
+        };
+        for (c, ids) in h.ids.chunks(chunk.max(1)).enumerate() {
+            let mut pipe = cluster_pipe();
+            for (i, &id) in ids.iter().enumerate() {
+                let r = c * chunk.max(1) + i;
+                pipe.set(
+                    row_key(&options.namespace, &feature.name, id),
+                    row_value(version, &h.rows[r * d..(r + 1) * d], row_type),
+                )
+                .ignore();
+            }
+            pipe.query::<()>(&mut connection).map_err(|e| {
+                redis_error(
+                    &format!("writing rows of feature '{}' to the cluster", feature.name),
+                    e,
+                )
+            })?;
+            written += ids.len();
+            progress(written, total);
+        }
+    }
+    redis::cmd("HSET")
+        .arg(RedisStore::meta_key(&options.namespace))
+        .arg("d")
+        .arg(d)
+        .arg("dtype")
+        .arg(row_type.name())
+        .arg("rows")
+        .arg(written)
+        .query::<()>(&mut connection)
+        .map_err(|e| redis_error("writing the namespace's metadata", e))?;
+    Ok(Loaded {
+        rows: written,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_slots_match_redis_cluster() {
+        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        assert_eq!(key_slot(b"123456789"), 0x31C3); // the CRC16 check value
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+        assert_eq!(key_slot(b"foo{{bar}}zap"), key_slot(b"{bar"));
+    }
+
+    #[test]
+    fn rows_encode_and_decode_in_both_types() {
+        let row = [0.1f32, -2.5, 1e-3, 7.0];
+        for t in [RowType::F32, RowType::F16] {
+            let v = row_value(42, &row, t);
+            assert_eq!(v.len(), 8 + 4 * t.bytes());
+            assert_eq!(u64::from_le_bytes(v[..8].try_into().unwrap()), 42);
+        }
+        let urls = RedisOptions::from_url("redis://127.0.0.1:7000,localhost:7001", "--store")
+            .unwrap()
+            .nodes;
+        assert_eq!(urls, ["redis://127.0.0.1:7000", "redis://localhost:7001"]);
+        for bad in [
+            "127.0.0.1:7000",
+            "redis://host",
+            "redis://:1",
+            "redis://h:99999",
+        ] {
+            let e = RedisOptions::from_url(bad, "--store")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("--store") && e.contains(bad), "{e}");
+        }
+    }
+}

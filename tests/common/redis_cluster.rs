@@ -1,0 +1,180 @@
+//! A real Redis Cluster for tests: `redis-server` nodes on loopback ports, each in its own
+//! temporary directory, joined by `redis-cli --cluster create`, all stopped when the value is
+//! dropped (a failing test included). Every wait is bounded.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct RedisCluster {
+    dir: tempfile::TempDir,
+    pub ports: Vec<u16>,
+    nodes: Vec<Option<Child>>,
+}
+
+/// A port free now, whose cluster-bus port (+10000) is free too.
+fn free_port_pair(taken: &[u16]) -> u16 {
+    for _ in 0..200 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        if port < 55_000
+            && !taken.contains(&port)
+            && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free port pair for a Redis Cluster node");
+}
+
+fn redis_cli(args: &[&str]) -> std::process::Output {
+    Command::new("redis-cli")
+        .args(args)
+        .output()
+        .expect("redis-cli runs (install redis-server: ./setup.sh does)")
+}
+
+impl RedisCluster {
+    /// Starts `n` (at least 3) primaries and joins them into one cluster.
+    pub fn start(n: usize) -> Self {
+        assert!(n >= 3, "Redis Cluster needs three primaries");
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut ports = Vec::new();
+        for _ in 0..n {
+            ports.push(free_port_pair(&ports));
+        }
+        let mut cluster = Self {
+            dir,
+            ports,
+            nodes: (0..n).map(|_| None).collect(),
+        };
+        for i in 0..n {
+            cluster.start_node(i);
+        }
+        let addrs: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let mut args = vec!["--cluster", "create"];
+        args.extend(addrs.iter().map(String::as_str));
+        args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        let out = redis_cli(&args);
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    fn node_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node{i}"))
+    }
+
+    /// Starts node `i` (again, after [`RedisCluster::stop_node`]: its nodes.conf makes it
+    /// rejoin with its slots) and waits until it answers.
+    pub fn start_node(&mut self, i: usize) {
+        let dir = self.node_dir(i);
+        std::fs::create_dir_all(&dir).expect("node directory");
+        let port = self.ports[i].to_string();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+                // Live nodes keep serving their slots while one is down (degraded mode).
+                "--cluster-require-full-coverage",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts (install it: ./setup.sh does)");
+        self.nodes[i] = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis_cli(&["-p", &port, "ping"]).stdout != b"PONG\n" {
+            assert!(
+                Instant::now() < deadline,
+                "node {i} did not answer within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills node `i` (its data is gone: nothing is saved).
+    pub fn stop_node(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits (at most 20 s) until every running node says the cluster is ok.
+    pub fn wait_until_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = self.ports.iter().enumerate().all(|(i, p)| {
+                self.nodes[i].is_none()
+                    || String::from_utf8_lossy(
+                        &redis_cli(&["-p", &p.to_string(), "cluster", "info"]).stdout,
+                    )
+                    .contains("cluster_state:ok")
+            });
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster was not ok within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `redis://127.0.0.1:P1,127.0.0.1:P2,...`
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis://{}", nodes.join(","))
+    }
+
+    /// The slot `CLUSTER KEYSLOT` gives `key`.
+    pub fn keyslot(&self, key: &str) -> u16 {
+        let out = redis_cli(&["-p", &self.ports[0].to_string(), "cluster", "keyslot", key]);
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a slot")
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop_node(i);
+        }
+    }
+}
