@@ -616,6 +616,7 @@ impl Engine {
         let mut resolve_again = timestamps.is_some();
         if let (Some(state), Some(space)) = (&self.cache, &ws.resolve) {
             let mut guard = self.lock_cache(state)?;
+            guard.refresh(&self.ctx);
             let n_keys = space.host_keys.len() as u32;
             let params = ResolveParams {
                 n_keys,

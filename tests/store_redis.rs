@@ -5,11 +5,11 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::redis_cluster::RedisCluster;
 use common::{gpu, rng};
-use pepnet::cache::{CacheCapacity, StoreSource};
+use pepnet::cache::{CacheCapacity, StoreSource, UpdatePolicy};
 use pepnet::store::redis::{self, RedisOptions, RedisStore, RowType};
 use pepnet::store::{EmbeddingStore, Fetched, Key, MemoryStore};
 use pepnet::tools::cache_bench::{throughput_batches, throughput_models};
@@ -27,12 +27,23 @@ fn options(cluster: &RedisCluster, namespace: &str) -> RedisOptions {
 }
 
 fn load(cluster: &RedisCluster, namespace: &str, model: &Model, row_type: RowType) {
+    load_with(cluster, namespace, model, row_type, UpdatePolicy::default())
+}
+
+fn load_with(
+    cluster: &RedisCluster,
+    namespace: &str,
+    model: &Model,
+    row_type: RowType,
+    policy: UpdatePolicy,
+) {
     let mut calls = 0;
     let loaded = redis::load(
         &options(cluster, namespace),
         &model.spec,
         &model.weights,
         row_type,
+        &policy,
         257,
         &mut |done, total| {
             calls += 1;
@@ -228,4 +239,133 @@ fn a_node_down_is_named_or_degrades_counted_and_scoring_recovers_when_it_returns
     std::thread::sleep(Duration::from_millis(1100)); // the degraded engine's rest for the node
     assert_eq!(bits(&strict.score(&raw).unwrap()), bits(&want));
     assert_eq!(bits(&degraded.score(&raw).unwrap()), bits(&want));
+}
+
+/// Polls `engine` on `batch` until its scores equal `want` (at most `bound`); the time taken.
+fn time_until_scores(
+    engine: &Engine,
+    batch: &pepnet::batch::Batch,
+    want: &[f32],
+    bound: Duration,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        if bits(&engine.score(batch).unwrap()) == bits(want) {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < bound, "not seen within {bound:?}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn first_user(batch: &pepnet::batch::Batch) -> u64 {
+    match &batch.columns[1] {
+        pepnet::batch::Column::Sparse(ids) => ids[0],
+        _ => unreachable!("user_id is column 1"),
+    }
+}
+
+#[test]
+fn a_write_reaches_every_engine_within_the_bound_and_the_cap_holds_across_them() {
+    let cluster = RedisCluster::start(3);
+    let (_, hashed) = throughput_models(USERS, ITEMS, 9).unwrap();
+    let policy = UpdatePolicy {
+        max_updates: Some(2),
+        window_secs: 3600,
+        expire_after_secs: None,
+    };
+    load_with(&cluster, "m4", &hashed, RowType::F32, policy);
+    let open = || {
+        engine(
+            &hashed,
+            StoreSource::Redis(options(&cluster, "m4")),
+            4 * (USERS + ITEMS) as u64,
+            256,
+        )
+    };
+    // Two scoring engines (each with its own connections and stream follower, as two
+    // processes have) and an updater.
+    let (a, b, updater) = (open(), open(), open());
+    let (_, raw) = throughput_batches(USERS, ITEMS, 1.0, 1, 200, 21)
+        .pop()
+        .unwrap();
+    let before = a.score(&raw).unwrap();
+    assert_eq!(bits(&b.score(&raw).unwrap()), bits(&before));
+    let user = first_user(&raw);
+    let mut r = rng(10);
+    let mut row = || -> Vec<f32> { (0..16).map(|_| r.random_range(-1.0..1.0)).collect() };
+
+    let outcome = updater.update_rows("user_id", &[user], &row(), 0).unwrap();
+    assert_eq!((outcome.applied, outcome.capped), (1, 0));
+    let want = updater.score(&raw).unwrap();
+    assert_ne!(bits(&want), bits(&before));
+    let bound = Duration::from_secs(2);
+    for (name, e) in [("a", &a), ("b", &b)] {
+        let took = time_until_scores(e, &raw, &want, bound);
+        eprintln!("engine {name} scored the new row {took:?} after the write returned");
+    }
+    // The engines' own counters say the stale rows left their caches and were fetched again.
+    assert!(a.cache_stats().unwrap().total.insertions > 0);
+
+    // The cap (2 writes per window) holds across processes: a's write is the second, b's the
+    // third, refused.
+    let second = a.update_rows("user_id", &[user], &row(), 0).unwrap();
+    assert_eq!((second.applied, second.capped), (1, 0));
+    let want = a.score(&raw).unwrap();
+    let third = b.update_rows("user_id", &[user], &row(), 0).unwrap();
+    assert_eq!((third.applied, third.capped), (0, 1));
+    time_until_scores(&b, &raw, &want, bound);
+    time_until_scores(&updater, &raw, &want, bound);
+    assert_eq!(b.cache_stats().unwrap().total.capped_updates, 1);
+    // An engine given its own policy beside the store's is refused, naming the flags.
+    let mut o = EngineOptions::default();
+    o.cache.store = StoreSource::Redis(options(&cluster, "m4"));
+    o.cache.updates.max_updates = Some(5);
+    let err = Engine::new(gpu(), &hashed, &o)
+        .err()
+        .expect("two policies")
+        .to_string();
+    assert!(err.contains("--max-updates"), "{err}");
+}
+
+#[test]
+fn rows_expire_everywhere_and_expired_ids_score_as_never_seen() {
+    let cluster = RedisCluster::start(3);
+    let (_, hashed) = throughput_models(USERS, ITEMS, 10).unwrap();
+    let policy = UpdatePolicy {
+        max_updates: None,
+        window_secs: 3600,
+        expire_after_secs: Some(2),
+    };
+    load_with(&cluster, "m5", &hashed, RowType::F32, policy);
+    let open = || {
+        engine(
+            &hashed,
+            StoreSource::Redis(options(&cluster, "m5")),
+            4 * (USERS + ITEMS) as u64,
+            256,
+        )
+    };
+    let (a, b) = (open(), open());
+    let mut never_seen = hashed.clone();
+    for name in ["user_id", "item_id"] {
+        let h = never_seen.weights.hashed_mut(name).unwrap();
+        h.ids.clear();
+        h.rows.clear();
+    }
+    let unknown = engine(&never_seen, StoreSource::Model, 64, 256);
+    let (_, raw) = throughput_batches(USERS, ITEMS, 1.0, 1, 200, 22)
+        .pop()
+        .unwrap();
+    let fresh = a.score(&raw).unwrap();
+    assert_eq!(bits(&b.score(&raw).unwrap()), bits(&fresh));
+    let gone = unknown.score(&raw).unwrap();
+    assert_ne!(bits(&fresh), bits(&gone));
+    // Two seconds after the load every row has expired, in Redis and in both caches.
+    for e in [&a, &b] {
+        time_until_scores(e, &raw, &gone, Duration::from_secs(5));
+    }
+    let stats = a.cache_stats().unwrap().total;
+    assert!(stats.expired > 0, "{stats:?}");
+    assert!(stats.unknown > 0, "{stats:?}");
 }

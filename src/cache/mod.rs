@@ -18,7 +18,8 @@ pub mod frequency;
 pub mod table;
 pub mod updates;
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 
 use serde::Serialize;
 
@@ -302,6 +303,11 @@ pub enum Refused {
     Store(Error),
 }
 
+/// Whether the store found a row.
+fn is_row(f: &Fetched) -> bool {
+    matches!(f, Fetched::Row | Fetched::Expires(_))
+}
+
 /// A frequency policy's priority for `key` in `batch`: its count, ties to the more recent (the
 /// batch number is far below one count: 2⁻³² per batch).
 fn frequency_priority(frequency: &Frequency, key: Key, batch: u64) -> f64 {
@@ -322,6 +328,13 @@ pub struct CacheState {
     slots: Vec<Option<Key>>,
     free: Vec<u32>,
     evictor: Evictor,
+    /// Whether the store keeps the update policy (a shared store), so the tracker is idle.
+    shared_policy: bool,
+    /// (Unix second, slot, the slot's generation then): when cached rows of a store that
+    /// expires rows must leave, soonest first.
+    deadlines: BinaryHeap<Reverse<(u64, u32, u32)>>,
+    /// Bumped when a row enters a slot, so a deadline of the slot's previous row is ignored.
+    generation: Vec<u32>,
     /// Every id's access history, for the frequency policies.
     frequency: Option<Frequency>,
     tracker: UpdateTracker,
@@ -402,16 +415,17 @@ impl CacheState {
             ));
         }
         let now = options.now.unwrap_or_else(unix_now);
-        let tracker = match store.keys() {
-            Some(keys) => UpdateTracker::new(options.updates, keys, now),
-            None if options.updates != UpdatePolicy::default() => {
-                return Err(Error::Cache(
-                    "the update cap and expiry are not kept for this embedding store yet; \
-                     leave --max-updates and --expire-after-secs unset"
-                        .into(),
-                ))
+        let shared = store.keeps_update_policy();
+        let tracker = match (store.keys(), shared) {
+            (_, Some(kept)) if options.updates != UpdatePolicy::default() => {
+                return Err(Error::Cache(format!(
+                    "the embedding store keeps its own update policy ({kept:?}), set when it was \
+                     loaded, so that it holds across processes; leave --max-updates, \
+                     --update-window-secs and --expire-after-secs unset"
+                )))
             }
-            None => UpdateTracker::new(options.updates, [], now),
+            (Some(keys), None) => UpdateTracker::new(options.updates, keys, now),
+            _ => UpdateTracker::new(UpdatePolicy::default(), [], now),
         };
         let slots = capacity as usize;
         Ok(Self {
@@ -425,6 +439,9 @@ impl CacheState {
             slots: vec![None; slots],
             free: (0..slots as u32).rev().collect(),
             evictor: Evictor::new(options.policy, slots),
+            shared_policy: shared.is_some(),
+            deadlines: BinaryHeap::new(),
+            generation: vec![0; slots],
             frequency: options.policy.frequency(slots),
             tracker,
             used_in: vec![0; slots],
@@ -501,7 +518,7 @@ impl CacheState {
                 return Err(Refused::Store(self.name_features(e)));
             }
         }
-        let n_known = known.iter().filter(|&&k| k == Fetched::Row).count() as u64;
+        let n_known = known.iter().filter(|k| is_row(k)).count() as u64;
         let needed = touched.len() as u64 + n_known;
         if needed > self.capacity {
             forget_marks(&mut self.used_in);
@@ -558,8 +575,9 @@ impl CacheState {
             let uses = miss_uses[&key].1;
             let stats = &mut self.stats[key.0 as usize];
             stats.misses += uses;
-            match known[i] {
-                Fetched::Row => {}
+            let deadline = match known[i] {
+                Fetched::Row => None,
+                Fetched::Expires(at) => Some(at),
                 Fetched::Unknown => {
                     stats.unknown += uses;
                     continue;
@@ -568,10 +586,15 @@ impl CacheState {
                     stats.unavailable += uses;
                     continue;
                 }
-            }
+            };
             let slot = self.free.pop().expect("freed above");
             self.table.insert(table::tag(key.0 as usize), key.1, slot);
             self.slots[slot as usize] = Some(key);
+            self.generation[slot as usize] = self.generation[slot as usize].wrapping_add(1);
+            if let Some(at) = deadline {
+                self.deadlines
+                    .push(Reverse((at, slot, self.generation[slot as usize])));
+            }
             self.used_in[slot as usize] = batch;
             match &self.frequency {
                 Some(f) => self
@@ -628,13 +651,27 @@ impl CacheState {
         let mut outcome = UpdateOutcome::default();
         for (&id, row) in ids.iter().zip(rows.chunks_exact(d)) {
             let key = (feature as u32, id);
-            if !self.tracker.allow(key, now) {
+            if !self.shared_policy && !self.tracker.allow(key, now) {
                 outcome.capped += 1;
                 continue;
             }
-            if let Err(e) = self.store.put(key, row) {
-                self.flush(ctx);
-                return Err(self.name_features(e));
+            match self.store.put(key, row) {
+                Err(e) => {
+                    self.flush(ctx);
+                    return Err(self.name_features(e));
+                }
+                Ok(false) => {
+                    outcome.capped += 1;
+                    continue;
+                }
+                Ok(true) => {}
+            }
+            if self.shared_policy {
+                // The store set the row's expiry: drop the copy, so the next lookup fetches
+                // the row with it (as every other process does, told by the store).
+                self.drop_cached(key);
+                outcome.applied += 1;
+                continue;
             }
             if let Some(slot) = self.table.get(table::tag(feature), id) {
                 if self.rows.is_full() {
@@ -654,6 +691,12 @@ impl CacheState {
     /// Drops every id not written for the expiry time from the store and the cache; returns
     /// how many.
     pub fn expire(&mut self, ctx: &GpuContext, now: u64) -> Result<usize> {
+        if self.shared_policy {
+            // The store expires rows itself; the cache drops its copies at their deadlines.
+            let n = self.drop_expired(now);
+            self.flush(ctx);
+            return Ok(n);
+        }
         let gone = self.tracker.expire(now);
         for &(f, id) in &gone {
             if let Err(e) = self.store.remove((f, id)) {
@@ -669,6 +712,56 @@ impl CacheState {
         }
         self.flush(ctx);
         Ok(gone.len())
+    }
+
+    /// Drops `key`'s cached row, if any; says whether there was one.
+    fn drop_cached(&mut self, key: Key) -> bool {
+        match self.table.remove(table::tag(key.0 as usize), key.1) {
+            Some(slot) => {
+                self.slots[slot as usize] = None;
+                self.evictor.remove(slot);
+                self.free.push(slot);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops cached rows whose store deadline is `now` or earlier; returns how many.
+    fn drop_expired(&mut self, now: u64) -> usize {
+        let mut n = 0;
+        while let Some(&Reverse((at, slot, generation))) = self.deadlines.peek() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            if generation != self.generation[slot as usize] {
+                continue; // the slot holds another row now
+            }
+            if let Some(key) = self.slots[slot as usize] {
+                self.drop_cached(key);
+                self.stats[key.0 as usize].expired += 1;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Before a batch's lookup: drops the cached rows other processes wrote (the store says
+    /// which) and those past their expiry, and submits the table's changes, so the lookup sees
+    /// neither.
+    pub fn refresh(&mut self, ctx: &GpuContext) {
+        let changed = self.store.take_changed();
+        let mut dropped = 0;
+        for &key in &changed {
+            dropped += usize::from(self.drop_cached(key));
+        }
+        if !self.deadlines.is_empty() {
+            dropped += self.drop_expired(unix_now());
+        }
+        if dropped > 0 {
+            self.flush(ctx);
+        }
     }
 
     /// A store error with its features' names in place of their spec indices (stores name

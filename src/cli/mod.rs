@@ -203,6 +203,32 @@ pub struct Cache {
     pub store: StoreFlags,
 }
 
+/// The paper's update policy for live rows of hashed features.
+#[derive(Args)]
+pub struct UpdateFlags {
+    /// The most writes of one hashed id's row per window (a write beyond is skipped and
+    /// counted); none: no cap.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_updates: Option<u32>,
+    /// The window of --max-updates, in seconds.
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub update_window_secs: u64,
+    /// Hashed ids whose row was not written for this many seconds expire (read as unknown);
+    /// none: never.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub expire_after_secs: Option<u64>,
+}
+
+impl UpdateFlags {
+    pub fn policy(&self) -> pepnet::cache::UpdatePolicy {
+        pepnet::cache::UpdatePolicy {
+            max_updates: self.max_updates,
+            window_secs: self.update_window_secs,
+            expire_after_secs: self.expire_after_secs,
+        }
+    }
+}
+
 /// Where hashed features' rows live beyond the GPU cache.
 #[derive(Args)]
 pub struct StoreFlags {

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use pepnet::cache::UpdatePolicy;
 use pepnet::serve::{serve, ServeOptions};
 use pepnet::{BatcherOptions, EngineOptions, Result};
 
@@ -64,17 +63,8 @@ pub struct Serve {
     pub max_body_bytes: usize,
     #[command(flatten)]
     pub cache: Cache,
-    /// The most writes of one hashed id's row per window (a write beyond is skipped and
-    /// counted); none: no cap.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_updates: Option<u32>,
-    /// The window of --max-updates, in seconds.
-    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
-    pub update_window_secs: u64,
-    /// Hashed ids whose row was not written for this many seconds expire (read as unknown);
-    /// none: never.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub expire_after_secs: Option<u64>,
+    #[command(flatten)]
+    pub updates: super::UpdateFlags,
     /// How often expiry runs, in seconds [default: a tenth of --expire-after-secs, at least 1].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..), requires = "expire_after_secs")]
     pub expire_every_secs: Option<u64>,
@@ -90,11 +80,7 @@ impl Serve {
         init_logs(self.log_format);
         let ctx = self.device.adapter.open()?;
         let mut cache = self.cache.options();
-        cache.updates = UpdatePolicy {
-            max_updates: self.max_updates,
-            window_secs: self.update_window_secs,
-            expire_after_secs: self.expire_after_secs,
-        };
+        cache.updates = self.updates.policy();
         let engine_options = EngineOptions {
             max_batch: self.max_batch_rows,
             workspaces: self.in_flight,
@@ -124,7 +110,7 @@ impl Serve {
             },
             timeout: Duration::from_millis(self.timeout_ms as u64),
             max_body_bytes: self.max_body_bytes,
-            expire_every: self.expire_after_secs.map(|after| {
+            expire_every: self.updates.expire_after_secs.map(|after| {
                 Duration::from_secs(self.expire_every_secs.unwrap_or((after / 10).max(1)))
             }),
         };

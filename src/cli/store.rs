@@ -48,6 +48,10 @@ pub struct Load {
     /// How rows are stored: f32, or f16 (half the memory; exact for models scored at f16).
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
     pub dtype: String,
+    /// The update policy every process scoring from the namespace follows (kept in the store,
+    /// so that it holds across them).
+    #[command(flatten)]
+    pub updates: super::UpdateFlags,
     /// Rows per pipeline (one round trip to every node at once).
     #[arg(long, default_value_t = 2048, value_parser = super::at_least_one())]
     pub chunk: usize,
@@ -87,6 +91,7 @@ impl Load {
             &model.spec,
             &model.weights,
             row_type,
+            &self.updates.policy(),
             self.chunk,
             &mut |done, total| {
                 if let Some(bar) = &bar {

@@ -20,6 +20,9 @@ pub type Key = (u32, u64);
 pub enum Fetched {
     /// Its row was copied out.
     Row,
+    /// Its row was copied out, and the store drops it at this Unix second (the update
+    /// policy's expiry); the cache drops its copy then too.
+    Expires(u64),
     /// The store does not hold it: the id reads its feature's default row.
     Unknown,
     /// The part of the store holding it did not answer, and the store was asked to go on
@@ -39,8 +42,9 @@ pub trait EmbeddingStore: Send {
     /// not answer, unless the store degrades to [`Fetched::Unavailable`] instead.
     fn get_many(&mut self, keys: &[Key], out: &mut [f32], found: &mut [Fetched]) -> Result<()>;
 
-    /// Inserts or replaces a row.
-    fn put(&mut self, key: Key, row: &[f32]) -> Result<()>;
+    /// Inserts or replaces a row; `false` when a store that keeps the update policy refused it
+    /// (the id reached its cap of writes in the window).
+    fn put(&mut self, key: Key, row: &[f32]) -> Result<bool>;
 
     /// Drops a row; says whether it was there.
     fn remove(&mut self, key: Key) -> Result<bool>;
@@ -55,6 +59,18 @@ pub trait EmbeddingStore: Send {
     /// Every key held, for the expiry bookkeeping of a store that keeps none itself; `None`
     /// for a store that expires rows on its own (a networked one).
     fn keys(&self) -> Option<Vec<Key>>;
+
+    /// The update policy, for a store shared by several processes that keeps it itself (so the
+    /// cap and expiry hold across them); `None`: the cache keeps it.
+    fn keeps_update_policy(&self) -> Option<crate::cache::UpdatePolicy> {
+        None
+    }
+
+    /// Keys whose rows other processes wrote since the last call (their cached copies are
+    /// stale).
+    fn take_changed(&mut self) -> Vec<Key> {
+        Vec::new()
+    }
 }
 
 /// Every row in host memory: one `Vec` of rows and an index; removed rows' places are reused.
@@ -110,9 +126,9 @@ impl EmbeddingStore for MemoryStore {
         Ok(())
     }
 
-    fn put(&mut self, key: Key, row: &[f32]) -> Result<()> {
+    fn put(&mut self, key: Key, row: &[f32]) -> Result<bool> {
         self.insert(key, row);
-        Ok(())
+        Ok(true)
     }
 
     fn remove(&mut self, key: Key) -> Result<bool> {

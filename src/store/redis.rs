@@ -6,7 +6,20 @@
 //!   rows spread over every slot, and a row's companion keys could share its slot), value the
 //!   write's version (Unix microseconds, u64 little-endian) then the row: d f32s or d f16s,
 //!   little-endian;
-//! - `pepnet:<ns>:meta`: a hash of `d`, `dtype` (`f32` or `f16`) and `rows` (the rows loaded).
+//! - `pepnet:<ns>:{<feature>:<id>}:n`: the row's writes in the current update window (the
+//!   update cap), expiring with the window;
+//! - `pepnet:<ns>:meta`: a hash of `d`, `dtype` (`f32` or `f16`), `rows` (the rows loaded) and
+//!   the update policy every process follows: `max_updates` (0: no cap), `window_secs`,
+//!   `expire_after_secs` (0: rows never expire);
+//! - `pepnet:<ns>:updates`: a stream with one entry (`f`, `id`) per row written.
+//!
+//! Updates: a write runs one script on the row's slot that counts it against the cap, refuses
+//! it past the cap, and sets the row with the expiry as its TTL (so an expired id reads as
+//! unknown everywhere); then it appends the key to the stream. Every process with the store
+//! open follows the stream on a thread of its own (a blocking XREAD returns as soon as an entry
+//! lands) and drops the keys it names from its GPU cache before its next batch, which then
+//! fetches the new rows. A cached row also leaves the cache when its TTL runs out (its version
+//! says when it was written).
 //!
 //! One batch's misses are fetched with one cluster pipeline of GETs: the client sends each
 //! node its share of the commands at once and then reads the answers, so a batch costs one
@@ -18,6 +31,8 @@
 //! again: scoring recovers by itself when the node is back.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use half::f16;
@@ -25,6 +40,7 @@ use redis::cluster::{cluster_pipe, ClusterClient, ClusterConnection};
 use redis::Value;
 
 use super::{EmbeddingStore, Fetched, Key};
+use crate::cache::UpdatePolicy;
 use crate::error::{Error, Result};
 
 /// How rows are stored in Redis.
@@ -130,7 +146,13 @@ pub struct RedisStore {
     d: usize,
     row_type: RowType,
     rows: usize,
+    /// The namespace's update policy, from its metadata.
+    policy: UpdatePolicy,
     connection: ClusterConnection,
+    /// Keys written by any process, from the update stream, not yet taken by the cache.
+    changed: Arc<Mutex<Vec<Key>>>,
+    /// Tells the stream follower to stop (when the store is dropped).
+    stop: Arc<AtomicBool>,
     /// Slot ranges' owners, learned when something failed: (first slot, last slot, node).
     slots: Vec<(u16, u16, String)>,
     /// Nodes left alone until the instant given (degraded mode).
@@ -139,6 +161,111 @@ pub struct RedisStore {
 
 /// How long a node that failed is left alone in degraded mode before it is tried again.
 const REST: Duration = Duration::from_secs(1);
+
+/// The update stream keeps about this many entries: a follower further behind than that
+/// (stopped for long) misses some, and serves those rows stale until they leave its cache.
+const STREAM_LENGTH: u64 = 1_000_000;
+
+/// How long a follower's XREAD waits for an entry before checking whether to stop.
+const FOLLOW_BLOCK_MS: usize = 200;
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The write of one row under the update policy, atomically on the row's slot. KEYS: the row,
+/// its write counter. ARGV: the value, the cap (0: none), the window in seconds, the TTL in
+/// seconds (0: none). Returns 0 when capped, 1 for a new row, 2 for a replaced one.
+fn write_script() -> &'static redis::Script {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| {
+        redis::Script::new(
+            r"
+            local cap = tonumber(ARGV[2])
+            if cap > 0 then
+                local n = redis.call('INCR', KEYS[2])
+                if n == 1 then redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3])) end
+                if n > cap then return 0 end
+            end
+            local existed = redis.call('EXISTS', KEYS[1])
+            local ttl = tonumber(ARGV[4])
+            if ttl > 0 then
+                redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
+            else
+                redis.call('SET', KEYS[1], ARGV[1])
+            end
+            return 1 + existed
+            ",
+        )
+    })
+}
+
+/// Follows namespace `options.namespace`'s update stream from entry `from`, adding the keys
+/// written to `changed`, until `stop`. A broken connection is made again (the entries written
+/// meanwhile are still read, from the last id seen).
+fn follow(
+    options: RedisOptions,
+    features: Vec<String>,
+    from: String,
+    changed: Arc<Mutex<Vec<Key>>>,
+    stop: Arc<AtomicBool>,
+) {
+    use redis::streams::{StreamReadOptions, StreamReadReply};
+    use redis::Commands;
+    let index: HashMap<&str, u32> = features
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.as_str(), i as u32))
+        .collect();
+    let stream = RedisStore::stream_key(&options.namespace);
+    let mut last = from;
+    let mut connection = None;
+    let read = StreamReadOptions::default()
+        .block(FOLLOW_BLOCK_MS)
+        .count(4096);
+    while !stop.load(Ordering::Relaxed) {
+        let c = match connection.as_mut() {
+            Some(c) => c,
+            None => {
+                let mut o = options.clone();
+                o.timeout += Duration::from_millis(FOLLOW_BLOCK_MS as u64);
+                match RedisStore::connect(&o) {
+                    Ok(c) => connection.insert(c),
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                }
+            }
+        };
+        let reply: redis::RedisResult<Option<StreamReadReply>> =
+            c.xread_options(&[&stream], &[&last], &read);
+        match reply {
+            Ok(Some(reply)) => {
+                let mut keys = Vec::new();
+                for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
+                    let f = entry.get::<String>("f");
+                    let id = entry.get::<u64>("id");
+                    if let (Some(&f), Some(id)) = (f.as_deref().and_then(|f| index.get(f)), id) {
+                        keys.push((f, id));
+                    }
+                    last = entry.id;
+                }
+                changed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(keys);
+            }
+            Ok(None) => {}
+            Err(_) => {
+                connection = None;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
 
 fn redis_error(what: &str, e: redis::RedisError) -> Error {
     Error::Store(format!("{what}: {e}"))
@@ -199,17 +326,68 @@ impl RedisStore {
                 meta["dtype"]
             ))
         })?;
-        let rows = meta.get("rows").and_then(|r| r.parse().ok()).unwrap_or(0);
+        let number = |name: &str| meta.get(name).and_then(|r| r.parse::<u64>().ok());
+        let rows = number("rows").unwrap_or(0) as usize;
+        let policy = UpdatePolicy {
+            max_updates: number("max_updates")
+                .filter(|&n| n > 0)
+                .map(|n| n.min(u32::MAX as u64) as u32),
+            window_secs: number("window_secs").unwrap_or(3600).max(1),
+            expire_after_secs: number("expire_after_secs").filter(|&n| n > 0),
+        };
+        let changed = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let start = Self::stream_end(&mut connection, &options.namespace)?;
+        {
+            let (options, features, changed, stop) = (
+                options.clone(),
+                features.clone(),
+                changed.clone(),
+                stop.clone(),
+            );
+            std::thread::Builder::new()
+                .name("pepnet-store-updates".into())
+                .spawn(move || follow(options, features, start, changed, stop))
+                .map_err(|e| Error::Store(format!("starting the update follower: {e}")))?;
+        }
         Ok(Self {
             options,
             features,
             d,
             row_type,
             rows,
+            policy,
             connection,
+            changed,
+            stop,
             slots: Vec::new(),
             resting: HashMap::new(),
         })
+    }
+
+    fn stream_key(namespace: &str) -> String {
+        format!("pepnet:{namespace}:updates")
+    }
+
+    /// The id of the update stream's last entry ("0-0" before any): where following starts.
+    fn stream_end(connection: &mut ClusterConnection, namespace: &str) -> Result<String> {
+        let last: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(Self::stream_key(namespace))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query(connection)
+            .map_err(|e| redis_error("reading the update stream", e))?;
+        Ok(last
+            .ids
+            .first()
+            .map_or_else(|| "0-0".to_string(), |e| e.id.clone()))
+    }
+
+    /// The update policy every process using the namespace follows.
+    pub fn policy(&self) -> UpdatePolicy {
+        self.policy
     }
 
     pub fn row_type(&self) -> RowType {
@@ -289,7 +467,8 @@ impl RedisStore {
         pipe.query(&mut self.connection)
     }
 
-    fn decode(&self, key: Key, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+    /// Copies a stored value's row into `out`; returns its version (write time, µs).
+    fn decode(&self, key: Key, bytes: &[u8], out: &mut [f32]) -> Result<u64> {
         let want = 8 + self.d * self.row_type.bytes();
         if bytes.len() != want {
             return Err(Error::Store(format!(
@@ -313,7 +492,7 @@ impl RedisStore {
                 }
             }
         }
-        Ok(())
+        Ok(u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")))
     }
 
     /// The error naming each node that did not answer and the features of its keys.
@@ -458,8 +637,12 @@ impl EmbeddingStore for RedisStore {
         for (&i, value) in asked.iter().zip(values) {
             found[i] = match value {
                 Some(bytes) => {
-                    self.decode(keys[i], &bytes, &mut out[i * d..(i + 1) * d])?;
-                    Fetched::Row
+                    let written = self.decode(keys[i], &bytes, &mut out[i * d..(i + 1) * d])?;
+                    match self.policy.expire_after_secs {
+                        // Redis drops the key at its TTL; the cache drops its copy then too.
+                        Some(after) => Fetched::Expires(written / 1_000_000 + after),
+                        None => Fetched::Row,
+                    }
                 }
                 None => Fetched::Unknown,
             };
@@ -467,18 +650,45 @@ impl EmbeddingStore for RedisStore {
         Ok(())
     }
 
-    fn put(&mut self, key: Key, row: &[f32]) -> Result<()> {
+    fn put(&mut self, key: Key, row: &[f32]) -> Result<bool> {
+        let name = self.key(key);
         let value = row_value(version_now(), row, self.row_type);
-        let old: Option<Vec<u8>> = redis::cmd("SET")
-            .arg(self.key(key))
+        let outcome: i64 = write_script()
+            .key(&name)
+            .key(format!("{name}:n"))
             .arg(value)
-            .arg("GET")
-            .query(&mut self.connection)
-            .map_err(|e| redis_error(&format!("writing {}", self.key(key)), e))?;
-        if old.is_none() {
+            .arg(self.policy.max_updates.unwrap_or(0))
+            .arg(self.policy.window_secs)
+            .arg(self.policy.expire_after_secs.unwrap_or(0))
+            .invoke(&mut self.connection)
+            .map_err(|e| redis_error(&format!("writing {name}"), e))?;
+        if outcome == 0 {
+            return Ok(false); // capped
+        }
+        if outcome == 1 {
             self.rows += 1;
         }
-        Ok(())
+        redis::cmd("XADD")
+            .arg(Self::stream_key(&self.options.namespace))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(STREAM_LENGTH)
+            .arg("*")
+            .arg("f")
+            .arg(&self.features[key.0 as usize])
+            .arg("id")
+            .arg(key.1)
+            .query::<()>(&mut self.connection)
+            .map_err(|e| redis_error("announcing a write on the update stream", e))?;
+        Ok(true)
+    }
+
+    fn take_changed(&mut self) -> Vec<Key> {
+        std::mem::take(&mut *self.changed.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn keeps_update_policy(&self) -> Option<UpdatePolicy> {
+        Some(self.policy)
     }
 
     fn remove(&mut self, key: Key) -> Result<bool> {
@@ -510,12 +720,15 @@ pub struct Loaded {
 
 /// Writes every hashed row of `weights` into namespace `options.namespace` as `row_type`, in
 /// pipelines of `chunk` rows (one round trip each, to every node at once), then the namespace's
-/// metadata. `progress` is told the rows written so far.
+/// metadata with the update `policy` every process using it will follow (rows expire
+/// `policy.expire_after_secs` after the load unless written again). `progress` is told the
+/// rows written so far.
 pub fn load(
     options: &RedisOptions,
     spec: &crate::spec::ModelSpec,
     weights: &crate::weights::Weights,
     row_type: RowType,
+    policy: &UpdatePolicy,
     chunk: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Loaded> {
@@ -538,11 +751,12 @@ pub fn load(
             let mut pipe = cluster_pipe();
             for (i, &id) in ids.iter().enumerate() {
                 let r = c * chunk.max(1) + i;
-                pipe.set(
-                    row_key(&options.namespace, &feature.name, id),
-                    row_value(version, &h.rows[r * d..(r + 1) * d], row_type),
-                )
-                .ignore();
+                let key = row_key(&options.namespace, &feature.name, id);
+                let value = row_value(version, &h.rows[r * d..(r + 1) * d], row_type);
+                match policy.expire_after_secs {
+                    Some(ttl) => pipe.set_ex(key, value, ttl).ignore(),
+                    None => pipe.set(key, value).ignore(),
+                };
             }
             pipe.query::<()>(&mut connection).map_err(|e| {
                 redis_error(
@@ -562,6 +776,12 @@ pub fn load(
         .arg(row_type.name())
         .arg("rows")
         .arg(written)
+        .arg("max_updates")
+        .arg(policy.max_updates.unwrap_or(0))
+        .arg("window_secs")
+        .arg(policy.window_secs)
+        .arg("expire_after_secs")
+        .arg(policy.expire_after_secs.unwrap_or(0))
         .query::<()>(&mut connection)
         .map_err(|e| redis_error("writing the namespace's metadata", e))?;
     Ok(Loaded {
