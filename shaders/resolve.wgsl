@@ -1,14 +1,16 @@
 // Embedding-cache lookup: turns each raw 64-bit id of a hashed feature into the global row the
 // gather reads, by probing the cache's id→slot index, an open-addressing hash table that lives
-// on the GPU. A hit writes the cached row (cache_base + slot); a miss writes the feature's
-// default row and reports the miss, so the host fetches it from the store, inserts it and runs
-// this kernel again before the gather reads anything.
+// on the GPU. A hit writes the cached row (cache_base + slot); an id the index knows the store
+// does not hold (slot UNKNOWN) writes the feature's default row, as does a miss, which is also
+// reported, so the host fetches it from the store, inserts it and runs this kernel again before
+// the gather reads anything.
 //
 // One thread per id of the batch. The table is at most half full (live entries), so probe
 // chains are short; the loop is bounded by the table size all the same.
 
 const EMPTY: u32 = 0u;          // a tag no live entry has; tombstones (0xffffffff) never match
 const MISS: u32 = 0xffffffffu;
+const UNKNOWN: u32 = 0xfffffffeu;  // a cached "the store does not hold this id"
 
 struct Params {
     n_keys: u32,
@@ -63,7 +65,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         }
     }
     resolved[i] = slot;
-    if slot == MISS {
+    if slot == MISS || slot == UNKNOWN {
         ids[key.w] = defaults[key.x - 1u];
     } else {
         ids[key.w] = params.cache_base + slot;

@@ -133,7 +133,14 @@ impl Engine {
             }
             _ => Box::new(MemoryStore::from_weights(&model.spec, &model.weights)),
         };
-        Self::with_store(ctx, model, options, store)
+        let engine = Self::with_store(ctx, model, options, store)?;
+        if let Some(path) = &options.cache.warm_up {
+            let keys = crate::cache::read_warm_up(path, &model.spec)?;
+            if let Some(cache) = &engine.cache {
+                engine.lock_cache(cache)?.warm_up(&engine.ctx, &keys)?;
+            }
+        }
+        Ok(engine)
     }
 
     /// As [`Engine::new`], with hashed features' rows served from `store` (the model's stored

@@ -349,7 +349,8 @@ pub mod kernels {
     }
 
     /// The cache lookup: each key's slot in `table` (searched entry by entry, not probed), or
-    /// MISS; its place in `ids` gets `cache_base + slot`, or its feature's default row.
+    /// MISS; its place in `ids` gets `cache_base + slot`, or its feature's default row (for a
+    /// miss, and for an entry whose slot is UNKNOWN).
     pub fn resolve(
         keys: &[[u32; 4]],
         table: &[[u32; 4]],
@@ -364,6 +365,10 @@ pub mod kernels {
                     .iter()
                     .find(|e| !matches!(e[0], EMPTY | TOMBSTONE) && e[..3] == k[..3]);
                 match found {
+                    Some(e) if e[3] == crate::gpu::resolve::UNKNOWN => {
+                        ids[k[3] as usize] = defaults[k[0] as usize - 1];
+                        e[3]
+                    }
                     Some(e) => {
                         ids[k[3] as usize] = cache_base + e[3];
                         e[3]

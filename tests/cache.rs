@@ -376,6 +376,20 @@ fn unknown_ids_read_the_default_row_and_are_counted() {
         }
         assert_eq!(stats.total.unknown, unknown);
         assert!(unknown > 0, "half the ids are unknown, some must occur");
+        // Again: the unknown ids are cached as such, so every id now hits and the store is
+        // not asked (no new misses), and the scores are the same.
+        let again = cached.score(&twin.map(&batch)).unwrap();
+        assert_bits(&again, &got, "unknown ids, cached as such");
+        let after = cached.cache_stats().unwrap().total;
+        assert_eq!(
+            after.misses, stats.total.misses,
+            "no id missed the second time"
+        );
+        assert_eq!(after.unknown, 2 * unknown);
+        assert_eq!(
+            after.hits,
+            stats.total.hits + stats.total.hits + stats.total.misses
+        );
     }
 }
 
@@ -763,10 +777,10 @@ fn hashed_models_round_trip_through_a_model_directory() {
 }
 
 /// At f16 the cache stores rows as f16 too: hashed features score bit for bit like the same rows
-/// resident at f16, across evictions, and a capacity in bytes holds twice the
-/// rows it holds at f32.
+/// resident at f16, across evictions, and a capacity in bytes holds as many f16 or f32 rows as
+/// fit beside their index.
 #[test]
-fn f16_cached_scores_equal_f16_resident_scores_and_bytes_hold_twice_the_rows() {
+fn f16_cached_scores_equal_f16_resident_scores_and_bytes_count_rows_and_index() {
     let ctx = gpu();
     let at_f16 = |mut o: EngineOptions| {
         o.precision = pepnet::gpu::linear::Precision::F16;
@@ -822,10 +836,19 @@ fn f16_cached_scores_equal_f16_resident_scores_and_bytes_hold_twice_the_rows() {
                 .unwrap()
                 .capacity_rows
         };
-        assert_eq!(with_bytes(pepnet::gpu::linear::Precision::F32), 64);
-        assert_eq!(
-            with_bytes(pepnet::gpu::linear::Precision::F16),
-            bytes / (4 * d.div_ceil(2))
-        );
+        // The index is a hash table of 16-byte entries: the next power of two at least four
+        // times the rows (two entries per row, room for as many ids cached as unknown).
+        let used =
+            |rows: u64, row_bytes: u64| rows * row_bytes + 16 * (4 * rows).next_power_of_two();
+        for (precision, row_bytes) in [
+            (pepnet::gpu::linear::Precision::F32, 4 * d),
+            (pepnet::gpu::linear::Precision::F16, 4 * d.div_ceil(2)),
+        ] {
+            let rows = with_bytes(precision);
+            assert!(
+                used(rows, row_bytes) <= bytes && used(rows + 1, row_bytes) > bytes,
+                "seed {seed}: {rows} rows of {row_bytes} bytes with their index in {bytes} bytes"
+            );
+        }
     }
 }

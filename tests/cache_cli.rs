@@ -179,5 +179,55 @@ fn apply_rows_then_score_through_a_small_cache_matches_the_reference() {
     let out = run(args(&gpu, &["--cache-rows", "1"]));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("capacity"), "{err}");
+
+    // A warm-up list fills the cache before scoring (its lookups are not counted), and the
+    // counters come out as JSON. USERS[3] is unknown: cached as such, never asked for again.
+    let warm = dir.join("warm.csv");
+    std::fs::write(
+        &warm,
+        format!(
+            "feature,id\nuser_id,{}\nuser_id,{}\ntags,4\nuser_id,{}\n",
+            USERS[0], USERS[1], USERS[3]
+        ),
+    )
+    .unwrap();
+    let stats = dir.join("stats.json");
+    let warm_arg = warm.to_str().unwrap().to_string();
+    let stats_arg = stats.to_str().unwrap().to_string();
+    let mut a = args(&gpu, &["--cache-rows", "64"]);
+    a.extend(["--cache-warm-up".into(), warm_arg.clone()]);
+    a.extend(["--cache-stats".into(), stats_arg.clone()]);
+    ok(&run(a));
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    let user = json["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["feature"] == "user_id")
+        .unwrap();
+    // 12 rows of users 0..3 in turn, in one batch: 0 and 1 were warmed (hits), 3 is unknown
+    // and warmed as such (hits), 2's three occurrences miss.
+    assert_eq!(user["hits"], 9, "{json}");
+    assert_eq!(user["misses"], 3, "{json}");
+    assert_eq!(user["unknown"], 3, "{json}");
+    assert_eq!(json["policy"], "tinylfu");
+    let g = read_scores(&gpu);
+    for (a, b) in g.iter().zip(&c) {
+        assert!((a - b).abs() <= 1e-5, "warmed: gpu {a}, reference {b}");
+    }
+    // A bad warm-up list is named, with its row and column.
+    std::fs::write(&warm, "feature,id\nuser_id,7\ndur,3\n").unwrap();
+    let mut a = args(&gpu, &[]);
+    a.extend(["--cache-warm-up".into(), warm_arg]);
+    let out = run(a);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("warm.csv")
+            && err.contains("row 2")
+            && err.contains("feature")
+            && err.contains("'dur' is not a hashed feature"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -16,7 +16,7 @@ use pepnet::gpu::linear::{
 };
 use pepnet::gpu::mmoe_mix::MixParams;
 use pepnet::gpu::optimizer::{AdaGradConfig, AdaGradParams, AdamConfig, AdamParams};
-use pepnet::gpu::resolve::{key_gpu, ResolveParams, MISS};
+use pepnet::gpu::resolve::{key_gpu, ResolveParams, MISS, UNKNOWN};
 use pepnet::gpu::scatter::ScatterParams;
 use pepnet::gpu::BatchParams;
 use pepnet::reference::kernels;
@@ -329,8 +329,14 @@ fn resolve_matches_reference_on_random_tables() {
             if cached.len() < slots && r.random_range(0..3) > 0 {
                 let (f, id) = random_key(&mut r);
                 if table.get(tag(f), id).is_none() {
-                    table.insert(tag(f), id, next_slot);
-                    next_slot += 1;
+                    // A fifth are ids cached as unknown to the store.
+                    let slot = if r.random_range(0..5) == 0 {
+                        UNKNOWN
+                    } else {
+                        next_slot += 1;
+                        next_slot - 1
+                    };
+                    table.insert(tag(f), id, slot);
                     cached.push((f, id));
                 }
             } else if !cached.is_empty() {
@@ -389,6 +395,12 @@ fn resolve_matches_reference_on_random_tables() {
         );
         if n_keys > 1 && !cached.is_empty() {
             assert!(want.contains(&MISS) && want.iter().any(|&s| s != MISS));
+        }
+        if n_keys > 200 && slots > 50 {
+            assert!(
+                want.contains(&UNKNOWN),
+                "seed {seed}: some ids are cached as unknown"
+            );
         }
     }
 }

@@ -634,6 +634,13 @@ fn expiry_runs_on_a_timer_and_expired_ids_read_as_unknown() {
     let (status, answer) = post(&format!("{base}/expire"), &json!({}));
     assert_eq!(status, 200, "{answer}");
     assert!(answer["expired"].is_u64(), "{answer}");
+    // The cache's counters as JSON.
+    let (status, stats) = get(&format!("{base}/cache"));
+    assert_eq!(status, 200, "{stats}");
+    let stats: Value = serde_json::from_str(&stats).unwrap();
+    assert!(stats["total"]["expired"].as_u64() >= Some(2), "{stats}");
+    assert_eq!(stats["total"]["updates"].as_u64(), Some(2), "{stats}");
+    assert_eq!(stats["policy"], "tinylfu", "{stats}");
 }
 
 /// Row updates while clients score: every answer sees one version of a row for all its samples

@@ -26,7 +26,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::gpu::gather::{row_to_words, row_words};
 use crate::gpu::linear::Precision;
-use crate::gpu::resolve::MISS;
+use crate::gpu::resolve::{MISS, UNKNOWN};
 use crate::gpu::scatter::ScatterParams;
 use crate::gpu::GpuContext;
 use crate::spec::ModelSpec;
@@ -43,7 +43,8 @@ use updates::UpdateTracker;
 pub enum CacheCapacity {
     Rows(u64),
     /// Rows, as the engine stores them (d f32s, or at f16 d f16s padded to a whole word), that
-    /// fit in this many bytes.
+    /// fit in this many bytes of GPU memory with their index (the id→slot hash table, with
+    /// room for as many ids cached as unknown: [`CacheCapacity::index_bytes`]).
     Bytes(u64),
 }
 
@@ -53,12 +54,32 @@ impl CacheCapacity {
         self.rows_of(4 * d as u64)
     }
 
-    /// Rows of `row_bytes` bytes each.
+    /// Rows of `row_bytes` bytes each: the most whose rows and index fit, for a capacity in
+    /// bytes.
     pub fn rows_of(&self, row_bytes: u64) -> u64 {
         match *self {
             CacheCapacity::Rows(n) => n,
-            CacheCapacity::Bytes(b) => b / row_bytes.max(1),
+            CacheCapacity::Bytes(b) => {
+                let fits = |n: u64| n * row_bytes.max(1) + Self::index_bytes(n) <= b;
+                // Bytes used grow with the rows: the largest that fits, by bisection.
+                let (mut lo, mut hi) = (0, b / row_bytes.max(1) + 1);
+                while hi - lo > 1 {
+                    let mid = lo + (hi - lo) / 2;
+                    if fits(mid) {
+                        lo = mid;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                lo
+            }
         }
+    }
+
+    /// The GPU bytes of the index of a cache of `rows` rows: its hash table, sized for the
+    /// rows' entries and as many of ids cached as unknown.
+    pub fn index_bytes(rows: u64) -> u64 {
+        (table::HostTable::size_for(2 * rows as usize) * std::mem::size_of::<table::Entry>()) as u64
     }
 }
 
@@ -76,6 +97,9 @@ pub enum StoreSource {
 pub struct CacheOptions {
     pub capacity: CacheCapacity,
     pub store: StoreSource,
+    /// A CSV of hot ids (`feature,id` header, hottest first) whose rows fill the cache when the
+    /// engine starts.
+    pub warm_up: Option<std::path::PathBuf>,
     pub policy: EvictionPolicy,
     pub updates: UpdatePolicy,
     /// The update clock's reading when the engine starts (seconds; rows loaded from the store
@@ -88,11 +112,64 @@ impl Default for CacheOptions {
         Self {
             capacity: CacheCapacity::Rows(1 << 16),
             store: StoreSource::Model,
+            warm_up: None,
             policy: EvictionPolicy::TinyLfu,
             updates: UpdatePolicy::default(),
             now: None,
         }
     }
+}
+
+/// Reads a warm-up list: a CSV with a `feature,id` header, a hashed feature's name and a raw id
+/// (an unsigned or a negative 64-bit integer, as in input files) per line. Errors name the
+/// file, row and column.
+pub fn read_warm_up(path: &std::path::Path, spec: &ModelSpec) -> Result<Vec<Key>> {
+    let source_name = path.display().to_string();
+    let mut reader = csv::Reader::from_path(path).map_err(|e| Error::InputFile {
+        source_name: source_name.clone(),
+        message: e.to_string(),
+    })?;
+    let headers = reader.headers().map_err(|e| Error::InputFile {
+        source_name: source_name.clone(),
+        message: e.to_string(),
+    })?;
+    if headers.iter().collect::<Vec<_>>() != ["feature", "id"] {
+        return Err(Error::InputFile {
+            source_name,
+            message: format!(
+                "header is '{}', expected 'feature,id'",
+                headers.iter().collect::<Vec<_>>().join(",")
+            ),
+        });
+    }
+    let mut keys = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let bad = |column: &str, message: String| Error::Input {
+            source_name: source_name.clone(),
+            row: i + 1,
+            column: column.into(),
+            message,
+        };
+        let record = record.map_err(|e| bad("feature", e.to_string()))?;
+        let name = &record[0];
+        let f = spec
+            .features
+            .iter()
+            .position(|f| f.name == name && f.hashed)
+            .ok_or_else(|| {
+                bad(
+                    "feature",
+                    format!("'{name}' is not a hashed feature of the model"),
+                )
+            })?;
+        let id = record[1]
+            .trim()
+            .parse::<u64>()
+            .or_else(|_| record[1].trim().parse::<i64>().map(|v| v as u64))
+            .map_err(|_| bad("id", format!("'{}' is not a 64-bit integer id", &record[1])))?;
+        keys.push((f as u32, id));
+    }
+    Ok(keys)
 }
 
 /// Seconds since the Unix epoch.
@@ -106,7 +183,8 @@ pub fn unix_now() -> u64 {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct FeatureStats {
     pub feature: String,
-    /// Ids found in the cache (each occurrence in a batch counts).
+    /// Ids found in the cache (each occurrence in a batch counts): cached rows, and ids cached
+    /// as unknown to the store (which are not asked for again).
     pub hits: u64,
     /// Ids not in the cache (each occurrence), whether the store knew them or not.
     pub misses: u64,
@@ -114,7 +192,8 @@ pub struct FeatureStats {
     pub insertions: u64,
     /// Rows evicted to make room.
     pub evictions: u64,
-    /// Id occurrences the store did not know: they read the feature's default row.
+    /// Id occurrences the store does not hold (it said so now, or earlier and the cache kept
+    /// that): they read the feature's default row.
     pub unknown: u64,
     /// Live row writes applied, and refused by the update cap.
     pub updates: u64,
@@ -337,6 +416,9 @@ pub struct CacheState {
     generation: Vec<u32>,
     /// Every id's access history, for the frequency policies.
     frequency: Option<Frequency>,
+    /// Ids cached as unknown to the store (table entries with slot UNKNOWN, no row), oldest
+    /// first; at most as many as the cache has rows.
+    unknown: std::collections::VecDeque<Key>,
     tracker: UpdateTracker,
     /// Per slot, the last batch that used it, and its uses in that batch.
     used_in: Vec<u64>,
@@ -435,7 +517,8 @@ impl CacheState {
             policy: options.policy,
             names: spec.features.iter().map(|f| f.name.clone()).collect(),
             store,
-            table: HostTable::new(slots),
+            // Room for the rows' entries and as many of unknown ids (`index_bytes`).
+            table: HostTable::new(2 * slots),
             slots: vec![None; slots],
             free: (0..slots as u32).rev().collect(),
             evictor: Evictor::new(options.policy, slots),
@@ -443,6 +526,7 @@ impl CacheState {
             deadlines: BinaryHeap::new(),
             generation: vec![0; slots],
             frequency: options.policy.frequency(slots),
+            unknown: std::collections::VecDeque::new(),
             tracker,
             used_in: vec![0; slots],
             uses: vec![0; slots],
@@ -487,8 +571,11 @@ impl CacheState {
         let mut touched = Vec::new();
         let mut missed: Vec<Key> = Vec::new();
         let mut miss_uses: HashMap<Key, (usize, u64)> = HashMap::new();
+        let mut known_unknown = Vec::new();
         for (&key, &slot) in keys.iter().zip(resolved) {
-            if slot == MISS {
+            if slot == UNKNOWN {
+                known_unknown.push(key);
+            } else if slot == MISS {
                 let n = missed.len();
                 miss_uses.entry(key).or_insert((n, 0)).1 += 1;
                 if miss_uses[&key].0 == n {
@@ -530,6 +617,9 @@ impl CacheState {
             if slot != MISS {
                 self.stats[key.0 as usize].hits += 1;
             }
+        }
+        for key in known_unknown {
+            self.stats[key.0 as usize].unknown += 1;
         }
         if let Some(frequency) = &mut self.frequency {
             let mut halved = false;
@@ -580,6 +670,8 @@ impl CacheState {
                 Fetched::Expires(at) => Some(at),
                 Fetched::Unknown => {
                     stats.unknown += uses;
+                    self.cache_unknown(key);
+                    inserted = true;
                     continue;
                 }
                 Fetched::Unavailable => {
@@ -673,11 +765,18 @@ impl CacheState {
                 outcome.applied += 1;
                 continue;
             }
-            if let Some(slot) = self.table.get(table::tag(feature), id) {
-                if self.rows.is_full() {
-                    self.flush(ctx);
+            match self.table.get(table::tag(feature), id) {
+                // Known now: the next lookup misses and fetches it.
+                Some(UNKNOWN) => {
+                    self.drop_cached(key);
                 }
-                self.rows.push(slot, &row_to_words(row, self.precision));
+                Some(slot) => {
+                    if self.rows.is_full() {
+                        self.flush(ctx);
+                    }
+                    self.rows.push(slot, &row_to_words(row, self.precision));
+                }
+                None => {}
             }
             outcome.applied += 1;
         }
@@ -703,11 +802,7 @@ impl CacheState {
                 self.flush(ctx);
                 return Err(self.name_features(e));
             }
-            if let Some(slot) = self.table.remove(table::tag(f as usize), id) {
-                self.slots[slot as usize] = None;
-                self.evictor.remove(slot);
-                self.free.push(slot);
-            }
+            self.drop_cached((f, id));
             self.stats[f as usize].expired += 1;
         }
         self.flush(ctx);
@@ -717,6 +812,7 @@ impl CacheState {
     /// Drops `key`'s cached row, if any; says whether there was one.
     fn drop_cached(&mut self, key: Key) -> bool {
         match self.table.remove(table::tag(key.0 as usize), key.1) {
+            Some(UNKNOWN) => true, // its place in `unknown` is skipped when it comes up
             Some(slot) => {
                 self.slots[slot as usize] = None;
                 self.evictor.remove(slot);
@@ -724,6 +820,42 @@ impl CacheState {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Fills the cache with `keys`' rows (hottest first; those beyond the cache's rows are
+    /// skipped), fetched from the store in chunks; returns the rows cached. The lookups do not
+    /// count in the hit and miss counters.
+    pub fn warm_up(&mut self, ctx: &GpuContext, keys: &[Key]) -> Result<usize> {
+        let keep = self.stats.clone();
+        let mut keys = keys.to_vec();
+        keys.truncate(self.capacity as usize);
+        let chunk = self.rows.capacity.min(self.capacity as usize).max(1);
+        for part in keys.chunks(chunk) {
+            let resolved = self.lookup_on_host(part);
+            match self.admit(part, &resolved) {
+                Ok(_) => self.flush(ctx),
+                Err(Refused::Store(e)) => return Err(e),
+                Err(Refused::TooManyRows(_)) => unreachable!("a chunk is within the capacity"),
+            }
+        }
+        for (s, k) in self.stats.iter_mut().zip(keep) {
+            (s.hits, s.misses, s.unknown) = (k.hits, k.misses, k.unknown);
+        }
+        Ok(self.capacity as usize - self.free.len())
+    }
+
+    /// Caches `key` as unknown to the store, forgetting the oldest such id beyond the cache's
+    /// row count.
+    fn cache_unknown(&mut self, key: Key) {
+        self.table
+            .insert(table::tag(key.0 as usize), key.1, UNKNOWN);
+        self.unknown.push_back(key);
+        while self.unknown.len() as u64 > self.capacity {
+            let old = self.unknown.pop_front().expect("non-empty");
+            if self.table.get(table::tag(old.0 as usize), old.1) == Some(UNKNOWN) {
+                self.table.remove(table::tag(old.0 as usize), old.1);
+            }
         }
     }
 

@@ -48,9 +48,9 @@ pub struct HostTable {
 }
 
 impl HostTable {
-    /// A table for `slots` cache slots: the next power of two ≥ 2·slots entries (at least 2).
+    /// A table for `slots` live entries: the next power of two ≥ 2·slots entries (at least 2).
     pub fn new(slots: usize) -> Self {
-        let size = (2 * slots).next_power_of_two().max(2);
+        let size = Self::size_for(slots);
         Self {
             entries: vec![[EMPTY; 4]; size],
             live: 0,
@@ -58,6 +58,11 @@ impl HostTable {
             dirty: Vec::new(),
             rebuilt: true,
         }
+    }
+
+    /// Entries of a table for `slots` live entries.
+    pub fn size_for(slots: usize) -> usize {
+        (2 * slots).next_power_of_two().max(2)
     }
 
     pub fn entries(&self) -> &[Entry] {

@@ -110,7 +110,9 @@ impl Command {
 
     fn outputs(&self) -> Outputs<'_> {
         match self {
-            Command::Score(c) => Outputs::files(&[Some(&c.output), c.rejects.as_ref()]),
+            Command::Score(c) => {
+                Outputs::files(&[Some(&c.output), c.rejects.as_ref(), c.cache_stats.as_ref()])
+            }
             Command::ApplyRows(c) if c.store.store.is_some() => Outputs::default(),
             Command::ApplyRows(c) => Outputs::dir(c.out.as_ref().unwrap_or(&c.model)),
             Command::CacheBench(c) => Outputs::files(&[c.report.json.as_ref()]),
@@ -190,7 +192,7 @@ pub struct Cache {
     /// Embedding cache capacity in rows, for hashed features (default 65536).
     #[arg(long, conflicts_with = "cache_bytes")]
     pub cache_rows: Option<u64>,
-    /// Embedding cache capacity in bytes of GPU memory.
+    /// Embedding cache capacity in bytes of GPU memory: its rows and their index.
     #[arg(long)]
     pub cache_bytes: Option<u64>,
     /// Cache eviction policy: tinylfu (access counts of every id asked for, in a sketch that
@@ -199,6 +201,10 @@ pub struct Cache {
     /// the ids seen).
     #[arg(long, default_value = "tinylfu", value_parser = pepnet::cache::EvictionPolicy::parse)]
     pub cache_policy: pepnet::cache::EvictionPolicy,
+    /// Fill the cache before scoring with these ids' rows: a CSV with a `feature,id` header,
+    /// hottest first (ids beyond the cache's rows are skipped).
+    #[arg(long)]
+    pub cache_warm_up: Option<PathBuf>,
     #[command(flatten)]
     pub store: StoreFlags,
 }
@@ -275,6 +281,7 @@ impl Cache {
                 .store
                 .redis()
                 .map_or(StoreSource::Model, StoreSource::Redis),
+            warm_up: self.cache_warm_up.clone(),
             ..Default::default()
         };
         if let Some(n) = self.cache_rows {

@@ -54,6 +54,9 @@ pub struct Score {
     pub readers: Option<usize>,
     #[command(flatten)]
     pub cache: Cache,
+    /// Write the embedding cache's counters here as JSON at the end.
+    #[arg(long)]
+    pub cache_stats: Option<PathBuf>,
 }
 
 impl Score {
@@ -120,6 +123,10 @@ impl Score {
         );
         if let Some(stats) = engine.as_ref().and_then(Engine::cache_stats) {
             eprint!("{}", cache_table(&stats));
+            if let Some(path) = &self.cache_stats {
+                let json = serde_json::to_vec_pretty(&stats).expect("stats serialize");
+                pepnet::write_file(path, &json)?;
+            }
         }
         Ok(())
     }
@@ -128,13 +135,14 @@ impl Score {
 /// The cache's counters, one line per hashed feature and a total.
 fn cache_table(stats: &CacheStats) -> String {
     let mut out = format!(
-        "embedding cache ({}): {} of {} rows used, {} rows in the store\n{:<16} {:>10} {:>10} {:>8} {:>10} {:>10} {:>9} {:>8} {:>8}\n",
+        "embedding cache ({}): {} of {} rows used, {} rows in the store\n{:<16} {:>10} {:>10} {:>8} {:>10} {:>10} {:>9} {:>8} {:>8} {:>11}\n",
         stats.policy, stats.cached_rows, stats.capacity_rows, stats.store_rows,
-        "feature", "hits", "misses", "hit%", "inserted", "evicted", "unknown", "updated", "expired"
+        "feature", "hits", "misses", "hit%", "inserted", "evicted", "unknown", "updated", "expired",
+        "unavailable"
     );
     for s in stats.features.iter().chain(std::iter::once(&stats.total)) {
         out += &format!(
-            "{:<16} {:>10} {:>10} {:>7.2}% {:>10} {:>10} {:>9} {:>8} {:>8}\n",
+            "{:<16} {:>10} {:>10} {:>7.2}% {:>10} {:>10} {:>9} {:>8} {:>8} {:>11}\n",
             s.feature,
             s.hits,
             s.misses,
@@ -143,7 +151,8 @@ fn cache_table(stats: &CacheStats) -> String {
             s.evictions,
             s.unknown,
             s.updates,
-            s.expired
+            s.expired,
+            s.unavailable
         );
     }
     out

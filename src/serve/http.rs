@@ -32,6 +32,7 @@ pub(super) async fn serve(
         .route("/v2/repository/models/{name}/load", post(reload))
         .route("/v2/models/{name}/rows", post(update_rows))
         .route("/v2/models/{name}/expire", post(expire))
+        .route("/v2/models/{name}/cache", get(cache_stats))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(app);
@@ -154,6 +155,14 @@ async fn update_rows(
 /// Runs expiry now (it also runs on the server's timer).
 async fn expire(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
     admin(&app, &name, |app| Ok(json!({"expired": app.expire()?}))).await
+}
+
+/// The embedding cache's counters as JSON (`null` for a model without hashed features).
+async fn cache_stats(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    admin(&app, &name, |app| {
+        Ok(app.current().batcher.engine().cache_stats())
+    })
+    .await
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
