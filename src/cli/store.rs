@@ -35,6 +35,10 @@ pub struct Bench {
     /// Timed fetches.
     #[arg(long, default_value_t = 200, value_parser = super::at_least_one())]
     pub fetches: usize,
+    /// Timed writes for the propagation delay (0: skip it). They rewrite existing rows with
+    /// their own values, so the namespace's rows do not change.
+    #[arg(long, default_value_t = 100)]
+    pub writes: usize,
 }
 
 /// Bulk-load a model directory's hashed rows into a Redis Cluster namespace, pipelined.
@@ -185,6 +189,68 @@ impl Bench {
                 (times.len() * self.keys) as f64 / total
             );
         }
+        if self.writes > 0 {
+            self.propagation(&options, &model, &mut memory, &keys)?;
+        }
+        Ok(())
+    }
+
+    /// The time from a write returning in one process to another process's store being told
+    /// of it (the update stream), over `--writes` writes of existing rows.
+    fn propagation(
+        &self,
+        options: &redis::RedisOptions,
+        model: &Model,
+        memory: &mut pepnet::store::MemoryStore,
+        keys: &[pepnet::store::Key],
+    ) -> Result<()> {
+        use pepnet::store::{EmbeddingStore, Fetched};
+        let d = model.spec.d();
+        let names: Vec<String> = model.spec.features.iter().map(|f| f.name.clone()).collect();
+        let mut writer = redis::RedisStore::open(options.clone(), names.clone(), d)?;
+        let mut reader = redis::RedisStore::open(options.clone(), names, d)?;
+        let mut times = Vec::with_capacity(self.writes);
+        let mut row = vec![0.0f32; d];
+        let mut found = [Fetched::Unknown];
+        for i in 0..self.writes {
+            let key = keys[i * 7919 % keys.len()];
+            memory.get_many(&[key], &mut row, &mut found)?;
+            reader.take_changed();
+            let start = std::time::Instant::now();
+            if !writer.put(key, &row)? {
+                return Err(pepnet::Error::Store(
+                    "the namespace's update cap refused a write; bench a namespace without one"
+                        .into(),
+                ));
+            }
+            let wrote = start.elapsed();
+            let seen = loop {
+                if reader.take_changed().contains(&key) {
+                    break start.elapsed();
+                }
+                if start.elapsed() > std::time::Duration::from_secs(5) {
+                    return Err(pepnet::Error::Store(
+                        "a write was not seen on the update stream within 5 s".into(),
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_micros(50));
+            };
+            times.push((wrote.as_secs_f64(), (seen - wrote).as_secs_f64()));
+        }
+        let quantile = |mut v: Vec<f64>, q: f64| {
+            v.sort_by(f64::total_cmp);
+            v[((v.len() - 1) as f64 * q) as usize] * 1e3
+        };
+        let (writes, seen): (Vec<f64>, Vec<f64>) = times.into_iter().unzip();
+        println!(
+            "\n{} writes: the write (script + stream entry) p50 {:.3} ms, p99 {:.3} ms; \
+             seen by another store after it returned: p50 {:.3} ms, p99 {:.3} ms",
+            self.writes,
+            quantile(writes.clone(), 0.5),
+            quantile(writes, 0.99),
+            quantile(seen.clone(), 0.5),
+            quantile(seen, 0.99)
+        );
         Ok(())
     }
 }
