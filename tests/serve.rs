@@ -469,16 +469,7 @@ fn a_reload_swaps_the_model_whole_and_loses_no_request() {
 
 /// A model with one hashed feature (`user_id`), initialised in `dir/model`.
 fn hashed_model(dir: &Path) -> std::path::PathBuf {
-    let spec = r#"{
-      "embedding_dim": 4, "domain_feature": "tab", "tasks": ["click"],
-      "features": [
-        {"name": "tab", "kind": "sparse", "vocab": 3, "roles": ["domain"]},
-        {"name": "user_id", "kind": "sparse", "hashed": true, "roles": ["general", "prior"]},
-        {"name": "dur", "kind": "dense", "roles": ["general", "domain"]}
-      ],
-      "epnet": {"hidden": 5}, "ppnet": {"hidden": 6}, "towers": [5]
-    }"#;
-    std::fs::write(dir.join("spec.json"), spec).unwrap();
+    std::fs::write(dir.join("spec.json"), HASHED_SPEC).unwrap();
     let model = dir.join("model");
     let init = Command::new(env!("CARGO_BIN_EXE_pepnet"))
         .arg("init")

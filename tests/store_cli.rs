@@ -11,26 +11,16 @@ use std::time::{Duration, Instant};
 
 use common::redis_cluster::RedisCluster;
 use common::rng;
-use common::server::{agent, post, Server};
+use common::server::{agent, post, Server, HASHED_SPEC};
 use pepnet::{Model, ModelSpec};
 use rand::RngExt;
 use serde_json::{json, Value};
-
-const SPEC: &str = r#"{
-  "embedding_dim": 4, "domain_feature": "tab", "tasks": ["click"],
-  "features": [
-    {"name": "tab", "kind": "sparse", "vocab": 3, "roles": ["domain"]},
-    {"name": "user_id", "kind": "sparse", "hashed": true, "roles": ["general", "prior"]},
-    {"name": "dur", "kind": "dense", "roles": ["general", "domain"]}
-  ],
-  "epnet": {"hidden": 5}, "ppnet": {"hidden": 6}, "towers": [5]
-}"#;
 
 const USERS: [u64; 5] = [7, 8, 9, u64::MAX, 1 << 63];
 
 /// A model whose 5 users have random stored rows.
 fn model(dir: &Path) -> PathBuf {
-    let mut model = Model::init(ModelSpec::from_json(SPEC, "spec").unwrap(), 3).unwrap();
+    let mut model = Model::init(ModelSpec::from_json(HASHED_SPEC, "spec").unwrap(), 3).unwrap();
     let mut r = rng(3);
     let h = model.weights.hashed_mut("user_id").unwrap();
     h.ids = USERS.to_vec();

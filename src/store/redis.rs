@@ -804,7 +804,7 @@ mod tests {
     }
 
     #[test]
-    fn rows_encode_and_decode_in_both_types() {
+    fn rows_encode_with_their_version_and_store_urls_parse() {
         let row = [0.1f32, -2.5, 1e-3, 7.0];
         for t in [RowType::F32, RowType::F16] {
             let v = row_value(42, &row, t);

@@ -8,6 +8,17 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+/// A served model with one hashed feature, `user_id` (d = 4), beside `tab` and `dur`.
+pub const HASHED_SPEC: &str = r#"{
+  "embedding_dim": 4, "domain_feature": "tab", "tasks": ["click"],
+  "features": [
+    {"name": "tab", "kind": "sparse", "vocab": 3, "roles": ["domain"]},
+    {"name": "user_id", "kind": "sparse", "hashed": true, "roles": ["general", "prior"]},
+    {"name": "dur", "kind": "dense", "roles": ["general", "domain"]}
+  ],
+  "epnet": {"hidden": 5}, "ppnet": {"hidden": 6}, "towers": [5]
+}"#;
+
 pub const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/kuairand");
 
 /// A running server, stopped (SIGTERM) when dropped.
