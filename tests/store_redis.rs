@@ -217,6 +217,23 @@ fn a_node_down_is_named_or_degrades_counted_and_scoring_recovers_when_it_returns
         .unwrap();
     let want = resident_engine.score(&vocab).unwrap();
 
+    // A node that accepts connections but answers nothing (frozen): named once the timeout
+    // passes.
+    cluster.pause_node(1);
+    let started = Instant::now();
+    let err = strict
+        .score(&raw)
+        .expect_err("a node is frozen")
+        .to_string();
+    cluster.resume_node(1);
+    let frozen = format!("node 127.0.0.1:{}", cluster.ports[1]);
+    assert!(err.contains(&frozen) && err.contains("feature '"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "bounded by the timeouts"
+    );
+    cluster.wait_until_ok();
+
     cluster.stop_node(0);
     let down = format!("127.0.0.1:{}", cluster.ports[0]);
     let err = strict.score(&raw).expect_err("a node is down").to_string();

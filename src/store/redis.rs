@@ -21,14 +21,17 @@
 //! fetches the new rows. A cached row also leaves the cache when its TTL runs out (its version
 //! says when it was written).
 //!
-//! One batch's misses are fetched with one cluster pipeline of GETs: the client sends each
-//! node its share of the commands at once and then reads the answers, so a batch costs one
-//! round trip to the slowest node involved, however many keys and nodes. On a failure the
-//! store finds which node did not answer (asking the cluster for its slot map and pinging the
-//! nodes that hold the keys) and fails naming it and the features of its keys, or, in degraded
-//! mode, answers the other nodes' keys and reports the node's as unavailable (the cache reads
-//! their default rows and counts them), and leaves the node alone for a second before trying it
-//! again: scoring recovers by itself when the node is back.
+//! One batch's misses are fetched with one pipeline of GETs per node, routed by the cluster's
+//! slot map: every node is sent its share first, then the answers are read, so a batch costs one
+//! round trip to the slowest node involved, however many keys and nodes. A node's connection is
+//! dropped at its first failed or late answer (its other answers are not waited for, so a frozen
+//! node costs one timeout, not one per key, and a late answer is never read as the answer to a
+//! later command), and its keys are tried once more on a fresh connection. A key a node no
+//! longer serves (the cluster resharded) is fetched through the cluster client, which follows the
+//! redirection, and the slot map is learned again. A node that still fails makes the fetch fail
+//! naming it and the features of its keys, or, in degraded mode, its keys are reported as
+//! unavailable (the cache reads their default rows and counts them) and the node is left alone
+//! for a second before it is tried again: scoring recovers by itself when the node is back.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -153,8 +156,11 @@ pub struct RedisStore {
     changed: Arc<Mutex<Vec<Key>>>,
     /// Tells the stream follower to stop (when the store is dropped).
     stop: Arc<AtomicBool>,
-    /// Slot ranges' owners, learned when something failed: (first slot, last slot, node).
+    /// Slot ranges' owners: (first slot, last slot, node), learned at open and again when a
+    /// node answers that it no longer serves a key.
     slots: Vec<(u16, u16, String)>,
+    /// Each node's connection for reads, made on demand and dropped after any failure.
+    links: HashMap<String, redis::Connection>,
     /// Nodes left alone until the instant given (degraded mode).
     resting: HashMap<String, Instant>,
 }
@@ -350,7 +356,7 @@ impl RedisStore {
                 .spawn(move || follow(options, features, start, changed, stop))
                 .map_err(|e| Error::Store(format!("starting the update follower: {e}")))?;
         }
-        Ok(Self {
+        let mut store = Self {
             options,
             features,
             d,
@@ -361,8 +367,11 @@ impl RedisStore {
             changed,
             stop,
             slots: Vec::new(),
+            links: HashMap::new(),
             resting: HashMap::new(),
-        })
+        };
+        store.learn_slots()?;
+        Ok(store)
     }
 
     fn stream_key(namespace: &str) -> String {
@@ -432,39 +441,97 @@ impl RedisStore {
         )))
     }
 
-    /// After a failed fetch of `keys`: the nodes holding some of them that do not answer a
-    /// PING, each with the features of its keys.
-    fn diagnose(&mut self, keys: &[Key]) -> Result<Vec<(String, BTreeSet<u32>)>> {
-        self.learn_slots()?;
-        let mut by_node: HashMap<String, BTreeSet<u32>> = HashMap::new();
-        for &key in keys {
-            let slot = key_slot(self.key(key).as_bytes());
-            let node = self.node_of(slot).unwrap_or("(no node serves its slot)");
-            by_node.entry(node.to_string()).or_default().insert(key.0);
+    /// Fetches the values of `keys` (by index; `None`: no such key) into `values`, one pipeline
+    /// per node; returns the nodes that failed, each with why and its keys' indices.
+    fn fetch_routed(&mut self, keys: &[Key], values: &mut [Option<Vec<u8>>]) -> Vec<Failed> {
+        let names: Vec<String> = keys.iter().map(|&k| self.key(k)).collect();
+        let mut by_node: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, name) in names.iter().enumerate() {
+            let node = self
+                .node_of(key_slot(name.as_bytes()))
+                .unwrap_or("(no node serves the slot)");
+            by_node.entry(node.to_string()).or_default().push(i);
         }
-        let mut down: Vec<(String, BTreeSet<u32>)> = by_node
-            .into_iter()
-            .filter(|(node, _)| {
-                node_connection(&format!("redis://{node}"), self.options.timeout)
-                    .and_then(|mut c| {
-                        redis::cmd("PING")
-                            .query::<String>(&mut c)
-                            .map_err(|e| e.to_string())
-                    })
-                    .is_err()
-            })
-            .collect();
-        down.sort();
-        Ok(down)
-    }
-
-    /// One pipeline of GETs for `keys` (all of them, or an error).
-    fn fetch(&mut self, keys: &[Key]) -> redis::RedisResult<Vec<Option<Vec<u8>>>> {
-        let mut pipe = cluster_pipe();
-        for &key in keys {
-            pipe.get(self.key(key));
+        let mut failed = Vec::new();
+        let mut sent = Vec::new();
+        for (node, indices) in by_node {
+            let link = match self.links.entry(node.clone()) {
+                std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    node_connection(&format!("redis://{node}"), self.options.timeout)
+                        .map(|c| e.insert(c))
+                }
+            };
+            let mut pipe = redis::pipe();
+            for &i in &indices {
+                pipe.get(&names[i]);
+            }
+            let sending = link.and_then(|c| {
+                c.send_packed_command(&pipe.get_packed_pipeline())
+                    .map_err(|e| e.to_string())
+            });
+            match sending {
+                Ok(()) => sent.push((node, indices)),
+                Err(cause) => {
+                    self.links.remove(&node);
+                    failed.push(Failed {
+                        node,
+                        cause,
+                        keys: indices,
+                    });
+                }
+            }
         }
-        pipe.query(&mut self.connection)
+        let mut redirected = Vec::new();
+        for (node, indices) in sent {
+            let link = self.links.get_mut(&node).expect("sent on it");
+            let mut cause = None;
+            for &i in &indices {
+                match link.recv_response() {
+                    Ok(Value::Nil) => values[i] = None,
+                    Ok(Value::BulkString(bytes)) => values[i] = Some(bytes),
+                    // MOVED, ASK, TRYAGAIN, CLUSTERDOWN...: the cluster client sorts it out.
+                    Ok(Value::ServerError(_)) => redirected.push(i),
+                    Ok(other) => {
+                        cause = Some(format!("answered a GET with {other:?}"));
+                        break;
+                    }
+                    Err(e) => {
+                        cause = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            if let Some(cause) = cause {
+                // Its unread answers may still come: this connection is never read again.
+                self.links.remove(&node);
+                failed.push(Failed {
+                    node,
+                    cause,
+                    keys: indices,
+                });
+            }
+        }
+        if !redirected.is_empty() {
+            let _ = self.learn_slots();
+            let mut pipe = cluster_pipe();
+            for &i in &redirected {
+                pipe.get(&names[i]);
+            }
+            match pipe.query::<Vec<Option<Vec<u8>>>>(&mut self.connection) {
+                Ok(answers) => {
+                    for (&i, v) in redirected.iter().zip(answers) {
+                        values[i] = v;
+                    }
+                }
+                Err(e) => failed.push(Failed {
+                    node: "the cluster (following a redirection)".into(),
+                    cause: e.to_string(),
+                    keys: redirected,
+                }),
+            }
+        }
+        failed
     }
 
     /// Copies a stored value's row into `out`; returns its version (write time, µs).
@@ -495,21 +562,36 @@ impl RedisStore {
         Ok(u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")))
     }
 
-    /// The error naming each node that did not answer and the features of its keys.
-    fn node_error(&self, down: &[(String, BTreeSet<u32>)], cause: &str) -> Error {
-        let nodes: Vec<String> = down
+    /// The error naming each node that failed, the features of its keys, and why.
+    fn node_error(&self, keys: &[Key], failed: &[Failed]) -> Error {
+        let nodes: Vec<String> = failed
             .iter()
-            .map(|(node, features)| {
+            .map(|f| {
+                let features: BTreeSet<u32> = f.keys.iter().map(|&i| keys[i].0).collect();
                 let names: Vec<String> = features.iter().map(|f| format!("feature #{f}")).collect();
-                format!("node {node} (rows of {})", names.join(", "))
+                format!(
+                    "node {} (rows of {}: {})",
+                    f.node,
+                    names.join(", "),
+                    f.cause
+                )
             })
             .collect();
         Error::Store(format!(
-            "{} did not answer ({cause}); start it again, or score with default rows for its \
-             ids with --degraded",
+            "{} did not answer; start it again, or score with default rows for its ids with \
+             --degraded",
             nodes.join(" and ")
         ))
     }
+}
+
+/// A node a fetch could not read from.
+struct Failed {
+    node: String,
+    /// The connection error, the timeout, or an answer that is not a row.
+    cause: String,
+    /// Indices of its keys in the fetch.
+    keys: Vec<usize>,
 }
 
 /// A row's key.
@@ -602,40 +684,40 @@ impl EmbeddingStore for RedisStore {
             });
         }
         let asked_keys: Vec<Key> = asked.iter().map(|&i| keys[i]).collect();
-        let values = match self.fetch(&asked_keys) {
-            Ok(values) => values,
-            Err(first) => {
-                // One more try on fresh connections (a node that restarted leaves the old ones
-                // broken), then find the culprit.
-                if let Ok(fresh) = Self::connect(&self.options) {
-                    self.connection = fresh;
-                }
-                match self.fetch(&asked_keys) {
-                    Ok(values) => values,
-                    Err(_) => {
-                        let down = self.diagnose(&asked_keys)?;
-                        if down.is_empty() {
-                            return Err(Error::Store(format!(
-                                "fetching {} rows failed ({first}), though every node holding \
-                                 them answers a ping",
-                                asked_keys.len()
-                            )));
-                        }
-                        if !self.options.degraded {
-                            return Err(self.node_error(&down, &first.to_string()));
-                        }
-                        let until = Instant::now() + REST;
-                        for (node, _) in &down {
-                            self.resting.insert(node.clone(), until);
-                        }
-                        return self.get_many(keys, out, found);
-                    }
+        let mut values = vec![None; asked_keys.len()];
+        let mut failed = self.fetch_routed(&asked_keys, &mut values);
+        if !failed.is_empty() {
+            // Once more on fresh connections (a node that restarted leaves the old one broken;
+            // the slot map may have changed).
+            let _ = self.learn_slots();
+            let again: Vec<usize> = failed.iter().flat_map(|f| f.keys.clone()).collect();
+            let again_keys: Vec<Key> = again.iter().map(|&i| asked_keys[i]).collect();
+            let mut again_values = vec![None; again.len()];
+            failed = self.fetch_routed(&again_keys, &mut again_values);
+            for (&i, v) in again.iter().zip(again_values) {
+                values[i] = v;
+            }
+            for f in &mut failed {
+                for k in &mut f.keys {
+                    *k = again[*k];
                 }
             }
-        };
+        }
+        if !failed.is_empty() && !self.options.degraded {
+            return Err(self.node_error(&asked_keys, &failed));
+        }
+        let mut unavailable = vec![false; asked.len()];
+        let until = Instant::now() + REST;
+        for f in &failed {
+            self.resting.insert(f.node.clone(), until);
+            for &k in &f.keys {
+                unavailable[k] = true;
+            }
+        }
         let d = self.d;
-        for (&i, value) in asked.iter().zip(values) {
+        for (j, (&i, value)) in asked.iter().zip(values).enumerate() {
             found[i] = match value {
+                _ if unavailable[j] => Fetched::Unavailable,
                 Some(bytes) => {
                     let written = self.decode(keys[i], &bytes, &mut out[i * d..(i + 1) * d])?;
                     match self.policy.expire_after_secs {

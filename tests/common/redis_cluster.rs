@@ -94,7 +94,7 @@ impl RedisCluster {
                 "--cluster-config-file",
                 "nodes.conf",
                 "--cluster-node-timeout",
-                "2000",
+                "5000",
                 // Live nodes keep serving their slots while one is down (degraded mode).
                 "--cluster-require-full-coverage",
                 "no",
@@ -121,9 +121,33 @@ impl RedisCluster {
         }
     }
 
+    /// Freezes node `i` (SIGSTOP): it accepts connections and answers nothing, as a node
+    /// stuck in a long command or a swap storm does.
+    pub fn pause_node(&self, i: usize) {
+        self.signal(i, "STOP");
+    }
+
+    /// Thaws node `i` (SIGCONT).
+    pub fn resume_node(&self, i: usize) {
+        self.signal(i, "CONT");
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
+        let pid = self.nodes[i].as_ref().expect("node running").id();
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "kill -{signal} {pid}");
+    }
+
     /// Kills node `i` (its data is gone: nothing is saved).
     pub fn stop_node(&mut self, i: usize) {
         if let Some(mut child) = self.nodes[i].take() {
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
             let _ = child.kill();
             let _ = child.wait();
         }
