@@ -446,7 +446,9 @@ impl Engine {
 
     /// Writes new rows (`ids.len() × d`, row-major) for ids of hashed feature `feature` into
     /// the store and the cache, under the update policy; `now` is the update clock in seconds.
-    /// Batches that start scoring after this returns see the new rows.
+    /// Batches that start scoring after this returns see the new rows. With a store that keeps
+    /// the policy itself (Redis), the store's clock counts the window and the expiry, `now` is
+    /// not used, and other processes' batches see the rows once the store tells them.
     pub fn update_rows(
         &self,
         feature: &str,
