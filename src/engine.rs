@@ -128,8 +128,7 @@ impl Engine {
     pub fn new(ctx: Arc<GpuContext>, model: &Model, options: &EngineOptions) -> Result<Self> {
         let store: Box<dyn EmbeddingStore> = match &options.cache.store {
             StoreSource::Redis(redis) if model.spec.has_hashed() => {
-                let names = model.spec.features.iter().map(|f| f.name.clone()).collect();
-                Box::new(RedisStore::open(redis.clone(), names, model.spec.d())?)
+                Box::new(RedisStore::open(redis.clone(), &model.spec)?)
             }
             _ => Box::new(MemoryStore::from_weights(&model.spec, &model.weights)),
         };

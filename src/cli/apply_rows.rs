@@ -33,8 +33,7 @@ impl ApplyRows {
         let mut model = Model::load(&self.model)?;
         let updates = pepnet::store::read_rows_file(&self.rows, &model.spec)?;
         if let Some(redis) = self.store.redis() {
-            let names = model.spec.features.iter().map(|f| f.name.clone()).collect();
-            let mut store = RedisStore::open(redis.clone(), names, model.spec.d())?;
+            let mut store = RedisStore::open(redis.clone(), &model.spec)?;
             let d = model.spec.d();
             for (f, update) in &updates {
                 for (i, &id) in update.ids.iter().enumerate() {

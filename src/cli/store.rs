@@ -130,8 +130,7 @@ impl Bench {
         let model = Model::load(&self.model)?;
         let d = model.spec.d();
         let mut memory = MemoryStore::from_weights(&model.spec, &model.weights);
-        let names = model.spec.features.iter().map(|f| f.name.clone()).collect();
-        let mut remote = redis::RedisStore::open(options.clone(), names, d)?;
+        let mut remote = redis::RedisStore::open(options.clone(), &model.spec)?;
         let keys = memory.keys().unwrap_or_default();
         if keys.is_empty() {
             return Err(pepnet::Error::Store(format!(
@@ -206,9 +205,8 @@ impl Bench {
     ) -> Result<()> {
         use pepnet::store::{EmbeddingStore, Fetched};
         let d = model.spec.d();
-        let names: Vec<String> = model.spec.features.iter().map(|f| f.name.clone()).collect();
-        let mut writer = redis::RedisStore::open(options.clone(), names.clone(), d)?;
-        let mut reader = redis::RedisStore::open(options.clone(), names, d)?;
+        let mut writer = redis::RedisStore::open(options.clone(), &model.spec)?;
+        let mut reader = redis::RedisStore::open(options.clone(), &model.spec)?;
         let mut times = Vec::with_capacity(self.writes);
         let mut row = vec![0.0f32; d];
         let mut found = [Fetched::Unknown];

@@ -301,7 +301,9 @@ impl RedisStore {
 
     /// Opens namespace `options.namespace`, which a `pepnet store load` must have written, for
     /// a model whose features are `features` and rows `d` wide.
-    pub fn open(options: RedisOptions, features: Vec<String>, d: usize) -> Result<Self> {
+    pub fn open(options: RedisOptions, spec: &crate::spec::ModelSpec) -> Result<Self> {
+        let features: Vec<String> = spec.features.iter().map(|f| f.name.clone()).collect();
+        let d = spec.d();
         let mut connection = Self::connect(&options)?;
         let meta: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(Self::meta_key(&options.namespace))
