@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use common::redis_cluster::RedisCluster;
 use common::rng;
-use common::server::{agent, post, Server, HASHED_SPEC};
+use common::server::{agent, user_rows, user_scores, Server, HASHED_SPEC};
 use pepnet::{Model, ModelSpec};
 use rand::RngExt;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const USERS: [u64; 5] = [7, 8, 9, u64::MAX, 1 << 63];
 
@@ -42,46 +42,15 @@ fn pepnet(args: &[&str]) -> String {
     err
 }
 
-/// The served model's scores of `users` (tab 1, dur 0.5), as bits.
+/// The served model's scores of `users`, as bits.
 fn scores(server: &Server, users: &[u64]) -> Vec<u32> {
-    let n = users.len();
-    let body = json!({"inputs": [
-        {"name": "tab", "datatype": "INT64", "shape": [n], "data": vec![1; n]},
-        {"name": "user_id", "datatype": "UINT64", "shape": [n], "data": users},
-        {"name": "dur", "datatype": "FP32", "shape": [n], "data": vec![0.5; n]}
-    ]});
-    let (status, answer) = post(&format!("{}/v2/models/pepnet/infer", server.url), &body);
-    assert_eq!(status, 200, "{answer}");
-    answer["outputs"][0]["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p.as_f64().unwrap() as f32).to_bits())
-        .collect()
-}
-
-/// A rows file (or request body) giving user `id` the row `row`.
-fn user_row(id: u64, row: [f32; 4]) -> Vec<u8> {
-    let ids = id.to_le_bytes();
-    let bytes: Vec<u8> = row.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let views = [
-        (
-            "emb.user_id.ids",
-            safetensors::tensor::TensorView::new(safetensors::Dtype::U64, vec![1], &ids).unwrap(),
-        ),
-        (
-            "emb.user_id",
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1, 4], &bytes)
-                .unwrap(),
-        ),
-    ];
-    safetensors::serialize(views, None).unwrap()
+    user_scores(&format!("{}/v2/models/pepnet", server.url), users)
 }
 
 fn post_row(server: &Server, id: u64, row: [f32; 4]) -> Value {
     agent()
         .post(&format!("{}/v2/models/pepnet/rows", server.url))
-        .send_bytes(&user_row(id, row))
+        .send_bytes(&user_rows(&[id], &row))
         .unwrap()
         .into_json()
         .unwrap()
@@ -128,7 +97,7 @@ fn two_servers_score_from_one_store_see_a_third_process_write_and_share_the_cap(
 
     // A third process writes user 7's row; both servers score it within the bound.
     let rows = dir.path().join("rows.safetensors");
-    std::fs::write(&rows, user_row(7, [0.9, -0.8, 0.7, -0.6])).unwrap();
+    std::fs::write(&rows, user_rows(&[7], &[0.9, -0.8, 0.7, -0.6])).unwrap();
     let err = pepnet(&[
         "apply-rows",
         "--model",

@@ -69,10 +69,6 @@ fn bits(x: &[f32]) -> Vec<u32> {
     x.iter().map(|v| v.to_bits()).collect()
 }
 
-fn names(model: &Model) -> Vec<String> {
-    model.spec.features.iter().map(|f| f.name.clone()).collect()
-}
-
 #[test]
 fn rows_read_back_exactly_and_scores_equal_the_resident_model_bit_for_bit() {
     let cluster = RedisCluster::start(3);
@@ -90,7 +86,7 @@ fn rows_read_back_exactly_and_scores_equal_the_resident_model_bit_for_bit() {
 
     // Every row, and some unknown ids, read back exactly as the in-memory store has them.
     let mut memory = MemoryStore::from_weights(&hashed.spec, &hashed.weights);
-    let mut store = RedisStore::open(options(&cluster, "m1"), names(&hashed), 16).unwrap();
+    let mut store = RedisStore::open(options(&cluster, "m1"), &hashed.spec).unwrap();
     assert_eq!(store.len(), USERS + ITEMS);
     let mut keys: Vec<Key> = memory.keys().unwrap();
     keys.sort_unstable();
@@ -129,7 +125,7 @@ fn rows_read_back_exactly_and_scores_equal_the_resident_model_bit_for_bit() {
 
     // An f16 namespace reads back each row rounded to f16.
     load(&cluster, "m1-f16", &hashed, RowType::F16);
-    let mut half = RedisStore::open(options(&cluster, "m1-f16"), names(&hashed), 16).unwrap();
+    let mut half = RedisStore::open(options(&cluster, "m1-f16"), &hashed.spec).unwrap();
     assert_eq!(half.row_type(), RowType::F16);
     half.get_many(&keys, &mut got, &mut got_found).unwrap();
     let rounded: Vec<f32> = want
@@ -185,7 +181,9 @@ fn writes_through_the_store_reach_scores_and_bad_namespaces_are_named() {
         err.contains("'nothing-here'") && err.contains("store load"),
         "{err}"
     );
-    let err = RedisStore::open(options(&cluster, "m2"), names(&hashed), 8)
+    let mut narrow = hashed.spec.clone();
+    narrow.embedding_dim = 8;
+    let err = RedisStore::open(options(&cluster, "m2"), &narrow)
         .err()
         .expect("a width mismatch")
         .to_string();

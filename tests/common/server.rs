@@ -238,3 +238,48 @@ pub fn publish(from: &Path, model: &Path) {
         std::fs::rename(model.join("publishing"), model.join(f)).unwrap();
     }
 }
+
+/// Rows for `user_id`'s ids, as the rows endpoint takes them (safetensors).
+pub fn user_rows(ids: &[u64], rows: &[f32]) -> Vec<u8> {
+    let ids: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
+    let views = [
+        (
+            "emb.user_id.ids",
+            safetensors::tensor::TensorView::new(
+                safetensors::Dtype::U64,
+                vec![ids.len() / 8],
+                &ids,
+            )
+            .unwrap(),
+        ),
+        (
+            "emb.user_id",
+            safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                vec![rows.len() / 4, 4],
+                bytemuck::cast_slice(rows),
+            )
+            .unwrap(),
+        ),
+    ];
+    safetensors::serialize(views, None).unwrap()
+}
+
+/// Scores of the hashed model's task for `users` (tab 0 and 1 alternating, dur 0.5), as bits.
+pub fn user_scores(base: &str, users: &[u64]) -> Vec<u32> {
+    let n = users.len();
+    let tabs: Vec<u64> = (0..n as u64).map(|i| i % 2).collect();
+    let body = json!({"inputs": [
+        {"name": "tab", "datatype": "INT64", "shape": [n], "data": tabs},
+        {"name": "user_id", "datatype": "UINT64", "shape": [n], "data": users},
+        {"name": "dur", "datatype": "FP32", "shape": [n], "data": vec![0.5; n]}
+    ]});
+    let (status, answer) = post(&format!("{base}/infer"), &body);
+    assert_eq!(status, 200, "{answer}");
+    answer["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p.as_f64().unwrap() as f32).to_bits())
+        .collect()
+}
