@@ -7,8 +7,9 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use pepnet::gpu::act::ActStorage;
 use pepnet::gpu::gather::{GatherLayout, MAX_PAGES};
-use pepnet::gpu::linear::{lay_out, Precision, SpanParams};
+use pepnet::gpu::linear::{lay_out, ActBinding, Precision, SpanParams};
 use pepnet::gpu::{BatchParams, GpuContext};
 use pepnet::io::InputReader;
 use pepnet::plan::{PackedWeights, Plan, Step};
@@ -28,7 +29,7 @@ fn fixture() -> Fixture {
     let ctx = GpuContext::new(None).expect("a GPU adapter");
     let model = Model::init(bench::preset("paper").unwrap(), 1).unwrap();
     let packed = PackedWeights::new(&model.spec, &model.weights);
-    let plan = Plan::new(&model.spec, &packed.layout, ROWS);
+    let plan = Plan::new(&model.spec, &packed.layout, ROWS, ActStorage::F32);
     Fixture {
         ctx,
         model,
@@ -92,14 +93,19 @@ fn kernels(c: &mut Criterion) {
             &batch,
             &problems_buf,
             &weights,
-            &act,
+            ActBinding {
+                buffer: &act,
+                storage: ActStorage::F32,
+                scores: None,
+            },
             None,
         );
         group.throughput(Throughput::Elements(step.flops_per_sample() * ROWS as u64));
         group.bench_function(format!("linear/{label}/{ROWS}"), |b| {
             b.iter(|| {
                 run(ctx, |pass| {
-                    ctx.linear.dispatch(pass, &bg, tiles, ROWS, Precision::F32);
+                    ctx.linear
+                        .dispatch(pass, &bg, tiles, ROWS, (Precision::F32, ActStorage::F32));
                 })
             })
         });
@@ -139,14 +145,15 @@ fn kernels(c: &mut Criterion) {
         &features,
         &ids_buf,
         &dense_buf,
-        &act,
+        (&act, ActStorage::F32),
         page_refs,
     );
     group.throughput(Throughput::Elements(ROWS as u64));
     group.bench_function(format!("gather/{ROWS}"), |b| {
         b.iter(|| {
             run(ctx, |pass| {
-                ctx.gather.dispatch(pass, &bg, &layout.params, ROWS)
+                ctx.gather
+                    .dispatch(pass, &bg, &layout.params, ROWS, ActStorage::F32)
             })
         })
     });
@@ -171,7 +178,7 @@ fn host_paths(c: &mut Criterion) {
         })
     });
     let packed = PackedWeights::new(&model.spec, &model.weights);
-    let plan = Plan::new(&model.spec, &packed.layout, 16384);
+    let plan = Plan::new(&model.spec, &packed.layout, 16384, ActStorage::F32);
     let layout = GatherLayout::new(&model.spec, &plan.destinations, u64::MAX / 8, 0).unwrap();
     let batch = synth::random_batch(&model.spec, 16384, 2);
     let (mut ids, mut dense, mut keys) = (Vec::new(), Vec::new(), Vec::new());

@@ -13,7 +13,8 @@
 //
 // Rows are stored as f32 or, for the f16 precision, as f16 (two to a word, each row padded to a
 // whole word): `row_words` words a row either way, `half` says which. The gathered values are
-// f32 whichever.
+// f32 whichever, stored as the activation buffer's `Act` (act_f32.wgsl or act_f16.wgsl,
+// compiled first).
 
 const KIND_SPARSE: u32 = 0u;
 const KIND_MULTI_HOT: u32 = 1u;
@@ -57,7 +58,7 @@ struct Batch {
 @group(0) @binding(2) var<storage, read> features: array<Feature>;
 @group(0) @binding(3) var<storage, read> ids: array<u32>;
 @group(0) @binding(4) var<storage, read> dense: array<f32>;
-@group(0) @binding(5) var<storage, read_write> act: array<f32>;
+@group(0) @binding(5) var<storage, read_write> act: array<Act>;
 @group(0) @binding(6) var<storage, read> page0: array<u32>;
 @group(0) @binding(7) var<storage, read> page1: array<u32>;
 @group(0) @binding(8) var<storage, read> page2: array<u32>;
@@ -115,6 +116,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     }
     for (var j = 0u; j < min(feature.n_destinations, MAX_DESTINATIONS); j++) {
         let dst = feature.destinations[j];
-        act[dst.x + b * dst.y + k] = v;
+        act[dst.x + b * dst.y + k] = act_out(v);
     }
 }

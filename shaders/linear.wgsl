@@ -26,17 +26,21 @@
 // Precision: with the override HALF (the f16 SIMT variants), W is read from `weights_half`
 // (the packed weights as f16, same offsets) and each A ⊙ G is rounded to f16 as it is staged,
 // so every product is of two f16 values, summed in f32: exactly what the cooperative-matrix
-// entry point (linear_coop.wgsl, appended on devices that have it) computes. The bias, the
-// epilogue and the activations stay f32.
+// entry point (linear_coop.wgsl, appended on devices that have it) computes. The bias and the
+// epilogue stay f32. The activation buffer holds f32 or f16 (`Act`, from act_f32.wgsl or
+// act_f16.wgsl, compiled first); a problem flagged FLAG_F32_OUT (the output layer over f16
+// activations) writes its Y, the probabilities, to `scores`, an f32 buffer of their own.
 //
 // The problem table, the shared bindings and the loads of A and W are in linear_common.wgsl,
-// which comes first in the compiled source.
+// which comes before this file in the compiled source.
 
 override HALF: bool = false;
 
-@group(0) @binding(4) var<storage, read_write> act: array<f32>;
+@group(0) @binding(4) var<storage, read_write> act: array<Act>;
 // The packed weights as f16, four to a vec2<u32>; a 1-element dummy when HALF is off.
 @group(0) @binding(5) var<storage, read> weights_half: array<vec2<u32>>;
+// Probabilities, for problems flagged FLAG_F32_OUT; a 1-element dummy where none is.
+@group(0) @binding(6) var<storage, read_write> scores: array<f32>;
 
 // W[n, k..k+4] as four f16 (k a multiple of 4), or 0 outside the problem.
 fn load_w_half(pr: Problem, n: u32, k: u32) -> vec2<u32> {
@@ -99,12 +103,17 @@ fn store(pr: Problem, m: u32, n: u32, z: f32) {
     let b = pr.bias_off + n;
     var y = activate(z + weights[b / 4u][b % 4u], pr.act, pr.gamma);
     if (pr.flags & FLAG_KEEP) != 0u {
-        act[pr.keep_off + m * pr.keep_stride + n] = y;
+        act[pr.keep_off + m * pr.keep_stride + n] = act_out(y);
     }
     if (pr.flags & FLAG_MULTIPLIED) != 0u {
-        y *= act[pr.m_off + m * pr.m_stride + n];
+        y *= act_in(act[pr.m_off + m * pr.m_stride + n]);
     }
-    act[pr.y_off + m * pr.y_stride + n] = y;
+    let i = pr.y_off + m * pr.y_stride + n;
+    if (pr.flags & FLAG_F32_OUT) != 0u {
+        scores[i] = y;
+    } else {
+        act[i] = act_out(y);
+    }
 }
 
 // ---- main: 64×64 tiles -------------------------------------------------------------------

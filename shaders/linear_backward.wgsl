@@ -31,7 +31,7 @@ struct InputGroup {
     first_tile: u32,  // this group's first 64-column tile within the dispatch
 }
 
-@group(0) @binding(4) var<storage, read> act: array<f32>;
+@group(0) @binding(4) var<storage, read> act: array<Act>;
 @group(0) @binding(5) var<storage, read_write> grad: array<f32>;
 @group(0) @binding(6) var<storage, read> groups: array<InputGroup>;
 @group(0) @binding(7) var<storage, read_write> wgrad: array<f32>;
@@ -52,9 +52,9 @@ fn load_dz(pr: Problem, m: u32, n: u32) -> f32 {
         return 0.0;
     }
     var dz = grad[pr.y_off + m * pr.y_stride + n];
-    var y = act[pr.y_off + m * pr.y_stride + n];
+    var y = act_in(act[pr.y_off + m * pr.y_stride + n]);
     if (pr.flags & FLAG_KEEP) != 0u {
-        y = act[pr.keep_off + m * pr.keep_stride + n];
+        y = act_in(act[pr.keep_off + m * pr.keep_stride + n]);
     }
     switch pr.act {
         case ACT_RELU: {
@@ -68,7 +68,7 @@ fn load_dz(pr: Problem, m: u32, n: u32) -> f32 {
         default: {}
     }
     if (pr.flags & FLAG_MULTIPLIED) != 0u {
-        dz *= act[pr.m_off + m * pr.m_stride + n];
+        dz *= act_in(act[pr.m_off + m * pr.m_stride + n]);
     }
     return dz;
 }
@@ -140,8 +140,8 @@ fn input_grad(
             for (var j = 0u; j < 4u; j++) {
                 let k = k0 + lid.x + 16u * j;
                 if m < batch.rows && k < group.grad_k {
-                    let a = act[pr.a_off + m * pr.a_stride + k];
-                    let g = act[pr.g_off + m * pr.g_stride + k];
+                    let a = act_in(act[pr.a_off + m * pr.a_stride + k]);
+                    let g = act_in(act[pr.g_off + m * pr.g_stride + k]);
                     grad[pr.g_off + m * pr.g_stride + k] = acc[i][j] * a;
                     total[i][j] += acc[i][j] * g;
                 }

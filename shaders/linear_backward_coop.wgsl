@@ -273,8 +273,8 @@ fn icoop_finish(pr: Problem, out: u32, lane: u32, m0: u32, k0: u32, tm: u32, tk:
         if (pr.flags & FLAG_GATED) != 0u {
             add = 0.0;
             if m < batch.rows && k < grad_k {
-                let a = act[pr.a_off + m * pr.a_stride + k];
-                let g = act[pr.g_off + m * pr.g_stride + k];
+                let a = act_in(act[pr.a_off + m * pr.a_stride + k]);
+                let g = act_in(act[pr.g_off + m * pr.g_stride + k]);
                 grad[pr.g_off + m * pr.g_stride + k] = v * a;
                 add = v * g;
             }

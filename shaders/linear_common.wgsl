@@ -1,7 +1,8 @@
 // What the linear kernel (linear.wgsl) and its backward (linear_backward.wgsl) share: the
 // problem table and its flags, the bindings both read, and the loads of A ⊙ G and of W. Each
 // kernel's source is this file followed by its own (`act`, binding 4, is declared there: the
-// forward writes it, the backward only reads it).
+// forward writes it, the backward only reads it). Before this file comes the activation
+// storage's interface (act_f32.wgsl or act_f16.wgsl).
 
 const ACT_NONE: u32 = 0u;
 const ACT_RELU: u32 = 1u;
@@ -11,6 +12,7 @@ const ACT_SIGMOID: u32 = 3u;
 const FLAG_GATED: u32 = 1u;      // multiply A by G on load
 const FLAG_MULTIPLIED: u32 = 2u; // multiply Y by M in the epilogue
 const FLAG_KEEP: u32 = 4u;       // also store act(z) before M to K (training: its backward needs it)
+const FLAG_F32_OUT: u32 = 8u;    // Y is probabilities, written to `scores` (f32) instead of `act`
 
 struct Problem {
     a_off: u32,
@@ -59,9 +61,9 @@ fn load_a(pr: Problem, m: u32, k: u32) -> f32 {
     if m >= batch.rows || k >= pr.k {
         return 0.0;
     }
-    var a = act[pr.a_off + m * pr.a_stride + k];
+    var a = act_in(act[pr.a_off + m * pr.a_stride + k]);
     if (pr.flags & FLAG_GATED) != 0u {
-        a *= act[pr.g_off + m * pr.g_stride + k];
+        a *= act_in(act[pr.g_off + m * pr.g_stride + k]);
     }
     return a;
 }

@@ -4,7 +4,8 @@
 //
 // Expert k's last-layer output sits at columns k·width of the experts view; task t's logits at
 // columns t·K of the logits view; task t's mixed input is written at columns t·width of the
-// output view. One thread per (sample, task, column).
+// output view. One thread per (sample, task, column). The activations are `Act` (f32 or f16,
+// from act_f32.wgsl or act_f16.wgsl, compiled first); the softmax and the sum are f32.
 
 struct Params {
     experts: u32,   // K
@@ -30,7 +31,7 @@ struct Batch {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<uniform> batch: Batch;
-@group(0) @binding(2) var<storage, read_write> act: array<f32>;
+@group(0) @binding(2) var<storage, read_write> act: array<Act>;
 
 @compute @workgroup_size(256, 1, 1)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -44,19 +45,19 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let i = index % params.width;
 
     let logits = params.logit_off + b * params.logit_stride + t * params.experts;
-    var max_logit = act[logits];
+    var max_logit = act_in(act[logits]);
     for (var k = 1u; k < params.experts; k++) {
-        max_logit = max(max_logit, act[logits + k]);
+        max_logit = max(max_logit, act_in(act[logits + k]));
     }
     var total = 0.0;
     var mixed = 0.0;
     let x = params.x_off + b * params.x_stride + i;
     for (var k = 0u; k < params.experts; k++) {
-        let e = exp(act[logits + k] - max_logit);
+        let e = exp(act_in(act[logits + k]) - max_logit);
         total += e;
-        mixed += e * act[x + k * params.width];
+        mixed += e * act_in(act[x + k * params.width]);
     }
-    act[params.y_off + b * params.y_stride + t * params.width + i] = mixed / total;
+    act[params.y_off + b * params.y_stride + t * params.width + i] = act_out(mixed / total);
 }
 
 // ---- Backward ----------------------------------------------------------------------------
@@ -71,20 +72,20 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 // The softmax of task t's logits for sample b, as the forward computes it: (max, Σ exp(z − max)).
 fn softmax_of(b: u32, t: u32) -> vec2<f32> {
     let logits = params.logit_off + b * params.logit_stride + t * params.experts;
-    var max_logit = act[logits];
+    var max_logit = act_in(act[logits]);
     for (var j = 1u; j < params.experts; j++) {
-        max_logit = max(max_logit, act[logits + j]);
+        max_logit = max(max_logit, act_in(act[logits + j]));
     }
     var total = 0.0;
     for (var j = 0u; j < params.experts; j++) {
-        total += exp(act[logits + j] - max_logit);
+        total += exp(act_in(act[logits + j]) - max_logit);
     }
     return vec2<f32>(max_logit, total);
 }
 
 // g_tk of sample b, from its task's softmax_of.
 fn gate_weight(b: u32, t: u32, k: u32, softmax: vec2<f32>) -> f32 {
-    let logit = act[params.logit_off + b * params.logit_stride + t * params.experts + k];
+    let logit = act_in(act[params.logit_off + b * params.logit_stride + t * params.experts + k]);
     return exp(logit - softmax.x) / softmax.y;
 }
 
@@ -113,7 +114,7 @@ fn mixed_dot(b: u32, t: u32, j: u32) -> f32 {
     let dh = params.y_off + b * params.y_stride + t * params.width;
     var s = 0.0;
     for (var i = 0u; i < params.width; i++) {
-        s += act[x + i] * grad[dh + i];
+        s += act_in(act[x + i]) * grad[dh + i];
     }
     return s;
 }

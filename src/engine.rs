@@ -10,6 +10,7 @@ use crate::batch::{Batch, CheckedBatch};
 use crate::cache::{CacheOptions, CacheState, CacheStats, Refused, StoreSource, UpdateOutcome};
 use crate::error::{Error, Result, SampleError};
 use crate::forward::{ForwardBuffers, ForwardPass};
+use crate::gpu::act::ActStorage;
 use crate::gpu::gather::{self, GatherLayout, MAX_PAGES};
 use crate::gpu::linear::{self, Precision, SpanParams, Variant};
 use crate::gpu::resolve::{KeyGpu, ResolveParams};
@@ -102,6 +103,8 @@ struct Workspace {
     ids: wgpu::Buffer,
     dense: wgpu::Buffer,
     act: wgpu::Buffer,
+    /// The probabilities, where they are apart from the activations (over f16 storage).
+    scores: Option<wgpu::Buffer>,
     staging: wgpu::Buffer,
     /// The resolve step's bind group, for models with hashed features.
     resolve_group: Option<wgpu::BindGroup>,
@@ -152,7 +155,10 @@ impl Engine {
     ) -> Result<Self> {
         let spec = model.spec.clone();
         let max_binding = ctx.max_binding_bytes();
-        let per_sample = Plan::floats_per_sample(&spec) * 4;
+        // At f16 the activations are stored as f16 where the device has f16 shaders.
+        let has_f16 = ctx.features.contains(wgpu::Features::SHADER_F16);
+        let act_storage = ActStorage::for_scoring(options.precision, has_f16);
+        let per_sample = Plan::act_bytes_per_sample(&spec, act_storage);
         // The id and dense-value uploads are bindings too.
         let ids_per_sample: u64 = spec
             .features
@@ -184,7 +190,7 @@ impl Engine {
                 packed.data.len() * 4
             )));
         }
-        let plan = Plan::new(&spec, &packed.layout, max_rows);
+        let plan = Plan::new(&spec, &packed.layout, max_rows, act_storage);
         for step in &plan.steps {
             if let Step::Linear { label, problems } = step {
                 let (_, tiles) = linear::lay_out(problems);
@@ -317,6 +323,12 @@ impl Engine {
     }
 
     /// The linear kernel variant a batch of `rows` runs on (every linear step runs the same).
+    /// What the activation buffer stores: f16 at the f16 precision on a device with f16
+    /// shaders, else f32.
+    pub fn act_storage(&self) -> ActStorage {
+        self.plan.act_storage
+    }
+
     pub fn linear_variant(&self, rows: usize) -> Variant {
         let rows = match self.batch_invariant {
             true => u32::MAX,
@@ -698,9 +710,9 @@ impl Engine {
             }
         }
         let t = self.spec.n_tasks();
-        let out_bytes = self.plan.out.offset as u64 * 4;
+        let out_bytes = self.plan.out_byte_offset();
         encoder.copy_buffer_to_buffer(
-            &ws.act,
+            ws.scores.as_ref().unwrap_or(&ws.act),
             out_bytes,
             &ws.staging,
             0,
@@ -861,8 +873,10 @@ impl Workspace {
         );
         let ids = ctx.zeroed_storage("ids", (rows * layout.params.slots as usize * 4) as u64);
         let dense = ctx.zeroed_storage("dense", (rows * layout.params.n_dense as usize * 4) as u64);
-        let act_len = rows * (plan.row_width as usize + spec.n_tasks());
-        let act = ctx.zeroed_storage("activations", (act_len * 4) as u64);
+        let act = ctx.zeroed_storage("activations", plan.act_bytes());
+        let scores = plan
+            .scores_apart()
+            .then(|| ctx.zeroed_storage("probabilities", (rows * spec.n_tasks() * 4) as u64));
         let staging = ctx.staging_buffer("scores readback", (rows * spec.n_tasks() * 4) as u64);
         let device = &ctx.device;
         let resolve = cache.map(|_| ResolveSpace {
@@ -911,6 +925,8 @@ impl Workspace {
                 ids: &ids,
                 dense: &dense,
                 act: &act,
+                act_storage: plan.act_storage,
+                scores: scores.as_ref(),
             },
         );
         Self {
@@ -918,6 +934,7 @@ impl Workspace {
             ids,
             dense,
             act,
+            scores,
             staging,
             resolve_group,
             forward,

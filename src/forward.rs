@@ -4,8 +4,9 @@
 //! dispatches the forward kernels itself. (The engine's resolve step, which looks hashed ids up
 //! in its cache, is its own.)
 
+use crate::gpu::act::ActStorage;
 use crate::gpu::gather::{GatherParams, MAX_PAGES};
-use crate::gpu::linear::{Precision, Variant};
+use crate::gpu::linear::{ActBinding, Precision, Variant};
 use crate::gpu::GpuContext;
 use crate::plan::{Plan, Step};
 
@@ -24,6 +25,10 @@ pub struct ForwardBuffers<'a> {
     pub ids: &'a wgpu::Buffer,
     pub dense: &'a wgpu::Buffer,
     pub act: &'a wgpu::Buffer,
+    /// What `act` stores (f32, or f16 for scoring at the f16 precision).
+    pub act_storage: ActStorage,
+    /// The probabilities, where the plan keeps them apart from `act`.
+    pub scores: Option<&'a wgpu::Buffer>,
 }
 
 /// The plan's forward dispatches, bound once over a set of buffers.
@@ -34,6 +39,7 @@ pub struct ForwardPass {
     tiles: Vec<u32>,
     gather: GatherParams,
     precision: Precision,
+    act_storage: ActStorage,
     /// The linear variant every batch runs on, whatever its rows (a batch-invariant engine);
     /// `None`: the variant that suits the rows.
     fixed_variant: Option<Variant>,
@@ -50,6 +56,7 @@ impl ForwardPass {
         b: &ForwardBuffers,
     ) -> Self {
         let device = &ctx.device;
+        let act = (b.act, b.act_storage);
         let uniform = |i: usize| {
             b.step_uniforms[i]
                 .as_ref()
@@ -68,7 +75,7 @@ impl ForwardPass {
                     b.features,
                     b.ids,
                     b.dense,
-                    b.act,
+                    act,
                     b.pages,
                 )),
                 Step::Linear { .. } => Some(ctx.linear.bind_group(
@@ -77,12 +84,14 @@ impl ForwardPass {
                     b.batch,
                     b.problems,
                     b.weights,
-                    b.act,
+                    ActBinding {
+                        buffer: b.act,
+                        storage: b.act_storage,
+                        scores: b.scores,
+                    },
                     b.weights_half,
                 )),
-                Step::MmoeMix(_) => {
-                    Some(ctx.mmoe_mix.bind_group(device, uniform(i), b.batch, b.act))
-                }
+                Step::MmoeMix(_) => Some(ctx.mmoe_mix.bind_group(device, uniform(i), b.batch, act)),
             })
             .collect();
         Self {
@@ -90,8 +99,14 @@ impl ForwardPass {
             tiles,
             gather,
             precision,
+            act_storage: b.act_storage,
             fixed_variant: None,
         }
+    }
+
+    /// What the activation buffer stores.
+    pub fn act_storage(&self) -> ActStorage {
+        self.act_storage
     }
 
     /// Runs every linear step on `variant` whatever the batch's rows, so that a sample's
@@ -116,21 +131,32 @@ impl ForwardPass {
         match &plan.steps[i] {
             Step::Resolve => unreachable!("the resolve step has no forward bind group"),
             Step::Gather => {
-                ctx.gather.dispatch(pass, bind_group, &self.gather, rows);
+                ctx.gather
+                    .dispatch(pass, bind_group, &self.gather, rows, self.act_storage);
                 None
             }
             Step::Linear { .. } => Some(match self.fixed_variant {
                 Some(v) => {
-                    ctx.linear
-                        .dispatch_variant(pass, bind_group, self.tiles[i], rows, v);
+                    ctx.linear.dispatch_variant(
+                        pass,
+                        bind_group,
+                        self.tiles[i],
+                        rows,
+                        (v, self.act_storage),
+                    );
                     v
                 }
-                None => ctx
-                    .linear
-                    .dispatch(pass, bind_group, self.tiles[i], rows, self.precision),
+                None => ctx.linear.dispatch(
+                    pass,
+                    bind_group,
+                    self.tiles[i],
+                    rows,
+                    (self.precision, self.act_storage),
+                ),
             }),
             Step::MmoeMix(params) => {
-                ctx.mmoe_mix.dispatch(pass, bind_group, params, rows);
+                ctx.mmoe_mix
+                    .dispatch(pass, bind_group, params, rows, self.act_storage);
                 None
             }
         }

@@ -2,13 +2,15 @@
 //! activation lives, where each feature's vector is gathered to, and which linear problems run
 //! in which dispatch. It reads top to bottom like `docs/model.md`.
 //!
-//! Activations are interleaved per sample: sample m owns one row of `row_width` f32s of the
-//! activation buffer, and each block of the model (EPNet input, O_ep, each gate's output, each
-//! tower layer of every task) owns a range of columns in it. The T probabilities of the batch
-//! follow the rows as one compact `[rows, T]` block, so the readback is one contiguous copy.
+//! Activations are interleaved per sample: sample m owns one row of `row_width` slots (f32s, or
+//! f16s when scoring at f16) of the activation buffer, and each block of the model (EPNet input,
+//! O_ep, each gate's output, each tower layer of every task) owns a range of columns in it. The
+//! T probabilities of the batch are one compact `[rows, T]` block of f32s, after the rows, or in
+//! a buffer of their own over f16 activations; the readback is one contiguous copy either way.
 
 use std::collections::HashMap;
 
+use crate::gpu::act::ActStorage;
 use crate::gpu::linear::{self, Activation, LinearProblem, View};
 use crate::gpu::mmoe_mix::MixParams;
 use crate::spec::{ModelSpec, Role};
@@ -132,11 +134,16 @@ impl PackedWeights {
 
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// f32s per sample row of the activation buffer.
+    /// Slots per sample row of the activation buffer.
     pub row_width: u32,
+    /// What a slot of the activation buffer is (f32, or f16 when scoring at f16); views are
+    /// in slots.
+    pub act_storage: ActStorage,
     /// Rows the activation buffer holds: the largest batch one pass scores.
     pub max_rows: u32,
-    /// Where the `[rows, T]` probabilities are.
+    /// Where the `[rows, T]` probabilities are: after the rows in the activation buffer over
+    /// f32 storage; over f16 storage, in an f32 scores buffer of their own (see
+    /// [`Plan::scores_apart`]).
     pub out: View,
     /// Per feature, the views its vector is gathered into.
     pub destinations: Vec<Vec<View>>,
@@ -147,8 +154,8 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// f32s of activation buffer one sample needs when scoring (a training plan's rows are
-    /// wider: see its `row_width`).
+    /// f32s of activation buffer one sample needs when scoring at f32 (a training plan's rows
+    /// are wider: see its `row_width`).
     pub fn floats_per_sample(spec: &ModelSpec) -> u64 {
         Self::floats_per_sample_for(spec, false)
     }
@@ -158,18 +165,56 @@ impl Plan {
         Columns::new(spec, training).width as u64 + spec.n_tasks() as u64
     }
 
-    /// The forward plan for scoring.
-    pub fn new(spec: &ModelSpec, layout: &PackedLayout, max_rows: u32) -> Self {
-        Self::build(spec, layout, max_rows, false)
+    /// Bytes of activation buffer one sample needs when scoring over `storage` (its row, and
+    /// its probabilities as f32s).
+    pub fn act_bytes_per_sample(spec: &ModelSpec, storage: ActStorage) -> u64 {
+        Columns::new(spec, false).width as u64 * storage.bytes() + 4 * spec.n_tasks() as u64
+    }
+
+    /// Whether the probabilities have a buffer of their own (over f16 activations, so that
+    /// they keep f32's resolution) rather than following the rows in the activation buffer.
+    pub fn scores_apart(&self) -> bool {
+        self.act_storage == ActStorage::F16
+    }
+
+    /// Bytes of the activation buffer: `max_rows` rows, then the probabilities unless they
+    /// are apart.
+    pub fn act_bytes(&self) -> u64 {
+        let rows = self.max_rows as u64 * self.row_width as u64;
+        match self.scores_apart() {
+            true => rows * self.act_storage.bytes(),
+            false => (rows + self.max_rows as u64 * self.out.stride as u64) * 4,
+        }
+    }
+
+    /// Where the probabilities start in their buffer, in bytes.
+    pub fn out_byte_offset(&self) -> u64 {
+        self.out.offset as u64 * 4
+    }
+
+    /// The forward plan for scoring, over an activation buffer of `storage`.
+    pub fn new(
+        spec: &ModelSpec,
+        layout: &PackedLayout,
+        max_rows: u32,
+        storage: ActStorage,
+    ) -> Self {
+        Self::build(spec, layout, max_rows, false, storage)
     }
 
     /// The forward plan for training: as [`Plan::new`], but EPNet's gate is also kept beside
-    /// its product, for the backward pass.
+    /// its product, for the backward pass; activations are f32.
     pub fn for_training(spec: &ModelSpec, layout: &PackedLayout, max_rows: u32) -> Self {
-        Self::build(spec, layout, max_rows, true)
+        Self::build(spec, layout, max_rows, true, ActStorage::F32)
     }
 
-    fn build(spec: &ModelSpec, layout: &PackedLayout, max_rows: u32, training: bool) -> Self {
+    fn build(
+        spec: &ModelSpec,
+        layout: &PackedLayout,
+        max_rows: u32,
+        training: bool,
+        act_storage: ActStorage,
+    ) -> Self {
         let c = Columns::new(spec, training);
         let stride = c.width;
         let at = |col: u32| View {
@@ -181,8 +226,10 @@ impl Plan {
         let (dg, dd, dp) = (spec.dg() as u32, spec.dd() as u32, spec.dp() as u32);
         let w_in: Vec<u32> = spec.tower_in_widths().iter().map(|&w| w as u32).collect();
         let w_out: Vec<u32> = spec.tower_out_widths().iter().map(|&w| w as u32).collect();
+        // The probabilities after the rows, or apart over f16 activations.
+        let scores_apart = act_storage == ActStorage::F16;
         let out = View {
-            offset: max_rows * stride,
+            offset: if scores_apart { 0 } else { max_rows * stride },
             stride: t_count,
         };
         let problem = |layer: &str, a: View, k: u32, n: u32, y: View, activation| {
@@ -200,6 +247,7 @@ impl Plan {
                 k,
                 activation,
                 gamma,
+                f32_out: false,
             }
         };
 
@@ -419,6 +467,7 @@ impl Plan {
                     if spec.ppnet.is_some() {
                         p.gate = Some(at(c.deltas[l] + t * w_in[l]));
                     }
+                    p.f32_out = l == last && scores_apart;
                     p
                 })
                 .collect();
@@ -430,6 +479,7 @@ impl Plan {
 
         Self {
             row_width: stride,
+            act_storage,
             max_rows,
             out,
             destinations,
@@ -564,7 +614,8 @@ impl Step {
     }
 
     /// Activation bytes per sample the dispatch must read (inputs, gates, multipliers) and write.
-    pub fn activation_bytes_per_sample(&self, spec: &ModelSpec) -> u64 {
+    pub fn activation_bytes_per_sample(&self, spec: &ModelSpec, storage: ActStorage) -> u64 {
+        let b = storage.bytes();
         match self {
             // Per id slot of a hashed feature: its key in, about one 16-byte entry probed (the
             // table is at most half full), the row index and the hit/miss result out.
@@ -577,18 +628,22 @@ impl Step {
                     .sum();
                 40 * slots as u64
             }
-            // Each feature's ids or value in, each destination's d floats out.
-            Step::Gather => 4 * (spec.features.len() + spec.dg() + spec.dd() + spec.dp()) as u64,
+            // Each feature's ids or value in (4 bytes), each destination's d values out.
+            Step::Gather => {
+                4 * spec.features.len() as u64 + b * (spec.dg() + spec.dd() + spec.dp()) as u64
+            }
+            // A, G and M in, Y out (probabilities as f32s).
             Step::Linear { problems, .. } => problems
                 .iter()
                 .map(|p| {
                     let reads = p.k as u64 * (1 + p.gate.is_some() as u64)
                         + p.n as u64 * p.multiplier.is_some() as u64;
-                    4 * (reads + p.n as u64)
+                    let out = if p.f32_out { 4 } else { b };
+                    b * reads + out * p.n as u64
                 })
                 .sum(),
             Step::MmoeMix(m) => {
-                4 * (m.experts as u64 * m.width as u64
+                b * (m.experts as u64 * m.width as u64
                     + (m.tasks * m.experts) as u64
                     + (m.tasks * m.width) as u64)
             }

@@ -223,6 +223,7 @@ fn hadamard(a: &[f64], b: &[f64]) -> Vec<f64> {
 /// f64 references of the individual GPU kernels, on the same flat buffers and descriptors the
 /// kernels read. Kernel tests compare each kernel against these on random problems.
 pub mod kernels {
+    use crate::gpu::act::ActStorage;
     use crate::gpu::gather::{GatherLayout, NO_ROW};
     use crate::gpu::linear::{Activation, LinearProblem, Precision};
     use crate::gpu::mmoe_mix::MixParams;
@@ -233,24 +234,37 @@ pub mod kernels {
     }
 
     /// Every problem of one linear dispatch, reading `act` as it was before the dispatch and
-    /// writing each problem's output view. Weights are laid out by `linear::pack_layer`.
+    /// writing each problem's output view (problems without `f32_out`). Weights are laid out
+    /// by `linear::pack_layer`.
     pub fn linear_group(problems: &[LinearProblem], rows: usize, weights: &[f32], act: &mut [f64]) {
-        linear_group_at(Precision::F32, problems, rows, weights, act)
+        linear_group_at(
+            (Precision::F32, ActStorage::F32),
+            problems,
+            rows,
+            weights,
+            (act, &mut []),
+        )
     }
 
-    /// [`linear_group`] as the kernels of `precision` compute it: at f16, every A ⊙ G element
-    /// and every weight (not the bias) is rounded to f16 before the products, which are summed
-    /// exactly here (in f64) and in f32 on the GPU.
+    /// [`linear_group`] as the kernels of `precision` compute it over an activation buffer of
+    /// `storage`: at f16, every A ⊙ G element and every weight (not the bias) is rounded to f16
+    /// before the products, which are summed exactly here (in f64) and in f32 on the GPU. Over
+    /// f16 storage each output is rounded to f16 as it is stored. Problems flagged `f32_out`
+    /// write `scores` instead, unrounded.
     pub fn linear_group_at(
-        precision: Precision,
+        (precision, storage): (Precision, ActStorage),
         problems: &[LinearProblem],
         rows: usize,
         weights: &[f32],
-        act: &mut [f64],
+        (act, scores): (&mut [f64], &mut [f64]),
     ) {
         let round = |x: f64| match precision {
             Precision::F32 => x,
             Precision::F16 => round_f16(x),
+        };
+        let store = |x: f64| match storage {
+            ActStorage::F32 => x,
+            ActStorage::F16 => round_f16(x),
         };
         let before = act.to_vec();
         for p in problems {
@@ -277,12 +291,16 @@ pub mod kernels {
                         Activation::Sigmoid => super::sigmoid(z),
                     };
                     if let Some(kv) = p.keep {
-                        act[at(kv, m, n)] = y;
+                        act[at(kv, m, n)] = store(y);
                     }
                     if let Some(mv) = p.multiplier {
                         y *= before[at(mv, m, n)];
                     }
-                    act[at(p.y, m, n)] = y;
+                    if p.f32_out {
+                        scores[at(p.y, m, n)] = y;
+                    } else {
+                        act[at(p.y, m, n)] = store(y);
+                    }
                 }
             }
         }
@@ -330,6 +348,16 @@ pub mod kernels {
 
     /// The MMoE mix of every sample and task.
     pub fn mmoe_mix(p: &MixParams, rows: usize, act: &mut [f64]) {
+        mmoe_mix_stored(p, rows, act, &|x| x)
+    }
+
+    /// [`mmoe_mix`], each output passed through `stored` (the activation storage's rounding).
+    pub fn mmoe_mix_stored(
+        p: &MixParams,
+        rows: usize,
+        act: &mut [f64],
+        stored: &dyn Fn(f64) -> f64,
+    ) {
         let (k_count, width) = (p.experts as usize, p.width as usize);
         for b in 0..rows {
             for t in 0..p.tasks as usize {
@@ -342,7 +370,7 @@ pub mod kernels {
                 for i in 0..width {
                     let x = p.x_off as usize + b * p.x_stride as usize + i;
                     let mixed: f64 = (0..k_count).map(|k| g[k] * act[x + k * width]).sum();
-                    act[p.y_off as usize + b * p.y_stride as usize + t * width + i] = mixed;
+                    act[p.y_off as usize + b * p.y_stride as usize + t * width + i] = stored(mixed);
                 }
             }
         }

@@ -99,6 +99,8 @@ fn linear_backward_matches_reference_on_random_groups() {
                         k,
                         activation,
                         gamma: r.random_range(0.5..3.0),
+                        // Training stores f32, where probabilities take one slot like the rest.
+                        f32_out: false,
                     }
                 },
             )

@@ -2,15 +2,18 @@
 //! specs of every variant, awkward widths, batches of 1, 7, 256 and a few thousand. The test
 //! asserts which linear kernel ran: the f16 SIMT kernels on a device without cooperative
 //! matrices (Mesa 25's lavapipe), the tensor-core kernel where the device has them (Mesa 26's
-//! lavapipe in CI, where `PEPNET_REQUIRE_COOP=1` makes its absence a failure).
+//! lavapipe in CI, where `PEPNET_REQUIRE_COOP=1` makes its absence a failure), and that the
+//! activations are stored as f16 (both lavapipes have f16 shaders).
 //!
-//! Tolerance: 2e-3 absolute on probabilities. f16 rounds each weight and each layer input to 11
-//! significant bits (relative error ≤ 2^-12); sums stay f32, so the error of a probability is a
-//! few times 2^-12 at worst through the towers and gates of these sizes.
+//! Tolerance: 2e-3 absolute on probabilities. f16 rounds each weight and each stored activation
+//! to 11 significant bits (relative error ≤ 2^-12); sums and probabilities stay f32, so the
+//! error of a probability is a few times 2^-12 at worst through the towers and gates of these
+//! sizes.
 
 mod common;
 
 use common::{coop_required, gpu, max_abs_diff, random_batch, random_spec, rng};
+use pepnet::gpu::act::ActStorage;
 use pepnet::gpu::linear::{Precision, Variant};
 use pepnet::{reference, Engine, EngineOptions, Model};
 
@@ -31,6 +34,7 @@ fn random_specs_of_every_variant_match_the_reference_at_f16() {
     } else {
         Variant::HalfBatch
     };
+    let f16_storage = *common::act_storages(&ctx).last().unwrap();
     let mut worst: f64 = 0.0;
     let n_specs = 56; // 7 of each of the 8 (EPNet, PPNet, experts) combinations
     for seed in 0..n_specs {
@@ -44,6 +48,8 @@ fn random_specs_of_every_variant_match_the_reference_at_f16() {
         };
         let engine = Engine::new(ctx.clone(), &model, &options).unwrap();
         assert_eq!(engine.precision(), Precision::F16);
+        // Activations stored as f16 (every device CI uses has f16 shaders).
+        assert_eq!(engine.act_storage(), f16_storage);
         for n in [1, 7, 256, 2000 + seed as usize * 17] {
             let expected = if n <= 12 {
                 Variant::HalfSmall
@@ -80,6 +86,7 @@ fn f32_is_the_default_and_runs_the_f32_kernels() {
     let model = Model::init(random_spec(&mut r, 7), 3).unwrap();
     let engine = Engine::new(ctx, &model, &EngineOptions::default()).unwrap();
     assert_eq!(engine.precision(), Precision::F32);
+    assert_eq!(engine.act_storage(), ActStorage::F32);
     assert_eq!(engine.linear_variant(5), Variant::Small);
     assert_eq!(engine.linear_variant(500), Variant::Batch);
 }

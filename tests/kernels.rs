@@ -8,11 +8,13 @@
 
 mod common;
 
-use common::{assert_close, assert_close_tol, gpu, random_spec, random_vec, rng, run, width, Rng};
+use common::{assert_close_tol, gpu, random_spec, random_vec, rng, run, run_on, width, Rng};
 use pepnet::cache::table::{tag, HostTable};
+use pepnet::gpu::act::ActStorage;
 use pepnet::gpu::gather::{GatherLayout, MAX_PAGES};
 use pepnet::gpu::linear::{
-    lay_out, pack_half, pack_layer, Activation, LinearProblem, Precision, SpanParams, Variant, View,
+    lay_out, pack_half, pack_layer, ActBinding, Activation, LinearProblem, Precision, SpanParams,
+    Variant, View,
 };
 use pepnet::gpu::mmoe_mix::MixParams;
 use pepnet::gpu::optimizer::{AdaGradConfig, AdaGradParams, AdamConfig, AdamParams};
@@ -43,6 +45,8 @@ fn linear_matches_reference_on_random_groups() {
             let gated = r.random_range(0..2) == 0;
             let multiplied = r.random_range(0..2) == 0;
             let kept = r.random_range(0..2) == 0;
+            // Probabilities: written to the f32 scores buffer (same layout) instead.
+            let f32_out = r.random_range(0..4) == 0;
             let cols = (
                 alloc(k),
                 gated.then(|| alloc(k)),
@@ -50,13 +54,13 @@ fn linear_matches_reference_on_random_groups() {
                 alloc(n),
                 kept.then(|| alloc(n)),
             );
-            shapes.push((n, k, cols));
+            shapes.push((n, k, f32_out, cols));
         }
         let stride = width_used + r.random_range(0..5);
         let mut weights = Vec::new();
         let problems: Vec<LinearProblem> = shapes
             .iter()
-            .map(|&(n, k, (a, g, m, y, keep))| {
+            .map(|&(n, k, f32_out, (a, g, m, y, keep))| {
                 let w = random_vec(&mut r, (n * k) as usize, 1.0 / (k as f32).sqrt());
                 let b = random_vec(&mut r, n as usize, 0.5);
                 let (w_offset, bias_offset) = pack_layer(&mut weights, &w, &b, k);
@@ -79,6 +83,7 @@ fn linear_matches_reference_on_random_groups() {
                         Activation::Sigmoid,
                     ][r.random_range(0..4)],
                     gamma: r.random_range(0.5..3.0),
+                    f32_out,
                 }
             })
             .collect();
@@ -103,34 +108,69 @@ fn linear_matches_reference_on_random_groups() {
         let problem_buf = ctx.storage_buffer("problems", &table);
         let weight_buf = ctx.storage_buffer("weights", &weights);
         let half_buf = ctx.storage_buffer("weights f16", &pack_half(&weights));
-        let act = ctx.storage_buffer("act", &initial);
-        let bg = ctx.linear.bind_group(
-            &ctx.device,
-            &span,
-            &batch,
-            &problem_buf,
-            &weight_buf,
-            &act,
-            Some(&half_buf),
-        );
-        let reference = |precision| {
-            let mut want: Vec<f64> = initial.iter().map(|&x| x as f64).collect();
-            kernels::linear_group_at(precision, &problems, rows, &weights, &mut want);
-            want
-        };
-        let (want_f32, want_f16) = (reference(Precision::F32), reference(Precision::F16));
-        // Every variant the device has, whatever the size: each must be right on every shape.
-        for variant in Variant::ALL.into_iter().filter(|&v| ctx.linear.has(v)) {
-            ctx.queue
-                .write_buffer(&act, 0, bytemuck::cast_slice(&initial));
-            let got = run(&ctx, &act, len, |pass| {
-                ctx.linear
-                    .dispatch_variant(pass, &bg, tiles, rows as u32, variant)
-            });
-            let what = format!("linear {variant:?}, seed {seed}, rows {rows}, {problems:?}");
-            match variant.precision() {
-                Precision::F32 => assert_close(&got, &want_f32, &what),
-                Precision::F16 => assert_close_tol(&got, &want_f16, HALF_TOLERANCE, &what),
+        let initial_scores = random_vec(&mut r, len, 1.0);
+        let scores = ctx.storage_buffer("scores", &initial_scores);
+        // Over f32 storage every variant; over f16 storage (the activations of f16 scoring)
+        // the f16 ones.
+        for storage in common::act_storages(&ctx) {
+            let initial = common::stored(storage, &initial);
+            let act = common::act_buffer(&ctx, storage, &initial);
+            let binding = ActBinding {
+                buffer: &act,
+                storage,
+                scores: Some(&scores),
+            };
+            let bg = ctx.linear.bind_group(
+                &ctx.device,
+                &span,
+                &batch,
+                &problem_buf,
+                &weight_buf,
+                binding,
+                Some(&half_buf),
+            );
+            let reference = |precision| {
+                let mut want: Vec<f64> = initial.iter().map(|&x| x as f64).collect();
+                let mut want_scores: Vec<f64> = initial_scores.iter().map(|&x| x as f64).collect();
+                kernels::linear_group_at(
+                    (precision, storage),
+                    &problems,
+                    rows,
+                    &weights,
+                    (&mut want, &mut want_scores),
+                );
+                (want, want_scores)
+            };
+            let (want_f32, want_f16) = (reference(Precision::F32), reference(Precision::F16));
+            // Every variant the device has, whatever the size: each must be right on every shape.
+            let variants = Variant::ALL
+                .into_iter()
+                .filter(|&v| ctx.linear.has(v))
+                .filter(|v| storage == ActStorage::F32 || v.precision() == Precision::F16);
+            for variant in variants {
+                ctx.queue
+                    .write_buffer(&act, 0, &common::act_bytes(storage, &initial));
+                ctx.queue
+                    .write_buffer(&scores, 0, bytemuck::cast_slice(&initial_scores));
+                let got = run_on(&ctx, &act, storage, len, |pass| {
+                    ctx.linear
+                        .dispatch_variant(pass, &bg, tiles, rows as u32, (variant, storage))
+                });
+                let got_scores = ctx.read_buffer(&scores, len).unwrap();
+                let (want, want_scores) = match variant.precision() {
+                    Precision::F32 => &want_f32,
+                    Precision::F16 => &want_f16,
+                };
+                let what = format!(
+                    "linear {variant:?} over {storage:?}, seed {seed}, rows {rows}, {problems:?}"
+                );
+                let (tolerance, scores_tolerance) = match (variant.precision(), storage) {
+                    (Precision::F32, _) => (1e-5, 1e-5),
+                    (Precision::F16, ActStorage::F32) => (HALF_TOLERANCE, HALF_TOLERANCE),
+                    (Precision::F16, ActStorage::F16) => (STORED_HALF_TOLERANCE, HALF_TOLERANCE),
+                };
+                assert_close_tol(&got, want, tolerance, &what);
+                assert_close_tol(&got_scores, want_scores, scores_tolerance, &what);
             }
         }
     }
@@ -149,6 +189,11 @@ fn linear_matches_reference_on_random_groups() {
 /// values are exact in f32, so only the order and rounding of the f32 sums differ; tensor
 /// cores may round their sums less finely than IEEE f32, hence 4× the f32 tolerance.
 const HALF_TOLERANCE: f64 = 4e-5;
+
+/// Over f16 storage each output is rounded to f16 as it is stored (to 2^-11 relative, ties to
+/// even), by the GPU from its f32 sum and here from the exact one: where the two sums straddle
+/// a rounding boundary they land one f16 step (2^-10 relative) apart.
+const STORED_HALF_TOLERANCE: f64 = 1.0e-3;
 
 #[test]
 fn gather_matches_reference_on_random_specs_and_pages() {
@@ -187,8 +232,13 @@ fn gather_matches_reference_on_random_specs_and_pages() {
         let batch = common::random_batch(&mut r, &spec, rows);
         let len = rows * stride as usize;
         let initial = random_vec(&mut r, len, 1.0);
-        // Rows stored as f32, and as f16 (half the bytes: a page holds twice the rows).
-        for precision in [Precision::F32, Precision::F16] {
+        // Rows stored as f32, and as f16 (half the bytes: a page holds twice the rows); over
+        // f32 activations and f16 ones.
+        let cases = common::act_storages(&ctx)
+            .into_iter()
+            .flat_map(|s| [(Precision::F32, s), (Precision::F16, s)]);
+        for (precision, storage) in cases {
+            let initial = common::stored(storage, &initial);
             let row_bytes = 4 * pepnet::gpu::gather::row_words(d, precision) as u64;
             let page_bytes = total_rows.div_ceil(pages_wanted) * row_bytes;
             let layout =
@@ -210,7 +260,7 @@ fn gather_matches_reference_on_random_specs_and_pages() {
             let features = ctx.storage_buffer("features", &layout.features);
             let ids_buf = ctx.storage_buffer("ids", &ids);
             let dense_buf = ctx.storage_buffer("dense", &dense);
-            let act = ctx.storage_buffer("act", &initial);
+            let act = common::act_buffer(&ctx, storage, &initial);
             let page_bufs: Vec<wgpu::Buffer> = pages
                 .iter()
                 .map(|p| ctx.storage_buffer("page", p))
@@ -224,11 +274,12 @@ fn gather_matches_reference_on_random_specs_and_pages() {
                 &features,
                 &ids_buf,
                 &dense_buf,
-                &act,
+                (&act, storage),
                 page_refs,
             );
-            let got = run(&ctx, &act, len, |pass| {
-                ctx.gather.dispatch(pass, &bg, &layout.params, rows as u32)
+            let got = run_on(&ctx, &act, storage, len, |pass| {
+                ctx.gather
+                    .dispatch(pass, &bg, &layout.params, rows as u32, storage)
             });
 
             // The reference reads the model's f32 rows, rounded to f16 where stored so.
@@ -244,11 +295,23 @@ fn gather_matches_reference_on_random_specs_and_pages() {
             };
             let mut want: Vec<f64> = initial.iter().map(|&x| x as f64).collect();
             kernels::gather(&layout, &table, &ids, &dense, rows, &mut want);
-            assert_close(
+            // Over f16 storage each gathered value is rounded as it is stored: the sums of a
+            // multi-hot feature may straddle a rounding boundary (one f16 step apart).
+            let tolerance = match storage {
+                ActStorage::F32 => 1e-5,
+                ActStorage::F16 => {
+                    for x in &mut want {
+                        *x = kernels::round_f16(*x);
+                    }
+                    STORED_HALF_TOLERANCE
+                }
+            };
+            assert_close_tol(
                 &got,
                 &want,
+                tolerance,
                 &format!(
-                    "gather seed {seed}, {precision:?}, {} pages",
+                    "gather seed {seed}, rows {precision:?}, act {storage:?}, {} pages",
                     layout.n_pages
                 ),
             );
@@ -290,20 +353,29 @@ fn mmoe_mix_matches_reference() {
                 _pad: [0; 3],
             },
         );
-        let act = ctx.storage_buffer("act", &initial);
-        let bg = ctx
-            .mmoe_mix
-            .bind_group(&ctx.device, &params_buf, &batch, &act);
-        let got = run(&ctx, &act, len, |pass| {
-            ctx.mmoe_mix.dispatch(pass, &bg, &params, rows as u32)
-        });
-        let mut want: Vec<f64> = initial.iter().map(|&x| x as f64).collect();
-        kernels::mmoe_mix(&params, rows, &mut want);
-        assert_close(
-            &got,
-            &want,
-            &format!("mix seed {seed}, K {k}, T {t}, width {w}"),
-        );
+        for storage in common::act_storages(&ctx) {
+            let initial = common::stored(storage, &initial);
+            let act = common::act_buffer(&ctx, storage, &initial);
+            let bg = ctx
+                .mmoe_mix
+                .bind_group(&ctx.device, &params_buf, &batch, (&act, storage));
+            let got = run_on(&ctx, &act, storage, len, |pass| {
+                ctx.mmoe_mix
+                    .dispatch(pass, &bg, &params, rows as u32, storage)
+            });
+            let mut want: Vec<f64> = initial.iter().map(|&x| x as f64).collect();
+            let (stored, tolerance): (&dyn Fn(f64) -> f64, f64) = match storage {
+                ActStorage::F32 => (&|x| x, 1e-5),
+                ActStorage::F16 => (&kernels::round_f16, STORED_HALF_TOLERANCE),
+            };
+            kernels::mmoe_mix_stored(&params, rows, &mut want, stored);
+            assert_close_tol(
+                &got,
+                &want,
+                tolerance,
+                &format!("mix seed {seed}, K {k}, T {t}, width {w}, act {storage:?}"),
+            );
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use naga::valid::Capabilities;
+use pepnet::gpu::act::ActStorage;
 use pepnet::gpu::linear::CoopShape;
 
 /// The two cooperative-matrix builds: lavapipe's (8×8×8 on 8-wide subgroups) and NVIDIA's
@@ -30,26 +31,42 @@ fn sources() -> Vec<(String, String, Capabilities)> {
     };
     let base = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
     let mut all: Vec<(String, String, Capabilities)> = [
-        ("gather", gather::SOURCE),
-        ("gather_backward", gather_backward::SOURCE),
-        ("linear", linear::SOURCE),
-        ("linear_backward", linear_backward::SOURCE),
-        ("loss", loss::SOURCE),
-        ("mmoe_mix", mmoe_mix::SOURCE),
-        ("optimizer", optimizer::SOURCE),
-        ("resolve", resolve::SOURCE),
-        ("scatter", scatter::SOURCE),
+        ("gather", gather::source(ActStorage::F32)),
+        ("gather_backward", gather_backward::SOURCE.to_string()),
+        ("linear", linear::source(ActStorage::F32)),
+        ("linear_backward", linear_backward::source()),
+        ("loss", loss::SOURCE.to_string()),
+        ("mmoe_mix", mmoe_mix::source(ActStorage::F32)),
+        ("optimizer", optimizer::SOURCE.to_string()),
+        ("resolve", resolve::SOURCE.to_string()),
+        ("scatter", scatter::SOURCE.to_string()),
     ]
     .into_iter()
-    .map(|(name, source)| (name.to_string(), source.to_string(), base))
+    .map(|(name, source)| (name.to_string(), source, base))
     .collect();
+    // Over f16 activation storage (f16 scoring): f16 shaders.
+    let f16 = base | Capabilities::SHADER_FLOAT16;
+    all.extend(
+        [
+            ("gather f16 act", gather::source(ActStorage::F16)),
+            ("linear f16 act", linear::source(ActStorage::F16)),
+            ("mmoe_mix f16 act", mmoe_mix::source(ActStorage::F16)),
+        ]
+        .map(|(name, source)| (name.to_string(), source, f16)),
+    );
     for shape in COOP_SHAPES {
         let caps = base | Capabilities::SHADER_FLOAT16 | Capabilities::COOPERATIVE_MATRIX;
-        all.push((
-            format!("linear coop {0}x{0}x{0}", shape.size),
-            shape.source(),
-            caps,
-        ));
+        for storage in [ActStorage::F32, ActStorage::F16] {
+            all.push((
+                format!(
+                    "linear coop {0}x{0}x{0} over {1} act",
+                    shape.size,
+                    storage.name()
+                ),
+                shape.source(storage),
+                caps,
+            ));
+        }
         all.push((
             format!("linear_backward coop {0}x{0}x{0}", shape.size),
             linear_backward::coop_source(shape),
@@ -105,7 +122,7 @@ fn workgroup_bytes(module: &naga::Module, info: &naga::valid::ModuleInfo) -> Vec
 #[test]
 fn coop_workgroup_memory_is_what_the_host_expects() {
     for shape in COOP_SHAPES {
-        let source = shape.source();
+        let source = shape.source(ActStorage::F16);
         let caps = Capabilities::all();
         let (module, info) = validate("coop", &source, caps);
         let bytes = workgroup_bytes(&module, &info);
@@ -136,9 +153,9 @@ fn every_shader_file_is_compiled_into_a_kernel() {
         count += 1;
     }
     assert_eq!(
-        count, 13,
-        "nine kernels, the linear kernels' shared prelude, the two tensor-core entry points and \
-         the f16 rounding prelude"
+        count, 15,
+        "nine kernels, the linear kernels' shared prelude, the two tensor-core entry points, \
+         the f16 rounding prelude and the two activation storages' preludes"
     );
 }
 
@@ -161,29 +178,29 @@ fn rust_structs_match_wgsl_layouts() {
         layouter[handle].size
     };
     assert_eq!(
-        size_of(linear::SOURCE, "Problem") as usize,
+        size_of(&linear::source(ActStorage::F32), "Problem") as usize,
         size_of_val(&linear::ProblemGpu {
             ..bytemuck::Zeroable::zeroed()
         })
     );
     assert_eq!(
-        size_of(linear::SOURCE, "Span") as usize,
+        size_of(&linear::source(ActStorage::F32), "Span") as usize,
         std::mem::size_of::<linear::SpanParams>()
     );
     assert_eq!(
-        size_of(linear::SOURCE, "Batch") as usize,
+        size_of(&linear::source(ActStorage::F32), "Batch") as usize,
         std::mem::size_of::<BatchParams>()
     );
     assert_eq!(
-        size_of(gather::SOURCE, "Feature") as usize,
+        size_of(&gather::source(ActStorage::F32), "Feature") as usize,
         std::mem::size_of::<gather::FeatureGpu>()
     );
     assert_eq!(
-        size_of(gather::SOURCE, "Params") as usize,
+        size_of(&gather::source(ActStorage::F32), "Params") as usize,
         std::mem::size_of::<gather::GatherParams>()
     );
     assert_eq!(
-        size_of(mmoe_mix::SOURCE, "Params") as usize,
+        size_of(&mmoe_mix::source(ActStorage::F32), "Params") as usize,
         std::mem::size_of::<mmoe_mix::MixParams>()
     );
     assert_eq!(
@@ -204,15 +221,15 @@ fn rust_structs_match_wgsl_layouts() {
     );
     // The backward reads the forward's problem table: the two WGSL structs must agree.
     assert_eq!(
-        size_of(linear_backward::SOURCE, "Problem") as usize,
+        size_of(&linear_backward::source(), "Problem") as usize,
         std::mem::size_of::<linear::ProblemGpu>()
     );
     assert_eq!(
-        size_of(linear_backward::SOURCE, "InputGroup") as usize,
+        size_of(&linear_backward::source(), "InputGroup") as usize,
         std::mem::size_of::<linear_backward::InputGroupGpu>()
     );
     assert_eq!(
-        size_of(linear_backward::SOURCE, "Span") as usize,
+        size_of(&linear_backward::source(), "Span") as usize,
         std::mem::size_of::<linear::SpanParams>()
     );
     assert_eq!(

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use pepnet::gpu::act::ActStorage;
 use pepnet::gpu::linear::Precision;
 use pepnet::Result;
 
@@ -25,7 +26,12 @@ impl Plan {
         // The plan comes from the spec alone: no weights are read or made.
         let spec = load_spec(&self.model)?;
         let layout = pepnet::plan::PackedLayout::new(&spec);
-        let plan = pepnet::plan::Plan::new(&spec, &layout, 1);
+        // At f16 the activations are f16 where the device has f16 shaders (most do).
+        let storage = match self.precision {
+            Precision::F32 => ActStorage::F32,
+            Precision::F16 => ActStorage::F16,
+        };
+        let plan = pepnet::plan::Plan::new(&spec, &layout, 1, storage);
         // Which linear kernel runs depends on the device and the batch; name the choice.
         let linear_kernel = match self.precision {
             Precision::F32 => "linear f32 simt",
@@ -39,7 +45,7 @@ impl Plan {
         for step in &plan.steps {
             let (f, a, w) = (
                 step.flops_per_sample(),
-                step.activation_bytes_per_sample(&spec),
+                step.activation_bytes_per_sample(&spec, storage),
                 step.weight_bytes_at(self.precision),
             );
             let kernel = match step {
@@ -67,14 +73,18 @@ impl Plan {
             weights
         );
         println!(
-            "activation row: {} f32 per sample",
-            pepnet::plan::Plan::floats_per_sample(&spec)
+            "activation row: {} {} and {} f32 probabilities per sample ({} bytes)",
+            plan.row_width,
+            storage.name(),
+            spec.n_tasks(),
+            pepnet::plan::Plan::act_bytes_per_sample(&spec, storage)
         );
         if self.precision == Precision::F16 {
             println!(
                 "f16: linear steps run on tensor cores (cooperative matrices) where the device offers \
                  f16 x f16 -> f32 fragments of 8 or 16, on batches of more than {} rows; else on the \
-                 f16 SIMT kernels",
+                 f16 SIMT kernels; activations are stored as f16 (on devices without f16 shaders, \
+                 as f32)",
                 pepnet::gpu::linear::SMALL_MAX_ROWS
             );
         }

@@ -4,6 +4,7 @@
 
 use bytemuck::Zeroable;
 
+use super::act::{ActStorage, ByStorage};
 use super::linear::{Precision, View};
 use super::resolve::{key_gpu, KeyGpu};
 use super::{compute_pipeline, dispatch_flat, whole_buffers};
@@ -12,7 +13,12 @@ use crate::error::{Error, Result};
 use crate::spec::{FeatureKind, ModelSpec, Pooling};
 use crate::weights::Weights;
 
-pub const SOURCE: &str = include_str!("../../shaders/gather.wgsl");
+pub const BODY: &str = include_str!("../../shaders/gather.wgsl");
+
+/// The kernel's source over an activation storage.
+pub fn source(storage: ActStorage) -> String {
+    storage.source(BODY)
+}
 
 /// Storage bindings the kernel has for embedding pages.
 pub const MAX_PAGES: usize = 4;
@@ -320,20 +326,24 @@ pub fn row_to_words(row: &[f32], precision: Precision) -> Vec<u32> {
     }
 }
 
-/// The compiled kernel.
+/// The compiled kernel, per activation storage.
 pub struct GatherKernel {
-    pipeline: wgpu::ComputePipeline,
+    pipelines: ByStorage<wgpu::ComputePipeline>,
 }
 
 impl GatherKernel {
     pub fn new(device: &wgpu::Device) -> Self {
         Self {
-            pipeline: compute_pipeline(device, "gather", SOURCE),
+            pipelines: ByStorage::new(Self::build(device, ActStorage::F32)),
         }
     }
 
-    /// Binds: params, batch size, feature table, ids, dense values, the activation buffer, and
-    /// exactly [`MAX_PAGES`] pages (repeat a page to fill unused bindings).
+    fn build(device: &wgpu::Device, storage: ActStorage) -> wgpu::ComputePipeline {
+        compute_pipeline(device, "gather", &source(storage))
+    }
+
+    /// Binds: params, batch size, feature table, ids, dense values, the activation buffer (of
+    /// `storage`), and exactly [`MAX_PAGES`] pages (repeat a page to fill unused bindings).
     #[allow(clippy::too_many_arguments)]
     pub fn bind_group(
         &self,
@@ -343,27 +353,34 @@ impl GatherKernel {
         features: &wgpu::Buffer,
         ids: &wgpu::Buffer,
         dense: &wgpu::Buffer,
-        act: &wgpu::Buffer,
+        act: (&wgpu::Buffer, ActStorage),
         pages: [&wgpu::Buffer; MAX_PAGES],
     ) -> wgpu::BindGroup {
+        let (act, storage) = act;
+        let pipeline = self
+            .pipelines
+            .get_or_build(storage, || Self::build(device, storage));
         let mut buffers = vec![params, batch, features, ids, dense, act];
         buffers.extend(pages);
         device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("gather"),
-            layout: &self.pipeline.get_bind_group_layout(0),
+            layout: &pipeline.get_bind_group_layout(0),
             entries: &whole_buffers(&buffers),
         })
     }
 
-    /// Records the dispatch: one thread per (sample, feature, element).
+    /// Records the dispatch over an activation buffer of `storage` (that of the bind group):
+    /// one thread per (sample, feature, element).
     pub fn dispatch(
         &self,
         pass: &mut wgpu::ComputePass,
         bind_group: &wgpu::BindGroup,
         params: &GatherParams,
         rows: u32,
+        storage: ActStorage,
     ) {
         let threads = rows as u64 * params.n_features as u64 * params.d as u64;
-        dispatch_flat(pass, &self.pipeline, bind_group, threads, WORKGROUP);
+        let pipeline = self.pipelines.built(storage);
+        dispatch_flat(pass, pipeline, bind_group, threads, WORKGROUP);
     }
 }

@@ -2,15 +2,20 @@
 //! descriptor, and its dispatch arithmetic. Its CPU reference is
 //! [`crate::reference::kernels::linear_group`].
 
+use super::act::{ActStorage, ByStorage, HALF};
 use super::whole_buffers;
 
 /// `shaders/linear_common.wgsl` (the problem table and the loads it shares with the backward),
 /// then `shaders/linear.wgsl`.
-pub const SOURCE: &str = concat!(
+pub const BODY: &str = concat!(
     include_str!("../../shaders/linear_common.wgsl"),
-    include_str!("../../shaders/half.wgsl"),
     include_str!("../../shaders/linear.wgsl")
 );
+
+/// The SIMT kernel's source over an activation storage.
+pub fn source(storage: ActStorage) -> String {
+    storage.source(BODY)
+}
 
 /// Rows of a workgroup tile of the batch variant (`main`).
 pub const TILE_M: u32 = 64;
@@ -38,9 +43,12 @@ pub const FLAG_GATED: u32 = 1;
 pub const FLAG_MULTIPLIED: u32 = 2;
 /// Training: also store the activation before the multiplier to `keep`.
 pub const FLAG_KEEP: u32 = 4;
+/// Y is probabilities, written to the f32 `scores` binding instead of the activations.
+pub const FLAG_F32_OUT: u32 = 8;
 
 /// A strided view of a matrix in the activation buffer: element `(m, c)` is at
-/// `offset + m * stride + c` (in f32s).
+/// `offset + m * stride + c` (in elements of the buffer's storage: f32s, or f16s when scoring
+/// at f16).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct View {
     pub offset: u32,
@@ -67,6 +75,9 @@ pub struct LinearProblem {
     pub k: u32,
     pub activation: Activation,
     pub gamma: f32,
+    /// Y is the probabilities, written to the f32 scores buffer (`y` is a view of it), not to
+    /// the activations: over f16 activations, so that scores keep f32's resolution.
+    pub f32_out: bool,
 }
 
 /// WGSL's `Problem`, 80 bytes.
@@ -136,7 +147,8 @@ pub fn lay_out(problems: &[LinearProblem]) -> (Vec<ProblemGpu>, u32) {
                 } else {
                     0
                 }
-                | if p.keep.is_some() { FLAG_KEEP } else { 0 };
+                | if p.keep.is_some() { FLAG_KEEP } else { 0 }
+                | if p.f32_out { FLAG_F32_OUT } else { 0 };
             let first_tile = tiles;
             tiles += p.n.div_ceil(TILE_N);
             let first_wtile = wtiles;
@@ -320,14 +332,20 @@ impl CoopShape {
         )
     }
 
-    /// The complete source of the cooperative-matrix build: the header, then the forward's
-    /// source, then `main_coop`.
-    pub fn source(self) -> String {
-        format!("{}{SOURCE}{COOP_SOURCE}", self.header())
+    /// The complete source of the cooperative-matrix build over an activation storage: its
+    /// directives and the header, the storage's prelude, f16 rounding, the forward's body,
+    /// then `main_coop`.
+    pub fn source(self, storage: ActStorage) -> String {
+        format!(
+            "{}{}{}{HALF}{BODY}{COOP_SOURCE}",
+            storage.directives(),
+            self.header(),
+            storage.prelude()
+        )
     }
 }
 
-/// `main_coop`, appended to [`SOURCE`] after a [`CoopShape::header`].
+/// `main_coop`, appended to [`BODY`] after a [`CoopShape::header`].
 pub const COOP_SOURCE: &str = include_str!("../../shaders/linear_coop.wgsl");
 
 /// The kernel variants: entry points of `linear.wgsl` (and `linear_coop.wgsl`) at a precision.
@@ -382,14 +400,27 @@ impl Variant {
     }
 }
 
+/// The activations a linear dispatch reads and writes.
+#[derive(Clone, Copy)]
+pub struct ActBinding<'a> {
+    pub buffer: &'a wgpu::Buffer,
+    pub storage: ActStorage,
+    /// Where problems flagged `f32_out` write (the probabilities over f16 activations).
+    pub scores: Option<&'a wgpu::Buffer>,
+}
+
 /// The compiled kernel: every variant the device can run, sharing one bind group layout so that
-/// one bind group serves any of them. Built once per device.
+/// one bind group serves any of them. Built once per device; the variants over f16 activation
+/// storage (the f16 ones only) on first use.
 pub struct LinearKernel {
     layout: wgpu::BindGroupLayout,
-    pipelines: Vec<(Variant, wgpu::ComputePipeline)>,
+    pipeline_layout: wgpu::PipelineLayout,
+    pipelines: ByStorage<Vec<(Variant, wgpu::ComputePipeline)>>,
     coop: Option<CoopShape>,
     /// Bound as `weights_half` by engines that run f32 only.
     no_half: wgpu::Buffer,
+    /// Bound as `scores` where the probabilities stay in the activations.
+    no_scores: wgpu::Buffer,
 }
 
 impl LinearKernel {
@@ -416,6 +447,7 @@ impl LinearKernel {
                 entry(3, storage(true)),
                 entry(4, storage(false)),
                 entry(5, storage(true)),
+                entry(6, storage(false)),
             ],
         });
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
@@ -423,16 +455,47 @@ impl LinearKernel {
             bind_group_layouts: &[Some(&layout)],
             immediate_size: 0,
         });
+        let f32_set = Self::build(device, &pipeline_layout, coop, ActStorage::F32);
+        let no_half = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("no f16 weights"),
+            size: 8,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let no_scores = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("no scores"),
+            size: 4,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        Self {
+            layout,
+            pipeline_layout,
+            pipelines: ByStorage::new(f32_set),
+            coop,
+            no_half,
+            no_scores,
+        }
+    }
+
+    /// The variants over `storage`: every one over f32, the f16 ones over f16.
+    fn build(
+        device: &wgpu::Device,
+        pipeline_layout: &wgpu::PipelineLayout,
+        coop: Option<CoopShape>,
+        storage: ActStorage,
+    ) -> Vec<(Variant, wgpu::ComputePipeline)> {
         let module = |label: &str, source: &str| {
             device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(label),
                 source: wgpu::ShaderSource::Wgsl(source.into()),
             })
         };
-        let simt = module("linear", SOURCE);
-        let coop_module = coop.map(|shape| module("linear coop", &shape.source()));
-        let pipelines = Variant::ALL
+        let simt = module("linear", &source(storage));
+        let coop_module = coop.map(|shape| module("linear coop", &shape.source(storage)));
+        Variant::ALL
             .into_iter()
+            .filter(|v| storage == ActStorage::F32 || v.precision() == Precision::F16)
             .filter_map(|variant| {
                 let module = match variant {
                     Variant::Coop => coop_module.as_ref()?,
@@ -445,7 +508,7 @@ impl LinearKernel {
                 };
                 let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(variant.name()),
-                    layout: Some(&pipeline_layout),
+                    layout: Some(pipeline_layout),
                     module,
                     entry_point: Some(variant.entry_point()),
                     compilation_options: wgpu::PipelineCompilationOptions {
@@ -456,19 +519,15 @@ impl LinearKernel {
                 });
                 Some((variant, pipeline))
             })
-            .collect();
-        let no_half = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("no f16 weights"),
-            size: 8,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
+            .collect()
+    }
+
+    /// Compiles the variants over `storage` if they are not yet (f16 storage needs a device
+    /// opened with f16 shaders). Binding does it too.
+    pub fn prepare(&self, device: &wgpu::Device, storage: ActStorage) {
+        self.pipelines.get_or_build(storage, || {
+            Self::build(device, &self.pipeline_layout, self.coop, storage)
         });
-        Self {
-            layout,
-            pipelines,
-            coop,
-            no_half,
-        }
     }
 
     /// The cooperative-matrix shape `main_coop` was built for; `None` where the device has none.
@@ -476,9 +535,13 @@ impl LinearKernel {
         self.coop
     }
 
-    /// Whether this device runs `variant`.
+    /// Whether this device runs `variant` (over f32 storage; over f16 it runs the same f16
+    /// variants).
     pub fn has(&self, variant: Variant) -> bool {
-        self.pipelines.iter().any(|(v, _)| *v == variant)
+        self.pipelines
+            .built(ActStorage::F32)
+            .iter()
+            .any(|(v, _)| *v == variant)
     }
 
     /// The variant a batch of `rows` runs on at `precision`: the small tiles for a few rows,
@@ -503,7 +566,9 @@ impl LinearKernel {
     }
 
     /// Binds: the dispatch's span, the batch size, the problem table, the weights, the
-    /// activation buffer, and the weights as f16 (`None` for an engine that runs f32 only).
+    /// activations (the buffer, its storage, whose variants this compiles if need be, and the
+    /// probabilities' own buffer where they have one), and the weights as f16 (`None` for an
+    /// engine that runs f32 only).
     #[allow(clippy::too_many_arguments)]
     pub fn bind_group(
         &self,
@@ -512,43 +577,48 @@ impl LinearKernel {
         batch: &wgpu::Buffer,
         problems: &wgpu::Buffer,
         weights: &wgpu::Buffer,
-        act: &wgpu::Buffer,
+        act: ActBinding,
         weights_half: Option<&wgpu::Buffer>,
     ) -> wgpu::BindGroup {
+        self.prepare(device, act.storage);
         let half = weights_half.unwrap_or(&self.no_half);
+        let scores = act.scores.unwrap_or(&self.no_scores);
         device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("linear"),
             layout: &self.layout,
-            entries: &whole_buffers(&[span, batch, problems, weights, act, half]),
+            entries: &whole_buffers(&[span, batch, problems, weights, act.buffer, half, scores]),
         })
     }
 
     /// Records one dispatch over `tiles` column tiles and `rows` rows, on the variant that
-    /// suits `rows` at `precision`; returns that variant.
+    /// suits `rows` at `precision`, over an activation buffer of `storage`; returns that
+    /// variant.
     pub fn dispatch(
         &self,
         pass: &mut wgpu::ComputePass,
         bind_group: &wgpu::BindGroup,
         tiles: u32,
         rows: u32,
-        precision: Precision,
+        (precision, storage): (Precision, ActStorage),
     ) -> Variant {
         let variant = self.variant_for(precision, rows);
-        self.dispatch_variant(pass, bind_group, tiles, rows, variant);
+        self.dispatch_variant(pass, bind_group, tiles, rows, (variant, storage));
         variant
     }
 
-    /// Records one dispatch on a given variant, which this device must have ([`Self::has`]).
+    /// Records one dispatch on a given variant over an activation buffer of `storage`; the
+    /// device must have it ([`Self::has`]), and f16 storage only has the f16 variants.
     pub fn dispatch_variant(
         &self,
         pass: &mut wgpu::ComputePass,
         bind_group: &wgpu::BindGroup,
         tiles: u32,
         rows: u32,
-        variant: Variant,
+        (variant, storage): (Variant, ActStorage),
     ) {
         let (_, pipeline) = self
             .pipelines
+            .built(storage)
             .iter()
             .find(|(v, _)| *v == variant)
             .expect("a variant the device was built with");

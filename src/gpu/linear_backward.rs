@@ -4,26 +4,32 @@
 //! [`crate::reference::kernels::linear_backward`] (`tests/backward_kernels.rs`); the whole
 //! backward is checked against [`crate::grad`] in `tests/train.rs`.
 
+use super::act::{ActStorage, HALF};
 use super::linear::{Activation, CoopShape, LinearProblem, View, TILE_N};
 use super::{bind_buffers, entry_pipelines, whole_buffers};
 
 /// `shaders/linear_common.wgsl`, shared with the forward, then `shaders/linear_backward.wgsl`.
-pub const SOURCE: &str = concat!(
+pub const BODY: &str = concat!(
     include_str!("../../shaders/linear_common.wgsl"),
     include_str!("../../shaders/linear_backward.wgsl")
 );
 
+/// The SIMT build: the f32 activation storage's prelude (training stores f32), then [`BODY`].
+pub fn source() -> String {
+    ActStorage::F32.source(BODY)
+}
+
 /// `weight_grad_coop` and `input_grad_coop` (`shaders/linear_backward_coop.wgsl`), appended to
-/// [`SOURCE`].
+/// [`BODY`].
 pub const COOP_SOURCE: &str = include_str!("../../shaders/linear_backward_coop.wgsl");
 
-/// The tensor-core build: `shape`'s header (as the forward's), f16 rounding, [`SOURCE`], then
-/// `weight_grad_coop` and `input_grad_coop`.
+/// The tensor-core build: `shape`'s header (as the forward's), the f32 storage's prelude, f16
+/// rounding, [`BODY`], then `weight_grad_coop` and `input_grad_coop`.
 pub fn coop_source(shape: CoopShape) -> String {
     format!(
-        "{}{}{SOURCE}{COOP_SOURCE}",
+        "{}{}{HALF}{BODY}{COOP_SOURCE}",
         shape.header(),
-        include_str!("../../shaders/half.wgsl")
+        ActStorage::F32.prelude()
     )
 }
 
@@ -131,7 +137,7 @@ impl LinearBackwardKernel {
         let mut p = entry_pipelines(
             device,
             "linear_backward",
-            SOURCE,
+            &source(),
             &["input_grad", "weight_grad"],
         );
         let weight_grad = p.pop().expect("two pipelines");

@@ -2,9 +2,15 @@
 //! weighted sum of the experts' outputs, and its backward. Its CPU references are
 //! [`crate::reference::kernels::mmoe_mix`] and [`crate::reference::kernels::mmoe_mix_backward`].
 
+use super::act::{ActStorage, ByStorage};
 use super::{dispatch_flat, entry_pipelines, whole_buffers};
 
-pub const SOURCE: &str = include_str!("../../shaders/mmoe_mix.wgsl");
+pub const BODY: &str = include_str!("../../shaders/mmoe_mix.wgsl");
+
+/// The kernel's source over an activation storage.
+pub fn source(storage: ActStorage) -> String {
+    storage.source(BODY)
+}
 const WORKGROUP: u64 = 256;
 
 /// WGSL's `Params`: K experts of output `width`, T tasks, and three views (offset, stride) of
@@ -25,9 +31,10 @@ pub struct MixParams {
     pub _pad: [u32; 3],
 }
 
-/// The compiled kernel: the forward mix and the backward's two entry points.
+/// The compiled kernel: the forward mix (per activation storage) and the backward's two entry
+/// points (training stores f32).
 pub struct MmoeMixKernel {
-    pipeline: wgpu::ComputePipeline,
+    pipelines: ByStorage<wgpu::ComputePipeline>,
     backward_experts: wgpu::ComputePipeline,
     backward_logits: wgpu::ComputePipeline,
 }
@@ -37,14 +44,14 @@ impl MmoeMixKernel {
         let mut p = entry_pipelines(
             device,
             "mmoe_mix",
-            SOURCE,
+            &source(ActStorage::F32),
             &["main", "backward_experts", "backward_logits"],
         );
         let backward_logits = p.pop().expect("three pipelines");
         let backward_experts = p.pop().expect("three pipelines");
         let pipeline = p.pop().expect("three pipelines");
         Self {
-            pipeline,
+            pipelines: ByStorage::new(pipeline),
             backward_experts,
             backward_logits,
         }
@@ -96,30 +103,37 @@ impl MmoeMixKernel {
         );
     }
 
-    /// Binds: params, batch size, the activation buffer.
+    /// Binds: params, batch size, the activation buffer (of `storage`).
     pub fn bind_group(
         &self,
         device: &wgpu::Device,
         params: &wgpu::Buffer,
         batch: &wgpu::Buffer,
-        act: &wgpu::Buffer,
+        act: (&wgpu::Buffer, ActStorage),
     ) -> wgpu::BindGroup {
+        let (act, storage) = act;
+        let pipeline = self.pipelines.get_or_build(storage, || {
+            entry_pipelines(device, "mmoe_mix f16", &source(storage), &["main"]).remove(0)
+        });
         device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("mmoe_mix"),
-            layout: &self.pipeline.get_bind_group_layout(0),
+            layout: &pipeline.get_bind_group_layout(0),
             entries: &whole_buffers(&[params, batch, act]),
         })
     }
 
-    /// Records the dispatch: one thread per (sample, task, column).
+    /// Records the dispatch over an activation buffer of `storage` (that of the bind group):
+    /// one thread per (sample, task, column).
     pub fn dispatch(
         &self,
         pass: &mut wgpu::ComputePass,
         bind_group: &wgpu::BindGroup,
         params: &MixParams,
         rows: u32,
+        storage: ActStorage,
     ) {
         let threads = rows as u64 * params.tasks as u64 * params.width as u64;
-        dispatch_flat(pass, &self.pipeline, bind_group, threads, WORKGROUP);
+        let pipeline = self.pipelines.built(storage);
+        dispatch_flat(pass, pipeline, bind_group, threads, WORKGROUP);
     }
 }

@@ -2,6 +2,7 @@
 //! and dispatch arithmetic). Kernels are compiled once per [`GpuContext`] and shared by every
 //! engine built on it.
 
+pub mod act;
 pub mod gather;
 pub mod gather_backward;
 pub mod linear;
@@ -134,7 +135,9 @@ impl GpuContext {
                 )
             })
             .flatten();
-        let mut features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        // f16 shaders also let the f16 precision store activations as f16.
+        let mut features =
+            adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16);
         if coop.is_some() {
             features |= coop_features;
         }

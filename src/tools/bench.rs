@@ -323,7 +323,8 @@ fn gpu_result(
         .map(|(step, times)| {
             let ms = percentile(times, 50.0);
             let flops = step.flops_per_sample() * rows as u64;
-            let bytes = step.activation_bytes_per_sample(&model.spec) * rows as u64
+            let bytes = step.activation_bytes_per_sample(&model.spec, engine.act_storage())
+                * rows as u64
                 + step.weight_bytes_at(engine.precision());
             let per_s = |x: u64| {
                 if ms > 0.0 {

@@ -13,6 +13,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::gpu::act::ActStorage;
 use crate::gpu::gather::GatherLayout;
 use crate::io::InputReader;
 use crate::model::Model;
@@ -44,7 +45,12 @@ pub struct HostResult {
 pub fn step_rates(model: &Model, input: &Path, batch_size: usize) -> Result<StepRates> {
     let spec = &model.spec;
     let packed = PackedWeights::new(spec, &model.weights);
-    let plan = Plan::new(spec, &packed.layout, batch_size.max(1) as u32);
+    let plan = Plan::new(
+        spec,
+        &packed.layout,
+        batch_size.max(1) as u32,
+        ActStorage::F32,
+    );
     let layout = GatherLayout::new(spec, &plan.destinations, u32::MAX as u64 & !3, 0)?;
     let batches = InputReader::open(input, spec, &[], batch_size, None)?
         .map(|b| b.map(|b| b.batch))
@@ -77,7 +83,12 @@ pub fn run(
 ) -> Result<Vec<HostResult>> {
     let spec = &model.spec;
     let packed = PackedWeights::new(spec, &model.weights);
-    let plan = Plan::new(spec, &packed.layout, batch_size.max(1) as u32);
+    let plan = Plan::new(
+        spec,
+        &packed.layout,
+        batch_size.max(1) as u32,
+        ActStorage::F32,
+    );
     // The largest binding any device offers: only the id layout matters here, not the paging.
     let layout = GatherLayout::new(spec, &plan.destinations, u32::MAX as u64 & !3, 0)?;
     let mut results = Vec::new();

@@ -459,6 +459,8 @@ impl Trainer {
                 ids: &b.ids,
                 dense: &b.dense,
                 act: &b.act,
+                act_storage: plan.act_storage,
+                scores: None,
             },
         );
         Ok(Self {

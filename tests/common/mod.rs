@@ -7,6 +7,7 @@ pub mod server;
 
 use std::sync::{Arc, OnceLock};
 
+use pepnet::gpu::act::ActStorage;
 use pepnet::spec::{ExpertsSpec, FeatureKind, FeatureSpec, GateSpec, ModelSpec, Pooling, Role};
 use pepnet::{Batch, Column, GpuContext};
 use rand::{RngExt, SeedableRng};
@@ -205,4 +206,79 @@ pub fn run(
     }
     ctx.queue.submit([encoder.finish()]);
     ctx.read_buffer(act, len).unwrap()
+}
+
+/// The activation storages this device runs: f32, and f16 where it has f16 shaders. Every
+/// Vulkan driver CI uses (lavapipe, Mesa 25 and 26) has them, so there f16 is required: a test
+/// over these storages cannot pass on f32 alone.
+pub fn act_storages(ctx: &GpuContext) -> Vec<ActStorage> {
+    let f16 = ctx.features.contains(wgpu::Features::SHADER_F16);
+    if ctx.info.name.contains("llvmpipe") && ctx.info.backend == wgpu::Backend::Vulkan {
+        assert!(
+            f16,
+            "lavapipe offers f16 shaders: f16 activation storage must run"
+        );
+    }
+    let mut all = vec![ActStorage::F32];
+    if f16 {
+        all.push(ActStorage::F16);
+    }
+    all
+}
+
+/// An activation buffer over `storage` holding `values` (rounded to f16 for f16 storage).
+pub fn act_buffer(ctx: &GpuContext, storage: ActStorage, values: &[f32]) -> wgpu::Buffer {
+    ctx.storage_buffer("act", &act_bytes(storage, values))
+}
+
+/// `values` as the bytes of an activation buffer over `storage`.
+pub fn act_bytes(storage: ActStorage, values: &[f32]) -> Vec<u8> {
+    match storage {
+        ActStorage::F32 => bytemuck::cast_slice(values).to_vec(),
+        ActStorage::F16 => bytemuck::cast_slice(&half_bits(values)).to_vec(),
+    }
+}
+
+/// `values` as f16 bits, padded to a whole number of words.
+pub fn half_bits(values: &[f32]) -> Vec<u16> {
+    let mut bits: Vec<u16> = values
+        .iter()
+        .map(|&x| half::f16::from_f32(x).to_bits())
+        .collect();
+    bits.resize(values.len().next_multiple_of(2), 0);
+    bits
+}
+
+/// The raw slots of an f16 activation buffer of `len` slots.
+pub fn read_half_bits(ctx: &GpuContext, act: &wgpu::Buffer, len: usize) -> Vec<u16> {
+    let words = ctx.read_buffer(act, len.div_ceil(2)).unwrap();
+    let mut bits: Vec<u16> = bytemuck::cast_slice(&words).to_vec();
+    bits.truncate(len);
+    bits
+}
+
+/// `values` as stored over `storage` and read back.
+pub fn stored(storage: ActStorage, values: &[f32]) -> Vec<f32> {
+    values.iter().map(|&x| storage.round(x)).collect()
+}
+
+/// Runs one dispatch recorded by `record` over an activation buffer of `storage` and returns
+/// its `len` slots afterwards, as f32 values.
+pub fn run_on(
+    ctx: &GpuContext,
+    act: &wgpu::Buffer,
+    storage: ActStorage,
+    len: usize,
+    record: impl FnOnce(&mut wgpu::ComputePass),
+) -> Vec<f32> {
+    match storage {
+        ActStorage::F32 => run(ctx, act, len, record),
+        ActStorage::F16 => {
+            run(ctx, act, 0, record);
+            read_half_bits(ctx, act, len)
+                .into_iter()
+                .map(|b| half::f16::from_bits(b).to_f32())
+                .collect()
+        }
+    }
 }
