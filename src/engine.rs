@@ -343,9 +343,10 @@ impl Engine {
     }
 
     /// What runs `step` for a batch whose linear steps run `variant`: the linear kernel's
-    /// variant (with the tensor-core shape), or the kernel's name.
+    /// variant (with the tensor-core shape), or the kernel's name; ", f16 act" where the
+    /// activations it reads and writes are f16.
     pub fn kernel_name(&self, step: &Step, variant: Variant) -> String {
-        match step {
+        let name = match step {
             Step::Linear { .. } => match (variant, self.ctx.linear.coop()) {
                 (Variant::Coop, Some(shape)) => {
                     format!("f16 coop {0}x{0}x{0}", shape.size)
@@ -353,8 +354,13 @@ impl Engine {
                 _ => variant.name().to_string(),
             },
             Step::Gather => "gather".into(),
-            Step::Resolve => "resolve".into(),
+            Step::Resolve => return "resolve".into(),
             Step::MmoeMix(_) => "mmoe_mix".into(),
+        };
+        // The kernels that touch the activations say when they store f16.
+        match self.act_storage() {
+            ActStorage::F16 => format!("{name}, f16 act"),
+            ActStorage::F32 => name,
         }
     }
 
