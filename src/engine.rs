@@ -966,7 +966,8 @@ pub fn check_probabilities(scores: &[f32], tasks: &[String]) -> Result<()> {
                 column: tasks.get(task).cloned().unwrap_or_default(),
                 message: format!(
                     "the probability came out {}: a value overflowed the float range inside \
-                     the model (look for a huge dense value in this row)",
+                     the model (f32's, or 65504 where activations are stored as f16 at \
+                     --precision f16; look for a huge dense value in this row)",
                     p[task]
                 ),
             })

@@ -190,6 +190,34 @@ fn an_overflow_inside_the_model_fails_naming_the_input_row() {
     }
 }
 
+/// At f16 the activations are stored as f16, whose range ends at 65504: a dense value that f32
+/// holds (1e6 · v ≈ 1e9) but f16 does not fails naming its row and that range, never leaving as
+/// a probability computed from a clipped value; at f32 the same file scores.
+#[test]
+fn a_value_beyond_f16_fails_at_f16_naming_the_row_and_the_range() {
+    let fx = Fixture::new();
+    fx.set_tensor("emb.dur", vec![1000.0, -1000.0, 1000.0, 500.0]);
+    let input = fx.input("in.csv", 10, |row, c| {
+        if row == 4 {
+            c[4] = "1e6".into();
+        }
+    });
+    let output = fx.path("out.csv");
+    let out = fx.score(&input, &output, &["--precision", "f16"]);
+    fails_naming(
+        &out,
+        &["in.csv", "row 4", "overflowed", "65504"],
+        "1e6 at f16",
+    );
+    assert!(!output.exists(), "a failed run wrote its output");
+    let out = fx.score(&input, &output, &["--precision", "f32"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Under `--rejects`, the rows that overflow are rejected with the reason and the others are
 /// scored, in order, with finite probabilities.
 #[test]
