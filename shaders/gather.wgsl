@@ -46,13 +46,6 @@ struct Params {
     _pad: u32,
 }
 
-struct Batch {
-    rows: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<uniform> batch: Batch;
 @group(0) @binding(2) var<storage, read> features: array<Feature>;
@@ -80,10 +73,9 @@ fn table(row: u32, k: u32) -> f32 {
     return bitcast<f32>(w);
 }
 
-@compute @workgroup_size(256, 1, 1)
+@compute @workgroup_size(FLAT_WORKGROUP, 1, 1)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    // Large batches spill over into y, past the 65535-workgroup limit of one dimension.
-    let index = gid.x + gid.y * nwg.x * 256u;
+    let index = flat_index(gid, nwg);
     let per_sample = params.n_features * params.d;
     let b = index / per_sample;
     if b >= batch.rows {

@@ -47,9 +47,9 @@ struct Params {
 @group(0) @binding(5) var<storage, read> grad: array<f32>;
 @group(0) @binding(6) var<storage, read_write> row_grad: array<f32>; // [rows, d]
 
-@compute @workgroup_size(256, 1, 1)
+@compute @workgroup_size(FLAT_WORKGROUP, 1, 1)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let index = gid.x + gid.y * nwg.x * 256u;
+    let index = flat_index(gid, nwg);
     let u = index / params.d;
     if u >= params.rows {
         return;

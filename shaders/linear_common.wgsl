@@ -44,13 +44,6 @@ struct Span {
     _pad1: u32,
 }
 
-struct Batch {
-    rows: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
 @group(0) @binding(0) var<uniform> span: Span;
 @group(0) @binding(1) var<uniform> batch: Batch;
 @group(0) @binding(2) var<storage, read> problems: array<Problem>;

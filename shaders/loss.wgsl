@@ -15,13 +15,6 @@ struct Params {
     _pad: u32,
 }
 
-struct Batch {
-    rows: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<uniform> batch: Batch;
 @group(0) @binding(2) var<storage, read> act: array<f32>;
@@ -35,9 +28,9 @@ struct Batch {
 // finite loss; the gradient uses p unclamped.
 const P_MIN: f32 = 1e-7;
 
-@compute @workgroup_size(256, 1, 1)
+@compute @workgroup_size(FLAT_WORKGROUP, 1, 1)
 fn bce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * 256u;
+    let i = flat_index(gid, nwg);
     if i >= batch.rows * params.tasks {
         return;
     }

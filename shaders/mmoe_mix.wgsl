@@ -22,20 +22,13 @@ struct Params {
     _pad2: u32,
 }
 
-struct Batch {
-    rows: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<uniform> batch: Batch;
 @group(0) @binding(2) var<storage, read_write> act: array<Act>;
 
-@compute @workgroup_size(256, 1, 1)
+@compute @workgroup_size(FLAT_WORKGROUP, 1, 1)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let index = gid.x + gid.y * nwg.x * 256u;
+    let index = flat_index(gid, nwg);
     let per_sample = params.tasks * params.width;
     let b = index / per_sample;
     if b >= batch.rows {
@@ -90,9 +83,9 @@ fn gate_weight(b: u32, t: u32, k: u32, softmax: vec2<f32>) -> f32 {
 }
 
 // One thread per (sample, expert, column).
-@compute @workgroup_size(256, 1, 1)
+@compute @workgroup_size(FLAT_WORKGROUP, 1, 1)
 fn backward_experts(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let index = gid.x + gid.y * nwg.x * 256u;
+    let index = flat_index(gid, nwg);
     let per_sample = params.experts * params.width;
     let b = index / per_sample;
     if b >= batch.rows {
@@ -120,9 +113,9 @@ fn mixed_dot(b: u32, t: u32, j: u32) -> f32 {
 }
 
 // One thread per (sample, task, expert).
-@compute @workgroup_size(256, 1, 1)
+@compute @workgroup_size(FLAT_WORKGROUP, 1, 1)
 fn backward_logits(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let index = gid.x + gid.y * nwg.x * 256u;
+    let index = flat_index(gid, nwg);
     let per_sample = params.tasks * params.experts;
     let b = index / per_sample;
     if b >= batch.rows {

@@ -29,9 +29,9 @@ struct AdaGrad {
 @group(0) @binding(3) var<storage, read_write> m: array<f32>;
 @group(0) @binding(4) var<storage, read_write> v: array<f32>;
 
-@compute @workgroup_size(256, 1, 1)
+@compute @workgroup_size(FLAT_WORKGROUP, 1, 1)
 fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * 256u;
+    let i = flat_index(gid, nwg);
     let p = adam_params;
     if i >= p.count {
         return;
@@ -51,9 +51,9 @@ fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 @group(0) @binding(8) var<storage, read_write> table: array<f32>;
 @group(0) @binding(9) var<storage, read_write> sum_sq: array<f32>;
 
-@compute @workgroup_size(256, 1, 1)
+@compute @workgroup_size(FLAT_WORKGROUP, 1, 1)
 fn adagrad_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let w = gid.x + gid.y * nwg.x * 256u;
+    let w = flat_index(gid, nwg);
     let p = adagrad_params;
     let r = w / p.d;
     if r >= p.rows {
@@ -72,9 +72,9 @@ fn adagrad_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
 // (ties to even) as the host's initial copy is.
 @group(0) @binding(10) var<storage, read_write> param_half: array<u32>;
 
-@compute @workgroup_size(256, 1, 1)
+@compute @workgroup_size(FLAT_WORKGROUP, 1, 1)
 fn to_half(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * 256u;
+    let i = flat_index(gid, nwg);
     if 2u * i >= adam_params.count {
         return;
     }

@@ -45,9 +45,9 @@ fn hash(tag: u32, lo: u32, hi: u32) -> u32 {
     return mix(lo ^ mix(hi ^ mix(tag)));
 }
 
-@compute @workgroup_size(256, 1, 1)
+@compute @workgroup_size(FLAT_WORKGROUP, 1, 1)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * 256u;
+    let i = flat_index(gid, nwg);
     if i >= params.n_keys {
         return;
     }

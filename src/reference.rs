@@ -420,7 +420,7 @@ pub mod kernels {
 
     /// One Adam step (PyTorch's semantics) on every element, in f64.
     pub fn adam(
-        config: &crate::gpu::optimizer::AdamConfig,
+        config: &crate::gpu::optimizer::AdamOptions,
         step: u32,
         grad: &[f32],
         param: &mut [f64],
@@ -439,7 +439,7 @@ pub mod kernels {
 
     /// One AdaGrad step on the listed rows (PyTorch's semantics), in f64.
     pub fn adagrad_rows(
-        config: &crate::gpu::optimizer::AdaGradConfig,
+        config: &crate::gpu::optimizer::AdaGradOptions,
         d: usize,
         touched: &[u32],
         row_grad: &[f32],

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use pepnet::tools::bench::{self, BenchConfig};
+use pepnet::tools::bench::{self, BenchOptions};
 use pepnet::Model;
 
 fn schema() -> jsonschema::Validator {
@@ -17,7 +17,7 @@ fn schema() -> jsonschema::Validator {
 fn report_validates_against_the_schema() {
     let ctx = common::gpu();
     let model = Model::init(bench::preset("tiny").unwrap(), 3).unwrap();
-    let config = BenchConfig {
+    let config = BenchOptions {
         batch_sizes: vec![1, 7, 300],
         warmup: 1,
         iterations: 3,

@@ -17,7 +17,7 @@ use pepnet::gpu::linear::{
     Variant, View,
 };
 use pepnet::gpu::mmoe_mix::MixParams;
-use pepnet::gpu::optimizer::{AdaGradConfig, AdaGradParams, AdamConfig, AdamParams};
+use pepnet::gpu::optimizer::{AdaGradOptions, AdaGradParams, AdamOptions, AdamParams};
 use pepnet::gpu::resolve::{key_gpu, ResolveParams, MISS, UNKNOWN};
 use pepnet::gpu::scatter::ScatterParams;
 use pepnet::gpu::BatchParams;
@@ -533,7 +533,7 @@ fn adam_matches_reference() {
     for seed in 0..6u64 {
         let mut r = rng(seed);
         let n = [1, 7, 256, 1000, 4099, 70_001][seed as usize];
-        let config = AdamConfig {
+        let config = AdamOptions {
             lr: r.random_range(1e-4..1e-2),
             ..Default::default()
         };
@@ -590,7 +590,7 @@ fn adagrad_updates_only_the_touched_rows_as_the_reference_does() {
             order.swap(i, r.random_range(0..=i));
         }
         let touched = &order[..r.random_range(1..=rows)];
-        let config = AdaGradConfig::default();
+        let config = AdaGradOptions::default();
         let row_grad = random_vec(&mut r, touched.len() * d, 0.5);
         let table = random_vec(&mut r, rows * d, 1.0);
         let sum_sq: Vec<f32> = (0..rows * d).map(|_| r.random_range(0.0..0.3)).collect();
@@ -667,7 +667,7 @@ fn to_half_rounds_as_the_host_does() {
             .collect();
         values.resize(values.len().next_multiple_of(4), 0.5);
         let count = values.len() as u32;
-        let params = AdamParams::new(&AdamConfig::default(), count, 1);
+        let params = AdamParams::new(&AdamOptions::default(), count, 1);
         let params_buf = ctx.uniform_buffer("params", &params);
         let weights = ctx.storage_buffer("weights", &values);
         let initial: Vec<u32> = (0..count / 2).map(|_| r.random::<u32>()).collect();

@@ -187,8 +187,8 @@ fn one_step_applies_adam_and_adagrad_as_the_reference() {
         let ones = vec![1.0; spec.n_tasks()];
         let (_, g) = grad::loss_and_gradients(&model, batch, &labels64, &ones).unwrap();
         let (adam, adagrad) = (
-            pepnet::gpu::optimizer::AdamConfig::default(),
-            pepnet::gpu::optimizer::AdaGradConfig::default(),
+            pepnet::gpu::optimizer::AdamOptions::default(),
+            pepnet::gpu::optimizer::AdaGradOptions::default(),
         );
         for (name, t) in model.weights.iter() {
             let after = &trained.weights.get(name).data;

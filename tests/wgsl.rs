@@ -153,9 +153,10 @@ fn every_shader_file_is_compiled_into_a_kernel() {
         count += 1;
     }
     assert_eq!(
-        count, 15,
-        "nine kernels, the linear kernels' shared prelude, the two tensor-core entry points, \
-         the f16 rounding prelude and the two activation storages' preludes"
+        count, 16,
+        "nine kernels, the prelude every kernel shares, the linear kernels' shared part, the \
+         two tensor-core entry points, the f16 rounding and the two activation storages' \
+         preludes"
     );
 }
 

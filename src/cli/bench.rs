@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use pepnet::io::InputReader;
-use pepnet::tools::bench::{self, BenchConfig, DevicePeaks};
+use pepnet::tools::bench::{self, BenchOptions, DevicePeaks};
 use pepnet::{Model, Result};
 
 use super::{at_least_one, Device, Report};
@@ -78,7 +78,7 @@ impl Bench {
         if self.host_only {
             return self.host_only();
         }
-        let mut config = BenchConfig {
+        let mut config = BenchOptions {
             batch_sizes: self.batch_sizes.clone(),
             warmup: self.warmup,
             iterations: self.iters,

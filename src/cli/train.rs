@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use pepnet::gpu::optimizer::{AdaGradConfig, AdamConfig};
-use pepnet::train::{LabelledData, OptimizerState, TrainConfig, Trainer, TrainerOptions};
+use pepnet::gpu::optimizer::{AdaGradOptions, AdamOptions};
+use pepnet::train::{LabelledData, OptimizerState, TrainOptions, Trainer, TrainerOptions};
 use pepnet::{Model, ModelSpec, Result};
 
 use super::{at_least_one, label_columns, Device, Report};
@@ -65,19 +65,19 @@ impl Train {
     pub fn run(self) -> Result<()> {
         let options = TrainerOptions {
             batch_size: self.batch_size,
-            adam: AdamConfig {
+            adam: AdamOptions {
                 lr: self.adam_lr,
                 eps: self.adam_eps,
                 ..Default::default()
             },
-            adagrad: AdaGradConfig {
+            adagrad: AdaGradOptions {
                 lr: self.adagrad_lr,
                 eps: self.adagrad_eps,
             },
             task_weights: (!self.task_weights.is_empty()).then_some(self.task_weights.clone()),
             precision: self.device.precision,
         };
-        let config = TrainConfig {
+        let config = TrainOptions {
             epochs: self.epochs,
             seed: self.seed,
             shuffle: !self.no_shuffle,

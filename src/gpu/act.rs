@@ -10,6 +10,7 @@
 //! that of the f16 products alone.
 
 use crate::gpu::linear::Precision;
+use crate::gpu::PRELUDE;
 
 /// The f32 prelude.
 pub const F32_PRELUDE: &str = include_str!("../../shaders/act_f32.wgsl");
@@ -67,10 +68,14 @@ impl ActStorage {
         }
     }
 
-    /// A kernel's complete source over this storage: the directives, the prelude, f16
-    /// rounding, then `body`.
+    /// A kernel's complete source over this storage: the directives, the kernels' shared
+    /// prelude, this storage's, f16 rounding, then `body`.
     pub fn source(self, body: &str) -> String {
-        format!("{}{}{HALF}{body}", self.directives(), self.prelude())
+        format!(
+            "{}{PRELUDE}{}{HALF}{body}",
+            self.directives(),
+            self.prelude()
+        )
     }
 
     /// The value a stored activation reads back as (the host's mirror of `act_out`).

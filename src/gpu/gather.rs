@@ -26,7 +26,6 @@ pub const MAX_PAGES: usize = 4;
 pub const MAX_DESTINATIONS: usize = 3;
 /// An unused multi-hot slot.
 pub const NO_ROW: u32 = u32::MAX;
-const WORKGROUP: u64 = 256;
 
 /// WGSL's `Feature`, 80 bytes.
 #[repr(C)]
@@ -381,6 +380,6 @@ impl GatherKernel {
     ) {
         let threads = rows as u64 * params.n_features as u64 * params.d as u64;
         let pipeline = self.pipelines.built(storage);
-        dispatch_flat(pass, pipeline, bind_group, threads, WORKGROUP);
+        dispatch_flat(pass, pipeline, bind_group, threads);
     }
 }

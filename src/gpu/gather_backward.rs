@@ -11,8 +11,10 @@ use super::{compute_pipeline, dispatch_flat, whole_buffers};
 use crate::batch::{Batch, Column};
 use crate::spec::{ModelSpec, Pooling};
 
-pub const SOURCE: &str = include_str!("../../shaders/gather_backward.wgsl");
-const WORKGROUP: u64 = 256;
+pub const SOURCE: &str = concat!(
+    include_str!("../../shaders/prelude.wgsl"),
+    include_str!("../../shaders/gather_backward.wgsl")
+);
 /// No scale view.
 pub const NO_VIEW: u32 = u32::MAX;
 
@@ -200,7 +202,7 @@ impl GatherBackwardKernel {
         params: &RowGradParams,
     ) {
         let threads = params.rows as u64 * params.d as u64;
-        dispatch_flat(pass, &self.pipeline, bind_group, threads, WORKGROUP);
+        dispatch_flat(pass, &self.pipeline, bind_group, threads);
     }
 }
 

@@ -3,7 +3,7 @@
 //! [`crate::reference::kernels::linear_group`].
 
 use super::act::{ActStorage, ByStorage, HALF};
-use super::whole_buffers;
+use super::{whole_buffers, PRELUDE};
 
 /// `shaders/linear_common.wgsl` (the problem table and the loads it shares with the backward),
 /// then `shaders/linear.wgsl`.
@@ -337,7 +337,7 @@ impl CoopShape {
     /// then `main_coop`.
     pub fn source(self, storage: ActStorage) -> String {
         format!(
-            "{}{}{}{HALF}{BODY}{COOP_SOURCE}",
+            "{}{}{PRELUDE}{}{HALF}{BODY}{COOP_SOURCE}",
             storage.directives(),
             self.header(),
             storage.prelude()

@@ -6,7 +6,7 @@
 
 use super::act::{ActStorage, HALF};
 use super::linear::{Activation, CoopShape, LinearProblem, View, TILE_N};
-use super::{bind_buffers, entry_pipelines, whole_buffers};
+use super::{bind_buffers, entry_pipelines, whole_buffers, PRELUDE};
 
 /// `shaders/linear_common.wgsl`, shared with the forward, then `shaders/linear_backward.wgsl`.
 pub const BODY: &str = concat!(
@@ -27,7 +27,7 @@ pub const COOP_SOURCE: &str = include_str!("../../shaders/linear_backward_coop.w
 /// rounding, [`BODY`], then `weight_grad_coop` and `input_grad_coop`.
 pub fn coop_source(shape: CoopShape) -> String {
     format!(
-        "{}{}{HALF}{BODY}{COOP_SOURCE}",
+        "{}{PRELUDE}{}{HALF}{BODY}{COOP_SOURCE}",
         shape.header(),
         ActStorage::F32.prelude()
     )

@@ -4,8 +4,10 @@
 
 use super::{bind_buffers, dispatch_flat, entry_pipelines, whole_buffers};
 
-pub const SOURCE: &str = include_str!("../../shaders/loss.wgsl");
-const WORKGROUP: u64 = 256;
+pub const SOURCE: &str = concat!(
+    include_str!("../../shaders/prelude.wgsl"),
+    include_str!("../../shaders/loss.wgsl")
+);
 
 /// WGSL's `Params`.
 #[repr(C)]
@@ -58,13 +60,7 @@ impl LossKernel {
         rows: u32,
         tasks: u32,
     ) {
-        dispatch_flat(
-            pass,
-            &self.bce,
-            &bind_groups.0,
-            rows as u64 * tasks as u64,
-            WORKGROUP,
-        );
+        dispatch_flat(pass, &self.bce, &bind_groups.0, rows as u64 * tasks as u64);
         pass.set_pipeline(&self.sum);
         pass.set_bind_group(0, &bind_groups.1, &[]);
         pass.dispatch_workgroups(1, 1, 1);

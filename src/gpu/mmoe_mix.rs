@@ -11,7 +11,6 @@ pub const BODY: &str = include_str!("../../shaders/mmoe_mix.wgsl");
 pub fn source(storage: ActStorage) -> String {
     storage.source(BODY)
 }
-const WORKGROUP: u64 = 256;
 
 /// WGSL's `Params`: K experts of output `width`, T tasks, and three views (offset, stride) of
 /// the activation buffer: the experts' outputs (expert k at column k·width), the logits (task
@@ -86,21 +85,9 @@ impl MmoeMixKernel {
     ) {
         let r = rows as u64;
         let experts = r * params.experts as u64 * params.width as u64;
-        dispatch_flat(
-            pass,
-            &self.backward_experts,
-            &bind_groups[0],
-            experts,
-            WORKGROUP,
-        );
+        dispatch_flat(pass, &self.backward_experts, &bind_groups[0], experts);
         let logits = r * params.tasks as u64 * params.experts as u64;
-        dispatch_flat(
-            pass,
-            &self.backward_logits,
-            &bind_groups[1],
-            logits,
-            WORKGROUP,
-        );
+        dispatch_flat(pass, &self.backward_logits, &bind_groups[1], logits);
     }
 
     /// Binds: params, batch size, the activation buffer (of `storage`).
@@ -134,6 +121,6 @@ impl MmoeMixKernel {
     ) {
         let threads = rows as u64 * params.tasks as u64 * params.width as u64;
         let pipeline = self.pipelines.built(storage);
-        dispatch_flat(pass, pipeline, bind_group, threads, WORKGROUP);
+        dispatch_flat(pass, pipeline, bind_group, threads);
     }
 }

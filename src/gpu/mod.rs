@@ -19,6 +19,13 @@ use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 
+/// `shaders/prelude.wgsl`, compiled first into every kernel: the batch-size uniform and the
+/// flat thread index of [`dispatch_flat`]'s dispatches.
+pub const PRELUDE: &str = include_str!("../../shaders/prelude.wgsl");
+
+/// Invocations per workgroup of a one-dimensional dispatch: the prelude's `FLAT_WORKGROUP`.
+pub const FLAT_WORKGROUP: u64 = 256;
+
 /// Environment variable that picks an adapter by (case-insensitive) name substring, e.g.
 /// `PEPNET_ADAPTER=llvmpipe` for Mesa's lavapipe. wgpu's own `WGPU_BACKEND` also applies.
 pub const ADAPTER_ENV: &str = "PEPNET_ADAPTER";
@@ -362,17 +369,16 @@ impl GpuContext {
     }
 }
 
-/// Records a dispatch of `threads` one-dimensional invocations in workgroups of `group_size`,
-/// spilling into y past the 65535-workgroup limit of one dimension (the kernel flattens x and y
-/// back into one index).
+/// Records a dispatch of `threads` one-dimensional invocations in workgroups of
+/// [`FLAT_WORKGROUP`], spilling into y past the 65535-workgroup limit of one dimension (the
+/// prelude's `flat_index` folds x and y back into one index).
 pub(crate) fn dispatch_flat(
     pass: &mut wgpu::ComputePass,
     pipeline: &wgpu::ComputePipeline,
     bind_group: &wgpu::BindGroup,
     threads: u64,
-    group_size: u64,
 ) {
-    let groups = threads.div_ceil(group_size).max(1);
+    let groups = threads.div_ceil(FLAT_WORKGROUP).max(1);
     let (x, y) = if groups <= 65535 {
         (groups as u32, 1)
     } else {

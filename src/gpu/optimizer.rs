@@ -5,21 +5,21 @@
 use super::{bind_buffers, dispatch_flat, entry_pipelines};
 
 pub const SOURCE: &str = concat!(
+    include_str!("../../shaders/prelude.wgsl"),
     include_str!("../../shaders/half.wgsl"),
     include_str!("../../shaders/optimizer.wgsl")
 );
-const WORKGROUP: u64 = 256;
 
 /// Adam's hyperparameters. The defaults are PyTorch's (the paper's "small" learning rate).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AdamConfig {
+pub struct AdamOptions {
     pub lr: f64,
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
 }
 
-impl Default for AdamConfig {
+impl Default for AdamOptions {
     fn default() -> Self {
         Self {
             lr: 1e-3,
@@ -32,12 +32,12 @@ impl Default for AdamConfig {
 
 /// AdaGrad's hyperparameters; the learning rate defaults to the paper's 0.05.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AdaGradConfig {
+pub struct AdaGradOptions {
     pub lr: f64,
     pub eps: f64,
 }
 
-impl Default for AdaGradConfig {
+impl Default for AdaGradOptions {
     fn default() -> Self {
         Self {
             lr: 0.05,
@@ -62,7 +62,7 @@ pub struct AdamParams {
 
 impl AdamParams {
     /// Step `step` (1-based) over `count` parameters; the bias corrections are computed in f64.
-    pub fn new(config: &AdamConfig, count: u32, step: u32) -> Self {
+    pub fn new(config: &AdamOptions, count: u32, step: u32) -> Self {
         Self {
             count,
             lr: config.lr as f32,
@@ -142,13 +142,7 @@ impl OptimizerKernels {
 
     /// Records the f16 copy of `count` parameters (even): one thread per pair.
     pub fn to_half(&self, pass: &mut wgpu::ComputePass, bind_group: &wgpu::BindGroup, count: u32) {
-        dispatch_flat(
-            pass,
-            &self.to_half,
-            bind_group,
-            count.div_ceil(2) as u64,
-            WORKGROUP,
-        );
+        dispatch_flat(pass, &self.to_half, bind_group, count.div_ceil(2) as u64);
     }
 
     /// Binds: Adam params (uniform), gradients, parameters, first and second moments.
@@ -172,7 +166,7 @@ impl OptimizerKernels {
 
     /// Records an Adam step: one thread per parameter.
     pub fn adam(&self, pass: &mut wgpu::ComputePass, bind_group: &wgpu::BindGroup, count: u32) {
-        dispatch_flat(pass, &self.adam, bind_group, count as u64, WORKGROUP);
+        dispatch_flat(pass, &self.adam, bind_group, count as u64);
     }
 
     /// Records an AdaGrad step on the touched rows: one thread per (row, element).
@@ -183,6 +177,6 @@ impl OptimizerKernels {
         params: &AdaGradParams,
     ) {
         let threads = params.rows as u64 * params.d as u64;
-        dispatch_flat(pass, &self.adagrad_rows, bind_group, threads, WORKGROUP);
+        dispatch_flat(pass, &self.adagrad_rows, bind_group, threads);
     }
 }

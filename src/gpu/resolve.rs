@@ -4,13 +4,15 @@
 
 use super::{compute_pipeline, dispatch_flat, whole_buffers};
 
-pub const SOURCE: &str = include_str!("../../shaders/resolve.wgsl");
+pub const SOURCE: &str = concat!(
+    include_str!("../../shaders/prelude.wgsl"),
+    include_str!("../../shaders/resolve.wgsl")
+);
 /// `resolved[i]` of an id the table does not hold.
 pub const MISS: u32 = u32::MAX;
 /// The slot of an id cached as unknown to the store: it reads its feature's default row, and
 /// is reported as itself (not a miss), so the store is not asked again.
 pub const UNKNOWN: u32 = u32::MAX - 1;
-const WORKGROUP: u64 = 256;
 
 /// WGSL's `Params`.
 #[repr(C)]
@@ -61,6 +63,6 @@ impl ResolveKernel {
 
     /// Records the dispatch: one thread per key.
     pub fn dispatch(&self, pass: &mut wgpu::ComputePass, bind_group: &wgpu::BindGroup, keys: u32) {
-        dispatch_flat(pass, &self.pipeline, bind_group, keys as u64, WORKGROUP);
+        dispatch_flat(pass, &self.pipeline, bind_group, keys as u64);
     }
 }

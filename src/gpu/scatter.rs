@@ -4,8 +4,10 @@
 
 use super::{compute_pipeline, dispatch_flat, whole_buffers};
 
-pub const SOURCE: &str = include_str!("../../shaders/scatter.wgsl");
-const WORKGROUP: u64 = 256;
+pub const SOURCE: &str = concat!(
+    include_str!("../../shaders/prelude.wgsl"),
+    include_str!("../../shaders/scatter.wgsl")
+);
 
 /// WGSL's `Params`.
 #[repr(C)]
@@ -54,6 +56,6 @@ impl ScatterKernel {
         params: &ScatterParams,
     ) {
         let threads = params.count as u64 * params.width as u64;
-        dispatch_flat(pass, &self.pipeline, bind_group, threads, WORKGROUP);
+        dispatch_flat(pass, &self.pipeline, bind_group, threads);
     }
 }

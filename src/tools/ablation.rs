@@ -11,7 +11,7 @@ use crate::eval::{report, EvalData};
 use crate::gpu::GpuContext;
 use crate::model::Model;
 use crate::spec::{ExpertsSpec, GateSpec, ModelSpec};
-use crate::train::{train, LabelledData, TrainConfig, Trainer, TrainerOptions};
+use crate::train::{train, LabelledData, TrainOptions, Trainer, TrainerOptions};
 
 /// The five models of the ablation, from `base`: its gates (or 64 wide), MMoE with 4 experts of
 /// one layer as wide as the first tower layer (or 64).
@@ -73,7 +73,7 @@ pub fn run(
         for &seed in seeds {
             let model = Model::init(spec.clone(), seed)?;
             let mut trainer = Trainer::new(ctx.clone(), &model, None, options)?;
-            let config = TrainConfig {
+            let config = TrainOptions {
                 epochs,
                 seed,
                 shuffle: true,

@@ -42,7 +42,7 @@ pub fn preset(name: &str) -> Result<ModelSpec> {
 
 /// How a sweep runs.
 #[derive(Debug, Clone)]
-pub struct BenchConfig {
+pub struct BenchOptions {
     pub batch_sizes: Vec<usize>,
     /// Untimed iterations before each batch size's timed ones.
     pub warmup: usize,
@@ -61,7 +61,7 @@ pub struct BenchConfig {
     pub peaks: Option<DevicePeaks>,
 }
 
-impl Default for BenchConfig {
+impl Default for BenchOptions {
     fn default() -> Self {
         Self {
             batch_sizes: vec![1, 64, 1024, 16384, 65536],
@@ -195,7 +195,7 @@ pub fn run(
     ctx: &std::sync::Arc<GpuContext>,
     model: &Model,
     name: &str,
-    config: &BenchConfig,
+    config: &BenchOptions,
     mut progress: impl FnMut(&BatchResult),
 ) -> Result<BenchReport> {
     let info = &ctx.info;
@@ -272,7 +272,7 @@ pub fn run(
 
 /// The distinct batches of `batch_size` a sweep cycles through: windows spread over the pool,
 /// or fresh random rows.
-fn batches(model: &Model, config: &BenchConfig, batch_size: usize) -> Result<Vec<crate::Batch>> {
+fn batches(model: &Model, config: &BenchOptions, batch_size: usize) -> Result<Vec<crate::Batch>> {
     let count = config.distinct_inputs.max(1);
     match &config.pool {
         Some(pool) => {

@@ -109,7 +109,7 @@ impl LabelledData {
 
 /// How `train` runs.
 #[derive(Debug, Clone)]
-pub struct TrainConfig {
+pub struct TrainOptions {
     pub epochs: usize,
     /// Seeds the shuffle: epoch e (0-based, counted on from a resumed model's) shuffles with
     /// seed + e.
@@ -150,7 +150,7 @@ pub fn train(
     trainer: &mut Trainer,
     data: &LabelledData,
     valid: Option<&LabelledData>,
-    config: &TrainConfig,
+    config: &TrainOptions,
 ) -> Result<TrainReport> {
     data.check(trainer.spec())?;
     let batch_size = trainer.options.batch_size;

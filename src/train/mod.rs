@@ -12,7 +12,7 @@
 mod data;
 mod state;
 
-pub use data::{train, validate, EpochReport, LabelledData, TrainConfig, TrainReport, Validation};
+pub use data::{train, validate, EpochReport, LabelledData, TrainOptions, TrainReport, Validation};
 pub use state::{OptimizerState, OPTIMIZER_FILE};
 
 use std::collections::BTreeMap;
@@ -28,7 +28,7 @@ use crate::gpu::gather_backward::{self, RowGradParams, RowUses};
 use crate::gpu::linear::{self, SpanParams};
 use crate::gpu::linear_backward;
 use crate::gpu::loss::LossParams;
-use crate::gpu::optimizer::{AdaGradConfig, AdaGradParams, AdamConfig, AdamParams};
+use crate::gpu::optimizer::{AdaGradOptions, AdaGradParams, AdamOptions, AdamParams};
 use crate::gpu::{BatchParams, GpuContext};
 use crate::grad::Gradients;
 use crate::model::Model;
@@ -43,8 +43,8 @@ const LOG_CAPACITY: u64 = 4096;
 pub struct TrainerOptions {
     /// The most samples of one step (the paper's 1024).
     pub batch_size: usize,
-    pub adam: AdamConfig,
-    pub adagrad: AdaGradConfig,
+    pub adam: AdamOptions,
+    pub adagrad: AdaGradOptions,
     /// Per task, the weight of its loss (1 each when `None`).
     pub task_weights: Option<Vec<f64>>,
     /// Precision of the forward pass's matrix products. At f16 (mixed precision) the forward
@@ -58,8 +58,8 @@ impl Default for TrainerOptions {
     fn default() -> Self {
         Self {
             batch_size: 1024,
-            adam: AdamConfig::default(),
-            adagrad: AdaGradConfig::default(),
+            adam: AdamOptions::default(),
+            adagrad: AdaGradOptions::default(),
             task_weights: None,
             precision: linear::Precision::F32,
         }
