@@ -83,7 +83,7 @@ fn linear_back(
         Precision::F32 => (x.to_vec(), dy.to_vec()),
         Precision::F16 => (
             x.iter()
-                .map(|&v| crate::reference::kernels::round_f16(v as f32 as f64))
+                .map(|&v| crate::reference::round_f16(v as f32 as f64))
                 .collect(),
             dy.iter()
                 .map(|&v| round_significand(v as f32 as f64))
@@ -106,7 +106,7 @@ fn linear_back(
         let v = weight.data[o * n_in + i] as f64;
         match weight_grad {
             Precision::F32 => v,
-            Precision::F16 => crate::reference::kernels::round_f16(v),
+            Precision::F16 => crate::reference::round_f16(v),
         }
     };
     (0..n_in)
@@ -122,7 +122,7 @@ fn round_significand(v: f64) -> f64 {
     }
     let e = v.abs().log2().floor() as i32;
     let scale = 2f64.powi(14 - e);
-    crate::reference::kernels::round_f16(v * scale) / scale
+    crate::reference::round_f16(v * scale) / scale
 }
 
 fn relu(v: &[f64]) -> Vec<f64> {

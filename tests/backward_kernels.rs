@@ -1,4 +1,4 @@
-//! Each training kernel on its own against its f64 reference in `pepnet::reference::kernels`, on
+//! Each training kernel on its own against its f64 reference (`pepnet::gpu::<kernel>::reference`), on
 //! random inputs and awkward shapes: the linear backward (input, gate, weight and bias
 //! gradients), the MMoE mix's backward, the gather's backward (sparse row gradients) and the
 //! loss. Gradient buffers start filled with random values, so a gradient the kernel forgot to
@@ -12,14 +12,16 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{assert_close, gpu, random_batch, random_spec, random_vec, rng, width};
+use pepnet::gpu::gather::backward::{feature_table, RowGradParams, RowUses};
+use pepnet::gpu::gather::reference as gather_ref;
 use pepnet::gpu::gather::GatherLayout;
-use pepnet::gpu::gather_backward::{feature_table, RowGradParams, RowUses};
+use pepnet::gpu::linear::backward::input_groups;
+use pepnet::gpu::linear::reference as linear_ref;
 use pepnet::gpu::linear::{lay_out, pack_layer, weight_tiles, Activation, LinearProblem, View};
-use pepnet::gpu::linear_backward::input_groups;
 use pepnet::gpu::loss::LossParams;
+use pepnet::gpu::mmoe_mix::reference as mmoe_mix_ref;
 use pepnet::gpu::mmoe_mix::MixParams;
 use pepnet::gpu::BatchParams;
-use pepnet::reference::kernels;
 use pepnet::spec::Pooling;
 use rand::RngExt;
 
@@ -190,7 +192,7 @@ fn linear_backward_matches_reference_on_random_groups() {
         let f64s = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| x as f64).collect() };
         let mut want_grad = f64s(&grad);
         let mut want_wgrad = f64s(&wgrad);
-        kernels::linear_backward(
+        linear_ref::linear_backward(
             &problems,
             rows,
             &weights,
@@ -313,7 +315,7 @@ fn mmoe_mix_backward_matches_reference() {
         });
         let mut want: Vec<f64> = grad.iter().map(|&x| x as f64).collect();
         let act64: Vec<f64> = act.iter().map(|&x| x as f64).collect();
-        kernels::mmoe_mix_backward(&params, rows, &act64, &mut want);
+        mmoe_mix_ref::mmoe_mix_backward(&params, rows, &act64, &mut want);
         assert_close(
             &got,
             &want,
@@ -429,7 +431,7 @@ fn gather_backward_matches_reference_on_random_specs() {
             ctx.gather_backward.dispatch(pass, &bg, &params)
         });
         let f64s = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| x as f64).collect() };
-        let want = kernels::gather_backward(&table, &uses, d, &f64s(&act), &f64s(&grad));
+        let want = gather_ref::gather_backward(&table, &uses, d, &f64s(&act), &f64s(&grad));
         assert_close(
             &got,
             &want,

@@ -1,4 +1,4 @@
-//! Each WGSL kernel on its own, against its f64 reference in `pepnet::reference::kernels`, on
+//! Each WGSL kernel on its own, against its f64 reference (`pepnet::gpu::<kernel>::reference`), on
 //! random inputs and awkward shapes (1, primes, non-multiples of the 64×64×16 tiles). The
 //! activation buffer starts filled with random values, so an output the kernel forgot to write
 //! (or wrote where it should not) shows up as a mismatch.
@@ -11,17 +11,22 @@ mod common;
 use common::{assert_close_tol, gpu, random_spec, random_vec, rng, run, run_on, width, Rng};
 use pepnet::cache::table::{tag, HostTable};
 use pepnet::gpu::act::ActStorage;
+use pepnet::gpu::gather::reference as gather_ref;
 use pepnet::gpu::gather::{GatherLayout, MAX_PAGES};
+use pepnet::gpu::linear::reference as linear_ref;
 use pepnet::gpu::linear::{
     lay_out, pack_half, pack_layer, ActBinding, Activation, LinearProblem, Precision, SpanParams,
     Variant, View,
 };
+use pepnet::gpu::mmoe_mix::reference as mmoe_mix_ref;
 use pepnet::gpu::mmoe_mix::MixParams;
+use pepnet::gpu::optimizer::reference as optimizer_ref;
 use pepnet::gpu::optimizer::{AdaGradOptions, AdaGradParams, AdamOptions, AdamParams};
+use pepnet::gpu::resolve::reference as resolve_ref;
 use pepnet::gpu::resolve::{key_gpu, ResolveParams, MISS, UNKNOWN};
+use pepnet::gpu::scatter::reference as scatter_ref;
 use pepnet::gpu::scatter::ScatterParams;
 use pepnet::gpu::BatchParams;
-use pepnet::reference::kernels;
 use pepnet::Weights;
 use rand::RngExt;
 
@@ -132,7 +137,7 @@ fn linear_matches_reference_on_random_groups() {
             let reference = |precision| {
                 let mut want: Vec<f64> = initial.iter().map(|&x| x as f64).collect();
                 let mut want_scores: Vec<f64> = initial_scores.iter().map(|&x| x as f64).collect();
-                kernels::linear_group_at(
+                linear_ref::linear_group_at(
                     (precision, storage),
                     &problems,
                     rows,
@@ -290,18 +295,18 @@ fn gather_matches_reference_on_random_specs_and_pages() {
                 let x = resident[row as usize * d + k] as f64;
                 match precision {
                     Precision::F32 => x,
-                    Precision::F16 => kernels::round_f16(x),
+                    Precision::F16 => pepnet::reference::round_f16(x),
                 }
             };
             let mut want: Vec<f64> = initial.iter().map(|&x| x as f64).collect();
-            kernels::gather(&layout, &table, &ids, &dense, rows, &mut want);
+            gather_ref::gather(&layout, &table, &ids, &dense, rows, &mut want);
             // Over f16 storage each gathered value is rounded as it is stored: the sums of a
             // multi-hot feature may straddle a rounding boundary (one f16 step apart).
             let tolerance = match storage {
                 ActStorage::F32 => 1e-5,
                 ActStorage::F16 => {
                     for x in &mut want {
-                        *x = kernels::round_f16(*x);
+                        *x = pepnet::reference::round_f16(*x);
                     }
                     STORED_HALF_TOLERANCE
                 }
@@ -366,9 +371,9 @@ fn mmoe_mix_matches_reference() {
             let mut want: Vec<f64> = initial.iter().map(|&x| x as f64).collect();
             let (stored, tolerance): (&dyn Fn(f64) -> f64, f64) = match storage {
                 ActStorage::F32 => (&|x| x, 1e-5),
-                ActStorage::F16 => (&kernels::round_f16, STORED_HALF_TOLERANCE),
+                ActStorage::F16 => (&pepnet::reference::round_f16, STORED_HALF_TOLERANCE),
             };
-            kernels::mmoe_mix_stored(&params, rows, &mut want, stored);
+            mmoe_mix_ref::mmoe_mix_stored(&params, rows, &mut want, stored);
             assert_close_tol(
                 &got,
                 &want,
@@ -454,7 +459,8 @@ fn resolve_matches_reference_on_random_tables() {
             bytemuck::cast_slice(&ctx.read_buffer(b, n).unwrap()).to_vec()
         };
         let mut want_ids = initial.clone();
-        let want = kernels::resolve(&keys, table.entries(), &defaults, cache_base, &mut want_ids);
+        let want =
+            resolve_ref::resolve(&keys, table.entries(), &defaults, cache_base, &mut want_ids);
         assert_eq!(
             as_u32(&buffers[5], n_keys),
             want,
@@ -510,7 +516,7 @@ fn scatter_matches_reference() {
             ctx.scatter.dispatch(pass, &bg, &params)
         });
         let mut want = initial.clone();
-        kernels::scatter(index, &src, width, &mut want);
+        scatter_ref::scatter(index, &src, width, &mut want);
         let got: &[u32] = bytemuck::cast_slice(&got);
         assert_eq!(got, want.as_slice(), "seed {seed}, width {width}");
     }
@@ -558,7 +564,7 @@ fn adam_matches_reference() {
         });
         let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
         let (mut p, mut mm, mut vv) = (f64s(&param), f64s(&m), f64s(&v));
-        kernels::adam(&config, step, &grad, &mut p, &mut mm, &mut vv);
+        optimizer_ref::adam(&config, step, &grad, &mut p, &mut mm, &mut vv);
         let what = format!("adam seed {seed}, n {n}, step {step}");
         assert_close_f64(
             &ctx.read_buffer(&bufs[2], n).unwrap(),
@@ -615,7 +621,7 @@ fn adagrad_updates_only_the_touched_rows_as_the_reference_does() {
         });
         let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
         let (mut t, mut s) = (f64s(&table), f64s(&sum_sq));
-        kernels::adagrad_rows(&config, d, touched, &row_grad, &mut t, &mut s);
+        optimizer_ref::adagrad_rows(&config, d, touched, &row_grad, &mut t, &mut s);
         let what = format!(
             "adagrad seed {seed}, d {d}, {} of {rows} rows",
             touched.len()

@@ -26,8 +26,8 @@ const COOP_SHAPES: [CoopShape; 2] = [
 /// (`unpack2x16float`); the cooperative-matrix builds need f16 and cooperative matrices.
 fn sources() -> Vec<(String, String, Capabilities)> {
     use pepnet::gpu::{
-        gather, gather_backward, linear, linear_backward, loss, mmoe_mix, optimizer, resolve,
-        scatter,
+        gather, gather::backward as gather_backward, linear, linear::backward as linear_backward,
+        loss, mmoe_mix, optimizer, resolve, scatter,
     };
     let base = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
     let mut all: Vec<(String, String, Capabilities)> = [
@@ -164,8 +164,8 @@ fn every_shader_file_is_compiled_into_a_kernel() {
 #[test]
 fn rust_structs_match_wgsl_layouts() {
     use pepnet::gpu::{
-        gather, gather_backward, linear, linear_backward, loss, mmoe_mix, optimizer, resolve,
-        scatter, BatchParams,
+        gather, gather::backward as gather_backward, linear, linear::backward as linear_backward,
+        loss, mmoe_mix, optimizer, resolve, scatter, BatchParams,
     };
     let size_of = |source: &str, name: &str| -> u32 {
         let module = naga::front::wgsl::parse_str(source).unwrap();

@@ -4,9 +4,7 @@
 
 pub mod act;
 pub mod gather;
-pub mod gather_backward;
 pub mod linear;
-pub mod linear_backward;
 pub mod loss;
 pub mod mmoe_mix;
 pub mod optimizer;
@@ -45,9 +43,9 @@ pub struct GpuContext {
     /// Cooperative-matrix shapes the adapter offers (any types), as `pepnet info` lists them.
     pub coop_offered: Vec<wgpu::CooperativeMatrixProperties>,
     pub gather: gather::GatherKernel,
-    pub gather_backward: gather_backward::GatherBackwardKernel,
+    pub gather_backward: gather::backward::GatherBackwardKernel,
     pub linear: linear::LinearKernel,
-    pub linear_backward: linear_backward::LinearBackwardKernel,
+    pub linear_backward: linear::backward::LinearBackwardKernel,
     pub loss: loss::LossKernel,
     pub mmoe_mix: mmoe_mix::MmoeMixKernel,
     pub optimizer: optimizer::OptimizerKernels,
@@ -181,8 +179,8 @@ impl GpuContext {
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let gather = gather::GatherKernel::new(&device);
         let linear = linear::LinearKernel::new(&device, coop);
-        let gather_backward = gather_backward::GatherBackwardKernel::new(&device);
-        let linear_backward = linear_backward::LinearBackwardKernel::new(&device, coop, &limits);
+        let gather_backward = gather::backward::GatherBackwardKernel::new(&device);
+        let linear_backward = linear::backward::LinearBackwardKernel::new(&device, coop, &limits);
         let loss = loss::LossKernel::new(&device);
         let mmoe_mix = mmoe_mix::MmoeMixKernel::new(&device);
         let optimizer = optimizer::OptimizerKernels::new(&device);

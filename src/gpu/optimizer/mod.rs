@@ -1,13 +1,15 @@
 //! The optimizers (`shaders/optimizer.wgsl`): Adam over the packed dense weights and AdaGrad over
 //! the embedding rows a batch touched, as the paper trains them. Their CPU references are
-//! [`crate::reference::kernels::adam`] and [`crate::reference::kernels::adagrad_rows`].
+//! [`reference::adam`] and [`reference::adagrad_rows`].
 
-use super::{bind_buffers, dispatch_flat, entry_pipelines};
+pub mod reference;
+
+use crate::gpu::{bind_buffers, dispatch_flat, entry_pipelines};
 
 pub const SOURCE: &str = concat!(
-    include_str!("../../shaders/prelude.wgsl"),
-    include_str!("../../shaders/half.wgsl"),
-    include_str!("../../shaders/optimizer.wgsl")
+    include_str!("../../../shaders/prelude.wgsl"),
+    include_str!("../../../shaders/half.wgsl"),
+    include_str!("../../../shaders/optimizer.wgsl")
 );
 
 /// Adam's hyperparameters. The defaults are PyTorch's (the paper's "small" learning rate).

@@ -1,19 +1,22 @@
 //! The fused embedding gather (`shaders/gather.wgsl`): its pipeline, its feature table, the
 //! per-batch id encoding it reads, and the packing of embedding tables into pages. Its CPU
-//! reference is [`crate::reference::kernels::gather`].
+//! reference is [`reference::gather`].
+
+pub mod backward;
+pub mod reference;
 
 use bytemuck::Zeroable;
 
-use super::act::{ActStorage, ByStorage};
-use super::linear::{Precision, View};
-use super::resolve::{key_gpu, KeyGpu};
-use super::{compute_pipeline, dispatch_flat, whole_buffers};
 use crate::batch::{Batch, Column};
 use crate::error::{Error, Result};
+use crate::gpu::act::{ActStorage, ByStorage};
+use crate::gpu::linear::{Precision, View};
+use crate::gpu::resolve::{key_gpu, KeyGpu};
+use crate::gpu::{compute_pipeline, dispatch_flat, whole_buffers};
 use crate::spec::{FeatureKind, ModelSpec, Pooling};
 use crate::weights::Weights;
 
-pub const BODY: &str = include_str!("../../shaders/gather.wgsl");
+pub const BODY: &str = include_str!("../../../shaders/gather.wgsl");
 
 /// The kernel's source over an activation storage.
 pub fn source(storage: ActStorage) -> String {
@@ -321,7 +324,7 @@ pub fn row_words(d: usize, precision: Precision) -> u32 {
 pub fn row_to_words(row: &[f32], precision: Precision) -> Vec<u32> {
     match precision {
         Precision::F32 => bytemuck::cast_slice(row).to_vec(),
-        Precision::F16 => super::linear::pack_half(row),
+        Precision::F16 => crate::gpu::linear::pack_half(row),
     }
 }
 

@@ -1,19 +1,19 @@
 //! Backward of the gather (`shaders/gather_backward.wgsl`): the gradients of the embedding rows
 //! a batch touched. The host lists each touched row's uses (sample, feature, weight) in a
 //! deterministic order; the kernel sums them. Its f64 reference is
-//! [`crate::reference::kernels::gather_backward`] (`tests/backward_kernels.rs`).
+//! [`super::reference::gather_backward`] (`tests/backward_kernels.rs`).
 
 use bytemuck::Zeroable;
 
-use super::gather::{GatherLayout, MAX_DESTINATIONS};
-use super::linear::View;
-use super::{compute_pipeline, dispatch_flat, whole_buffers};
 use crate::batch::{Batch, Column};
+use crate::gpu::gather::{GatherLayout, MAX_DESTINATIONS};
+use crate::gpu::linear::View;
+use crate::gpu::{compute_pipeline, dispatch_flat, whole_buffers};
 use crate::spec::{ModelSpec, Pooling};
 
 pub const SOURCE: &str = concat!(
-    include_str!("../../shaders/prelude.wgsl"),
-    include_str!("../../shaders/gather_backward.wgsl")
+    include_str!("../../../shaders/prelude.wgsl"),
+    include_str!("../../../shaders/gather_backward.wgsl")
 );
 /// No scale view.
 pub const NO_VIEW: u32 = u32::MAX;

@@ -1,12 +1,14 @@
 //! Scatter of fixed-width records (`shaders/scatter.wgsl`): how the embedding cache applies
 //! changed hash-table entries and embedding rows in one dispatch each. Its CPU reference is
-//! [`crate::reference::kernels::scatter`].
+//! [`reference::scatter`].
 
-use super::{compute_pipeline, dispatch_flat, whole_buffers};
+pub mod reference;
+
+use crate::gpu::{compute_pipeline, dispatch_flat, whole_buffers};
 
 pub const SOURCE: &str = concat!(
-    include_str!("../../shaders/prelude.wgsl"),
-    include_str!("../../shaders/scatter.wgsl")
+    include_str!("../../../shaders/prelude.wgsl"),
+    include_str!("../../../shaders/scatter.wgsl")
 );
 
 /// WGSL's `Params`.

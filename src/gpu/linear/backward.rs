@@ -1,17 +1,17 @@
 //! Backward of the linear kernel (`shaders/linear_backward.wgsl`): input (and gate) gradients
 //! per group of problems that read the same input, and weight and bias gradients per problem,
 //! over the forward's own problem table. Its f64 reference is
-//! [`crate::reference::kernels::linear_backward`] (`tests/backward_kernels.rs`); the whole
+//! [`super::reference::linear_backward`] (`tests/backward_kernels.rs`); the whole
 //! backward is checked against [`crate::grad`] in `tests/train.rs`.
 
-use super::act::{ActStorage, HALF};
-use super::linear::{Activation, CoopShape, LinearProblem, View, TILE_N};
-use super::{bind_buffers, entry_pipelines, whole_buffers, PRELUDE};
+use crate::gpu::act::{ActStorage, HALF};
+use crate::gpu::linear::{Activation, CoopShape, LinearProblem, View, TILE_N};
+use crate::gpu::{bind_buffers, entry_pipelines, whole_buffers, PRELUDE};
 
 /// `shaders/linear_common.wgsl`, shared with the forward, then `shaders/linear_backward.wgsl`.
 pub const BODY: &str = concat!(
-    include_str!("../../shaders/linear_common.wgsl"),
-    include_str!("../../shaders/linear_backward.wgsl")
+    include_str!("../../../shaders/linear_common.wgsl"),
+    include_str!("../../../shaders/linear_backward.wgsl")
 );
 
 /// The SIMT build: the f32 activation storage's prelude (training stores f32), then [`BODY`].
@@ -21,7 +21,7 @@ pub fn source() -> String {
 
 /// `weight_grad_coop` and `input_grad_coop` (`shaders/linear_backward_coop.wgsl`), appended to
 /// [`BODY`].
-pub const COOP_SOURCE: &str = include_str!("../../shaders/linear_backward_coop.wgsl");
+pub const COOP_SOURCE: &str = include_str!("../../../shaders/linear_backward_coop.wgsl");
 
 /// The tensor-core build: `shape`'s header (as the forward's), the f32 storage's prelude, f16
 /// rounding, [`BODY`], then `weight_grad_coop` and `input_grad_coop`.
@@ -256,7 +256,7 @@ impl LinearBackwardKernel {
     }
 
     /// Records `weight_grad` (or `weight_grad_coop` when `coop`, with a bind group made for it)
-    /// over `tiles` weight tiles ([`super::linear::weight_tiles`] summed).
+    /// over `tiles` weight tiles ([`crate::gpu::linear::weight_tiles`] summed).
     pub fn weight_grad(
         &self,
         pass: &mut wgpu::ComputePass,

@@ -1,12 +1,14 @@
 //! The embedding-cache lookup (`shaders/resolve.wgsl`): raw 64-bit ids of hashed features to
 //! global rows, by probing the GPU-resident hash table the host mirrors in
-//! [`crate::cache::table`]. Its CPU reference is [`crate::reference::kernels::resolve`].
+//! [`crate::cache::table`]. Its CPU reference is [`reference::resolve`].
 
-use super::{compute_pipeline, dispatch_flat, whole_buffers};
+pub mod reference;
+
+use crate::gpu::{compute_pipeline, dispatch_flat, whole_buffers};
 
 pub const SOURCE: &str = concat!(
-    include_str!("../../shaders/prelude.wgsl"),
-    include_str!("../../shaders/resolve.wgsl")
+    include_str!("../../../shaders/prelude.wgsl"),
+    include_str!("../../../shaders/resolve.wgsl")
 );
 /// `resolved[i]` of an id the table does not hold.
 pub const MISS: u32 = u32::MAX;

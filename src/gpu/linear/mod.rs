@@ -1,15 +1,18 @@
 //! The grouped, gated, fused linear kernel (`shaders/linear.wgsl`): its pipeline, its problem
 //! descriptor, and its dispatch arithmetic. Its CPU reference is
-//! [`crate::reference::kernels::linear_group`].
+//! [`reference::linear_group`].
 
-use super::act::{ActStorage, ByStorage, HALF};
-use super::{whole_buffers, PRELUDE};
+pub mod backward;
+pub mod reference;
+
+use crate::gpu::act::{ActStorage, ByStorage, HALF};
+use crate::gpu::{whole_buffers, PRELUDE};
 
 /// `shaders/linear_common.wgsl` (the problem table and the loads it shares with the backward),
 /// then `shaders/linear.wgsl`.
 pub const BODY: &str = concat!(
-    include_str!("../../shaders/linear_common.wgsl"),
-    include_str!("../../shaders/linear.wgsl")
+    include_str!("../../../shaders/linear_common.wgsl"),
+    include_str!("../../../shaders/linear.wgsl")
 );
 
 /// The SIMT kernel's source over an activation storage.
@@ -346,7 +349,7 @@ impl CoopShape {
 }
 
 /// `main_coop`, appended to [`BODY`] after a [`CoopShape::header`].
-pub const COOP_SOURCE: &str = include_str!("../../shaders/linear_coop.wgsl");
+pub const COOP_SOURCE: &str = include_str!("../../../shaders/linear_coop.wgsl");
 
 /// The kernel variants: entry points of `linear.wgsl` (and `linear_coop.wgsl`) at a precision.
 /// All share the problem table, the bindings and one bind group.

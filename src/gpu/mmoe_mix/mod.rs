@@ -1,11 +1,13 @@
 //! The MMoE mix (`shaders/mmoe_mix.wgsl`): softmax over each task's gate logits fused with the
 //! weighted sum of the experts' outputs, and its backward. Its CPU references are
-//! [`crate::reference::kernels::mmoe_mix`] and [`crate::reference::kernels::mmoe_mix_backward`].
+//! [`reference::mmoe_mix`] and [`reference::mmoe_mix_backward`].
 
-use super::act::{ActStorage, ByStorage};
-use super::{dispatch_flat, entry_pipelines, whole_buffers};
+pub mod reference;
 
-pub const BODY: &str = include_str!("../../shaders/mmoe_mix.wgsl");
+use crate::gpu::act::{ActStorage, ByStorage};
+use crate::gpu::{dispatch_flat, entry_pipelines, whole_buffers};
+
+pub const BODY: &str = include_str!("../../../shaders/mmoe_mix.wgsl");
 
 /// The kernel's source over an activation storage.
 pub fn source(storage: ActStorage) -> String {
