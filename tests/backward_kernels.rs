@@ -1,5 +1,5 @@
-//! Each training kernel on its own against its f64 reference (`pepnet::gpu::<kernel>::reference`), on
-//! random inputs and awkward shapes: the linear backward (input, gate, weight and bias
+//! Each training kernel on its own against its f64 reference
+//! (`pepnet::gpu::<kernel>::reference`), on random inputs and awkward shapes: the linear backward (input, gate, weight and bias
 //! gradients), the MMoE mix's backward, the gather's backward (sparse row gradients) and the
 //! loss. Gradient buffers start filled with random values, so a gradient the kernel forgot to
 //! write, or wrote where it should not, shows up as a mismatch.
@@ -18,6 +18,7 @@ use pepnet::gpu::gather::GatherLayout;
 use pepnet::gpu::linear::backward::input_groups;
 use pepnet::gpu::linear::reference as linear_ref;
 use pepnet::gpu::linear::{lay_out, pack_layer, weight_tiles, Activation, LinearProblem, View};
+use pepnet::gpu::loss::reference as loss_ref;
 use pepnet::gpu::loss::LossParams;
 use pepnet::gpu::mmoe_mix::reference as mmoe_mix_ref;
 use pepnet::gpu::mmoe_mix::MixParams;
@@ -485,18 +486,15 @@ fn loss_matches_reference() {
         let got_log = ctx.read_buffer(&buffers[7], 8).unwrap();
 
         let mut want_grad: Vec<f64> = grad.iter().map(|&x| x as f64).collect();
-        let mut loss = 0.0;
-        for i in 0..rows * t {
-            let (p, y, w) = (
-                act[out_off as usize + i] as f64,
-                labels[i] as f64,
-                weights[i % t] as f64,
-            );
-            want_grad[out_off as usize + i] = w * (p - y) / rows as f64;
-            loss -= w * (y * p.ln() + (1.0 - y) * (1.0 - p).ln());
-        }
+        let loss = loss_ref::bce(
+            &act,
+            &labels,
+            &weights,
+            (rows, out_off as usize),
+            &mut want_grad,
+        );
         let mut want_log: Vec<f64> = log.iter().map(|&x| x as f64).collect();
-        want_log[slot as usize] = loss / rows as f64;
+        want_log[slot as usize] = loss;
         let what = format!("loss seed {seed}, {rows} rows, {t} tasks");
         assert_close(&got_grad, &want_grad, &what);
         assert_close(&got_log, &want_log, &what);

@@ -1,5 +1,5 @@
-//! Each WGSL kernel on its own, against its f64 reference (`pepnet::gpu::<kernel>::reference`), on
-//! random inputs and awkward shapes (1, primes, non-multiples of the 64×64×16 tiles). The
+//! Each WGSL kernel on its own, against its f64 reference
+//! (`pepnet::gpu::<kernel>::reference`), on random inputs and awkward shapes (1, primes, non-multiples of the 64×64×16 tiles). The
 //! activation buffer starts filled with random values, so an output the kernel forgot to write
 //! (or wrote where it should not) shows up as a mismatch.
 //!

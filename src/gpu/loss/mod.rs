@@ -2,11 +2,13 @@
 //! probabilities and labels, and the batch's loss appended to a log. Its f64 reference is
 //! written out in its test (`tests/backward_kernels.rs`), and [`crate::grad`] checks it whole.
 
-use super::{bind_buffers, dispatch_flat, entry_pipelines, whole_buffers};
+pub mod reference;
+
+use crate::gpu::{bind_buffers, dispatch_flat, entry_pipelines, whole_buffers};
 
 pub const SOURCE: &str = concat!(
-    include_str!("../../shaders/prelude.wgsl"),
-    include_str!("../../shaders/loss.wgsl")
+    include_str!("../../../shaders/prelude.wgsl"),
+    include_str!("../../../shaders/loss.wgsl")
 );
 
 /// WGSL's `Params`.
