@@ -1,11 +1,11 @@
-//! Each training kernel on its own against its f64 reference
-//! (`pepnet::gpu::<kernel>::reference`), on random inputs and awkward shapes: the linear backward (input, gate, weight and bias
-//! gradients), the MMoE mix's backward, the gather's backward (sparse row gradients) and the
-//! loss. Gradient buffers start filled with random values, so a gradient the kernel forgot to
-//! write, or wrote where it should not, shows up as a mismatch.
+//! Each training kernel on its own against its f64 reference (`pepnet::gpu::<kernel>::reference`),
+//! on random inputs and awkward shapes: the linear backward (input, gate, weight and bias
+//! gradients), the MMoE mix's backward, the gather's backward (sparse row gradients) and the loss.
+//! Gradient buffers start filled with random values, so a gradient the kernel forgot to write, or
+//! wrote where it should not, shows up as a mismatch.
 //!
-//! Tolerance: |gpu − reference| ≤ 1e-5 · (1 + |reference|) (`common::assert_close`), with
-//! operands scaled so that outputs are of order one.
+//! Tolerance: |gpu − reference| ≤ 1e-5 · (1 + |reference|) (`common::assert_close`), with operands
+//! scaled so that outputs are of order one.
 
 mod common;
 
@@ -21,17 +21,8 @@ use pepnet::gpu::linear::{lay_out, pack_layer, weight_tiles, Activation, LinearP
 use pepnet::gpu::loss::reference as loss_ref;
 use pepnet::gpu::loss::LossParams;
 use pepnet::gpu::mmoe_mix::reference as mmoe_mix_ref;
-use pepnet::gpu::mmoe_mix::MixParams;
-use pepnet::gpu::BatchParams;
 use pepnet::spec::Pooling;
 use rand::RngExt;
-
-fn batch_params(rows: usize) -> BatchParams {
-    BatchParams {
-        rows: rows as u32,
-        _pad: [0; 3],
-    }
-}
 
 /// Groups of problems that share an input (1–3 each), some gated (each its own gate), some with
 /// a multiplier (and the activation kept), some with a stop-gradient (grad_k < k), every
@@ -123,7 +114,7 @@ fn linear_backward_matches_reference_on_random_groups() {
         };
         let in_span = ctx.uniform_buffer("span", &span(groups.len()));
         let w_span = ctx.uniform_buffer("span", &span(problems.len()));
-        let batch = ctx.uniform_buffer("batch", &batch_params(rows));
+        let batch = ctx.uniform_buffer("batch", &common::batch_params(rows));
         let problem_buf = ctx.storage_buffer("problems", &table);
         let group_buf = ctx.storage_buffer("groups", &groups);
         let weight_buf = ctx.storage_buffer("weights", &weights);
@@ -277,30 +268,14 @@ fn mmoe_mix_backward_matches_reference() {
     let ctx = gpu();
     for seed in 0..16u64 {
         let mut r = rng(3100 + seed);
-        let (k, t, w) = (
-            r.random_range(1..=5u32),
-            r.random_range(1..=6u32),
-            width(&mut r, 70) as u32,
-        );
+        let (params, stride) = common::random_mix(&mut r);
+        let (k, t, w) = (params.experts, params.tasks, params.width);
         let rows = [1, 7, 256, 601][seed as usize % 4];
-        let stride = k * w + t * k + t * w + r.random_range(0..4);
-        let params = MixParams {
-            experts: k,
-            tasks: t,
-            width: w,
-            x_off: 0,
-            x_stride: stride,
-            logit_off: k * w,
-            logit_stride: stride,
-            y_off: k * w + t * k,
-            y_stride: stride,
-            _pad: [0; 3],
-        };
         let len = rows * stride as usize;
         let act = random_vec(&mut r, len, 3.0);
         let grad = random_vec(&mut r, len, 1.0);
         let params_buf = ctx.uniform_buffer("params", &params);
-        let batch = ctx.uniform_buffer("batch", &batch_params(rows));
+        let batch = ctx.uniform_buffer("batch", &common::batch_params(rows));
         let act_buf = ctx.storage_buffer("act", &act);
         let grad_buf = ctx.storage_buffer("grad", &grad);
         let bgs = ctx.mmoe_mix.backward_bind_groups(
@@ -469,7 +444,7 @@ fn loss_matches_reference() {
         };
         let buffers = [
             ctx.uniform_buffer("params", &params),
-            ctx.uniform_buffer("batch", &batch_params(rows)),
+            ctx.uniform_buffer("batch", &common::batch_params(rows)),
             ctx.storage_buffer("act", &act),
             ctx.storage_buffer("labels", &labels),
             ctx.storage_buffer("task weights", &weights),

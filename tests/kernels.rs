@@ -1,10 +1,10 @@
-//! Each WGSL kernel on its own, against its f64 reference
-//! (`pepnet::gpu::<kernel>::reference`), on random inputs and awkward shapes (1, primes, non-multiples of the 64×64×16 tiles). The
-//! activation buffer starts filled with random values, so an output the kernel forgot to write
-//! (or wrote where it should not) shows up as a mismatch.
+//! Each WGSL kernel on its own, against its f64 reference (`pepnet::gpu::<kernel>::reference`), on
+//! random inputs and awkward shapes (1, primes, non-multiples of the 64×64×16 tiles). The
+//! activation buffer starts filled with random values, so an output the kernel forgot to write (or
+//! wrote where it should not) shows up as a mismatch.
 //!
-//! Tolerance: |gpu − reference| ≤ 1e-5 · (1 + |reference|), with operands scaled so that
-//! every output is of order one.
+//! Tolerance: |gpu − reference| ≤ 1e-5 · (1 + |reference|), with operands scaled so that every
+//! output is of order one.
 
 mod common;
 
@@ -19,14 +19,12 @@ use pepnet::gpu::linear::{
     Variant, View,
 };
 use pepnet::gpu::mmoe_mix::reference as mmoe_mix_ref;
-use pepnet::gpu::mmoe_mix::MixParams;
 use pepnet::gpu::optimizer::reference as optimizer_ref;
 use pepnet::gpu::optimizer::{AdaGradOptions, AdaGradParams, AdamOptions, AdamParams};
 use pepnet::gpu::resolve::reference as resolve_ref;
 use pepnet::gpu::resolve::{key_gpu, ResolveParams, MISS, UNKNOWN};
 use pepnet::gpu::scatter::reference as scatter_ref;
 use pepnet::gpu::scatter::ScatterParams;
-use pepnet::gpu::BatchParams;
 use pepnet::Weights;
 use rand::RngExt;
 
@@ -103,13 +101,7 @@ fn linear_matches_reference_on_random_groups() {
                 _pad: [0; 2],
             },
         );
-        let batch = ctx.uniform_buffer(
-            "batch",
-            &BatchParams {
-                rows: rows as u32,
-                _pad: [0; 3],
-            },
-        );
+        let batch = ctx.uniform_buffer("batch", &common::batch_params(rows));
         let problem_buf = ctx.storage_buffer("problems", &table);
         let weight_buf = ctx.storage_buffer("weights", &weights);
         let half_buf = ctx.storage_buffer("weights f16", &pack_half(&weights));
@@ -255,13 +247,7 @@ fn gather_matches_reference_on_random_specs_and_pages() {
             let (mut ids, mut dense) = (Vec::new(), Vec::new());
             layout.encode(&batch, 0..rows, &mut ids, &mut dense, &mut Vec::new());
             let params = ctx.uniform_buffer("params", &layout.params);
-            let batch_buf = ctx.uniform_buffer(
-                "batch",
-                &BatchParams {
-                    rows: rows as u32,
-                    _pad: [0; 3],
-                },
-            );
+            let batch_buf = ctx.uniform_buffer("batch", &common::batch_params(rows));
             let features = ctx.storage_buffer("features", &layout.features);
             let ids_buf = ctx.storage_buffer("ids", &ids);
             let dense_buf = ctx.storage_buffer("dense", &dense);
@@ -329,35 +315,13 @@ fn mmoe_mix_matches_reference() {
     let ctx = gpu();
     for seed in 0..16u64 {
         let mut r = rng(200 + seed);
-        let (k, t, w) = (
-            r.random_range(1..=5u32),
-            r.random_range(1..=6u32),
-            width(&mut r, 70) as u32,
-        );
+        let (params, stride) = common::random_mix(&mut r);
+        let (k, t, w) = (params.experts, params.tasks, params.width);
         let rows = [1, 7, 256, 601][seed as usize % 4];
-        let stride = k * w + t * k + t * w + r.random_range(0..4);
-        let params = MixParams {
-            experts: k,
-            tasks: t,
-            width: w,
-            x_off: 0,
-            x_stride: stride,
-            logit_off: k * w,
-            logit_stride: stride,
-            y_off: k * w + t * k,
-            y_stride: stride,
-            _pad: [0; 3],
-        };
         let len = rows * stride as usize;
         let initial = random_vec(&mut r, len, 3.0);
         let params_buf = ctx.uniform_buffer("params", &params);
-        let batch = ctx.uniform_buffer(
-            "batch",
-            &BatchParams {
-                rows: rows as u32,
-                _pad: [0; 3],
-            },
-        );
+        let batch = ctx.uniform_buffer("batch", &common::batch_params(rows));
         for storage in common::act_storages(&ctx) {
             let initial = common::stored(storage, &initial);
             let act = common::act_buffer(&ctx, storage, &initial);

@@ -282,3 +282,36 @@ pub fn run_on(
         }
     }
 }
+
+/// The batch-size uniform of a dispatch over `rows` rows.
+pub fn batch_params(rows: usize) -> pepnet::gpu::BatchParams {
+    pepnet::gpu::BatchParams {
+        rows: rows as u32,
+        _pad: [0; 3],
+    }
+}
+
+/// A random MMoE mix over one activation row per sample: K experts of a random awkward width
+/// side by side, then the T·K logits, then the T mixed outputs, and a few spare columns. Returns
+/// the parameters and the row stride.
+pub fn random_mix(r: &mut Rng) -> (pepnet::gpu::mmoe_mix::MixParams, u32) {
+    let (k, t, w) = (
+        r.random_range(1..=5u32),
+        r.random_range(1..=6u32),
+        width(r, 70) as u32,
+    );
+    let stride = k * w + t * k + t * w + r.random_range(0..4);
+    let params = pepnet::gpu::mmoe_mix::MixParams {
+        experts: k,
+        tasks: t,
+        width: w,
+        x_off: 0,
+        x_stride: stride,
+        logit_off: k * w,
+        logit_stride: stride,
+        y_off: k * w + t * k,
+        y_stride: stride,
+        _pad: [0; 3],
+    };
+    (params, stride)
+}
