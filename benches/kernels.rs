@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pepnet::gpu::act::ActStorage;
-use pepnet::gpu::gather::{GatherLayout, MAX_PAGES};
+use pepnet::gpu::gather::MAX_PAGES;
 use pepnet::gpu::linear::{lay_out, ActBinding, Precision, SpanParams};
 use pepnet::gpu::{BatchParams, GpuContext};
 use pepnet::io::InputReader;
+use pepnet::plan::gather::GatherLayout;
 use pepnet::plan::{PackedWeights, Plan, Step};
 use pepnet::tools::bench;
 use pepnet::{synth, Model};

@@ -12,15 +12,16 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{assert_close, gpu, random_batch, random_spec, random_vec, rng, width};
-use pepnet::gpu::gather::backward::{feature_table, RowGradParams, RowUses};
+use pepnet::gpu::gather::backward::{feature_table, RowGradParams};
 use pepnet::gpu::gather::reference as gather_ref;
-use pepnet::gpu::gather::GatherLayout;
 use pepnet::gpu::linear::backward::input_groups;
 use pepnet::gpu::linear::reference as linear_ref;
 use pepnet::gpu::linear::{lay_out, pack_layer, weight_tiles, Activation, LinearProblem, View};
 use pepnet::gpu::loss::reference as loss_ref;
 use pepnet::gpu::loss::LossParams;
 use pepnet::gpu::mmoe_mix::reference as mmoe_mix_ref;
+use pepnet::plan::gather::GatherLayout;
+use pepnet::plan::row_uses::RowUses;
 use pepnet::spec::Pooling;
 use rand::RngExt;
 

@@ -12,7 +12,7 @@ use common::{assert_close_tol, gpu, random_spec, random_vec, rng, run, run_on, w
 use pepnet::cache::table::{tag, HostTable};
 use pepnet::gpu::act::ActStorage;
 use pepnet::gpu::gather::reference as gather_ref;
-use pepnet::gpu::gather::{GatherLayout, MAX_PAGES};
+use pepnet::gpu::gather::MAX_PAGES;
 use pepnet::gpu::linear::reference as linear_ref;
 use pepnet::gpu::linear::{
     lay_out, pack_half, pack_layer, ActBinding, Activation, LinearProblem, Precision, SpanParams,
@@ -25,6 +25,7 @@ use pepnet::gpu::resolve::reference as resolve_ref;
 use pepnet::gpu::resolve::{key_gpu, ResolveParams, MISS, UNKNOWN};
 use pepnet::gpu::scatter::reference as scatter_ref;
 use pepnet::gpu::scatter::ScatterParams;
+use pepnet::plan::gather::GatherLayout;
 use pepnet::Weights;
 use rand::RngExt;
 

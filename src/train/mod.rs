@@ -23,8 +23,8 @@ use bytemuck::Zeroable;
 use crate::batch::Batch;
 use crate::error::{Error, Result};
 use crate::forward::{ForwardBuffers, ForwardPass};
-use crate::gpu::gather::backward::{self as gather_backward, RowGradParams, RowUses};
-use crate::gpu::gather::{GatherLayout, MAX_PAGES};
+use crate::gpu::gather::backward::{self as gather_backward, RowGradParams};
+use crate::gpu::gather::MAX_PAGES;
 use crate::gpu::linear::backward as linear_backward;
 use crate::gpu::linear::{self, SpanParams};
 use crate::gpu::loss::LossParams;
@@ -32,6 +32,8 @@ use crate::gpu::optimizer::{AdaGradOptions, AdaGradParams, AdamOptions, AdamPara
 use crate::gpu::{BatchParams, GpuContext};
 use crate::grad::Gradients;
 use crate::model::Model;
+use crate::plan::gather::GatherLayout;
+use crate::plan::row_uses::RowUses;
 use crate::plan::{PackedWeights, Plan, Step};
 use crate::spec::ModelSpec;
 

@@ -10,7 +10,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::atomic_file;
 use crate::error::{Error, Result};
-use crate::gpu::gather::GatherLayout;
+use crate::plan::gather::GatherLayout;
 use crate::plan::PackedWeights;
 use crate::spec::ModelSpec;
 

@@ -8,6 +8,9 @@
 //! T probabilities of the batch are one compact `[rows, T]` block of f32s, after the rows, or in
 //! a buffer of their own over f16 activations; the readback is one contiguous copy either way.
 
+pub mod gather;
+pub mod row_uses;
+
 use std::collections::HashMap;
 
 use crate::gpu::act::ActStorage;
