@@ -15,6 +15,7 @@ use crate::gpu::gather::{self, MAX_PAGES};
 use crate::gpu::linear::{self, Precision, SpanParams, Variant};
 use crate::gpu::resolve::{KeyGpu, ResolveParams};
 use crate::gpu::{BatchParams, GpuContext};
+use crate::model::embedding;
 use crate::model::Model;
 use crate::plan::gather::GatherLayout;
 use crate::plan::{PackedWeights, Plan, Step};
@@ -522,7 +523,7 @@ impl Engine {
     /// is scored entirely with the old or entirely with the new ones.
     pub fn swap_weights(&self, weights: &Weights) -> Result<()> {
         for (name, shape) in self.spec.expected_tensors() {
-            if name.starts_with("emb.") {
+            if embedding::is_embedding(&name) {
                 continue;
             }
             match weights.try_get(&name) {

@@ -7,6 +7,7 @@
 //! but not E's through that input; PPNet's gates read `E_p ⊕ sg(O_ep)`, likewise.
 
 use crate::gpu::linear::Precision;
+use crate::model::{epnet, mmoe, ppnet, tower};
 use std::collections::BTreeMap;
 
 use crate::batch::{Batch, Column};
@@ -131,8 +132,9 @@ fn relu(v: &[f64]) -> Vec<f64> {
 
 /// Gate NU forward.
 fn gate(w: &Weights, prefix: &str, x: &[f64], gamma: f64, precision: Precision) -> Vec<f64> {
-    let h = relu(&linear(w, &format!("{prefix}.fc1"), x, precision));
-    linear(w, &format!("{prefix}.fc2"), &h, precision)
+    let [fc1, fc2] = crate::model::gate_layers(prefix);
+    let h = relu(&linear(w, &fc1, x, precision));
+    linear(w, &fc2, &h, precision)
         .into_iter()
         .map(|z| gamma * sigmoid(z))
         .collect()
@@ -148,7 +150,7 @@ fn gate_back(
     gamma: f64,
     (precision, weight_grad): (Precision, Precision),
 ) -> Vec<f64> {
-    let (fc1, fc2) = (format!("{prefix}.fc1"), format!("{prefix}.fc2"));
+    let [fc1, fc2] = crate::model::gate_layers(prefix);
     let pre = linear(w, &fc1, x, precision);
     let h = relu(&pre);
     let z = linear(w, &fc2, &h, precision);
@@ -186,7 +188,7 @@ fn forward(
         Some(_) => {
             let e_in = frozen.map_or(&e, |f| &f.e[i]);
             let x: Vec<f64> = e_d.iter().chain(e_in).copied().collect();
-            let delta = gate(w, "epnet", &x, gamma, precision);
+            let delta = gate(w, epnet::GATE, &x, gamma, precision);
             let o = delta.iter().zip(&e).map(|(a, b)| a * b).collect();
             (Some((x, delta)), o)
         }
@@ -198,7 +200,7 @@ fn forward(
         let o_in = frozen.map_or(&o_ep, |f| &f.o_ep[i]);
         let x: Vec<f64> = e_p.iter().chain(o_in).copied().collect();
         let deltas: Vec<Vec<f64>> = (0..widths.len())
-            .map(|l| gate(w, &format!("ppnet.{l}"), &x, gamma, precision))
+            .map(|l| gate(w, &ppnet::gate(l), &x, gamma, precision))
             .collect();
         (x, deltas)
     });
@@ -208,12 +210,7 @@ fn forward(
             for k in 0..ex.count {
                 let mut layers = vec![o_ep.clone()];
                 for j in 0..ex.hidden.len() {
-                    let next = relu(&linear(
-                        w,
-                        &format!("expert.{k}.{j}"),
-                        &layers[j],
-                        precision,
-                    ));
+                    let next = relu(&linear(w, &mmoe::expert(k, j), &layers[j], precision));
                     layers.push(next);
                 }
                 experts.push(layers);
@@ -221,7 +218,7 @@ fn forward(
             spec.tasks
                 .iter()
                 .map(|task| {
-                    let z = linear(w, &format!("mmoe_gate.{task}"), &o_ep, precision);
+                    let z = linear(w, &mmoe::gate(task), &o_ep, precision);
                     let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let ex: Vec<f64> = z.iter().map(|v| (v - max).exp()).collect();
                     let sum: f64 = ex.iter().sum();
@@ -251,7 +248,7 @@ fn forward(
                 Some((_, d)) => h.iter().zip(&d[l][t * wl..]).map(|(x, g)| x * g).collect(),
                 None => h.clone(),
             };
-            let y = linear(w, &format!("tower.{task}.{l}"), &a, precision);
+            let y = linear(w, &tower::layer(task, l), &a, precision);
             h = if l + 1 < widths.len() { relu(&y) } else { y };
         }
         probs.push(sigmoid(h[0]));
@@ -377,14 +374,7 @@ pub fn loss_and_gradients_mixed(
                     Some(dl) => h.iter().zip(dl).map(|(x, g)| x * g).collect(),
                     None => h.clone(),
                 };
-                let da = linear_back(
-                    w,
-                    &mut g,
-                    &format!("tower.{task}.{l}"),
-                    &a,
-                    &dy,
-                    weight_grad,
-                );
+                let da = linear_back(w, &mut g, &tower::layer(task, l), &a, &dy, weight_grad);
                 let dh: Vec<f64> = match delta {
                     Some(dl) => {
                         for (k, (&dak, &hk)) in da.iter().zip(h).enumerate() {
@@ -414,7 +404,7 @@ pub fn loss_and_gradients_mixed(
                 let dx = gate_back(
                     w,
                     &mut g,
-                    &format!("ppnet.{l}"),
+                    &ppnet::gate(l),
                     x,
                     dd,
                     gamma,
@@ -450,14 +440,8 @@ pub fn loss_and_gradients_mixed(
                     }
                     let dot: f64 = gk.iter().zip(&dg).map(|(a, b)| a * b).sum();
                     let dz: Vec<f64> = gk.iter().zip(&dg).map(|(a, b)| a * (b - dot)).collect();
-                    let dx = linear_back(
-                        w,
-                        &mut g,
-                        &format!("mmoe_gate.{task}"),
-                        &tape.o_ep,
-                        &dz,
-                        weight_grad,
-                    );
+                    let dx =
+                        linear_back(w, &mut g, &mmoe::gate(task), &tape.o_ep, &dz, weight_grad);
                     d_o.iter_mut().zip(&dx).for_each(|(acc, v)| *acc += v);
                 }
                 for (k, layers) in tape.experts.iter().enumerate() {
@@ -472,7 +456,7 @@ pub fn loss_and_gradients_mixed(
                         dy = linear_back(
                             w,
                             &mut g,
-                            &format!("expert.{k}.{j}"),
+                            &mmoe::expert(k, j),
                             &layers[j],
                             &dpre,
                             weight_grad,
@@ -496,7 +480,7 @@ pub fn loss_and_gradients_mixed(
                 let dx = gate_back(
                     w,
                     &mut g,
-                    "epnet",
+                    epnet::GATE,
                     x,
                     &d_delta,
                     gamma,

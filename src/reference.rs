@@ -5,6 +5,7 @@
 use crate::batch::Batch;
 use crate::error::Result;
 use crate::model::Model;
+use crate::model::{embedding, epnet, mmoe, ppnet, tower};
 use crate::spec::{FeatureKind, Pooling, Role};
 use crate::weights::Weights;
 
@@ -31,7 +32,7 @@ pub fn forward_sample(model: &Model, batch: &Batch, i: usize) -> Vec<f64> {
     // EPNet: O_ep = GateNU_ep(E_d ⊕ sg(E)) ⊙ E.
     let o_ep = match spec.epnet {
         Some(_) => {
-            let delta = gate_nu(w, "epnet", &cat(&e_d, &e), gamma);
+            let delta = gate_nu(w, epnet::GATE, &cat(&e_d, &e), gamma);
             hadamard(&delta, &e)
         }
         None => e,
@@ -42,7 +43,7 @@ pub fn forward_sample(model: &Model, batch: &Batch, i: usize) -> Vec<f64> {
     let t_count = spec.n_tasks();
     let deltas: Vec<Vec<f64>> = (0..widths.len())
         .map(|l| match spec.ppnet {
-            Some(_) => gate_nu(w, &format!("ppnet.{l}"), &cat(&e_p, &o_ep), gamma),
+            Some(_) => gate_nu(w, &ppnet::gate(l), &cat(&e_p, &o_ep), gamma),
             None => vec![1.0; t_count * widths[l]],
         })
         .collect();
@@ -59,7 +60,7 @@ pub fn forward_sample(model: &Model, batch: &Batch, i: usize) -> Vec<f64> {
             let mut h = h0[t].clone();
             for (l, &wl) in widths.iter().enumerate() {
                 let delta_t = &deltas[l][t * wl..(t + 1) * wl];
-                let y = linear(w, &format!("tower.{task}.{l}"), &hadamard(delta_t, &h));
+                let y = linear(w, &tower::layer(task, l), &hadamard(delta_t, &h));
                 h = if l + 1 < widths.len() { relu(y) } else { y };
             }
             sigmoid(h[0])
@@ -81,7 +82,7 @@ pub fn feature_vector(model: &Model, batch: &Batch, f: usize, i: usize) -> Vec<f
                 None => h.default.as_deref().unwrap_or(&zeros),
             },
             None => {
-                let table = &model.weights.get(&format!("emb.{}", feature.name)).data;
+                let table = &model.weights.get(&embedding::table(&feature.name)).data;
                 &table[id as usize * d..(id as usize + 1) * d]
             }
         };
@@ -104,7 +105,7 @@ pub fn feature_vector(model: &Model, batch: &Batch, f: usize, i: usize) -> Vec<f
             v
         }
         FeatureKind::Dense => {
-            let table = &model.weights.get(&format!("emb.{}", feature.name)).data;
+            let table = &model.weights.get(&embedding::table(&feature.name)).data;
             let x = match column {
                 crate::batch::Column::Dense(values) => values[i] as f64,
                 _ => unreachable!("validated: dense features have dense columns"),
@@ -129,7 +130,7 @@ fn mmoe(model: &Model, o_ep: &[f64], count: usize, depth: usize) -> Vec<Vec<f64>
         .map(|k| {
             let mut x = o_ep.to_vec();
             for j in 0..depth {
-                x = relu(linear(w, &format!("expert.{k}.{j}"), &x));
+                x = relu(linear(w, &mmoe::expert(k, j), &x));
             }
             x
         })
@@ -139,7 +140,7 @@ fn mmoe(model: &Model, o_ep: &[f64], count: usize, depth: usize) -> Vec<Vec<f64>
         .tasks
         .iter()
         .map(|task| {
-            let g = softmax(&linear(w, &format!("mmoe_gate.{task}"), o_ep));
+            let g = softmax(&linear(w, &mmoe::gate(task), o_ep));
             let mut h = vec![0.0; experts[0].len()];
             for (gk, xk) in g.iter().zip(&experts) {
                 for (acc, x) in h.iter_mut().zip(xk) {
@@ -153,8 +154,9 @@ fn mmoe(model: &Model, o_ep: &[f64], count: usize, depth: usize) -> Vec<Vec<f64>
 
 /// Gate NU: γ · σ(fc2(ReLU(fc1(x)))).
 pub fn gate_nu(w: &Weights, prefix: &str, x: &[f64], gamma: f64) -> Vec<f64> {
-    let hidden = relu(linear(w, &format!("{prefix}.fc1"), x));
-    linear(w, &format!("{prefix}.fc2"), &hidden)
+    let [fc1, fc2] = crate::model::gate_layers(prefix);
+    let hidden = relu(linear(w, &fc1, x));
+    linear(w, &fc2, &hidden)
         .into_iter()
         .map(|z| gamma * sigmoid(z))
         .collect()

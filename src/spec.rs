@@ -431,7 +431,7 @@ impl ModelSpec {
                     self.size_keys(&name)
                 ));
             }
-            if !name.starts_with("emb.") {
+            if !crate::model::embedding::is_embedding(&name) {
                 dense_words += elements;
             }
         }
@@ -449,7 +449,7 @@ impl ModelSpec {
     /// The spec keys that set a tensor's size, for error messages.
     fn size_keys(&self, tensor: &str) -> String {
         match tensor
-            .strip_prefix("emb.")
+            .strip_prefix(crate::model::embedding::PREFIX)
             .and_then(|f| self.features.iter().position(|g| g.name == f))
         {
             Some(i) => format!("reduce 'features[{i}].vocab' or 'embedding_dim'"),
@@ -467,7 +467,7 @@ impl ModelSpec {
             let names: Vec<String> = if f.hashed {
                 crate::weights::HashedRows::tensor_names(&f.name).into()
             } else {
-                vec![format!("emb.{}", f.name)]
+                vec![crate::model::embedding::table(&f.name)]
             };
             for name in names {
                 if let Some(j) = owner.insert(name.clone(), i) {
@@ -583,50 +583,13 @@ impl ModelSpec {
     /// feature's tensors (`emb.<f>.ids`, `emb.<f>`, optional `emb.<f>.default`) have a row
     /// count the spec does not know; [`crate::weights::Weights`] checks them apart.
     pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
-        let d = self.d();
-        let (dg, dd, dp) = (self.dg(), self.dd(), self.dp());
+        use crate::model::{embedding, epnet, mmoe, ppnet, tower};
         let mut out = Vec::new();
-        for f in self.features.iter().filter(|f| !f.hashed) {
-            let shape = match f.kind {
-                FeatureKind::Dense => vec![d],
-                _ => vec![f.rows(), d],
-            };
-            out.push((format!("emb.{}", f.name), shape));
-        }
-        let mut linear = |name: String, n_out: usize, n_in: usize| {
-            out.push((format!("{name}.weight"), vec![n_out, n_in]));
-            out.push((format!("{name}.bias"), vec![n_out]));
-        };
-        if let Some(g) = self.epnet {
-            linear("epnet.fc1".into(), g.hidden, dd + dg);
-            linear("epnet.fc2".into(), dg, g.hidden);
-        }
-        let t = self.n_tasks();
-        let w_in = self.tower_in_widths();
-        if let Some(g) = self.ppnet {
-            for (l, &w) in w_in.iter().enumerate() {
-                linear(format!("ppnet.{l}.fc1"), g.hidden, dp + dg);
-                linear(format!("ppnet.{l}.fc2"), t * w, g.hidden);
-            }
-        }
-        if let Some(e) = &self.experts {
-            for k in 0..e.count {
-                let mut n_in = dg;
-                for (j, &w) in e.hidden.iter().enumerate() {
-                    linear(format!("expert.{k}.{j}"), w, n_in);
-                    n_in = w;
-                }
-            }
-            for task in &self.tasks {
-                linear(format!("mmoe_gate.{task}"), e.count, dg);
-            }
-        }
-        let w_out = self.tower_out_widths();
-        for task in &self.tasks {
-            for l in 0..w_in.len() {
-                linear(format!("tower.{task}.{l}"), w_out[l], w_in[l]);
-            }
-        }
+        embedding::tensors(self, &mut out);
+        epnet::tensors(self, &mut out);
+        ppnet::tensors(self, &mut out);
+        mmoe::tensors(self, &mut out);
+        tower::tensors(self, &mut out);
         out
     }
 }

@@ -9,6 +9,7 @@ use rand_chacha::ChaCha8Rng;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
+use crate::model::embedding;
 use crate::spec::ModelSpec;
 
 /// One tensor, held as f32 whatever its dtype on disk.
@@ -73,9 +74,9 @@ impl HashedRows {
     /// The tensor names feature `name`'s rows are stored under: ids, rows, default.
     pub fn tensor_names(name: &str) -> [String; 3] {
         [
-            format!("emb.{name}.ids"),
-            format!("emb.{name}"),
-            format!("emb.{name}.default"),
+            embedding::ids(name),
+            embedding::table(name),
+            embedding::default_row(name),
         ]
     }
 
@@ -363,7 +364,7 @@ impl Weights {
         let mut fan_in = 1;
         for (name, shape) in spec.expected_tensors() {
             let n: usize = shape.iter().product();
-            let data = if name.starts_with("emb.") {
+            let data = if embedding::is_embedding(&name) {
                 uniform(n, emb_scale)
             } else if name.ends_with(".weight") {
                 fan_in = shape[1];

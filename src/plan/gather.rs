@@ -12,6 +12,7 @@ use crate::gpu::gather::{
 };
 use crate::gpu::linear::{Precision, View};
 use crate::gpu::resolve::{key_gpu, KeyGpu};
+use crate::model::embedding;
 use crate::spec::{FeatureKind, ModelSpec, Pooling};
 use crate::weights::Weights;
 
@@ -212,7 +213,7 @@ impl GatherLayout {
                     None => out.extend(std::iter::repeat_n(0.0, d as usize)),
                 }
             } else {
-                let data = &weights.get(&format!("emb.{}", f.name)).data;
+                let data = &weights.get(&embedding::table(&f.name)).data;
                 out.extend_from_slice(
                     &data[((lo - base) * d) as usize..((hi - base) * d) as usize],
                 );

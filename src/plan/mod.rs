@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use crate::gpu::act::ActStorage;
 use crate::gpu::linear::{self, Activation, LinearProblem, View};
 use crate::gpu::mmoe_mix::MixParams;
+use crate::model::{embedding, epnet, mmoe, ppnet, tower};
 use crate::spec::{ModelSpec, Role};
 use crate::weights::Weights;
 
@@ -58,7 +59,7 @@ fn dense_layers(spec: &ModelSpec) -> Vec<(String, usize, usize)> {
     spec.expected_tensors()
         .into_iter()
         // Embeddings live in pages; a feature may be named "weight", so test the prefix.
-        .filter(|(name, _)| !name.starts_with("emb."))
+        .filter(|(name, _)| !embedding::is_embedding(name))
         .filter_map(|(name, shape)| {
             let layer = name.strip_suffix(".weight")?;
             Some((layer.to_string(), shape[0], shape[1]))
@@ -309,7 +310,7 @@ impl Plan {
         if let (Some(g), Some(ep_in), Some(ep_hidden)) = (spec.epnet, c.ep_in, c.ep_hidden) {
             let h = g.hidden as u32;
             let mut fc1 = problem(
-                "epnet.fc1",
+                epnet::FC1,
                 at(ep_in),
                 dd + dg,
                 h,
@@ -319,7 +320,7 @@ impl Plan {
             // The gate reads E_d ⊕ sg(E): only E_d's columns get a gradient.
             fc1.grad_k = dd;
             let mut fc2 = problem(
-                "epnet.fc2",
+                epnet::FC2,
                 at(ep_hidden),
                 h,
                 dg,
@@ -344,14 +345,8 @@ impl Plan {
             let fc1 = (0..w_in.len())
                 .map(|l| {
                     let y = at(pp_hidden + l as u32 * h);
-                    let mut fc1 = problem(
-                        &format!("ppnet.{l}.fc1"),
-                        at(c.x0),
-                        dp + dg,
-                        h,
-                        y,
-                        Activation::Relu,
-                    );
+                    let mut fc1 =
+                        problem(&ppnet::fc1(l), at(c.x0), dp + dg, h, y, Activation::Relu);
                     // The gates read E_p ⊕ sg(O_ep): only E_p's columns get a gradient.
                     fc1.grad_k = dp;
                     fc1
@@ -361,14 +356,7 @@ impl Plan {
                 .map(|l| {
                     let a = at(pp_hidden + l as u32 * h);
                     let y = at(c.deltas[l]);
-                    problem(
-                        &format!("ppnet.{l}.fc2"),
-                        a,
-                        h,
-                        t_count * w_in[l],
-                        y,
-                        Activation::Gate,
-                    )
+                    problem(&ppnet::fc2(l), a, h, t_count * w_in[l], y, Activation::Gate)
                 })
                 .collect();
             steps.push(Step::Linear {
@@ -396,14 +384,14 @@ impl Plan {
                             at(c.experts[j - 1] + k * n_in)
                         };
                         let y = at(c.experts[j] + k * w);
-                        problem(&format!("expert.{k}.{j}"), a, n_in, w, y, Activation::Relu)
+                        problem(&mmoe::expert(k, j), a, n_in, w, y, Activation::Relu)
                     })
                     .collect();
                 if j == 0 {
                     for (t, task) in spec.tasks.iter().enumerate() {
                         let y = at(c.gate_logits + t as u32 * k_count);
                         problems.push(problem(
-                            &format!("mmoe_gate.{task}"),
+                            &mmoe::gate(task),
                             at(c.o_ep),
                             dg,
                             k_count,
@@ -459,14 +447,8 @@ impl Plan {
                             Activation::Sigmoid,
                         )
                     };
-                    let mut p = problem(
-                        &format!("tower.{task}.{l}"),
-                        a,
-                        w_in[l],
-                        w_out[l],
-                        y,
-                        activation,
-                    );
+                    let mut p =
+                        problem(&tower::layer(task, l), a, w_in[l], w_out[l], y, activation);
                     if spec.ppnet.is_some() {
                         p.gate = Some(at(c.deltas[l] + t * w_in[l]));
                     }

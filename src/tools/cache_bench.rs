@@ -372,7 +372,11 @@ pub fn throughput_models(users: usize, items: usize, seed: u64) -> Result<(Model
         hashed.weights.get_mut(&name).expect("same names").data = data;
     }
     for name in ["user_id", "item_id"] {
-        let rows = resident.weights.get(&format!("emb.{name}")).data.clone();
+        let rows = resident
+            .weights
+            .get(&crate::model::embedding::table(name))
+            .data
+            .clone();
         let h = hashed.weights.hashed_mut(name).expect("hashed");
         h.ids = (0..(rows.len() / 16) as u64).map(raw_id).collect();
         h.rows = rows;

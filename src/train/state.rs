@@ -10,6 +10,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::atomic_file;
 use crate::error::{Error, Result};
+use crate::model::embedding;
 use crate::plan::gather::GatherLayout;
 use crate::plan::PackedWeights;
 use crate::spec::ModelSpec;
@@ -32,7 +33,7 @@ pub struct OptimizerState {
 fn expected(spec: &ModelSpec) -> Vec<(String, Vec<usize>)> {
     let mut out = Vec::new();
     for (name, shape) in spec.expected_tensors() {
-        if name.starts_with("emb.") {
+        if embedding::is_embedding(&name) {
             out.push((format!("adagrad.{name}"), shape));
         } else {
             out.push((format!("adam.m.{name}"), shape.clone()));
@@ -56,7 +57,7 @@ pub(crate) fn unpack_page(
             let (_, base) = (*placed)?;
             let start = base as usize * d;
             let rows = page[start..start + f.rows() * d].to_vec();
-            Some((format!("emb.{}", f.name), rows))
+            Some((embedding::table(&f.name), rows))
         })
         .collect()
 }
@@ -85,7 +86,7 @@ impl OptimizerState {
         let mut sums: HashMap<String, Vec<f32>> =
             unpack_page(spec, layout, sum_sq).into_iter().collect();
         for (name, shape) in spec.expected_tensors() {
-            if name.starts_with("emb.") {
+            if embedding::is_embedding(&name) {
                 let data = sums
                     .remove(&name)
                     .unwrap_or_else(|| vec![0.0; shape.iter().product()]);

@@ -1,4 +1,14 @@
-//! A model directory: `model.json` (the spec) and `weights.safetensors`.
+//! A model directory: `model.json` (the spec) and `weights.safetensors`; and PEPNet's blocks,
+//! one module each, owning the names and shapes of their tensors (the order of
+//! `docs/model.md`): [`embedding`] tables, [`epnet`], [`ppnet`], [`mmoe`] experts and gates,
+//! [`tower`]s. The spec's list of expected tensors, the plan, the f64 reference and the
+//! gradient all name tensors through them.
+
+pub mod embedding;
+pub mod epnet;
+pub mod mmoe;
+pub mod ppnet;
+pub mod tower;
 
 use std::path::Path;
 
@@ -6,6 +16,17 @@ use crate::atomic_file;
 use crate::error::{Error, Result};
 use crate::spec::ModelSpec;
 use crate::weights::Weights;
+
+/// The two layers of the Gate NU named `prefix`: `prefix.fc1` and `prefix.fc2`.
+pub fn gate_layers(prefix: &str) -> [String; 2] {
+    [format!("{prefix}.fc1"), format!("{prefix}.fc2")]
+}
+
+/// Appends linear layer `name`'s weight (`[n_out, n_in]`, PyTorch's layout) and bias.
+fn push_linear(out: &mut Vec<(String, Vec<usize>)>, name: &str, n_out: usize, n_in: usize) {
+    out.push((format!("{name}.weight"), vec![n_out, n_in]));
+    out.push((format!("{name}.bias"), vec![n_out]));
+}
 
 pub const SPEC_FILE: &str = "model.json";
 pub const WEIGHTS_FILE: &str = "weights.safetensors";
