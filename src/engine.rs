@@ -324,13 +324,13 @@ impl Engine {
         self.precision
     }
 
-    /// The linear kernel variant a batch of `rows` runs on (every linear step runs the same).
     /// What the activation buffer stores: f16 at the f16 precision on a device with f16
     /// shaders, else f32.
     pub fn act_storage(&self) -> ActStorage {
         self.plan.act_storage
     }
 
+    /// The linear kernel variant a batch of `rows` runs on (every linear step runs the same).
     pub fn linear_variant(&self, rows: usize) -> Variant {
         let rows = match self.batch_invariant {
             true => u32::MAX,
@@ -933,7 +933,6 @@ impl Workspace {
                 ids: &ids,
                 dense: &dense,
                 act: &act,
-                act_storage: plan.act_storage,
                 scores: scores.as_ref(),
             },
         );

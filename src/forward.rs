@@ -24,9 +24,8 @@ pub struct ForwardBuffers<'a> {
     pub batch: &'a wgpu::Buffer,
     pub ids: &'a wgpu::Buffer,
     pub dense: &'a wgpu::Buffer,
+    /// The activations, stored as the plan says (`Plan::act_storage`).
     pub act: &'a wgpu::Buffer,
-    /// What `act` stores (f32, or f16 for scoring at the f16 precision).
-    pub act_storage: ActStorage,
     /// The probabilities, where the plan keeps them apart from `act`.
     pub scores: Option<&'a wgpu::Buffer>,
 }
@@ -56,7 +55,7 @@ impl ForwardPass {
         b: &ForwardBuffers,
     ) -> Self {
         let device = &ctx.device;
-        let act = (b.act, b.act_storage);
+        let act = (b.act, plan.act_storage);
         let uniform = |i: usize| {
             b.step_uniforms[i]
                 .as_ref()
@@ -86,7 +85,7 @@ impl ForwardPass {
                     b.weights,
                     ActBinding {
                         buffer: b.act,
-                        storage: b.act_storage,
+                        storage: plan.act_storage,
                         scores: b.scores,
                     },
                     b.weights_half,
@@ -99,14 +98,9 @@ impl ForwardPass {
             tiles,
             gather,
             precision,
-            act_storage: b.act_storage,
+            act_storage: plan.act_storage,
             fixed_variant: None,
         }
-    }
-
-    /// What the activation buffer stores.
-    pub fn act_storage(&self) -> ActStorage {
-        self.act_storage
     }
 
     /// Runs every linear step on `variant` whatever the batch's rows, so that a sample's

@@ -158,13 +158,8 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// f32s of activation buffer one sample needs when scoring at f32 (a training plan's rows
-    /// are wider: see its `row_width`).
-    pub fn floats_per_sample(spec: &ModelSpec) -> u64 {
-        Self::floats_per_sample_for(spec, false)
-    }
-
-    /// As [`Plan::floats_per_sample`], for a scoring or a training plan.
+    /// f32s of activation buffer one sample needs in a scoring or a training plan at f32 (a
+    /// training plan's rows are wider: see its `row_width`).
     pub fn floats_per_sample_for(spec: &ModelSpec, training: bool) -> u64 {
         Columns::new(spec, training).width as u64 + spec.n_tasks() as u64
     }

@@ -461,7 +461,6 @@ impl Trainer {
                 ids: &b.ids,
                 dense: &b.dense,
                 act: &b.act,
-                act_storage: plan.act_storage,
                 scores: None,
             },
         );
