@@ -5,8 +5,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -35,10 +36,35 @@ pub(super) async fn serve(
         .route("/v2/models/{name}/cache", get(cache_stats))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            refuse_declared_oversize(max_body_bytes, request, next)
+        }))
         .with_state(app);
     axum::serve(listener, router)
         .with_graceful_shutdown(stop)
         .await
+}
+
+/// Answers 413 from the headers when a request declares a body beyond the limit, before a byte
+/// of it is read: the client learns at once instead of uploading it all (or having the connection
+/// closed under its upload). Bodies without a length (chunked) meet `DefaultBodyLimit` as they
+/// stream.
+async fn refuse_declared_oversize(max_body_bytes: usize, request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(length) if length > max_body_bytes as u64 => error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body declares {length} bytes (Content-Length); \
+                 the limit is {max_body_bytes} (--max-body-bytes)"
+            ),
+        ),
+        _ => next.run(request).await,
+    }
 }
 
 fn status(refusal: Refusal) -> StatusCode {
