@@ -1,7 +1,11 @@
 //! EPNet: one Gate NU over the domain features and the shared embeddings, E_d ⊕ E, whose
 //! output δ_ep scales E (O_ep = δ_ep ⊙ E).
 
+use super::{dense, gate_nu};
+use crate::gpu::linear::Precision;
+use crate::grad::Gradients;
 use crate::spec::ModelSpec;
+use crate::weights::Weights;
 
 /// The Gate NU's name.
 pub const GATE: &str = "epnet";
@@ -15,4 +19,50 @@ pub(crate) fn tensors(spec: &ModelSpec, out: &mut Vec<(String, Vec<usize>)>) {
         super::push_linear(out, FC1, g.hidden, spec.dd() + spec.dg());
         super::push_linear(out, FC2, spec.dg(), g.hidden);
     }
+}
+
+/// EPNet's forward on one sample.
+#[derive(Debug, Clone)]
+pub struct Tape {
+    /// The gate's input, E_d ⊕ sg(E).
+    x: Vec<f64>,
+    gate: gate_nu::Tape,
+}
+
+/// O_ep = GateNU_ep(E_d ⊕ sg(E)) ⊙ E. The gate reads `e_in`: E itself, or the value a
+/// stop-gradient holds it at (see [`crate::grad::Frozen`]).
+pub fn forward(
+    w: &Weights,
+    gamma: f64,
+    (e, e_d, e_in): (&[f64], &[f64], &[f64]),
+    precision: Precision,
+) -> (Vec<f64>, Tape) {
+    let x: Vec<f64> = e_d.iter().chain(e_in).copied().collect();
+    let gate = gate_nu::forward(w, GATE, &x, gamma, precision);
+    (dense::hadamard(&gate.delta, e), Tape { x, gate })
+}
+
+/// From O_ep's gradient, adds the gate's parameter gradients; returns the gradients of E
+/// (through the product only: the gate reads sg(E)) and of E_d.
+pub fn backward(
+    w: &Weights,
+    g: &mut Gradients,
+    (tape, e): (&Tape, &[f64]),
+    d_o: &[f64],
+    gamma: f64,
+    weight_grad: Precision,
+) -> (Vec<f64>, Vec<f64>) {
+    let d_e = dense::hadamard(d_o, &tape.gate.delta);
+    let d_delta = dense::hadamard(d_o, e);
+    let dx = gate_nu::backward(
+        w,
+        g,
+        GATE,
+        (&tape.x, &tape.gate),
+        &d_delta,
+        gamma,
+        weight_grad,
+    );
+    let dd = tape.x.len() - e.len();
+    (d_e, dx[..dd].to_vec())
 }

@@ -1,13 +1,18 @@
 //! A model directory: `model.json` (the spec) and `weights.safetensors`; and PEPNet's blocks,
-//! one module each, owning the names and shapes of their tensors (the order of
-//! `docs/model.md`): [`embedding`] tables, [`epnet`], [`ppnet`], [`mmoe`] experts and gates,
-//! [`tower`]s. The spec's list of expected tensors, the plan, the f64 reference and the
-//! gradient all name tensors through them.
+//! one module each, in the order of `docs/model.md`: [`embedding`] tables, [`epnet`],
+//! [`ppnet`], [`mmoe`] experts and gates, [`tower`]s. Each block owns the names and shapes of
+//! its tensors, its part of the GPU plan, and its f64 forward (which records a tape) and
+//! backward (which reads it). The spec's list of expected tensors, the plan, the reference and
+//! the gradient loop over the blocks; [`sample`] runs them in order on one sample. [`gate_nu`]
+//! and [`dense`] are the parts the blocks share.
 
+pub mod dense;
 pub mod embedding;
 pub mod epnet;
+pub mod gate_nu;
 pub mod mmoe;
 pub mod ppnet;
+pub mod sample;
 pub mod tower;
 
 use std::path::Path;
@@ -16,11 +21,6 @@ use crate::atomic_file;
 use crate::error::{Error, Result};
 use crate::spec::ModelSpec;
 use crate::weights::Weights;
-
-/// The two layers of the Gate NU named `prefix`: `prefix.fc1` and `prefix.fc2`.
-pub fn gate_layers(prefix: &str) -> [String; 2] {
-    [format!("{prefix}.fc1"), format!("{prefix}.fc2")]
-}
 
 /// Appends linear layer `name`'s weight (`[n_out, n_in]`, PyTorch's layout) and bias.
 fn push_linear(out: &mut Vec<(String, Vec<usize>)>, name: &str, n_out: usize, n_in: usize) {

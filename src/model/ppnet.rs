@@ -1,7 +1,11 @@
 //! PPNet: one Gate NU per tower layer l over the prior features and O_ep, E_p ⊕ O_ep, whose
 //! output δ(l), T·w_l wide, scales the input of layer l of every task's tower.
 
+use super::{dense, gate_nu};
+use crate::gpu::linear::Precision;
+use crate::grad::Gradients;
 use crate::spec::ModelSpec;
+use crate::weights::Weights;
 
 /// The Gate NU of tower layer `l`.
 pub fn gate(l: impl std::fmt::Display) -> String {
@@ -26,4 +30,61 @@ pub(crate) fn tensors(spec: &ModelSpec, out: &mut Vec<(String, Vec<usize>)>) {
             super::push_linear(out, &fc2(l), t * w, g.hidden);
         }
     }
+}
+
+/// PPNet's forward on one sample.
+#[derive(Debug, Clone)]
+pub struct Tape {
+    /// The gates' input, E_p ⊕ sg(O_ep).
+    x: Vec<f64>,
+    /// Per tower layer l, its gate; `delta` is δ(l), T·w_l wide.
+    gates: Vec<gate_nu::Tape>,
+}
+
+impl Tape {
+    /// δ_t(l): the part of layer `l`'s gate that scales task `t`'s tower, `width` wide.
+    pub fn delta(&self, l: usize, t: usize, width: usize) -> &[f64] {
+        &self.gates[l].delta[t * width..(t + 1) * width]
+    }
+}
+
+/// Every tower layer's gate, GateNU_l(E_p ⊕ sg(O_ep)). The gates read `o_in`: O_ep, or the
+/// value a stop-gradient holds it at (see [`crate::grad::Frozen`]).
+pub fn forward(
+    w: &Weights,
+    spec: &ModelSpec,
+    (e_p, o_in): (&[f64], &[f64]),
+    precision: Precision,
+) -> Tape {
+    let x: Vec<f64> = e_p.iter().chain(o_in).copied().collect();
+    let gates = (0..spec.tower_in_widths().len())
+        .map(|l| gate_nu::forward(w, &gate(l), &x, spec.gate_gamma, precision))
+        .collect();
+    Tape { x, gates }
+}
+
+/// From each gate's gradient `d_deltas[l]`, adds the gates' parameter gradients; returns E_p's
+/// gradient (O_ep's part of the input is a stop-gradient).
+pub fn backward(
+    w: &Weights,
+    g: &mut Gradients,
+    spec: &ModelSpec,
+    tape: &Tape,
+    d_deltas: &[Vec<f64>],
+    weight_grad: Precision,
+) -> Vec<f64> {
+    let mut d_e_p = vec![0.0; spec.dp()];
+    for (l, (gate_tape, d_delta)) in tape.gates.iter().zip(d_deltas).enumerate() {
+        let dx = gate_nu::backward(
+            w,
+            g,
+            &gate(l),
+            (&tape.x, gate_tape),
+            d_delta,
+            spec.gate_gamma,
+            weight_grad,
+        );
+        dense::add_into(&mut d_e_p, &dx);
+    }
+    d_e_p
 }

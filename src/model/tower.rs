@@ -1,7 +1,12 @@
 //! The towers: per task an MLP (ReLU hidden layers, a sigmoid output of one probability) whose
 //! layer l's input PPNet scales.
 
+use super::{dense, ppnet};
+use crate::gpu::linear::Precision;
+use crate::grad::Gradients;
+use crate::reference::sigmoid;
 use crate::spec::ModelSpec;
+use crate::weights::Weights;
 
 /// Layer `l` of task `task`'s tower.
 pub fn layer(task: &str, l: impl std::fmt::Display) -> String {
@@ -15,4 +20,80 @@ pub(crate) fn tensors(spec: &ModelSpec, out: &mut Vec<(String, Vec<usize>)>) {
             super::push_linear(out, &layer(task, l), w_out[l], w_in[l]);
         }
     }
+}
+
+/// One task's tower on one sample: per layer, its ungated input H_t(l).
+#[derive(Debug, Clone)]
+pub struct Tape {
+    inputs: Vec<Vec<f64>>,
+}
+
+/// Task `t`'s probability from its tower input `h0`: each layer's input scaled by PPNet's
+/// δ_t(l) when there is PPNet, ReLU between layers, a sigmoid at the end.
+pub fn forward(
+    w: &Weights,
+    spec: &ModelSpec,
+    (t, h0): (usize, Vec<f64>),
+    ppnet: Option<&ppnet::Tape>,
+    precision: Precision,
+) -> (f64, Tape) {
+    let widths = spec.tower_in_widths();
+    let mut h = h0;
+    let mut inputs = Vec::with_capacity(widths.len());
+    for (l, &wl) in widths.iter().enumerate() {
+        let a = match ppnet {
+            Some(pp) => dense::hadamard(&h, pp.delta(l, t, wl)),
+            None => h.clone(),
+        };
+        let y = dense::forward(precision, w, &layer(&spec.tasks[t], l), &a);
+        inputs.push(std::mem::replace(
+            &mut h,
+            if l + 1 < widths.len() {
+                dense::relu(&y)
+            } else {
+                y
+            },
+        ));
+    }
+    (sigmoid(h[0]), Tape { inputs })
+}
+
+/// From the gradient of task `t`'s logit, adds the tower's parameter gradients and δ_t(l)'s
+/// gradients (into `d_deltas[l]`, T·w_l wide, with PPNet); returns the gradient of H_t(0).
+pub fn backward(
+    w: &Weights,
+    g: &mut Gradients,
+    spec: &ModelSpec,
+    (t, tape, ppnet): (usize, &Tape, Option<&ppnet::Tape>),
+    d_logit: f64,
+    d_deltas: &mut [Vec<f64>],
+    weight_grad: Precision,
+) -> Vec<f64> {
+    let widths = spec.tower_in_widths();
+    let mut dy = vec![d_logit];
+    for l in (0..widths.len()).rev() {
+        let (h, wl) = (&tape.inputs[l], widths[l]);
+        let delta = ppnet.map(|pp| pp.delta(l, t, wl));
+        let a = match delta {
+            Some(dl) => dense::hadamard(h, dl),
+            None => h.clone(),
+        };
+        let da = dense::backward(w, g, &layer(&spec.tasks[t], l), &a, &dy, weight_grad);
+        // A = δ ⊙ H: δ gets dA ⊙ H, H gets dA ⊙ δ.
+        let dh = match delta {
+            Some(dl) => {
+                for (k, (&dak, &hk)) in da.iter().zip(h).enumerate() {
+                    d_deltas[l][t * wl + k] += dak * hk;
+                }
+                dense::hadamard(&da, dl)
+            }
+            None => da,
+        };
+        // Through the previous layer's ReLU (its output is this layer's input h).
+        dy = match l {
+            0 => dh,
+            _ => dense::relu_backward(&dh, h),
+        };
+    }
+    dy
 }
