@@ -5,7 +5,9 @@
 
 use super::Model;
 use crate::batch::{Batch, Column};
+use crate::gpu::linear::View;
 use crate::grad::Gradients;
+use crate::plan::Builder;
 use crate::spec::{FeatureKind, ModelSpec, Pooling, Role};
 
 /// What every embedding tensor's name starts with.
@@ -145,4 +147,58 @@ pub fn backward(
             (col, _) => add(col.ids(i)[0], 1.0),
         }
     }
+}
+
+/// Per feature, the views of the activation rows its vector is gathered into: E into EPNet's
+/// input (or straight into O_ep's place without EPNet), E_d into EPNet's input, E_p in front of
+/// O_ep for PPNet.
+pub(crate) fn destinations(b: &Builder) -> Vec<Vec<View>> {
+    let (spec, c) = (b.spec, &b.columns);
+    let dd = spec.dd() as u32;
+    let [general, domain, prior] =
+        [Role::General, Role::Domain, Role::Prior].map(|r| spec.role_offsets(r));
+    (0..spec.features.len())
+        .map(|f| {
+            let mut dest = Vec::new();
+            if let Some(off) = general[f] {
+                dest.push(b.at(match c.ep_in {
+                    Some(ep_in) => ep_in + dd + off as u32,
+                    None => c.o_ep + off as u32,
+                }));
+            }
+            if let (Some(off), Some(ep_in)) = (domain[f], c.ep_in) {
+                dest.push(b.at(ep_in + off as u32));
+            }
+            if let (Some(off), true) = (prior[f], spec.ppnet.is_some()) {
+                dest.push(b.at(c.x0 + off as u32));
+            }
+            dest
+        })
+        .collect()
+}
+
+/// Per feature, where the backward pass reads its vector's gradient: per destination, a view
+/// of the gradient buffer and an optional view of the activations to scale it by. The same
+/// place, but for E under EPNet, whose gradient arrives through O_ep = δ ⊙ E as dO_ep ⊙ δ (its
+/// place in the gate's input gets none: a stop-gradient).
+pub(crate) fn grad_sources(b: &Builder) -> Vec<Vec<(View, Option<View>)>> {
+    let (spec, c) = (b.spec, &b.columns);
+    let [general, domain, prior] =
+        [Role::General, Role::Domain, Role::Prior].map(|r| spec.role_offsets(r));
+    (0..spec.features.len())
+        .map(|f| {
+            let mut src = Vec::new();
+            if let Some(off) = general[f] {
+                let off = off as u32;
+                src.push((b.at(c.o_ep + off), c.ep_gate.map(|gate| b.at(gate + off))));
+            }
+            if let (Some(off), Some(ep_in)) = (domain[f], c.ep_in) {
+                src.push((b.at(ep_in + off as u32), None));
+            }
+            if let (Some(off), true) = (prior[f], spec.ppnet.is_some()) {
+                src.push((b.at(c.x0 + off as u32), None));
+            }
+            src
+        })
+        .collect()
 }

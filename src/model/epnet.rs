@@ -2,8 +2,10 @@
 //! output δ_ep scales E (O_ep = δ_ep ⊙ E).
 
 use super::{dense, gate_nu};
+use crate::gpu::linear::Activation;
 use crate::gpu::linear::Precision;
 use crate::grad::Gradients;
+use crate::plan::{Builder, Step};
 use crate::spec::ModelSpec;
 use crate::weights::Weights;
 
@@ -65,4 +67,40 @@ pub fn backward(
     );
     let dd = tape.x.len() - e.len();
     (d_e, dx[..dd].to_vec())
+}
+
+/// EPNet's part of the forward plan: O_ep = GateNU_ep(E_d ⊕ E) ⊙ E, the product fused into
+/// fc2's epilogue (and the gate kept beside it when training).
+pub(crate) fn plan(b: &Builder) -> Vec<Step> {
+    let (spec, c) = (b.spec, &b.columns);
+    let (Some(g), Some(ep_in), Some(ep_hidden)) = (spec.epnet, c.ep_in, c.ep_hidden) else {
+        return Vec::new();
+    };
+    let (dg, dd, h) = (spec.dg() as u32, spec.dd() as u32, g.hidden as u32);
+    let mut fc1 = b.problem(
+        FC1,
+        (b.at(ep_in), dd + dg),
+        (b.at(ep_hidden), h),
+        Activation::Relu,
+    );
+    // The gate reads E_d ⊕ sg(E): only E_d's columns get a gradient.
+    fc1.grad_k = dd;
+    let mut fc2 = b.problem(
+        FC2,
+        (b.at(ep_hidden), h),
+        (b.at(c.o_ep), dg),
+        Activation::Gate,
+    );
+    fc2.multiplier = Some(b.at(ep_in + dd));
+    fc2.keep = c.ep_gate.map(|col| b.at(col));
+    vec![
+        Step::Linear {
+            label: FC1.into(),
+            problems: vec![fc1],
+        },
+        Step::Linear {
+            label: FC2.into(),
+            problems: vec![fc2],
+        },
+    ]
 }

@@ -3,7 +3,10 @@
 
 use super::dense;
 use crate::gpu::linear::Precision;
+use crate::gpu::linear::{Activation, LinearProblem};
+use crate::gpu::mmoe_mix::MixParams;
 use crate::grad::Gradients;
+use crate::plan::{Builder, Step};
 use crate::reference::softmax;
 use crate::spec::ModelSpec;
 use crate::weights::Weights;
@@ -135,4 +138,55 @@ pub fn backward(
         dense::add_into(&mut d_o, &dy);
     }
     d_o
+}
+
+/// MMoE's part of the forward plan: each depth of all experts in one dispatch (the task gates
+/// beside depth 0), then the softmax mix.
+pub(crate) fn plan(b: &Builder) -> Vec<Step> {
+    let (spec, c) = (b.spec, &b.columns);
+    let Some(e) = &spec.experts else {
+        return Vec::new();
+    };
+    let (k_count, t_count) = (e.count as u32, spec.n_tasks() as u32);
+    let mut steps = Vec::new();
+    let mut n_in = spec.dg() as u32;
+    for (j, &w) in e.hidden.iter().enumerate() {
+        let w = w as u32;
+        let mut problems: Vec<LinearProblem> = (0..k_count)
+            .map(|k| {
+                let a = match j {
+                    0 => b.at(c.o_ep),
+                    _ => b.at(c.experts[j - 1] + k * n_in),
+                };
+                let y = b.at(c.experts[j] + k * w);
+                b.problem(&expert(k, j), (a, n_in), (y, w), Activation::Relu)
+            })
+            .collect();
+        if j == 0 {
+            for (t, task) in spec.tasks.iter().enumerate() {
+                let y = b.at(c.gate_logits + t as u32 * k_count);
+                let a = (b.at(c.o_ep), spec.dg() as u32);
+                problems.push(b.problem(&gate(task), a, (y, k_count), Activation::None));
+            }
+        }
+        steps.push(Step::Linear {
+            label: format!("experts.{j}"),
+            problems,
+        });
+        n_in = w;
+    }
+    let last = *c.experts.last().expect("validated: experts have layers");
+    steps.push(Step::MmoeMix(MixParams {
+        experts: k_count,
+        tasks: t_count,
+        width: n_in,
+        x_off: last,
+        x_stride: c.width,
+        logit_off: c.gate_logits,
+        logit_stride: c.width,
+        y_off: c.mixed.expect("allocated with experts"),
+        y_stride: c.width,
+        _pad: [0; 3],
+    }));
+    steps
 }

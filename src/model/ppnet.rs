@@ -2,8 +2,10 @@
 //! output δ(l), T·w_l wide, scales the input of layer l of every task's tower.
 
 use super::{dense, gate_nu};
+use crate::gpu::linear::Activation;
 use crate::gpu::linear::Precision;
 use crate::grad::Gradients;
+use crate::plan::{Builder, Step};
 use crate::spec::ModelSpec;
 use crate::weights::Weights;
 
@@ -87,4 +89,44 @@ pub fn backward(
         dense::add_into(&mut d_e_p, &dx);
     }
     d_e_p
+}
+
+/// PPNet's part of the forward plan: all L+1 gates read E_p ⊕ O_ep; their fc1s run in one
+/// dispatch, their fc2s in another.
+pub(crate) fn plan(b: &Builder) -> Vec<Step> {
+    let (spec, c) = (b.spec, &b.columns);
+    let (Some(g), Some(pp_hidden)) = (spec.ppnet, c.pp_hidden) else {
+        return Vec::new();
+    };
+    let (dg, dp, h) = (spec.dg() as u32, spec.dp() as u32, g.hidden as u32);
+    let t_count = spec.n_tasks() as u32;
+    let widths = spec.tower_in_widths();
+    let fc1 = (0..widths.len())
+        .map(|l| {
+            let y = b.at(pp_hidden + l as u32 * h);
+            let mut fc1 = b.problem(&fc1(l), (b.at(c.x0), dp + dg), (y, h), Activation::Relu);
+            // The gates read E_p ⊕ sg(O_ep): only E_p's columns get a gradient.
+            fc1.grad_k = dp;
+            fc1
+        })
+        .collect();
+    let fc2 = widths
+        .iter()
+        .enumerate()
+        .map(|(l, &w)| {
+            let a = b.at(pp_hidden + l as u32 * h);
+            let y = b.at(c.deltas[l]);
+            b.problem(&fc2(l), (a, h), (y, t_count * w as u32), Activation::Gate)
+        })
+        .collect();
+    vec![
+        Step::Linear {
+            label: "ppnet.fc1".into(),
+            problems: fc1,
+        },
+        Step::Linear {
+            label: "ppnet.fc2".into(),
+            problems: fc2,
+        },
+    ]
 }

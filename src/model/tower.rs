@@ -3,7 +3,9 @@
 
 use super::{dense, ppnet};
 use crate::gpu::linear::Precision;
+use crate::gpu::linear::{Activation, View};
 use crate::grad::Gradients;
+use crate::plan::{Builder, Step};
 use crate::reference::sigmoid;
 use crate::spec::ModelSpec;
 use crate::weights::Weights;
@@ -96,4 +98,50 @@ pub fn backward(
         };
     }
     dy
+}
+
+/// The towers' part of the forward plan: layer l of every task in one dispatch; PPNet's
+/// δ_t(l) scales the input as it is loaded; the last layer writes probabilities.
+pub(crate) fn plan(b: &Builder) -> Vec<Step> {
+    let (spec, c) = (b.spec, &b.columns);
+    let w_in: Vec<u32> = spec.tower_in_widths().iter().map(|&w| w as u32).collect();
+    let w_out: Vec<u32> = spec.tower_out_widths().iter().map(|&w| w as u32).collect();
+    let last = w_in.len() - 1;
+    (0..=last)
+        .map(|l| {
+            let problems = spec
+                .tasks
+                .iter()
+                .enumerate()
+                .map(|(t, task)| {
+                    let t = t as u32;
+                    let a = match (l, c.mixed) {
+                        (0, None) => b.at(c.o_ep),
+                        (0, Some(mixed)) => b.at(mixed + t * w_in[0]),
+                        _ => b.at(c.hidden[l - 1] + t * w_in[l]),
+                    };
+                    let (y, activation) = match l < last {
+                        true => (b.at(c.hidden[l] + t * w_out[l]), Activation::Relu),
+                        false => {
+                            let y = View {
+                                offset: b.out.offset + t,
+                                stride: b.out.stride,
+                            };
+                            (y, Activation::Sigmoid)
+                        }
+                    };
+                    let mut p = b.problem(&layer(task, l), (a, w_in[l]), (y, w_out[l]), activation);
+                    if spec.ppnet.is_some() {
+                        p.gate = Some(b.at(c.deltas[l] + t * w_in[l]));
+                    }
+                    p.f32_out = l == last && b.scores_apart;
+                    p
+                })
+                .collect();
+            Step::Linear {
+                label: format!("towers.{l}"),
+                problems,
+            }
+        })
+        .collect()
 }

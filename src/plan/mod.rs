@@ -1,6 +1,8 @@
 //! The forward pass as a fixed list of GPU steps, derived once from the spec: where every
 //! activation lives, where each feature's vector is gathered to, and which linear problems run
-//! in which dispatch. It reads top to bottom like `docs/model.md`.
+//! in which dispatch. Each block of the model plans its own steps (`plan` in
+//! `model::{epnet, ppnet, mmoe, tower}`, the gather's destinations in `model::embedding`) from
+//! a [`Builder`]; [`Plan`] runs them in the order of `docs/model.md`.
 //!
 //! Activations are interleaved per sample: sample m owns one row of `row_width` slots (f32s, or
 //! f16s when scoring at f16) of the activation buffer, and each block of the model (EPNet input,
@@ -17,7 +19,7 @@ use crate::gpu::act::ActStorage;
 use crate::gpu::linear::{self, Activation, LinearProblem, View};
 use crate::gpu::mmoe_mix::MixParams;
 use crate::model::{embedding, epnet, mmoe, ppnet, tower};
-use crate::spec::{ModelSpec, Role};
+use crate::spec::ModelSpec;
 use crate::weights::Weights;
 
 /// One dispatch of the forward pass.
@@ -214,284 +216,116 @@ impl Plan {
         training: bool,
         act_storage: ActStorage,
     ) -> Self {
-        let c = Columns::new(spec, training);
-        let stride = c.width;
-        let at = |col: u32| View {
-            offset: col,
-            stride,
-        };
-        let t_count = spec.n_tasks() as u32;
-        let gamma = spec.gate_gamma as f32;
-        let (dg, dd, dp) = (spec.dg() as u32, spec.dd() as u32, spec.dp() as u32);
-        let w_in: Vec<u32> = spec.tower_in_widths().iter().map(|&w| w as u32).collect();
-        let w_out: Vec<u32> = spec.tower_out_widths().iter().map(|&w| w as u32).collect();
+        let columns = Columns::new(spec, training);
         // The probabilities after the rows, or apart over f16 activations.
         let scores_apart = act_storage == ActStorage::F16;
         let out = View {
-            offset: if scores_apart { 0 } else { max_rows * stride },
-            stride: t_count,
+            offset: if scores_apart {
+                0
+            } else {
+                max_rows * columns.width
+            },
+            stride: spec.n_tasks() as u32,
         };
-        let problem = |layer: &str, a: View, k: u32, n: u32, y: View, activation| {
-            let (w_offset, bias_offset) = layout.layer(layer);
-            LinearProblem {
-                grad_k: k,
-                a,
-                gate: None,
-                multiplier: None,
-                keep: None,
-                y,
-                w_offset,
-                bias_offset,
-                n,
-                k,
-                activation,
-                gamma,
-                f32_out: false,
-            }
+        let b = Builder {
+            spec,
+            layout,
+            columns,
+            out,
+            scores_apart,
         };
-
-        // Where each feature's vector goes: E into the EPNet input (or straight into O_ep's
-        // place without EPNet), E_d into the EPNet input, E_p in front of O_ep for PPNet.
-        let [general, domain, prior] =
-            [Role::General, Role::Domain, Role::Prior].map(|r| spec.role_offsets(r));
-        let destinations = (0..spec.features.len())
-            .map(|f| {
-                let mut dest = Vec::new();
-                if let Some(off) = general[f] {
-                    dest.push(at(match c.ep_in {
-                        Some(ep_in) => ep_in + dd + off as u32,
-                        None => c.o_ep + off as u32,
-                    }));
-                }
-                if let (Some(off), Some(ep_in)) = (domain[f], c.ep_in) {
-                    dest.push(at(ep_in + off as u32));
-                }
-                if let (Some(off), true) = (prior[f], spec.ppnet.is_some()) {
-                    dest.push(at(c.x0 + off as u32));
-                }
-                dest
-            })
-            .collect();
-        // Where each destination's gradient is read in the backward pass: the same place, but
-        // for E under EPNet, whose gradient arrives through O_ep = δ ⊙ E as dO_ep ⊙ δ (its
-        // place in the gate's input gets none: a stop-gradient).
-        let grad_sources = (0..spec.features.len())
-            .map(|f| {
-                let mut src = Vec::new();
-                if let Some(off) = general[f] {
-                    let off = off as u32;
-                    src.push(match c.ep_gate {
-                        Some(gate) => (at(c.o_ep + off), Some(at(gate + off))),
-                        None => (at(c.o_ep + off), None),
-                    });
-                }
-                if let (Some(off), Some(ep_in)) = (domain[f], c.ep_in) {
-                    src.push((at(ep_in + off as u32), None));
-                }
-                if let (Some(off), true) = (prior[f], spec.ppnet.is_some()) {
-                    src.push((at(c.x0 + off as u32), None));
-                }
-                src
-            })
-            .collect();
-
         let mut steps = Vec::new();
         if spec.has_hashed() {
             steps.push(Step::Resolve);
         }
         steps.push(Step::Gather);
-
-        // EPNet: O_ep = GateNU_ep(E_d ⊕ E) ⊙ E, the product fused into fc2's epilogue.
-        if let (Some(g), Some(ep_in), Some(ep_hidden)) = (spec.epnet, c.ep_in, c.ep_hidden) {
-            let h = g.hidden as u32;
-            let mut fc1 = problem(
-                epnet::FC1,
-                at(ep_in),
-                dd + dg,
-                h,
-                at(ep_hidden),
-                Activation::Relu,
-            );
-            // The gate reads E_d ⊕ sg(E): only E_d's columns get a gradient.
-            fc1.grad_k = dd;
-            let mut fc2 = problem(
-                epnet::FC2,
-                at(ep_hidden),
-                h,
-                dg,
-                at(c.o_ep),
-                Activation::Gate,
-            );
-            fc2.multiplier = Some(at(ep_in + dd));
-            fc2.keep = c.ep_gate.map(at);
-            steps.push(Step::Linear {
-                label: "epnet.fc1".into(),
-                problems: vec![fc1],
-            });
-            steps.push(Step::Linear {
-                label: "epnet.fc2".into(),
-                problems: vec![fc2],
-            });
+        for block in [epnet::plan, ppnet::plan, mmoe::plan, tower::plan] {
+            steps.extend(block(&b));
         }
-
-        // PPNet: all L+1 gates read E_p ⊕ O_ep; their fc1s run in one dispatch, fc2s in another.
-        if let (Some(g), Some(pp_hidden)) = (spec.ppnet, c.pp_hidden) {
-            let h = g.hidden as u32;
-            let fc1 = (0..w_in.len())
-                .map(|l| {
-                    let y = at(pp_hidden + l as u32 * h);
-                    let mut fc1 =
-                        problem(&ppnet::fc1(l), at(c.x0), dp + dg, h, y, Activation::Relu);
-                    // The gates read E_p ⊕ sg(O_ep): only E_p's columns get a gradient.
-                    fc1.grad_k = dp;
-                    fc1
-                })
-                .collect();
-            let fc2 = (0..w_in.len())
-                .map(|l| {
-                    let a = at(pp_hidden + l as u32 * h);
-                    let y = at(c.deltas[l]);
-                    problem(&ppnet::fc2(l), a, h, t_count * w_in[l], y, Activation::Gate)
-                })
-                .collect();
-            steps.push(Step::Linear {
-                label: "ppnet.fc1".into(),
-                problems: fc1,
-            });
-            steps.push(Step::Linear {
-                label: "ppnet.fc2".into(),
-                problems: fc2,
-            });
-        }
-
-        // MMoE: each depth of all experts in one dispatch (with the task gates beside depth 0),
-        // then the softmax mix.
-        if let Some(e) = &spec.experts {
-            let k_count = e.count as u32;
-            let mut n_in = dg;
-            for (j, &w) in e.hidden.iter().enumerate() {
-                let w = w as u32;
-                let mut problems: Vec<LinearProblem> = (0..k_count)
-                    .map(|k| {
-                        let a = if j == 0 {
-                            at(c.o_ep)
-                        } else {
-                            at(c.experts[j - 1] + k * n_in)
-                        };
-                        let y = at(c.experts[j] + k * w);
-                        problem(&mmoe::expert(k, j), a, n_in, w, y, Activation::Relu)
-                    })
-                    .collect();
-                if j == 0 {
-                    for (t, task) in spec.tasks.iter().enumerate() {
-                        let y = at(c.gate_logits + t as u32 * k_count);
-                        problems.push(problem(
-                            &mmoe::gate(task),
-                            at(c.o_ep),
-                            dg,
-                            k_count,
-                            y,
-                            Activation::None,
-                        ));
-                    }
-                }
-                steps.push(Step::Linear {
-                    label: format!("experts.{j}"),
-                    problems,
-                });
-                n_in = w;
-            }
-            let last = *c.experts.last().expect("validated: experts have layers");
-            steps.push(Step::MmoeMix(MixParams {
-                experts: k_count,
-                tasks: t_count,
-                width: n_in,
-                x_off: last,
-                x_stride: stride,
-                logit_off: c.gate_logits,
-                logit_stride: stride,
-                y_off: c.mixed.expect("allocated with experts"),
-                y_stride: stride,
-                _pad: [0; 3],
-            }));
-        }
-
-        // Towers: layer l of every task in one dispatch; PPNet's δ_t(l) scales the input as it
-        // is loaded; the last layer writes probabilities.
-        let last = w_in.len() - 1;
-        for l in 0..=last {
-            let problems = spec
-                .tasks
-                .iter()
-                .enumerate()
-                .map(|(t, task)| {
-                    let t = t as u32;
-                    let a = match (l, c.mixed) {
-                        (0, None) => at(c.o_ep),
-                        (0, Some(mixed)) => at(mixed + t * w_in[0]),
-                        _ => at(c.hidden[l - 1] + t * w_in[l]),
-                    };
-                    let (y, activation) = if l < last {
-                        (at(c.hidden[l] + t * w_out[l]), Activation::Relu)
-                    } else {
-                        (
-                            View {
-                                offset: out.offset + t,
-                                stride: out.stride,
-                            },
-                            Activation::Sigmoid,
-                        )
-                    };
-                    let mut p =
-                        problem(&tower::layer(task, l), a, w_in[l], w_out[l], y, activation);
-                    if spec.ppnet.is_some() {
-                        p.gate = Some(at(c.deltas[l] + t * w_in[l]));
-                    }
-                    p.f32_out = l == last && scores_apart;
-                    p
-                })
-                .collect();
-            steps.push(Step::Linear {
-                label: format!("towers.{l}"),
-                problems,
-            });
-        }
-
         Self {
-            row_width: stride,
+            row_width: b.columns.width,
             act_storage,
             max_rows,
             out,
-            destinations,
-            grad_sources,
+            destinations: embedding::destinations(&b),
+            grad_sources: embedding::grad_sources(&b),
             steps,
         }
     }
 }
 
+/// What each block's part of the plan is made from: the spec, where the columns of a sample's
+/// row are, and how a layer of the packed weights becomes a linear problem.
+pub(crate) struct Builder<'a> {
+    pub spec: &'a ModelSpec,
+    layout: &'a PackedLayout,
+    pub columns: Columns,
+    /// Where the `[rows, T]` probabilities go.
+    pub out: View,
+    /// Whether they go to a buffer of their own, as f32s (over f16 activations).
+    pub scores_apart: bool,
+}
+
+impl Builder<'_> {
+    /// Column `col` of every sample's row.
+    pub fn at(&self, col: u32) -> View {
+        View {
+            offset: col,
+            stride: self.columns.width,
+        }
+    }
+
+    /// Layer `layer` (`[n, k]`) reading `a` and writing `y` through `activation`; no gate or
+    /// multiplier, every input column gets a gradient.
+    pub fn problem(
+        &self,
+        layer: &str,
+        (a, k): (View, u32),
+        (y, n): (View, u32),
+        activation: Activation,
+    ) -> LinearProblem {
+        let (w_offset, bias_offset) = self.layout.layer(layer);
+        LinearProblem {
+            grad_k: k,
+            a,
+            gate: None,
+            multiplier: None,
+            keep: None,
+            y,
+            w_offset,
+            bias_offset,
+            n,
+            k,
+            activation,
+            gamma: self.spec.gate_gamma as f32,
+            f32_out: false,
+        }
+    }
+}
+
 /// Column ranges of one sample's activation row.
-struct Columns {
-    width: u32,
+pub(crate) struct Columns {
+    pub width: u32,
     /// E_d ⊕ E (EPNet only).
-    ep_in: Option<u32>,
+    pub ep_in: Option<u32>,
     /// EPNet's gate δ_ep, kept beside O_ep = δ_ep ⊙ E when training.
-    ep_gate: Option<u32>,
-    ep_hidden: Option<u32>,
+    pub ep_gate: Option<u32>,
+    pub ep_hidden: Option<u32>,
     /// E_p ⊕ O_ep: PPNet's gate input (E_p only with PPNet).
-    x0: u32,
-    o_ep: u32,
+    pub x0: u32,
+    pub o_ep: u32,
     /// The L+1 gates' hidden layers, side by side (PPNet only).
-    pp_hidden: Option<u32>,
+    pub pp_hidden: Option<u32>,
     /// δ(l), T·w_l wide, for l = 0..L (PPNet only).
-    deltas: Vec<u32>,
+    pub deltas: Vec<u32>,
     /// Per expert depth j, the K experts' outputs side by side.
-    experts: Vec<u32>,
+    pub experts: Vec<u32>,
     /// T·K gate logits (MMoE only).
-    gate_logits: u32,
+    pub gate_logits: u32,
     /// H(0), T·w_0 wide: each task's mix of the experts (MMoE only; else towers read O_ep).
-    mixed: Option<u32>,
+    pub mixed: Option<u32>,
     /// H(l), T·w_l wide, for l = 1..L.
-    hidden: Vec<u32>,
+    pub hidden: Vec<u32>,
 }
 
 impl Columns {
