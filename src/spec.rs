@@ -28,6 +28,26 @@ pub mod limits {
     pub const TENSOR_ELEMENTS: u64 = 1 << 30;
     /// `gate_gamma`: a gate scales by less than γ, and L + 1 of them stack.
     pub const GATE_GAMMA: f64 = 64.0;
+
+    /// `w`, the value of spec key `key`, at most [`WIDTH`].
+    pub fn check_width(key: &str, w: usize) -> Result<(), String> {
+        match w > WIDTH {
+            true => Err(format!(
+                "key '{key}': {w} is more than this engine supports ({WIDTH})"
+            )),
+            false => Ok(()),
+        }
+    }
+
+    /// A list of layers, spec key `key`, at most [`LAYERS`] long.
+    pub fn check_layers(key: &str, layers: usize) -> Result<(), String> {
+        match layers > LAYERS {
+            true => Err(format!(
+                "key '{key}': {layers} layers are more than this engine supports ({LAYERS})"
+            )),
+            false => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -321,31 +341,15 @@ impl ModelSpec {
         if self.n_general_features() == 0 {
             return Err("key 'features': no feature has the role \"general\"".into());
         }
-        if let Some(g) = self.epnet {
-            if g.hidden == 0 {
-                return Err("key 'epnet.hidden': must be at least 1, found 0".into());
-            }
-        }
-        if let Some(g) = self.ppnet {
-            if g.hidden == 0 {
-                return Err("key 'ppnet.hidden': must be at least 1, found 0".into());
-            }
-        }
-        if let Some(e) = &self.experts {
-            if e.count == 0 {
-                return Err("key 'experts.count': must be at least 1, found 0".into());
-            }
-            if e.hidden.is_empty() {
-                return Err("key 'experts.hidden': an expert needs at least one layer".into());
-            }
-            if let Some(j) = e.hidden.iter().position(|&w| w == 0) {
-                return Err(format!(
-                    "key 'experts.hidden[{j}]': must be at least 1, found 0"
-                ));
-            }
-        }
-        if let Some(j) = self.towers.iter().position(|&w| w == 0) {
-            return Err(format!("key 'towers[{j}]': must be at least 1, found 0"));
+        // Each block's own keys: every width and count at least 1.
+        use crate::model::{epnet, mmoe, ppnet, tower};
+        for check in [
+            epnet::validate,
+            ppnet::validate,
+            mmoe::validate,
+            tower::validate,
+        ] {
+            check(self)?;
         }
         self.validate_sizes()?;
         self.validate_tensor_names()
@@ -355,49 +359,15 @@ impl ModelSpec {
     /// buffer), and no tensor larger than one GPU binding can hold. Checked before anything
     /// is allocated, so an absurd spec is an error naming its key, never an abort.
     fn validate_sizes(&self) -> std::result::Result<(), String> {
-        let width = |key: String, w: usize| {
-            if w > limits::WIDTH {
-                Err(format!(
-                    "key '{key}': {w} is more than this engine supports ({})",
-                    limits::WIDTH
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        for (key, g) in [("epnet", self.epnet), ("ppnet", self.ppnet)] {
-            if let Some(g) = g {
-                width(format!("{key}.hidden"), g.hidden)?;
-            }
-        }
-        if let Some(e) = &self.experts {
-            if e.count > limits::EXPERTS {
-                return Err(format!(
-                    "key 'experts.count': {} is more than this engine supports ({})",
-                    e.count,
-                    limits::EXPERTS
-                ));
-            }
-            if e.hidden.len() > limits::LAYERS {
-                return Err(format!(
-                    "key 'experts.hidden': {} layers are more than this engine supports ({})",
-                    e.hidden.len(),
-                    limits::LAYERS
-                ));
-            }
-            for (j, &w) in e.hidden.iter().enumerate() {
-                width(format!("experts.hidden[{j}]"), w)?;
-            }
-        }
-        if self.towers.len() > limits::LAYERS {
-            return Err(format!(
-                "key 'towers': {} layers are more than this engine supports ({})",
-                self.towers.len(),
-                limits::LAYERS
-            ));
-        }
-        for (j, &w) in self.towers.iter().enumerate() {
-            width(format!("towers[{j}]"), w)?;
+        // Each block's widths and counts within the limits.
+        use crate::model::{epnet, mmoe, ppnet, tower};
+        for check in [
+            epnet::validate_sizes,
+            ppnet::validate_sizes,
+            mmoe::validate_sizes,
+            tower::validate_sizes,
+        ] {
+            check(self)?;
         }
         // Concatenated embeddings: features × embedding_dim, each role at most WIDTH · 16.
         for (role, w) in [

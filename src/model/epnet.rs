@@ -104,3 +104,11 @@ pub(crate) fn plan(b: &Builder) -> Vec<Step> {
         },
     ]
 }
+
+pub(crate) fn validate(spec: &ModelSpec) -> Result<(), String> {
+    gate_nu::validate("epnet", spec.epnet)
+}
+
+pub(crate) fn validate_sizes(spec: &ModelSpec) -> Result<(), String> {
+    gate_nu::validate_sizes("epnet", spec.epnet)
+}

@@ -6,6 +6,7 @@ use super::dense;
 use crate::gpu::linear::Precision;
 use crate::grad::Gradients;
 use crate::reference::sigmoid;
+use crate::spec::{limits, GateSpec};
 use crate::weights::Weights;
 
 /// The two layers of the Gate NU named `prefix`: `prefix.fc1` and `prefix.fc2`.
@@ -65,4 +66,20 @@ pub fn backward(
     let d_hidden = dense::backward(w, g, &fc2, &tape.hidden, &d_logits, weight_grad);
     let d_pre = dense::relu_backward(&d_hidden, &tape.pre);
     dense::backward(w, g, &fc1, x, &d_pre, weight_grad)
+}
+
+/// A Gate NU's spec key `key` (`epnet` or `ppnet`): its hidden width at least 1.
+pub(crate) fn validate(key: &str, gate: Option<GateSpec>) -> Result<(), String> {
+    match gate {
+        Some(g) if g.hidden == 0 => Err(format!("key '{key}.hidden': must be at least 1, found 0")),
+        _ => Ok(()),
+    }
+}
+
+/// Its hidden width within the limits.
+pub(crate) fn validate_sizes(key: &str, gate: Option<GateSpec>) -> Result<(), String> {
+    match gate {
+        Some(g) => limits::check_width(&format!("{key}.hidden"), g.hidden),
+        None => Ok(()),
+    }
 }

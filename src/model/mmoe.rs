@@ -8,7 +8,7 @@ use crate::gpu::mmoe_mix::MixParams;
 use crate::grad::Gradients;
 use crate::plan::{Builder, Step};
 use crate::reference::softmax;
-use crate::spec::ModelSpec;
+use crate::spec::{limits, ModelSpec};
 use crate::weights::Weights;
 
 /// Layer `j` of expert `k`.
@@ -189,4 +189,42 @@ pub(crate) fn plan(b: &Builder) -> Vec<Step> {
         _pad: [0; 3],
     }));
     steps
+}
+
+/// `experts.count` and every `experts.hidden[j]` at least 1, and at least one layer.
+pub(crate) fn validate(spec: &ModelSpec) -> Result<(), String> {
+    let Some(e) = &spec.experts else {
+        return Ok(());
+    };
+    if e.count == 0 {
+        return Err("key 'experts.count': must be at least 1, found 0".into());
+    }
+    if e.hidden.is_empty() {
+        return Err("key 'experts.hidden': an expert needs at least one layer".into());
+    }
+    match e.hidden.iter().position(|&w| w == 0) {
+        Some(j) => Err(format!(
+            "key 'experts.hidden[{j}]': must be at least 1, found 0"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The experts' count, depth and widths within the limits.
+pub(crate) fn validate_sizes(spec: &ModelSpec) -> Result<(), String> {
+    let Some(e) = &spec.experts else {
+        return Ok(());
+    };
+    if e.count > limits::EXPERTS {
+        return Err(format!(
+            "key 'experts.count': {} is more than this engine supports ({})",
+            e.count,
+            limits::EXPERTS
+        ));
+    }
+    limits::check_layers("experts.hidden", e.hidden.len())?;
+    for (j, &w) in e.hidden.iter().enumerate() {
+        limits::check_width(&format!("experts.hidden[{j}]"), w)?;
+    }
+    Ok(())
 }

@@ -130,3 +130,11 @@ pub(crate) fn plan(b: &Builder) -> Vec<Step> {
         },
     ]
 }
+
+pub(crate) fn validate(spec: &ModelSpec) -> Result<(), String> {
+    gate_nu::validate("ppnet", spec.ppnet)
+}
+
+pub(crate) fn validate_sizes(spec: &ModelSpec) -> Result<(), String> {
+    gate_nu::validate_sizes("ppnet", spec.ppnet)
+}

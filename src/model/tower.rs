@@ -7,7 +7,7 @@ use crate::gpu::linear::{Activation, View};
 use crate::grad::Gradients;
 use crate::plan::{Builder, Step};
 use crate::reference::sigmoid;
-use crate::spec::ModelSpec;
+use crate::spec::{limits, ModelSpec};
 use crate::weights::Weights;
 
 /// Layer `l` of task `task`'s tower.
@@ -144,4 +144,21 @@ pub(crate) fn plan(b: &Builder) -> Vec<Step> {
             }
         })
         .collect()
+}
+
+/// Every `towers[j]` at least 1.
+pub(crate) fn validate(spec: &ModelSpec) -> Result<(), String> {
+    match spec.towers.iter().position(|&w| w == 0) {
+        Some(j) => Err(format!("key 'towers[{j}]': must be at least 1, found 0")),
+        None => Ok(()),
+    }
+}
+
+/// The towers' depth and widths within the limits.
+pub(crate) fn validate_sizes(spec: &ModelSpec) -> Result<(), String> {
+    limits::check_layers("towers", spec.towers.len())?;
+    for (j, &w) in spec.towers.iter().enumerate() {
+        limits::check_width(&format!("towers[{j}]"), w)?;
+    }
+    Ok(())
 }
