@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pepnet::gpu::act::ActStorage;
-use pepnet::gpu::gather::MAX_PAGES;
-use pepnet::gpu::linear::{lay_out, ActBinding, Precision, SpanParams};
+use pepnet::gpu::gather::{self, MAX_PAGES};
+use pepnet::gpu::linear::{self, lay_out, ActBinding, Precision, SpanParams};
 use pepnet::gpu::{BatchParams, GpuContext};
 use pepnet::io::InputReader;
 use pepnet::plan::gather::GatherLayout;
@@ -90,16 +90,18 @@ fn kernels(c: &mut Criterion) {
         let problems_buf = ctx.storage_buffer("problems", &table);
         let bg = ctx.linear.bind_group(
             &ctx.device,
-            &span,
-            &batch,
-            &problems_buf,
-            &weights,
-            ActBinding {
-                buffer: &act,
-                storage: ActStorage::F32,
-                scores: None,
+            linear::Bindings {
+                span: &span,
+                batch: &batch,
+                problems: &problems_buf,
+                weights: &weights,
+                act: ActBinding {
+                    buffer: &act,
+                    storage: ActStorage::F32,
+                    scores: None,
+                },
+                weights_half: None,
             },
-            None,
         );
         group.throughput(Throughput::Elements(step.flops_per_sample() * ROWS as u64));
         group.bench_function(format!("linear/{label}/{ROWS}"), |b| {
@@ -141,13 +143,15 @@ fn kernels(c: &mut Criterion) {
     );
     let bg = ctx.gather.bind_group(
         &ctx.device,
-        &params,
-        &batch,
-        &features,
-        &ids_buf,
-        &dense_buf,
-        (&act, ActStorage::F32),
-        page_refs,
+        gather::Bindings {
+            params: &params,
+            batch: &batch,
+            features: &features,
+            ids: &ids_buf,
+            dense: &dense_buf,
+            act: (&act, ActStorage::F32),
+            pages: page_refs,
+        },
     );
     group.throughput(Throughput::Elements(ROWS as u64));
     group.bench_function(format!("gather/{ROWS}"), |b| {

@@ -5,8 +5,8 @@
 //! in its cache, is its own.)
 
 use crate::gpu::act::ActStorage;
-use crate::gpu::gather::{GatherParams, MAX_PAGES};
-use crate::gpu::linear::{ActBinding, Precision, Variant};
+use crate::gpu::gather::{self, GatherParams, MAX_PAGES};
+use crate::gpu::linear::{self, ActBinding, Precision, Variant};
 use crate::gpu::GpuContext;
 use crate::plan::{Plan, Step};
 
@@ -69,26 +69,30 @@ impl ForwardPass {
                 Step::Resolve => None,
                 Step::Gather => Some(ctx.gather.bind_group(
                     device,
-                    b.gather_params,
-                    b.batch,
-                    b.features,
-                    b.ids,
-                    b.dense,
-                    act,
-                    b.pages,
+                    gather::Bindings {
+                        params: b.gather_params,
+                        batch: b.batch,
+                        features: b.features,
+                        ids: b.ids,
+                        dense: b.dense,
+                        act,
+                        pages: b.pages,
+                    },
                 )),
                 Step::Linear { .. } => Some(ctx.linear.bind_group(
                     device,
-                    uniform(i),
-                    b.batch,
-                    b.problems,
-                    b.weights,
-                    ActBinding {
-                        buffer: b.act,
-                        storage: plan.act_storage,
-                        scores: b.scores,
+                    linear::Bindings {
+                        span: uniform(i),
+                        batch: b.batch,
+                        problems: b.problems,
+                        weights: b.weights,
+                        act: ActBinding {
+                            buffer: b.act,
+                            storage: plan.act_storage,
+                            scores: b.scores,
+                        },
+                        weights_half: b.weights_half,
                     },
-                    b.weights_half,
                 )),
                 Step::MmoeMix(_) => Some(ctx.mmoe_mix.bind_group(device, uniform(i), b.batch, act)),
             })

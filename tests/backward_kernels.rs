@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use common::{assert_close, gpu, random_batch, random_spec, random_vec, rng, width};
 use pepnet::gpu::gather::backward::{feature_table, RowGradParams};
 use pepnet::gpu::gather::reference as gather_ref;
-use pepnet::gpu::linear::backward::input_groups;
+use pepnet::gpu::linear::backward::{input_groups, InputBindings, WeightBindings};
 use pepnet::gpu::linear::reference as linear_ref;
 use pepnet::gpu::linear::{lay_out, pack_layer, weight_tiles, Activation, LinearProblem, View};
 use pepnet::gpu::loss::reference as loss_ref;
@@ -125,23 +125,27 @@ fn linear_backward_matches_reference_on_random_groups() {
         let kernel = &ctx.linear_backward;
         let input = kernel.input_bind_group(
             &ctx.device,
-            &in_span,
-            &batch,
-            &problem_buf,
-            &weight_buf,
-            &act_buf,
-            &grad_buf,
-            &group_buf,
+            InputBindings {
+                span: &in_span,
+                batch: &batch,
+                problems: &problem_buf,
+                weights: &weight_buf,
+                act: &act_buf,
+                grad: &grad_buf,
+                groups: &group_buf,
+            },
             false,
         );
         let weight = kernel.weight_bind_group(
             &ctx.device,
-            &w_span,
-            &batch,
-            &problem_buf,
-            &act_buf,
-            &grad_buf,
-            &wgrad_buf,
+            WeightBindings {
+                span: &w_span,
+                batch: &batch,
+                problems: &problem_buf,
+                act: &act_buf,
+                grad: &grad_buf,
+                wgrad: &wgrad_buf,
+            },
             false,
         );
         // The tensor-core weight gradient, into its own pre-filled buffer (it reads `grad`
@@ -151,23 +155,27 @@ fn linear_backward_matches_reference_on_random_groups() {
         let coop = kernel.has_coop().then(|| {
             let weight = kernel.weight_bind_group(
                 &ctx.device,
-                &w_span,
-                &batch,
-                &problem_buf,
-                &act_buf,
-                &grad_buf,
-                &coop_wgrad_buf,
+                WeightBindings {
+                    span: &w_span,
+                    batch: &batch,
+                    problems: &problem_buf,
+                    act: &act_buf,
+                    grad: &grad_buf,
+                    wgrad: &coop_wgrad_buf,
+                },
                 true,
             );
             let input = kernel.input_bind_group(
                 &ctx.device,
-                &in_span,
-                &batch,
-                &problem_buf,
-                &weight_buf,
-                &act_buf,
-                &coop_grad_buf,
-                &group_buf,
+                InputBindings {
+                    span: &in_span,
+                    batch: &batch,
+                    problems: &problem_buf,
+                    weights: &weight_buf,
+                    act: &act_buf,
+                    grad: &coop_grad_buf,
+                    groups: &group_buf,
+                },
                 true,
             );
             (weight, input)

@@ -12,11 +12,11 @@ use common::{assert_close_tol, gpu, random_spec, random_vec, rng, run, run_on, w
 use pepnet::cache::table::{tag, HostTable};
 use pepnet::gpu::act::ActStorage;
 use pepnet::gpu::gather::reference as gather_ref;
-use pepnet::gpu::gather::MAX_PAGES;
+use pepnet::gpu::gather::{self, MAX_PAGES};
 use pepnet::gpu::linear::reference as linear_ref;
 use pepnet::gpu::linear::{
-    lay_out, pack_half, pack_layer, ActBinding, Activation, LinearProblem, Precision, SpanParams,
-    Variant, View,
+    self, lay_out, pack_half, pack_layer, ActBinding, Activation, LinearProblem, Precision,
+    SpanParams, Variant, View,
 };
 use pepnet::gpu::mmoe_mix::reference as mmoe_mix_ref;
 use pepnet::gpu::optimizer::reference as optimizer_ref;
@@ -120,12 +120,14 @@ fn linear_matches_reference_on_random_groups() {
             };
             let bg = ctx.linear.bind_group(
                 &ctx.device,
-                &span,
-                &batch,
-                &problem_buf,
-                &weight_buf,
-                binding,
-                Some(&half_buf),
+                linear::Bindings {
+                    span: &span,
+                    batch: &batch,
+                    problems: &problem_buf,
+                    weights: &weight_buf,
+                    act: binding,
+                    weights_half: Some(&half_buf),
+                },
             );
             let reference = |precision| {
                 let mut want: Vec<f64> = initial.iter().map(|&x| x as f64).collect();
@@ -261,13 +263,15 @@ fn gather_matches_reference_on_random_specs_and_pages() {
                 std::array::from_fn(|p| &page_bufs[p.min(page_bufs.len() - 1)]);
             let bg = ctx.gather.bind_group(
                 &ctx.device,
-                &params,
-                &batch_buf,
-                &features,
-                &ids_buf,
-                &dense_buf,
-                (&act, storage),
-                page_refs,
+                gather::Bindings {
+                    params: &params,
+                    batch: &batch_buf,
+                    features: &features,
+                    ids: &ids_buf,
+                    dense: &dense_buf,
+                    act: (&act, storage),
+                    pages: page_refs,
+                },
             );
             let got = run_on(&ctx, &act, storage, len, |pass| {
                 ctx.gather

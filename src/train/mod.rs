@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::forward::{ForwardBuffers, ForwardPass};
 use crate::gpu::gather::backward::{self as gather_backward, RowGradParams};
 use crate::gpu::gather::MAX_PAGES;
-use crate::gpu::linear::backward as linear_backward;
+use crate::gpu::linear::backward::{self as linear_backward, InputBindings, WeightBindings};
 use crate::gpu::linear::{self, SpanParams};
 use crate::gpu::loss::LossParams;
 use crate::gpu::optimizer::{AdaGradOptions, AdaGradParams, AdamOptions, AdamParams};
@@ -350,29 +350,31 @@ impl Trainer {
                     let problem_span = ctx.uniform_buffer(label, &ls.problems);
                     let group_span = ctx.uniform_buffer(label, &ls.groups);
                     let input = (ls.input_tiles > 0).then(|| {
-                        let bg = ctx.linear_backward.input_bind_group(
-                            device,
-                            &group_span,
-                            &b.batch,
-                            &problems,
-                            &b.weights,
-                            &b.act,
-                            &b.grad,
-                            &group_buf,
-                            coop_backward,
-                        );
+                        let bindings = InputBindings {
+                            span: &group_span,
+                            batch: &b.batch,
+                            problems: &problems,
+                            weights: &b.weights,
+                            act: &b.act,
+                            grad: &b.grad,
+                            groups: &group_buf,
+                        };
+                        let bg =
+                            ctx.linear_backward
+                                .input_bind_group(device, bindings, coop_backward);
                         (bg, ls.input_tiles)
                     });
-                    let weight = ctx.linear_backward.weight_bind_group(
-                        device,
-                        &problem_span,
-                        &b.batch,
-                        &problems,
-                        &b.act,
-                        &b.grad,
-                        &b.wgrad,
-                        coop_backward,
-                    );
+                    let bindings = WeightBindings {
+                        span: &problem_span,
+                        batch: &b.batch,
+                        problems: &problems,
+                        act: &b.act,
+                        grad: &b.grad,
+                        wgrad: &b.wgrad,
+                    };
+                    let weight =
+                        ctx.linear_backward
+                            .weight_bind_group(device, bindings, coop_backward);
                     backward.push(Backward::Linear {
                         input,
                         weight: (weight, ls.weight_tiles),

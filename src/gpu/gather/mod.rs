@@ -74,6 +74,24 @@ pub fn row_to_words(row: &[f32], precision: Precision) -> Vec<u32> {
     }
 }
 
+/// What the gather binds, in binding order.
+#[derive(Clone, Copy)]
+pub struct Bindings<'a> {
+    /// Its [`GatherParams`] (a uniform).
+    pub params: &'a wgpu::Buffer,
+    /// The batch size (a uniform).
+    pub batch: &'a wgpu::Buffer,
+    /// The feature table of [`crate::plan::gather::GatherLayout`].
+    pub features: &'a wgpu::Buffer,
+    /// The batch's ids and dense values, as the layout encodes them.
+    pub ids: &'a wgpu::Buffer,
+    pub dense: &'a wgpu::Buffer,
+    /// The activation buffer and its storage.
+    pub act: (&'a wgpu::Buffer, ActStorage),
+    /// Exactly [`MAX_PAGES`] embedding pages (repeat a page to fill unused bindings).
+    pub pages: [&'a wgpu::Buffer; MAX_PAGES],
+}
+
 /// The compiled kernel, per activation storage.
 pub struct GatherKernel {
     pipelines: ByStorage<wgpu::ComputePipeline>,
@@ -90,21 +108,18 @@ impl GatherKernel {
         compute_pipeline(device, "gather", &source(storage))
     }
 
-    /// Binds: params, batch size, feature table, ids, dense values, the activation buffer (of
-    /// `storage`), and exactly [`MAX_PAGES`] pages (repeat a page to fill unused bindings).
-    #[allow(clippy::too_many_arguments)]
-    pub fn bind_group(
-        &self,
-        device: &wgpu::Device,
-        params: &wgpu::Buffer,
-        batch: &wgpu::Buffer,
-        features: &wgpu::Buffer,
-        ids: &wgpu::Buffer,
-        dense: &wgpu::Buffer,
-        act: (&wgpu::Buffer, ActStorage),
-        pages: [&wgpu::Buffer; MAX_PAGES],
-    ) -> wgpu::BindGroup {
-        let (act, storage) = act;
+    /// The bind group of `bindings`; compiles the kernel over their activations' storage if
+    /// need be.
+    pub fn bind_group(&self, device: &wgpu::Device, bindings: Bindings) -> wgpu::BindGroup {
+        let Bindings {
+            params,
+            batch,
+            features,
+            ids,
+            dense,
+            act: (act, storage),
+            pages,
+        } = bindings;
         let pipeline = self
             .pipelines
             .get_or_build(storage, || Self::build(device, storage));

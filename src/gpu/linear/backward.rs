@@ -119,6 +119,42 @@ pub fn input_groups(problems: &[LinearProblem], first: u32) -> (Vec<InputGroupGp
     (groups, tiles)
 }
 
+/// What `input_grad` binds, in binding order.
+#[derive(Clone, Copy)]
+pub struct InputBindings<'a> {
+    /// The dispatch's span of the group table (a uniform).
+    pub span: &'a wgpu::Buffer,
+    /// The batch size (a uniform).
+    pub batch: &'a wgpu::Buffer,
+    /// The problem table.
+    pub problems: &'a wgpu::Buffer,
+    /// The packed weights.
+    pub weights: &'a wgpu::Buffer,
+    /// The forward's activations.
+    pub act: &'a wgpu::Buffer,
+    /// The activations' gradients, laid out as they are.
+    pub grad: &'a wgpu::Buffer,
+    /// The group table: which problems sum into each input.
+    pub groups: &'a wgpu::Buffer,
+}
+
+/// What `weight_grad` binds.
+#[derive(Clone, Copy)]
+pub struct WeightBindings<'a> {
+    /// The dispatch's span of the problem table (a uniform).
+    pub span: &'a wgpu::Buffer,
+    /// The batch size (a uniform).
+    pub batch: &'a wgpu::Buffer,
+    /// The problem table.
+    pub problems: &'a wgpu::Buffer,
+    /// The forward's activations.
+    pub act: &'a wgpu::Buffer,
+    /// The activations' gradients.
+    pub grad: &'a wgpu::Buffer,
+    /// The weight gradients, laid out as the packed weights.
+    pub wgrad: &'a wgpu::Buffer,
+}
+
 /// The compiled kernel's entry points: `input_grad` and `weight_grad` on the f32 SIMT units,
 /// and `weight_grad_coop` on tensor cores where the device has them.
 pub struct LinearBackwardKernel {
@@ -190,22 +226,22 @@ impl LinearBackwardKernel {
         }
     }
 
-    /// Binds, for `input_grad` (or `input_grad_coop` when `coop`): the span of groups, the
-    /// batch size, the problem table, the weights, the activations, the gradients and the group
-    /// table.
-    #[allow(clippy::too_many_arguments)]
+    /// The bind group of `bindings` for `input_grad` (or `input_grad_coop` when `coop`).
     pub fn input_bind_group(
         &self,
         device: &wgpu::Device,
-        span: &wgpu::Buffer,
-        batch: &wgpu::Buffer,
-        problems: &wgpu::Buffer,
-        weights: &wgpu::Buffer,
-        act: &wgpu::Buffer,
-        grad: &wgpu::Buffer,
-        groups: &wgpu::Buffer,
+        bindings: InputBindings,
         coop: bool,
     ) -> wgpu::BindGroup {
+        let InputBindings {
+            span,
+            batch,
+            problems,
+            weights,
+            act,
+            grad,
+            groups,
+        } = bindings;
         device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("input_grad"),
             layout: &self.input_pipeline(coop).0.get_bind_group_layout(0),
@@ -213,21 +249,21 @@ impl LinearBackwardKernel {
         })
     }
 
-    /// Binds, for `weight_grad` (or `weight_grad_coop` when `coop`): the span of problems, the
-    /// batch size, the problem table, the activations, the gradients and the weight gradients
-    /// (laid out as the packed weights).
-    #[allow(clippy::too_many_arguments)]
+    /// The bind group of `bindings` for `weight_grad` (or `weight_grad_coop` when `coop`).
     pub fn weight_bind_group(
         &self,
         device: &wgpu::Device,
-        span: &wgpu::Buffer,
-        batch: &wgpu::Buffer,
-        problems: &wgpu::Buffer,
-        act: &wgpu::Buffer,
-        grad: &wgpu::Buffer,
-        wgrad: &wgpu::Buffer,
+        bindings: WeightBindings,
         coop: bool,
     ) -> wgpu::BindGroup {
+        let WeightBindings {
+            span,
+            batch,
+            problems,
+            act,
+            grad,
+            wgrad,
+        } = bindings;
         let bound = [
             (0, span),
             (1, batch),

@@ -403,6 +403,22 @@ impl Variant {
     }
 }
 
+/// What a linear dispatch binds, in binding order.
+#[derive(Clone, Copy)]
+pub struct Bindings<'a> {
+    /// The dispatch's span of the problem table (a uniform).
+    pub span: &'a wgpu::Buffer,
+    /// The batch size (a uniform).
+    pub batch: &'a wgpu::Buffer,
+    /// The problem table.
+    pub problems: &'a wgpu::Buffer,
+    /// The packed weights.
+    pub weights: &'a wgpu::Buffer,
+    pub act: ActBinding<'a>,
+    /// The packed weights as f16 (`None` for an engine that runs f32 only).
+    pub weights_half: Option<&'a wgpu::Buffer>,
+}
+
 /// The activations a linear dispatch reads and writes.
 #[derive(Clone, Copy)]
 pub struct ActBinding<'a> {
@@ -568,21 +584,17 @@ impl LinearKernel {
         }
     }
 
-    /// Binds: the dispatch's span, the batch size, the problem table, the weights, the
-    /// activations (the buffer, its storage, whose variants this compiles if need be, and the
-    /// probabilities' own buffer where they have one), and the weights as f16 (`None` for an
-    /// engine that runs f32 only).
-    #[allow(clippy::too_many_arguments)]
-    pub fn bind_group(
-        &self,
-        device: &wgpu::Device,
-        span: &wgpu::Buffer,
-        batch: &wgpu::Buffer,
-        problems: &wgpu::Buffer,
-        weights: &wgpu::Buffer,
-        act: ActBinding,
-        weights_half: Option<&wgpu::Buffer>,
-    ) -> wgpu::BindGroup {
+    /// The bind group of `bindings`; compiles the variants over their activations' storage if
+    /// need be.
+    pub fn bind_group(&self, device: &wgpu::Device, bindings: Bindings) -> wgpu::BindGroup {
+        let Bindings {
+            span,
+            batch,
+            problems,
+            weights,
+            act,
+            weights_half,
+        } = bindings;
         self.prepare(device, act.storage);
         let half = weights_half.unwrap_or(&self.no_half);
         let scores = act.scores.unwrap_or(&self.no_scores);
