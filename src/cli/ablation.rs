@@ -9,7 +9,7 @@ use pepnet::tools::ablation;
 use pepnet::train::{LabelledData, TrainerOptions};
 use pepnet::Result;
 
-use super::{at_least_one, label_columns, load_spec, Device, Report};
+use super::{at_least_one, load_spec, Device, Labels, Report};
 
 /// The paper's ablation: PEPNet, EPNet only, PPNet only, the plain DNN and MMoE built from
 /// one spec, trained on the GPU with the same data, seeds and optimizers, and their GAUC per
@@ -34,9 +34,8 @@ pub struct Ablation {
     pub batch_size: usize,
     #[arg(long, default_value = "user_id")]
     pub user_column: String,
-    /// Label columns as TASK=COLUMN, comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    pub labels: Vec<String>,
+    #[command(flatten)]
+    pub labels: Labels,
     #[command(flatten)]
     pub report: Report,
     #[command(flatten)]
@@ -46,7 +45,7 @@ pub struct Ablation {
 impl Ablation {
     pub fn run(self) -> Result<()> {
         let spec = load_spec(&self.model)?;
-        let columns = label_columns(&spec, &self.labels)?;
+        let columns = self.labels.columns(&spec)?;
         let train_data = LabelledData::read(&self.train, &spec, &columns)?;
         let valid = LabelledData::read(&self.valid, &spec, &columns)?;
         let truth = pepnet::eval::read_eval_data(

@@ -6,7 +6,7 @@ use clap::Args;
 
 use pepnet::Result;
 
-use super::{label_columns, load_spec, Report};
+use super::{load_spec, Labels, Report};
 
 /// AUC and GAUC per domain × task, from labelled data and the scores written for it.
 #[derive(Args)]
@@ -23,10 +23,8 @@ pub struct Eval {
     /// Column holding the user, for GAUC.
     #[arg(long, default_value = "user_id")]
     pub user_column: String,
-    /// Label columns as TASK=COLUMN, comma-separated (a task not named reads the column
-    /// named like the task).
-    #[arg(long, value_delimiter = ',')]
-    pub labels: Vec<String>,
+    #[command(flatten)]
+    pub labels: Labels,
     #[command(flatten)]
     pub report: Report,
 }
@@ -36,7 +34,7 @@ impl Eval {
         let spec = load_spec(&self.model)?;
         let options = pepnet::eval::EvalOptions {
             user_column: self.user_column.clone(),
-            label_columns: label_columns(&spec, &self.labels)?,
+            label_columns: self.labels.columns(&spec)?,
         };
         let report = pepnet::eval::evaluate(&spec, &self.input, &self.scores, &options)?;
         print!("{}", pepnet::eval::table(&report));

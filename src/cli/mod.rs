@@ -125,10 +125,10 @@ impl Command {
             Command::Ablation(c) => Outputs::files(&[c.report.json.as_ref()]),
             Command::TrainBench(c) => Outputs::files(&[c.report.json.as_ref()]),
             Command::Eval(c) => Outputs::files(&[c.report.json.as_ref()]),
-            Command::GenData(c) => Outputs::files(&[Some(&c.output)]),
+            Command::GenData(c) => Outputs::files(&[Some(&c.to.output)]),
             Command::Kuairand(c) => Outputs::files(&[Some(&c.output), Some(&c.spec_out)]),
             Command::Loadgen(c) => Outputs::files(&[c.report.json.as_ref()]),
-            Command::GenInput(c) => Outputs::files(&[Some(&c.output)]),
+            Command::GenInput(c) => Outputs::files(&[Some(&c.to.output)]),
             Command::Info(_) | Command::Plan(_) | Command::Serve(_) | Command::Store(_) => {
                 Outputs::default()
             }
@@ -327,25 +327,49 @@ pub fn load_spec(path: &Path) -> Result<ModelSpec> {
     }
 }
 
-/// Per task, its label column: the task's own name unless `--labels` names another.
-pub fn label_columns(spec: &ModelSpec, labels: &[String]) -> Result<Vec<String>> {
-    let mut label_columns = spec.tasks.clone();
-    for pair in labels {
-        let (task, column) = pair
-            .split_once('=')
-            .unwrap_or((pair.as_str(), pair.as_str()));
-        let t = spec
-            .tasks
-            .iter()
-            .position(|x| x == task)
-            .ok_or_else(|| pepnet::Error::Spec {
-                file: "--labels".into(),
-                message: format!(
-                    "'{task}' is not a task of the model; the tasks are {:?}",
-                    spec.tasks
-                ),
-            })?;
-        label_columns[t] = column.to_string();
+/// Where the labels are: per task, a column of the data.
+#[derive(Args)]
+pub struct Labels {
+    /// Label columns as TASK=COLUMN, comma-separated (a task not named reads the column
+    /// named like the task).
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Vec<String>,
+}
+
+impl Labels {
+    /// Per task, its label column: the task's own name unless `--labels` names another.
+    pub fn columns(&self, spec: &ModelSpec) -> Result<Vec<String>> {
+        let mut columns = spec.tasks.clone();
+        for pair in &self.labels {
+            let (task, column) = pair
+                .split_once('=')
+                .unwrap_or((pair.as_str(), pair.as_str()));
+            let t =
+                spec.tasks
+                    .iter()
+                    .position(|x| x == task)
+                    .ok_or_else(|| pepnet::Error::Spec {
+                        file: "--labels".into(),
+                        message: format!(
+                            "'{task}' is not a task of the model; the tasks are {:?}",
+                            spec.tasks
+                        ),
+                    })?;
+            columns[t] = column.to_string();
+        }
+        Ok(columns)
     }
-    Ok(label_columns)
+}
+
+/// What a data generator writes: rows for a model's features, to a file.
+#[derive(Args)]
+pub struct RowsOut {
+    /// Model directory, or a model.json spec file.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long, value_parser = at_least_one())]
+    pub rows: usize,
+    /// CSV or Parquet, by extension.
+    #[arg(long)]
+    pub output: PathBuf,
 }

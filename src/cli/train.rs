@@ -9,7 +9,7 @@ use pepnet::gpu::optimizer::{AdaGradOptions, AdamOptions};
 use pepnet::train::{LabelledData, OptimizerState, TrainOptions, Trainer, TrainerOptions};
 use pepnet::{Model, ModelSpec, Result};
 
-use super::{at_least_one, label_columns, Device, Report};
+use super::{at_least_one, Device, Labels, Report};
 
 /// Train a model on the GPU (AdaGrad on embeddings, Adam on dense layers) and write a
 /// model directory `score` reads, with the optimizer state to resume from.
@@ -45,10 +45,8 @@ pub struct Train {
     /// Per-task loss weights, comma-separated in task order [default: 1 each].
     #[arg(long, value_delimiter = ',')]
     pub task_weights: Vec<f64>,
-    /// Label columns as TASK=COLUMN, comma-separated (a task not named reads the column
-    /// named like the task).
-    #[arg(long, value_delimiter = ',')]
-    pub labels: Vec<String>,
+    #[command(flatten)]
+    pub labels: Labels,
     /// Seeds the initialisation (from a spec) and the shuffle.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -94,7 +92,7 @@ impl Train {
                 None,
             )
         };
-        let columns = label_columns(&model.spec, &self.labels)?;
+        let columns = self.labels.columns(&model.spec)?;
         let data = LabelledData::read(&self.train, &model.spec, &columns)?;
         let valid = self
             .valid

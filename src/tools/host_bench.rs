@@ -41,17 +41,19 @@ pub struct HostResult {
     pub host_rows_per_s: f64,
 }
 
+/// How the engine would encode `model`'s batches, as if on the largest binding any device
+/// offers: only the id layout matters here, not the paging.
+fn id_layout(model: &Model, batch_size: usize) -> Result<GatherLayout> {
+    let packed = PackedWeights::new(&model.spec, &model.weights);
+    let rows = batch_size.max(1) as u32;
+    let plan = Plan::new(&model.spec, &packed.layout, rows, ActStorage::F32);
+    GatherLayout::new(&model.spec, &plan.destinations, u32::MAX as u64 & !3, 0)
+}
+
 /// Times validation and encoding alone, on one core, over `input`'s batches held in memory.
 pub fn step_rates(model: &Model, input: &Path, batch_size: usize) -> Result<StepRates> {
     let spec = &model.spec;
-    let packed = PackedWeights::new(spec, &model.weights);
-    let plan = Plan::new(
-        spec,
-        &packed.layout,
-        batch_size.max(1) as u32,
-        ActStorage::F32,
-    );
-    let layout = GatherLayout::new(spec, &plan.destinations, u32::MAX as u64 & !3, 0)?;
+    let layout = id_layout(model, batch_size)?;
     let batches = InputReader::open(input, spec, &[], batch_size, None)?
         .map(|b| b.map(|b| b.batch))
         .collect::<Result<Vec<_>>>()?;
@@ -82,15 +84,7 @@ pub fn run(
     threads: &[usize],
 ) -> Result<Vec<HostResult>> {
     let spec = &model.spec;
-    let packed = PackedWeights::new(spec, &model.weights);
-    let plan = Plan::new(
-        spec,
-        &packed.layout,
-        batch_size.max(1) as u32,
-        ActStorage::F32,
-    );
-    // The largest binding any device offers: only the id layout matters here, not the paging.
-    let layout = GatherLayout::new(spec, &plan.destinations, u32::MAX as u64 & !3, 0)?;
+    let layout = id_layout(model, batch_size)?;
     let mut results = Vec::new();
     for &t in threads {
         let t = t.max(1);
