@@ -6,9 +6,13 @@
 //! from a small spec, an input CSV, and an output directory that holds nothing but the output,
 //! so that a test can list it and see that a failed run left nothing behind.
 
+mod common;
+
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use common::cli::{ok, pepnet, stderr};
 
 use pepnet::spec::ModelSpec;
 use pepnet::Weights;
@@ -50,27 +54,6 @@ const N_ROWS: usize = 10;
 const BAD_ROW: usize = 9;
 
 const BATCH_SIZE: &str = "4";
-
-fn pepnet<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pepnet"))
-        .args(args)
-        .output()
-        .expect("the pepnet binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Asserts the run succeeded, showing its stderr if not.
-fn assert_ok(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what}: expected success, got {:?}; stderr:\n{}",
-        out.status,
-        stderr(out)
-    );
-}
 
 /// Asserts the run failed cleanly (non-zero exit, no panic) and that stderr holds every needle.
 fn assert_fails_naming(out: &Output, needles: &[&str], what: &str) {
@@ -116,7 +99,7 @@ impl Fixture {
         std::fs::create_dir(root.join("out")).unwrap();
         let spec = root.join("spec.json");
         std::fs::write(&spec, SPEC).unwrap();
-        let out = pepnet([
+        let out = pepnet(&[
             OsStr::new("init"),
             OsStr::new("--spec"),
             spec.as_os_str(),
@@ -125,7 +108,7 @@ impl Fixture {
             OsStr::new("--seed"),
             OsStr::new("11"),
         ]);
-        assert_ok(&out, "pepnet init");
+        ok(&out, "pepnet init");
         Self { _dir: dir, root }
     }
 
@@ -166,7 +149,7 @@ impl Fixture {
             OsStr::new(BATCH_SIZE),
         ];
         args.extend(extra.iter().map(OsStr::new));
-        pepnet(args)
+        pepnet(&args)
     }
 }
 
@@ -236,7 +219,7 @@ fn score_writes_carried_columns_then_tasks_and_reference_agrees() {
     // GPU backend, carrying an ignored column, a free-text column and a feature column.
     let gpu_out = fx.out_dir().join("gpu.csv");
     let out = fx.score(&fx.model(), &input, &gpu_out, &["--carry", "rid,note,tab"]);
-    assert_ok(&out, "score (gpu)");
+    ok(&out, "score (gpu)");
     let (header, gpu_rows) = read_output(&gpu_out);
     assert_eq!(
         header,
@@ -266,7 +249,7 @@ fn score_writes_carried_columns_then_tasks_and_reference_agrees() {
         &ref_out,
         &["--carry", "rid,note,tab", "--backend", "reference"],
     );
-    assert_ok(&out, "score (reference)");
+    ok(&out, "score (reference)");
     let (ref_header, ref_rows) = read_output(&ref_out);
     assert_eq!(ref_header, header);
     assert_eq!(ref_rows.len(), N_ROWS);
@@ -285,7 +268,7 @@ fn score_writes_carried_columns_then_tasks_and_reference_agrees() {
 
     // Without --carry the output holds the tasks only, with the same numbers.
     let plain_out = fx.out_dir().join("plain.csv");
-    assert_ok(
+    ok(
         &fx.score(&fx.model(), &input, &plain_out, &[]),
         "score (no carry)",
     );
@@ -306,7 +289,7 @@ fn successful_run_replaces_an_existing_output() {
     let input = fx.write_input("in.csv", &HEADER, &valid_rows());
     let output = fx.out_dir().join("scores.csv");
     std::fs::write(&output, "stale\n").unwrap();
-    assert_ok(&fx.score(&fx.model(), &input, &output, &[]), "score");
+    ok(&fx.score(&fx.model(), &input, &output, &[]), "score");
     let (header, rows) = read_output(&output);
     assert_eq!(header, TASKS);
     assert_eq!(rows.len(), N_ROWS);
@@ -654,7 +637,7 @@ fn unchanged_fixture_weights_score() {
     write_safetensors(&fx.model().join("weights.safetensors"), &tensors);
     let input = fx.write_input("in.csv", &HEADER, &valid_rows());
     let out = fx.score(&fx.model(), &input, &fx.out_dir().join("s.csv"), &[]);
-    assert_ok(&out, "fixture weights rewritten");
+    ok(&out, "fixture weights rewritten");
 }
 
 #[test]
@@ -741,7 +724,7 @@ fn init_is_reproducible() {
     std::fs::write(&spec, SPEC).unwrap();
     let init = |name: &str, seed: &str| -> PathBuf {
         let out_dir = dir.path().join(name);
-        let out = pepnet([
+        let out = pepnet(&[
             OsStr::new("init"),
             OsStr::new("--spec"),
             spec.as_os_str(),
@@ -750,7 +733,7 @@ fn init_is_reproducible() {
             OsStr::new("--seed"),
             OsStr::new(seed),
         ]);
-        assert_ok(&out, &format!("init {name}"));
+        ok(&out, &format!("init {name}"));
         assert_eq!(
             list_dir(&out_dir),
             ["model.json", "weights.safetensors"],
@@ -782,7 +765,7 @@ fn init_with_a_bad_spec_fails_naming_the_key() {
     let spec = dir.path().join("spec.json");
     std::fs::write(&spec, spec_with("[5, 3]", "[0, 3]")).unwrap();
     let out_dir = dir.path().join("model");
-    let out = pepnet([
+    let out = pepnet(&[
         OsStr::new("init"),
         OsStr::new("--spec"),
         spec.as_os_str(),
@@ -802,8 +785,8 @@ fn init_with_a_bad_spec_fails_naming_the_key() {
 
 #[test]
 fn info_lists_an_adapter() {
-    let out = pepnet(["info"]);
-    assert_ok(&out, "pepnet info");
+    let out = pepnet(&["info"]);
+    ok(&out, "pepnet info");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.lines().any(|l| l.starts_with("[0] ")),
@@ -866,7 +849,7 @@ fn an_interrupted_score_leaves_nothing_and_touches_nothing() {
         .arg(&input)
         .output()
         .unwrap();
-    assert_ok(&gen, "gen-input");
+    ok(&gen, "gen-input");
     for signal in ["-TERM", "-INT"] {
         let output = dir.path().join("scores.csv");
         std::fs::write(&output, "old").unwrap();

@@ -7,8 +7,12 @@
 //! (6), slow validation (7), degenerate options (8), messages (9). Files destroyed and runs
 //! interrupted (1, 2) are tested in `cli.rs`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use common::cli::{ok, pepnet, stderr};
 
 use pepnet::error::Error;
 use pepnet::train::OptimizerState;
@@ -32,22 +36,6 @@ const SPEC: &str = r#"{
 }"#;
 
 const HEADER: &str = "rid,tab,user_id,tags,dur";
-
-fn pepnet<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pepnet"))
-        .args(args)
-        .output()
-        .expect("the pepnet binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    assert!(out.status.success(), "{what}: failed: {}", stderr(out));
-    stderr(out)
-}
 
 /// Failed with exit 1 (not a panic's 101 nor an abort's signal) and every needle in stderr.
 fn fails_naming(out: &Output, needles: &[&str], what: &str) -> String {

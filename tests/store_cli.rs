@@ -33,13 +33,7 @@ fn model(dir: &Path) -> PathBuf {
 }
 
 fn pepnet(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_pepnet"))
-        .args(args)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "pepnet {args:?}: {err}");
-    err
+    common::cli::ok(&common::cli::pepnet(args), &format!("pepnet {args:?}"))
 }
 
 /// The served model's scores of `users`, as bits.

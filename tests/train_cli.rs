@@ -2,24 +2,14 @@
 //! directory, and bad training data failing with a message that names the place, leaving no
 //! output behind.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+
+use common::cli::{ok, pepnet};
 
 use pepnet::train::OptimizerState;
 use pepnet::ModelSpec;
-
-fn pepnet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pepnet"))
-        .args(args)
-        .output()
-        .expect("the pepnet binary runs")
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "{what} failed: {err}");
-    err
-}
 
 fn spec_path() -> String {
     format!(

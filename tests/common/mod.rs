@@ -2,6 +2,7 @@
 //! variant, and random batches. Everything random is seeded, so a failure names its seed.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod redis_cluster;
 pub mod server;
 
