@@ -66,11 +66,7 @@ fn bench_cli(args: &[&str]) -> (String, serde_json::Value) {
         .arg(&json)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::cli::ok(&out, "pepnet bench");
     let value: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!(schema().is_valid(&value));
@@ -222,11 +218,7 @@ fn host_only_bench_reads_and_encodes_every_row() {
     };
     let out = run("1,2");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::cli::ok(&out, "pepnet bench");
     assert!(
         stdout.contains("host rows/s") && stdout.contains("rows/s per core"),
         "{stdout}"

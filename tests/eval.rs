@@ -1,5 +1,7 @@
 //! `pepnet eval`: AUC/GAUC per domain × task from labelled data and its scores, and its errors.
 
+mod common;
+
 use std::path::Path;
 
 use pepnet::eval::{evaluate, EvalOptions};
@@ -153,11 +155,7 @@ fn eval_command_prints_the_table() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::cli::ok(&out, "pepnet eval");
     assert!(
         stdout.contains("GAUC") && stdout.contains("all"),
         "{stdout}"

@@ -371,11 +371,7 @@ fn loadgen_measures_a_server_over_loopback() {
             .arg(&json)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::cli::ok(&out, "pepnet loadgen");
         let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         assert_eq!(report["ok"], 24, "{report}");
         assert_eq!(report["failed"], 0);

@@ -188,11 +188,7 @@ pub fn score_with(model: &Path, dir: &Path) -> Vec<Vec<f32>> {
         .arg(&output)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    super::cli::ok(&out, "pepnet score");
     let mut reader = csv::Reader::from_path(&output).unwrap();
     reader
         .records()
