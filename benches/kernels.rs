@@ -79,14 +79,7 @@ fn kernels(c: &mut Criterion) {
             continue;
         }
         let (table, tiles) = lay_out(problems);
-        let span = ctx.uniform_buffer(
-            "span",
-            &SpanParams {
-                first: 0,
-                count: table.len() as u32,
-                _pad: [0; 2],
-            },
-        );
+        let span = ctx.uniform_buffer("span", &SpanParams::new(0, table.len()));
         let problems_buf = ctx.storage_buffer("problems", &table);
         let bg = ctx.linear.bind_group(
             &ctx.device,

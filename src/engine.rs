@@ -834,11 +834,7 @@ impl SharedBuffers {
                 Step::Resolve | Step::Gather => (None, 0),
                 Step::Linear { label, problems } => {
                     let (gpu, tiles) = linear::lay_out(problems);
-                    let span = SpanParams {
-                        first: table.len() as u32,
-                        count: gpu.len() as u32,
-                        _pad: [0; 2],
-                    };
+                    let span = SpanParams::new(table.len(), gpu.len());
                     table.extend(gpu);
                     (Some(ctx.uniform_buffer(label, &span)), tiles)
                 }

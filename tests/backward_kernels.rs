@@ -108,11 +108,7 @@ fn linear_backward_matches_reference_on_random_groups() {
         let (table, _) = lay_out(&problems);
         let (groups, in_tiles) = input_groups(&problems, 0);
         let w_tiles: u32 = problems.iter().map(weight_tiles).sum();
-        let span = |count: usize| pepnet::gpu::linear::SpanParams {
-            first: 0,
-            count: count as u32,
-            _pad: [0; 2],
-        };
+        let span = |count: usize| pepnet::gpu::linear::SpanParams::new(0, count);
         let in_span = ctx.uniform_buffer("span", &span(groups.len()));
         let w_span = ctx.uniform_buffer("span", &span(problems.len()));
         let batch = ctx.uniform_buffer("batch", &common::batch_params(rows));

@@ -94,14 +94,7 @@ fn linear_matches_reference_on_random_groups() {
         let len = rows * stride as usize;
         let initial = random_vec(&mut r, len, 1.0);
         let (table, tiles) = lay_out(&problems);
-        let span = ctx.uniform_buffer(
-            "span",
-            &SpanParams {
-                first: 0,
-                count: table.len() as u32,
-                _pad: [0; 2],
-            },
-        );
+        let span = ctx.uniform_buffer("span", &SpanParams::new(0, table.len()));
         let batch = ctx.uniform_buffer("batch", &common::batch_params(rows));
         let problem_buf = ctx.storage_buffer("problems", &table);
         let weight_buf = ctx.storage_buffer("weights", &weights);

@@ -2,8 +2,7 @@
 //! output δ_ep scales E (O_ep = δ_ep ⊙ E).
 
 use super::{dense, gate_nu};
-use crate::gpu::linear::Activation;
-use crate::gpu::linear::Precision;
+use crate::gpu::linear::{Activation, Precision};
 use crate::grad::Gradients;
 use crate::plan::{Builder, Step};
 use crate::spec::ModelSpec;

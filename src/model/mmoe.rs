@@ -2,8 +2,7 @@
 //! mixes the experts' outputs into that task's tower input.
 
 use super::dense;
-use crate::gpu::linear::Precision;
-use crate::gpu::linear::{Activation, LinearProblem};
+use crate::gpu::linear::{Activation, LinearProblem, Precision};
 use crate::gpu::mmoe_mix::MixParams;
 use crate::grad::Gradients;
 use crate::plan::{Builder, Step};

@@ -2,8 +2,7 @@
 //! output δ(l), T·w_l wide, scales the input of layer l of every task's tower.
 
 use super::{dense, gate_nu};
-use crate::gpu::linear::Activation;
-use crate::gpu::linear::Precision;
+use crate::gpu::linear::{Activation, Precision};
 use crate::grad::Gradients;
 use crate::plan::{Builder, Step};
 use crate::spec::ModelSpec;

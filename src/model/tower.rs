@@ -2,8 +2,7 @@
 //! layer l's input PPNet scales.
 
 use super::{dense, ppnet};
-use crate::gpu::linear::Precision;
-use crate::gpu::linear::{Activation, View};
+use crate::gpu::linear::{Activation, Precision, View};
 use crate::grad::Gradients;
 use crate::plan::{Builder, Step};
 use crate::reference::sigmoid;

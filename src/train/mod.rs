@@ -155,11 +155,7 @@ fn linear_tables(
     Vec<linear_backward::InputGroupGpu>,
     Vec<Option<LinearStep>>,
 ) {
-    let span = |first: usize, count: usize| SpanParams {
-        first: first as u32,
-        count: count as u32,
-        _pad: [0; 2],
-    };
+    let span = SpanParams::new;
     let (mut table, mut groups, mut steps) = (Vec::new(), Vec::new(), Vec::new());
     for step in &plan.steps {
         let Step::Linear { problems, .. } = step else {

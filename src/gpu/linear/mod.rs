@@ -119,6 +119,17 @@ pub struct SpanParams {
     pub _pad: [u32; 2],
 }
 
+impl SpanParams {
+    /// Entries `first..first + count` of the table.
+    pub fn new(first: usize, count: usize) -> Self {
+        Self {
+            first: first as u32,
+            count: count as u32,
+            _pad: [0; 2],
+        }
+    }
+}
+
 /// Weight-gradient tiles of a problem in the backward pass: `[TILE_N, TILE_N]` blocks of W.
 pub fn weight_tiles(p: &LinearProblem) -> u32 {
     p.n.div_ceil(TILE_N) * p.k.div_ceil(TILE_N)
