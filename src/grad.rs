@@ -1,6 +1,8 @@
 //! The training loss and every parameter's gradient, in plain f64, one sample at a time: the
 //! reference the GPU backward kernels are checked against, as [`crate::reference`] is for the
-//! forward pass. Written to be obviously right, not fast.
+//! forward pass. Written to be obviously right, not fast. Each sample runs forward through
+//! [`crate::model::sample`], which records every block's tape, then back through the blocks'
+//! backward functions, which read it: the forward is written once, with the blocks.
 //!
 //! Loss: the batch mean over samples of `Σ_t w_t · BCE(p_t, y_t)`. The stop-gradients of
 //! `docs/model.md` hold: EPNet's gate reads `E_d ⊕ sg(E)`, so its loss reaches E_d's features
