@@ -75,14 +75,13 @@ fn table(row: u32, k: u32) -> f32 {
 
 @compute @workgroup_size(FLAT_WORKGROUP, 1, 1)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let index = flat_index(gid, nwg);
-    let per_sample = params.n_features * params.d;
-    let b = index / per_sample;
+    let at = grid_coords(flat_index(gid, nwg), params.n_features, params.d);
+    let b = at.x;
     if b >= batch.rows {
         return;
     }
-    let f = (index % per_sample) / params.d;
-    let k = index % params.d;
+    let f = at.y;
+    let k = at.z;
     let feature = features[f];
 
     var v = 0.0;

@@ -28,14 +28,13 @@ struct Params {
 
 @compute @workgroup_size(FLAT_WORKGROUP, 1, 1)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let index = flat_index(gid, nwg);
-    let per_sample = params.tasks * params.width;
-    let b = index / per_sample;
+    let at = grid_coords(flat_index(gid, nwg), params.tasks, params.width);
+    let b = at.x;
     if b >= batch.rows {
         return;
     }
-    let t = (index % per_sample) / params.width;
-    let i = index % params.width;
+    let t = at.y;
+    let i = at.z;
 
     let logits = params.logit_off + b * params.logit_stride + t * params.experts;
     var max_logit = act_in(act[logits]);
@@ -85,14 +84,13 @@ fn gate_weight(b: u32, t: u32, k: u32, softmax: vec2<f32>) -> f32 {
 // One thread per (sample, expert, column).
 @compute @workgroup_size(FLAT_WORKGROUP, 1, 1)
 fn backward_experts(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let index = flat_index(gid, nwg);
-    let per_sample = params.experts * params.width;
-    let b = index / per_sample;
+    let at = grid_coords(flat_index(gid, nwg), params.experts, params.width);
+    let b = at.x;
     if b >= batch.rows {
         return;
     }
-    let k = (index % per_sample) / params.width;
-    let i = index % params.width;
+    let k = at.y;
+    let i = at.z;
     var dx = 0.0;
     for (var t = 0u; t < params.tasks; t++) {
         let g = gate_weight(b, t, k, softmax_of(b, t));
@@ -115,14 +113,13 @@ fn mixed_dot(b: u32, t: u32, j: u32) -> f32 {
 // One thread per (sample, task, expert).
 @compute @workgroup_size(FLAT_WORKGROUP, 1, 1)
 fn backward_logits(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let index = flat_index(gid, nwg);
-    let per_sample = params.tasks * params.experts;
-    let b = index / per_sample;
+    let at = grid_coords(flat_index(gid, nwg), params.tasks, params.experts);
+    let b = at.x;
     if b >= batch.rows {
         return;
     }
-    let t = (index % per_sample) / params.experts;
-    let k = index % params.experts;
+    let t = at.y;
+    let k = at.z;
     let softmax = softmax_of(b, t);
     var weighted = 0.0;
     var own = 0.0;
