@@ -119,61 +119,40 @@ fn linear_backward_matches_reference_on_random_groups() {
         let grad_buf = ctx.storage_buffer("grad", &grad);
         let wgrad_buf = ctx.storage_buffer("wgrad", &wgrad);
         let kernel = &ctx.linear_backward;
-        let input = kernel.input_bind_group(
-            &ctx.device,
-            InputBindings {
-                span: &in_span,
-                batch: &batch,
-                problems: &problem_buf,
-                weights: &weight_buf,
-                act: &act_buf,
-                grad: &grad_buf,
-                groups: &group_buf,
-            },
-            false,
-        );
-        let weight = kernel.weight_bind_group(
-            &ctx.device,
-            WeightBindings {
-                span: &w_span,
-                batch: &batch,
-                problems: &problem_buf,
-                act: &act_buf,
-                grad: &grad_buf,
-                wgrad: &wgrad_buf,
-            },
-            false,
-        );
+        let igrad_bindings = InputBindings {
+            span: &in_span,
+            batch: &batch,
+            problems: &problem_buf,
+            weights: &weight_buf,
+            act: &act_buf,
+            grad: &grad_buf,
+            groups: &group_buf,
+        };
+        let wgrad_bindings = WeightBindings {
+            span: &w_span,
+            batch: &batch,
+            problems: &problem_buf,
+            act: &act_buf,
+            grad: &grad_buf,
+            wgrad: &wgrad_buf,
+        };
+        let input = kernel.input_bind_group(&ctx.device, igrad_bindings, false);
+        let weight = kernel.weight_bind_group(&ctx.device, wgrad_bindings, false);
         // The tensor-core weight gradient, into its own pre-filled buffer (it reads `grad`
         // before input_grad writes it, as the trainer records them).
         let coop_wgrad_buf = ctx.storage_buffer("wgrad coop", &wgrad);
         let coop_grad_buf = ctx.storage_buffer("grad coop", &grad);
         let coop = kernel.has_coop().then(|| {
-            let weight = kernel.weight_bind_group(
-                &ctx.device,
-                WeightBindings {
-                    span: &w_span,
-                    batch: &batch,
-                    problems: &problem_buf,
-                    act: &act_buf,
-                    grad: &grad_buf,
-                    wgrad: &coop_wgrad_buf,
-                },
-                true,
-            );
-            let input = kernel.input_bind_group(
-                &ctx.device,
-                InputBindings {
-                    span: &in_span,
-                    batch: &batch,
-                    problems: &problem_buf,
-                    weights: &weight_buf,
-                    act: &act_buf,
-                    grad: &coop_grad_buf,
-                    groups: &group_buf,
-                },
-                true,
-            );
+            let coop_weights = WeightBindings {
+                wgrad: &coop_wgrad_buf,
+                ..wgrad_bindings
+            };
+            let coop_inputs = InputBindings {
+                grad: &coop_grad_buf,
+                ..igrad_bindings
+            };
+            let weight = kernel.weight_bind_group(&ctx.device, coop_weights, true);
+            let input = kernel.input_bind_group(&ctx.device, coop_inputs, true);
             (weight, input)
         });
         let got_grad = common::run(&ctx, &grad_buf, len, |pass| {
