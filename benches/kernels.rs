@@ -81,7 +81,7 @@ fn kernels(c: &mut Criterion) {
         let (table, tiles) = lay_out(problems);
         let span = ctx.uniform_buffer("span", &SpanParams::new(0, table.len()));
         let problems_buf = ctx.storage_buffer("problems", &table);
-        let bg = ctx.linear.bind_group(
+        let bg = ctx.linear().bind_group(
             &ctx.device,
             linear::Bindings {
                 span: &span,
@@ -100,8 +100,13 @@ fn kernels(c: &mut Criterion) {
         group.bench_function(format!("linear/{label}/{ROWS}"), |b| {
             b.iter(|| {
                 run(ctx, |pass| {
-                    ctx.linear
-                        .dispatch(pass, &bg, tiles, ROWS, (Precision::F32, ActStorage::F32));
+                    ctx.linear().dispatch(
+                        pass,
+                        &bg,
+                        tiles,
+                        ROWS,
+                        (Precision::F32, ActStorage::F32),
+                    );
                 })
             })
         });
@@ -134,7 +139,7 @@ fn kernels(c: &mut Criterion) {
         ctx.storage_buffer("ids", &ids),
         ctx.storage_buffer("dense", &dense),
     );
-    let bg = ctx.gather.bind_group(
+    let bg = ctx.gather().bind_group(
         &ctx.device,
         gather::Bindings {
             params: &params,
@@ -150,7 +155,7 @@ fn kernels(c: &mut Criterion) {
     group.bench_function(format!("gather/{ROWS}"), |b| {
         b.iter(|| {
             run(ctx, |pass| {
-                ctx.gather
+                ctx.gather()
                     .dispatch(pass, &bg, &layout.params, ROWS, ActStorage::F32)
             })
         })

@@ -1,44 +1,36 @@
-//! pepnet: a GPU-native engine for PEPNet (Kuaishou's Parameter and Embedding Personalized
-//! Network, KDD 2023), with hand-written WGSL kernels on wgpu.
-//!
-//! Data flows one way: input file → [`Batch`] (feature ids per column) → GPU buffers → kernels
-//! → probabilities. Load a [`Model`], open a [`GpuContext`], build an [`Engine`], and call
-//! [`Engine::score`]; [`reference::forward`] computes the same thing in f64 on the CPU.
+//! pepnet: the `pepnet` command's library. It gathers the workspace's crates under the module
+//! names the command, its tools, the benchmarks and the tests use: the GPU engine
+//! ([`pepnet_core`]), files ([`pepnet_io`]), training ([`pepnet_train`]), the Redis Cluster
+//! store ([`pepnet_store_redis`]) and the server ([`pepnet_serve`]), plus the command's own
+//! [`tools`]. A service that embeds the engine depends on `pepnet-core` (and the integrations it
+//! wants) instead.
 
-mod atomic_file;
-pub use atomic_file::{
-    check_output_dir, check_output_file, remove_unfinished_on_interrupt, write_file,
+pub use pepnet_core::{
+    atomic_file, batch, batcher, cache, engine, error, forward, gpu, grad, math, memory, model,
+    plan, precision, reference, spec, weights,
 };
-pub mod batch;
-pub mod batcher;
-pub mod cache;
-pub mod datagen;
-pub mod engine;
-pub mod error;
-pub mod eval;
-pub mod forward;
-pub mod gpu;
-pub mod grad;
-pub mod io;
-pub mod memory;
-pub mod metrics;
-pub mod model;
-pub mod pipeline;
-pub mod plan;
-pub mod reference;
-pub mod serve;
-pub mod spec;
-pub mod store;
-pub mod synth;
-pub mod tools;
-pub mod train;
-pub mod weights;
+pub use pepnet_core::{
+    check_output_dir, check_output_file, write_file, Batch, Batcher, BatcherOptions, Column,
+    Engine, EngineOptions, Error, GpuContext, Model, ModelSpec, Precision, Result, Weights,
+};
+pub use pepnet_io as io;
+pub use pepnet_io::{datagen, pipeline, remove_unfinished_on_interrupt};
+pub use pepnet_serve as serve;
+pub use pepnet_train as train;
+pub use pepnet_train::{eval, metrics};
 
-pub use batch::{Batch, Column};
-pub use batcher::{Batcher, BatcherOptions};
-pub use engine::{Engine, EngineOptions};
-pub use error::{Error, Result};
-pub use gpu::GpuContext;
-pub use model::Model;
-pub use spec::ModelSpec;
-pub use weights::Weights;
+/// The embedding store: the trait and the in-memory store ([`pepnet_core::store`]), and the
+/// Redis Cluster store ([`redis`]).
+pub mod store {
+    pub use pepnet_core::store::*;
+    pub use pepnet_store_redis as redis;
+}
+
+/// Synthetic inputs: random batches ([`pepnet_core::synth`]) and files of them
+/// ([`pepnet_io::synth`]).
+pub mod synth {
+    pub use pepnet_core::synth::*;
+    pub use pepnet_io::synth::*;
+}
+
+pub mod tools;

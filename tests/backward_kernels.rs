@@ -118,7 +118,7 @@ fn linear_backward_matches_reference_on_random_groups() {
         let act_buf = ctx.storage_buffer("act", &act);
         let grad_buf = ctx.storage_buffer("grad", &grad);
         let wgrad_buf = ctx.storage_buffer("wgrad", &wgrad);
-        let kernel = &ctx.linear_backward;
+        let kernel = &ctx.linear_backward();
         let igrad_bindings = InputBindings {
             span: &in_span,
             batch: &batch,
@@ -262,7 +262,7 @@ fn mmoe_mix_backward_matches_reference() {
         let batch = ctx.uniform_buffer("batch", &common::batch_params(rows));
         let act_buf = ctx.storage_buffer("act", &act);
         let grad_buf = ctx.storage_buffer("grad", &grad);
-        let bgs = ctx.mmoe_mix.backward_bind_groups(
+        let bgs = ctx.mmoe_mix().backward_bind_groups(
             &ctx.device,
             &params_buf,
             &batch,
@@ -270,7 +270,7 @@ fn mmoe_mix_backward_matches_reference() {
             &grad_buf,
         );
         let got = common::run(&ctx, &grad_buf, len, |pass| {
-            ctx.mmoe_mix
+            ctx.mmoe_mix()
                 .dispatch_backward(pass, &bgs, &params, rows as u32)
         });
         let mut want: Vec<f64> = grad.iter().map(|&x| x as f64).collect();
@@ -385,10 +385,10 @@ fn gather_backward_matches_reference_on_random_specs() {
             ctx.storage_buffer("row grad", &out_init),
         ];
         let bg = ctx
-            .gather_backward
+            .gather_backward()
             .bind_group(&ctx.device, std::array::from_fn(|i| &buffers[i]));
         let got = common::run(&ctx, &buffers[6], out_len, |pass| {
-            ctx.gather_backward.dispatch(pass, &bg, &params)
+            ctx.gather_backward().dispatch(pass, &bg, &params)
         });
         let f64s = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| x as f64).collect() };
         let want = gather_ref::gather_backward(&table, &uses, d, &f64s(&act), &f64s(&grad));
@@ -437,10 +437,10 @@ fn loss_matches_reference() {
             ctx.storage_buffer("log", &log),
         ];
         let bgs = ctx
-            .loss
+            .loss()
             .bind_groups(&ctx.device, std::array::from_fn(|i| &buffers[i]));
         let got_grad = common::run(&ctx, &buffers[5], len, |pass| {
-            ctx.loss.dispatch(pass, &bgs, rows as u32, t as u32)
+            ctx.loss().dispatch(pass, &bgs, rows as u32, t as u32)
         });
         let got_log = ctx.read_buffer(&buffers[7], 8).unwrap();
 

@@ -22,7 +22,7 @@ const TOLERANCE: f64 = 2e-3;
 #[test]
 fn random_specs_of_every_variant_match_the_reference_at_f16() {
     let ctx = gpu();
-    let coop = ctx.linear.coop().is_some();
+    let coop = ctx.linear().coop().is_some();
     if coop_required() {
         assert!(
             coop,

@@ -111,7 +111,7 @@ fn linear_matches_reference_on_random_groups() {
                 storage,
                 scores: Some(&scores),
             };
-            let bg = ctx.linear.bind_group(
+            let bg = ctx.linear().bind_group(
                 &ctx.device,
                 linear::Bindings {
                     span: &span,
@@ -138,7 +138,7 @@ fn linear_matches_reference_on_random_groups() {
             // Every variant the device has, whatever the size: each must be right on every shape.
             let variants = Variant::ALL
                 .into_iter()
-                .filter(|&v| ctx.linear.has(v))
+                .filter(|&v| ctx.linear().has(v))
                 .filter(|v| storage == ActStorage::F32 || v.precision() == Precision::F16);
             for variant in variants {
                 ctx.queue
@@ -146,7 +146,7 @@ fn linear_matches_reference_on_random_groups() {
                 ctx.queue
                     .write_buffer(&scores, 0, bytemuck::cast_slice(&initial_scores));
                 let got = run_on(&ctx, &act, storage, len, |pass| {
-                    ctx.linear
+                    ctx.linear()
                         .dispatch_variant(pass, &bg, tiles, rows as u32, (variant, storage))
                 });
                 let got_scores = ctx.read_buffer(&scores, len).unwrap();
@@ -169,10 +169,10 @@ fn linear_matches_reference_on_random_groups() {
     }
     // Which variants ran: the f16 SIMT ones everywhere, tensor cores where the device has them
     // (PEPNET_REQUIRE_COOP makes their absence a failure, as in CI's Mesa 26 run).
-    assert!(ctx.linear.has(Variant::HalfBatch) && ctx.linear.has(Variant::HalfSmall));
+    assert!(ctx.linear().has(Variant::HalfBatch) && ctx.linear().has(Variant::HalfSmall));
     if common::coop_required() {
         assert!(
-            ctx.linear.has(Variant::Coop),
+            ctx.linear().has(Variant::Coop),
             "no cooperative-matrix kernel on this device"
         );
     }
@@ -254,7 +254,7 @@ fn gather_matches_reference_on_random_specs_and_pages() {
                 .collect();
             let page_refs: [&wgpu::Buffer; MAX_PAGES] =
                 std::array::from_fn(|p| &page_bufs[p.min(page_bufs.len() - 1)]);
-            let bg = ctx.gather.bind_group(
+            let bg = ctx.gather().bind_group(
                 &ctx.device,
                 gather::Bindings {
                     params: &params,
@@ -267,7 +267,7 @@ fn gather_matches_reference_on_random_specs_and_pages() {
                 },
             );
             let got = run_on(&ctx, &act, storage, len, |pass| {
-                ctx.gather
+                ctx.gather()
                     .dispatch(pass, &bg, &layout.params, rows as u32, storage)
             });
 
@@ -324,10 +324,10 @@ fn mmoe_mix_matches_reference() {
             let initial = common::stored(storage, &initial);
             let act = common::act_buffer(&ctx, storage, &initial);
             let bg = ctx
-                .mmoe_mix
+                .mmoe_mix()
                 .bind_group(&ctx.device, &params_buf, &batch, (&act, storage));
             let got = run_on(&ctx, &act, storage, len, |pass| {
-                ctx.mmoe_mix
+                ctx.mmoe_mix()
                     .dispatch(pass, &bg, &params, rows as u32, storage)
             });
             let mut want: Vec<f64> = initial.iter().map(|&x| x as f64).collect();
@@ -412,10 +412,10 @@ fn resolve_matches_reference_on_random_tables() {
             ctx.storage_buffer("resolved", &vec![7u32; n_keys]),
         ];
         let bg = ctx
-            .resolve
+            .resolve()
             .bind_group(&ctx.device, std::array::from_fn(|i| &buffers[i]));
         run(&ctx, &buffers[4], 1, |pass| {
-            ctx.resolve.dispatch(pass, &bg, n_keys as u32)
+            ctx.resolve().dispatch(pass, &bg, n_keys as u32)
         });
         let as_u32 = |b: &wgpu::Buffer, n: usize| -> Vec<u32> {
             bytemuck::cast_slice(&ctx.read_buffer(b, n).unwrap()).to_vec()
@@ -472,10 +472,10 @@ fn scatter_matches_reference() {
         );
         let dst = ctx.storage_buffer("dst", &initial);
         let bg = ctx
-            .scatter
+            .scatter()
             .bind_group(&ctx.device, &params_buf, &index_buf, &src_buf, &dst);
         let got = run(&ctx, &dst, initial.len(), |pass| {
-            ctx.scatter.dispatch(pass, &bg, &params)
+            ctx.scatter().dispatch(pass, &bg, &params)
         });
         let mut want = initial.clone();
         scatter_ref::scatter(index, &src, width, &mut want);
@@ -519,10 +519,10 @@ fn adam_matches_reference() {
             ctx.storage_buffer("v", &v),
         ];
         let bg = ctx
-            .optimizer
+            .optimizer()
             .adam_bind_group(&ctx.device, std::array::from_fn(|i| &bufs[i]));
         run(&ctx, &bufs[2], 1, |pass| {
-            ctx.optimizer.adam(pass, &bg, n as u32)
+            ctx.optimizer().adam(pass, &bg, n as u32)
         });
         let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
         let (mut p, mut mm, mut vv) = (f64s(&param), f64s(&m), f64s(&v));
@@ -576,10 +576,10 @@ fn adagrad_updates_only_the_touched_rows_as_the_reference_does() {
             ctx.storage_buffer("sum_sq", &sum_sq),
         ];
         let bg = ctx
-            .optimizer
+            .optimizer()
             .adagrad_bind_group(&ctx.device, std::array::from_fn(|i| &bufs[i]));
         run(&ctx, &bufs[3], 1, |pass| {
-            ctx.optimizer.adagrad_rows(pass, &bg, &params)
+            ctx.optimizer().adagrad_rows(pass, &bg, &params)
         });
         let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
         let (mut t, mut s) = (f64s(&table), f64s(&sum_sq));
@@ -641,10 +641,10 @@ fn to_half_rounds_as_the_host_does() {
         let initial: Vec<u32> = (0..count / 2).map(|_| r.random::<u32>()).collect();
         let half_buf = ctx.storage_buffer("weights f16", &initial);
         let bg = ctx
-            .optimizer
+            .optimizer()
             .to_half_bind_group(&ctx.device, &params_buf, &weights, &half_buf);
         let got = run(&ctx, &half_buf, initial.len(), |pass| {
-            ctx.optimizer.to_half(pass, &bg, count)
+            ctx.optimizer().to_half(pass, &bg, count)
         });
         let got: &[u32] = bytemuck::cast_slice(&got);
         let want = pack_half(&values);

@@ -108,7 +108,7 @@ fn rows_read_back_exactly_and_scores_equal_the_resident_model_bit_for_bit() {
     let batches = throughput_batches(USERS, ITEMS, 1.0, 6, 300, 9);
     let redis_engine = engine(
         &hashed,
-        StoreSource::Redis(options(&cluster, "m1")),
+        StoreSource::Open(std::sync::Arc::new(options(&cluster, "m1"))),
         700,
         300,
     );
@@ -142,7 +142,7 @@ fn writes_through_the_store_reach_scores_and_bad_namespaces_are_named() {
     load(&cluster, "m2", &hashed, RowType::F32);
     let e = engine(
         &hashed,
-        StoreSource::Redis(options(&cluster, "m2")),
+        StoreSource::Open(std::sync::Arc::new(options(&cluster, "m2"))),
         500,
         256,
     );
@@ -165,14 +165,15 @@ fn writes_through_the_store_reach_scores_and_bad_namespaces_are_named() {
     // A fresh engine on the same namespace (another process, in effect) reads the new row.
     let other = engine(
         &hashed,
-        StoreSource::Redis(options(&cluster, "m2")),
+        StoreSource::Open(std::sync::Arc::new(options(&cluster, "m2"))),
         500,
         256,
     );
     assert_eq!(bits(&other.score(raw).unwrap()), bits(&after));
 
     let mut gpu_options = EngineOptions::default();
-    gpu_options.cache.store = StoreSource::Redis(options(&cluster, "nothing-here"));
+    gpu_options.cache.store =
+        StoreSource::Open(std::sync::Arc::new(options(&cluster, "nothing-here")));
     let err = Engine::new(gpu(), &hashed, &gpu_options)
         .err()
         .expect("an empty namespace")
@@ -197,7 +198,7 @@ fn a_node_down_is_named_or_degrades_counted_and_scoring_recovers_when_it_returns
     load(&cluster, "m3", &hashed, RowType::F32);
     let strict = engine(
         &hashed,
-        StoreSource::Redis(options(&cluster, "m3")),
+        StoreSource::Open(std::sync::Arc::new(options(&cluster, "m3"))),
         4 * (USERS + ITEMS) as u64,
         512,
     );
@@ -205,7 +206,7 @@ fn a_node_down_is_named_or_degrades_counted_and_scoring_recovers_when_it_returns
     degraded_options.degraded = true;
     let degraded = engine(
         &hashed,
-        StoreSource::Redis(degraded_options),
+        StoreSource::Open(std::sync::Arc::new(degraded_options)),
         4 * (USERS + ITEMS) as u64,
         512,
     );
@@ -293,7 +294,7 @@ fn a_write_reaches_every_engine_within_the_bound_and_the_cap_holds_across_them()
     let open = || {
         engine(
             &hashed,
-            StoreSource::Redis(options(&cluster, "m4")),
+            StoreSource::Open(std::sync::Arc::new(options(&cluster, "m4"))),
             4 * (USERS + ITEMS) as u64,
             256,
         )
@@ -334,7 +335,7 @@ fn a_write_reaches_every_engine_within_the_bound_and_the_cap_holds_across_them()
     assert_eq!(b.cache_stats().unwrap().total.capped_updates, 1);
     // An engine given its own policy beside the store's is refused, naming the flags.
     let mut o = EngineOptions::default();
-    o.cache.store = StoreSource::Redis(options(&cluster, "m4"));
+    o.cache.store = StoreSource::Open(std::sync::Arc::new(options(&cluster, "m4")));
     o.cache.updates.max_updates = Some(5);
     let err = Engine::new(gpu(), &hashed, &o)
         .err()
@@ -356,7 +357,7 @@ fn rows_expire_everywhere_and_expired_ids_score_as_never_seen() {
     let open = || {
         engine(
             &hashed,
-            StoreSource::Redis(options(&cluster, "m5")),
+            StoreSource::Open(std::sync::Arc::new(options(&cluster, "m5"))),
             4 * (USERS + ITEMS) as u64,
             256,
         )

@@ -40,7 +40,10 @@ fn f16_options(batch_size: usize) -> TrainerOptions {
 fn f16_gradients_match_the_f64_reference_for_every_variant() {
     let ctx = gpu();
     if coop_required() {
-        assert!(ctx.linear.coop().is_some(), "no cooperative matrices here");
+        assert!(
+            ctx.linear().coop().is_some(),
+            "no cooperative matrices here"
+        );
     }
     let mut checked = 0usize;
     let mut worst: f64 = 0.0;
@@ -54,7 +57,7 @@ fn f16_gradients_match_the_f64_reference_for_every_variant() {
         let t = spec.n_tasks();
         let labels: Vec<f32> = (0..rows * t).map(|_| r.random_range(0..2) as f32).collect();
         let mut trainer = Trainer::new(ctx.clone(), &model, None, &f16_options(131)).unwrap();
-        let expected = match (rows <= 12, ctx.linear.coop().is_some()) {
+        let expected = match (rows <= 12, ctx.linear().coop().is_some()) {
             (true, _) => Variant::HalfSmall,
             (false, true) => Variant::Coop,
             (false, false) => Variant::HalfBatch,

@@ -1,4 +1,4 @@
-//! The CSV input reader (`pepnet::io::InputReader` on a `.csv` file) with the fixed fuzz spec,
+//! The CSV input reader (`pepnet_io::InputReader` on a `.csv` file) with the fixed fuzz spec,
 //! one thread and two, with and without a rejects file; then `read_number_columns`.
 #![no_main]
 

@@ -1,12 +1,12 @@
-//! The gRPC request decoder of `pepnet serve` (`pepnet::serve::grpc::decode`) on arbitrary
+//! The gRPC request decoder of `pepnet serve` (`pepnet_serve::grpc::decode`) on arbitrary
 //! protobuf bytes (a `ModelInferRequest`), against the fixed fuzz spec. A request it accepts is
 //! a valid batch for the spec, its outputs are tasks, and encoding the batch again (typed and
 //! raw) decodes to the same batch.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pepnet::serve::grpc;
-use pepnet::serve::proto::ModelInferRequest;
+use pepnet_serve::grpc;
+use pepnet_serve::proto::ModelInferRequest;
 use prost::Message;
 
 fuzz_target!(|data: &[u8]| {

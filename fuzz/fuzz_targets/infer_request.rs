@@ -1,10 +1,10 @@
-//! The Open Inference Protocol request decoder of `pepnet serve` (`pepnet::serve::oip::decode`)
+//! The Open Inference Protocol request decoder of `pepnet serve` (`pepnet_serve::oip::decode`)
 //! on arbitrary bytes, against the fixed fuzz spec. A request it accepts is a valid batch for
 //! the spec, its outputs are tasks, and encoding the batch again decodes to the same request.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pepnet::serve::oip;
+use pepnet_serve::oip;
 
 fuzz_target!(|data: &[u8]| {
     let spec = pepnet_fuzz::spec();

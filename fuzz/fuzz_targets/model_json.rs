@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pepnet::ModelSpec;
+use pepnet_core::ModelSpec;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -16,9 +16,9 @@ fuzz_target!(|data: &[u8]| {
     let _ = (spec.dg(), spec.dd(), spec.dp());
     let _ = (spec.tower_in_widths(), spec.tower_out_widths());
     for role in [
-        pepnet::spec::Role::General,
-        pepnet::spec::Role::Domain,
-        pepnet::spec::Role::Prior,
+        pepnet_core::spec::Role::General,
+        pepnet_core::spec::Role::Domain,
+        pepnet_core::spec::Role::Prior,
     ] {
         let all = spec.role_offsets(role);
         for (f, &offset) in all.iter().enumerate() {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pepnet::train::OptimizerState;
+use pepnet_train::OptimizerState;
 
 fuzz_target!(|data: &[u8]| {
     let spec = pepnet_fuzz::spec();

@@ -1,4 +1,4 @@
-//! The Parquet input reader (`pepnet::io::InputReader` on a `.parquet` file) with the fixed fuzz
+//! The Parquet input reader (`pepnet_io::InputReader` on a `.parquet` file) with the fixed fuzz
 //! spec, one thread and two, with and without a rejects file; then `read_number_columns`.
 #![no_main]
 

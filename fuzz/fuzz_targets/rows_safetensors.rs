@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pepnet::store::{read_rows_file, EmbeddingStore, MemoryStore};
-use pepnet::Weights;
+use pepnet_core::store::{read_rows_file, EmbeddingStore, MemoryStore};
+use pepnet_core::Weights;
 
 fuzz_target!(|data: &[u8]| {
     let spec = pepnet_fuzz::spec();

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pepnet::Weights;
+use pepnet_core::Weights;
 
 fuzz_target!(|data: &[u8]| {
     let spec = pepnet_fuzz::spec();
@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
         let h = weights.hashed(&f.name).expect("a hashed feature has its rows");
         assert_eq!(h.rows.len(), h.ids.len() * spec.d());
     }
-    let _ = pepnet::store::MemoryStore::from_weights(spec, &weights);
+    let _ = pepnet_core::store::MemoryStore::from_weights(spec, &weights);
     let bytes = weights.to_safetensors();
     let again = Weights::from_safetensors(&bytes, "again.safetensors", spec)
         .expect("the crate reads what it writes");

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use pepnet::ModelSpec;
+use pepnet_core::ModelSpec;
 
 /// A small spec like `examples/specs/tiny.json`, with the column names of
 /// `examples/kuairand/input.csv` and two hashed features (one sparse, one multi-hot).
@@ -69,7 +69,7 @@ impl ReadOptions {
 /// rejected and the rejects file's bytes.
 #[derive(Debug, PartialEq)]
 pub struct Outcome {
-    pub batch: pepnet::Batch,
+    pub batch: pepnet_core::Batch,
     pub rows: usize,
     pub error: Option<String>,
     pub rejected: usize,
@@ -85,16 +85,16 @@ pub fn read_input(path: &Path, o: ReadOptions, threads: usize) -> Outcome {
     let _ = std::fs::remove_file(&rejects_path);
     let rejects = o
         .rejects
-        .then(|| pepnet::io::Rejects::create(&rejects_path).expect("create the rejects file"));
+        .then(|| pepnet_io::Rejects::create(&rejects_path).expect("create the rejects file"));
     let mut out = Outcome {
-        batch: pepnet::Batch::new(Vec::new()),
+        batch: pepnet_core::Batch::new(Vec::new()),
         rows: 0,
         error: None,
         rejected: 0,
         rejects_file: None,
     };
     let mut reader =
-        match pepnet::io::InputReader::open_parallel(path, spec, &carry, o.batch_size, rejects, threads) {
+        match pepnet_io::InputReader::open_parallel(path, spec, &carry, o.batch_size, rejects, threads) {
             Ok(r) => r,
             Err(e) => {
                 out.error = Some(e.to_string());
@@ -175,7 +175,7 @@ pub fn fuzz_input_file(data: &[u8], ext: &str) {
             assert_eq!(one, two, "one and two threads read differently ({o:?})");
         }
     }
-    let _ = pepnet::io::read_number_columns(&path, &["click".to_string(), "like".to_string()]);
+    let _ = pepnet_io::read_number_columns(&path, &["click".to_string(), "like".to_string()]);
 }
 
 /// Where the last decoder panic of the current input was raised.
@@ -228,12 +228,12 @@ pub fn tolerate_caught_decoder_panics() {
 fn read_memory(data: &[u8], ext: &str, o: ReadOptions) {
     let spec = spec();
     let format = if ext == "csv" {
-        pepnet::io::Format::Csv
+        pepnet_io::Format::Csv
     } else {
-        pepnet::io::Format::Parquet
+        pepnet_io::Format::Parquet
     };
     let carry: Vec<String> = if o.carry { vec!["tab".into()] } else { Vec::new() };
-    let Ok(reader) = pepnet::io::InputReader::from_bytes(
+    let Ok(reader) = pepnet_io::InputReader::from_bytes(
         "input",
         data.to_vec(),
         format,

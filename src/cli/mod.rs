@@ -273,15 +273,25 @@ impl StoreFlags {
 }
 
 impl Cache {
-    pub fn options(&self) -> pepnet::cache::CacheOptions {
+    /// The cache's options for a model of `spec`, which the warm-up list is read against
+    /// (`spec` is asked for only when there is one).
+    pub fn options(
+        &self,
+        spec: impl FnOnce() -> Result<pepnet::ModelSpec>,
+    ) -> Result<pepnet::cache::CacheOptions> {
         use pepnet::cache::{CacheCapacity, StoreSource};
+        let store = match self.store.redis() {
+            Some(redis) => StoreSource::Open(std::sync::Arc::new(redis)),
+            None => StoreSource::Model,
+        };
+        let warm_up = match &self.cache_warm_up {
+            Some(path) => pepnet::io::read_warm_up(path, &spec()?)?,
+            None => Vec::new(),
+        };
         let mut cache = pepnet::cache::CacheOptions {
             policy: self.cache_policy,
-            store: self
-                .store
-                .redis()
-                .map_or(StoreSource::Model, StoreSource::Redis),
-            warm_up: self.cache_warm_up.clone(),
+            store,
+            warm_up,
             ..Default::default()
         };
         if let Some(n) = self.cache_rows {
@@ -290,7 +300,7 @@ impl Cache {
         if let Some(b) = self.cache_bytes {
             cache.capacity = CacheCapacity::Bytes(b);
         }
-        cache
+        Ok(cache)
     }
 }
 

@@ -72,7 +72,7 @@ impl Score {
                 .unwrap_or_else(pepnet::pipeline::default_readers),
             ..Default::default()
         };
-        let cache = self.cache.options();
+        let cache = self.cache.options(|| Ok(model.spec.clone()))?;
         let precision = self.device.precision;
         let engine = match self.backend {
             Backend::Gpu => {

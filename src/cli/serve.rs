@@ -79,7 +79,10 @@ impl Serve {
     pub fn run(self) -> Result<()> {
         init_logs(self.log_format);
         let ctx = self.device.adapter.open()?;
-        let mut cache = self.cache.options();
+        let model_dir = self.model.clone();
+        let mut cache = self
+            .cache
+            .options(|| pepnet::ModelSpec::load(&model_dir.join(pepnet::model::SPEC_FILE)))?;
         cache.updates = self.updates.policy();
         let engine_options = EngineOptions {
             max_batch: self.max_batch_rows,

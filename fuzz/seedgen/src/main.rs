@@ -14,9 +14,9 @@ use arrow_array::{StringArray, UInt8Array};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
-use pepnet::train::{OptimizerState, OPTIMIZER_FILE};
-use pepnet::weights::HashedRows;
-use pepnet::{Model, ModelSpec};
+use pepnet_train::{OptimizerState, OPTIMIZER_FILE};
+use pepnet_core::weights::HashedRows;
+use pepnet_core::{Model, ModelSpec};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
@@ -84,7 +84,7 @@ fn main() {
     }
     write(&dir, "fuzz_spec.json", SPEC_JSON.as_bytes());
     let mut mmoe = spec.clone();
-    mmoe.experts = Some(pepnet::spec::ExpertsSpec { count: 2, hidden: vec![6, 5] });
+    mmoe.experts = Some(pepnet_core::spec::ExpertsSpec { count: 2, hidden: vec![6, 5] });
     mmoe.epnet = None;
     write(&dir, "fuzz_spec_mmoe.json", mmoe.to_json().as_bytes());
 
@@ -92,7 +92,7 @@ fn main() {
     let dir = out.join("weights_safetensors");
     let mut model = Model {
         spec: spec.clone(),
-        weights: pepnet::Weights::init(&spec, 0),
+        weights: pepnet_core::Weights::init(&spec, 0),
     };
     write(&dir, "init.safetensors", &model.weights.to_safetensors());
     *model.weights.hashed_mut("video_id").unwrap() =
@@ -304,9 +304,9 @@ fn check(out: &Path, spec: &ModelSpec) {
     // grpc_request: ModelInferRequest messages for random batches, typed and raw contents.
     let dir = out.join("grpc_request");
     for (n, seed) in [(0usize, 0u64), (1, 1), (5, 2)] {
-        let batch = pepnet::synth::random_batch(&spec, n, seed);
+        let batch = pepnet_core::synth::random_batch(&spec, n, seed);
         for raw in [false, true] {
-            let request = pepnet::serve::grpc::request(&spec, "m", &batch, Some("s"), raw);
+            let request = pepnet_serve::grpc::request(&spec, "m", &batch, Some("s"), raw);
             let kind = if raw { "raw" } else { "typed" };
             write(&dir, &format!("{n}_rows_{kind}.pb"), &prost::Message::encode_to_vec(&request));
         }
@@ -323,7 +323,7 @@ fn check(out: &Path, spec: &ModelSpec) {
         ModelSpec::load(&p).unwrap_or_else(|e| panic!("{e}"));
     }
     for p in files("weights_safetensors") {
-        pepnet::Weights::load(&p, spec).unwrap_or_else(|e| panic!("{e}"));
+        pepnet_core::Weights::load(&p, spec).unwrap_or_else(|e| panic!("{e}"));
     }
     let tmp = std::env::temp_dir().join(format!("pepnet-seedgen-check-{}", std::process::id()));
     fs::create_dir_all(&tmp).unwrap();
@@ -333,16 +333,16 @@ fn check(out: &Path, spec: &ModelSpec) {
     }
     for p in files("grpc_request") {
         let bytes = fs::read(&p).unwrap();
-        let message: pepnet::serve::proto::ModelInferRequest =
+        let message: pepnet_serve::proto::ModelInferRequest =
             prost::Message::decode(bytes.as_slice()).unwrap();
-        pepnet::serve::grpc::decode(&message, &spec).unwrap_or_else(|e| panic!("{e}"));
+        pepnet_serve::grpc::decode(&message, &spec).unwrap_or_else(|e| panic!("{e}"));
     }
     for p in files("rows_safetensors") {
-        pepnet::store::read_rows_file(&p, spec).unwrap_or_else(|e| panic!("{e}"));
+        pepnet_core::store::read_rows_file(&p, spec).unwrap_or_else(|e| panic!("{e}"));
     }
     for p in files("csv_input").into_iter().chain(files("parquet_input")) {
-        let rejects = pepnet::io::Rejects::create(&tmp.join("rejects.csv")).unwrap();
-        let reader = pepnet::io::InputReader::open(&p, spec, &[], 4, Some(rejects)).unwrap();
+        let rejects = pepnet_io::Rejects::create(&tmp.join("rejects.csv")).unwrap();
+        let reader = pepnet_io::InputReader::open(&p, spec, &[], 4, Some(rejects)).unwrap();
         let mut rows = 0;
         for b in reader {
             rows += b.unwrap_or_else(|e| panic!("{e}")).batch.len();

@@ -1,0 +1,580 @@
+//! The Open Inference Protocol's (KServe v2) JSON messages for a PEPNet model: the metadata a
+//! client reads, the inference request decoded into a [`Batch`], and the response.
+//!
+//! Tensors, one per feature, each `[N]` (or `[N, 1]`) for N samples:
+//! - a sparse feature: its ids, `INT64` (`UINT64` for hashed ids above 2^63; `INT32` and
+//!   `UINT32` are accepted too);
+//! - a multi-hot feature: two tensors, `<feature>` with every sample's ids one after another
+//!   (`[total]`) and `<feature>.lengths` (`[N]`, `INT32` or `INT64`) with each sample's count;
+//! - a dense feature: `FP32` (or `FP64`) values.
+//!
+//! The response has one `FP32` tensor `[N]` per task (those the request's `outputs` names, or
+//! all). Every error names the tensor, the element and the rule broken; nothing a client sends
+//! can panic the decoder (it is fuzzed).
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use pepnet_core::batch::{Batch, Column};
+use pepnet_core::spec::{FeatureKind, ModelSpec};
+
+/// The most samples one request may carry.
+pub const MAX_REQUEST_ROWS: usize = 1 << 16;
+
+/// A decoded inference request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InferRequest {
+    /// The request's `id`, echoed in the response.
+    pub id: Option<String>,
+    pub batch: Batch,
+    /// Task indices to return, in the order asked.
+    pub outputs: Vec<usize>,
+}
+
+/// The suffix of a multi-hot feature's lengths tensor.
+pub const LENGTHS: &str = ".lengths";
+
+/// The model's input tensors: name and datatype, each of shape `[-1]`.
+pub fn input_tensors(spec: &ModelSpec) -> Vec<(String, &'static str)> {
+    let mut inputs = Vec::new();
+    for f in &spec.features {
+        let datatype = match f.kind {
+            FeatureKind::Dense => "FP32",
+            _ if f.hashed => "UINT64",
+            _ => "INT64",
+        };
+        inputs.push((f.name.clone(), datatype));
+        if f.kind == FeatureKind::MultiHot {
+            inputs.push((format!("{}{LENGTHS}", f.name), "INT32"));
+        }
+    }
+    inputs
+}
+
+/// The model's metadata (`GET /v2/models/{name}`).
+pub fn metadata(spec: &ModelSpec, name: &str, version: &str) -> Value {
+    let inputs: Vec<Value> = input_tensors(spec)
+        .into_iter()
+        .map(|(name, datatype)| json!({"name": name, "datatype": datatype, "shape": [-1]}))
+        .collect();
+    let outputs: Vec<Value> = spec
+        .tasks
+        .iter()
+        .map(|t| json!({"name": t, "datatype": "FP32", "shape": [-1]}))
+        .collect();
+    json!({
+        "name": name,
+        "versions": [version],
+        "platform": "pepnet",
+        "inputs": inputs,
+        "outputs": outputs,
+    })
+}
+
+/// The response to a request: one `[N]` FP32 tensor per output asked for.
+pub fn response(
+    spec: &ModelSpec,
+    name: &str,
+    version: &str,
+    request: &InferRequest,
+    scores: &[f32],
+) -> Value {
+    let t = spec.n_tasks();
+    let n = request.batch.len();
+    let outputs: Vec<Value> = request
+        .outputs
+        .iter()
+        .map(|&task| {
+            let data: Vec<f32> = (0..n).map(|i| scores[i * t + task]).collect();
+            json!({"name": spec.tasks[task], "datatype": "FP32", "shape": [n], "data": data})
+        })
+        .collect();
+    let mut out = json!({"model_name": name, "model_version": version, "outputs": outputs});
+    if let Some(id) = &request.id {
+        out["id"] = json!(id);
+    }
+    out
+}
+
+/// The request a client would send for `batch` (the inverse of [`decode`]), e.g. for a load
+/// generator or a test.
+pub fn request(spec: &ModelSpec, batch: &Batch, id: Option<&str>) -> Value {
+    let mut inputs = Vec::new();
+    for (f, column) in spec.features.iter().zip(&batch.columns) {
+        let id_type = if f.hashed { "UINT64" } else { "INT64" };
+        let tensor = |name: String, datatype: &str, data: Value, n: usize| json!({"name": name, "datatype": datatype, "shape": [n], "data": data});
+        match column {
+            Column::Sparse(ids) => {
+                inputs.push(tensor(f.name.clone(), id_type, json!(ids), ids.len()))
+            }
+            Column::Dense(values) => {
+                inputs.push(tensor(f.name.clone(), "FP32", json!(values), values.len()))
+            }
+            Column::MultiHot { offsets, ids } => {
+                let lengths: Vec<usize> = offsets.windows(2).map(|w| w[1] - w[0]).collect();
+                inputs.push(tensor(f.name.clone(), id_type, json!(ids), ids.len()));
+                inputs.push(tensor(
+                    format!("{}{LENGTHS}", f.name),
+                    "INT32",
+                    json!(lengths),
+                    lengths.len(),
+                ));
+            }
+        }
+    }
+    let mut out = json!({ "inputs": inputs });
+    if let Some(id) = id {
+        out["id"] = json!(id);
+    }
+    out
+}
+
+/// One element of an input tensor, whatever the protocol carried it in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Element<'a> {
+    Int(i128),
+    Float(f64),
+    /// A JSON value that is not a number (a string, a bool, null, an object).
+    NotANumber(&'a Value),
+}
+
+impl std::fmt::Display for Element<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Element::Int(i) => write!(f, "{i}"),
+            Element::Float(x) => write!(f, "{x:?}"),
+            Element::NotANumber(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+impl<'a> From<&'a Value> for Element<'a> {
+    fn from(v: &'a Value) -> Self {
+        match (v.as_u64(), v.as_i64(), v.as_f64()) {
+            (Some(u), _, _) => Element::Int(u.into()),
+            (_, Some(i), _) => Element::Int(i.into()),
+            (_, _, Some(x)) => Element::Float(x),
+            _ => Element::NotANumber(v),
+        }
+    }
+}
+
+/// One input tensor as sent, in either protocol.
+pub(crate) struct Tensor<'a> {
+    pub name: &'a str,
+    pub shape: Vec<u64>,
+    pub datatype: &'a str,
+    pub data: Vec<Element<'a>>,
+}
+
+impl<'a> Tensor<'a> {
+    /// The tensor, if its shape holds exactly the elements sent.
+    pub fn new(
+        name: &'a str,
+        shape: Vec<u64>,
+        datatype: &'a str,
+        data: Vec<Element<'a>>,
+    ) -> Result<Self, String> {
+        shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .filter(|&e| e == data.len() as u64)
+            .ok_or(format!(
+                "input tensor '{name}': shape {shape:?} does not match its {} values",
+                data.len()
+            ))?;
+        Ok(Self {
+            name,
+            shape,
+            datatype,
+            data,
+        })
+    }
+}
+
+/// Decodes an inference request's JSON body against the model; the error says what is wrong,
+/// naming the tensor and element.
+pub fn decode(body: &[u8], spec: &ModelSpec) -> Result<InferRequest, String> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let object = value
+        .as_object()
+        .ok_or("the body must be a JSON object with 'inputs'")?;
+    let id = match object.get("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err("'id' must be a string".into()),
+    };
+    let inputs = object
+        .get("inputs")
+        .and_then(Value::as_array)
+        .ok_or("'inputs' must be a list of tensors")?;
+    let tensors = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, input)| read_tensor(i, input))
+        .collect::<Result<Vec<_>, _>>()?;
+    let outputs = match object.get("outputs") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(list)) => Some(
+            list.iter()
+                .enumerate()
+                .map(|(i, o)| {
+                    o.get("name")
+                        .and_then(Value::as_str)
+                        .ok_or(format!("outputs[{i}] needs a 'name'"))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Some(_) => return Err("'outputs' must be a list of {\"name\": ...}".into()),
+    };
+    assemble(spec, id, tensors, outputs)
+}
+
+/// Builds the request from its tensors, in either protocol: one tensor (two for a multi-hot
+/// feature) per feature, the same number of samples in each, every element valid for its
+/// feature; `outputs` names the tasks to return (`None`: all).
+pub(crate) fn assemble(
+    spec: &ModelSpec,
+    id: Option<String>,
+    inputs: Vec<Tensor>,
+    outputs: Option<Vec<&str>>,
+) -> Result<InferRequest, String> {
+    let mut tensors: HashMap<&str, Tensor> = HashMap::new();
+    for tensor in inputs {
+        if let Some(before) = tensors.insert(tensor.name, tensor) {
+            return Err(format!("input tensor '{}' is given twice", before.name));
+        }
+    }
+    let known = |name: &str| {
+        spec.features.iter().any(|f| {
+            f.name == name
+                || (f.kind == FeatureKind::MultiHot
+                    && name.strip_suffix(LENGTHS) == Some(f.name.as_str()))
+        })
+    };
+    if let Some(name) = tensors.keys().find(|n| !known(n)) {
+        let expected: Vec<String> = input_tensors(spec).into_iter().map(|(n, _)| n).collect();
+        return Err(format!(
+            "unknown input tensor '{name}'; the model's inputs are {expected:?}"
+        ));
+    }
+    // Every per-sample tensor must have the same N.
+    let mut rows: Option<usize> = None;
+    let mut samples = |n: usize, tensor: &str| -> Result<(), String> {
+        match rows.replace(n) {
+            Some(m) if m != n => Err(format!(
+                "input tensor '{tensor}' has {n} samples, the others {m}; every feature needs \
+                 one value (or list) per sample"
+            )),
+            _ => Ok(()),
+        }
+    };
+    let mut columns = Vec::with_capacity(spec.features.len());
+    for f in &spec.features {
+        let t = tensors
+            .get(f.name.as_str())
+            .ok_or_else(|| format!("input tensor '{}' is missing", f.name))?;
+        let column = match f.kind {
+            FeatureKind::Sparse => {
+                let n = per_sample(t)?;
+                samples(n, t.name)?;
+                Column::Sparse(ids(t, f.hashed)?)
+            }
+            FeatureKind::Dense => {
+                let n = per_sample(t)?;
+                samples(n, t.name)?;
+                Column::Dense(floats(t)?)
+            }
+            FeatureKind::MultiHot => {
+                let lengths_name = format!("{}{LENGTHS}", f.name);
+                let l = tensors.get(lengths_name.as_str()).ok_or_else(|| {
+                    format!(
+                        "input tensor '{lengths_name}' is missing: a multi-hot feature is two \
+                         tensors, '{}' (every sample's ids, one after another) and \
+                         '{lengths_name}' (each sample's count)",
+                        f.name
+                    )
+                })?;
+                let n = per_sample(l)?;
+                samples(n, l.name)?;
+                if t.shape.len() != 1 {
+                    return Err(format!(
+                        "input tensor '{}': shape {:?}, expected [total ids]",
+                        t.name, t.shape
+                    ));
+                }
+                let lengths = counts(l)?;
+                let all = ids(t, f.hashed)?;
+                let total: u64 = lengths.iter().map(|&c| c as u64).sum();
+                if total != all.len() as u64 {
+                    return Err(format!(
+                        "input tensor '{lengths_name}' counts {total} ids in all, but '{}' holds {}",
+                        f.name,
+                        all.len()
+                    ));
+                }
+                let mut offsets = Vec::with_capacity(lengths.len() + 1);
+                offsets.push(0);
+                for c in lengths {
+                    offsets.push(offsets.last().expect("starts at 0") + c);
+                }
+                Column::MultiHot { offsets, ids: all }
+            }
+        };
+        columns.push(column);
+    }
+    let outputs = match outputs {
+        None => (0..spec.n_tasks()).collect(),
+        Some(names) => names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                spec.tasks.iter().position(|t| t == name).ok_or(format!(
+                    "outputs[{i}]: unknown output '{name}'; the model's outputs are {:?}",
+                    spec.tasks
+                ))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let batch = Batch::new(columns);
+    batch
+        .validate(spec, "request", 1)
+        .map_err(|e| e.to_string().replace("request: row ", "sample "))?;
+    Ok(InferRequest { id, batch, outputs })
+}
+
+fn read_tensor(i: usize, input: &Value) -> Result<Tensor<'_>, String> {
+    let name = input
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or(format!("inputs[{i}] needs a 'name' string"))?;
+    let shape = input
+        .get("shape")
+        .and_then(Value::as_array)
+        .and_then(|s| s.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>())
+        .ok_or(format!(
+            "input tensor '{name}': 'shape' must be a list of non-negative integers"
+        ))?;
+    let datatype = input
+        .get("datatype")
+        .and_then(Value::as_str)
+        .ok_or(format!("input tensor '{name}' needs a 'datatype' string"))?;
+    let mut data = Vec::new();
+    flatten(
+        input
+            .get("data")
+            .ok_or(format!("input tensor '{name}' needs 'data'"))?,
+        &mut data,
+        0,
+    )
+    .map_err(|m| format!("input tensor '{name}': {m}"))?;
+    Tensor::new(name, shape, datatype, data)
+}
+
+/// The values of `data`, nested lists read in row-major order.
+fn flatten<'a>(value: &'a Value, out: &mut Vec<Element<'a>>, depth: usize) -> Result<(), String> {
+    match value {
+        Value::Array(items) if depth < 8 => items
+            .iter()
+            .try_for_each(|item| flatten(item, out, depth + 1)),
+        Value::Array(_) => Err("'data' is nested too deeply".into()),
+        scalar => {
+            out.push(scalar.into());
+            Ok(())
+        }
+    }
+}
+
+/// Samples of a per-sample tensor: shape `[N]` or `[N, 1]`.
+fn per_sample(t: &Tensor) -> Result<usize, String> {
+    match t.shape.as_slice() {
+        [n] | [n, 1] if *n as usize <= MAX_REQUEST_ROWS => Ok(*n as usize),
+        [n] | [n, 1] => Err(format!(
+            "input tensor '{}': {n} samples, more than one request may carry ({MAX_REQUEST_ROWS})",
+            t.name
+        )),
+        other => Err(format!(
+            "input tensor '{}': shape {other:?}, expected [N] or [N, 1] for N samples",
+            t.name
+        )),
+    }
+}
+
+fn ids(t: &Tensor, hashed: bool) -> Result<Vec<u64>, String> {
+    let signed = match t.datatype {
+        "INT64" | "INT32" => true,
+        "UINT64" | "UINT32" => false,
+        other => {
+            return Err(format!(
+            "input tensor '{}': datatype {other}, expected INT64 (or UINT64, INT32, UINT32) ids",
+            t.name
+        ))
+        }
+    };
+    t.data
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let bad = |why: &str| format!("input tensor '{}', element {i}: {v} {why}", t.name);
+            match *v {
+                Element::Int(u)
+                    if u >= 0
+                        && u <= if signed {
+                            i64::MAX as i128
+                        } else {
+                            u64::MAX as i128
+                        } =>
+                {
+                    Ok(u as u64)
+                }
+                Element::Int(s) if signed && s >= i64::MIN as i128 && s < 0 => match hashed {
+                    true => Ok(s as i64 as u64),
+                    false => Err(bad("is negative; ids are not")),
+                },
+                _ => Err(bad(&format!(
+                    "is not an integer of datatype {}",
+                    t.datatype
+                ))),
+            }
+        })
+        .collect()
+}
+
+fn counts(t: &Tensor) -> Result<Vec<usize>, String> {
+    if !matches!(t.datatype, "INT32" | "INT64" | "UINT32" | "UINT64") {
+        return Err(format!(
+            "input tensor '{}': datatype {}, expected INT32 or INT64 counts",
+            t.name, t.datatype
+        ));
+    }
+    t.data
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            match *v {
+                Element::Int(c) if (0..=MAX_REQUEST_ROWS as i128 * 64).contains(&c) => {
+                    Some(c as usize)
+                }
+                _ => None,
+            }
+            .ok_or(format!(
+                "input tensor '{}', element {i}: {v} is not a count (a non-negative integer)",
+                t.name
+            ))
+        })
+        .collect()
+}
+
+fn floats(t: &Tensor) -> Result<Vec<f32>, String> {
+    if !matches!(t.datatype, "FP32" | "FP64") {
+        return Err(format!(
+            "input tensor '{}': datatype {}, expected FP32 (or FP64) values",
+            t.name, t.datatype
+        ));
+    }
+    t.data
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let x = match *v {
+                Element::Int(i) => i as f64,
+                Element::Float(x) => x,
+                Element::NotANumber(_) => {
+                    return Err(format!(
+                        "input tensor '{}', element {i}: {v} is not a number",
+                        t.name
+                    ))
+                }
+            };
+            let y = x as f32;
+            match (x.is_finite(), y.is_finite()) {
+                (true, true) => Ok(y),
+                (false, _) => Err(format!(
+                    "input tensor '{}', element {i}: {x}; values must be finite",
+                    t.name
+                )),
+                (true, false) => Err(format!(
+                    "input tensor '{}', element {i}: {x} does not fit an f32",
+                    t.name
+                )),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = r#"{
+      "embedding_dim": 4, "domain_feature": "tab", "tasks": ["click", "like"],
+      "features": [
+        {"name": "tab", "kind": "sparse", "vocab": 3, "roles": ["domain"]},
+        {"name": "user", "kind": "sparse", "hashed": true, "roles": ["general"]},
+        {"name": "tags", "kind": "multi_hot", "vocab": 9, "max_len": 3, "pooling": "sum", "roles": ["general"]},
+        {"name": "dur", "kind": "dense", "roles": ["general"]}
+      ],
+      "towers": [3]
+    }"#;
+
+    fn spec() -> ModelSpec {
+        ModelSpec::from_json(SPEC, "spec").unwrap()
+    }
+
+    #[test]
+    fn a_batch_encoded_as_a_request_decodes_to_itself() {
+        let spec = spec();
+        for n in [0, 1, 7] {
+            let batch = pepnet_core::synth::random_batch(&spec, n, n as u64);
+            let body = serde_json::to_vec(&request(&spec, &batch, Some("x"))).unwrap();
+            let decoded = decode(&body, &spec).unwrap();
+            assert_eq!(decoded.batch, batch);
+            assert_eq!(decoded.id.as_deref(), Some("x"));
+            assert_eq!(decoded.outputs, [0, 1]);
+        }
+    }
+
+    #[test]
+    fn nested_data_signed_hashed_ids_and_chosen_outputs() {
+        let body = br#"{"inputs": [
+            {"name": "tab", "datatype": "INT32", "shape": [2, 1], "data": [[0], [2]]},
+            {"name": "user", "datatype": "INT64", "shape": [2], "data": [-1, 5]},
+            {"name": "tags", "datatype": "INT64", "shape": [3], "data": [1, 2, 8]},
+            {"name": "tags.lengths", "datatype": "INT32", "shape": [2], "data": [0, 3]},
+            {"name": "dur", "datatype": "FP64", "shape": [2], "data": [0.5, -1]}
+        ], "outputs": [{"name": "like"}]}"#;
+        let r = decode(body, &spec()).unwrap();
+        assert_eq!(r.batch.columns[0], Column::Sparse(vec![0, 2]));
+        // A signed hashed id keeps its 64 bits, as the Parquet reader reads it.
+        assert_eq!(r.batch.columns[1], Column::Sparse(vec![u64::MAX, 5]));
+        assert_eq!(
+            r.batch.columns[2],
+            Column::MultiHot {
+                offsets: vec![0, 0, 3],
+                ids: vec![1, 2, 8]
+            }
+        );
+        assert_eq!(r.outputs, [1]);
+        let out = response(&spec(), "m", "1", &r, &[0.1, 0.2, 0.3, 0.4]);
+        assert_eq!(out["outputs"][0]["name"], "like");
+        assert_eq!(
+            out["outputs"][0]["data"],
+            serde_json::json!([0.2f32, 0.4f32])
+        );
+    }
+
+    #[test]
+    fn a_list_longer_than_max_len_names_the_sample_and_feature() {
+        let body = br#"{"inputs": [
+            {"name": "tab", "datatype": "INT64", "shape": [1], "data": [0]},
+            {"name": "user", "datatype": "UINT64", "shape": [1], "data": [18446744073709551615]},
+            {"name": "tags", "datatype": "INT64", "shape": [4], "data": [1, 2, 3, 4]},
+            {"name": "tags.lengths", "datatype": "INT64", "shape": [1], "data": [4]},
+            {"name": "dur", "datatype": "FP32", "shape": [1], "data": [0.5]}
+        ]}"#;
+        let e = decode(body, &spec()).unwrap_err();
+        assert!(e.contains("sample 1") && e.contains("'tags'"), "{e}");
+    }
+}
