@@ -6,8 +6,8 @@
 //! wants) instead.
 
 pub use pepnet_core::{
-    atomic_file, batch, batcher, cache, engine, error, forward, gpu, grad, math, memory, model,
-    plan, precision, reference, spec, weights,
+    atomic_file, batch, batcher, cache, engine, error, forward, gpu, grad, memory, model, plan,
+    precision, reference, spec, weights,
 };
 pub use pepnet_core::{
     check_output_dir, check_output_file, write_file, Batch, Batcher, BatcherOptions, Column,

@@ -33,7 +33,9 @@ pub fn take_unfinished() -> Vec<PathBuf> {
 pub enum Output {
     /// A temporary file, renamed over `target` by [`Output::commit`] (`None` once it has been).
     Temp {
+        /// The temporary file beside `target`, written to until the commit.
         tmp: Option<tempfile::NamedTempFile>,
+        /// The path the output ends up at.
         target: PathBuf,
     },
     /// A FIFO or device, written in place.

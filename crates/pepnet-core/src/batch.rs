@@ -11,12 +11,18 @@ pub enum Column {
     Sparse(Vec<u64>),
     /// Sample `i`'s ids are `ids[offsets[i]..offsets[i + 1]]`; `offsets` has one more entry
     /// than there are samples and starts at 0.
-    MultiHot { offsets: Vec<usize>, ids: Vec<u64> },
+    MultiHot {
+        /// Start of each sample's ids in `ids`, then their total count.
+        offsets: Vec<usize>,
+        /// Every sample's ids, one after another.
+        ids: Vec<u64>,
+    },
     /// One number per sample.
     Dense(Vec<f32>),
 }
 
 impl Column {
+    /// Number of samples.
     pub fn len(&self) -> usize {
         match self {
             Column::Sparse(v) => v.len(),
@@ -25,6 +31,7 @@ impl Column {
         }
     }
 
+    /// Whether the column holds no samples.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -71,6 +78,7 @@ impl CheckedBatch {
         }
     }
 
+    /// The checked batch, to read.
     pub fn batch(&self) -> &Batch {
         &self.batch
     }
@@ -94,10 +102,12 @@ pub fn spec_id(spec: &ModelSpec) -> u64 {
 /// Samples in columns, one per feature of the spec, in spec order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
+    /// One column per feature, in spec order, all of the same length.
     pub columns: Vec<Column>,
 }
 
 impl Batch {
+    /// A batch of `columns`, unchecked: scoring checks them against the spec.
     pub fn new(columns: Vec<Column>) -> Self {
         Self { columns }
     }
@@ -107,6 +117,7 @@ impl Batch {
         self.columns.first().map_or(0, Column::len)
     }
 
+    /// Whether the batch holds no samples.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -68,6 +68,7 @@ pub const BATCH_ROWS_BUCKETS: [f64; 10] = [
     65536.0,
     f64::INFINITY,
 ];
+/// Upper bounds of the queue-wait histogram buckets, in milliseconds.
 pub const QUEUE_MS_BUCKETS: [f64; 10] = [
     0.1,
     0.5,

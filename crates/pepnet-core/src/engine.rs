@@ -361,6 +361,7 @@ impl Engine {
         })
     }
 
+    /// The spec of the model the engine scores.
     pub fn spec(&self) -> &ModelSpec {
         &self.spec
     }

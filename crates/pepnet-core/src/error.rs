@@ -9,34 +9,52 @@ use std::path::PathBuf;
 pub enum Error {
     /// The model spec (`model.json`) is malformed or inconsistent.
     #[error("{file}: {message}")]
-    Spec { file: String, message: String },
+    Spec {
+        /// The spec file (or the place the spec came from).
+        file: String,
+        /// What is wrong, and what was expected.
+        message: String,
+    },
 
     /// A weights tensor is missing, extra, or of the wrong shape or dtype.
     #[error("{file}: tensor '{tensor}': {message}")]
     Tensor {
+        /// The weights file.
         file: String,
+        /// The tensor's name.
         tensor: String,
+        /// What is wrong, and what was expected.
         message: String,
     },
 
     /// A weights file that is not a readable safetensors file.
     #[error("{file}: {message}")]
-    Weights { file: String, message: String },
+    Weights {
+        /// The weights file.
+        file: String,
+        /// Why it could not be read.
+        message: String,
+    },
 
     /// An input value that does not fit its feature.
     #[error("{source_name}: row {row}, column '{column}': {message}")]
     Input {
+        /// The input's name (its file path, or what stands for one).
         source_name: String,
         /// 1-based data row (the header is not counted).
         row: usize,
+        /// The feature's column.
         column: String,
+        /// What is wrong with the value, and what was expected.
         message: String,
     },
 
     /// A problem with the input file as a whole (missing column, unreadable header...).
     #[error("{source_name}: {message}")]
     InputFile {
+        /// The input's name (its file path, or what stands for one).
         source_name: String,
+        /// What is wrong, and what was expected.
         message: String,
     },
 
@@ -80,7 +98,9 @@ pub enum Error {
     /// An I/O error on a named path.
     #[error("{path}: {source}")]
     Io {
+        /// The path being read, written or created.
         path: PathBuf,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },
@@ -93,6 +113,7 @@ pub struct SampleError {
     pub sample: usize,
     /// The output or input column concerned ("" if none).
     pub column: String,
+    /// What went wrong.
     pub message: String,
 }
 
@@ -136,4 +157,5 @@ impl Error {
     }
 }
 
+/// A result whose error defaults to pepnet's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

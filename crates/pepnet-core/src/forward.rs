@@ -14,15 +14,24 @@ use crate::plan::{Plan, Step};
 pub struct ForwardBuffers<'a> {
     /// Per step of the plan: its linear span or MMoE mix parameters (`None` for others).
     pub step_uniforms: &'a [Option<wgpu::Buffer>],
+    /// The gather's [`GatherParams`] (a uniform).
     pub gather_params: &'a wgpu::Buffer,
+    /// The gather's feature table.
     pub features: &'a wgpu::Buffer,
+    /// The embedding pages (a page repeated where the model has fewer).
     pub pages: [&'a wgpu::Buffer; MAX_PAGES],
+    /// The linear problem table of every linear step.
     pub problems: &'a wgpu::Buffer,
+    /// The packed weights, as f32.
     pub weights: &'a wgpu::Buffer,
     /// The weights as f16, for the f16 precision.
     pub weights_half: Option<&'a wgpu::Buffer>,
+    /// The batch size (a uniform).
     pub batch: &'a wgpu::Buffer,
+    /// The batch's ids as global embedding rows, `slots` per sample (hashed features' written
+    /// by the resolve kernel).
     pub ids: &'a wgpu::Buffer,
+    /// The batch's dense values.
     pub dense: &'a wgpu::Buffer,
     /// The activations, stored as the plan says (`Plan::act_storage`).
     pub act: &'a wgpu::Buffer,

@@ -22,7 +22,9 @@ use crate::model::Model;
 /// unperturbed values, so that it measures the gradient the stop-gradients define.
 #[derive(Debug, Clone)]
 pub struct Frozen {
+    /// Per sample: E (the general features' vectors, concatenated) as EPNet's gate reads it.
     pub e: Vec<Vec<f64>>,
+    /// Per sample: O_ep, EPNet's output, as PPNet's gates read it.
     pub o_ep: Vec<Vec<f64>>,
 }
 

@@ -14,6 +14,7 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// `f32` or `f16`, as [`std::str::FromStr`] reads it.
     pub fn name(self) -> &'static str {
         match self {
             Precision::F32 => "f32",

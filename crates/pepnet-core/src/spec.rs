@@ -18,7 +18,9 @@ pub mod limits {
     pub const CONCAT_WIDTH: usize = 1 << 20;
     /// Tasks, experts, and the layers of the towers and of an expert.
     pub const TASKS: usize = 1024;
+    /// Experts (`experts.count`).
     pub const EXPERTS: usize = 1024;
+    /// Layers of the towers (`towers`) and of an expert (`experts.hidden`).
     pub const LAYERS: usize = 64;
     /// Elements of one tensor, and of all dense layers together: 4 GiB of f32, the most one
     /// storage binding can address.
@@ -47,6 +49,7 @@ pub mod limits {
     }
 }
 
+/// How a feature's values become its d-wide vector (`kind` in `model.json`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FeatureKind {
@@ -58,36 +61,51 @@ pub enum FeatureKind {
     Dense,
 }
 
+/// How a multi-hot feature pools the rows of its ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Pooling {
+    /// The sum of the rows.
     Sum,
+    /// The mean of the rows (zeros for an empty list).
     Mean,
 }
 
+/// Which concatenated input a feature's vector is part of; a feature may have several.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
+    /// Part of E: the main input, which EPNet scales into O_ep.
     General,
+    /// Part of E_d, EPNet's domain-side gate input.
     Domain,
+    /// Part of E_p, PPNet's personalised prior.
     Prior,
 }
 
+/// One input feature: its name, kind, table and roles.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeatureSpec {
+    /// The feature's name: its input column and its tensors' `emb.<name>`.
     pub name: String,
+    /// Sparse, multi-hot or dense.
     pub kind: FeatureKind,
+    /// Sparse, multi-hot: rows of the table (ids lie in `[0, vocab)`); `None` for a dense or a
+    /// hashed feature.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vocab: Option<usize>,
+    /// Multi-hot: the most ids one sample lists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_len: Option<usize>,
+    /// Multi-hot: sum or mean of the rows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pooling: Option<Pooling>,
     /// Raw 64-bit ids (hashes from an unbounded space) instead of a vocabulary: the rows live in
     /// an embedding store keyed by (feature, id) and reach the GPU through the embedding cache.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub hashed: bool,
+    /// The concatenated inputs the feature's vector is part of (at least one).
     pub roles: Vec<Role>,
 }
 
@@ -111,6 +129,7 @@ impl FeatureSpec {
         }
     }
 
+    /// Whether the feature has `role`.
     pub fn has_role(&self, role: Role) -> bool {
         self.roles.contains(&role)
     }
@@ -120,13 +139,17 @@ impl FeatureSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GateSpec {
+    /// Width of the gate's first layer (fc1's outputs).
     pub hidden: usize,
 }
 
+/// MMoE's shared experts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExpertsSpec {
+    /// Experts K.
     pub count: usize,
+    /// Widths of each expert's layers, h_1 .. h_e (a ReLU after every one).
     pub hidden: Vec<usize>,
 }
 
@@ -134,25 +157,37 @@ fn default_gamma() -> f64 {
     2.0
 }
 
+/// The model spec, `model.json`: the architecture every width, tensor and plan derives from
+/// (the contract is `docs/model.md`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
+    /// d: the width of every feature's vector.
     pub embedding_dim: usize,
+    /// γ: every Gate NU's output lies in (0, γ); 2 by default.
     #[serde(default = "default_gamma")]
     pub gate_gamma: f64,
+    /// The sparse feature, with the role `domain`, whose id is the sample's domain.
     pub domain_feature: String,
+    /// Task names, in output order (T of them).
     pub tasks: Vec<String>,
+    /// Every input feature, in spec order (the order of the concatenations and the columns).
     pub features: Vec<FeatureSpec>,
+    /// EPNet's gate; `None` disables EPNet (O_ep = E).
     #[serde(default)]
     pub epnet: Option<GateSpec>,
+    /// PPNet's gates (one per tower layer, all alike); `None` disables PPNet (every δ is 1).
     #[serde(default)]
     pub ppnet: Option<GateSpec>,
+    /// MMoE's shared experts; `None`: every tower reads O_ep.
     #[serde(default)]
     pub experts: Option<ExpertsSpec>,
+    /// Widths w_1 .. w_L of each task tower's hidden layers (the output layer's is 1).
     pub towers: Vec<usize>,
 }
 
 impl ModelSpec {
+    /// The spec as pretty-printed JSON, as `model.json` holds it.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a spec always serialises")
     }
@@ -323,10 +358,12 @@ impl ModelSpec {
         Ok(())
     }
 
+    /// d, the embedding width.
     pub fn d(&self) -> usize {
         self.embedding_dim
     }
 
+    /// T, the number of tasks.
     pub fn n_tasks(&self) -> usize {
         self.tasks.len()
     }

@@ -15,7 +15,9 @@ use crate::spec::ModelSpec;
 /// One tensor, held as f32 whatever its dtype on disk.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tensor {
+    /// Dimensions, outermost first.
     pub shape: Vec<usize>,
+    /// The elements, row-major: the product of `shape` of them.
     pub data: Vec<f32>,
 }
 
@@ -35,9 +37,11 @@ pub struct Weights {
 pub struct HashedRows {
     /// Row width (the model's d).
     pub d: usize,
+    /// The ids held, distinct (`emb.<f>.ids`).
     pub ids: Vec<u64>,
     /// `ids.len() × d`, row i belongs to `ids[i]`.
     pub rows: Vec<f32>,
+    /// `emb.<f>.default`, d floats, if stored: the row unknown ids read.
     pub default: Option<Vec<f32>>,
 }
 
@@ -434,6 +438,7 @@ impl Weights {
         safetensors::serialize(views, None).expect("in-memory serialisation cannot fail")
     }
 
+    /// The tensor `name`; panics if the weights do not hold it (names come from the spec).
     pub fn get(&self, name: &str) -> &Tensor {
         self.tensors.get(name).unwrap_or_else(|| {
             panic!("tensor '{name}' is not in the model (a bug: names come from the spec)")
@@ -460,6 +465,7 @@ impl Weights {
         self.tensors.get_mut(name)
     }
 
+    /// Every tensor with its name, in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
         self.tensors.iter().map(|(k, v)| (k.as_str(), v))
     }

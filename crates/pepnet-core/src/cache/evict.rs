@@ -16,7 +16,10 @@ use super::frequency::{Frequency, FrequencySketch};
 pub enum EvictionPolicy {
     /// The paper's choice: a score per row, its accesses decayed by `decay` per batch
     /// (frequency with recency); the lowest score goes first.
-    Score { decay: f64 },
+    Score {
+        /// Factor an access's weight is multiplied by each batch, in (0, 1].
+        decay: f64,
+    },
     /// Least recently used.
     Lru,
     /// Least frequently used (accesses since the row entered the cache).
@@ -34,6 +37,7 @@ impl EvictionPolicy {
     /// The score policy with its default decay: an access counts half after ~34 batches.
     pub const DEFAULT_DECAY: f64 = 0.98;
 
+    /// The score policy with [`Self::DEFAULT_DECAY`].
     pub fn score() -> Self {
         EvictionPolicy::Score {
             decay: Self::DEFAULT_DECAY,
@@ -59,6 +63,7 @@ impl EvictionPolicy {
         }
     }
 
+    /// The policy as [`Self::parse`] reads it (`score:<decay>` with the decay spelled out).
     pub fn name(&self) -> String {
         match self {
             EvictionPolicy::Score { decay } => format!("score:{decay}"),
@@ -98,6 +103,8 @@ impl Ord for Priority {
     }
 }
 
+/// Picks the slot a full cache evicts: a priority per slot and a lazy min-heap over them (see
+/// the module comment).
 #[derive(Debug, Clone)]
 pub struct Evictor {
     policy: EvictionPolicy,
@@ -114,6 +121,7 @@ pub struct Evictor {
 }
 
 impl Evictor {
+    /// An evictor under `policy` for `slots` slots, all free.
     pub fn new(policy: EvictionPolicy, slots: usize) -> Self {
         let neg_ln_decay = match policy {
             EvictionPolicy::Score { decay } => -decay.ln(),

@@ -43,6 +43,7 @@ impl FrequencySketch {
     /// 0.04 points of hit rate at a 1% cache), and a halving every 1024 accesses per row keeps
     /// those ids' counts in the hundreds, well inside 16 bits, while still forgetting.
     pub const WIDTH_PER_SLOT: usize = 16;
+    /// Accesses between halvings per cache row (see [`Self::WIDTH_PER_SLOT`]).
     pub const PERIOD_PER_SLOT: u64 = 1024;
 
     /// A sketch sized for a cache of `slots` rows.
@@ -112,14 +113,17 @@ pub struct ExactCounts {
 }
 
 impl ExactCounts {
+    /// `key`'s accesses since the start, exactly.
     pub fn estimate(&self, key: Key) -> u64 {
         self.counts.get(&key).copied().unwrap_or(0)
     }
 
+    /// Counts `n` accesses of `key`.
     pub fn record(&mut self, key: Key, n: u64) {
         *self.counts.entry(key).or_insert(0) += n;
     }
 
+    /// Bytes the map takes, estimated from its capacity (an entry and a control byte per slot).
     pub fn bytes(&self) -> usize {
         self.counts.capacity() * (std::mem::size_of::<(Key, u64)>() + 1)
     }
@@ -128,11 +132,14 @@ impl ExactCounts {
 /// The access history of a frequency policy.
 #[derive(Debug, Clone)]
 pub enum Frequency {
+    /// TinyLFU's bounded count-min sketch.
     Sketch(FrequencySketch),
+    /// Perfect LFU's exact, unbounded counts.
     Exact(ExactCounts),
 }
 
 impl Frequency {
+    /// The estimate of `key`'s accesses (exact for [`Frequency::Exact`]).
     pub fn estimate(&self, key: Key) -> u64 {
         match self {
             Frequency::Sketch(s) => s.estimate(key),
@@ -151,6 +158,7 @@ impl Frequency {
         }
     }
 
+    /// Bytes the history takes.
     pub fn bytes(&self) -> usize {
         match self {
             Frequency::Sketch(s) => s.bytes(),

@@ -41,6 +41,7 @@ use updates::UpdateTracker;
 /// How many rows the cache holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheCapacity {
+    /// This many rows, whatever their size.
     Rows(u64),
     /// Rows, as the engine stores them (d f32s, or at f16 d f16s padded to a whole word), that
     /// fit in this many bytes of GPU memory with their index (the id→slot hash table, with
@@ -94,14 +95,19 @@ pub enum StoreSource {
     Open(std::sync::Arc<dyn crate::store::OpenStore>),
 }
 
+/// How an engine's embedding cache is sized, filled and kept.
 #[derive(Debug, Clone)]
 pub struct CacheOptions {
+    /// Rows the cache holds on the GPU.
     pub capacity: CacheCapacity,
+    /// Where rows come from on a miss and where live updates go.
     pub store: StoreSource,
     /// Hot ids, hottest first, whose rows fill the cache when the engine starts (those beyond
     /// the cache's rows are skipped).
     pub warm_up: Vec<Key>,
+    /// Which cached row a full cache evicts.
     pub policy: EvictionPolicy,
+    /// Cap on live writes per id and expiry of ids not written.
     pub updates: UpdatePolicy,
     /// The update clock's reading when the engine starts (seconds; rows loaded from the store
     /// count as written then). `None`: the system clock's Unix time.
@@ -131,6 +137,7 @@ pub fn unix_now() -> u64 {
 /// Counters of one hashed feature (or of all of them).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct FeatureStats {
+    /// Name of the feature (`total` for the sum over all hashed features).
     pub feature: String,
     /// Ids found in the cache (each occurrence in a batch counts): cached rows, and ids cached
     /// as unknown to the store (which are not asked for again).
@@ -146,6 +153,7 @@ pub struct FeatureStats {
     pub unknown: u64,
     /// Live row writes applied, and refused by the update cap.
     pub updates: u64,
+    /// Live row writes refused by the update cap.
     pub capped_updates: u64,
     /// Ids dropped because they were not written for the expiry time.
     pub expired: u64,
@@ -178,19 +186,27 @@ impl FeatureStats {
     }
 }
 
+/// A snapshot of the cache: its size and fill, and the counters of its hashed features.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CacheStats {
+    /// Eviction policy, as [`EvictionPolicy::name`] spells it.
     pub policy: String,
+    /// Rows the cache holds when full.
     pub capacity_rows: u64,
+    /// Rows cached now (slots in use).
     pub cached_rows: u64,
+    /// Rows the embedding store holds.
     pub store_rows: u64,
+    /// Counters per hashed feature, in spec order.
     pub features: Vec<FeatureStats>,
+    /// Counters summed over the hashed features.
     pub total: FeatureStats,
 }
 
 /// What a live update did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UpdateOutcome {
+    /// Rows written (to the store, and to the cache where cached).
     pub applied: usize,
     /// Refused: the id reached its cap of writes in the current window.
     pub capped: usize,
@@ -199,8 +215,11 @@ pub struct UpdateOutcome {
 /// The cache's GPU buffers that the engine binds: the hash table, the rows, and per feature
 /// the default row unknown ids read.
 pub struct CacheBuffers {
+    /// The id→slot hash table, [`table::Entry`] records that the resolve kernel probes.
     pub table: wgpu::Buffer,
+    /// The cached rows, one per slot, in the engine's row format.
     pub rows: wgpu::Buffer,
+    /// One default row per feature, read by ids the store does not hold.
     pub defaults: wgpu::Buffer,
 }
 
@@ -502,10 +521,12 @@ impl CacheState {
             .collect()
     }
 
+    /// Rows the cache holds when full.
     pub fn capacity(&self) -> u64 {
         self.capacity
     }
 
+    /// The hash table's entries − 1 (a power of two less one), for the resolve kernel.
     pub fn mask(&self) -> u32 {
         self.table.mask()
     }
@@ -860,12 +881,12 @@ impl CacheState {
         }
     }
 
-    /// Counters per hashed feature (`hashed[f]` says which features are) and in total.
     /// Cache hits of feature `f` so far.
     pub fn hits_of(&self, f: usize) -> u64 {
         self.stats[f].hits
     }
 
+    /// Counters per hashed feature (`hashed[f]` says which features are) and in total.
     pub fn stats(&self, hashed: &[bool]) -> CacheStats {
         let features: Vec<FeatureStats> = self
             .stats

@@ -38,6 +38,7 @@ impl UpdateTracker {
         Self { policy, records }
     }
 
+    /// The policy the tracker enforces.
     pub fn policy(&self) -> &UpdatePolicy {
         &self.policy
     }

@@ -22,8 +22,10 @@ pub const HALF: &str = include_str!("../../shaders/half.wgsl");
 /// The element type of an activation buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ActStorage {
+    /// 4 bytes an activation: training, and scoring at f32 or without f16 shaders.
     #[default]
     F32,
+    /// 2 bytes an activation: scoring at f16 on a device with f16 shaders.
     F16,
 }
 
@@ -45,6 +47,7 @@ impl ActStorage {
         }
     }
 
+    /// `f32` or `f16`.
     pub fn name(self) -> &'static str {
         match self {
             ActStorage::F32 => "f32",
@@ -96,6 +99,7 @@ pub struct ByStorage<T> {
 }
 
 impl<T> ByStorage<T> {
+    /// `f32` for f32 storage; the f16 form is built on first use.
     pub fn new(f32: T) -> Self {
         Self {
             f32,

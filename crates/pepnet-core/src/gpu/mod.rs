@@ -35,9 +35,13 @@ pub const COOP_ENV: &str = "PEPNET_COOP";
 
 /// A device, its queue, and the kernels compiled for it (each on first use).
 pub struct GpuContext {
+    /// The device every buffer and pipeline lives on.
     pub device: wgpu::Device,
+    /// Its queue: every write and submission goes through it.
     pub queue: wgpu::Queue,
+    /// The adapter's name, backend and subgroup sizes.
     pub info: wgpu::AdapterInfo,
+    /// The device's limits (binding sizes, workgroup memory...).
     pub limits: wgpu::Limits,
     /// Optional features the device was opened with (timestamp queries, when the adapter has them).
     pub features: wgpu::Features,
@@ -69,8 +73,11 @@ struct Kernels {
 /// What `pepnet info` shows of an adapter.
 #[derive(Debug, Clone)]
 pub struct AdapterSummary {
+    /// Name, vendor, backend and driver.
     pub info: wgpu::AdapterInfo,
+    /// The adapter's best limits.
     pub limits: wgpu::Limits,
+    /// Optional features the adapter offers.
     pub features: wgpu::Features,
     /// Cooperative-matrix shapes (tensor cores) the adapter offers.
     pub coop: Vec<wgpu::CooperativeMatrixProperties>,
@@ -353,6 +360,22 @@ impl GpuContext {
     pub fn optimizer(&self) -> &optimizer::OptimizerKernels {
         (self.kernels.optimizer)
             .get_or_init(|| self.build("optimizer", optimizer::OptimizerKernels::new))
+    }
+
+    /// Builds every kernel family now, training's included (each is otherwise built the first
+    /// time it is used): for a process that wants no compilation after start-up. Fails naming
+    /// the kernel that did not build.
+    pub fn compile_all(&self) -> Result<()> {
+        self.gather();
+        self.linear();
+        self.mmoe_mix();
+        self.resolve();
+        self.scatter();
+        self.gather_backward();
+        self.linear_backward();
+        self.loss();
+        self.optimizer();
+        self.check_faults()
     }
 
     /// Which kernel families have been compiled so far, by name: what a caller paid for at
@@ -674,6 +697,8 @@ pub(crate) fn whole_buffers<'a>(buffers: &[&'a wgpu::Buffer]) -> Vec<wgpu::BindG
 #[repr(C)]
 #[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct BatchParams {
+    /// Samples in the batch.
     pub rows: u32,
+    /// Padding to a 16-byte uniform.
     pub _pad: [u32; 3],
 }

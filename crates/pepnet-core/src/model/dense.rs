@@ -100,6 +100,7 @@ fn round_significand(v: f64) -> f64 {
     round_f16(v * scale) / scale
 }
 
+/// max(x, 0) of each element.
 pub fn relu(v: &[f64]) -> Vec<f64> {
     v.iter().map(|x| x.max(0.0)).collect()
 }

@@ -30,13 +30,17 @@ fn push_linear(out: &mut Vec<(String, Vec<usize>)>, name: &str, n_out: usize, n_
     out.push((format!("{name}.bias"), vec![n_out]));
 }
 
+/// The spec's file name in a model directory.
 pub const SPEC_FILE: &str = "model.json";
+/// The weights' file name in a model directory.
 pub const WEIGHTS_FILE: &str = "weights.safetensors";
 
 /// A validated model: a spec and exactly the tensors it asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Model {
+    /// The architecture: features, widths, blocks and tasks.
     pub spec: ModelSpec,
+    /// Every tensor the spec asks for, of the shape it asks for.
     pub weights: Weights,
 }
 

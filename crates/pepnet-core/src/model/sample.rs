@@ -12,7 +12,9 @@ use crate::spec::Role;
 /// O_ep as PPNet's gates read it.
 #[derive(Debug, Clone, Copy)]
 pub struct StopGradients<'a> {
+    /// E as EPNet's gate reads it.
     pub e: &'a [f64],
+    /// O_ep as PPNet's gates read it.
     pub o_ep: &'a [f64],
 }
 

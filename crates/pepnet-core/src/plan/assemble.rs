@@ -25,6 +25,7 @@ fn dense_layers(spec: &ModelSpec) -> Vec<(String, usize, usize)> {
 }
 
 impl PackedLayout {
+    /// The layout of `spec`'s dense layers, in the order the spec lists their tensors.
     pub fn new(spec: &ModelSpec) -> Self {
         let mut len = 0;
         let mut offsets = HashMap::new();
@@ -73,16 +74,19 @@ impl PackedLayout {
 }
 
 impl PackedWeights {
+    /// `weights`' dense layers packed as [`PackedLayout::new`] lays them out.
     pub fn new(spec: &ModelSpec, weights: &Weights) -> Self {
         let layout = PackedLayout::new(spec);
         let data = layout.pack(spec, |name| weights.get(name).data.clone());
         Self { layout, data }
     }
 
+    /// [`PackedLayout::unpack`] over this layout.
     pub fn unpack(&self, spec: &ModelSpec, data: &[f32]) -> Vec<(String, Vec<f32>)> {
         self.layout.unpack(spec, data)
     }
 
+    /// [`PackedLayout::pack`] over this layout.
     pub fn pack(&self, spec: &ModelSpec, tensor: impl Fn(&str) -> Vec<f32>) -> Vec<f32> {
         self.layout.pack(spec, tensor)
     }

@@ -20,7 +20,9 @@ use crate::weights::Weights;
 /// and where each table's rows sit in the global row space.
 #[derive(Debug, Clone)]
 pub struct GatherLayout {
+    /// The kernel's feature table: one entry per gathered feature.
     pub features: Vec<FeatureGpu>,
+    /// The kernel's parameters.
     pub params: GatherParams,
     /// Per feature of the spec: its index in `features` and the global row of its table's row
     /// 0, or `None` for a feature no later kernel reads (a domain feature without EPNet, a
@@ -173,7 +175,6 @@ impl GatherLayout {
             .collect()
     }
 
-    /// The f32 contents of page `p`: global rows `p·rows_per_page ..`, every table in spec order.
     /// Page `p` as the gather kernel reads it: each row as f32 bits, or as f16 pairs padded to
     /// a whole word (ties to even, as every f16 rounding here).
     pub fn page_words(&self, spec: &ModelSpec, weights: &Weights, p: usize) -> Vec<u32> {
@@ -191,6 +192,7 @@ impl GatherLayout {
         4 * self.params.row_words as u64
     }
 
+    /// The f32 contents of page `p`: global rows `p·rows_per_page ..`, every table in spec order.
     pub fn page(&self, spec: &ModelSpec, weights: &Weights, p: usize) -> Vec<f32> {
         let d = spec.d() as u64;
         let per_page = self.params.rows_per_page as u64;

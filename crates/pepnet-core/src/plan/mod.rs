@@ -32,7 +32,9 @@ pub enum Step {
     Gather,
     /// A group of linear problems in one dispatch.
     Linear {
+        /// The layer it runs, for reports and GPU labels (`epnet.fc1`, `experts.0`...).
         label: String,
+        /// The problems, in the order the dispatch lays them out.
         problems: Vec<LinearProblem>,
     },
     /// MMoE's softmax-weighted mix of the experts.
@@ -52,7 +54,9 @@ pub struct PackedLayout {
 /// Dense weights packed as [`PackedLayout`] says.
 #[derive(Debug, Clone)]
 pub struct PackedWeights {
+    /// Where each layer lies in `data`.
     pub layout: PackedLayout,
+    /// The packed buffer, `layout.len` f32s.
     pub data: Vec<f32>,
 }
 
@@ -63,6 +67,7 @@ impl PackedLayout {
     }
 }
 
+/// The forward pass's GPU steps and the activation buffer's layout they read and write.
 #[derive(Debug, Clone)]
 pub struct Plan {
     /// Slots per sample row of the activation buffer.
@@ -81,6 +86,7 @@ pub struct Plan {
     /// Per feature, where the backward pass reads its vector's gradient: per destination, a
     /// view of the gradient buffer and an optional view of the activations to scale it by.
     pub grad_sources: Vec<Vec<(View, Option<View>)>>,
+    /// The dispatches, in execution order.
     pub steps: Vec<Step>,
 }
 
@@ -241,6 +247,7 @@ impl Columns {
 }
 
 impl Step {
+    /// A short name for reports: the kernel, or a linear step's layer.
     pub fn label(&self) -> &str {
         match self {
             Step::Resolve => "resolve",

@@ -11,8 +11,11 @@ use crate::spec::{ModelSpec, Pooling};
 /// `uses[starts[u] .. starts[u + 1]]`, in sample order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RowUses {
+    /// Global rows the batch read, ascending.
     pub touched: Vec<u32>,
+    /// Per touched row, the index of its first use in `uses`; then the number of uses.
     pub starts: Vec<u32>,
+    /// Every use, grouped by row.
     pub uses: Vec<UseGpu>,
     /// Scratch: the uses in sample order, their keys (row << 32 | index), and the radix sort's
     /// second buffer.

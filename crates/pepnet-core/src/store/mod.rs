@@ -18,6 +18,7 @@ use crate::weights::Weights;
 pub struct UpdatePolicy {
     /// Writes allowed per id per window; `None`: no cap.
     pub max_updates: Option<u32>,
+    /// Length of the cap's window, in seconds.
     pub window_secs: u64,
     /// Seconds without a write after which an id expires; `None`: never.
     pub expire_after_secs: Option<u64>,
@@ -73,6 +74,7 @@ pub trait EmbeddingStore: Send {
     /// Rows held.
     fn len(&self) -> usize;
 
+    /// Whether the store holds no rows.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -111,6 +113,7 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
+    /// An empty store of rows of `d` floats.
     pub fn new(d: usize) -> Self {
         Self {
             d,

@@ -10,6 +10,7 @@ use crate::gpu::linear::View;
 use crate::gpu::{compute_pipeline, dispatch_flat, whole_buffers};
 use crate::plan::gather::GatherLayout;
 
+/// `shaders/prelude.wgsl`, then `shaders/gather_backward.wgsl`.
 pub const SOURCE: &str = concat!(
     include_str!("../../../shaders/prelude.wgsl"),
     include_str!("../../../shaders/gather_backward.wgsl")
@@ -21,7 +22,9 @@ pub const NO_VIEW: u32 = u32::MAX;
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct FeatureGradGpu {
+    /// Places the feature's vector was written to, each a gradient source.
     pub n_sources: u32,
+    /// Padding: `sources` starts on 16 bytes.
     pub _pad: [u32; 3],
     /// (gradient offset, stride, scale offset or [`NO_VIEW`], scale stride) per place.
     pub sources: [[u32; 4]; MAX_DESTINATIONS],
@@ -31,10 +34,14 @@ pub struct FeatureGradGpu {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct UseGpu {
+    /// The sample that used the row.
     pub sample: u32,
     /// Index of the feature in the gather's feature table.
     pub feature: u32,
+    /// What the use contributes per unit of the feature's vector gradient: 1 for a sparse or
+    /// summed multi-hot id, 1/count for a mean-pooled one, the value x for a dense feature.
     pub weight: f32,
+    /// Padding to 16 bytes.
     pub _pad: u32,
 }
 
@@ -42,8 +49,11 @@ pub struct UseGpu {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct RowGradParams {
+    /// Touched rows.
     pub rows: u32,
+    /// Embedding width.
     pub d: u32,
+    /// Padding to a 16-byte uniform.
     pub _pad: [u32; 2],
 }
 
@@ -72,6 +82,7 @@ pub struct GatherBackwardKernel {
 }
 
 impl GatherBackwardKernel {
+    /// Compiles the kernel.
     pub fn new(device: &wgpu::Device) -> Self {
         Self {
             pipeline: compute_pipeline(device, "gather_backward", SOURCE),

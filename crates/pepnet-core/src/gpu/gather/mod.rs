@@ -10,6 +10,7 @@ use crate::gpu::act::{ActStorage, ByStorage};
 use crate::gpu::linear::Precision;
 use crate::gpu::{compute_pipeline, dispatch_flat, whole_buffers};
 
+/// `shaders/gather.wgsl`, compiled after an activation storage's prelude.
 pub const BODY: &str = include_str!("../../../shaders/gather.wgsl");
 
 /// The kernel's source over an activation storage.
@@ -28,12 +29,19 @@ pub const NO_ROW: u32 = u32::MAX;
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct FeatureGpu {
+    /// 0 sparse, 1 multi-hot, 2 dense (WGSL's `KIND_*`).
     pub kind: u32,
+    /// Sparse, multi-hot: the first of the feature's slots in a sample's ids.
     pub first_slot: u32,
+    /// 1 for sparse, `max_len` for multi-hot.
     pub n_slots: u32,
+    /// Multi-hot: 1 for mean pooling, 0 for sum.
     pub mean: u32,
+    /// Dense: index of the feature's value in a sample's dense values.
     pub dense_col: u32,
+    /// Dense: global row of the feature's vector v.
     pub dense_row: u32,
+    /// Places the feature's vector is written to (at most [`MAX_DESTINATIONS`]).
     pub n_destinations: u32,
     /// 1 for a hashed feature, whose ids the resolve kernel turns into rows (the gather reads
     /// rows alike either way).
@@ -46,15 +54,21 @@ pub struct FeatureGpu {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct GatherParams {
+    /// Entries of the feature table.
     pub n_features: u32,
+    /// Embedding width.
     pub d: u32,
+    /// Ids per sample.
     pub slots: u32,
+    /// Dense values per sample.
     pub n_dense: u32,
+    /// Rows of one embedding page.
     pub rows_per_page: u32,
     /// Words of one stored row: d (f32 rows) or ceil(d / 2) (f16 rows).
     pub row_words: u32,
     /// 1: rows are stored as f16.
     pub half: u32,
+    /// Padding to a multiple of 16 bytes.
     pub _pad: u32,
 }
 
@@ -85,6 +99,7 @@ pub struct Bindings<'a> {
     pub features: &'a wgpu::Buffer,
     /// The batch's ids and dense values, as the layout encodes them.
     pub ids: &'a wgpu::Buffer,
+    /// The batch's dense values, `n_dense` f32s per sample.
     pub dense: &'a wgpu::Buffer,
     /// The activation buffer and its storage.
     pub act: (&'a wgpu::Buffer, ActStorage),
@@ -98,6 +113,7 @@ pub struct GatherKernel {
 }
 
 impl GatherKernel {
+    /// Compiles the kernel over f32 activations (the f16 build follows on first use).
     pub fn new(device: &wgpu::Device) -> Self {
         Self {
             pipelines: ByStorage::new(Self::build(device, ActStorage::F32)),

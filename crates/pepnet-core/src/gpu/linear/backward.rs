@@ -61,9 +61,13 @@ pub const TILE_M: u32 = 64;
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct InputGroupGpu {
+    /// The group's first problem in the table.
     pub first: u32,
+    /// Problems in the group.
     pub count: u32,
+    /// Columns of A that get a gradient.
     pub grad_k: u32,
+    /// Index of the group's first column tile within the `input_grad` dispatch.
     pub first_tile: u32,
 }
 

@@ -36,14 +36,19 @@ pub const TILE_N: u32 = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Activation {
+    /// Identity: z.
     None = 0,
+    /// max(z, 0).
     Relu = 1,
     /// γ · σ(z): a Gate NU's output.
     Gate = 2,
+    /// σ(z): a tower's output probability.
     Sigmoid = 3,
 }
 
+/// Multiply A by G on load.
 pub const FLAG_GATED: u32 = 1;
+/// Multiply Y by M in the epilogue.
 pub const FLAG_MULTIPLIED: u32 = 2;
 /// Training: also store the activation before the multiplier to `keep`.
 pub const FLAG_KEEP: u32 = 4;
@@ -55,7 +60,9 @@ pub const FLAG_F32_OUT: u32 = 8;
 /// at f16).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct View {
+    /// Element `(0, 0)`.
     pub offset: u32,
+    /// Elements from one row to the next.
     pub stride: u32,
 }
 
@@ -68,16 +75,27 @@ pub struct LinearProblem {
     /// Columns of A that get a gradient in the backward pass: `k`, or fewer where a
     /// stop-gradient cuts the rest (the gates' inputs).
     pub grad_k: u32,
+    /// The input A, `[rows, k]`.
     pub a: View,
+    /// G, multiplied into A element-wise on load (a Gate NU's output); `None`: no gate.
     pub gate: Option<View>,
+    /// M, multiplied into Y element-wise in the epilogue; `None`: no multiplier.
     pub multiplier: Option<View>,
+    /// Where training stores `act(...)` before the product with M; `None` when scoring.
     pub keep: Option<View>,
+    /// The output Y, `[rows, n]`.
     pub y: View,
+    /// Offset of W in the weights buffer, in f32s (a multiple of 4).
     pub w_offset: u32,
+    /// Offset of the bias in the weights buffer, in f32s.
     pub bias_offset: u32,
+    /// Output columns (rows of W).
     pub n: u32,
+    /// Input columns (columns of W).
     pub k: u32,
+    /// What the epilogue applies after the bias.
     pub activation: Activation,
+    /// γ of [`Activation::Gate`] (the Gate NU's scale); unused by the other activations.
     pub gamma: f32,
     /// Y is the probabilities, written to the f32 scores buffer (`y` is a view of it), not to
     /// the activations: over f16 activations, so that scores keep f32's resolution.
@@ -88,26 +106,45 @@ pub struct LinearProblem {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct ProblemGpu {
+    /// A's [`View::offset`].
     pub a_off: u32,
+    /// A's [`View::stride`].
     pub a_stride: u32,
+    /// G's offset (0 without `FLAG_GATED`).
     pub g_off: u32,
+    /// G's row stride (0 without `FLAG_GATED`).
     pub g_stride: u32,
+    /// M's offset (0 without `FLAG_MULTIPLIED`).
     pub m_off: u32,
+    /// M's row stride (0 without `FLAG_MULTIPLIED`).
     pub m_stride: u32,
+    /// Y's offset (in `scores` under `FLAG_F32_OUT`).
     pub y_off: u32,
+    /// Y's row stride.
     pub y_stride: u32,
+    /// [`LinearProblem::w_offset`].
     pub w_off: u32,
+    /// [`LinearProblem::bias_offset`].
     pub bias_off: u32,
+    /// Output columns.
     pub n: u32,
+    /// Input columns.
     pub k: u32,
+    /// The [`Activation`] as its `u32` (WGSL's `ACT_*`).
     pub act: u32,
+    /// `FLAG_*` bits.
     pub flags: u32,
+    /// [`LinearProblem::gamma`].
     pub gamma: f32,
+    /// Index of the problem's first column tile within the dispatch.
     pub first_tile: u32,
+    /// K's offset (0 without `FLAG_KEEP`).
     pub keep_off: u32,
+    /// K's row stride (0 without `FLAG_KEEP`).
     pub keep_stride: u32,
     /// The backward pass's numbering of `[TILE_N, TILE_N]` weight-gradient tiles.
     pub first_wtile: u32,
+    /// Padding to 80 bytes, a multiple of 16.
     pub _pad: u32,
 }
 
@@ -115,8 +152,11 @@ pub struct ProblemGpu {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct SpanParams {
+    /// The dispatch's first entry of the table.
     pub first: u32,
+    /// Entries the dispatch runs.
     pub count: u32,
+    /// Padding to a 16-byte uniform.
     pub _pad: [u32; 2],
 }
 
@@ -245,7 +285,9 @@ pub fn pack_half(data: &[f32]) -> Vec<u32> {
 /// of f16 inputs and f32 accumulators, on subgroups of `subgroup` invocations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CoopShape {
+    /// Side of a square fragment (8 or 16).
     pub size: u32,
+    /// Invocations per subgroup (the device's fixed subgroup size).
     pub subgroup: u32,
 }
 
@@ -347,6 +389,7 @@ pub enum Variant {
 }
 
 impl Variant {
+    /// Every variant, in declaration order.
     pub const ALL: [Variant; 5] = [
         Variant::Batch,
         Variant::Small,
@@ -355,6 +398,7 @@ impl Variant {
         Variant::Coop,
     ];
 
+    /// The precision of its inputs.
     pub fn precision(self) -> Precision {
         match self {
             Variant::Batch | Variant::Small => Precision::F32,
@@ -393,6 +437,7 @@ pub struct Bindings<'a> {
     pub problems: &'a wgpu::Buffer,
     /// The packed weights.
     pub weights: &'a wgpu::Buffer,
+    /// The activations, and the scores buffer where problems write f32 probabilities.
     pub act: ActBinding<'a>,
     /// The packed weights as f16 (`None` for an engine that runs f32 only).
     pub weights_half: Option<&'a wgpu::Buffer>,
@@ -401,7 +446,9 @@ pub struct Bindings<'a> {
 /// The activations a linear dispatch reads and writes.
 #[derive(Clone, Copy)]
 pub struct ActBinding<'a> {
+    /// The activation buffer.
     pub buffer: &'a wgpu::Buffer,
+    /// How it stores an activation: f32 or f16.
     pub storage: ActStorage,
     /// Where problems flagged `f32_out` write (the probabilities over f16 activations).
     pub scores: Option<&'a wgpu::Buffer>,

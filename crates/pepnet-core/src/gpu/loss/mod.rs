@@ -6,6 +6,7 @@ pub mod reference;
 
 use crate::gpu::{bind_buffers, dispatch_flat, entry_pipelines, whole_buffers};
 
+/// `shaders/prelude.wgsl`, then `shaders/loss.wgsl`.
 pub const SOURCE: &str = concat!(
     include_str!("../../../shaders/prelude.wgsl"),
     include_str!("../../../shaders/loss.wgsl")
@@ -15,11 +16,13 @@ pub const SOURCE: &str = concat!(
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct LossParams {
+    /// Tasks T.
     pub tasks: u32,
     /// Offset of the `[rows, T]` probabilities in the activation buffer.
     pub out_off: u32,
     /// Where this batch's loss goes in the log.
     pub log_slot: u32,
+    /// Padding to a 16-byte uniform.
     pub _pad: u32,
 }
 
@@ -30,6 +33,7 @@ pub struct LossKernel {
 }
 
 impl LossKernel {
+    /// Compiles both entry points.
     pub fn new(device: &wgpu::Device) -> Self {
         let mut p = entry_pipelines(device, "loss", SOURCE, &["bce", "sum"]);
         let sum = p.pop().expect("two pipelines");

@@ -7,6 +7,7 @@ pub mod reference;
 use crate::gpu::act::{ActStorage, ByStorage};
 use crate::gpu::{dispatch_flat, entry_pipelines, whole_buffers};
 
+/// `shaders/mmoe_mix.wgsl`, compiled after an activation storage's prelude.
 pub const BODY: &str = include_str!("../../../shaders/mmoe_mix.wgsl");
 
 /// The kernel's source over an activation storage.
@@ -20,15 +21,25 @@ pub fn source(storage: ActStorage) -> String {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct MixParams {
+    /// Experts K.
     pub experts: u32,
+    /// Tasks T.
     pub tasks: u32,
+    /// Output width of an expert (and of each task's mix).
     pub width: u32,
+    /// Offset of the experts' outputs, `[rows, K·width]`.
     pub x_off: u32,
+    /// Row stride of the experts' outputs.
     pub x_stride: u32,
+    /// Offset of the gate logits, `[rows, T·K]`.
     pub logit_off: u32,
+    /// Row stride of the gate logits.
     pub logit_stride: u32,
+    /// Offset of the mixed output, `[rows, T·width]`.
     pub y_off: u32,
+    /// Row stride of the mixed output.
     pub y_stride: u32,
+    /// Padding to a multiple of 16 bytes.
     pub _pad: [u32; 3],
 }
 
@@ -41,6 +52,8 @@ pub struct MmoeMixKernel {
 }
 
 impl MmoeMixKernel {
+    /// Compiles the forward over f32 activations and the backward's entry points (the f16
+    /// forward follows on first use).
     pub fn new(device: &wgpu::Device) -> Self {
         let mut p = entry_pipelines(
             device,

@@ -6,6 +6,7 @@ pub mod reference;
 
 use crate::gpu::{bind_buffers, dispatch_flat, entry_pipelines};
 
+/// `shaders/prelude.wgsl`, `shaders/half.wgsl` (for `to_half`), then `shaders/optimizer.wgsl`.
 pub const SOURCE: &str = concat!(
     include_str!("../../../shaders/prelude.wgsl"),
     include_str!("../../../shaders/half.wgsl"),
@@ -15,9 +16,13 @@ pub const SOURCE: &str = concat!(
 /// Adam's hyperparameters. The defaults are PyTorch's (the paper's "small" learning rate).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamOptions {
+    /// Learning rate.
     pub lr: f64,
+    /// Decay of the first-moment (mean) estimate.
     pub beta1: f64,
+    /// Decay of the second-moment (uncentred variance) estimate.
     pub beta2: f64,
+    /// Added to the denominator's square root, against division by zero.
     pub eps: f64,
 }
 
@@ -35,7 +40,9 @@ impl Default for AdamOptions {
 /// AdaGrad's hyperparameters; the learning rate defaults to the paper's 0.05.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdaGradOptions {
+    /// Learning rate.
     pub lr: f64,
+    /// Added to the denominator's square root, against division by zero.
     pub eps: f64,
 }
 
@@ -52,13 +59,21 @@ impl Default for AdaGradOptions {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct AdamParams {
+    /// Parameters updated.
     pub count: u32,
+    /// [`AdamOptions::lr`].
     pub lr: f32,
+    /// [`AdamOptions::beta1`].
     pub beta1: f32,
+    /// [`AdamOptions::beta2`].
     pub beta2: f32,
+    /// [`AdamOptions::eps`].
     pub eps: f32,
+    /// 1 − beta1^step, the first moment's bias correction.
     pub correction1: f32,
+    /// 1 − beta2^step, the second moment's bias correction.
     pub correction2: f32,
+    /// Padding to a multiple of 16 bytes.
     pub _pad: u32,
 }
 
@@ -84,8 +99,11 @@ impl AdamParams {
 pub struct AdaGradParams {
     /// Touched rows in this update.
     pub rows: u32,
+    /// Embedding width.
     pub d: u32,
+    /// [`AdaGradOptions::lr`].
     pub lr: f32,
+    /// [`AdaGradOptions::eps`].
     pub eps: f32,
 }
 
@@ -108,6 +126,7 @@ fn bind(
 }
 
 impl OptimizerKernels {
+    /// Compiles the three entry points: `adam`, `adagrad_rows` and `to_half`.
     pub fn new(device: &wgpu::Device) -> Self {
         let mut p = entry_pipelines(
             device,

@@ -7,6 +7,7 @@ pub mod table;
 
 use crate::gpu::{compute_pipeline, dispatch_flat, whole_buffers};
 
+/// `shaders/prelude.wgsl`, then `shaders/resolve.wgsl`.
 pub const SOURCE: &str = concat!(
     include_str!("../../../shaders/prelude.wgsl"),
     include_str!("../../../shaders/resolve.wgsl")
@@ -21,11 +22,13 @@ pub const UNKNOWN: u32 = u32::MAX - 1;
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct ResolveParams {
+    /// Keys to resolve.
     pub n_keys: u32,
     /// Table entries − 1 (entries are a power of two).
     pub mask: u32,
     /// Global row of cache slot 0.
     pub cache_base: u32,
+    /// Padding to a 16-byte uniform.
     pub _pad: u32,
 }
 
@@ -44,6 +47,7 @@ pub struct ResolveKernel {
 }
 
 impl ResolveKernel {
+    /// Compiles the kernel.
     pub fn new(device: &wgpu::Device) -> Self {
         Self {
             pipeline: compute_pipeline(device, "resolve", SOURCE),

@@ -36,6 +36,7 @@ pub fn tag(feature: usize) -> u32 {
     feature as u32 + 1
 }
 
+/// The host's copy of the GPU hash table, with the changes not yet uploaded.
 #[derive(Debug, Clone)]
 pub struct HostTable {
     entries: Vec<Entry>,
@@ -65,10 +66,12 @@ impl HostTable {
         (2 * slots).next_power_of_two().max(2)
     }
 
+    /// Every entry, in GPU order (for a full upload).
     pub fn entries(&self) -> &[Entry] {
         &self.entries
     }
 
+    /// Entries − 1 (the size is a power of two): masks a hash to an entry index.
     pub fn mask(&self) -> u32 {
         (self.entries.len() - 1) as u32
     }

@@ -6,6 +6,7 @@ pub mod reference;
 
 use crate::gpu::{compute_pipeline, dispatch_flat, whole_buffers};
 
+/// `shaders/prelude.wgsl`, then `shaders/scatter.wgsl`.
 pub const SOURCE: &str = concat!(
     include_str!("../../../shaders/prelude.wgsl"),
     include_str!("../../../shaders/scatter.wgsl")
@@ -19,6 +20,7 @@ pub struct ScatterParams {
     pub count: u32,
     /// 32-bit words per record.
     pub width: u32,
+    /// Padding to a 16-byte uniform.
     pub _pad: [u32; 2],
 }
 
@@ -28,6 +30,7 @@ pub struct ScatterKernel {
 }
 
 impl ScatterKernel {
+    /// Compiles the kernel.
     pub fn new(device: &wgpu::Device) -> Self {
         Self {
             pipeline: compute_pipeline(device, "scatter", SOURCE),
