@@ -125,3 +125,15 @@ fn async_scores_equal_blocking_scores_on_no_particular_runtime() {
     let err = engine.score_async(bad).wait().unwrap_err().to_string();
     assert!(err.contains("batch"), "{err}");
 }
+
+#[test]
+fn the_engine_and_its_futures_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send + 'static>() {}
+    send_sync::<Engine>();
+    send_sync::<GpuContext>();
+    send_sync::<pepnet_core::Batcher>();
+    // Awaitable from a task any multi-threaded runtime may move between threads.
+    send::<pepnet_core::Scoring>();
+    send::<pepnet_core::batcher::Pending>();
+}

@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use common::{gpu, random_batch, random_spec, rng, Rng};
-use pepnet::cache::{CacheCapacity, CacheOptions, EvictionPolicy, UpdatePolicy};
-use pepnet::spec::{FeatureKind, ModelSpec, Role};
-use pepnet::{reference, Batch, Column, Engine, EngineOptions, Error, Model};
+use pepnet_core::cache::{CacheCapacity, CacheOptions, EvictionPolicy, UpdatePolicy};
+use pepnet_core::spec::{FeatureKind, ModelSpec, Role};
+use pepnet_core::{reference, Batch, Column, Engine, EngineOptions, Error, Model};
 use rand::RngExt;
 
 /// A feature's vocabulary id as a raw 64-bit id (splitmix64 of id and feature: high bits set).
@@ -783,7 +783,7 @@ fn hashed_models_round_trip_through_a_model_directory() {
 fn f16_cached_scores_equal_f16_resident_scores_and_bytes_count_rows_and_index() {
     let ctx = gpu();
     let at_f16 = |mut o: EngineOptions| {
-        o.precision = pepnet::gpu::linear::Precision::F16;
+        o.precision = pepnet_core::gpu::linear::Precision::F16;
         o
     };
     for (seed, (variant, twin)) in twins(7, 4, 0.1).into_iter().enumerate() {
@@ -841,8 +841,8 @@ fn f16_cached_scores_equal_f16_resident_scores_and_bytes_count_rows_and_index() 
         let used =
             |rows: u64, row_bytes: u64| rows * row_bytes + 16 * (4 * rows).next_power_of_two();
         for (precision, row_bytes) in [
-            (pepnet::gpu::linear::Precision::F32, 4 * d),
-            (pepnet::gpu::linear::Precision::F16, 4 * d.div_ceil(2)),
+            (pepnet_core::gpu::linear::Precision::F32, 4 * d),
+            (pepnet_core::gpu::linear::Precision::F16, 4 * d.div_ceil(2)),
         ] {
             let rows = with_bytes(precision);
             assert!(

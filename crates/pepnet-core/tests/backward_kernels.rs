@@ -1,4 +1,4 @@
-//! Each training kernel on its own against its f64 reference (`pepnet::gpu::<kernel>::reference`),
+//! Each training kernel on its own against its f64 reference (`pepnet_core::gpu::<kernel>::reference`),
 //! on random inputs and awkward shapes: the linear backward (input, gate, weight and bias
 //! gradients), the MMoE mix's backward, the gather's backward (sparse row gradients) and the loss.
 //! Gradient buffers start filled with random values, so a gradient the kernel forgot to write, or
@@ -12,17 +12,19 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{assert_close, gpu, random_batch, random_spec, random_vec, rng, width};
-use pepnet::gpu::gather::backward::{feature_table, RowGradParams};
-use pepnet::gpu::gather::reference as gather_ref;
-use pepnet::gpu::linear::backward::{input_groups, InputBindings, WeightBindings};
-use pepnet::gpu::linear::reference as linear_ref;
-use pepnet::gpu::linear::{lay_out, pack_layer, weight_tiles, Activation, LinearProblem, View};
-use pepnet::gpu::loss::reference as loss_ref;
-use pepnet::gpu::loss::LossParams;
-use pepnet::gpu::mmoe_mix::reference as mmoe_mix_ref;
-use pepnet::plan::gather::GatherLayout;
-use pepnet::plan::row_uses::RowUses;
-use pepnet::spec::Pooling;
+use pepnet_core::gpu::gather::backward::{feature_table, RowGradParams};
+use pepnet_core::gpu::gather::reference as gather_ref;
+use pepnet_core::gpu::linear::backward::{input_groups, InputBindings, WeightBindings};
+use pepnet_core::gpu::linear::reference as linear_ref;
+use pepnet_core::gpu::linear::{
+    lay_out, pack_layer, weight_tiles, Activation, LinearProblem, View,
+};
+use pepnet_core::gpu::loss::reference as loss_ref;
+use pepnet_core::gpu::loss::LossParams;
+use pepnet_core::gpu::mmoe_mix::reference as mmoe_mix_ref;
+use pepnet_core::plan::gather::GatherLayout;
+use pepnet_core::plan::row_uses::RowUses;
+use pepnet_core::spec::Pooling;
 use rand::RngExt;
 
 /// Groups of problems that share an input (1–3 each), some gated (each its own gate), some with
@@ -108,7 +110,7 @@ fn linear_backward_matches_reference_on_random_groups() {
         let (table, _) = lay_out(&problems);
         let (groups, in_tiles) = input_groups(&problems, 0);
         let w_tiles: u32 = problems.iter().map(weight_tiles).sum();
-        let span = |count: usize| pepnet::gpu::linear::SpanParams::new(0, count);
+        let span = |count: usize| pepnet_core::gpu::linear::SpanParams::new(0, count);
         let in_span = ctx.uniform_buffer("span", &span(groups.len()));
         let w_span = ctx.uniform_buffer("span", &span(problems.len()));
         let batch = ctx.uniform_buffer("batch", &common::batch_params(rows));
@@ -221,7 +223,7 @@ fn check_coop_wgrad(
     what: &str,
 ) {
     for p in problems {
-        let stride = pepnet::gpu::linear::padded_k(p.k) as usize;
+        let stride = pepnet_core::gpu::linear::padded_k(p.k) as usize;
         let (w0, b0) = (p.w_offset as usize, p.bias_offset as usize);
         let at = |n: usize, k: usize| w0 + n * stride + k;
         let mut scale: f64 = 0.0;
@@ -332,7 +334,7 @@ fn gather_backward_matches_reference_on_random_specs() {
             for (f, feature) in spec.features.iter().enumerate() {
                 let (g, base) = layout.placement[f].unwrap();
                 let col = &batch.columns[f];
-                if let pepnet::Column::Dense(v) = col {
+                if let pepnet_core::Column::Dense(v) = col {
                     expected
                         .entry(base)
                         .or_default()

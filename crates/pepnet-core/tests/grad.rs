@@ -1,4 +1,4 @@
-//! The f64 gradient reference (`pepnet::grad`) against central finite differences of the loss,
+//! The f64 gradient reference (`pepnet_core::grad`) against central finite differences of the loss,
 //! for random specs of every variant. The finite differences hold the stop-gradient inputs (E as
 //! EPNet's gate reads it, O_ep as PPNet's gates read it) at their unperturbed values, so they
 //! measure exactly the gradient `docs/model.md` defines; a gradient that leaked through a
@@ -10,9 +10,9 @@
 mod common;
 
 use common::{random_batch, random_spec, rng};
-use pepnet::grad;
-use pepnet::spec::FeatureKind;
-use pepnet::Model;
+use pepnet_core::grad;
+use pepnet_core::spec::FeatureKind;
+use pepnet_core::Model;
 use rand::RngExt;
 
 #[test]

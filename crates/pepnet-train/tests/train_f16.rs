@@ -15,13 +15,14 @@
 //! - Bit-identical repeat runs, which differ from the f32 ones (so the f16 path ran).
 //! - The f16 copy after each step is exactly the master weights rounded (ties to even).
 
+#[path = "../../pepnet-core/tests/common/mod.rs"]
 mod common;
 
 use common::{coop_required, gpu, random_batch, random_spec, rng};
-use pepnet::gpu::linear::{Precision, Variant};
-use pepnet::grad;
-use pepnet::train::{Trainer, TrainerOptions};
-use pepnet::Model;
+use pepnet_core::gpu::linear::{Precision, Variant};
+use pepnet_core::grad;
+use pepnet_core::Model;
+use pepnet_train::{Trainer, TrainerOptions};
 use rand::RngExt;
 
 fn close(got: f64, want: f64, scale: f64) -> bool {
@@ -142,7 +143,11 @@ fn train(model: &Model, precision: Precision, seed: u64) -> (Vec<(String, Vec<f3
         if precision == Precision::F16 {
             let packed = trainer.packed_weights().unwrap();
             let half = trainer.half_weights().unwrap().expect("an f16 copy");
-            assert_eq!(half, pepnet::gpu::linear::pack_half(&packed), "step {i}");
+            assert_eq!(
+                half,
+                pepnet_core::gpu::linear::pack_half(&packed),
+                "step {i}"
+            );
         }
     }
     let losses = trainer.losses().unwrap();

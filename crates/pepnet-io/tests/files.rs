@@ -2,6 +2,7 @@
 //! Parquet's bad inputs. Each bad input must fail naming the file, row and column, and leave no
 //! output behind.
 
+#[path = "../../pepnet-core/tests/common/mod.rs"]
 mod common;
 
 use std::fs::File;
@@ -14,8 +15,8 @@ use arrow_array::{ArrayRef, Float64Array, Int64Array, ListArray, RecordBatch, St
 use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
-use pepnet::pipeline::{score_file, ScoreFileOptions};
-use pepnet::{Engine, EngineOptions, Model, ModelSpec};
+use pepnet_core::{Engine, EngineOptions, Model, ModelSpec};
+use pepnet_io::pipeline::{score_file, ScoreFileOptions};
 
 const SPEC: &str = r#"{
   "embedding_dim": 5, "domain_feature": "tab", "tasks": ["click", "like", "follow"],
@@ -46,7 +47,7 @@ fn run(
     input: &Path,
     output: &Path,
     options: &ScoreFileOptions,
-) -> pepnet::Result<pepnet::pipeline::ScoreSummary> {
+) -> pepnet_core::Result<pepnet_io::pipeline::ScoreSummary> {
     let engine = engine(model);
     score_file(&model.spec, input, output, options, &|b| {
         engine.score_checked(b)
@@ -97,8 +98,8 @@ fn csv_and_parquet_inputs_and_outputs_agree() {
     let model = model();
     let dir = tempfile::tempdir().unwrap();
     let (csv_in, pq_in) = (dir.path().join("in.csv"), dir.path().join("in.parquet"));
-    pepnet::synth::write_file(&model.spec, 1000, 5, &csv_in).unwrap();
-    pepnet::synth::write_file(&model.spec, 1000, 5, &pq_in).unwrap();
+    pepnet_io::synth::write_file(&model.spec, 1000, 5, &csv_in).unwrap();
+    pepnet_io::synth::write_file(&model.spec, 1000, 5, &pq_in).unwrap();
     let carry = vec!["user_id".to_string(), "tags".to_string()];
     let options = ScoreFileOptions {
         batch_size: 96,
@@ -153,8 +154,8 @@ fn csv_and_parquet_inputs_and_outputs_agree() {
         assert_eq!(s, &scores[0]);
     }
     // ... and as the reference says.
-    let batch = pepnet::synth::random_batch(&model.spec, 1000, 5);
-    let want = pepnet::reference::forward(&model, &batch).unwrap();
+    let batch = pepnet_core::synth::random_batch(&model.spec, 1000, 5);
+    let want = pepnet_core::reference::forward(&model, &batch).unwrap();
     assert!(common::max_abs_diff(&scores[0], &want) < 1e-5);
 }
 
@@ -481,7 +482,7 @@ fn many_small_batches_through_the_pipeline_keep_their_order() {
     let model = model();
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.parquet");
-    pepnet::synth::write_file(&model.spec, 5000, 9, &input).unwrap();
+    pepnet_io::synth::write_file(&model.spec, 5000, 9, &input).unwrap();
     let output = dir.path().join("out.parquet");
     let options = ScoreFileOptions {
         batch_size: 37,
@@ -501,9 +502,9 @@ fn many_small_batches_through_the_pipeline_keep_their_order() {
                 .to_vec()
         })
         .collect();
-    let batch = pepnet::synth::random_batch(&model.spec, 5000, 9);
+    let batch = pepnet_core::synth::random_batch(&model.spec, 5000, 9);
     let want: Vec<i64> = match &batch.columns[1] {
-        pepnet::Column::Sparse(v) => v.iter().map(|&x| x as i64).collect(),
+        pepnet_core::Column::Sparse(v) => v.iter().map(|&x| x as i64).collect(),
         _ => unreachable!(),
     };
     // synth writes chunks of 65536 rows, so 5000 rows come from one seed: the same rows.
@@ -518,7 +519,7 @@ fn several_reader_threads_read_as_one() {
     let model = model();
     let dir = tempfile::tempdir().unwrap();
     let clean = dir.path().join("clean.csv");
-    pepnet::synth::write_file(&model.spec, 2000, 3, &clean).unwrap();
+    pepnet_io::synth::write_file(&model.spec, 2000, 3, &clean).unwrap();
     // Bad cells spread over the file: an id out of range, text for a number, a short row.
     let mut lines: Vec<String> = std::fs::read_to_string(&clean)
         .unwrap()
@@ -650,7 +651,7 @@ fn batches_checked_against_another_spec_are_checked_again() {
     let model = model();
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.csv");
-    pepnet::synth::write_file(&model.spec, 300, 4, &input).unwrap();
+    pepnet_io::synth::write_file(&model.spec, 300, 4, &input).unwrap();
     // The same features with a smaller user vocabulary: ids up to 49 no longer fit.
     let small = Model::init(
         ModelSpec::from_json(&SPEC.replace("\"vocab\": 50", "\"vocab\": 5"), "spec").unwrap(),
@@ -680,7 +681,7 @@ fn outputs_never_replace_inputs_links_or_fifos() {
     let model = model();
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.csv");
-    pepnet::synth::write_file(&model.spec, 200, 6, &input).unwrap();
+    pepnet_io::synth::write_file(&model.spec, 200, 6, &input).unwrap();
     let original = std::fs::read(&input).unwrap();
     let sub = dir.path().join("sub");
     std::fs::create_dir(&sub).unwrap();
@@ -754,13 +755,13 @@ fn outputs_never_replace_inputs_links_or_fifos() {
 /// A file's bytes in memory read as the file itself is: the same batches, CSV and Parquet.
 #[test]
 fn inputs_read_from_memory_equal_inputs_read_from_files() {
-    use pepnet::io::{Format, InputReader};
+    use pepnet_io::{Format, InputReader};
     let model = model();
     let dir = tempfile::tempdir().unwrap();
     for name in ["in.csv", "in.parquet"] {
         let path = dir.path().join(name);
-        pepnet::synth::write_file(&model.spec, 37, 3, &path).unwrap();
-        let read = |reader: InputReader| -> Vec<pepnet::Batch> {
+        pepnet_io::synth::write_file(&model.spec, 37, 3, &path).unwrap();
+        let read = |reader: InputReader| -> Vec<pepnet_core::Batch> {
             reader.map(|b| b.unwrap().batch).collect()
         };
         let from_file = read(InputReader::open(&path, &model.spec, &[], 8, None).unwrap());

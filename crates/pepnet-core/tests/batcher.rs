@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{gpu, random_batch, random_spec, rng};
-use pepnet::error::Error;
-use pepnet::gpu::linear::Precision;
-use pepnet::{Batch, Batcher, BatcherOptions, Column, Engine, EngineOptions, Model};
+use pepnet_core::error::Error;
+use pepnet_core::gpu::linear::Precision;
+use pepnet_core::{Batch, Batcher, BatcherOptions, Column, Engine, EngineOptions, Model};
 
 fn engine(model: &Model, precision: Precision, invariant: bool) -> Arc<Engine> {
     let options = EngineOptions {
@@ -42,7 +42,10 @@ fn batched_scores_are_bit_identical_to_scoring_alone() {
             assert_eq!(engine.linear_variant(1), engine.linear_variant(100_000));
             assert_eq!(engine.linear_variant(1).precision(), precision);
             if precision == Precision::F16 && common::coop_required() {
-                assert_eq!(engine.linear_variant(1), pepnet::gpu::linear::Variant::Coop);
+                assert_eq!(
+                    engine.linear_variant(1),
+                    pepnet_core::gpu::linear::Variant::Coop
+                );
             }
             let sizes = [1usize, 3, 7, 13, 2, 29, 1, 5];
             let requests: Vec<Vec<Batch>> = (0..6)
@@ -172,7 +175,8 @@ fn deadlines_are_honoured() {
 fn a_bad_request_fails_alone() {
     let mut model = Model::init(random_spec(&mut rng(6), 0), 6).unwrap();
     let dense = model.spec.features.iter().position(|f| {
-        f.kind == pepnet::spec::FeatureKind::Dense && f.roles.contains(&pepnet::spec::Role::General)
+        f.kind == pepnet_core::spec::FeatureKind::Dense
+            && f.roles.contains(&pepnet_core::spec::Role::General)
     });
     let engine = engine(&model, Precision::F32, true);
     let batcher = Batcher::new(

@@ -7,12 +7,12 @@
 mod common;
 
 use common::{gpu, max_abs_diff, random_batch, random_spec, rng};
-use pepnet::{reference, Engine, EngineOptions, Model};
+use pepnet_core::{reference, Engine, EngineOptions, Model};
 
 const TOLERANCE: f64 = 1e-5;
 
 /// Scores `batch` both ways and checks they agree; returns the reference probabilities.
-fn check(engine: &Engine, model: &Model, batch: &pepnet::Batch, what: &str) -> Vec<f64> {
+fn check(engine: &Engine, model: &Model, batch: &pepnet_core::Batch, what: &str) -> Vec<f64> {
     let got = engine.score(batch).unwrap();
     let want = reference::forward(model, batch).unwrap();
     let diff = max_abs_diff(&got, &want);
@@ -140,15 +140,15 @@ fn one_engine_scores_from_many_threads() {
 fn engine_is_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Engine>();
-    assert_send_sync::<pepnet::GpuContext>();
-    assert_send_sync::<pepnet::Error>();
+    assert_send_sync::<pepnet_core::GpuContext>();
+    assert_send_sync::<pepnet_core::Error>();
 }
 
 #[test]
 fn dispatch_count_does_not_grow_with_tasks_or_experts() {
     let mut r = rng(3);
     let mut base = random_spec(&mut r, 7);
-    let count = |spec: &pepnet::ModelSpec| {
+    let count = |spec: &pepnet_core::ModelSpec| {
         let model = Model::init(spec.clone(), 0).unwrap();
         Engine::new(
             gpu(),
@@ -180,7 +180,7 @@ fn an_invalid_batch_is_an_error_not_a_panic() {
     let model = Model::init(random_spec(&mut r, 3), 0).unwrap();
     let engine = Engine::new(gpu(), &model, &EngineOptions::default()).unwrap();
     let mut batch = random_batch(&mut r, &model.spec, 5);
-    if let pepnet::Column::Sparse(ids) = &mut batch.columns[0] {
+    if let pepnet_core::Column::Sparse(ids) = &mut batch.columns[0] {
         ids[3] = 1_000_000;
     }
     let err = engine.score(&batch).unwrap_err().to_string();
@@ -196,7 +196,7 @@ fn an_invalid_batch_is_an_error_not_a_panic() {
 fn features_named_like_tensors_score() {
     // "weight" and "x.bias" make tensor names ("emb.weight", "emb.x.bias") that end like a
     // linear layer's; only the model's layers may be packed as layers.
-    let spec = pepnet::ModelSpec::from_json(
+    let spec = pepnet_core::ModelSpec::from_json(
         r#"{"embedding_dim": 3, "domain_feature": "weight", "tasks": ["a", "b"],
             "features": [
               {"name": "weight", "kind": "sparse", "vocab": 4, "roles": ["domain", "general"]},

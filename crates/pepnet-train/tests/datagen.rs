@@ -1,12 +1,13 @@
 //! `pepnet gen-data`: labels follow the written probabilities, tasks differ in sparsity,
 //! domains differ, the same seed gives the same file, and Parquet works too.
 
-use pepnet::metrics::auc;
-use pepnet::ModelSpec;
+use pepnet_core::ModelSpec;
+use pepnet_train::metrics::auc;
 
 fn spec() -> ModelSpec {
     ModelSpec::load(
-        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/kuairand/model.json"),
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/kuairand/model.json"),
     )
     .unwrap()
 }
@@ -17,11 +18,11 @@ fn labels_follow_the_true_probabilities() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("data.csv");
     let rows = 40_000;
-    pepnet::datagen::write(&spec, rows, 0, 3, &path).unwrap();
+    pepnet_io::datagen::write(&spec, rows, 0, 3, &path).unwrap();
     let mut columns: Vec<String> = spec.tasks.clone();
     columns.extend(spec.tasks.iter().map(|t| format!("p_{t}")));
     columns.push("tab".into());
-    let values = pepnet::io::read_number_columns(&path, &columns).unwrap();
+    let values = pepnet_io::read_number_columns(&path, &columns).unwrap();
     let t_count = spec.n_tasks();
     let mut rates = Vec::new();
     for t in 0..t_count {
@@ -64,9 +65,9 @@ fn same_seed_same_file_and_parquet_matches_csv() {
         dir.path().join("b.csv"),
         dir.path().join("c.parquet"),
     );
-    pepnet::datagen::write(&spec, 3000, 0, 9, &a).unwrap();
-    pepnet::datagen::write(&spec, 3000, 0, 9, &b).unwrap();
-    pepnet::datagen::write(&spec, 3000, 0, 9, &c).unwrap();
+    pepnet_io::datagen::write(&spec, 3000, 0, 9, &a).unwrap();
+    pepnet_io::datagen::write(&spec, 3000, 0, 9, &b).unwrap();
+    pepnet_io::datagen::write(&spec, 3000, 0, 9, &c).unwrap();
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     let names = vec![
         "p_click".to_string(),
@@ -74,9 +75,9 @@ fn same_seed_same_file_and_parquet_matches_csv() {
         "log_duration".to_string(),
     ];
     assert_eq!(
-        pepnet::io::read_number_columns(&a, &names).unwrap(),
-        pepnet::io::read_number_columns(&c, &names).unwrap()
+        pepnet_io::read_number_columns(&a, &names).unwrap(),
+        pepnet_io::read_number_columns(&c, &names).unwrap()
     );
-    pepnet::datagen::write(&spec, 3000, 0, 10, &b).unwrap();
+    pepnet_io::datagen::write(&spec, 3000, 0, 10, &b).unwrap();
     assert_ne!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
 }

@@ -1,17 +1,18 @@
 //! Training on the GPU: every parameter's gradient from the backward kernels against the f64
-//! reference (`pepnet::grad`, itself checked against finite differences in tests/grad.rs), for
+//! reference (`pepnet_core::grad`, itself checked against finite differences in tests/grad.rs), for
 //! random specs of every variant (3 of each), one optimizer step, and bit-identical repeat and
 //! resumed runs.
 //!
 //! Gradient tolerance, per element: |gpu − f64| ≤ 1e-6 + 1e-4 · max|f64 over the tensor| +
 //! 1e-3 · |f64| (f32 sums over a batch against f64 ones).
 
+#[path = "../../pepnet-core/tests/common/mod.rs"]
 mod common;
 
 use common::{gpu, random_batch, random_spec, rng};
-use pepnet::grad;
-use pepnet::train::{Trainer, TrainerOptions};
-use pepnet::Model;
+use pepnet_core::grad;
+use pepnet_core::Model;
+use pepnet_train::{Trainer, TrainerOptions};
 use rand::RngExt;
 
 fn close(got: f64, want: f64, scale: f64) -> bool {
@@ -93,9 +94,9 @@ fn gpu_gradients_match_the_f64_reference_for_every_variant() {
 /// A few steps of training on random data, returning the trained model and its optimizer state.
 fn train_steps(
     model: &Model,
-    state: Option<&pepnet::train::OptimizerState>,
-    batches: &[(pepnet::Batch, Vec<f32>)],
-) -> (Model, pepnet::train::OptimizerState, Vec<f32>) {
+    state: Option<&pepnet_train::OptimizerState>,
+    batches: &[(pepnet_core::Batch, Vec<f32>)],
+) -> (Model, pepnet_train::OptimizerState, Vec<f32>) {
     let options = TrainerOptions {
         batch_size: 96,
         ..Default::default()
@@ -114,9 +115,9 @@ fn train_steps(
 
 fn random_batches(
     r: &mut common::Rng,
-    spec: &pepnet::ModelSpec,
+    spec: &pepnet_core::ModelSpec,
     n: usize,
-) -> Vec<(pepnet::Batch, Vec<f32>)> {
+) -> Vec<(pepnet_core::Batch, Vec<f32>)> {
     (0..n)
         .map(|i| {
             let rows = [96, 50, 1][i % 3];
@@ -154,7 +155,7 @@ fn training_is_bit_identical_run_to_run_and_across_a_resume() {
         half.save(dir.path()).unwrap();
         state.save(dir.path()).unwrap();
         let reloaded = Model::load(dir.path()).unwrap();
-        let state = pepnet::train::OptimizerState::load(dir.path(), &spec)
+        let state = pepnet_train::OptimizerState::load(dir.path(), &spec)
             .unwrap()
             .unwrap();
         let (resumed, resumed_state, _) = train_steps(&reloaded, Some(&state), &batches[2..]);
@@ -187,8 +188,8 @@ fn one_step_applies_adam_and_adagrad_as_the_reference() {
         let ones = vec![1.0; spec.n_tasks()];
         let (_, g) = grad::loss_and_gradients(&model, batch, &labels64, &ones).unwrap();
         let (adam, adagrad) = (
-            pepnet::gpu::optimizer::AdamOptions::default(),
-            pepnet::gpu::optimizer::AdaGradOptions::default(),
+            pepnet_core::gpu::optimizer::AdamOptions::default(),
+            pepnet_core::gpu::optimizer::AdaGradOptions::default(),
         );
         for (name, t) in model.weights.iter() {
             let after = &trained.weights.get(name).data;

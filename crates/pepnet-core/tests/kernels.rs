@@ -1,4 +1,4 @@
-//! Each WGSL kernel on its own, against its f64 reference (`pepnet::gpu::<kernel>::reference`), on
+//! Each WGSL kernel on its own, against its f64 reference (`pepnet_core::gpu::<kernel>::reference`), on
 //! random inputs and awkward shapes (1, primes, non-multiples of the 64×64×16 tiles). The
 //! activation buffer starts filled with random values, so an output the kernel forgot to write (or
 //! wrote where it should not) shows up as a mismatch.
@@ -9,24 +9,24 @@
 mod common;
 
 use common::{assert_close_tol, gpu, random_spec, random_vec, rng, run, run_on, width, Rng};
-use pepnet::cache::table::{tag, HostTable};
-use pepnet::gpu::act::ActStorage;
-use pepnet::gpu::gather::reference as gather_ref;
-use pepnet::gpu::gather::{self, MAX_PAGES};
-use pepnet::gpu::linear::reference as linear_ref;
-use pepnet::gpu::linear::{
+use pepnet_core::cache::table::{tag, HostTable};
+use pepnet_core::gpu::act::ActStorage;
+use pepnet_core::gpu::gather::reference as gather_ref;
+use pepnet_core::gpu::gather::{self, MAX_PAGES};
+use pepnet_core::gpu::linear::reference as linear_ref;
+use pepnet_core::gpu::linear::{
     self, lay_out, pack_half, pack_layer, ActBinding, Activation, LinearProblem, Precision,
     SpanParams, Variant, View,
 };
-use pepnet::gpu::mmoe_mix::reference as mmoe_mix_ref;
-use pepnet::gpu::optimizer::reference as optimizer_ref;
-use pepnet::gpu::optimizer::{AdaGradOptions, AdaGradParams, AdamOptions, AdamParams};
-use pepnet::gpu::resolve::reference as resolve_ref;
-use pepnet::gpu::resolve::{key_gpu, ResolveParams, MISS, UNKNOWN};
-use pepnet::gpu::scatter::reference as scatter_ref;
-use pepnet::gpu::scatter::ScatterParams;
-use pepnet::plan::gather::GatherLayout;
-use pepnet::Weights;
+use pepnet_core::gpu::mmoe_mix::reference as mmoe_mix_ref;
+use pepnet_core::gpu::optimizer::reference as optimizer_ref;
+use pepnet_core::gpu::optimizer::{AdaGradOptions, AdaGradParams, AdamOptions, AdamParams};
+use pepnet_core::gpu::resolve::reference as resolve_ref;
+use pepnet_core::gpu::resolve::{key_gpu, ResolveParams, MISS, UNKNOWN};
+use pepnet_core::gpu::scatter::reference as scatter_ref;
+use pepnet_core::gpu::scatter::ScatterParams;
+use pepnet_core::plan::gather::GatherLayout;
+use pepnet_core::Weights;
 use rand::RngExt;
 
 #[test]
@@ -232,7 +232,7 @@ fn gather_matches_reference_on_random_specs_and_pages() {
             .flat_map(|s| [(Precision::F32, s), (Precision::F16, s)]);
         for (precision, storage) in cases {
             let initial = common::stored(storage, &initial);
-            let row_bytes = 4 * pepnet::gpu::gather::row_words(d, precision) as u64;
+            let row_bytes = 4 * pepnet_core::gpu::gather::row_words(d, precision) as u64;
             let page_bytes = total_rows.div_ceil(pages_wanted) * row_bytes;
             let layout =
                 GatherLayout::with_precision(&spec, &destinations, page_bytes, 0, precision)
@@ -279,7 +279,7 @@ fn gather_matches_reference_on_random_specs_and_pages() {
                 let x = resident[row as usize * d + k] as f64;
                 match precision {
                     Precision::F32 => x,
-                    Precision::F16 => pepnet::reference::round_f16(x),
+                    Precision::F16 => pepnet_core::reference::round_f16(x),
                 }
             };
             let mut want: Vec<f64> = initial.iter().map(|&x| x as f64).collect();
@@ -290,7 +290,7 @@ fn gather_matches_reference_on_random_specs_and_pages() {
                 ActStorage::F32 => 1e-5,
                 ActStorage::F16 => {
                     for x in &mut want {
-                        *x = pepnet::reference::round_f16(*x);
+                        *x = pepnet_core::reference::round_f16(*x);
                     }
                     STORED_HALF_TOLERANCE
                 }
@@ -333,7 +333,7 @@ fn mmoe_mix_matches_reference() {
             let mut want: Vec<f64> = initial.iter().map(|&x| x as f64).collect();
             let (stored, tolerance): (&dyn Fn(f64) -> f64, f64) = match storage {
                 ActStorage::F32 => (&|x| x, 1e-5),
-                ActStorage::F16 => (&pepnet::reference::round_f16, STORED_HALF_TOLERANCE),
+                ActStorage::F16 => (&pepnet_core::reference::round_f16, STORED_HALF_TOLERANCE),
             };
             mmoe_mix_ref::mmoe_mix_stored(&params, rows, &mut want, stored);
             assert_close_tol(

@@ -13,9 +13,9 @@
 mod common;
 
 use common::{coop_required, gpu, max_abs_diff, random_batch, random_spec, rng};
-use pepnet::gpu::act::ActStorage;
-use pepnet::gpu::linear::{Precision, Variant};
-use pepnet::{reference, Engine, EngineOptions, Model};
+use pepnet_core::gpu::act::ActStorage;
+use pepnet_core::gpu::linear::{Precision, Variant};
+use pepnet_core::{reference, Engine, EngineOptions, Model};
 
 const TOLERANCE: f64 = 2e-3;
 
