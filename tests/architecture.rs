@@ -30,20 +30,12 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-#[test]
-fn core_depends_on_the_gpu_stack_alone() {
+/// The crates in `package`'s normal dependency tree (itself included).
+fn dependency_tree(package: &str) -> BTreeSet<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .current_dir(root())
-        .args([
-            "tree",
-            "-p",
-            "pepnet-core",
-            "-e",
-            "normal",
-            "--prefix",
-            "none",
-        ])
+        .args(["tree", "-p", package, "-e", "normal", "--prefix", "none"])
         .args(["--offline", "--locked"])
         .output()
         .expect("run cargo tree");
@@ -52,30 +44,42 @@ fn core_depends_on_the_gpu_stack_alone() {
         "cargo tree failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let crates: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .map(str::to_string)
-        .collect();
-    assert!(crates.contains("pepnet-core") && crates.contains("wgpu"));
-    assert!(
-        crates.len() <= CORE_MAX_CRATES,
-        "pepnet-core's normal dependency tree has {} crates (itself included), more than \
-         {CORE_MAX_CRATES}: {crates:?}",
-        crates.len()
-    );
-    let found: Vec<&String> = crates
-        .iter()
-        .filter(|c| {
-            NOT_IN_CORE
-                .iter()
-                .any(|n| *c == n || c.starts_with(&format!("{n}-")))
-        })
-        .collect();
-    assert!(
-        found.is_empty(),
-        "pepnet-core depends on {found:?}; those belong to the integration crates"
-    );
+        .collect()
+}
+
+#[test]
+fn core_depends_on_the_gpu_stack_alone() {
+    // The engine, and the smallest service embedding it (one crate more: itself).
+    let packages = [
+        ("pepnet-core", CORE_MAX_CRATES),
+        ("embed-minimal", CORE_MAX_CRATES + 1),
+    ];
+    for (package, most) in packages {
+        let crates = dependency_tree(package);
+        assert!(crates.contains("pepnet-core") && crates.contains("wgpu"));
+        assert!(
+            crates.len() <= most,
+            "{package}'s normal dependency tree has {} crates (itself included), more than \
+             {most}: {crates:?}",
+            crates.len()
+        );
+        let found: Vec<&String> = crates
+            .iter()
+            .filter(|c| {
+                NOT_IN_CORE
+                    .iter()
+                    .any(|n| *c == n || c.starts_with(&format!("{n}-")))
+            })
+            .collect();
+        assert!(
+            found.is_empty(),
+            "{package} depends on {found:?}; those belong to the integration crates"
+        );
+    }
 }
 
 /// A crate's modules, by path (`gpu::linear`), and the files they live in.
