@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pepnet::gpu::act::ActStorage;
+use pepnet::gpu::gather::layout::GatherLayout;
 use pepnet::gpu::gather::{self, MAX_PAGES};
 use pepnet::gpu::linear::{self, lay_out, ActBinding, Precision, SpanParams};
 use pepnet::gpu::{BatchParams, GpuContext};
 use pepnet::io::InputReader;
-use pepnet::plan::gather::GatherLayout;
 use pepnet::plan::{PackedWeights, Plan, Step};
 use pepnet::tools::bench;
 use pepnet::{synth, Model};

@@ -1,7 +1,8 @@
 //! The workspace's shape, as an embedding service sees it: `pepnet-core`'s dependency tree is
 //! the GPU stack alone (at most 85 crates, none of the servers, clients, file formats or
 //! command-line crates), and inside every crate the modules import each other one way only
-//! (no file imports one that imports it back, however indirectly).
+//! (no file imports one that imports it back, however indirectly, and no top-level module
+//! does either).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -183,23 +184,42 @@ fn expand(prefix: &[String], s: &str, out: &mut Vec<Vec<String>>) {
     }
 }
 
-/// The module cycles of the crate whose sources are in `src`: each as the modules on it.
-fn cycles(src: &Path) -> Vec<Vec<String>> {
-    let mods = modules(src);
-    let mut edges: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for (name, file) in &mods {
+/// Where modules are compared: each file, or each top-level module with everything under it.
+#[derive(Clone, Copy, PartialEq)]
+enum Grain {
+    File,
+    TopLevel,
+}
+
+/// The module cycles of the crate whose sources are in `src`, at `grain`: each as the modules
+/// on it.
+fn cycles(src: &Path, grain: Grain) -> Vec<Vec<String>> {
+    let files = modules(src);
+    let unit = |m: &str| -> String {
+        match grain {
+            Grain::File => m.to_string(),
+            Grain::TopLevel => m.split("::").next().unwrap_or("").to_string(),
+        }
+    };
+    let mut owned: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (name, file) in &files {
         let source = std::fs::read_to_string(file).unwrap();
         for path in crate_paths(&source) {
             // The longest prefix of the path that is a module is what it imports.
             let target = (1..=path.len())
                 .rev()
                 .map(|n| path[..n].join("::"))
-                .find_map(|m| mods.get_key_value(&m).map(|(k, _)| k.as_str()));
-            if let Some(t) = target.filter(|t| t != name) {
-                edges.entry(name).or_default().insert(t);
+                .find(|m| files.contains_key(m));
+            if let Some(t) = target.map(|t| unit(&t)).filter(|t| *t != unit(name)) {
+                owned.entry(unit(name)).or_default().insert(t);
             }
         }
     }
+    let edges: BTreeMap<&str, BTreeSet<&str>> = owned
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.iter().map(String::as_str).collect()))
+        .collect();
+    let mods: BTreeSet<String> = files.keys().map(|m| unit(m)).collect();
     // Strongly connected components (Tarjan's), those of more than one module.
     struct State<'a> {
         edges: &'a BTreeMap<&'a str, BTreeSet<&'a str>>,
@@ -244,7 +264,7 @@ fn cycles(src: &Path) -> Vec<Vec<String>> {
         stack: Vec::new(),
         found: Vec::new(),
     };
-    for name in mods.keys() {
+    for name in &mods {
         if !state.index.contains_key(name.as_str()) {
             visit(name, &mut state);
         }
@@ -260,8 +280,13 @@ fn no_crate_has_a_module_loop() {
     }
     let mut loops = Vec::new();
     for src in &crates {
-        for cycle in cycles(src) {
-            loops.push(format!("{}: {}", src.display(), cycle.join(" ⇄ ")));
+        for (grain, what) in [
+            (Grain::File, "files"),
+            (Grain::TopLevel, "top-level modules"),
+        ] {
+            for cycle in cycles(src, grain) {
+                loops.push(format!("{} ({what}): {}", src.display(), cycle.join(" ⇄ ")));
+            }
         }
     }
     assert!(loops.is_empty(), "module loops:\n{}", loops.join("\n"));
@@ -281,11 +306,26 @@ fn the_loop_finder_finds_a_loop() {
     .unwrap();
     std::fs::write(src.join("c.rs"), "use crate::a::A;").unwrap();
     assert_eq!(
-        cycles(src),
+        cycles(src, Grain::File),
         vec![vec!["a".to_string(), "b".to_string(), "c".to_string()]]
     );
     std::fs::write(src.join("c.rs"), "pub struct C;").unwrap();
-    assert_eq!(cycles(src), vec![vec!["a".to_string(), "b".to_string()]]);
+    assert_eq!(
+        cycles(src, Grain::File),
+        vec![vec!["a".to_string(), "b".to_string()]]
+    );
     std::fs::write(src.join("b.rs"), "pub struct B;").unwrap();
-    assert!(cycles(src).is_empty());
+    assert!(cycles(src, Grain::File).is_empty());
+
+    // No two files import each other, but two top-level modules do, through different files.
+    std::fs::create_dir(src.join("d")).unwrap();
+    std::fs::write(src.join("d/mod.rs"), "pub mod one; pub mod two;").unwrap();
+    std::fs::write(src.join("d/one.rs"), "use crate::e::E;").unwrap();
+    std::fs::write(src.join("d/two.rs"), "pub struct Two;").unwrap();
+    std::fs::write(src.join("e.rs"), "pub struct E(crate::d::two::Two);").unwrap();
+    assert!(cycles(src, Grain::File).is_empty());
+    assert_eq!(
+        cycles(src, Grain::TopLevel),
+        vec![vec!["d".to_string(), "e".to_string()]]
+    );
 }

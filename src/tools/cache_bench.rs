@@ -374,7 +374,7 @@ pub fn throughput_models(users: usize, items: usize, seed: u64) -> Result<(Model
     for name in ["user_id", "item_id"] {
         let rows = resident
             .weights
-            .get(&crate::model::embedding::table(name))
+            .get(&crate::weights::names::table(name))
             .data
             .clone();
         let h = hashed.weights.hashed_mut(name).expect("hashed");

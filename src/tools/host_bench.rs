@@ -14,9 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::gpu::act::ActStorage;
+use crate::gpu::gather::layout::GatherLayout;
 use crate::io::InputReader;
 use crate::model::Model;
-use crate::plan::gather::GatherLayout;
 use crate::plan::{PackedWeights, Plan};
 
 /// One core's rates of the two steps after reading, on batches already in memory.

@@ -11,13 +11,13 @@ use crate::cache::{CacheOptions, CacheState, CacheStats, Refused, StoreSource, U
 use crate::error::{Error, Result, SampleError};
 use crate::forward::{ForwardBuffers, ForwardPass};
 use crate::gpu::act::ActStorage;
+use crate::gpu::gather::layout::GatherLayout;
 use crate::gpu::gather::{self, MAX_PAGES};
 use crate::gpu::linear::{self, Precision, SpanParams, Variant};
 use crate::gpu::resolve::{KeyGpu, ResolveParams};
 use crate::gpu::{BatchParams, GpuContext};
 use crate::model::embedding;
 use crate::model::Model;
-use crate::plan::gather::GatherLayout;
 use crate::plan::{PackedWeights, Plan, Step};
 use crate::spec::ModelSpec;
 use crate::store::{EmbeddingStore, Key, MemoryStore};

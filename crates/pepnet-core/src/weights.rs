@@ -9,9 +9,36 @@ use rand_chacha::ChaCha8Rng;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
-use crate::model::embedding;
 use crate::spec::ModelSpec;
 
+/// The names of the embedding tensors in a weights file: `emb.<feature>` (a table, a dense
+/// feature's vector, or a hashed feature's stored rows), `emb.<feature>.ids` and
+/// `emb.<feature>.default` (a hashed feature's raw ids and default row). The embedding block
+/// (`model::embedding`) reads its tensors by them.
+pub mod names {
+    /// What every embedding tensor's name starts with.
+    pub const PREFIX: &str = "emb.";
+
+    /// Feature `feature`'s table (or a hashed feature's stored rows).
+    pub fn table(feature: &str) -> String {
+        format!("{PREFIX}{feature}")
+    }
+
+    /// A hashed feature's raw ids, one per stored row.
+    pub fn ids(feature: &str) -> String {
+        format!("{PREFIX}{feature}.ids")
+    }
+
+    /// A hashed feature's default row, for ids it does not hold.
+    pub fn default_row(feature: &str) -> String {
+        format!("{PREFIX}{feature}.default")
+    }
+
+    /// Whether tensor `name` is an embedding tensor (not a dense layer's).
+    pub fn is_embedding(name: &str) -> bool {
+        name.starts_with(PREFIX)
+    }
+}
 /// One tensor, held as f32 whatever its dtype on disk.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tensor {
@@ -78,9 +105,9 @@ impl HashedRows {
     /// The tensor names feature `name`'s rows are stored under: ids, rows, default.
     pub fn tensor_names(name: &str) -> [String; 3] {
         [
-            embedding::ids(name),
-            embedding::table(name),
-            embedding::default_row(name),
+            names::ids(name),
+            names::table(name),
+            names::default_row(name),
         ]
     }
 
@@ -368,7 +395,7 @@ impl Weights {
         let mut fan_in = 1;
         for (name, shape) in spec.expected_tensors() {
             let n: usize = shape.iter().product();
-            let data = if embedding::is_embedding(&name) {
+            let data = if names::is_embedding(&name) {
                 uniform(n, emb_scale)
             } else if name.ends_with(".weight") {
                 fan_in = shape[1];

@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 
 use common::{assert_close, gpu, random_batch, random_spec, random_vec, rng, width};
 use pepnet_core::gpu::gather::backward::{feature_table, RowGradParams};
+use pepnet_core::gpu::gather::layout::GatherLayout;
 use pepnet_core::gpu::gather::reference as gather_ref;
+use pepnet_core::gpu::gather::row_uses::RowUses;
 use pepnet_core::gpu::linear::backward::{input_groups, InputBindings, WeightBindings};
 use pepnet_core::gpu::linear::reference as linear_ref;
 use pepnet_core::gpu::linear::{
@@ -22,8 +24,6 @@ use pepnet_core::gpu::linear::{
 use pepnet_core::gpu::loss::reference as loss_ref;
 use pepnet_core::gpu::loss::LossParams;
 use pepnet_core::gpu::mmoe_mix::reference as mmoe_mix_ref;
-use pepnet_core::plan::gather::GatherLayout;
-use pepnet_core::plan::row_uses::RowUses;
 use pepnet_core::spec::Pooling;
 use rand::RngExt;
 

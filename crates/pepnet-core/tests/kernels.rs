@@ -11,6 +11,7 @@ mod common;
 use common::{assert_close_tol, gpu, random_spec, random_vec, rng, run, run_on, width, Rng};
 use pepnet_core::cache::table::{tag, HostTable};
 use pepnet_core::gpu::act::ActStorage;
+use pepnet_core::gpu::gather::layout::GatherLayout;
 use pepnet_core::gpu::gather::reference as gather_ref;
 use pepnet_core::gpu::gather::{self, MAX_PAGES};
 use pepnet_core::gpu::linear::reference as linear_ref;
@@ -25,7 +26,6 @@ use pepnet_core::gpu::resolve::reference as resolve_ref;
 use pepnet_core::gpu::resolve::{key_gpu, ResolveParams, MISS, UNKNOWN};
 use pepnet_core::gpu::scatter::reference as scatter_ref;
 use pepnet_core::gpu::scatter::ScatterParams;
-use pepnet_core::plan::gather::GatherLayout;
 use pepnet_core::Weights;
 use rand::RngExt;
 

@@ -26,6 +26,8 @@ use pepnet_core::batch::Batch;
 use pepnet_core::error::{Error, Result};
 use pepnet_core::forward::{ForwardBuffers, ForwardPass};
 use pepnet_core::gpu::gather::backward::{self as gather_backward, RowGradParams};
+use pepnet_core::gpu::gather::layout::GatherLayout;
+use pepnet_core::gpu::gather::row_uses::RowUses;
 use pepnet_core::gpu::gather::MAX_PAGES;
 use pepnet_core::gpu::linear::backward::{self as linear_backward, InputBindings, WeightBindings};
 use pepnet_core::gpu::linear::{self, SpanParams};
@@ -34,8 +36,6 @@ use pepnet_core::gpu::optimizer::{AdaGradOptions, AdaGradParams, AdamOptions, Ad
 use pepnet_core::gpu::{BatchParams, GpuContext};
 use pepnet_core::grad::Gradients;
 use pepnet_core::model::Model;
-use pepnet_core::plan::gather::GatherLayout;
-use pepnet_core::plan::row_uses::RowUses;
 use pepnet_core::plan::{PackedWeights, Plan, Step};
 use pepnet_core::spec::ModelSpec;
 

@@ -10,8 +10,8 @@ use safetensors::{Dtype, SafeTensors};
 
 use pepnet_core::atomic_file;
 use pepnet_core::error::{Error, Result};
+use pepnet_core::gpu::gather::layout::GatherLayout;
 use pepnet_core::model::embedding;
-use pepnet_core::plan::gather::GatherLayout;
 use pepnet_core::plan::PackedWeights;
 use pepnet_core::spec::ModelSpec;
 

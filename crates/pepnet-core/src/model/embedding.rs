@@ -10,28 +10,8 @@ use crate::model::gradients::Gradients;
 use crate::plan::Builder;
 use crate::spec::{FeatureKind, ModelSpec, Pooling, Role};
 
-/// What every embedding tensor's name starts with.
-pub const PREFIX: &str = "emb.";
-
-/// Feature `feature`'s table (or a hashed feature's stored rows).
-pub fn table(feature: &str) -> String {
-    format!("{PREFIX}{feature}")
-}
-
-/// A hashed feature's raw ids, one per stored row.
-pub fn ids(feature: &str) -> String {
-    format!("{PREFIX}{feature}.ids")
-}
-
-/// A hashed feature's default row, for ids it does not hold.
-pub fn default_row(feature: &str) -> String {
-    format!("{PREFIX}{feature}.default")
-}
-
-/// Whether tensor `name` is an embedding tensor (not a dense layer's).
-pub fn is_embedding(name: &str) -> bool {
-    name.starts_with(PREFIX)
-}
+/// The tables' names, as the weights file names them (`weights::names`).
+pub use crate::weights::names::{default_row, ids, is_embedding, table, PREFIX};
 
 /// The tables of every feature but the hashed ones, with their shapes.
 pub(crate) fn tensors(spec: &ModelSpec, out: &mut Vec<(String, Vec<usize>)>) {

@@ -6,6 +6,7 @@
 //! the gradient loop over the blocks; [`sample`] runs them in order on one sample. [`gate_nu`]
 //! and [`dense`] are the parts the blocks share.
 
+mod assemble;
 pub mod dense;
 pub mod embedding;
 pub mod epnet;

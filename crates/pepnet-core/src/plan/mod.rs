@@ -11,10 +11,6 @@
 //! T probabilities of the batch are one compact `[rows, T]` block of f32s, after the rows, or in
 //! a buffer of their own over f16 activations; the readback is one contiguous copy either way.
 
-mod assemble;
-pub mod gather;
-pub mod row_uses;
-
 use std::collections::HashMap;
 
 use crate::gpu::act::ActStorage;
@@ -46,7 +42,7 @@ pub enum Step {
 #[derive(Debug, Clone)]
 pub struct PackedLayout {
     /// Per linear layer, the offsets of its weight and bias.
-    offsets: HashMap<String, (u32, u32)>,
+    pub(crate) offsets: HashMap<String, (u32, u32)>,
     /// Floats in the packed buffer.
     pub len: usize,
 }
@@ -62,7 +58,7 @@ pub struct PackedWeights {
 
 impl PackedLayout {
     /// Offsets of `{layer}.weight` and `{layer}.bias`.
-    fn layer(&self, layer: &str) -> (u32, u32) {
+    pub(crate) fn layer(&self, layer: &str) -> (u32, u32) {
         self.offsets[layer]
     }
 }
@@ -129,7 +125,7 @@ impl Plan {
 /// row are, and how a layer of the packed weights becomes a linear problem.
 pub(crate) struct Builder<'a> {
     pub spec: &'a ModelSpec,
-    layout: &'a PackedLayout,
+    pub(crate) layout: &'a PackedLayout,
     pub columns: Columns,
     /// Where the `[rows, T]` probabilities go.
     pub out: View,
@@ -200,7 +196,7 @@ pub(crate) struct Columns {
 }
 
 impl Columns {
-    fn new(spec: &ModelSpec, training: bool) -> Self {
+    pub(crate) fn new(spec: &ModelSpec, training: bool) -> Self {
         let mut width = 0u32;
         let mut alloc = |w: usize| {
             let col = width;

@@ -5,10 +5,10 @@
 
 use bytemuck::Zeroable;
 
+use crate::gpu::gather::layout::GatherLayout;
 use crate::gpu::gather::MAX_DESTINATIONS;
 use crate::gpu::linear::View;
 use crate::gpu::{compute_pipeline, dispatch_flat, whole_buffers};
-use crate::plan::gather::GatherLayout;
 
 /// `shaders/prelude.wgsl`, then `shaders/gather_backward.wgsl`.
 pub const SOURCE: &str = concat!(

@@ -4,7 +4,9 @@
 //! reference is [`reference::gather`].
 
 pub mod backward;
+pub mod layout;
 pub mod reference;
+pub mod row_uses;
 
 use crate::gpu::act::{ActStorage, ByStorage};
 use crate::gpu::linear::Precision;
@@ -95,7 +97,7 @@ pub struct Bindings<'a> {
     pub params: &'a wgpu::Buffer,
     /// The batch size (a uniform).
     pub batch: &'a wgpu::Buffer,
-    /// The feature table of [`crate::plan::gather::GatherLayout`].
+    /// The feature table of [`crate::gpu::gather::layout::GatherLayout`].
     pub features: &'a wgpu::Buffer,
     /// The batch's ids and dense values, as the layout encodes them.
     pub ids: &'a wgpu::Buffer,

@@ -1,8 +1,8 @@
 //! f64 references of the gather (`shaders/gather.wgsl`) and its backward
 //! (`shaders/gather_backward.wgsl`), on the kernels' own layouts.
 
+use crate::gpu::gather::layout::GatherLayout;
 use crate::gpu::gather::NO_ROW;
-use crate::plan::gather::GatherLayout;
 
 /// The gather: every feature's pooled vector of every sample, written to its destinations.
 /// `table(row, k)` reads element k of a global row.
@@ -49,7 +49,7 @@ pub fn gather(
 /// sources, each scaled by its scale view when it has one).
 pub fn gather_backward(
     features: &[crate::gpu::gather::backward::FeatureGradGpu],
-    uses: &crate::plan::row_uses::RowUses,
+    uses: &crate::gpu::gather::row_uses::RowUses,
     d: usize,
     act: &[f64],
     grad: &[f64],

@@ -4,7 +4,7 @@
 
 use crate::batch::{Batch, Column};
 use crate::gpu::gather::backward::UseGpu;
-use crate::plan::gather::GatherLayout;
+use crate::gpu::gather::layout::GatherLayout;
 use crate::spec::{ModelSpec, Pooling};
 
 /// A batch's row uses, grouped by row: `touched` ascending, row `touched[u]`'s uses at

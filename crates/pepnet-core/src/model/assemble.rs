@@ -1,13 +1,13 @@
 //! The plan assembled from the model's blocks: the packed layout of their dense layers, and
-//! their steps in the order of `docs/model.md`. Apart from the plan's types (`super`), which
-//! the blocks build on, so that the blocks and the plan do not import each other.
+//! their steps in the order of `docs/model.md`. Here, with the blocks, rather than with the
+//! plan's types (`crate::plan`), which the blocks build on: the plan knows no block.
 
 use std::collections::HashMap;
 
-use super::{Builder, Columns, PackedLayout, PackedWeights, Plan, Step};
 use crate::gpu::act::ActStorage;
 use crate::gpu::linear::{self, View};
 use crate::model::{embedding, epnet, mmoe, ppnet, tower};
+use crate::plan::{Builder, Columns, PackedLayout, PackedWeights, Plan, Step};
 use crate::spec::ModelSpec;
 use crate::weights::Weights;
 

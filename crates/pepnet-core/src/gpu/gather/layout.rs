@@ -1,7 +1,7 @@
 //! How a model's features map onto the gather kernel: its feature table, the id slots of a
 //! sample, the split of every embedding table (and the cache) into pages of one global row
-//! space, and the encoding of a batch's ids and dense values for upload. Model knowledge, on
-//! the planning side; the kernel itself (`gpu::gather`) only reads what this lays out.
+//! space, and the encoding of a batch's ids and dense values for upload: the host side of the
+//! kernel (`gpu::gather`), which only reads what this lays out.
 
 use bytemuck::Zeroable;
 
@@ -12,7 +12,6 @@ use crate::gpu::gather::{
 };
 use crate::gpu::linear::{Precision, View};
 use crate::gpu::resolve::{key_gpu, KeyGpu};
-use crate::model::embedding;
 use crate::spec::{FeatureKind, ModelSpec, Pooling};
 use crate::weights::Weights;
 
@@ -215,7 +214,7 @@ impl GatherLayout {
                     None => out.extend(std::iter::repeat_n(0.0, d as usize)),
                 }
             } else {
-                let data = &weights.get(&embedding::table(&f.name)).data;
+                let data = &weights.get(&crate::weights::names::table(&f.name)).data;
                 out.extend_from_slice(
                     &data[((lo - base) * d) as usize..((hi - base) * d) as usize],
                 );
