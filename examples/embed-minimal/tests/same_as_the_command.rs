@@ -1,29 +1,10 @@
 //! The example's scores are `pepnet score`'s for the same three rows, bit for bit.
 
-use std::path::{Path, PathBuf};
+mod command;
+
 use std::process::Command;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The `pepnet` command of the same build (the workspace's test run builds it; built here if
-/// this package is tested alone).
-fn pepnet() -> PathBuf {
-    let exe = Path::new(env!("CARGO_BIN_EXE_embed-minimal")).with_file_name("pepnet");
-    if !exe.exists() {
-        let release = exe.parent().is_some_and(|d| d.ends_with("release"));
-        let mut build = Command::new(env!("CARGO"));
-        build
-            .current_dir(repo())
-            .args(["build", "-p", "pepnet", "--bin", "pepnet"]);
-        if release {
-            build.arg("--release");
-        }
-        assert!(build.status().unwrap().success(), "building pepnet");
-    }
-    exe
-}
+use command::{pepnet, repo};
 
 /// (request id, probabilities) per row of a scores CSV.
 fn parse(csv: &str) -> Vec<(String, Vec<u32>)> {
@@ -59,7 +40,7 @@ fn the_example_scores_as_pepnet_score() {
         .collect();
     std::fs::write(dir.path().join("in.csv"), input.join("\n") + "\n").unwrap();
     let out = dir.path().join("scores.csv");
-    let status = Command::new(pepnet())
+    let status = Command::new(pepnet(env!("CARGO_BIN_EXE_embed-minimal")))
         .args(["score", "--quiet", "--carry", "request_id", "--model"])
         .arg(&model)
         .arg("--input")

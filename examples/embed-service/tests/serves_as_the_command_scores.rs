@@ -1,34 +1,16 @@
 //! The service, started as a user would, answers on its own route and on pepnet's mounted ones,
 //! and both score the rows as `pepnet score` does, bit for bit.
 
+#[path = "../../embed-minimal/tests/command/mod.rs"]
+mod command;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The `pepnet` command of the same build (the workspace's test run builds it; built here if
-/// this package is tested alone).
-fn pepnet() -> PathBuf {
-    let exe = Path::new(env!("CARGO_BIN_EXE_embed-service")).with_file_name("pepnet");
-    if !exe.exists() {
-        let release = exe.parent().is_some_and(|d| d.ends_with("release"));
-        let mut build = Command::new(env!("CARGO"));
-        build
-            .current_dir(repo())
-            .args(["build", "-p", "pepnet", "--bin", "pepnet"]);
-        if release {
-            build.arg("--release");
-        }
-        assert!(build.status().unwrap().success(), "building pepnet");
-    }
-    exe
-}
+use command::{pepnet, repo};
 
 /// The service, stopped (killed) when dropped.
 struct Service(Child);
@@ -55,7 +37,7 @@ fn its_route_and_the_mounted_ones_score_as_pepnet_score() {
     let input = dir.path().join("in.csv");
     pepnet_io::synth::write_file(&model.spec, rows, seed, &input).unwrap();
     let out = dir.path().join("scores.csv");
-    let status = Command::new(pepnet())
+    let status = Command::new(pepnet(env!("CARGO_BIN_EXE_embed-service")))
         .args(["score", "--quiet", "--model"])
         .arg(&model_dir)
         .arg("--input")
