@@ -125,6 +125,69 @@ fn served_scores_equal_pepnet_score_bit_for_bit_at_any_concurrency() {
     assert!(server.stop().success());
 }
 
+/// What clients discover a server by: `GET /v2` (name, version, extensions), health and
+/// readiness with the bodies the KServe SDK reads, and the versioned paths, which answer for
+/// the version served and 404 naming it for any other.
+#[test]
+fn server_metadata_health_bodies_and_versioned_paths() {
+    let mut server = Server::start(&[]);
+    let base = format!("{}/v2", server.url);
+    let json_of = |url: &str| -> (u16, Value) {
+        let (status, text) = get(url);
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    };
+    let (status, server_metadata) = json_of(&base);
+    assert_eq!(status, 200);
+    assert_eq!(server_metadata["name"], "pepnet");
+    assert_eq!(server_metadata["version"], env!("CARGO_PKG_VERSION"));
+    assert!(
+        server_metadata["extensions"].is_array(),
+        "{server_metadata}"
+    );
+    assert_eq!(
+        json_of(&format!("{base}/health/live")),
+        (200, json!({"live": true}))
+    );
+    assert_eq!(
+        json_of(&format!("{base}/health/ready")),
+        (200, json!({"ready": true}))
+    );
+    assert_eq!(
+        json_of(&format!("{base}/models/pepnet/ready")),
+        (200, json!({"name": "pepnet", "ready": true}))
+    );
+
+    let (_, metadata) = json_of(&format!("{base}/models/pepnet"));
+    assert_eq!(metadata["versions"], json!(["1"]));
+    assert_eq!(
+        json_of(&format!("{base}/models/pepnet/versions/1")),
+        (200, metadata.clone())
+    );
+    assert_eq!(
+        json_of(&format!("{base}/models/pepnet/versions/1/ready")),
+        (200, json!({"name": "pepnet", "ready": true}))
+    );
+    let (status, other) = json_of(&format!("{base}/models/pepnet/versions/2/ready"));
+    assert_eq!(status, 404);
+    let message = other["error"].as_str().unwrap();
+    assert!(
+        message.contains("version '2'") && message.contains("'1'"),
+        "{message}"
+    );
+
+    let (header, rows) = rows();
+    let body = request(&metadata, &header, &rows[..7]);
+    let (status, unversioned) = post(&format!("{base}/models/pepnet/infer"), &body);
+    assert_eq!(status, 200, "{unversioned}");
+    let (status, versioned) = post(&format!("{base}/models/pepnet/versions/1/infer"), &body);
+    assert_eq!(status, 200, "{versioned}");
+    assert_eq!(versioned["outputs"], unversioned["outputs"]);
+    assert_eq!(versioned["model_version"], "1");
+    let (status, refused) = post(&format!("{base}/models/pepnet/versions/7/infer"), &body);
+    assert_eq!(status, 404, "{refused}");
+    assert!(server.stop().success());
+}
+
 /// Every kind of malformed request is a 400 naming the tensor (and element) and the rule; the
 /// server answers the next good request as before.
 #[test]

@@ -10,6 +10,7 @@ use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -24,6 +25,11 @@ pub(super) async fn serve(
     max_body_bytes: usize,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // TCP_NODELAY: a response goes out as soon as it is written, not after Nagle's wait for
+    // the client's acknowledgement of the previous segment.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(app, max_body_bytes))
         .with_graceful_shutdown(stop)
         .await
@@ -32,11 +38,25 @@ pub(super) async fn serve(
 /// The Open Inference Protocol's HTTP routes over `app`, bodies limited to `max_body_bytes`.
 pub(super) fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
     Router::new()
-        .route("/v2/health/live", get(|| async { StatusCode::OK }))
-        .route("/v2/health/ready", get(|| async { StatusCode::OK }))
+        .route("/v2", get(server_metadata))
+        .route(
+            "/v2/health/live",
+            get(|| async { Json(json!({"live": true})) }),
+        )
+        // Ready once serving: the model is loaded before the server listens.
+        .route(
+            "/v2/health/ready",
+            get(|| async { Json(json!({"ready": true})) }),
+        )
         .route("/v2/models/{name}", get(model_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
         .route("/v2/models/{name}/infer", post(infer))
+        .route("/v2/models/{name}/versions/{version}", get(model_metadata))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(model_ready),
+        )
+        .route("/v2/models/{name}/versions/{version}/infer", post(infer))
         .route("/v2/repository/models/{name}/load", post(reload))
         .route("/v2/models/{name}/rows", post(update_rows))
         .route("/v2/models/{name}/expire", post(expire))
@@ -89,24 +109,38 @@ fn refused(Refused(refusal, message): Refused) -> Response {
     error(status(refusal), message)
 }
 
-async fn model_metadata(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
-    if let Err(r) = app.check_model(&name, "") {
+/// The model a path names: `{name}`, and `{version}` on the versioned paths (absent: the
+/// version served).
+#[derive(serde::Deserialize)]
+struct ModelPath {
+    name: String,
+    #[serde(default)]
+    version: String,
+}
+
+/// The server's metadata (`GET /v2`): its name, version and the protocol extensions it has.
+async fn server_metadata() -> Response {
+    Json(oip::server_metadata()).into_response()
+}
+
+async fn model_metadata(State(app): State<Arc<App>>, Path(m): Path<ModelPath>) -> Response {
+    if let Err(r) = app.check_model(&m.name, &m.version) {
         return refused(r);
     }
     let served = app.current();
     Json(oip::metadata(&served.spec, &app.name, &served.version)).into_response()
 }
 
-async fn model_ready(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
-    match app.check_model(&name, "") {
-        Ok(()) => StatusCode::OK.into_response(),
+async fn model_ready(State(app): State<Arc<App>>, Path(m): Path<ModelPath>) -> Response {
+    match app.check_model(&m.name, &m.version) {
+        Ok(()) => Json(json!({"name": m.name, "ready": true})).into_response(),
         Err(r) => refused(r),
     }
 }
 
-async fn infer(State(app): State<Arc<App>>, Path(name): Path<String>, body: Bytes) -> Response {
+async fn infer(State(app): State<Arc<App>>, Path(m): Path<ModelPath>, body: Bytes) -> Response {
     match app
-        .infer(Protocol::Http, (&name, ""), None, |spec| {
+        .infer(Protocol::Http, (&m.name, &m.version), None, |spec| {
             oip::decode(&body, spec)
         })
         .await

@@ -2,9 +2,12 @@
 //! clients speak), over HTTP/JSON and gRPC, requests coalesced by the [`Batcher`].
 //!
 //! ```text
-//! HTTP  GET  /v2/health/live, /v2/health/ready       200 once the model is loaded
+//! HTTP  GET  /v2                                     server metadata (name, version, extensions)
+//!       GET  /v2/health/live, /v2/health/ready       {"live": true}, {"ready": true}
 //!       GET  /v2/models/{name}, /v2/models/{name}/ready
 //!       POST /v2/models/{name}/infer                  JSON tensors in, one FP32 tensor per task out
+//!            /v2/models/{name}/versions/{v}[/ready|/infer]   the same, for version v (404 if
+//!                                                    it is not the one served)
 //!       GET  /metrics                                 Prometheus text
 //!       POST /v2/repository/models/{name}/load        reload the model directory (also on SIGHUP)
 //!       POST /v2/models/{name}/rows                   new rows for hashed features (safetensors)

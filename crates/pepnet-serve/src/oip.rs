@@ -52,6 +52,15 @@ pub fn input_tensors(spec: &ModelSpec) -> Vec<(String, &'static str)> {
     inputs
 }
 
+/// The server's metadata (`GET /v2`, gRPC `ServerMetadata`): name, version, and the protocol
+/// extensions it implements (none of the optional ones yet).
+pub fn server_metadata() -> Value {
+    json!({"name": SERVER_NAME, "version": env!("CARGO_PKG_VERSION"), "extensions": []})
+}
+
+/// The server's name in its metadata.
+pub const SERVER_NAME: &str = "pepnet";
+
 /// The model's metadata (`GET /v2/models/{name}`).
 pub fn metadata(spec: &ModelSpec, name: &str, version: &str) -> Value {
     let inputs: Vec<Value> = input_tensors(spec)
