@@ -33,6 +33,31 @@ pub const ADAPTER_ENV: &str = "PEPNET_ADAPTER";
 /// (tensor cores) even where it has them: f16 then runs on the f16 SIMT kernels.
 pub const COOP_ENV: &str = "PEPNET_COOP";
 
+/// What the tensor-core kernels need of a device.
+const COOP_FEATURES: wgpu::Features =
+    wgpu::Features::SHADER_F16.union(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
+
+/// The tensor-core shape to build the linear kernels for on a device with `features` (those of
+/// its adapter, or of the device handed over), unless [`COOP_ENV`] is `off`.
+fn coop_shape(
+    features: wgpu::Features,
+    offered: &[wgpu::CooperativeMatrixProperties],
+    info: &wgpu::AdapterInfo,
+    limits: &wgpu::Limits,
+) -> Option<linear::CoopShape> {
+    let wanted = std::env::var(COOP_ENV).map_or(true, |v| v != "off");
+    (wanted && features.contains(COOP_FEATURES))
+        .then(|| {
+            linear::CoopShape::choose(
+                offered,
+                info.subgroup_min_size,
+                info.subgroup_max_size,
+                limits,
+            )
+        })
+        .flatten()
+}
+
 /// A device, its queue, and the kernels compiled for it (each on first use).
 pub struct GpuContext {
     /// The device every buffer and pipeline lives on.
@@ -143,24 +168,12 @@ impl GpuContext {
         // Timestamps let `pepnet bench` time each kernel; scoring never needs them. f16 shaders
         // and cooperative matrices run the f16 precision on tensor cores.
         let coop_offered = adapter.cooperative_matrix_properties();
-        let coop_wanted = std::env::var(COOP_ENV).map_or(true, |v| v != "off");
-        let coop_features =
-            wgpu::Features::SHADER_F16 | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
-        let coop = (coop_wanted && adapter.features().contains(coop_features))
-            .then(|| {
-                linear::CoopShape::choose(
-                    &coop_offered,
-                    info.subgroup_min_size,
-                    info.subgroup_max_size,
-                    &limits,
-                )
-            })
-            .flatten();
+        let coop = coop_shape(adapter.features(), &coop_offered, &info, &limits);
         // f16 shaders also let the f16 precision store activations as f16.
         let mut features =
             adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16);
         if coop.is_some() {
-            features |= coop_features;
+            features |= COOP_FEATURES;
         }
         let descriptor = wgpu::DeviceDescriptor {
             label: Some("pepnet"),
@@ -250,20 +263,7 @@ impl GpuContext {
                 info.name
             ))
         })?;
-        let features = device.features();
-        let coop_features =
-            wgpu::Features::SHADER_F16 | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
-        let coop_wanted = std::env::var(COOP_ENV).map_or(true, |v| v != "off");
-        let coop = (coop_wanted && features.contains(coop_features))
-            .then(|| {
-                linear::CoopShape::choose(
-                    &coop_offered,
-                    info.subgroup_min_size,
-                    info.subgroup_max_size,
-                    &limits,
-                )
-            })
-            .flatten();
+        let coop = coop_shape(device.features(), &coop_offered, &info, &limits);
         Self::assemble(device, queue, info, coop_offered, coop, Arc::default())
     }
 
