@@ -188,6 +188,199 @@ fn server_metadata_health_bodies_and_versioned_paths() {
     assert!(server.stop().success());
 }
 
+/// An infer request as the binary tensor data extension sends it: `body`'s tensors moved out of
+/// the JSON (each replaced by `parameters.binary_data_size`) into raw little-endian bytes after
+/// it. Returns the bytes and the JSON header's length.
+fn binary_request(body: &Value) -> (Vec<u8>, usize) {
+    let mut header = body.clone();
+    let mut tail = Vec::new();
+    for input in header["inputs"].as_array_mut().unwrap() {
+        let data = input.as_object_mut().unwrap().remove("data").unwrap();
+        let before = tail.len();
+        for v in data.as_array().unwrap() {
+            match input["datatype"].as_str().unwrap() {
+                "FP32" => tail.extend((v.as_f64().unwrap() as f32).to_le_bytes()),
+                "INT32" => tail.extend((v.as_i64().unwrap() as i32).to_le_bytes()),
+                "INT64" => tail.extend(v.as_i64().unwrap().to_le_bytes()),
+                other => panic!("{other}"),
+            }
+        }
+        input["parameters"] = json!({"binary_data_size": tail.len() - before});
+    }
+    let mut bytes = serde_json::to_vec(&header).unwrap();
+    let length = bytes.len();
+    bytes.extend(tail);
+    (bytes, length)
+}
+
+/// Posts `bytes` with `Inference-Header-Content-Length: length`; returns the status, the
+/// answer's header length (if binary) and its bytes.
+fn post_binary(url: &str, bytes: &[u8], length: usize) -> (u16, Option<usize>, Vec<u8>) {
+    let answer = agent()
+        .post(url)
+        .set("Inference-Header-Content-Length", &length.to_string())
+        .send_bytes(bytes);
+    let response = match answer {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{url}: {e}"),
+    };
+    let status = response.status();
+    let header = response
+        .header("Inference-Header-Content-Length")
+        .map(|v| v.parse().unwrap());
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut response.into_reader(), &mut body).unwrap();
+    (status, header, body)
+}
+
+/// The binary tensor data extension (what tritonclient and the KServe SDK send by default):
+/// binary inputs score as the same JSON inputs do, outputs come back binary when asked (all, or
+/// some), and every disagreement between the sizes, the shapes and the bytes is a 400 naming
+/// the tensor.
+#[test]
+fn binary_tensor_data_in_and_out() {
+    let mut server = Server::start(&[]);
+    let base = format!("{}/v2", server.url);
+    let infer = format!("{base}/models/pepnet/infer");
+    let (_, text) = get(&format!("{base}/models/pepnet"));
+    let metadata: Value = serde_json::from_str(&text).unwrap();
+    let tasks: Vec<String> = metadata["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap().to_string())
+        .collect();
+    let (header, rows) = rows();
+    let body = request(&metadata, &header, &rows[..23]);
+    let (status, json_answer) = post(&infer, &body);
+    assert_eq!(status, 200, "{json_answer}");
+    let json_bits = |answer: &Value, task: &str| -> Vec<u32> {
+        let output = answer["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["name"] == task)
+            .unwrap();
+        output["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p.as_f64().unwrap() as f32).to_bits())
+            .collect()
+    };
+
+    // Binary in, JSON out.
+    let (bytes, length) = binary_request(&body);
+    let (status, none, answer) = post_binary(&infer, &bytes, length);
+    assert_eq!(
+        (status, none),
+        (200, None),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["outputs"], json_answer["outputs"]);
+
+    // Binary in, binary out: every output (binary_data_output), then one of two.
+    let mut all = body.clone();
+    all["parameters"] = json!({"binary_data_output": true});
+    let some = {
+        let mut b = body.clone();
+        b["outputs"] = json!([
+            {"name": tasks[2], "parameters": {"binary_data": true}},
+            {"name": tasks[0]}
+        ]);
+        b
+    };
+    for (what, request_body, binary_tasks) in [
+        ("all binary", all, tasks.clone()),
+        ("one binary", some, vec![tasks[2].clone()]),
+    ] {
+        let (bytes, length) = binary_request(&request_body);
+        let (status, header_length, answer) = post_binary(&infer, &bytes, length);
+        assert_eq!(status, 200, "{what}: {}", String::from_utf8_lossy(&answer));
+        let header_length = header_length.expect("a binary answer says its header's length");
+        let header: Value = serde_json::from_slice(&answer[..header_length]).unwrap();
+        let mut tail = &answer[header_length..];
+        for output in header["outputs"].as_array().unwrap() {
+            let task = output["name"].as_str().unwrap();
+            if binary_tasks.iter().any(|t| t == task) {
+                assert!(output.get("data").is_none(), "{what}: {output}");
+                let size = output["parameters"]["binary_data_size"].as_u64().unwrap() as usize;
+                assert_eq!(size, 4 * 23, "{what}");
+                let bits: Vec<u32> = tail[..size]
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
+                assert_eq!(bits, json_bits(&json_answer, task), "{what}: {task}");
+                tail = &tail[size..];
+            } else {
+                assert_eq!(output["data"].as_array().unwrap().len(), 23, "{what}");
+            }
+        }
+        assert!(tail.is_empty(), "{what}: {} bytes left over", tail.len());
+    }
+
+    // Sizes, shapes and bytes that disagree: a 400 naming the tensor, nothing scored.
+    let (bytes, length) = binary_request(&body);
+    let first = body["inputs"][0]["name"].as_str().unwrap().to_string();
+    let with_size = |size: Value| -> (Vec<u8>, usize) {
+        let mut header: Value = serde_json::from_slice(&bytes[..length]).unwrap();
+        header["inputs"][0]["parameters"]["binary_data_size"] = size;
+        let mut out = serde_json::to_vec(&header).unwrap();
+        let n = out.len();
+        out.extend(&bytes[length..]);
+        (out, n)
+    };
+    // (what, the body and its header's length, what the answer must name)
+    type Case = (&'static str, (Vec<u8>, usize), Vec<String>);
+    let cases: Vec<Case> = vec![
+        (
+            "header length past the body",
+            (bytes.clone(), bytes.len() + 1),
+            vec!["Inference-Header-Content-Length".into()],
+        ),
+        (
+            "truncated bytes",
+            (bytes[..bytes.len() - 3].to_vec(), length),
+            vec!["past the end of the body".into()],
+        ),
+        (
+            "a size that is not whole elements",
+            with_size(json!(5)),
+            vec![format!("'{first}'"), "whole number".into()],
+        ),
+        (
+            "a size that disagrees with the shape",
+            with_size(json!(8 * 22)),
+            vec![format!("'{first}'"), "shape".into()],
+        ),
+        (
+            "bytes left after the last tensor",
+            ([bytes.clone(), vec![0; 8]].concat(), length),
+            vec!["8 bytes of binary tensor data follow".into()],
+        ),
+        (
+            "a negative size",
+            with_size(json!(-8)),
+            vec![format!("'{first}'"), "binary_data_size".into()],
+        ),
+    ];
+    for (what, (bytes, length), needles) in cases {
+        let (status, _, answer) = post_binary(&infer, &bytes, length);
+        let answer = String::from_utf8_lossy(&answer);
+        assert_eq!(status, 400, "{what}: {answer}");
+        for n in needles {
+            assert!(answer.contains(&n), "{what}: '{answer}' lacks '{n}'");
+        }
+    }
+    // The server is unharmed.
+    let (status, _) = post(&infer, &body);
+    assert_eq!(status, 200);
+    assert!(server.stop().success());
+}
+
 /// Every kind of malformed request is a 400 naming the tensor (and element) and the rule; the
 /// server answers the next good request as before.
 #[test]

@@ -61,15 +61,6 @@ fn status(Refused(refusal, message): Refused) -> Status {
     }
 }
 
-/// The element types pepnet reads, and the size of one in raw contents.
-fn element_bytes(datatype: &str) -> Option<usize> {
-    match datatype {
-        "INT32" | "UINT32" | "FP32" => Some(4),
-        "INT64" | "UINT64" | "FP64" => Some(8),
-        _ => None,
-    }
-}
-
 /// Decodes a gRPC inference request against the model; the error names the tensor, element
 /// and rule, as [`oip::decode`]'s does.
 pub fn decode(request: &ModelInferRequest, spec: &ModelSpec) -> Result<InferRequest, String> {
@@ -117,8 +108,6 @@ fn read_tensor<'a>(
     Tensor::new(name, shape, datatype, data)
 }
 
-const READABLE: &str = "INT64, UINT64, INT32, UINT32, FP32 or FP64";
-
 fn raw_elements<'a>(
     name: &str,
     datatype: &str,
@@ -130,37 +119,7 @@ fn raw_elements<'a>(
             "input tensor '{name}' has both contents and raw_input_contents; give one"
         ));
     }
-    let size = element_bytes(datatype).ok_or(format!(
-        "input tensor '{name}': datatype {datatype}, expected {READABLE}"
-    ))?;
-    if !bytes.len().is_multiple_of(size) {
-        return Err(format!(
-            "input tensor '{name}': {} bytes of raw contents are not a whole number of \
-             {datatype} elements ({size} bytes each)",
-            bytes.len()
-        ));
-    }
-    let chunks = bytes.chunks_exact(size);
-    Ok(match datatype {
-        "INT32" => chunks
-            .map(|c| Element::Int(i32::from_le_bytes(c.try_into().expect("4 bytes")).into()))
-            .collect(),
-        "UINT32" => chunks
-            .map(|c| Element::Int(u32::from_le_bytes(c.try_into().expect("4 bytes")).into()))
-            .collect(),
-        "FP32" => chunks
-            .map(|c| Element::Float(f32::from_le_bytes(c.try_into().expect("4 bytes")).into()))
-            .collect(),
-        "INT64" => chunks
-            .map(|c| Element::Int(i64::from_le_bytes(c.try_into().expect("8 bytes")).into()))
-            .collect(),
-        "UINT64" => chunks
-            .map(|c| Element::Int(u64::from_le_bytes(c.try_into().expect("8 bytes")).into()))
-            .collect(),
-        _ => chunks
-            .map(|c| Element::Float(f64::from_le_bytes(c.try_into().expect("8 bytes"))))
-            .collect(),
-    })
+    oip::little_endian(name, datatype, bytes)
 }
 
 /// The names of the contents' fields that hold elements.
@@ -195,7 +154,8 @@ fn typed_elements<'a>(
         "FP64" => "fp64_contents",
         other => {
             return Err(format!(
-                "input tensor '{name}': datatype {other}, expected {READABLE}"
+                "input tensor '{name}': datatype {other}, expected {}",
+                oip::READABLE
             ))
         }
     };
@@ -293,7 +253,7 @@ pub fn request(
         ..Default::default()
     };
     let mut push = |name: String, datatype: &str, contents: InferTensorContents, bytes: Vec<u8>| {
-        let n = bytes.len() / element_bytes(datatype).expect("a datatype pepnet writes");
+        let n = bytes.len() / oip::element_bytes(datatype).expect("a datatype pepnet writes");
         let mut tensor = InferInputTensor {
             name,
             datatype: datatype.into(),

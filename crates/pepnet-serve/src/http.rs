@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -138,13 +138,52 @@ async fn model_ready(State(app): State<Arc<App>>, Path(m): Path<ModelPath>) -> R
     }
 }
 
-async fn infer(State(app): State<Arc<App>>, Path(m): Path<ModelPath>, body: Bytes) -> Response {
+async fn infer(
+    State(app): State<Arc<App>>,
+    Path(m): Path<ModelPath>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    // The binary tensor data extension: a JSON header of this many bytes, then raw tensors.
+    let header_length = match headers.get(oip::HEADER_LENGTH) {
+        None => None,
+        Some(v) => match v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()) {
+            Some(n) => Some(n),
+            None => {
+                app.metrics.count(Protocol::Http, Some(Refusal::BadRequest));
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("Inference-Header-Content-Length must be a byte count, found {v:?}"),
+                );
+            }
+        },
+    };
     match app
         .infer(Protocol::Http, (&m.name, &m.version), None, |spec| {
-            oip::decode(&body, spec)
+            oip::decode_http(&body, header_length, spec)
         })
         .await
     {
+        Ok(s) if s.request.binary_outputs.contains(&true) => {
+            let (body, header_length) = oip::binary_response(
+                &s.served.spec,
+                &app.name,
+                &s.served.version,
+                &s.request,
+                &s.scores,
+            );
+            (
+                [
+                    (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                    (
+                        HeaderName::from_static(oip::HEADER_LENGTH),
+                        header_length.to_string(),
+                    ),
+                ],
+                body,
+            )
+                .into_response()
+        }
         Ok(s) => Json(oip::response(
             &s.served.spec,
             &app.name,

@@ -5,7 +5,9 @@
 //! HTTP  GET  /v2                                     server metadata (name, version, extensions)
 //!       GET  /v2/health/live, /v2/health/ready       {"live": true}, {"ready": true}
 //!       GET  /v2/models/{name}, /v2/models/{name}/ready
-//!       POST /v2/models/{name}/infer                  JSON tensors in, one FP32 tensor per task out
+//!       POST /v2/models/{name}/infer                  JSON tensors in (or binary: the binary
+//!                                                    tensor data extension), one FP32 tensor
+//!                                                    per task out (JSON or binary, as asked)
 //!            /v2/models/{name}/versions/{v}[/ready|/infer]   the same, for version v (404 if
 //!                                                    it is not the one served)
 //!       GET  /metrics                                 Prometheus text

@@ -30,7 +30,15 @@ pub struct InferRequest {
     pub batch: Batch,
     /// Task indices to return, in the order asked.
     pub outputs: Vec<usize>,
+    /// Per output, whether the client asked for it as binary data (HTTP's binary tensor data
+    /// extension: `parameters.binary_data` on the output, or `binary_data_output` on the
+    /// request); always `false` over gRPC.
+    pub binary_outputs: Vec<bool>,
 }
+
+/// The HTTP header that splits a body into its JSON part and the binary tensor data after it
+/// (the binary tensor data extension).
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
 /// The suffix of a multi-hot feature's lengths tensor.
 pub const LENGTHS: &str = ".lengths";
@@ -104,6 +112,40 @@ pub fn response(
         out["id"] = json!(id);
     }
     out
+}
+
+/// The response as the binary tensor data extension sends it: the JSON header (outputs asked
+/// for as binary carry `parameters.binary_data_size` instead of `data`), then those outputs'
+/// f32s, little-endian, in output order. Returns the body and the header's length, for the
+/// `Inference-Header-Content-Length` header.
+pub fn binary_response(
+    spec: &ModelSpec,
+    name: &str,
+    version: &str,
+    request: &InferRequest,
+    scores: &[f32],
+) -> (Vec<u8>, usize) {
+    let t = spec.n_tasks();
+    let n = request.batch.len();
+    let mut header = response(spec, name, version, request, scores);
+    let mut tail = Vec::new();
+    let outputs = header["outputs"].as_array_mut().expect("outputs is a list");
+    for ((output, &task), &binary) in outputs
+        .iter_mut()
+        .zip(&request.outputs)
+        .zip(&request.binary_outputs)
+    {
+        if binary {
+            let object = output.as_object_mut().expect("an output is an object");
+            object.remove("data");
+            object.insert("parameters".into(), json!({"binary_data_size": 4 * n}));
+            tail.extend((0..n).flat_map(|i| scores[i * t + task].to_le_bytes()));
+        }
+    }
+    let mut body = serde_json::to_vec(&header).expect("a response always serialises");
+    let header_length = body.len();
+    body.extend(tail);
+    (body, header_length)
 }
 
 /// The request a client would send for `batch` (the inverse of [`decode`]), e.g. for a load
@@ -205,8 +247,30 @@ impl<'a> Tensor<'a> {
 /// Decodes an inference request's JSON body against the model; the error says what is wrong,
 /// naming the tensor and element.
 pub fn decode(body: &[u8], spec: &ModelSpec) -> Result<InferRequest, String> {
+    decode_http(body, None, spec)
+}
+
+/// Decodes an HTTP inference request: JSON, or, with the binary tensor data extension, a JSON
+/// header of `header_length` bytes (the `Inference-Header-Content-Length` header) followed by
+/// the tensors whose `parameters.binary_data_size` says so, little-endian, in input order.
+/// Every size must agree with the bytes and the shape; the error names the tensor.
+pub fn decode_http(
+    body: &[u8],
+    header_length: Option<usize>,
+    spec: &ModelSpec,
+) -> Result<InferRequest, String> {
+    let (json, mut binary) = match header_length {
+        None => (body, &[][..]),
+        Some(n) if n <= body.len() => body.split_at(n),
+        Some(n) => {
+            return Err(format!(
+                "Inference-Header-Content-Length is {n}, past the body's {} bytes",
+                body.len()
+            ))
+        }
+    };
     let value: Value =
-        serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+        serde_json::from_slice(json).map_err(|e| format!("the body is not JSON: {e}"))?;
     let object = value
         .as_object()
         .ok_or("the body must be a JSON object with 'inputs'")?;
@@ -222,23 +286,54 @@ pub fn decode(body: &[u8], spec: &ModelSpec) -> Result<InferRequest, String> {
     let tensors = inputs
         .iter()
         .enumerate()
-        .map(|(i, input)| read_tensor(i, input))
+        .map(|(i, input)| read_tensor(i, input, &mut binary))
         .collect::<Result<Vec<_>, _>>()?;
-    let outputs = match object.get("outputs") {
-        None | Some(Value::Null) => None,
-        Some(Value::Array(list)) => Some(
-            list.iter()
+    if !binary.is_empty() {
+        return Err(format!(
+            "{} bytes of binary tensor data follow the last input's; each binary input's \
+             parameters.binary_data_size must count its bytes",
+            binary.len()
+        ));
+    }
+    let all_binary = flag(object.get("parameters"), "binary_data_output", "parameters")?;
+    let (outputs, binary_outputs) = match object.get("outputs") {
+        None | Some(Value::Null) => (None, None),
+        Some(Value::Array(list)) => {
+            let names = list
+                .iter()
                 .enumerate()
                 .map(|(i, o)| {
                     o.get("name")
                         .and_then(Value::as_str)
                         .ok_or(format!("outputs[{i}] needs a 'name'"))
                 })
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
+                .collect::<Result<Vec<_>, _>>()?;
+            let binary = list
+                .iter()
+                .enumerate()
+                .map(|(i, o)| {
+                    let at = format!("outputs[{i}].parameters");
+                    let own = flag(o.get("parameters"), "binary_data", &at)?;
+                    Ok(own.or(all_binary).unwrap_or(false))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            (Some(names), Some(binary))
+        }
         Some(_) => return Err("'outputs' must be a list of {\"name\": ...}".into()),
     };
-    assemble(spec, id, tensors, outputs)
+    let mut request = assemble(spec, id, tensors, outputs)?;
+    request.binary_outputs =
+        binary_outputs.unwrap_or_else(|| vec![all_binary.unwrap_or(false); request.outputs.len()]);
+    Ok(request)
+}
+
+/// A boolean parameter `key` of `parameters` (an object, if present); `at` names it in errors.
+fn flag(parameters: Option<&Value>, key: &str, at: &str) -> Result<Option<bool>, String> {
+    match parameters.and_then(|p| p.get(key)) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(format!("{at}.{key} must be true or false, found {other}")),
+    }
 }
 
 /// Builds the request from its tensors, in either protocol: one tensor (two for a multi-hot
@@ -334,7 +429,7 @@ pub(crate) fn assemble(
         };
         columns.push(column);
     }
-    let outputs = match outputs {
+    let outputs: Vec<usize> = match outputs {
         None => (0..spec.n_tasks()).collect(),
         Some(names) => names
             .iter()
@@ -351,10 +446,16 @@ pub(crate) fn assemble(
     batch
         .validate(spec, "request", 1)
         .map_err(|e| e.to_string().replace("request: row ", "sample "))?;
-    Ok(InferRequest { id, batch, outputs })
+    let binary_outputs = vec![false; outputs.len()];
+    Ok(InferRequest {
+        id,
+        batch,
+        outputs,
+        binary_outputs,
+    })
 }
 
-fn read_tensor(i: usize, input: &Value) -> Result<Tensor<'_>, String> {
+fn read_tensor<'a>(i: usize, input: &'a Value, binary: &mut &[u8]) -> Result<Tensor<'a>, String> {
     let name = input
         .get("name")
         .and_then(Value::as_str)
@@ -370,16 +471,92 @@ fn read_tensor(i: usize, input: &Value) -> Result<Tensor<'_>, String> {
         .get("datatype")
         .and_then(Value::as_str)
         .ok_or(format!("input tensor '{name}' needs a 'datatype' string"))?;
-    let mut data = Vec::new();
-    flatten(
-        input
-            .get("data")
-            .ok_or(format!("input tensor '{name}' needs 'data'"))?,
-        &mut data,
-        0,
-    )
-    .map_err(|m| format!("input tensor '{name}': {m}"))?;
+    let binary_size = input
+        .get("parameters")
+        .and_then(|p| p.get("binary_data_size"));
+    let data = match (binary_size, input.get("data")) {
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "input tensor '{name}' has both 'data' and parameters.binary_data_size; give one"
+            ))
+        }
+        (Some(size), None) => {
+            let size = size.as_u64().ok_or(format!(
+                "input tensor '{name}': parameters.binary_data_size must be a non-negative \
+                 integer, found {size}"
+            ))?;
+            let size = usize::try_from(size)
+                .ok()
+                .filter(|&n| n <= binary.len())
+                .ok_or(format!(
+                    "input tensor '{name}': binary_data_size {size} is past the end of the \
+                     body ({} bytes of binary data left)",
+                    binary.len()
+                ))?;
+            let (bytes, rest) = binary.split_at(size);
+            *binary = rest;
+            little_endian(name, datatype, bytes)?
+        }
+        (None, Some(value)) => {
+            let mut data = Vec::new();
+            flatten(value, &mut data, 0).map_err(|m| format!("input tensor '{name}': {m}"))?;
+            data
+        }
+        (None, None) => return Err(format!("input tensor '{name}' needs 'data'")),
+    };
     Tensor::new(name, shape, datatype, data)
+}
+
+/// The element types pepnet reads as bytes, and the size of one.
+pub(crate) fn element_bytes(datatype: &str) -> Option<usize> {
+    match datatype {
+        "INT32" | "UINT32" | "FP32" => Some(4),
+        "INT64" | "UINT64" | "FP64" => Some(8),
+        _ => None,
+    }
+}
+
+/// The datatypes pepnet reads, for error messages.
+pub(crate) const READABLE: &str = "INT64, UINT64, INT32, UINT32, FP32 or FP64";
+
+/// The elements of tensor `name` sent as little-endian `datatype` bytes (gRPC's raw contents,
+/// HTTP's binary tensor data).
+pub(crate) fn little_endian<'a>(
+    name: &str,
+    datatype: &str,
+    bytes: &[u8],
+) -> Result<Vec<Element<'a>>, String> {
+    let size = element_bytes(datatype).ok_or(format!(
+        "input tensor '{name}': datatype {datatype}, expected {READABLE}"
+    ))?;
+    if !bytes.len().is_multiple_of(size) {
+        return Err(format!(
+            "input tensor '{name}': {} bytes of binary data are not a whole number of \
+             {datatype} elements ({size} bytes each)",
+            bytes.len()
+        ));
+    }
+    let chunks = bytes.chunks_exact(size);
+    Ok(match datatype {
+        "INT32" => chunks
+            .map(|c| Element::Int(i32::from_le_bytes(c.try_into().expect("4 bytes")).into()))
+            .collect(),
+        "UINT32" => chunks
+            .map(|c| Element::Int(u32::from_le_bytes(c.try_into().expect("4 bytes")).into()))
+            .collect(),
+        "FP32" => chunks
+            .map(|c| Element::Float(f32::from_le_bytes(c.try_into().expect("4 bytes")).into()))
+            .collect(),
+        "INT64" => chunks
+            .map(|c| Element::Int(i64::from_le_bytes(c.try_into().expect("8 bytes")).into()))
+            .collect(),
+        "UINT64" => chunks
+            .map(|c| Element::Int(u64::from_le_bytes(c.try_into().expect("8 bytes")).into()))
+            .collect(),
+        _ => chunks
+            .map(|c| Element::Float(f64::from_le_bytes(c.try_into().expect("8 bytes"))))
+            .collect(),
+    })
 }
 
 /// The values of `data`, nested lists read in row-major order.
