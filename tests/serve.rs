@@ -116,11 +116,18 @@ fn served_scores_equal_pepnet_score_bit_for_bit_at_any_concurrency() {
             .unwrap_or_else(|| panic!("{name} missing: {metrics}"))
     };
     let requests = value("pepnet_requests_total{protocol=\"http\",code=\"200\"}");
-    assert_eq!(value("pepnet_queue_milliseconds_count"), requests);
-    assert_eq!(value("pepnet_batch_rows_sum"), (2 * rows.len()) as f64);
+    let labels = "{model=\"pepnet\",version=\"1\"}";
     assert_eq!(
-        value("pepnet_batch_rows_bucket{le=\"+Inf\"}"),
-        value("pepnet_batch_rows_count")
+        value(&format!("pepnet_queue_milliseconds_count{labels}")),
+        requests
+    );
+    assert_eq!(
+        value(&format!("pepnet_batch_rows_sum{labels}")),
+        (2 * rows.len()) as f64
+    );
+    assert_eq!(
+        value("pepnet_batch_rows_bucket{model=\"pepnet\",version=\"1\",le=\"+Inf\"}"),
+        value(&format!("pepnet_batch_rows_count{labels}"))
     );
     assert!(server.stop().success());
 }
@@ -789,7 +796,8 @@ fn row_updates_reach_the_served_model() {
     assert_ne!(before[0], after[0], "user 7's new row changes its score");
     let (_, metrics) = get(&format!("{}/metrics", server.url));
     assert!(
-        metrics.contains("pepnet_cache_hit_ratio{feature=\"user_id\"}"),
+        metrics
+            .contains("pepnet_cache_hit_ratio{model=\"pepnet\",version=\"1\",feature=\"user_id\"}"),
         "{metrics}"
     );
     assert_eq!(before[1], after[1], "another user's score is untouched");

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use pepnet::serve::{serve, ServeOptions};
+use pepnet::serve::{serve, Models, ServeOptions};
 use pepnet::{BatcherOptions, EngineOptions, Result};
 
 use super::{at_least_one, Cache, Device};
@@ -20,18 +20,25 @@ pub enum LogFormat {
     Json,
 }
 
-/// Serve a model with the Open Inference Protocol (KServe v2) over HTTP and gRPC: health,
-/// metadata, infer, Prometheus metrics, reloading the model directory (POST
-/// /v2/repository/models/NAME/load, or SIGHUP), row updates for hashed features (POST
-/// /v2/models/NAME/rows) and their expiry (on a timer, or POST /v2/models/NAME/expire); stops
-/// on SIGINT or SIGTERM after answering what it has. Logs go to stderr (RUST_LOG sets the
-/// level, e.g. RUST_LOG=debug for every refused request).
+/// Serve a model, or a repository of models, with the Open Inference Protocol (KServe v2) over
+/// HTTP and gRPC: health, metadata, configuration, infer (JSON or binary tensors, gzip),
+/// statistics, Prometheus metrics, the repository's index, load and unload (POST
+/// /v2/repository/models/NAME/load reloads; so does SIGHUP, for every model), row updates for
+/// hashed features (POST /v2/models/NAME/rows) and their expiry (on a timer, or POST
+/// /v2/models/NAME/expire); stops on SIGINT or SIGTERM after answering what it has. Logs go to
+/// stderr (RUST_LOG sets the level, e.g. RUST_LOG=debug for every refused request).
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("models").required(true).args(["model", "repository"])))]
 pub struct Serve {
-    /// Model directory (model.json + weights.safetensors).
+    /// Model directory (model.json + weights.safetensors), served as --name; each reload is
+    /// its next version (1, 2, ...).
     #[arg(long)]
-    pub model: PathBuf,
-    /// The model's name in URLs (/v2/models/NAME).
+    pub model: Option<PathBuf>,
+    /// Model repository: DIR/NAME/VERSION/ holds version VERSION (a number) of model NAME;
+    /// DIR/NAME/config.json may set its version_policy (default: the latest version).
+    #[arg(long, conflicts_with_all = ["name", "cache_warm_up"])]
+    pub repository: Option<PathBuf>,
+    /// The model's name in URLs (/v2/models/NAME), with --model.
     #[arg(long, default_value = "pepnet")]
     pub name: String,
     /// Address to listen on for HTTP (port 0: any free port; the address is printed).
@@ -79,10 +86,21 @@ impl Serve {
     pub fn run(self) -> Result<()> {
         init_logs(self.log_format);
         let ctx = self.device.adapter.open()?;
-        let model_dir = self.model.clone();
-        let mut cache = self
-            .cache
-            .options(|| pepnet::ModelSpec::load(&model_dir.join(pepnet::model::SPEC_FILE)))?;
+        let models = match (self.model, self.repository) {
+            (Some(dir), _) => Models::Directory {
+                name: self.name.clone(),
+                dir,
+            },
+            (None, Some(root)) => Models::Repository(root),
+            (None, None) => unreachable!("clap requires --model or --repository"),
+        };
+        // A warm-up list is read against one model's spec (so it goes with --model only).
+        let mut cache = self.cache.options(|| match &models {
+            Models::Directory { dir, .. } => {
+                pepnet::ModelSpec::load(&dir.join(pepnet::model::SPEC_FILE))
+            }
+            Models::Repository(_) => unreachable!("clap refuses --cache-warm-up with it"),
+        })?;
         cache.updates = self.updates.policy();
         let engine_options = EngineOptions {
             max_batch: self.max_batch_rows,
@@ -118,7 +136,7 @@ impl Serve {
             }),
         };
         // The addresses are in the "listening" log event.
-        serve(ctx, self.model, engine_options, options, |_| {})
+        serve(ctx, models, engine_options, options, |_| {})
     }
 }
 

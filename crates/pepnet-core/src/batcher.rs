@@ -13,7 +13,7 @@
 //! Each request is validated on submission, so a bad request is refused alone and never fails
 //! the batch it would have joined.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -128,6 +128,76 @@ pub struct BatcherStats {
     pub queue_ms: Histogram,
     /// Microseconds spent scoring batches (upload, GPU, readback).
     pub scoring_us: AtomicU64,
+    stages: Mutex<Stages>,
+}
+
+/// Time spent in one stage: how many times, and nanoseconds in all.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StageTime {
+    /// Times the stage ran (or requests counted with it).
+    pub count: u64,
+    /// Nanoseconds in all.
+    pub ns: u64,
+}
+
+impl StageTime {
+    fn add(&mut self, count: u64, ns: u64) {
+        self.count += count;
+        self.ns += ns;
+    }
+}
+
+/// The three stages of scoring a batch: merging its requests into one batch, scoring it (the
+/// engine: upload, GPU, readback), and splitting the scores back to the requests. (Triton's
+/// statistics call them compute input, infer and output.)
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StageTimes {
+    /// Merging the requests into one batch.
+    pub merge: StageTime,
+    /// The engine's scoring of the batch.
+    pub score: StageTime,
+    /// Splitting the scores back to the requests.
+    pub split: StageTime,
+}
+
+#[derive(Debug, Default)]
+struct Stages {
+    /// Per request: its batch's stage times, each request counted with its whole batch's time
+    /// (as Triton counts them).
+    per_request: StageTimes,
+    /// Per batch size (rows): the batches of that size.
+    per_batch: BTreeMap<usize, StageTimes>,
+}
+
+impl BatcherStats {
+    /// Per request, the stage times of its batch; see [`StageTimes`].
+    pub fn request_stages(&self) -> StageTimes {
+        lock(&self.stages).per_request
+    }
+
+    /// Per batch size (rows), the batches of that size and their stage times.
+    pub fn batch_stages(&self) -> Vec<(usize, StageTimes)> {
+        lock(&self.stages)
+            .per_batch
+            .iter()
+            .map(|(&rows, &t)| (rows, t))
+            .collect()
+    }
+
+    fn record(&self, requests: usize, rows: usize, [merge, score, split]: [Duration; 3]) {
+        let ns = |d: Duration| d.as_nanos().min(u64::MAX as u128) as u64;
+        let (merge, score, split) = (ns(merge), ns(score), ns(split));
+        let k = requests as u64;
+        let mut stages = lock(&self.stages);
+        let r = &mut stages.per_request;
+        r.merge.add(k, merge.saturating_mul(k));
+        r.score.add(k, score.saturating_mul(k));
+        r.split.add(k, split.saturating_mul(k));
+        let b = stages.per_batch.entry(rows).or_default();
+        b.merge.add(1, merge);
+        b.score.add(1, score);
+        b.split.add(1, split);
+    }
 }
 
 /// Coalesces requests into batches for one engine. Dropping it finishes the requests already
@@ -140,7 +210,7 @@ pub struct Batcher {
 struct Shared {
     engine: Arc<Engine>,
     options: BatcherOptions,
-    stats: BatcherStats,
+    stats: Arc<BatcherStats>,
     queue: Mutex<Queue>,
     /// Signalled when a request arrives or the batcher closes.
     arrived: Condvar,
@@ -196,6 +266,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Batcher {
     /// Starts the workers. The engine must be batch-invariant (see the module comment).
     pub fn new(engine: Arc<Engine>, options: BatcherOptions) -> Result<Self> {
+        Self::with_stats(engine, options, Arc::default())
+    }
+
+    /// As [`Batcher::new`], counting into `stats`: a server that replaces a batcher (to reload
+    /// its model) keeps counting where the old one stopped.
+    pub fn with_stats(
+        engine: Arc<Engine>,
+        options: BatcherOptions,
+        stats: Arc<BatcherStats>,
+    ) -> Result<Self> {
         if !engine.is_batch_invariant() {
             return Err(Error::Batch(
                 "the batcher needs a batch-invariant engine (EngineOptions::batch_invariant), \
@@ -213,7 +293,7 @@ impl Batcher {
         let shared = Arc::new(Shared {
             engine,
             options,
-            stats: BatcherStats::default(),
+            stats,
             queue: Mutex::new(Queue::default()),
             arrived: Condvar::new(),
         });
@@ -371,25 +451,36 @@ impl Shared {
         for r in &live[1..] {
             merged.append(&r.batch);
         }
+        let rows = merged.len();
         let spec_id = crate::batch::spec_id(self.engine.spec());
         self.stats
             .batch_rows
-            .observe(&BATCH_ROWS_BUCKETS, merged.len() as f64);
+            .observe(&BATCH_ROWS_BUCKETS, rows as f64);
+        let merged_at = Instant::now();
         let scored = self
             .engine
             .score_checked(&CheckedBatch::from_reader(merged, spec_id));
-        self.stats
-            .scoring_us
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let scored_at = Instant::now();
+        self.stats.scoring_us.fetch_add(
+            (scored_at - merged_at).as_micros() as u64,
+            Ordering::Relaxed,
+        );
         match scored {
             Ok(scores) => {
                 let t = self.engine.spec().n_tasks();
+                let requests = live.len();
                 let mut at = 0;
                 for r in live {
                     let n = r.batch.len() * t;
                     r.reply.send(Ok(scores[at..at + n].to_vec()));
                     at += n;
                 }
+                let stages = [
+                    merged_at - started,
+                    scored_at - merged_at,
+                    scored_at.elapsed(),
+                ];
+                self.stats.record(requests, rows, stages);
             }
             // Some samples could not be scored (a non-finite probability, a sample too large
             // for the cache): each request alone, so that only those with such samples fail,

@@ -13,11 +13,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
 use super::metrics::Protocol;
 use super::oip::{self, Element, InferRequest, Tensor, LENGTHS};
-use super::{App, Refusal, Refused};
+use super::{AppRef, Refusal, Refused};
 use pepnet_core::batch::{Batch, Column};
 use pepnet_core::spec::ModelSpec;
 
@@ -35,13 +36,17 @@ use proto::{InferTensorContents, ModelInferRequest, ModelInferResponse};
 
 /// Serves gRPC on `listener` until `stop` completes, then answers what it holds.
 pub(super) async fn serve(
-    app: Arc<App>,
+    app: AppRef,
     listener: tokio::net::TcpListener,
     max_message_bytes: usize,
     stop: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let service = service(app, max_message_bytes);
     tonic::transport::Server::builder()
+        // What a load balancer expects of a long-lived connection: pings that find a dead
+        // peer, and no connection closed under a client that is idle between bursts.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(service)
         // TCP_NODELAY: without it a unary call waits ~40 ms for Nagle's algorithm.
         .serve_with_incoming_shutdown(
@@ -341,20 +346,102 @@ fn client_deadline<T>(request: &Request<T>) -> Option<Duration> {
     })
 }
 
-/// The gRPC service over `app`, messages limited to `max_message_bytes`.
-pub(super) fn service(app: Arc<App>, max_message_bytes: usize) -> GrpcService {
-    GrpcInferenceServiceServer::new(Service(app)).max_decoding_message_size(max_message_bytes)
+/// The gRPC service over `app`, messages limited to `max_message_bytes` (after
+/// decompression), gzip accepted in and sent out when the client accepts it.
+pub(super) fn service(app: AppRef, max_message_bytes: usize) -> GrpcService {
+    let inner = GrpcInferenceServiceServer::new(Service(app.clone()))
+        .max_decoding_message_size(max_message_bytes)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip);
+    let count = Arc::new(move |code| app.metrics.count(Protocol::Grpc, code_name(code)));
+    GrpcService { inner, count }
 }
 
 /// The Open Inference Protocol's gRPC service (`inference.GRPCInferenceService`), ready to add
-/// to a tonic server.
-pub type GrpcService = GrpcInferenceServiceServer<Service>;
+/// to a tonic server. It counts every answer to `ModelInfer` by its code, refusals by tonic
+/// itself (a message beyond the size limit: OUT_OF_RANGE) included.
+#[derive(Clone)]
+pub struct GrpcService {
+    inner: GrpcInferenceServiceServer<Service>,
+    count: Arc<dyn Fn(tonic::Code) + Send + Sync>,
+}
+
+impl tonic::server::NamedService for GrpcService {
+    const NAME: &'static str =
+        <GrpcInferenceServiceServer<Service> as tonic::server::NamedService>::NAME;
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<B> tower_service::Service<http::Request<B>> for GrpcService
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        tower_service::Service::<http::Request<B>>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let inference = request.uri().path().ends_with("/ModelInfer");
+        let answer = self.inner.call(request);
+        let count = self.count.clone();
+        Box::pin(async move {
+            let response = answer.await?;
+            if inference {
+                // An error is a trailers-only answer: its status is in the headers. A success
+                // carries it in the trailers, after the message.
+                let code = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or(tonic::Code::Ok, tonic::Code::from);
+                count(code);
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// A gRPC code's name, as `/metrics` shows it.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
 
 /// The handlers of [`GrpcService`].
-pub struct Service(Arc<App>);
+pub struct Service(AppRef);
 
 impl Service {
-    /// Whether `name` (and `version`, if given) is the model served.
+    /// Whether `name` (and `version`, if given) is served.
     fn check(&self, name: &str, version: &str) -> Result<(), Status> {
         self.0.check_model(name, version).map_err(status)
     }
@@ -392,7 +479,7 @@ impl GrpcInferenceService for Service {
         Ok(Response::new(proto::ServerMetadataResponse {
             name: oip::SERVER_NAME.into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: Vec::new(),
+            extensions: oip::EXTENSIONS.iter().map(|e| e.to_string()).collect(),
         }))
     }
 
@@ -401,17 +488,17 @@ impl GrpcInferenceService for Service {
         request: Request<proto::ModelMetadataRequest>,
     ) -> Result<Response<proto::ModelMetadataResponse>, Status> {
         let r = request.into_inner();
-        self.check(&r.name, &r.version)?;
-        let served = self.0.current();
+        let served = self.0.served(&r.name, &r.version).map_err(status)?;
+        let loaded = self.0.loaded(&r.name).map_err(status)?;
         let tensor = |name: String, datatype: &str| TensorMetadata {
             name,
             datatype: datatype.into(),
             shape: vec![-1],
         };
         Ok(Response::new(proto::ModelMetadataResponse {
-            name: self.0.name.clone(),
-            versions: vec![served.version.clone()],
-            platform: "pepnet".into(),
+            name: served.name.clone(),
+            versions: loaded.versions.iter().map(|v| v.version.clone()).collect(),
+            platform: oip::SERVER_NAME.into(),
             inputs: oip::input_tensors(&served.spec)
                 .into_iter()
                 .map(|(name, datatype)| tensor(name, datatype))
@@ -434,23 +521,102 @@ impl GrpcInferenceService for Service {
         let deadline =
             client_deadline(&request).map(|d| d - (d / 10).min(Duration::from_millis(5)));
         let r = request.into_inner();
-        let app = &self.0;
-        let scored = app
-            .infer(
-                Protocol::Grpc,
-                (&r.model_name, &r.model_version),
-                deadline,
-                |spec| decode(&r, spec),
-            )
+        let scored = self
+            .0
+            .infer((&r.model_name, &r.model_version), deadline, |spec| {
+                decode(&r, spec)
+            })
             .await
             .map_err(status)?;
         Ok(Response::new(response(
             &scored.served.spec,
-            &app.name,
+            &scored.served.name,
             &scored.served.version,
             &scored.request,
             &scored.scores,
             !r.raw_input_contents.is_empty(),
         )))
+    }
+
+    async fn model_config(
+        &self,
+        request: Request<proto::ModelConfigRequest>,
+    ) -> Result<Response<proto::ModelConfigResponse>, Status> {
+        let r = request.into_inner();
+        let config = self.0.config(&r.name, &r.version).map_err(status)?;
+        Ok(Response::new(proto::ModelConfigResponse {
+            config: Some(config),
+        }))
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<proto::ModelStatisticsRequest>,
+    ) -> Result<Response<proto::ModelStatisticsResponse>, Status> {
+        let r = request.into_inner();
+        let model_stats = self.0.statistics(&r.name, &r.version).map_err(status)?;
+        Ok(Response::new(proto::ModelStatisticsResponse {
+            model_stats,
+        }))
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<proto::RepositoryIndexRequest>,
+    ) -> Result<Response<proto::RepositoryIndexResponse>, Status> {
+        let r = request.into_inner();
+        let models = self
+            .0
+            .index(r.ready)
+            .into_iter()
+            .map(|e| proto::repository_index_response::ModelIndex {
+                name: e.name,
+                version: e.version,
+                state: e.state.into(),
+                reason: e.reason,
+            })
+            .collect();
+        Ok(Response::new(proto::RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<proto::RepositoryModelLoadRequest>,
+    ) -> Result<Response<proto::RepositoryModelLoadResponse>, Status> {
+        let r = request.into_inner();
+        refuse_parameters(r.parameters.keys())?;
+        if !self.0.source.knows(&r.model_name) {
+            return Err(Status::not_found(format!(
+                "unknown model '{}': not in the model repository",
+                r.model_name
+            )));
+        }
+        let app = self.0.clone();
+        match tokio::task::spawn_blocking(move || app.load(&r.model_name)).await {
+            Ok(Ok(_)) => Ok(Response::new(proto::RepositoryModelLoadResponse {})),
+            Ok(Err(e)) => Err(Status::invalid_argument(e.to_string())),
+            Err(e) => Err(Status::internal(e.to_string())),
+        }
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<proto::RepositoryModelUnloadRequest>,
+    ) -> Result<Response<proto::RepositoryModelUnloadResponse>, Status> {
+        let r = request.into_inner();
+        refuse_parameters(r.parameters.keys())?;
+        self.0.unload(&r.model_name).map_err(status)?;
+        Ok(Response::new(proto::RepositoryModelUnloadResponse {}))
+    }
+}
+
+/// Load and unload parameters (Triton's overrides of a configuration or files) are refused
+/// rather than ignored.
+fn refuse_parameters<'a>(mut keys: impl Iterator<Item = &'a String>) -> Result<(), Status> {
+    match keys.next() {
+        Some(key) => Err(Status::invalid_argument(format!(
+            "parameters.{key}: load and unload parameters are not supported; the repository's              files are what is loaded"
+        ))),
+        None => Ok(()),
     }
 }

@@ -31,22 +31,30 @@
 //! the size limit a 413. The server stops on SIGINT or SIGTERM after answering the requests it
 //! has (graceful shutdown), on both protocols.
 
+// Proving `App: Send + Sync` (once, for `AppRef`) goes through the GPU types' depth.
+#![recursion_limit = "256"]
+
+mod config;
 pub mod grpc;
 mod http;
 mod metrics;
 pub mod oip;
+mod repository;
+mod stats;
 
 pub use grpc::proto;
+pub use repository::{Models, VersionPolicy, CONFIG_FILE};
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use metrics::{Metrics, Protocol};
+use metrics::Metrics;
 use oip::InferRequest;
 use pepnet_core::batcher::{Batcher, BatcherOptions};
 use pepnet_core::cache::unix_now;
@@ -55,11 +63,13 @@ use pepnet_core::error::{Error, Result};
 use pepnet_core::gpu::GpuContext;
 use pepnet_core::model::Model;
 use pepnet_core::spec::ModelSpec;
+use stats::VersionStats;
 
 /// How [`serve`] runs.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// The model's name in URLs (`/v2/models/{name}`) and gRPC requests.
+    /// The model's name in URLs (`/v2/models/{name}`) and gRPC requests, when one model
+    /// directory is served ([`Models::Directory`] takes it from here).
     pub name: String,
     /// Where to listen for HTTP (port 0: any free port, reported on start).
     pub http: SocketAddr,
@@ -98,25 +108,91 @@ pub struct Listening {
     pub grpc: Option<SocketAddr>,
 }
 
-/// The model being served: a reload replaces it whole.
+/// One version of a model, loaded: a reload or an unload replaces it whole, and requests that
+/// hold it finish on it.
 struct Served {
+    name: String,
+    version: String,
     spec: ModelSpec,
     batcher: Batcher,
-    version: String,
+    stats: Arc<VersionStats>,
+}
+
+/// A model's versions served, oldest first (never empty), and the policy that chose them.
+struct Loaded {
+    policy: VersionPolicy,
+    versions: Vec<Arc<Served>>,
+}
+
+impl Loaded {
+    fn newest(&self) -> &Arc<Served> {
+        self.versions.last().expect("a loaded model has a version")
+    }
+
+    fn names(&self) -> String {
+        let names: Vec<String> = self
+            .versions
+            .iter()
+            .map(|v| format!("'{}'", v.version))
+            .collect();
+        names.join(", ")
+    }
+}
+
+/// A model the server knows: served, or not (and why).
+#[derive(Clone)]
+enum ModelState {
+    Ready(Arc<Loaded>),
+    Unavailable(String),
 }
 
 /// What both protocols' handlers share.
 struct App {
-    name: String,
+    source: Models,
+    models: RwLock<BTreeMap<String, ModelState>>,
+    /// Held by a load or an unload: one at a time, so two loads of a model never race.
+    loading: Mutex<()>,
+    /// Loads of a model directory so far (its versions count them).
+    directory_loads: AtomicU64,
+    /// Each model version's counters, kept across reloads of that version.
+    stats: Mutex<HashMap<(String, String), Arc<VersionStats>>>,
     max_body_bytes: usize,
-    model_dir: PathBuf,
     ctx: Arc<GpuContext>,
     engine_options: EngineOptions,
     batcher_options: BatcherOptions,
-    served: RwLock<Arc<Served>>,
-    reloads: AtomicU64,
     timeout: Duration,
     metrics: Metrics,
+}
+
+/// The server's state as its handlers, its [`ServingState`] and its [`GrpcService`] hold it:
+/// behind a trait object, so that a crate holding one, or an async block that does, never
+/// proves `App: Send + Sync` again through the depth of the GPU types (past rustc's recursion
+/// limit); that is proven once, here.
+#[derive(Clone)]
+struct AppRef(Arc<dyn AsApp>);
+
+trait AsApp: Send + Sync {
+    fn app(&self) -> &App;
+}
+
+impl AsApp for App {
+    fn app(&self) -> &App {
+        self
+    }
+}
+
+impl AppRef {
+    fn new(app: App) -> Self {
+        Self(Arc::new(app))
+    }
+}
+
+impl std::ops::Deref for AppRef {
+    type Target = App;
+
+    fn deref(&self) -> &App {
+        self.0.app()
+    }
 }
 
 /// Why a request was not scored, in terms both protocols map to their codes.
@@ -132,88 +208,179 @@ enum Refusal {
 /// A request that was not scored: why, and the message for the client.
 struct Refused(Refusal, String);
 
-/// A request scored: the model that scored it, the request and its scores.
+/// A request scored: the model version that scored it, the request and its scores.
 struct Scored {
     served: Arc<Served>,
     request: InferRequest,
     scores: Vec<f32>,
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl App {
-    fn current(&self) -> Arc<Served> {
-        self.served
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    fn new(
+        ctx: Arc<GpuContext>,
+        source: Models,
+        engine_options: EngineOptions,
+        options: &ServeOptions,
+    ) -> Result<Self> {
+        let app = Self {
+            source,
+            models: RwLock::default(),
+            loading: Mutex::default(),
+            directory_loads: AtomicU64::new(0),
+            stats: Mutex::default(),
+            ctx,
+            engine_options,
+            batcher_options: options.batcher.clone(),
+            timeout: options.timeout,
+            metrics: Metrics::default(),
+            max_body_bytes: options.max_body_bytes,
+        };
+        // Every model must load at start (as Triton's --exit-on-error).
+        for name in app.source.names()? {
+            app.load(&name)?;
+        }
+        Ok(app)
     }
 
-    /// Whether `name` is the model served, and `version` its version (empty: any).
-    fn check_model(&self, name: &str, version: &str) -> std::result::Result<(), Refused> {
-        if name != self.name {
-            return Err(Refused(
-                Refusal::UnknownModel,
-                format!("unknown model '{name}'; this server serves '{}'", self.name),
-            ));
+    fn state(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, ModelState>> {
+        self.models.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The model version a request names (`version` empty: the newest served).
+    fn served(&self, name: &str, version: &str) -> std::result::Result<Arc<Served>, Refused> {
+        let models = self.state();
+        let unknown = |message| Err(Refused(Refusal::UnknownModel, message));
+        let loaded = match models.get(name) {
+            Some(ModelState::Ready(loaded)) => loaded,
+            Some(ModelState::Unavailable(reason)) => {
+                return unknown(format!("model '{name}' is not ready: {reason}"))
+            }
+            None => {
+                let names: Vec<String> = models.keys().map(|n| format!("'{n}'")).collect();
+                return unknown(format!(
+                    "unknown model '{name}'; this server serves {}",
+                    names.join(", ")
+                ));
+            }
+        };
+        if version.is_empty() {
+            return Ok(loaded.newest().clone());
         }
-        let served = self.current();
-        match version.is_empty() || version == served.version {
-            true => Ok(()),
-            false => Err(Refused(
-                Refusal::UnknownModel,
-                format!(
-                    "model '{name}' version '{version}' is not served; the version served is '{}'",
-                    served.version
-                ),
+        match loaded.versions.iter().find(|v| v.version == version) {
+            Some(served) => Ok(served.clone()),
+            None => unknown(format!(
+                "model '{name}' version '{version}' is not served; the versions served: {}",
+                loaded.names()
             )),
         }
     }
 
-    /// Decodes a request against the model served now and scores it through the batcher; the
-    /// same path for both protocols: `model` is the name and version asked for (empty: any),
-    /// `deadline` the client's, which caps the server's timeout.
+    /// Whether `name` (and `version`, empty: any) is served.
+    fn check_model(&self, name: &str, version: &str) -> std::result::Result<(), Refused> {
+        self.served(name, version).map(|_| ())
+    }
+
+    /// The versions of a model served, oldest first.
+    fn loaded(&self, name: &str) -> std::result::Result<Arc<Loaded>, Refused> {
+        self.served(name, "")?;
+        match self.state().get(name) {
+            Some(ModelState::Ready(loaded)) => Ok(loaded.clone()),
+            _ => Err(Refused(
+                Refusal::UnknownModel,
+                format!("model '{name}' was unloaded"),
+            )),
+        }
+    }
+
+    /// Every version served now, of every model.
+    fn all_served(&self) -> Vec<Arc<Served>> {
+        self.state()
+            .values()
+            .filter_map(|m| match m {
+                ModelState::Ready(loaded) => Some(loaded.versions.clone()),
+                ModelState::Unavailable(_) => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    /// The configuration of model `name` (of `version`, or the newest served).
+    fn config(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> std::result::Result<proto::ModelConfig, Refused> {
+        let served = self.served(name, version)?;
+        let loaded = self.loaded(name)?;
+        Ok(config::model_config(
+            name,
+            &served.spec,
+            &loaded.policy,
+            &self.batcher_options,
+        ))
+    }
+
+    /// The statistics of every version served of every model (`name` empty), of model
+    /// `name`'s (`version` empty) or of one version.
+    fn statistics(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> std::result::Result<Vec<proto::ModelStatistics>, Refused> {
+        let served = match (name.is_empty(), version.is_empty()) {
+            (true, _) => self.all_served(),
+            (false, true) => self.loaded(name)?.versions.clone(),
+            (false, false) => vec![self.served(name, version)?],
+        };
+        Ok(served
+            .iter()
+            .map(|s| s.stats.snapshot(&s.name, &s.version))
+            .collect())
+    }
+
+    /// Decodes a request against the model version it names and scores it through that
+    /// version's batcher; the same path for both protocols (each counts its answers by code): `model` is the name and version
+    /// asked for (empty: the newest), `deadline` the client's, which caps the server's timeout.
     async fn infer(
         &self,
-        protocol: Protocol,
         model: (&str, &str),
         deadline: Option<Duration>,
         decode: impl FnOnce(&ModelSpec) -> std::result::Result<InferRequest, String>,
     ) -> std::result::Result<Scored, Refused> {
         let start = Instant::now();
-        let result = self.infer_timed(model, deadline, decode).await;
-        let refusal = result.as_ref().err().map(|Refused(r, _)| *r);
-        self.metrics.count(protocol, refusal);
+        // One model version for the whole request, even if a reload swaps it meanwhile.
+        let served = self.served(model.0, model.1);
+        let result = match &served {
+            Ok(served) => self.infer_on(served.clone(), deadline, decode).await,
+            Err(Refused(r, m)) => Err(Refused(*r, m.clone())),
+        };
+        let took = start.elapsed();
+        if let Ok(served) = &served {
+            let rows = result.as_ref().map_or(0, |s| s.request.batch.len());
+            served.stats.answered(result.is_ok(), rows, took);
+        }
         match &result {
-            Ok(scored) => self
-                .metrics
-                .answered(scored.request.batch.len(), start.elapsed()),
+            Ok(scored) => self.metrics.answered(scored.request.batch.len(), took),
             Err(Refused(Refusal::Internal, message)) => {
-                tracing::warn!(?protocol, error = %message, "request failed")
+                tracing::warn!(error = %message, "request failed")
             }
             Err(Refused(refusal, message)) => {
-                tracing::debug!(?protocol, ?refusal, error = %message, "request refused")
+                tracing::debug!(?refusal, error = %message, "request refused")
             }
         }
         result
     }
 
-    async fn infer_timed(
+    async fn infer_on(
         &self,
-        (name, version): (&str, &str),
+        served: Arc<Served>,
         deadline: Option<Duration>,
         decode: impl FnOnce(&ModelSpec) -> std::result::Result<InferRequest, String>,
     ) -> std::result::Result<Scored, Refused> {
-        self.check_model(name, "")?;
-        // One model for the whole request, even if a reload swaps it meanwhile.
-        let served = self.current();
-        if !version.is_empty() && version != served.version {
-            return Err(Refused(
-                Refusal::UnknownModel,
-                format!(
-                    "model '{name}' version '{version}' is not served; the version served is '{}'",
-                    served.version
-                ),
-            ));
-        }
         let request = decode(&served.spec).map_err(|m| Refused(Refusal::BadRequest, m))?;
         let timeout = deadline.map_or(self.timeout, |d| d.min(self.timeout));
         let pending = served
@@ -236,27 +403,134 @@ impl App {
         })
     }
 
-    /// Loads the model directory again into a new engine and swaps it in; requests already
-    /// given to the old one finish there.
-    fn reload(&self) -> Result<String> {
-        let version = (self.reloads.fetch_add(1, Ordering::SeqCst) + 2).to_string();
-        let served = load(
-            &self.ctx,
-            &self.model_dir,
-            &self.engine_options,
-            &self.batcher_options,
-            version.clone(),
-        )?;
-        *self.served.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(served);
-        self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(version = %version, dir = %self.model_dir.display(), "model reloaded");
-        Ok(version)
+    /// Loads (or reloads) model `name` from the source: every version its policy chooses gets
+    /// a new engine, built beside what is served; then all are swapped in at once. Requests
+    /// already given to the old versions finish there. A load that fails leaves what was
+    /// served as it was (a model not served yet is marked unavailable, with the reason).
+    /// Returns the versions now served.
+    fn load(&self, name: &str) -> Result<Vec<String>> {
+        let _one_at_a_time = lock(&self.loading);
+        let built = self.build(name);
+        let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
+        match built {
+            Ok(loaded) => {
+                let versions: Vec<String> =
+                    loaded.versions.iter().map(|v| v.version.clone()).collect();
+                models.insert(name.to_string(), ModelState::Ready(Arc::new(loaded)));
+                drop(models);
+                self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(model = %name, versions = ?versions, "model loaded");
+                Ok(versions)
+            }
+            Err(e) => {
+                if !matches!(models.get(name), Some(ModelState::Ready(_)))
+                    && self.source.knows(name)
+                {
+                    models.insert(name.to_string(), ModelState::Unavailable(e.to_string()));
+                }
+                tracing::error!(model = %name, error = %e, "load failed; what was served still is");
+                Err(e)
+            }
+        }
     }
 
-    /// Drops the hashed ids of the model served that were not written for the update policy's
+    fn build(&self, name: &str) -> Result<Loaded> {
+        let (policy, versions) = self.source.versions(name, || {
+            self.directory_loads.fetch_add(1, Ordering::SeqCst) + 1
+        })?;
+        let versions = versions
+            .into_iter()
+            .map(|(version, dir)| {
+                let version = version.to_string();
+                let stats = lock(&self.stats)
+                    .entry((name.to_string(), version.clone()))
+                    .or_default()
+                    .clone();
+                load(self, name, version, &dir, stats)
+                    .map(Arc::new)
+                    .map_err(|e| e.while_doing(format_args!("loading {}", dir.display())))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Loaded { policy, versions })
+    }
+
+    /// Stops serving model `name`: requests already queued finish on it.
+    fn unload(&self, name: &str) -> std::result::Result<(), Refused> {
+        let _one_at_a_time = lock(&self.loading);
+        let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
+        if !models.contains_key(name) {
+            return Err(Refused(
+                Refusal::UnknownModel,
+                format!("unknown model '{name}'"),
+            ));
+        }
+        models.insert(name.to_string(), ModelState::Unavailable("unloaded".into()));
+        tracing::info!(model = %name, "model unloaded");
+        Ok(())
+    }
+
+    /// Reloads every model served (SIGHUP): each as [`App::load`]; the first error is returned
+    /// after all were tried.
+    fn reload_all(&self) -> Result<()> {
+        let names: Vec<String> = self
+            .state()
+            .iter()
+            .filter(|(_, m)| matches!(m, ModelState::Ready(_)))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut first = None;
+        for name in names {
+            if let Err(e) = self.load(&name) {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// The repository's models: per version served, its name, version and state; per model not
+    /// served, its state and why. `ready`: only those served.
+    fn index(&self, ready: bool) -> Vec<IndexEntry> {
+        let models = self.state();
+        let mut out = Vec::new();
+        let known = self.source.names().unwrap_or_default();
+        let mut names: Vec<&String> = models.keys().chain(&known).collect();
+        names.sort();
+        names.dedup();
+        for name in names {
+            match models.get(name) {
+                Some(ModelState::Ready(loaded)) => {
+                    out.extend(loaded.versions.iter().map(|v| IndexEntry {
+                        name: name.clone(),
+                        version: v.version.clone(),
+                        state: "READY",
+                        reason: String::new(),
+                    }))
+                }
+                Some(ModelState::Unavailable(reason)) if !ready => out.push(IndexEntry {
+                    name: name.clone(),
+                    version: String::new(),
+                    state: "UNAVAILABLE",
+                    reason: reason.clone(),
+                }),
+                None if !ready => out.push(IndexEntry {
+                    name: name.clone(),
+                    version: String::new(),
+                    state: "UNAVAILABLE",
+                    reason: "not loaded".into(),
+                }),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Drops, in every version served, the hashed ids not written for the update policy's
     /// expiry time; returns how many.
     fn expire(&self) -> Result<usize> {
-        let expired = self.current().batcher.engine().expire(unix_now())?;
+        let mut expired = 0;
+        for served in self.all_served() {
+            expired += served.batcher.engine().expire(unix_now())?;
+        }
         self.metrics
             .expired
             .fetch_add(expired as u64, Ordering::Relaxed);
@@ -265,6 +539,14 @@ impl App {
         }
         Ok(expired)
     }
+}
+
+/// One entry of the repository's index.
+struct IndexEntry {
+    name: String,
+    version: String,
+    state: &'static str,
+    reason: String,
 }
 
 /// The refusal for an error the batcher or engine returned.
@@ -279,30 +561,36 @@ fn refusal(e: Error) -> Refused {
 }
 
 fn load(
-    ctx: &Arc<GpuContext>,
-    dir: &std::path::Path,
-    engine_options: &EngineOptions,
-    batcher_options: &BatcherOptions,
+    app: &App,
+    name: &str,
     version: String,
+    dir: &std::path::Path,
+    stats: Arc<VersionStats>,
 ) -> Result<Served> {
     let model = Model::load(dir)?;
     let engine = Engine::new(
-        ctx.clone(),
+        app.ctx.clone(),
         &model,
         &EngineOptions {
             batch_invariant: true,
-            ..engine_options.clone()
+            ..app.engine_options.clone()
         },
     )?;
     Ok(Served {
-        spec: model.spec,
-        batcher: Batcher::new(Arc::new(engine), batcher_options.clone())?,
+        name: name.to_string(),
         version,
+        spec: model.spec,
+        batcher: Batcher::with_stats(
+            Arc::new(engine),
+            app.batcher_options.clone(),
+            stats.batcher.clone(),
+        )?,
+        stats,
     })
 }
 
-/// What pepnet's routes and gRPC service share: the served model (its engine and batcher,
-/// swapped whole on a reload), its name, the request timeout and the metrics. Build one, then
+/// What pepnet's routes and gRPC service share: the models served (each version's engine and
+/// batcher, swapped whole on a reload), the request timeout and the metrics. Build one, then
 /// mount [`ServingState::router`] in the host's axum app (under any prefix, beside its own
 /// routes) and add [`ServingState::grpc_service`] to its tonic server, on the host's runtime;
 /// or run the ready-made [`serve`].
@@ -322,37 +610,40 @@ fn load(
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
-pub struct ServingState(Arc<App>);
+pub struct ServingState(AppRef);
 
 impl ServingState {
-    /// Loads the model directory `model_dir` and builds its engine (batch-invariant, whatever
-    /// `engine_options` say: see [`Batcher`]) and batcher on `ctx`. `options`' name, batcher,
-    /// timeout and body limit apply; its addresses and expiry timer are [`serve`]'s.
+    /// Loads the model directory `model_dir`, served as `options.name`, and builds its engine
+    /// (batch-invariant, whatever `engine_options` say: see [`Batcher`]) and batcher on `ctx`.
+    /// `options`' name, batcher, timeout and body limit apply; its addresses and expiry timer
+    /// are [`serve`]'s.
     pub fn new(
         ctx: Arc<GpuContext>,
         model_dir: PathBuf,
         engine_options: EngineOptions,
         options: &ServeOptions,
     ) -> Result<Self> {
-        let served = load(
-            &ctx,
-            &model_dir,
-            &engine_options,
-            &options.batcher,
-            "1".into(),
-        )?;
-        Ok(Self(Arc::new(App {
+        let models = Models::Directory {
             name: options.name.clone(),
-            model_dir,
+            dir: model_dir,
+        };
+        Self::with_models(ctx, models, engine_options, options)
+    }
+
+    /// Loads every model of `models` (each version its policy chooses gets its own engine and
+    /// batcher on `ctx`); fails naming the first that does not load.
+    pub fn with_models(
+        ctx: Arc<GpuContext>,
+        models: Models,
+        engine_options: EngineOptions,
+        options: &ServeOptions,
+    ) -> Result<Self> {
+        Ok(Self(AppRef::new(App::new(
             ctx,
+            models,
             engine_options,
-            batcher_options: options.batcher.clone(),
-            served: RwLock::new(Arc::new(served)),
-            reloads: AtomicU64::new(0),
-            timeout: options.timeout,
-            metrics: Metrics::default(),
-            max_body_bytes: options.max_body_bytes,
-        })))
+            options,
+        )?)))
     }
 
     /// The HTTP routes (`/v2/...` and `/metrics`), for the host to serve or nest under a
@@ -366,10 +657,15 @@ impl ServingState {
         grpc::service(self.0.clone(), self.0.max_body_bytes)
     }
 
-    /// Reloads the model directory (what `POST /v2/repository/models/{name}/load` and SIGHUP
-    /// do): requests in flight finish on the old model. Returns the new version.
-    pub fn reload(&self) -> Result<String> {
-        self.0.reload()
+    /// Loads model `name` again (what `POST /v2/repository/models/{name}/load` does): requests
+    /// in flight finish on the versions they started on. Returns the versions now served.
+    pub fn load(&self, name: &str) -> Result<Vec<String>> {
+        self.0.load(name)
+    }
+
+    /// Reloads every model served (what SIGHUP does); the first error, after trying them all.
+    pub fn reload(&self) -> Result<()> {
+        self.0.reload_all()
     }
 
     /// Drops hashed ids not written for the update policy's expiry time; returns how many.
@@ -378,13 +674,13 @@ impl ServingState {
     }
 }
 
-/// Serves the model directory `model_dir` on `ctx` until SIGINT or SIGTERM; `on_listening` gets
-/// the bound addresses once the server accepts connections. The engine is built
-/// batch-invariant whatever `engine_options` say (see [`Batcher`]). Logs go through `tracing`:
-/// install a subscriber to see them.
+/// Serves `models` on `ctx` until SIGINT or SIGTERM; `on_listening` gets the bound addresses
+/// once the server accepts connections. Each engine is built batch-invariant whatever
+/// `engine_options` say (see [`Batcher`]). Logs go through `tracing`: install a subscriber to
+/// see them.
 pub fn serve(
     ctx: Arc<GpuContext>,
-    model_dir: PathBuf,
+    models: Models,
     engine_options: EngineOptions,
     options: ServeOptions,
     on_listening: impl FnOnce(Listening),
@@ -393,7 +689,7 @@ pub fn serve(
         .enable_all()
         .build()
         .map_err(|e| Error::Batch(format!("cannot start the server's runtime: {e}")))?;
-    let app = ServingState::new(ctx, model_dir, engine_options, &options)?.0;
+    let app = ServingState::with_models(ctx, models, engine_options, &options)?.0;
     runtime.block_on(async move {
         let bind = |addr: SocketAddr| async move {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -421,9 +717,13 @@ pub fn serve(
             expire_on_timer(app.clone(), every, stopped.clone());
         }
         let grpc = grpc_listener.as_ref().map(|(_, bound)| *bound);
+        let served: Vec<String> = app
+            .all_served()
+            .iter()
+            .map(|s| format!("{}/{}", s.name, s.version))
+            .collect();
         tracing::info!(
-            model = %app.name,
-            version = %app.current().version,
+            models = %served.join(", "),
             http = %format!("http://{http}"),
             grpc = %grpc.map_or("off".into(), |g| format!("grpc://{g}")),
             "listening"
@@ -456,8 +756,8 @@ async fn wait_for(mut stopped: watch::Receiver<bool>) {
     let _ = stopped.wait_for(|&s| s).await;
 }
 
-/// SIGHUP reloads the model directory, as the load endpoint does.
-fn reload_on_hangup(app: Arc<App>) {
+/// SIGHUP reloads every model served, as the load endpoint does one.
+fn reload_on_hangup(app: AppRef) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -467,7 +767,7 @@ fn reload_on_hangup(app: Arc<App>) {
         tokio::spawn(async move {
             while hangup.recv().await.is_some() {
                 let app = app.clone();
-                match tokio::task::spawn_blocking(move || app.reload()).await {
+                match tokio::task::spawn_blocking(move || app.reload_all()).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => {
                         tracing::error!(error = %e, "reload failed, still serving the old model")
@@ -482,7 +782,7 @@ fn reload_on_hangup(app: Arc<App>) {
 }
 
 /// Runs expiry every `every` until the server stops.
-fn expire_on_timer(app: Arc<App>, every: Duration, stopped: watch::Receiver<bool>) {
+fn expire_on_timer(app: AppRef, every: Duration, stopped: watch::Receiver<bool>) {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

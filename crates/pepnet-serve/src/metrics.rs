@@ -1,50 +1,42 @@
 //! The server's counters and their Prometheus text (`GET /metrics`).
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{App, Refusal};
+use super::App;
 use pepnet_core::batcher::{BATCH_ROWS_BUCKETS, QUEUE_MS_BUCKETS};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Protocol {
     Http,
     Grpc,
 }
 
-/// The outcomes counted, in the order of [`Metrics::requests`]' columns.
-const OUTCOMES: [Option<Refusal>; 6] = [
-    None,
-    Some(Refusal::BadRequest),
-    Some(Refusal::UnknownModel),
-    Some(Refusal::Overloaded),
-    Some(Refusal::Timeout),
-    Some(Refusal::Internal),
+/// The codes each protocol's counter shows from the start (others appear once seen).
+const CODES: [(Protocol, &str); 14] = [
+    (Protocol::Http, "200"),
+    (Protocol::Http, "400"),
+    (Protocol::Http, "404"),
+    (Protocol::Http, "413"),
+    (Protocol::Http, "429"),
+    (Protocol::Http, "500"),
+    (Protocol::Http, "504"),
+    (Protocol::Grpc, "OK"),
+    (Protocol::Grpc, "INVALID_ARGUMENT"),
+    (Protocol::Grpc, "NOT_FOUND"),
+    (Protocol::Grpc, "OUT_OF_RANGE"),
+    (Protocol::Grpc, "RESOURCE_EXHAUSTED"),
+    (Protocol::Grpc, "DEADLINE_EXCEEDED"),
+    (Protocol::Grpc, "INTERNAL"),
 ];
-
-/// Each outcome's code in each protocol.
-fn code(protocol: Protocol, outcome: Option<Refusal>) -> &'static str {
-    match (protocol, outcome) {
-        (Protocol::Http, None) => "200",
-        (Protocol::Http, Some(Refusal::BadRequest)) => "400",
-        (Protocol::Http, Some(Refusal::UnknownModel)) => "404",
-        (Protocol::Http, Some(Refusal::Overloaded)) => "429",
-        (Protocol::Http, Some(Refusal::Timeout)) => "504",
-        (Protocol::Http, Some(Refusal::Internal)) => "500",
-        (Protocol::Grpc, None) => "OK",
-        (Protocol::Grpc, Some(Refusal::BadRequest)) => "INVALID_ARGUMENT",
-        (Protocol::Grpc, Some(Refusal::UnknownModel)) => "NOT_FOUND",
-        (Protocol::Grpc, Some(Refusal::Overloaded)) => "RESOURCE_EXHAUSTED",
-        (Protocol::Grpc, Some(Refusal::Timeout)) => "DEADLINE_EXCEEDED",
-        (Protocol::Grpc, Some(Refusal::Internal)) => "INTERNAL",
-    }
-}
 
 #[derive(Default)]
 pub(super) struct Metrics {
-    /// Inference requests answered, by protocol (HTTP, gRPC) and outcome ([`OUTCOMES`]).
-    requests: [[AtomicU64; 6]; 2],
+    /// Inference requests answered, by protocol and code (HTTP status, gRPC code name).
+    requests: Mutex<BTreeMap<(Protocol, String), u64>>,
     rows: AtomicU64,
     /// Microseconds spent answering successful requests.
     latency_us: AtomicU64,
@@ -54,9 +46,15 @@ pub(super) struct Metrics {
 }
 
 impl Metrics {
-    pub fn count(&self, protocol: Protocol, outcome: Option<Refusal>) {
-        let column = OUTCOMES.iter().position(|&o| o == outcome).unwrap_or(0);
-        self.requests[protocol as usize][column].fetch_add(1, Ordering::Relaxed);
+    /// Counts an answer to an inference request.
+    pub fn count(&self, protocol: Protocol, code: &str) {
+        let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        match requests.get_mut(&(protocol, code.to_string())) {
+            Some(n) => *n += 1,
+            None => {
+                requests.insert((protocol, code.to_string()), 1);
+            }
+        }
     }
 
     pub fn answered(&self, rows: usize, took: Duration) {
@@ -69,22 +67,26 @@ impl Metrics {
 /// Prometheus' text format of every metric.
 pub(super) fn render(app: &App) -> String {
     let m = &app.metrics;
-    let served = app.current();
+    let served = app.all_served();
     let mut text = String::new();
     let _ = writeln!(
         text,
         "# HELP pepnet_requests_total Inference requests answered, by protocol and status (HTTP \
-         status or gRPC code).\n# TYPE pepnet_requests_total counter"
+         status or gRPC code), refusals included.\n# TYPE pepnet_requests_total counter"
     );
-    for (p, protocol) in [(Protocol::Http, "http"), (Protocol::Grpc, "grpc")] {
-        for (&outcome, count) in OUTCOMES.iter().zip(&m.requests[p as usize]) {
-            let _ = writeln!(
-                text,
-                "pepnet_requests_total{{protocol=\"{protocol}\",code=\"{}\"}} {}",
-                code(p, outcome),
-                count.load(Ordering::Relaxed)
-            );
-        }
+    let mut requests = m.requests.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for (protocol, code) in CODES {
+        requests.entry((protocol, code.to_string())).or_insert(0);
+    }
+    for ((protocol, code), count) in requests {
+        let protocol = match protocol {
+            Protocol::Http => "http",
+            Protocol::Grpc => "grpc",
+        };
+        let _ = writeln!(
+            text,
+            "pepnet_requests_total{{protocol=\"{protocol}\",code=\"{code}\"}} {count}"
+        );
     }
     let counters = [
         (
@@ -103,12 +105,15 @@ pub(super) fn render(app: &App) -> String {
             "pepnet_queue_rows",
             "gauge",
             "Samples waiting to be batched.",
-            served.batcher.queued_rows() as f64,
+            served
+                .iter()
+                .map(|s| s.batcher.queued_rows())
+                .sum::<usize>() as f64,
         ),
         (
             "pepnet_reloads_total",
             "counter",
-            "Model reloads that succeeded.",
+            "Model loads that succeeded (the first ones included).",
             m.reloads.load(Ordering::Relaxed) as f64,
         ),
         (
@@ -126,56 +131,81 @@ pub(super) fn render(app: &App) -> String {
     }
     let _ = writeln!(
         text,
-        "# HELP pepnet_model_info The model served.\n# TYPE pepnet_model_info gauge\n\
-         pepnet_model_info{{name=\"{}\",version=\"{}\"}} 1",
-        app.name, served.version
+        "# HELP pepnet_model_info The model versions served.\n# TYPE pepnet_model_info gauge"
     );
-    let stats = served.batcher.stats();
-    for (metric, help, histogram, bounds) in [
+    for s in &served {
+        let _ = writeln!(
+            text,
+            "pepnet_model_info{{name=\"{}\",version=\"{}\"}} 1",
+            s.name, s.version
+        );
+    }
+    for (metric, help, bounds) in [
         (
             "pepnet_batch_rows",
             "Samples per GPU batch.",
-            &stats.batch_rows,
             &BATCH_ROWS_BUCKETS,
         ),
         (
             "pepnet_queue_milliseconds",
             "Time a request waited for its batch.",
-            &stats.queue_ms,
             &QUEUE_MS_BUCKETS,
         ),
     ] {
-        let (buckets, count, sum) = histogram.snapshot(bounds);
         let _ = writeln!(text, "# HELP {metric} {help}\n# TYPE {metric} histogram");
-        for (bound, n) in buckets {
-            let le = if bound.is_infinite() {
-                "+Inf".to_string()
-            } else {
-                bound.to_string()
+        for s in &served {
+            let stats = s.batcher.stats();
+            let histogram = match metric {
+                "pepnet_batch_rows" => &stats.batch_rows,
+                _ => &stats.queue_ms,
             };
-            let _ = writeln!(text, "{metric}_bucket{{le=\"{le}\"}} {n}");
+            let labels = format!("model=\"{}\",version=\"{}\"", s.name, s.version);
+            let (buckets, count, sum) = histogram.snapshot(bounds);
+            for (bound, n) in buckets {
+                let le = if bound.is_infinite() {
+                    "+Inf".to_string()
+                } else {
+                    bound.to_string()
+                };
+                let _ = writeln!(text, "{metric}_bucket{{{labels},le=\"{le}\"}} {n}");
+            }
+            let _ = writeln!(
+                text,
+                "{metric}_sum{{{labels}}} {sum}\n{metric}_count{{{labels}}} {count}"
+            );
         }
-        let _ = writeln!(text, "{metric}_sum {sum}\n{metric}_count {count}");
     }
     let _ = writeln!(
         text,
         "# HELP pepnet_scoring_seconds_total Time scoring batches (upload, GPU, readback).\n\
-         # TYPE pepnet_scoring_seconds_total counter\npepnet_scoring_seconds_total {}",
-        stats.scoring_us.load(Ordering::Relaxed) as f64 / 1e6
+         # TYPE pepnet_scoring_seconds_total counter"
     );
-    if let Some(cache) = served.batcher.engine().cache_stats() {
+    for s in &served {
         let _ = writeln!(
             text,
-            "# HELP pepnet_cache_hit_ratio Embedding cache hits over lookups, per hashed feature.\n\
-             # TYPE pepnet_cache_hit_ratio gauge"
+            "pepnet_scoring_seconds_total{{model=\"{}\",version=\"{}\"}} {}",
+            s.name,
+            s.version,
+            s.batcher.stats().scoring_us.load(Ordering::Relaxed) as f64 / 1e6
         );
-        for f in &cache.features {
-            let _ = writeln!(
-                text,
-                "pepnet_cache_hit_ratio{{feature=\"{}\"}} {}",
-                f.feature,
-                f.hit_rate()
-            );
+    }
+    let _ = writeln!(
+        text,
+        "# HELP pepnet_cache_hit_ratio Embedding cache hits over lookups, per hashed feature.\n\
+         # TYPE pepnet_cache_hit_ratio gauge"
+    );
+    for s in &served {
+        if let Some(cache) = s.batcher.engine().cache_stats() {
+            for f in &cache.features {
+                let _ = writeln!(
+                    text,
+                    "pepnet_cache_hit_ratio{{model=\"{}\",version=\"{}\",feature=\"{}\"}} {}",
+                    s.name,
+                    s.version,
+                    f.feature,
+                    f.hit_rate()
+                );
+            }
         }
     }
     text

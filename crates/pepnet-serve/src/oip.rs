@@ -61,16 +61,24 @@ pub fn input_tensors(spec: &ModelSpec) -> Vec<(String, &'static str)> {
 }
 
 /// The server's metadata (`GET /v2`, gRPC `ServerMetadata`): name, version, and the protocol
-/// extensions it implements (none of the optional ones yet).
+/// extensions it implements.
 pub fn server_metadata() -> Value {
-    json!({"name": SERVER_NAME, "version": env!("CARGO_PKG_VERSION"), "extensions": []})
+    json!({"name": SERVER_NAME, "version": env!("CARGO_PKG_VERSION"), "extensions": EXTENSIONS})
 }
+
+/// The protocol extensions the server implements, by Triton's names.
+pub const EXTENSIONS: [&str; 4] = [
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "statistics",
+];
 
 /// The server's name in its metadata.
 pub const SERVER_NAME: &str = "pepnet";
 
-/// The model's metadata (`GET /v2/models/{name}`).
-pub fn metadata(spec: &ModelSpec, name: &str, version: &str) -> Value {
+/// The model's metadata (`GET /v2/models/{name}`), with the versions served.
+pub fn metadata(spec: &ModelSpec, name: &str, versions: &[&str]) -> Value {
     let inputs: Vec<Value> = input_tensors(spec)
         .into_iter()
         .map(|(name, datatype)| json!({"name": name, "datatype": datatype, "shape": [-1]}))
@@ -82,7 +90,7 @@ pub fn metadata(spec: &ModelSpec, name: &str, version: &str) -> Value {
         .collect();
     json!({
         "name": name,
-        "versions": [version],
+        "versions": versions,
         "platform": "pepnet",
         "inputs": inputs,
         "outputs": outputs,
