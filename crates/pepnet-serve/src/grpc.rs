@@ -613,9 +613,10 @@ impl GrpcInferenceService for Service {
 /// Load and unload parameters (Triton's overrides of a configuration or files) are refused
 /// rather than ignored.
 fn refuse_parameters<'a>(mut keys: impl Iterator<Item = &'a String>) -> Result<(), Status> {
-    match keys.next() {
+    // unload_dependents (what tritonclient sends) concerns ensembles, which pepnet has not.
+    match keys.find(|k| *k != "unload_dependents") {
         Some(key) => Err(Status::invalid_argument(format!(
-            "parameters.{key}: load and unload parameters are not supported; the repository's              files are what is loaded"
+            "parameters.{key}: load and unload parameters are not supported; the repository's files are what is loaded"
         ))),
         None => Ok(()),
     }

@@ -315,11 +315,12 @@ fn parse_body(body: &[u8]) -> std::result::Result<serde_json::Value, Response> {
         ));
     };
     if let Some(p) = object.get("parameters").and_then(|p| p.as_object()) {
-        if let Some(key) = p.keys().next() {
+        // unload_dependents (what tritonclient sends) concerns ensembles, which pepnet has not.
+        if let Some(key) = p.keys().find(|k| *k != "unload_dependents") {
             return Err(error(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "parameters.{key}: load and unload parameters are not supported; the                      repository's files are what is loaded"
+                    "parameters.{key}: load and unload parameters are not supported; the repository's files are what is loaded"
                 ),
             ));
         }
