@@ -36,10 +36,19 @@ impl Server {
     }
 
     pub fn start_model(model: &Path, extra: &[&str]) -> Self {
+        Self::spawn("--model", model, extra)
+    }
+
+    /// Serves the model repository `root`.
+    pub fn start_repository(root: &Path, extra: &[&str]) -> Self {
+        Self::spawn("--repository", root, extra)
+    }
+
+    fn spawn(source: &str, path: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pepnet"))
             .arg("serve")
-            .arg("--model")
-            .arg(model)
+            .arg(source)
+            .arg(path)
             .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
             .args(extra)
             .stderr(Stdio::piped())

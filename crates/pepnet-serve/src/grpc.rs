@@ -616,7 +616,8 @@ fn refuse_parameters<'a>(mut keys: impl Iterator<Item = &'a String>) -> Result<(
     // unload_dependents (what tritonclient sends) concerns ensembles, which pepnet has not.
     match keys.find(|k| *k != "unload_dependents") {
         Some(key) => Err(Status::invalid_argument(format!(
-            "parameters.{key}: load and unload parameters are not supported; the repository's files are what is loaded"
+            "parameters.{key}: load and unload parameters are not supported; the repository's \
+             files are what is loaded"
         ))),
         None => Ok(()),
     }

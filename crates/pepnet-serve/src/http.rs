@@ -50,7 +50,7 @@ pub(super) fn router(app: AppRef, max_body_bytes: usize) -> Router {
             "/v2/health/ready",
             get(|| async { Json(json!({"ready": true})) }),
         )
-        .route("/v2/models/stats", get(statistics))
+        .route("/v2/models/stats", get(all_statistics))
         .route("/v2/models/{name}", get(model_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
         .route("/v2/models/{name}/config", get(model_config))
@@ -182,12 +182,17 @@ async fn model_config(State(app): State<AppRef>, Path(m): Path<ModelPath>) -> Re
     }
 }
 
-/// The statistics extension: every model's (`/v2/models/stats`), a model's, or a version's.
-async fn statistics(State(app): State<AppRef>, m: Option<Path<ModelPath>>) -> Response {
-    let (name, version) = m.map_or((String::new(), String::new()), |Path(m)| {
-        (m.name, m.version)
-    });
-    match app.statistics(&name, &version) {
+/// The statistics extension: every model's versions served.
+async fn all_statistics(State(app): State<AppRef>) -> Response {
+    match app.statistics("", "") {
+        Ok(s) => Json(stats::to_json(&s)).into_response(),
+        Err(r) => refused(r),
+    }
+}
+
+/// The statistics extension: a model's versions served, or one version's.
+async fn statistics(State(app): State<AppRef>, Path(m): Path<ModelPath>) -> Response {
+    match app.statistics(&m.name, &m.version) {
         Ok(s) => Json(stats::to_json(&s)).into_response(),
         Err(r) => refused(r),
     }
@@ -281,7 +286,7 @@ async fn repository_index(State(app): State<AppRef>, body: Bytes) -> Response {
                 }
             },
         },
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let index: Vec<serde_json::Value> = app
         .index(ready)
@@ -302,26 +307,25 @@ async fn repository_index(State(app): State<AppRef>, body: Bytes) -> Response {
 
 /// A repository request's optional JSON body: nothing, or an object whose `parameters` (which
 /// Triton uses to override a configuration or files) are refused rather than ignored.
-fn parse_body(body: &[u8]) -> std::result::Result<serde_json::Value, Response> {
+fn parse_body(body: &[u8]) -> std::result::Result<serde_json::Value, Box<Response>> {
+    parse_repository_body(body).map_err(|message| Box::new(error(StatusCode::BAD_REQUEST, message)))
+}
+
+fn parse_repository_body(body: &[u8]) -> std::result::Result<serde_json::Value, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
     let Some(object) = value.as_object() else {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "body: expected a JSON object".into(),
-        ));
+        return Err("body: expected a JSON object".into());
     };
     if let Some(p) = object.get("parameters").and_then(|p| p.as_object()) {
         // unload_dependents (what tritonclient sends) concerns ensembles, which pepnet has not.
         if let Some(key) = p.keys().find(|k| *k != "unload_dependents") {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "parameters.{key}: load and unload parameters are not supported; the repository's files are what is loaded"
-                ),
+            return Err(format!(
+                "parameters.{key}: load and unload parameters are not supported; the \
+                 repository's files are what is loaded"
             ));
         }
     }
@@ -332,7 +336,7 @@ fn parse_body(body: &[u8]) -> std::result::Result<serde_json::Value, Response> {
 /// engine per version beside the old, swapped in whole.
 async fn load(State(app): State<AppRef>, Path(name): Path<String>, body: Bytes) -> Response {
     if let Err(r) = parse_body(&body) {
-        return r;
+        return *r;
     }
     if !app.source.knows(&name) {
         return refused(Refused(
@@ -351,7 +355,7 @@ async fn load(State(app): State<AppRef>, Path(name): Path<String>, body: Bytes) 
 /// Stops serving a model; requests already queued finish on it.
 async fn unload(State(app): State<AppRef>, Path(name): Path<String>, body: Bytes) -> Response {
     if let Err(r) = parse_body(&body) {
-        return r;
+        return *r;
     }
     match app.unload(&name) {
         Ok(()) => Json(json!({"model_name": name, "state": "UNAVAILABLE"})).into_response(),

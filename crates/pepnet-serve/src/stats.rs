@@ -97,8 +97,8 @@ impl VersionStats {
 }
 
 /// A `StatisticDuration` in JSON.
-fn duration(d: &Option<StatisticDuration>) -> Value {
-    let d = d.clone().unwrap_or_default();
+fn duration(d: Option<StatisticDuration>) -> Value {
+    let d = d.unwrap_or_default();
     json!({"count": d.count, "ns": d.ns})
 }
 
@@ -107,7 +107,7 @@ pub(crate) fn to_json(stats: &[ModelStatistics]) -> Value {
     let models: Vec<Value> = stats
         .iter()
         .map(|m| {
-            let i = m.inference_stats.clone().unwrap_or_default();
+            let i = m.inference_stats.unwrap_or_default();
             json!({
                 "name": m.name,
                 "version": m.version,
@@ -115,20 +115,20 @@ pub(crate) fn to_json(stats: &[ModelStatistics]) -> Value {
                 "inference_count": m.inference_count,
                 "execution_count": m.execution_count,
                 "inference_stats": {
-                    "success": duration(&i.success),
-                    "fail": duration(&i.fail),
-                    "queue": duration(&i.queue),
-                    "compute_input": duration(&i.compute_input),
-                    "compute_infer": duration(&i.compute_infer),
-                    "compute_output": duration(&i.compute_output),
-                    "cache_hit": duration(&i.cache_hit),
-                    "cache_miss": duration(&i.cache_miss),
+                    "success": duration(i.success),
+                    "fail": duration(i.fail),
+                    "queue": duration(i.queue),
+                    "compute_input": duration(i.compute_input),
+                    "compute_infer": duration(i.compute_infer),
+                    "compute_output": duration(i.compute_output),
+                    "cache_hit": duration(i.cache_hit),
+                    "cache_miss": duration(i.cache_miss),
                 },
                 "batch_stats": m.batch_stats.iter().map(|b| json!({
                     "batch_size": b.batch_size,
-                    "compute_input": duration(&b.compute_input),
-                    "compute_infer": duration(&b.compute_infer),
-                    "compute_output": duration(&b.compute_output),
+                    "compute_input": duration(b.compute_input),
+                    "compute_infer": duration(b.compute_infer),
+                    "compute_output": duration(b.compute_output),
                 })).collect::<Vec<_>>(),
             })
         })
