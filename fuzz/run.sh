@@ -16,7 +16,7 @@ fuzz_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$fuzz_dir/.."
 toolchain="${FUZZ_TOOLCHAIN:-nightly}"
 seconds="${FUZZ_SECONDS:-20}"
-all=(model_json weights_safetensors optimizer_state rows_safetensors csv_input parquet_input infer_request grpc_request)
+all=(model_json weights_safetensors optimizer_state rows_safetensors csv_input parquet_input infer_request grpc_request binary_request)
 
 replay=0
 targets=()

@@ -360,7 +360,9 @@ fn malformed_grpc_requests_are_invalid_argument_naming_the_tensor() {
             true,
             Box::new(|r| {
                 let i = index(r, "user_id");
-                r.raw_input_contents[i].push(0)
+                let mut bytes = r.raw_input_contents[i].to_vec();
+                bytes.push(0);
+                r.raw_input_contents[i] = bytes.into();
             }),
             Code::InvalidArgument,
             &["'user_id'", "not a whole number of INT64 elements"],

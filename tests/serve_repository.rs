@@ -365,6 +365,8 @@ fn grpc_repository_configuration_statistics_and_refusals_counted() {
             .unwrap_err();
         assert_eq!(missing.code(), tonic::Code::NotFound);
     });
+    // The client's connection closes with its runtime.
+    drop(runtime);
     assert_eq!(requests_counted(&server.url, "grpc", "OUT_OF_RANGE"), 1);
     // HTTP's size refusal, declared before the body: counted as a 413.
     let length = 5000;

@@ -54,9 +54,10 @@ impl Column {
     }
 }
 
-/// A batch whose every value an input reader has checked against a spec, named by
-/// [`spec_id`]: an engine of the same spec scores it without checking it again
-/// ([`crate::Engine::score_checked`]). Only the readers make one, and it cannot be changed.
+/// A batch whose every value an input reader (a file reader, a request decoder) has checked
+/// against a spec, named by [`spec_id`]: an engine or batcher of the same spec takes it without
+/// checking it again ([`crate::Engine::score_checked`], [`crate::Batcher::submit_checked`]).
+/// Only the readers make one, and it cannot be changed.
 #[derive(Debug, Clone)]
 pub struct CheckedBatch {
     batch: Batch,
@@ -83,6 +84,11 @@ impl CheckedBatch {
         &self.batch
     }
 
+    /// The batch itself, no longer marked checked.
+    pub fn into_batch(self) -> Batch {
+        self.batch
+    }
+
     /// The [`spec_id`] of the spec the values were checked against.
     pub fn spec_id(&self) -> u64 {
         self.spec_id
@@ -100,7 +106,7 @@ pub fn spec_id(spec: &ModelSpec) -> u64 {
 }
 
 /// Samples in columns, one per feature of the spec, in spec order.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Batch {
     /// One column per feature, in spec order, all of the same length.
     pub columns: Vec<Column>,
@@ -235,6 +241,11 @@ impl Batch {
                     )));
                 }
             }
+            // One pass over the column's values (the common case: all fit); only a column
+            // with a value that does not is read again sample by sample, for the message.
+            if column_fits(f, col) {
+                continue;
+            }
             for i in 0..n {
                 let checked = match col {
                     Column::Dense(v) => check_dense(v[i]),
@@ -249,6 +260,23 @@ impl Batch {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether every value of `col` fits feature `f`: [`check_ids`] and [`check_dense`] over the
+/// whole column at once.
+fn column_fits(f: &FeatureSpec, col: &Column) -> bool {
+    let space = f.id_space();
+    let ids_fit = |ids: &[u64]| f.hashed || ids.iter().all(|&id| id < space);
+    match col {
+        Column::Dense(v) => v.iter().all(|x| x.is_finite()),
+        Column::Sparse(ids) => ids_fit(ids),
+        Column::MultiHot { offsets, ids } => {
+            let short = f
+                .max_len
+                .is_none_or(|m| offsets.windows(2).all(|w| w[1] - w[0] <= m));
+            short && ids_fit(ids)
+        }
     }
 }
 

@@ -316,6 +316,25 @@ impl Batcher {
     /// not scored.
     pub fn submit(&self, batch: Batch, deadline: Option<Instant>) -> Result<Pending> {
         batch.validate(self.shared.engine.spec(), "request", 1)?;
+        self.enqueue(batch, deadline)
+    }
+
+    /// As [`Batcher::submit`], for a batch a reader has checked against the engine's spec (a
+    /// request decoder's), which is not checked again; one checked against another spec is.
+    pub fn submit_checked(
+        &self,
+        batch: CheckedBatch,
+        deadline: Option<Instant>,
+    ) -> Result<Pending> {
+        if batch.spec_id() != self.shared.engine.spec_id() {
+            batch
+                .batch()
+                .validate(self.shared.engine.spec(), "request", 1)?;
+        }
+        self.enqueue(batch.into_batch(), deadline)
+    }
+
+    fn enqueue(&self, batch: Batch, deadline: Option<Instant>) -> Result<Pending> {
         let rows = batch.len();
         let reply = Arc::new(Reply::default());
         let now = Instant::now();
@@ -376,6 +395,33 @@ impl Drop for Batcher {
             let _ = w.join();
         }
     }
+}
+
+/// The batcher's merge: the requests' batches as one, in order. The first is moved, not copied
+/// (a batch of one request costs nothing); the others are appended to it.
+pub fn merge(batches: impl IntoIterator<Item = Batch>) -> Batch {
+    let mut batches = batches.into_iter();
+    let mut merged = batches.next().unwrap_or_default();
+    for b in batches {
+        merged.append(&b);
+    }
+    merged
+}
+
+/// The batcher's split: a merged batch's `len × tasks` scores back to its requests of `rows`
+/// samples each. The scores of a batch of one request are moved, not copied.
+pub fn split(scores: Vec<f32>, rows: &[usize], tasks: usize) -> Vec<Vec<f32>> {
+    if rows.len() == 1 {
+        return vec![scores];
+    }
+    let mut at = 0;
+    rows.iter()
+        .map(|&n| {
+            let part = scores[at..at + n * tasks].to_vec();
+            at += n * tasks;
+            part
+        })
+        .collect()
 }
 
 impl Shared {
@@ -441,25 +487,25 @@ impl Shared {
                 r.arrived.elapsed().as_secs_f64() * 1e3
             ))));
         }
-        let Some(first) = live.first() else { return };
+        let mut live = live;
+        if live.is_empty() {
+            return;
+        }
         for r in &live {
             let waited = now.duration_since(r.arrived).as_secs_f64() * 1e3;
             self.stats.queue_ms.observe(&QUEUE_MS_BUCKETS, waited);
         }
         let started = Instant::now();
-        let mut merged = first.batch.clone();
-        for r in &live[1..] {
-            merged.append(&r.batch);
-        }
-        let rows = merged.len();
-        let spec_id = crate::batch::spec_id(self.engine.spec());
+        let rows: Vec<usize> = live.iter().map(|r| r.batch.len()).collect();
+        let merged = merge(live.iter_mut().map(|r| std::mem::take(&mut r.batch)));
+        let total = merged.len();
+        let spec_id = self.engine.spec_id();
         self.stats
             .batch_rows
-            .observe(&BATCH_ROWS_BUCKETS, rows as f64);
+            .observe(&BATCH_ROWS_BUCKETS, total as f64);
+        let merged = CheckedBatch::from_reader(merged, spec_id);
         let merged_at = Instant::now();
-        let scored = self
-            .engine
-            .score_checked(&CheckedBatch::from_reader(merged, spec_id));
+        let scored = self.engine.score_checked(&merged);
         let scored_at = Instant::now();
         self.stats.scoring_us.fetch_add(
             (scored_at - merged_at).as_micros() as u64,
@@ -467,28 +513,28 @@ impl Shared {
         );
         match scored {
             Ok(scores) => {
-                let t = self.engine.spec().n_tasks();
                 let requests = live.len();
-                let mut at = 0;
-                for r in live {
-                    let n = r.batch.len() * t;
-                    r.reply.send(Ok(scores[at..at + n].to_vec()));
-                    at += n;
+                let t = self.engine.spec().n_tasks();
+                for (r, scores) in live.into_iter().zip(split(scores, &rows, t)) {
+                    r.reply.send(Ok(scores));
                 }
                 let stages = [
                     merged_at - started,
                     scored_at - merged_at,
                     scored_at.elapsed(),
                 ];
-                self.stats.record(requests, rows, stages);
+                self.stats.record(requests, total, stages);
             }
             // Some samples could not be scored (a non-finite probability, a sample too large
             // for the cache): each request alone, so that only those with such samples fail,
             // with their own sample numbers.
             Err(Error::Samples(_)) if live.len() > 1 => {
-                for r in live {
-                    let alone = CheckedBatch::from_reader(r.batch.clone(), spec_id);
+                let mut at = 0;
+                for (r, n) in live.into_iter().zip(rows) {
+                    let alone =
+                        CheckedBatch::from_reader(merged.batch().slice(at..at + n), spec_id);
                     r.reply.send(self.engine.score_checked(&alone));
+                    at += n;
                 }
             }
             // Every request of the batch gets the error (of the same kind: errors are not Clone).

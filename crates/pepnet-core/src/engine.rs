@@ -472,6 +472,12 @@ impl Engine {
         Scoring { reply }
     }
 
+    /// The [`crate::batch::spec_id`] of the engine's spec: a [`CheckedBatch`] of it is scored
+    /// without being checked again.
+    pub fn spec_id(&self) -> u64 {
+        self.spec_id
+    }
+
     /// Scores a batch an input reader has checked: without checking it again when it was
     /// checked against this engine's spec (else as [`Engine::score`]).
     pub fn score_checked(&self, batch: &CheckedBatch) -> Result<Vec<f32>> {

@@ -17,7 +17,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
 use super::metrics::Protocol;
-use super::oip::{self, Element, InferRequest, Tensor, LENGTHS};
+use super::oip::{self, Data, InferRequest, Tensor, LENGTHS};
 use super::{AppRef, Refusal, Refused};
 use pepnet_core::batch::{Batch, Column};
 use pepnet_core::spec::ModelSpec;
@@ -81,7 +81,7 @@ pub fn decode(request: &ModelInferRequest, spec: &ModelSpec) -> Result<InferRequ
         .inputs
         .iter()
         .enumerate()
-        .map(|(i, input)| read_tensor(input, raw.get(i).map(|b| b.as_slice())))
+        .map(|(i, input)| read_tensor(input, raw.get(i).map(|b| &b[..])))
         .collect::<Result<Vec<_>, _>>()?;
     let id = (!request.id.is_empty()).then(|| request.id.clone());
     let outputs = (!request.outputs.is_empty())
@@ -116,9 +116,9 @@ fn read_tensor<'a>(
 fn raw_elements<'a>(
     name: &str,
     datatype: &str,
-    bytes: &[u8],
+    bytes: &'a [u8],
     contents: Option<&InferTensorContents>,
-) -> Result<Vec<Element<'a>>, String> {
+) -> Result<Data<'a>, String> {
     if contents.is_some_and(|c| !fields(c).is_empty()) {
         return Err(format!(
             "input tensor '{name}' has both contents and raw_input_contents; give one"
@@ -148,8 +148,8 @@ fn fields(c: &InferTensorContents) -> Vec<&'static str> {
 fn typed_elements<'a>(
     name: &str,
     datatype: &str,
-    contents: Option<&InferTensorContents>,
-) -> Result<Vec<Element<'a>>, String> {
+    contents: Option<&'a InferTensorContents>,
+) -> Result<Data<'a>, String> {
     let field = match datatype {
         "INT64" => "int64_contents",
         "UINT64" => "uint64_contents",
@@ -165,7 +165,7 @@ fn typed_elements<'a>(
         }
     };
     let Some(c) = contents else {
-        return Ok(Vec::new());
+        return Ok(Data::Elements(Vec::new()));
     };
     if let Some(wrong) = fields(c).into_iter().find(|&f| f != field) {
         return Err(format!(
@@ -174,32 +174,12 @@ fn typed_elements<'a>(
         ));
     }
     Ok(match datatype {
-        "INT64" => c
-            .int64_contents
-            .iter()
-            .map(|&v| Element::Int(v.into()))
-            .collect(),
-        "UINT64" => c
-            .uint64_contents
-            .iter()
-            .map(|&v| Element::Int(v.into()))
-            .collect(),
-        "INT32" => c
-            .int_contents
-            .iter()
-            .map(|&v| Element::Int(v.into()))
-            .collect(),
-        "UINT32" => c
-            .uint_contents
-            .iter()
-            .map(|&v| Element::Int(v.into()))
-            .collect(),
-        "FP32" => c
-            .fp32_contents
-            .iter()
-            .map(|&v| Element::Float(v.into()))
-            .collect(),
-        _ => c.fp64_contents.iter().map(|&v| Element::Float(v)).collect(),
+        "INT64" => Data::I64(&c.int64_contents),
+        "UINT64" => Data::U64(&c.uint64_contents),
+        "INT32" => Data::I32(&c.int_contents),
+        "UINT32" => Data::U32(&c.uint_contents),
+        "FP32" => Data::F32(&c.fp32_contents),
+        _ => Data::F64(&c.fp64_contents),
     })
 }
 
@@ -214,7 +194,7 @@ pub fn response(
     raw: bool,
 ) -> ModelInferResponse {
     let t = spec.n_tasks();
-    let n = request.batch.len();
+    let n = scores.len() / t;
     let mut out = ModelInferResponse {
         model_name: name.into(),
         model_version: version.into(),
@@ -266,7 +246,7 @@ pub fn request(
             ..Default::default()
         };
         if raw {
-            out.raw_input_contents.push(bytes);
+            out.raw_input_contents.push(bytes.into());
         } else {
             tensor.contents = Some(contents);
         }

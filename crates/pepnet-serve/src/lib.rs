@@ -1,35 +1,44 @@
 //! Online scoring with the Open Inference Protocol (KServe v2, what Triton, Seldon and KServe
-//! clients speak), over HTTP/JSON and gRPC, requests coalesced by the [`Batcher`].
+//! clients speak), over HTTP/JSON and gRPC, requests coalesced by the [`Batcher`], for one model
+//! directory or a repository of models with numbered versions ([`Models`]).
 //!
 //! ```text
 //! HTTP  GET  /v2                                     server metadata (name, version, extensions)
 //!       GET  /v2/health/live, /v2/health/ready       {"live": true}, {"ready": true}
-//!       GET  /v2/models/{name}, /v2/models/{name}/ready
-//!       POST /v2/models/{name}/infer                  JSON tensors in (or binary: the binary
-//!                                                    tensor data extension), one FP32 tensor
-//!                                                    per task out (JSON or binary, as asked)
-//!            /v2/models/{name}/versions/{v}[/ready|/infer]   the same, for version v (404 if
-//!                                                    it is not the one served)
-//!       GET  /metrics                                 Prometheus text
-//!       POST /v2/repository/models/{name}/load        reload the model directory (also on SIGHUP)
-//!       POST /v2/models/{name}/rows                   new rows for hashed features (safetensors)
-//!       POST /v2/models/{name}/expire                 drop ids not written for the expiry time
+//!       GET  /v2/models/{name}[/versions/{v}]        metadata (the versions served)
+//!       GET  .../ready                               {"name", "ready"}
+//!       GET  .../config                              configuration, in Triton's shape
+//!       GET  .../stats, /v2/models/stats             statistics, in Triton's fields
+//!       POST .../infer                               JSON tensors in (or binary: the binary tensor
+//!                                                    data extension), one FP32 tensor per task
+//!                                                    out (JSON or binary, as asked); gzip or
+//!                                                    deflate bodies, gzip answers when accepted
+//!       POST /v2/repository/index                    the models and their state
+//!       POST /v2/repository/models/{name}/load       (re)load a model (all of them on SIGHUP)
+//!       POST /v2/repository/models/{name}/unload     stop serving it
+//!       POST /v2/models/{name}/rows                  new rows for hashed features (safetensors)
+//!       POST /v2/models/{name}/expire                drop ids not written for the expiry time
+//!       GET  /metrics                                Prometheus text
 //! gRPC  inference.GRPCInferenceService: ServerLive, ServerReady, ModelReady, ServerMetadata,
-//!       ModelMetadata, ModelInfer (proto/inference.proto)
+//!       ModelMetadata, ModelInfer, ModelConfig, ModelStatistics, RepositoryIndex,
+//!       RepositoryModelLoad, RepositoryModelUnload (proto/inference.proto); gzip accepted
 //! ```
 //!
-//! Both protocols decode into the same request ([`oip::assemble`]), share one batcher and one
-//! set of metrics, and answer the same scores bit for bit.
+//! Both protocols decode into the same request ([`oip::assemble`]), share each model version's
+//! batcher and one set of metrics, and answer the same scores bit for bit. Every accepted
+//! socket has TCP_NODELAY (no wait for Nagle's algorithm on a small answer); gRPC connections
+//! are kept alive with HTTP/2 pings, HTTP/1.1 ones persist between requests.
 //!
-//! A reload builds a new engine beside the old one and swaps them: a request is scored wholly by
-//! the old model or wholly by the new one (its answer's `model_version` says which), and none is
-//! dropped (the old batcher finishes what it holds). Expiry of hashed ids runs on a timer
-//! (`expire_every`) and on demand.
+//! A load builds a new engine for each version beside the old ones and swaps them all at once:
+//! a request is scored wholly by the version it started on (its answer's `model_version` says
+//! which), and none is dropped (an old batcher finishes what it holds). Expiry of hashed ids
+//! runs on a timer (`expire_every`) and on demand.
 //!
-//! A bad request is a 400 / INVALID_ARGUMENT naming the tensor, element and rule; a full queue a
-//! 429 / RESOURCE_EXHAUSTED; a request past the timeout a 504 / DEADLINE_EXCEEDED; a body beyond
-//! the size limit a 413. The server stops on SIGINT or SIGTERM after answering the requests it
-//! has (graceful shutdown), on both protocols.
+//! A bad request is a 400 / INVALID_ARGUMENT naming the tensor, element and rule; an unknown
+//! model or version a 404 / NOT_FOUND; a full queue a 429 / RESOURCE_EXHAUSTED; a request past
+//! the timeout a 504 / DEADLINE_EXCEEDED; a body beyond the size limit a 413 / OUT_OF_RANGE;
+//! each counted in `/metrics` by its code. The server stops on SIGINT or SIGTERM after
+//! answering the requests it has (graceful shutdown), on both protocols.
 
 // Proving `App: Send + Sync` (once, for `AppRef`) goes through the GPU types' depth.
 #![recursion_limit = "256"]
@@ -56,6 +65,7 @@ use tokio::sync::watch;
 
 use metrics::Metrics;
 use oip::InferRequest;
+use pepnet_core::batch::CheckedBatch;
 use pepnet_core::batcher::{Batcher, BatcherOptions};
 use pepnet_core::cache::unix_now;
 use pepnet_core::engine::{Engine, EngineOptions};
@@ -208,10 +218,12 @@ enum Refusal {
 /// A request that was not scored: why, and the message for the client.
 struct Refused(Refusal, String);
 
-/// A request scored: the model version that scored it, the request and its scores.
+/// A request scored: the model version that scored it, the request (its batch given to the
+/// batcher), its rows and their scores.
 struct Scored {
     served: Arc<Served>,
     request: InferRequest,
+    rows: usize,
     scores: Vec<f32>,
 }
 
@@ -360,11 +372,11 @@ impl App {
         };
         let took = start.elapsed();
         if let Ok(served) = &served {
-            let rows = result.as_ref().map_or(0, |s| s.request.batch.len());
+            let rows = result.as_ref().map_or(0, |s| s.rows);
             served.stats.answered(result.is_ok(), rows, took);
         }
         match &result {
-            Ok(scored) => self.metrics.answered(scored.request.batch.len(), took),
+            Ok(scored) => self.metrics.answered(scored.rows, took),
             Err(Refused(Refusal::Internal, message)) => {
                 tracing::warn!(error = %message, "request failed")
             }
@@ -381,11 +393,16 @@ impl App {
         deadline: Option<Duration>,
         decode: impl FnOnce(&ModelSpec) -> std::result::Result<InferRequest, String>,
     ) -> std::result::Result<Scored, Refused> {
-        let request = decode(&served.spec).map_err(|m| Refused(Refusal::BadRequest, m))?;
+        let mut request = decode(&served.spec).map_err(|m| Refused(Refusal::BadRequest, m))?;
         let timeout = deadline.map_or(self.timeout, |d| d.min(self.timeout));
+        // The batch goes to the batcher (not a copy); the answer needs only its outputs.
+        let batch = std::mem::take(&mut request.batch);
+        let rows = batch.len();
+        // The decoder checked every value against this version's spec.
+        let batch = CheckedBatch::from_reader(batch, served.batcher.engine().spec_id());
         let pending = served
             .batcher
-            .submit(request.batch.clone(), Some(Instant::now() + timeout))
+            .submit_checked(batch, Some(Instant::now() + timeout))
             .map_err(refusal)?;
         let scores = match tokio::time::timeout(timeout, pending).await {
             Ok(scores) => scores.map_err(refusal)?,
@@ -399,6 +416,7 @@ impl App {
         Ok(Scored {
             served,
             request,
+            rows,
             scores,
         })
     }

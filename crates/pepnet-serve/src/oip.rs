@@ -106,7 +106,7 @@ pub fn response(
     scores: &[f32],
 ) -> Value {
     let t = spec.n_tasks();
-    let n = request.batch.len();
+    let n = scores.len() / t;
     let outputs: Vec<Value> = request
         .outputs
         .iter()
@@ -134,23 +134,61 @@ pub fn binary_response(
     scores: &[f32],
 ) -> (Vec<u8>, usize) {
     let t = spec.n_tasks();
-    let n = request.batch.len();
-    let mut header = response(spec, name, version, request, scores);
-    let mut tail = Vec::new();
-    let outputs = header["outputs"].as_array_mut().expect("outputs is a list");
-    for ((output, &task), &binary) in outputs
-        .iter_mut()
-        .zip(&request.outputs)
+    let n = scores.len() / t;
+    let mut tail = Vec::with_capacity(4 * n * request.outputs.len());
+    let outputs: Vec<Value> = request
+        .outputs
+        .iter()
         .zip(&request.binary_outputs)
-    {
-        if binary {
-            let object = output.as_object_mut().expect("an output is an object");
-            object.remove("data");
-            object.insert("parameters".into(), json!({"binary_data_size": 4 * n}));
-            tail.extend((0..n).flat_map(|i| scores[i * t + task].to_le_bytes()));
-        }
+        .map(|(&task, &binary)| {
+            let values = (0..n).map(|i| scores[i * t + task]);
+            let mut output = json!({"name": spec.tasks[task], "datatype": "FP32", "shape": [n]});
+            if binary {
+                output["parameters"] = json!({"binary_data_size": 4 * n});
+                tail.extend(values.flat_map(f32::to_le_bytes));
+            } else {
+                output["data"] = json!(values.collect::<Vec<f32>>());
+            }
+            output
+        })
+        .collect();
+    let mut header = json!({"model_name": name, "model_version": version, "outputs": outputs});
+    if let Some(id) = &request.id {
+        header["id"] = json!(id);
     }
     let mut body = serde_json::to_vec(&header).expect("a response always serialises");
+    let header_length = body.len();
+    body.extend(tail);
+    (body, header_length)
+}
+
+/// The request for `batch` as the binary tensor data extension sends it (what tritonclient and
+/// the KServe SDK send by default): the JSON header, every input's `parameters.binary_data_size`
+/// instead of `data`, then the inputs' little-endian bytes in order; every output asked for as
+/// binary. Returns the body and the header's length (for `Inference-Header-Content-Length`).
+pub fn binary_request(spec: &ModelSpec, batch: &Batch, id: Option<&str>) -> (Vec<u8>, usize) {
+    let mut header = request(spec, batch, id);
+    let mut tail = Vec::new();
+    for input in header["inputs"].as_array_mut().expect("inputs is a list") {
+        let object = input.as_object_mut().expect("an input is an object");
+        let datatype = object["datatype"].as_str().expect("a datatype").to_string();
+        let data = object.remove("data").expect("data");
+        let start = tail.len();
+        for v in data.as_array().expect("flat data") {
+            match datatype.as_str() {
+                "UINT64" => tail.extend(v.as_u64().expect("u64").to_le_bytes()),
+                "INT64" => tail.extend(v.as_i64().expect("i64").to_le_bytes()),
+                "INT32" => tail.extend((v.as_i64().expect("i32") as i32).to_le_bytes()),
+                _ => tail.extend((v.as_f64().expect("f32") as f32).to_le_bytes()),
+            }
+        }
+        object.insert(
+            "parameters".into(),
+            json!({"binary_data_size": tail.len() - start}),
+        );
+    }
+    header["parameters"] = json!({"binary_data_output": true});
+    let mut body = serde_json::to_vec(&header).expect("a request always serialises");
     let header_length = body.len();
     body.extend(tail);
     (body, header_length)
@@ -219,12 +257,43 @@ impl<'a> From<&'a Value> for Element<'a> {
     }
 }
 
+/// An input tensor's elements as they came, borrowed where the protocol carries them typed:
+/// JSON values read one by one, little-endian bytes of the tensor's datatype (HTTP's binary
+/// data, gRPC's raw contents), or a gRPC contents field. Nothing is copied until each is
+/// converted, once, into the batch's column.
+pub(crate) enum Data<'a> {
+    Elements(Vec<Element<'a>>),
+    /// Little-endian elements of `size` bytes each (a whole number of them).
+    Bytes(&'a [u8], usize),
+    I32(&'a [i32]),
+    U32(&'a [u32]),
+    I64(&'a [i64]),
+    U64(&'a [u64]),
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+}
+
+impl Data<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Data::Elements(v) => v.len(),
+            Data::Bytes(b, size) => b.len() / size,
+            Data::I32(v) => v.len(),
+            Data::U32(v) => v.len(),
+            Data::I64(v) => v.len(),
+            Data::U64(v) => v.len(),
+            Data::F32(v) => v.len(),
+            Data::F64(v) => v.len(),
+        }
+    }
+}
+
 /// One input tensor as sent, in either protocol.
 pub(crate) struct Tensor<'a> {
     pub name: &'a str,
     pub shape: Vec<u64>,
     pub datatype: &'a str,
-    pub data: Vec<Element<'a>>,
+    pub data: Data<'a>,
 }
 
 impl<'a> Tensor<'a> {
@@ -233,16 +302,18 @@ impl<'a> Tensor<'a> {
         name: &'a str,
         shape: Vec<u64>,
         datatype: &'a str,
-        data: Vec<Element<'a>>,
+        data: Data<'a>,
     ) -> Result<Self, String> {
         shape
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d))
             .filter(|&e| e == data.len() as u64)
-            .ok_or(format!(
-                "input tensor '{name}': shape {shape:?} does not match its {} values",
-                data.len()
-            ))?;
+            .ok_or_else(|| {
+                format!(
+                    "input tensor '{name}': shape {shape:?} does not match its {} values",
+                    data.len()
+                )
+            })?;
         Ok(Self {
             name,
             shape,
@@ -313,7 +384,7 @@ pub fn decode_http(
                 .map(|(i, o)| {
                     o.get("name")
                         .and_then(Value::as_str)
-                        .ok_or(format!("outputs[{i}] needs a 'name'"))
+                        .ok_or_else(|| format!("outputs[{i}] needs a 'name'"))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let binary = list
@@ -443,10 +514,12 @@ pub(crate) fn assemble(
             .iter()
             .enumerate()
             .map(|(i, name)| {
-                spec.tasks.iter().position(|t| t == name).ok_or(format!(
-                    "outputs[{i}]: unknown output '{name}'; the model's outputs are {:?}",
-                    spec.tasks
-                ))
+                spec.tasks.iter().position(|t| t == name).ok_or_else(|| {
+                    format!(
+                        "outputs[{i}]: unknown output '{name}'; the model's outputs are {:?}",
+                        spec.tasks
+                    )
+                })
             })
             .collect::<Result<_, _>>()?,
     };
@@ -463,22 +536,26 @@ pub(crate) fn assemble(
     })
 }
 
-fn read_tensor<'a>(i: usize, input: &'a Value, binary: &mut &[u8]) -> Result<Tensor<'a>, String> {
+fn read_tensor<'a>(
+    i: usize,
+    input: &'a Value,
+    binary: &mut &'a [u8],
+) -> Result<Tensor<'a>, String> {
     let name = input
         .get("name")
         .and_then(Value::as_str)
-        .ok_or(format!("inputs[{i}] needs a 'name' string"))?;
+        .ok_or_else(|| format!("inputs[{i}] needs a 'name' string"))?;
     let shape = input
         .get("shape")
         .and_then(Value::as_array)
         .and_then(|s| s.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>())
-        .ok_or(format!(
-            "input tensor '{name}': 'shape' must be a list of non-negative integers"
-        ))?;
+        .ok_or_else(|| {
+            format!("input tensor '{name}': 'shape' must be a list of non-negative integers")
+        })?;
     let datatype = input
         .get("datatype")
         .and_then(Value::as_str)
-        .ok_or(format!("input tensor '{name}' needs a 'datatype' string"))?;
+        .ok_or_else(|| format!("input tensor '{name}' needs a 'datatype' string"))?;
     let binary_size = input
         .get("parameters")
         .and_then(|p| p.get("binary_data_size"));
@@ -489,18 +566,22 @@ fn read_tensor<'a>(i: usize, input: &'a Value, binary: &mut &[u8]) -> Result<Ten
             ))
         }
         (Some(size), None) => {
-            let size = size.as_u64().ok_or(format!(
-                "input tensor '{name}': parameters.binary_data_size must be a non-negative \
+            let size = size.as_u64().ok_or_else(|| {
+                format!(
+                    "input tensor '{name}': parameters.binary_data_size must be a non-negative \
                  integer, found {size}"
-            ))?;
+                )
+            })?;
             let size = usize::try_from(size)
                 .ok()
                 .filter(|&n| n <= binary.len())
-                .ok_or(format!(
-                    "input tensor '{name}': binary_data_size {size} is past the end of the \
+                .ok_or_else(|| {
+                    format!(
+                        "input tensor '{name}': binary_data_size {size} is past the end of the \
                      body ({} bytes of binary data left)",
-                    binary.len()
-                ))?;
+                        binary.len()
+                    )
+                })?;
             let (bytes, rest) = binary.split_at(size);
             *binary = rest;
             little_endian(name, datatype, bytes)?
@@ -508,7 +589,7 @@ fn read_tensor<'a>(i: usize, input: &'a Value, binary: &mut &[u8]) -> Result<Ten
         (None, Some(value)) => {
             let mut data = Vec::new();
             flatten(value, &mut data, 0).map_err(|m| format!("input tensor '{name}': {m}"))?;
-            data
+            Data::Elements(data)
         }
         (None, None) => return Err(format!("input tensor '{name}' needs 'data'")),
     };
@@ -532,11 +613,11 @@ pub(crate) const READABLE: &str = "INT64, UINT64, INT32, UINT32, FP32 or FP64";
 pub(crate) fn little_endian<'a>(
     name: &str,
     datatype: &str,
-    bytes: &[u8],
-) -> Result<Vec<Element<'a>>, String> {
-    let size = element_bytes(datatype).ok_or(format!(
-        "input tensor '{name}': datatype {datatype}, expected {READABLE}"
-    ))?;
+    bytes: &'a [u8],
+) -> Result<Data<'a>, String> {
+    let size = element_bytes(datatype).ok_or_else(|| {
+        format!("input tensor '{name}': datatype {datatype}, expected {READABLE}")
+    })?;
     if !bytes.len().is_multiple_of(size) {
         return Err(format!(
             "input tensor '{name}': {} bytes of binary data are not a whole number of \
@@ -544,27 +625,53 @@ pub(crate) fn little_endian<'a>(
             bytes.len()
         ));
     }
-    let chunks = bytes.chunks_exact(size);
-    Ok(match datatype {
-        "INT32" => chunks
-            .map(|c| Element::Int(i32::from_le_bytes(c.try_into().expect("4 bytes")).into()))
-            .collect(),
-        "UINT32" => chunks
-            .map(|c| Element::Int(u32::from_le_bytes(c.try_into().expect("4 bytes")).into()))
-            .collect(),
-        "FP32" => chunks
-            .map(|c| Element::Float(f32::from_le_bytes(c.try_into().expect("4 bytes")).into()))
-            .collect(),
-        "INT64" => chunks
-            .map(|c| Element::Int(i64::from_le_bytes(c.try_into().expect("8 bytes")).into()))
-            .collect(),
-        "UINT64" => chunks
-            .map(|c| Element::Int(u64::from_le_bytes(c.try_into().expect("8 bytes")).into()))
-            .collect(),
-        _ => chunks
-            .map(|c| Element::Float(f64::from_le_bytes(c.try_into().expect("8 bytes"))))
-            .collect(),
-    })
+    Ok(Data::Bytes(bytes, size))
+}
+
+/// Converts every element of `t` with `f` (given its index), in order, stopping at the first
+/// error. Each source is read in a loop of its own type: binary bytes and typed contents cost
+/// a load and a check per element.
+fn convert<T>(
+    t: &Tensor,
+    mut f: impl FnMut(usize, Element) -> Result<T, String>,
+) -> Result<Vec<T>, String> {
+    let mut out = Vec::with_capacity(t.data.len());
+    macro_rules! each {
+        ($values:expr, $element:expr) => {
+            for (i, v) in $values.enumerate() {
+                out.push(f(i, $element(v))?);
+            }
+        };
+    }
+    macro_rules! le {
+        ($bytes:expr, $ty:ty, $element:expr) => {
+            each!(
+                $bytes
+                    .chunks_exact(std::mem::size_of::<$ty>())
+                    .map(|c| <$ty>::from_le_bytes(c.try_into().expect("whole elements"))),
+                $element
+            )
+        };
+    }
+    let int = |v: i128| Element::Int(v);
+    match &t.data {
+        Data::Elements(v) => each!(v.iter().copied(), |e| e),
+        Data::Bytes(b, _) => match t.datatype {
+            "INT32" => le!(b, i32, |v: i32| int(v.into())),
+            "UINT32" => le!(b, u32, |v: u32| int(v.into())),
+            "INT64" => le!(b, i64, |v: i64| int(v.into())),
+            "UINT64" => le!(b, u64, |v: u64| int(v.into())),
+            "FP32" => le!(b, f32, |v: f32| Element::Float(v.into())),
+            _ => le!(b, f64, Element::Float),
+        },
+        Data::I32(v) => each!(v.iter(), |&v: &i32| int(v.into())),
+        Data::U32(v) => each!(v.iter(), |&v: &u32| int(v.into())),
+        Data::I64(v) => each!(v.iter(), |&v: &i64| int(v.into())),
+        Data::U64(v) => each!(v.iter(), |&v: &u64| int(v.into())),
+        Data::F32(v) => each!(v.iter(), |&v: &f32| Element::Float(v.into())),
+        Data::F64(v) => each!(v.iter(), |&v: &f64| Element::Float(v)),
+    }
+    Ok(out)
 }
 
 /// The values of `data`, nested lists read in row-major order.
@@ -607,32 +714,58 @@ fn ids(t: &Tensor, hashed: bool) -> Result<Vec<u64>, String> {
         ))
         }
     };
-    t.data
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let bad = |why: &str| format!("input tensor '{}', element {i}: {v} {why}", t.name);
-            match *v {
-                Element::Int(u)
-                    if u >= 0
-                        && u <= if signed {
-                            i64::MAX as i128
-                        } else {
-                            u64::MAX as i128
-                        } =>
-                {
-                    Ok(u as u64)
-                }
-                Element::Int(s) if signed && s >= i64::MIN as i128 && s < 0 => match hashed {
-                    true => Ok(s as i64 as u64),
-                    false => Err(bad("is negative; ids are not")),
-                },
-                _ => Err(bad(&format!(
-                    "is not an integer of datatype {}",
-                    t.datatype
-                ))),
+    if let Some(ids) = ids_in_place(t, hashed) {
+        return Ok(ids);
+    }
+    convert(t, |i, v| {
+        let bad = |why: &str| format!("input tensor '{}', element {i}: {v} {why}", t.name);
+        match v {
+            Element::Int(u)
+                if u >= 0
+                    && u <= if signed {
+                        i64::MAX as i128
+                    } else {
+                        u64::MAX as i128
+                    } =>
+            {
+                Ok(u as u64)
             }
-        })
+            Element::Int(s) if signed && s >= i64::MIN as i128 && s < 0 => match hashed {
+                true => Ok(s as i64 as u64),
+                false => Err(bad("is negative; ids are not")),
+            },
+            _ => Err(bad(&format!(
+                "is not an integer of datatype {}",
+                t.datatype
+            ))),
+        }
+    })
+}
+
+/// The ids of a tensor of 64-bit ids as bytes or typed contents (what every client sends), read
+/// in one pass with no per-element branch but the sign; `None` when a signed id is negative
+/// for a vocabulary feature (then [`ids`]' general path names it) or for any other datatype.
+fn ids_in_place(t: &Tensor, hashed: bool) -> Option<Vec<u64>> {
+    let from_signed = |v: Vec<i64>| -> Option<Vec<u64>> {
+        // Hashed ids are 64-bit patterns: a negative INT64 is the same id as its UINT64.
+        (hashed || v.iter().all(|&x| x >= 0)).then(|| v.into_iter().map(|x| x as u64).collect())
+    };
+    match (&t.data, t.datatype) {
+        (Data::Bytes(b, 8), "UINT64") => Some(le_u64(b)),
+        (Data::Bytes(b, 8), "INT64") => {
+            from_signed(le_u64(b).into_iter().map(|x| x as i64).collect())
+        }
+        (Data::U64(v), _) => Some(v.to_vec()),
+        (Data::I64(v), _) => from_signed(v.to_vec()),
+        _ => None,
+    }
+}
+
+/// Little-endian 8-byte words.
+fn le_u64(bytes: &[u8]) -> Vec<u64> {
+    bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
         .collect()
 }
 
@@ -643,22 +776,33 @@ fn counts(t: &Tensor) -> Result<Vec<usize>, String> {
             t.name, t.datatype
         ));
     }
-    t.data
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            match *v {
-                Element::Int(c) if (0..=MAX_REQUEST_ROWS as i128 * 64).contains(&c) => {
-                    Some(c as usize)
-                }
-                _ => None,
-            }
-            .ok_or(format!(
+    // INT32 counts as bytes or contents, read in one pass; one out of range goes to the general
+    // path, which names it.
+    let limit = MAX_REQUEST_ROWS as i64 * 64;
+    let fast: Option<Vec<i32>> = match (&t.data, t.datatype) {
+        (Data::Bytes(b, 4), "INT32") => Some(
+            b.chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect(),
+        ),
+        (Data::I32(v), _) => Some(v.to_vec()),
+        _ => None,
+    };
+    if let Some(c) = fast.filter(|c| c.iter().all(|&c| (0..=limit).contains(&(c as i64)))) {
+        return Ok(c.into_iter().map(|c| c as usize).collect());
+    }
+    convert(t, |i, v| {
+        match v {
+            Element::Int(c) if (0..=MAX_REQUEST_ROWS as i128 * 64).contains(&c) => Some(c as usize),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            format!(
                 "input tensor '{}', element {i}: {v} is not a count (a non-negative integer)",
                 t.name
-            ))
+            )
         })
-        .collect()
+    })
 }
 
 fn floats(t: &Tensor) -> Result<Vec<f32>, String> {
@@ -668,34 +812,44 @@ fn floats(t: &Tensor) -> Result<Vec<f32>, String> {
             t.name, t.datatype
         ));
     }
-    t.data
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let x = match *v {
-                Element::Int(i) => i as f64,
-                Element::Float(x) => x,
-                Element::NotANumber(_) => {
-                    return Err(format!(
-                        "input tensor '{}', element {i}: {v} is not a number",
-                        t.name
-                    ))
-                }
-            };
-            let y = x as f32;
-            match (x.is_finite(), y.is_finite()) {
-                (true, true) => Ok(y),
-                (false, _) => Err(format!(
-                    "input tensor '{}', element {i}: {x}; values must be finite",
+    // FP32 values as bytes or contents, read in one pass; one not finite goes to the general
+    // path, which names it.
+    let fast: Option<Vec<f32>> = match (&t.data, t.datatype) {
+        (Data::Bytes(b, 4), "FP32") => Some(
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect(),
+        ),
+        (Data::F32(v), _) => Some(v.to_vec()),
+        _ => None,
+    };
+    if let Some(v) = fast.filter(|v| v.iter().all(|x| x.is_finite())) {
+        return Ok(v);
+    }
+    convert(t, |i, v| {
+        let x = match v {
+            Element::Int(i) => i as f64,
+            Element::Float(x) => x,
+            Element::NotANumber(_) => {
+                return Err(format!(
+                    "input tensor '{}', element {i}: {v} is not a number",
                     t.name
-                )),
-                (true, false) => Err(format!(
-                    "input tensor '{}', element {i}: {x} does not fit an f32",
-                    t.name
-                )),
+                ))
             }
-        })
-        .collect()
+        };
+        let y = x as f32;
+        match (x.is_finite(), y.is_finite()) {
+            (true, true) => Ok(y),
+            (false, _) => Err(format!(
+                "input tensor '{}', element {i}: {x}; values must be finite",
+                t.name
+            )),
+            (true, false) => Err(format!(
+                "input tensor '{}', element {i}: {x} does not fit an f32",
+                t.name
+            )),
+        }
+    })
 }
 
 #[cfg(test)]
