@@ -746,17 +746,16 @@ fn ids(t: &Tensor, hashed: bool) -> Result<Vec<u64>, String> {
 /// in one pass with no per-element branch but the sign; `None` when a signed id is negative
 /// for a vocabulary feature (then [`ids`]' general path names it) or for any other datatype.
 fn ids_in_place(t: &Tensor, hashed: bool) -> Option<Vec<u64>> {
-    let from_signed = |v: Vec<i64>| -> Option<Vec<u64>> {
-        // Hashed ids are 64-bit patterns: a negative INT64 is the same id as its UINT64.
-        (hashed || v.iter().all(|&x| x >= 0)).then(|| v.into_iter().map(|x| x as u64).collect())
-    };
+    // Hashed ids are 64-bit patterns: a negative INT64 is the same id as its UINT64; a
+    // vocabulary id must not be negative.
+    let signed_fit = |ids: &[u64]| hashed || ids.iter().all(|&x| (x as i64) >= 0);
     match (&t.data, t.datatype) {
         (Data::Bytes(b, 8), "UINT64") => Some(le_u64(b)),
-        (Data::Bytes(b, 8), "INT64") => {
-            from_signed(le_u64(b).into_iter().map(|x| x as i64).collect())
-        }
+        (Data::Bytes(b, 8), "INT64") => Some(le_u64(b)).filter(|ids| signed_fit(ids)),
         (Data::U64(v), _) => Some(v.to_vec()),
-        (Data::I64(v), _) => from_signed(v.to_vec()),
+        (Data::I64(v), _) => {
+            (hashed || v.iter().all(|&x| x >= 0)).then(|| v.iter().map(|&x| x as u64).collect())
+        }
         _ => None,
     }
 }
