@@ -52,7 +52,7 @@ fn post_row(server: &Server, id: u64, row: [f32; 4]) -> Value {
 
 #[test]
 fn two_servers_score_from_one_store_see_a_third_process_write_and_share_the_cap() {
-    let cluster = RedisCluster::start(3);
+    let mut cluster = RedisCluster::start(3);
     let dir = tempfile::tempdir().unwrap();
     let model = model(dir.path());
     let m = model.to_str().unwrap();
@@ -131,6 +131,19 @@ fn two_servers_score_from_one_store_see_a_third_process_write_and_share_the_cap(
         (third["applied"].as_u64(), third["capped"].as_u64()),
         (Some(0), Some(1))
     );
+    // apply-rows over the cap: the write did not happen, so it fails, naming the feature and id.
+    let out = Command::new(env!("CARGO_BIN_EXE_pepnet"))
+        .args(["apply-rows", "--model", m, "--rows", rows.to_str().unwrap()])
+        .args(["--store", &url, "--store-namespace", "cli"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("0 rows written, 1 refused by the update cap")
+            && err.contains("feature 'user_id' (the first: id 7) were not written"),
+        "{err}"
+    );
     let start = Instant::now();
     while scores(&a, &USERS) != scores(&b, &USERS) {
         assert!(
@@ -151,4 +164,36 @@ fn two_servers_score_from_one_store_see_a_third_process_write_and_share_the_cap(
         !out.status.success() && err.contains("--max-updates"),
         "{err}"
     );
+
+    // The store gone: the server's side, so 503 (not the client's 400, nor an anonymous 500),
+    // naming a node and the feature whose rows it holds.
+    for i in 0..3 {
+        cluster.stop_node(i);
+    }
+    let expect_503 = |response: Result<ureq::Response, ureq::Error>, what: &str| match response {
+        Err(ureq::Error::Status(503, r)) => {
+            let body: Value = r.into_json().unwrap();
+            let message = body["error"].as_str().unwrap().to_string();
+            assert!(
+                message.contains("node 127.0.0.1:") && message.contains("feature 'user_id'"),
+                "{what}: {message}"
+            );
+            message
+        }
+        other => panic!("{what}: {:?}", other.map(|r| r.status())),
+    };
+    let written = agent()
+        .post(&format!("{}/v2/models/pepnet/rows", a.url))
+        .send_bytes(&user_rows(&[40], &[0.1, 0.2, 0.3, 0.4]));
+    expect_503(written, "rows");
+    // A user no server has cached, so its row must come from the store.
+    let body = serde_json::json!({"inputs": [
+        {"name": "tab", "datatype": "INT64", "shape": [1], "data": [0]},
+        {"name": "user_id", "datatype": "UINT64", "shape": [1], "data": [123_456_789u64]},
+        {"name": "dur", "datatype": "FP32", "shape": [1], "data": [0.5]}
+    ]});
+    let scored = agent()
+        .post(&format!("{}/v2/models/pepnet/infer", a.url))
+        .send_json(body);
+    expect_503(scored, "infer");
 }

@@ -35,18 +35,41 @@ impl ApplyRows {
         if let Some(redis) = self.store.redis() {
             let mut store = RedisStore::open(redis.clone(), &model.spec)?;
             let d = model.spec.d();
+            let mut refused: Vec<(String, usize, u64)> = Vec::new();
             for (f, update) in &updates {
+                let (mut written, mut capped, mut first_capped) = (0, 0, None);
                 for (i, &id) in update.ids.iter().enumerate() {
-                    store.put((*f as u32, id), &update.rows[i * d..(i + 1) * d])?;
+                    match store.put((*f as u32, id), &update.rows[i * d..(i + 1) * d])? {
+                        true => written += 1,
+                        false => {
+                            capped += 1;
+                            first_capped.get_or_insert(id);
+                        }
+                    }
                 }
                 let name = &model.spec.features[*f].name;
-                eprintln!("{name}: {} rows written", update.ids.len());
+                eprintln!("{name}: {written} rows written, {capped} refused by the update cap");
+                if let Some(id) = first_capped {
+                    refused.push((name.clone(), capped, id));
+                }
             }
             eprintln!(
                 "wrote to namespace '{}' on {}",
                 redis.namespace,
                 redis.nodes.join(",")
             );
+            // A write the cap refused did not happen: the caller must know.
+            if let Some((name, capped, id)) = refused.first() {
+                let policy = store.policy();
+                return Err(pepnet::Error::Store(format!(
+                    "{}: {capped} row(s) of feature '{name}' (the first: id {id}) were not \
+                     written: each id takes at most {} writes per {} s (the namespace's update \
+                     policy); the other rows were written",
+                    self.rows.display(),
+                    policy.max_updates.unwrap_or(u32::MAX),
+                    policy.window_secs
+                )));
+            }
             return Ok(());
         }
         for (f, update) in &updates {

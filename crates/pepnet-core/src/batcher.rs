@@ -544,6 +544,8 @@ impl Shared {
                         Error::Gpu(m) => Error::Gpu(m.clone()),
                         Error::Cache(m) => Error::Cache(m.clone()),
                         Error::Memory(m) => Error::Memory(m.clone()),
+                        // The embedding store's failure names the node and feature: keep it so.
+                        Error::Store(m) => Error::Store(m.clone()),
                         other => Error::Gpu(other.to_string()),
                     }));
                 }

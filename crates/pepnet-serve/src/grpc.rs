@@ -62,6 +62,7 @@ fn status(Refused(refusal, message): Refused) -> Status {
         Refusal::UnknownModel => Status::not_found(message),
         Refusal::Overloaded => Status::resource_exhausted(message),
         Refusal::Timeout => Status::deadline_exceeded(message),
+        Refusal::Unavailable => Status::unavailable(message),
         Refusal::Internal => Status::internal(message),
     }
 }

@@ -129,6 +129,7 @@ fn status(refusal: Refusal) -> StatusCode {
         Refusal::UnknownModel => StatusCode::NOT_FOUND,
         Refusal::Overloaded => StatusCode::TOO_MANY_REQUESTS,
         Refusal::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         Refusal::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -265,6 +266,10 @@ async fn admin<T: serde::Serialize + Send + 'static>(
     let worker = app.clone();
     match tokio::task::spawn_blocking(move || action(&worker)).await {
         Ok(Ok(answer)) => Json(answer).into_response(),
+        // The store not answering is the server's side, maybe passing: 503, not the client's 400.
+        Ok(Err(e @ pepnet_core::Error::Store(_))) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
         Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

@@ -212,6 +212,8 @@ enum Refusal {
     UnknownModel,
     Overloaded,
     Timeout,
+    /// The embedding store did not answer: the server's fault, maybe passing.
+    Unavailable,
     Internal,
 }
 
@@ -573,6 +575,7 @@ fn refusal(e: Error) -> Refused {
         Error::Overloaded(_) => Refusal::Overloaded,
         Error::DeadlineExceeded(_) => Refusal::Timeout,
         Error::Samples(_) | Error::Batch(_) | Error::Input { .. } => Refusal::BadRequest,
+        Error::Store(_) => Refusal::Unavailable,
         _ => Refusal::Internal,
     };
     Refused(kind, e.to_string())

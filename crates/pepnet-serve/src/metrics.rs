@@ -16,13 +16,14 @@ pub(super) enum Protocol {
 }
 
 /// The codes each protocol's counter shows from the start (others appear once seen).
-const CODES: [(Protocol, &str); 14] = [
+const CODES: [(Protocol, &str); 16] = [
     (Protocol::Http, "200"),
     (Protocol::Http, "400"),
     (Protocol::Http, "404"),
     (Protocol::Http, "413"),
     (Protocol::Http, "429"),
     (Protocol::Http, "500"),
+    (Protocol::Http, "503"),
     (Protocol::Http, "504"),
     (Protocol::Grpc, "OK"),
     (Protocol::Grpc, "INVALID_ARGUMENT"),
@@ -30,6 +31,7 @@ const CODES: [(Protocol, &str); 14] = [
     (Protocol::Grpc, "OUT_OF_RANGE"),
     (Protocol::Grpc, "RESOURCE_EXHAUSTED"),
     (Protocol::Grpc, "DEADLINE_EXCEEDED"),
+    (Protocol::Grpc, "UNAVAILABLE"),
     (Protocol::Grpc, "INTERNAL"),
 ];
 

@@ -570,7 +570,13 @@ impl RedisStore {
             .iter()
             .map(|f| {
                 let features: BTreeSet<u32> = f.keys.iter().map(|&i| keys[i].0).collect();
-                let names: Vec<String> = features.iter().map(|f| format!("feature #{f}")).collect();
+                let names: Vec<String> = features
+                    .iter()
+                    .map(|&f| match self.features.get(f as usize) {
+                        Some(name) => format!("feature '{name}'"),
+                        None => format!("feature #{f}"),
+                    })
+                    .collect();
                 format!(
                     "node {} (rows of {}: {})",
                     f.node,
@@ -745,7 +751,17 @@ impl EmbeddingStore for RedisStore {
             .arg(self.policy.window_secs)
             .arg(self.policy.expire_after_secs.unwrap_or(0))
             .invoke(&mut self.connection)
-            .map_err(|e| redis_error(&format!("writing {name}"), e))?;
+            .map_err(|e| {
+                // Name the node the row lives on, and its feature, as a failed read does.
+                let node = self
+                    .node_of(key_slot(name.as_bytes()))
+                    .map_or_else(|| "the node".to_string(), |n| format!("node {n}"));
+                let feature = &self.features[key.0 as usize];
+                redis_error(
+                    &format!("writing {name} (a row of feature '{feature}', held by {node})"),
+                    e,
+                )
+            })?;
         if outcome == 0 {
             return Ok(false); // capped
         }
