@@ -136,30 +136,69 @@ pub fn binary_response(
     let t = spec.n_tasks();
     let n = scores.len() / t;
     let mut tail = Vec::with_capacity(4 * n * request.outputs.len());
-    let outputs: Vec<Value> = request
+    let outputs: Vec<OutputHeader> = request
         .outputs
         .iter()
         .zip(&request.binary_outputs)
         .map(|(&task, &binary)| {
             let values = (0..n).map(|i| scores[i * t + task]);
-            let mut output = json!({"name": spec.tasks[task], "datatype": "FP32", "shape": [n]});
-            if binary {
-                output["parameters"] = json!({"binary_data_size": 4 * n});
-                tail.extend(values.flat_map(f32::to_le_bytes));
-            } else {
-                output["data"] = json!(values.collect::<Vec<f32>>());
+            let (parameters, data) = match binary {
+                true => {
+                    tail.extend(values.flat_map(f32::to_le_bytes));
+                    (
+                        Some(BinarySize {
+                            binary_data_size: 4 * n,
+                        }),
+                        None,
+                    )
+                }
+                false => (None, Some(values.collect())),
+            };
+            OutputHeader {
+                name: &spec.tasks[task],
+                datatype: "FP32",
+                shape: [n],
+                parameters,
+                data,
             }
-            output
         })
         .collect();
-    let mut header = json!({"model_name": name, "model_version": version, "outputs": outputs});
-    if let Some(id) = &request.id {
-        header["id"] = json!(id);
-    }
+    let header = ResponseHeader {
+        model_name: name,
+        model_version: version,
+        id: request.id.as_deref(),
+        outputs,
+    };
     let mut body = serde_json::to_vec(&header).expect("a response always serialises");
     let header_length = body.len();
     body.extend(tail);
     (body, header_length)
+}
+
+/// A binary response's JSON header, written straight from these fields (no tree of values).
+#[derive(serde::Serialize)]
+struct ResponseHeader<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    outputs: Vec<OutputHeader<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct OutputHeader<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: [usize; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinarySize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Vec<f32>>,
+}
+
+#[derive(serde::Serialize)]
+struct BinarySize {
+    binary_data_size: usize,
 }
 
 /// The request for `batch` as the binary tensor data extension sends it (what tritonclient and
@@ -338,7 +377,7 @@ pub fn decode_http(
     header_length: Option<usize>,
     spec: &ModelSpec,
 ) -> Result<InferRequest, String> {
-    let (json, mut binary) = match header_length {
+    let (json, binary) = match header_length {
         None => (body, &[][..]),
         Some(n) if n <= body.len() => body.split_at(n),
         Some(n) => {
@@ -348,8 +387,23 @@ pub fn decode_http(
             ))
         }
     };
+    if header_length.is_some() {
+        if let Ok(header) = serde_json::from_slice::<BinaryHeader>(json) {
+            if header.inputs.iter().all(|i| !i.data) {
+                return decode_binary(header, binary, spec);
+            }
+        }
+    }
+    decode_value(json, binary, spec)
+}
+
+/// The general path of [`decode_http`]: the JSON part read into a tree of values, then the
+/// tensors from it (their data inline, or binary from `binary`).
+fn decode_value(json: &[u8], binary: &[u8], spec: &ModelSpec) -> Result<InferRequest, String> {
     let value: Value =
         serde_json::from_slice(json).map_err(|e| format!("the body is not JSON: {e}"))?;
+    // (A binding of its own, whose lifetime may shrink to the tree's, which tensors borrow.)
+    let mut binary: &[u8] = binary;
     let object = value
         .as_object()
         .ok_or("the body must be a JSON object with 'inputs'")?;
@@ -368,11 +422,7 @@ pub fn decode_http(
         .map(|(i, input)| read_tensor(i, input, &mut binary))
         .collect::<Result<Vec<_>, _>>()?;
     if !binary.is_empty() {
-        return Err(format!(
-            "{} bytes of binary tensor data follow the last input's; each binary input's \
-             parameters.binary_data_size must count its bytes",
-            binary.len()
-        ));
+        return Err(leftover(binary.len()));
     }
     let all_binary = flag(object.get("parameters"), "binary_data_output", "parameters")?;
     let (outputs, binary_outputs) = match object.get("outputs") {
@@ -569,22 +619,10 @@ fn read_tensor<'a>(
             let size = size.as_u64().ok_or_else(|| {
                 format!(
                     "input tensor '{name}': parameters.binary_data_size must be a non-negative \
-                 integer, found {size}"
+                     integer, found {size}"
                 )
             })?;
-            let size = usize::try_from(size)
-                .ok()
-                .filter(|&n| n <= binary.len())
-                .ok_or_else(|| {
-                    format!(
-                        "input tensor '{name}': binary_data_size {size} is past the end of the \
-                     body ({} bytes of binary data left)",
-                        binary.len()
-                    )
-                })?;
-            let (bytes, rest) = binary.split_at(size);
-            *binary = rest;
-            little_endian(name, datatype, bytes)?
+            binary_bytes(name, datatype, size, binary)?
         }
         (None, Some(value)) => {
             let mut data = Vec::new();
@@ -594,6 +632,138 @@ fn read_tensor<'a>(
         (None, None) => return Err(format!("input tensor '{name}' needs 'data'")),
     };
     Tensor::new(name, shape, datatype, data)
+}
+
+/// Binary input `name`'s `size` bytes, taken from the front of what is left of the body.
+fn binary_bytes<'a>(
+    name: &str,
+    datatype: &str,
+    size: u64,
+    binary: &mut &'a [u8],
+) -> Result<Data<'a>, String> {
+    let size = usize::try_from(size)
+        .ok()
+        .filter(|&n| n <= binary.len())
+        .ok_or_else(|| {
+            format!(
+                "input tensor '{name}': binary_data_size {size} is past the end of the body ({} \
+                 bytes of binary data left)",
+                binary.len()
+            )
+        })?;
+    let (bytes, rest) = binary.split_at(size);
+    *binary = rest;
+    little_endian(name, datatype, bytes)
+}
+
+/// The JSON header of a request whose every input is binary, read straight into borrowed
+/// fields (no tree of values): the fast path of [`decode_http`]. Anything it does not take as
+/// written (another type, a string with escapes, a repeated key, `null` where a number goes)
+/// fails it, and the general path reads the request instead, with its own messages.
+#[derive(serde::Deserialize)]
+struct BinaryHeader<'a> {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(borrow)]
+    inputs: Vec<BinaryInput<'a>>,
+    #[serde(default, borrow)]
+    outputs: Option<Vec<BinaryOutput<'a>>>,
+    #[serde(default)]
+    parameters: Option<OutputFlags>,
+}
+
+#[derive(serde::Deserialize)]
+struct BinaryInput<'a> {
+    name: &'a str,
+    shape: Vec<u64>,
+    datatype: &'a str,
+    #[serde(default)]
+    parameters: Option<BinaryParameters>,
+    /// Whether `data` is there at all (even `null`): then this is not the fast path's.
+    #[serde(default, deserialize_with = "present")]
+    data: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct BinaryParameters {
+    #[serde(default, deserialize_with = "some_u64")]
+    binary_data_size: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct BinaryOutput<'a> {
+    name: &'a str,
+    #[serde(default)]
+    parameters: Option<BinaryFlag>,
+}
+
+#[derive(serde::Deserialize)]
+struct BinaryFlag {
+    binary_data: Option<bool>,
+}
+
+#[derive(serde::Deserialize)]
+struct OutputFlags {
+    binary_data_output: Option<bool>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
+}
+
+/// A u64 that must be one (`null` fails, unlike a plain `Option<u64>`).
+fn some_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    u64::deserialize(d).map(Some)
+}
+
+use serde::Deserialize;
+
+/// Decodes a request whose header [`BinaryHeader`] read: the same checks, in the same order and
+/// words, as the general path.
+fn decode_binary(
+    header: BinaryHeader,
+    mut binary: &[u8],
+    spec: &ModelSpec,
+) -> Result<InferRequest, String> {
+    let mut tensors = Vec::with_capacity(header.inputs.len());
+    for input in header.inputs {
+        let (name, datatype) = (input.name, input.datatype);
+        let size = input.parameters.and_then(|p| p.binary_data_size);
+        let Some(size) = size else {
+            return Err(format!("input tensor '{name}' needs 'data'"));
+        };
+        let data = binary_bytes(name, datatype, size, &mut binary)?;
+        tensors.push(Tensor::new(name, input.shape, datatype, data)?);
+    }
+    if !binary.is_empty() {
+        return Err(leftover(binary.len()));
+    }
+    let all_binary = header.parameters.and_then(|p| p.binary_data_output);
+    let (outputs, binary_outputs) = match header.outputs {
+        None => (None, None),
+        Some(list) => {
+            let binary = list
+                .iter()
+                .map(|o| {
+                    let own = o.parameters.as_ref().and_then(|p| p.binary_data);
+                    own.or(all_binary).unwrap_or(false)
+                })
+                .collect();
+            (Some(list.iter().map(|o| o.name).collect()), Some(binary))
+        }
+    };
+    let mut request = assemble(spec, header.id, tensors, outputs)?;
+    request.binary_outputs =
+        binary_outputs.unwrap_or_else(|| vec![all_binary.unwrap_or(false); request.outputs.len()]);
+    Ok(request)
+}
+
+/// The error for binary data left after the last input's.
+fn leftover(bytes: usize) -> String {
+    format!(
+        "{bytes} bytes of binary tensor data follow the last input's; each binary input's \
+         parameters.binary_data_size must count its bytes"
+    )
 }
 
 /// The element types pepnet reads as bytes, and the size of one.
@@ -868,6 +1038,105 @@ mod tests {
 
     fn spec() -> ModelSpec {
         ModelSpec::from_json(SPEC, "spec").unwrap()
+    }
+
+    /// The binary header's fast path decodes every request as the general path does: the same
+    /// request, or the same error word for word.
+    #[test]
+    fn the_binary_fast_path_agrees_with_the_general_path() {
+        let spec = spec();
+        let batch = pepnet_core::synth::random_batch(&spec, 5, 3);
+        let (body, n) = binary_request(&spec, &batch, Some("r"));
+        let header: Value = serde_json::from_slice(&body[..n]).unwrap();
+        let tail = body[n..].to_vec();
+        let with = |edit: &dyn Fn(&mut Value), tail: &[u8]| {
+            let mut h = header.clone();
+            edit(&mut h);
+            let mut body = serde_json::to_vec(&h).unwrap();
+            let n = body.len();
+            body.extend_from_slice(tail);
+            (body, n)
+        };
+        let size = |i: usize| header["inputs"][i]["parameters"]["binary_data_size"].clone();
+        let cases: Vec<(&str, (Vec<u8>, usize))> = vec![
+            ("as sent", (body.clone(), n)),
+            ("truncated", (body[..body.len() - 3].to_vec(), n)),
+            (
+                "bytes left over",
+                with(&|_| {}, &[tail.as_slice(), &[0; 8]].concat()),
+            ),
+            (
+                "size past the end",
+                with(
+                    &|h| h["inputs"][0]["parameters"]["binary_data_size"] = json!(1 << 20),
+                    &tail,
+                ),
+            ),
+            (
+                "size not whole",
+                with(
+                    &|h| {
+                        h["inputs"][0]["parameters"]["binary_data_size"] =
+                            json!(size(0).as_u64().unwrap() - 1)
+                    },
+                    &tail,
+                ),
+            ),
+            (
+                "size null",
+                with(
+                    &|h| h["inputs"][1]["parameters"]["binary_data_size"] = Value::Null,
+                    &tail,
+                ),
+            ),
+            (
+                "no size",
+                with(&|h| h["inputs"][1]["parameters"] = json!({}), &tail),
+            ),
+            (
+                "shape disagrees",
+                with(&|h| h["inputs"][0]["shape"] = json!([4]), &tail),
+            ),
+            (
+                "negative shape",
+                with(&|h| h["inputs"][0]["shape"] = json!([-5]), &tail),
+            ),
+            (
+                "wrong datatype",
+                with(&|h| h["inputs"][0]["datatype"] = json!("FP16"), &tail),
+            ),
+            (
+                "escaped name",
+                with(&|h| h["inputs"][0]["name"] = json!("ta\"b"), &tail),
+            ),
+            (
+                "unknown output",
+                with(&|h| h["outputs"] = json!([{"name": "nope"}]), &tail),
+            ),
+            (
+                "one output binary",
+                with(
+                    &|h| h["outputs"] = json!([{"name": "like", "parameters": {"binary_data": true}}, {"name": "click"}]),
+                    &tail,
+                ),
+            ),
+            (
+                "flag not a bool",
+                with(
+                    &|h| h["parameters"] = json!({"binary_data_output": 1}),
+                    &tail,
+                ),
+            ),
+            ("id a number", with(&|h| h["id"] = json!(7), &tail)),
+            (
+                "data as well",
+                with(&|h| h["inputs"][0]["data"] = Value::Null, &tail),
+            ),
+        ];
+        for (what, (body, n)) in cases {
+            let general = decode_value(&body[..n], &body[n..], &spec);
+            assert_eq!(decode_http(&body, Some(n), &spec), general, "{what}");
+        }
     }
 
     #[test]
