@@ -236,6 +236,29 @@ pub fn two_versions(
     (model, v2, expected)
 }
 
+/// Which of two model versions answered the request for rows `at..` (`body` a JSON answer):
+/// 0 or 1 by its `model_version` ("1" or "2"), after checking that every score it holds equals,
+/// bit for bit, that version's `expected` score of the row: an answer is wholly one version's.
+pub fn answered_version(body: &Value, at: usize, expected: &[Vec<Vec<f32>>; 2]) -> usize {
+    let v = match body["model_version"].as_str().unwrap() {
+        "1" => 0,
+        "2" => 1,
+        other => panic!("version {other}"),
+    };
+    for (t, output) in body["outputs"].as_array().unwrap().iter().enumerate() {
+        for (k, p) in output["data"].as_array().unwrap().iter().enumerate() {
+            assert_eq!(
+                (p.as_f64().unwrap() as f32).to_bits(),
+                expected[v][at + k][t].to_bits(),
+                "row {}: an answer mixing versions (version {})",
+                at + k + 1,
+                v + 1
+            );
+        }
+    }
+    v
+}
+
 /// Replaces the model directory's files with `from`'s, each by an atomic rename.
 pub fn publish(from: &Path, model: &Path) {
     for f in ["model.json", "weights.safetensors"] {
