@@ -16,6 +16,17 @@ fn main() -> ExitCode {
         true => pepnet::remove_unfinished_on_interrupt(),
         false => Ok(()),
     };
+    if cli.command.writes_files() {
+        // Warnings (a store node down, and back) on stderr; a server sets up its own logs.
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .without_time()
+            .with_target(false)
+            .try_init();
+    }
     if let Err(e) = watch {
         eprintln!("warning: cannot watch for interrupts ({e}); an interrupted run may leave .pepnet-* files");
     }

@@ -22,7 +22,7 @@ const ITEMS: usize = 1700;
 fn options(cluster: &RedisCluster, namespace: &str) -> RedisOptions {
     let mut o = RedisOptions::from_url(&cluster.url(), "test").unwrap();
     o.namespace = namespace.into();
-    o.timeout = Duration::from_millis(500);
+    o.timeouts.read = Duration::from_millis(500);
     o
 }
 

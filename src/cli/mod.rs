@@ -246,10 +246,24 @@ pub struct StoreFlags {
     /// The namespace in the store (one per model).
     #[arg(long, default_value = "default", requires = "store")]
     pub store_namespace: String,
-    /// Milliseconds to wait for a store node before it counts as down.
-    #[arg(long, default_value_t = 1000, requires = "store",
+    /// Milliseconds a batch's row reads may wait on a store node before it counts as down
+    /// (its keys then fail at once, or read default rows with --degraded, until it answers a
+    /// probe).
+    #[arg(long, default_value_t = 500, requires = "store",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub store_timeout_ms: u64,
+    /// Milliseconds to wait for a connection to a store node.
+    #[arg(long, default_value_t = 250, requires = "store",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub store_connect_timeout_ms: u64,
+    /// Milliseconds a row write may wait on its store node.
+    #[arg(long, default_value_t = 1000, requires = "store",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub store_write_timeout_ms: u64,
+    /// Milliseconds between pings of a store node that is down.
+    #[arg(long, default_value_t = 1000, requires = "store",
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub store_probe_ms: u64,
     /// When a store node is down or slow, score its ids with their feature's default row
     /// (counted as unavailable in the cache statistics) instead of failing.
     #[arg(long, requires = "store")]
@@ -265,7 +279,13 @@ impl StoreFlags {
     pub fn redis(&self) -> Option<pepnet::store::redis::RedisOptions> {
         self.store.clone().map(|mut r| {
             r.namespace = self.store_namespace.clone();
-            r.timeout = std::time::Duration::from_millis(self.store_timeout_ms);
+            let ms = std::time::Duration::from_millis;
+            r.timeouts = pepnet::store::redis::Timeouts {
+                connect: ms(self.store_connect_timeout_ms),
+                read: ms(self.store_timeout_ms),
+                write: ms(self.store_write_timeout_ms),
+            };
+            r.probe = ms(self.store_probe_ms);
             r.degraded = self.degraded;
             r
         })

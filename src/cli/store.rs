@@ -108,10 +108,11 @@ impl Load {
             bar.finish_and_clear();
         }
         eprintln!(
-            "loaded {} rows ({}) into namespace '{}' on {} in {:.3} s ({:.0} rows/s)",
+            "loaded {} rows ({}) into namespace '{}' (generation {}) on {} in {:.3} s ({:.0} rows/s)",
             loaded.rows,
             row_type.name(),
             options.namespace,
+            loaded.generation,
             options.nodes.join(","),
             loaded.seconds,
             loaded.rows as f64 / loaded.seconds.max(1e-9)

@@ -160,6 +160,8 @@ pub struct FeatureStats {
     /// Id occurrences whose store node did not answer, scored with the default row in
     /// degraded mode.
     pub unavailable: u64,
+    /// Cached rows dropped because the store was loaded again (a new generation).
+    pub reloaded: u64,
 }
 
 impl FeatureStats {
@@ -173,6 +175,7 @@ impl FeatureStats {
         self.capped_updates += o.capped_updates;
         self.expired += o.expired;
         self.unavailable += o.unavailable;
+        self.reloaded += o.reloaded;
     }
 
     /// hits / (hits + misses), 0 before any lookup.
@@ -201,6 +204,8 @@ pub struct CacheStats {
     pub features: Vec<FeatureStats>,
     /// Counters summed over the hashed features.
     pub total: FeatureStats,
+    /// Times the store said it was loaded again and the cache dropped everything it held.
+    pub store_reloads: u64,
 }
 
 /// What a live update did.
@@ -393,6 +398,8 @@ pub struct CacheState {
     uses: Vec<u64>,
     batch: u64,
     stats: Vec<FeatureStats>,
+    /// Times the store was loaded again ([`EmbeddingStore::take_reloaded`]).
+    reloads: u64,
     /// `None` in a host-only simulation.
     pub buffers: Option<CacheBuffers>,
     entries: Upload,
@@ -507,6 +514,7 @@ impl CacheState {
                     ..Default::default()
                 })
                 .collect(),
+            reloads: 0,
             buffers: None,
             entries: Upload::host_only(4, usize::MAX),
             rows: Upload::host_only(row_words(d, precision), usize::MAX),
@@ -779,6 +787,29 @@ impl CacheState {
         Ok(gone.len())
     }
 
+    /// Drops every cached row and every id cached as unknown (the store was loaded again),
+    /// counted per feature as reloaded.
+    fn drop_all(&mut self) {
+        let mut rows = 0u64;
+        for slot in 0..self.slots.len() {
+            if let Some(key) = self.slots[slot] {
+                self.drop_cached(key);
+                self.stats[key.0 as usize].reloaded += 1;
+                rows += 1;
+            }
+        }
+        let unknown = std::mem::take(&mut self.unknown);
+        let mut ids = 0u64;
+        for key in unknown {
+            if self.table.get(table::tag(key.0 as usize), key.1) == Some(UNKNOWN) {
+                self.table.remove(table::tag(key.0 as usize), key.1);
+                ids += 1;
+            }
+        }
+        let _ = (rows, ids);
+        self.reloads += 1;
+    }
+
     /// Drops `key`'s cached row, if any; says whether there was one.
     fn drop_cached(&mut self, key: Key) -> bool {
         match self.table.remove(table::tag(key.0 as usize), key.1) {
@@ -853,7 +884,13 @@ impl CacheState {
     /// which) and those past their expiry, and submits the table's changes, so the lookup sees
     /// neither.
     pub fn refresh(&mut self, ctx: &GpuContext) {
+        let reloaded = self.store.take_reloaded();
         let changed = self.store.take_changed();
+        if reloaded {
+            self.drop_all();
+            self.flush(ctx);
+            return;
+        }
         let mut dropped = 0;
         for &key in &changed {
             dropped += usize::from(self.drop_cached(key));
@@ -909,6 +946,7 @@ impl CacheState {
             store_rows: self.store.len() as u64,
             features,
             total,
+            store_reloads: self.reloads,
         }
     }
 

@@ -94,6 +94,12 @@ pub trait EmbeddingStore: Send {
     fn take_changed(&mut self) -> Vec<Key> {
         Vec::new()
     }
+
+    /// Whether the whole store changed since the last call (a bulk load into a shared store):
+    /// every cached row, and every id cached as unknown, is stale.
+    fn take_reloaded(&mut self) -> bool {
+        false
+    }
 }
 
 /// Opens a store for an engine (`cache::StoreSource::Open`): called once per engine built, so
