@@ -11,6 +11,8 @@ pub struct RedisCluster {
     dir: tempfile::TempDir,
     pub ports: Vec<u16>,
     nodes: Vec<Option<Child>>,
+    /// How long a primary may be unreachable before its replica takes over (ms).
+    node_timeout_ms: u64,
 }
 
 /// A port free now, whose cluster-bus port (+10000) is free too.
@@ -40,7 +42,14 @@ fn redis_cli(args: &[&str]) -> std::process::Output {
 impl RedisCluster {
     /// Starts `n` (at least 3) primaries and joins them into one cluster.
     pub fn start(n: usize) -> Self {
-        assert!(n >= 3, "Redis Cluster needs three primaries");
+        Self::start_with(n, 0, 5000)
+    }
+
+    /// Starts `primaries` (at least 3) primaries with `replicas` replicas each, joined into one
+    /// cluster; a primary unreachable for `node_timeout_ms` is failed over to a replica.
+    pub fn start_with(primaries: usize, replicas: usize, node_timeout_ms: u64) -> Self {
+        assert!(primaries >= 3, "Redis Cluster needs three primaries");
+        let n = primaries * (1 + replicas);
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut ports = Vec::new();
         for _ in 0..n {
@@ -50,6 +59,7 @@ impl RedisCluster {
             dir,
             ports,
             nodes: (0..n).map(|_| None).collect(),
+            node_timeout_ms,
         };
         for i in 0..n {
             cluster.start_node(i);
@@ -61,7 +71,8 @@ impl RedisCluster {
             .collect();
         let mut args = vec!["--cluster", "create"];
         args.extend(addrs.iter().map(String::as_str));
-        args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        let replicas = replicas.to_string();
+        args.extend(["--cluster-replicas", &replicas, "--cluster-yes"]);
         let out = redis_cli(&args);
         assert!(
             out.status.success(),
@@ -83,6 +94,7 @@ impl RedisCluster {
         let dir = self.node_dir(i);
         std::fs::create_dir_all(&dir).expect("node directory");
         let port = self.ports[i].to_string();
+        let node_timeout = self.node_timeout_ms.to_string();
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -94,7 +106,7 @@ impl RedisCluster {
                 "--cluster-config-file",
                 "nodes.conf",
                 "--cluster-node-timeout",
-                "5000",
+                &node_timeout,
                 // Live nodes keep serving their slots while one is down (degraded mode).
                 "--cluster-require-full-coverage",
                 "no",
@@ -183,6 +195,92 @@ impl RedisCluster {
             .map(|p| format!("127.0.0.1:{p}"))
             .collect();
         format!("redis://{}", nodes.join(","))
+    }
+
+    /// `CLUSTER NODES` as a running node sees it: (port, is a primary, slot ranges).
+    fn topology(&self) -> Vec<(u16, bool, Vec<(u16, u16)>)> {
+        let asked = (0..self.ports.len())
+            .find(|&i| self.nodes[i].is_some())
+            .expect("a running node");
+        let out = redis_cli(&["-p", &self.ports[asked].to_string(), "cluster", "nodes"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let port = f
+                    .get(1)?
+                    .split('@')
+                    .next()?
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                let primary = f.get(2)?.contains("master") && !f[2].contains("fail");
+                let ranges = f[8.min(f.len())..]
+                    .iter()
+                    .filter(|r| !r.starts_with('['))
+                    .filter_map(|r| match r.split_once('-') {
+                        Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                        None => r.parse().ok().map(|a| (a, a)),
+                    })
+                    .collect();
+                Some((port, primary, ranges))
+            })
+            .collect()
+    }
+
+    /// The index of the node serving `slot` as a primary now.
+    pub fn owner_of(&self, slot: u16) -> usize {
+        self.try_owner_of(slot)
+            .unwrap_or_else(|| panic!("no primary serves slot {slot}"))
+    }
+
+    fn try_owner_of(&self, slot: u16) -> Option<usize> {
+        let port = self
+            .topology()
+            .into_iter()
+            .find(|(_, primary, ranges)| {
+                *primary && ranges.iter().any(|&(a, b)| (a..=b).contains(&slot))
+            })
+            .map(|(port, _, _)| port)?;
+        self.ports.iter().position(|&p| p == port)
+    }
+
+    /// Waits (at most 20 s) until slot `slot` is served by a primary other than `old`.
+    pub fn wait_for_failover(&self, slot: u16, old: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let owner = self.try_owner_of(slot);
+            if let Some(new) = owner.filter(|&n| n != old && self.nodes[n].is_some()) {
+                return new;
+            }
+            assert!(Instant::now() < deadline, "no failover within 20 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until every primary's writes reached its replicas (WAIT on each primary).
+    pub fn wait_for_replicas(&self, replicas: usize) {
+        for (i, port) in self.ports.iter().enumerate() {
+            if self.nodes[i].is_none() {
+                continue;
+            }
+            let role = redis_cli(&["-p", &port.to_string(), "role"]);
+            if String::from_utf8_lossy(&role.stdout).starts_with("master") {
+                let out = redis_cli(&[
+                    "-p",
+                    &port.to_string(),
+                    "wait",
+                    &replicas.to_string(),
+                    "5000",
+                ]);
+                let acked: usize = String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse()
+                    .unwrap_or(0);
+                assert!(acked >= replicas, "node {i}: {acked} replicas acknowledged");
+            }
+        }
     }
 
     /// The slot `CLUSTER KEYSLOT` gives `key`.
