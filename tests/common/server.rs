@@ -78,7 +78,14 @@ impl Server {
             }
         };
         // Keep draining stderr so that the server never blocks on it.
-        std::thread::spawn(move || for _ in lines {});
+        // Its warnings go to the test's output, to read when a test fails.
+        std::thread::spawn(move || {
+            for line in lines.map_while(|l| l.ok()) {
+                if line.contains("WARN") || line.contains("ERROR") {
+                    eprintln!("server: {line}");
+                }
+            }
+        });
         Self { child, url, grpc }
     }
 
