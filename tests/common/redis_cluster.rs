@@ -15,6 +15,15 @@ pub struct RedisCluster {
     node_timeout_ms: u64,
 }
 
+/// A node as `CLUSTER NODES` lists it.
+struct Node {
+    port: u16,
+    /// A primary not marked failing.
+    primary: bool,
+    /// Its slot ranges, first and last included.
+    ranges: Vec<(u16, u16)>,
+}
+
 /// A port free now, whose cluster-bus port (+10000) is free too.
 fn free_port_pair(taken: &[u16]) -> u16 {
     for _ in 0..200 {
@@ -197,8 +206,8 @@ impl RedisCluster {
         format!("redis://{}", nodes.join(","))
     }
 
-    /// `CLUSTER NODES` as a running node sees it: (port, is a primary, slot ranges).
-    fn topology(&self) -> Vec<(u16, bool, Vec<(u16, u16)>)> {
+    /// `CLUSTER NODES` as a running node sees it.
+    fn topology(&self) -> Vec<Node> {
         let asked = (0..self.ports.len())
             .find(|&i| self.nodes[i].is_some())
             .expect("a running node");
@@ -224,7 +233,11 @@ impl RedisCluster {
                         None => r.parse().ok().map(|a| (a, a)),
                     })
                     .collect();
-                Some((port, primary, ranges))
+                Some(Node {
+                    port,
+                    primary,
+                    ranges,
+                })
             })
             .collect()
     }
@@ -239,10 +252,8 @@ impl RedisCluster {
         let port = self
             .topology()
             .into_iter()
-            .find(|(_, primary, ranges)| {
-                *primary && ranges.iter().any(|&(a, b)| (a..=b).contains(&slot))
-            })
-            .map(|(port, _, _)| port)?;
+            .find(|n| n.primary && n.ranges.iter().any(|&(a, b)| (a..=b).contains(&slot)))
+            .map(|n| n.port)?;
         self.ports.iter().position(|&p| p == port)
     }
 

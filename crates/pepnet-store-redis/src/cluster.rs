@@ -119,6 +119,17 @@ impl Cluster {
             .map(|(_, _, node)| node.clone())
     }
 
+    /// A node that is not down: a primary of the slot map, else a seed.
+    pub fn up_node(&self) -> Option<String> {
+        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+        slots
+            .iter()
+            .map(|(_, _, n)| n)
+            .chain(&self.seeds)
+            .find(|n| self.down(n).is_none())
+            .cloned()
+    }
+
     /// Why `node` is down, if it is (its circuit is open).
     pub fn down(&self, node: &str) -> Option<String> {
         let down = self.down.lock().unwrap_or_else(|p| p.into_inner());

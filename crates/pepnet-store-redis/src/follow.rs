@@ -1,11 +1,14 @@
 //! Following a namespace's update streams, one per bucket. A thread keeps each stream's last
-//! entry read and polls every stream with one pipeline per node (all nodes at once), at once
-//! again after a poll that read entries, else after a few milliseconds. A node that is down is
-//! skipped (its streams' positions are kept, so nothing written there is missed once it is
-//! back, and nothing can be written there while it is down).
+//! entry read and polls every stream with one pipeline per node (all nodes at once): at once
+//! again after a poll that read entries, at once when the doorbell rings, else every
+//! [`POLL`]. The doorbell is a Pub/Sub channel the write scripts publish to (classic Pub/Sub
+//! reaches every node of the cluster); it only makes a write seen sooner, so a lost ring costs
+//! at most one poll interval, never an update. A node that is down is skipped (its streams'
+//! positions are kept, so nothing written there is missed once it is back, and nothing can be
+//! written there while it is down).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
@@ -16,8 +19,8 @@ use pepnet_core::store::Key;
 use crate::cluster::{Cluster, Links};
 use crate::layout::{bucket_slot, stream_key};
 
-/// How long a poll that read nothing waits before the next.
-const POLL: Duration = Duration::from_millis(5);
+/// How long a poll that read nothing waits for the doorbell before polling anyway.
+const POLL: Duration = Duration::from_millis(50);
 
 /// Entries read per stream per poll.
 const READ_COUNT: usize = 4096;
@@ -44,6 +47,15 @@ pub(crate) struct Follower {
     pub positions: Vec<Option<String>>,
     pub changes: Arc<Mutex<Changes>>,
     pub links: Links,
+    /// Rung (set true) by the doorbell's subscriber.
+    pub bell: Arc<(Mutex<bool>, Condvar)>,
+    /// Set when the store is dropped.
+    pub stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The doorbell channel of namespace `namespace`.
+pub(crate) fn doorbell(namespace: &str) -> String {
+    format!("pepnet:{namespace}:written")
 }
 
 impl Follower {
@@ -52,12 +64,29 @@ impl Follower {
         self.poll(true);
     }
 
-    /// Polls until the cluster is stopped.
+    fn stopped(&self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Polls until the store is dropped.
     pub fn run(mut self) {
-        while !self.cluster.stopped() {
-            if self.poll(false) == 0 && !self.cluster.sleep(POLL) {
-                return;
+        {
+            let (cluster, channel) = (self.cluster.clone(), doorbell(&self.namespace));
+            let (bell, stop) = (self.bell.clone(), self.stop.clone());
+            let _ = std::thread::Builder::new()
+                .name("pepnet-store-doorbell".into())
+                .spawn(move || listen(&cluster, &channel, &bell, &stop));
+        }
+        while !self.stopped() {
+            if self.poll(false) > 0 {
+                continue;
             }
+            let (rung, wake) = &*self.bell;
+            let guard = rung.lock().unwrap_or_else(|p| p.into_inner());
+            let (mut guard, _) = wake
+                .wait_timeout_while(guard, POLL, |rung| !*rung)
+                .unwrap_or_else(|p| p.into_inner());
+            *guard = false;
         }
     }
 
@@ -157,5 +186,40 @@ impl Follower {
             }
         }
         read
+    }
+}
+
+/// Subscribes to the doorbell on a node that is up, ringing `bell` at every message, until
+/// `stop`; moves to another node when its node fails.
+fn listen(
+    cluster: &Cluster,
+    channel: &str,
+    bell: &(Mutex<bool>, Condvar),
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    let stopped = || stop.load(std::sync::atomic::Ordering::Relaxed);
+    while !stopped() {
+        let Some(node) = cluster.up_node() else {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        let Ok(mut connection) = cluster.connect(&node, Duration::from_millis(200)) else {
+            continue;
+        };
+        let mut pubsub = connection.as_pubsub();
+        if pubsub.subscribe(channel).is_err() {
+            continue;
+        }
+        while !stopped() {
+            match pubsub.get_message() {
+                Ok(_) => {
+                    let (rung, wake) = bell;
+                    *rung.lock().unwrap_or_else(|p| p.into_inner()) = true;
+                    wake.notify_one();
+                }
+                Err(e) if e.is_timeout() => {}
+                Err(_) => break,
+            }
+        }
     }
 }

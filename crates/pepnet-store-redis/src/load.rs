@@ -28,11 +28,12 @@ pub struct Loaded {
 }
 
 /// A bucket's metadata and the announcement of a generation, atomically. KEYS: the bucket's
-/// metadata, its stream. ARGV: the generation, the stream's length, then the metadata's field
-/// and value pairs.
+/// metadata, its stream. ARGV: the generation, the stream's length, the doorbell channel, then
+/// the metadata's field and value pairs.
 const META_SCRIPT: &str = r"
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'generation', ARGV[1])
+redis.call('PUBLISH', ARGV[3], '1')
 return 1
 ";
 
@@ -127,6 +128,7 @@ pub fn load(
                     .arg(stream_key(ns, b))
                     .arg(generation)
                     .arg(STREAM_LENGTH)
+                    .arg(crate::follow::doorbell(ns))
                     .arg("layout")
                     .arg(LAYOUT)
                     .arg("d")

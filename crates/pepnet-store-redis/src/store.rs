@@ -10,7 +10,7 @@ use pepnet_core::error::{Error, Result};
 use pepnet_core::store::{EmbeddingStore, Fetched, Key, UpdatePolicy};
 
 use crate::cluster::{Cluster, Links};
-use crate::follow::{Changes, Follower};
+use crate::follow::{doorbell, Changes, Follower};
 use crate::layout::{
     bucket_of, bucket_slot, check_namespace, decode_row, meta_key, row_key, row_value, stream_key,
     version_now, LAYOUT, MIN_BUCKETS,
@@ -153,10 +153,13 @@ pub struct RedisStore {
     bucket_slots: Vec<u16>,
     rows: usize,
     changes: Arc<Mutex<Changes>>,
+    /// Stops the update follower.
+    stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Drop for RedisStore {
     fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.cluster.stop();
     }
 }
@@ -164,7 +167,7 @@ impl Drop for RedisStore {
 /// The write of one row under the update policy, atomically on its bucket's slot, with its
 /// announcement. KEYS: the row, its write counter, the bucket's metadata, the bucket's stream.
 /// ARGV: the value, the cap (0: none), the window in seconds, the TTL in seconds (0: none), the
-/// feature, the id, the stream's length. Returns -1 when the bucket has no metadata (its node
+/// feature, the id, the stream's length, the doorbell channel. Returns -1 when the bucket has no metadata (its node
 /// lost its data), 0 when capped, 1 for a new row, 2 for a replaced one.
 fn write_script() -> &'static redis::Script {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
@@ -187,6 +190,7 @@ fn write_script() -> &'static redis::Script {
             end
             if existed == 0 then redis.call('HINCRBY', KEYS[3], 'rows', 1) end
             redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'f', ARGV[5], 'id', ARGV[6])
+            redis.call('PUBLISH', ARGV[8], '1')
             return 1 + existed
             ",
         )
@@ -194,7 +198,8 @@ fn write_script() -> &'static redis::Script {
 }
 
 /// The removal of one row with its announcement. KEYS: the row, the bucket's metadata, the
-/// bucket's stream. ARGV: the feature, the id, the stream's length. Returns the keys removed.
+/// bucket's stream. ARGV: the feature, the id, the stream's length, the doorbell channel.
+/// Returns the keys removed.
 fn remove_script() -> &'static redis::Script {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
     SCRIPT.get_or_init(|| {
@@ -204,6 +209,7 @@ fn remove_script() -> &'static redis::Script {
             if n > 0 then
                 redis.call('HINCRBY', KEYS[2], 'rows', -1)
                 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'f', ARGV[1], 'id', ARGV[2])
+                redis.call('PUBLISH', ARGV[4], '1')
             end
             return n
             ",
@@ -273,6 +279,7 @@ impl RedisStore {
             .map(|m| m.generation)
             .max()
             .unwrap_or(meta.generation);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let changes = Arc::new(Mutex::new(Changes {
             generation,
             ..Default::default()
@@ -285,6 +292,8 @@ impl RedisStore {
             positions: vec![None; meta.buckets as usize],
             changes: changes.clone(),
             links: Links::default(),
+            bell: Arc::new((Mutex::new(false), std::sync::Condvar::new())),
+            stop: stop.clone(),
         };
         follower.start_positions();
         std::thread::Builder::new()
@@ -301,6 +310,7 @@ impl RedisStore {
             meta: Meta { generation, ..meta },
             rows,
             changes,
+            stop,
         })
     }
 
@@ -579,7 +589,8 @@ impl EmbeddingStore for RedisStore {
             .arg(policy.expire_after_secs.unwrap_or(0))
             .arg(&self.features[key.0 as usize])
             .arg(key.1)
-            .arg(STREAM_LENGTH);
+            .arg(STREAM_LENGTH)
+            .arg(doorbell(&ns));
         match self.run_script(key, &invocation)? {
             -1 => Err(Error::Store(format!(
                 "writing {} (a row of feature '{}') was refused: node {} holds no metadata of \
@@ -637,7 +648,8 @@ impl EmbeddingStore for RedisStore {
             .key(stream_key(&ns, b))
             .arg(&self.features[key.0 as usize])
             .arg(key.1)
-            .arg(STREAM_LENGTH);
+            .arg(STREAM_LENGTH)
+            .arg(doorbell(&ns));
         let n = self.run_script(key, &invocation)?;
         if n > 0 {
             self.rows = self.rows.saturating_sub(1);
