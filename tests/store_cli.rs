@@ -370,6 +370,20 @@ fn a_frozen_node_costs_score_and_serve_one_timeout_and_a_load_reaches_servers_wi
             start.duration_since(froze)
         );
     }
+    // The metrics count the unavailable lookups per feature and per node.
+    let (_, metrics) = common::server::get(&format!("{}/metrics", server.url));
+    let frozen = format!("node=\"127.0.0.1:{}\"", cluster.ports[1]);
+    let per_node = metrics
+        .lines()
+        .find(|l| l.starts_with("pepnet_store_unavailable_total") && l.contains(&frozen))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(!per_node.ends_with(" 0"), "{per_node}");
+    assert!(
+        metrics.contains(
+            "pepnet_cache_unavailable_total{model=\"pepnet\",version=\"1\",feature=\"user_id\"}"
+        ),
+        "{metrics}"
+    );
     let start = Instant::now();
     while scores(&server, &users[..16]) != baseline {
         assert!(

@@ -157,6 +157,18 @@ fn a_frozen_node_costs_one_timeout_then_is_skipped_counted_and_exact_once_it_tha
         "exactly the frozen node's id occurrences"
     );
     assert_eq!(stats.unknown, 0, "unavailable, not unknown");
+    // Counted per node too: the frozen one is down and holds every unavailable lookup.
+    let nodes = degraded.cache_stats().unwrap().store_nodes;
+    let node = |name: &str| nodes.iter().find(|n| n.node == name).cloned();
+    let frozen_health = node(&frozen_node["node ".len()..]).expect("listed");
+    assert!(frozen_health.down);
+    // The store counts the distinct ids it was asked for, the cache their occurrences.
+    let distinct: std::collections::HashSet<_> = hashed_ids(&batches[0].1)
+        .into_iter()
+        .filter(|&(f, id)| owners[bucket_of(f, id, DEFAULT_BUCKETS) as usize] == frozen)
+        .collect();
+    assert_eq!(frozen_health.unavailable, distinct.len() as u64);
+    assert_eq!(nodes.iter().filter(|n| n.down).count(), 1, "{nodes:?}");
     // The node is skipped at once from now on.
     let start = Instant::now();
     degraded.score(&batches[1].1).unwrap();

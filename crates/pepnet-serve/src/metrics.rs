@@ -210,5 +210,67 @@ pub(super) fn render(app: &App) -> String {
             }
         }
     }
+    let caches: Vec<_> = served
+        .iter()
+        .filter_map(|s| Some((s, s.batcher.engine().cache_stats()?)))
+        .collect();
+    let _ = writeln!(
+        text,
+        "# HELP pepnet_cache_unavailable_total Id lookups scored with the default row because \
+         their store node was down (degraded mode), per hashed feature.\n\
+         # TYPE pepnet_cache_unavailable_total counter"
+    );
+    for (s, cache) in &caches {
+        for f in &cache.features {
+            let _ = writeln!(
+                text,
+                "pepnet_cache_unavailable_total{{model=\"{}\",version=\"{}\",feature=\"{}\"}} {}",
+                s.name, s.version, f.feature, f.unavailable
+            );
+        }
+    }
+    let _ = writeln!(
+        text,
+        "# HELP pepnet_cache_store_reloads_total Loads of the store's namespace the cache \
+         followed by dropping every row and unknown id it held.\n\
+         # TYPE pepnet_cache_store_reloads_total counter"
+    );
+    for (s, cache) in &caches {
+        let _ = writeln!(
+            text,
+            "pepnet_cache_store_reloads_total{{model=\"{}\",version=\"{}\"}} {}",
+            s.name, s.version, cache.store_reloads
+        );
+    }
+    let families = [
+        (
+            "pepnet_store_node_down",
+            "gauge",
+            "Whether a store node is skipped now (it missed a deadline and has not answered a \
+             probe since).",
+        ),
+        (
+            "pepnet_store_unavailable_total",
+            "counter",
+            "Keys fetched as unavailable because their store node was down, per node (each \
+             distinct key of a batch's misses once).",
+        ),
+    ];
+    for (family, kind, help) in families {
+        let _ = writeln!(text, "# HELP {family} {help}\n# TYPE {family} {kind}");
+        for (s, cache) in &caches {
+            for n in &cache.store_nodes {
+                let value = match kind {
+                    "gauge" => u64::from(n.down),
+                    _ => n.unavailable,
+                };
+                let _ = writeln!(
+                    text,
+                    "{family}{{model=\"{}\",version=\"{}\",node=\"{}\"}} {value}",
+                    s.name, s.version, n.node
+                );
+            }
+        }
+    }
     text
 }

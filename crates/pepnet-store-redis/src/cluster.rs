@@ -53,6 +53,8 @@ pub(crate) struct Cluster {
     /// Slot ranges' primaries: (first slot, last slot, `host:port`).
     slots: RwLock<Vec<(u16, u16, String)>>,
     down: Mutex<BTreeMap<String, Down>>,
+    /// Per node, key lookups answered as unavailable because it was down, ever.
+    unavailable: Mutex<BTreeMap<String, u64>>,
     stop: AtomicBool,
 }
 
@@ -68,6 +70,7 @@ impl Cluster {
             probe,
             slots: RwLock::new(Vec::new()),
             down: Mutex::new(BTreeMap::new()),
+            unavailable: Mutex::new(BTreeMap::new()),
             stop: AtomicBool::new(false),
         })
     }
@@ -164,8 +167,43 @@ impl Cluster {
         }
     }
 
+    /// Every node known (the slot map's primaries, and any down or counted), with its health.
+    pub fn health(&self) -> Vec<pepnet_core::store::NodeHealth> {
+        let mut nodes: BTreeMap<String, (bool, u64)> = BTreeMap::new();
+        for (_, _, n) in self.slots.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            nodes.entry(n.clone()).or_default();
+        }
+        for n in self.down.lock().unwrap_or_else(|p| p.into_inner()).keys() {
+            nodes.entry(n.clone()).or_default().0 = true;
+        }
+        for (n, &count) in self
+            .unavailable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            nodes.entry(n.clone()).or_default().1 = count;
+        }
+        nodes
+            .into_iter()
+            .map(
+                |(node, (down, unavailable))| pepnet_core::store::NodeHealth {
+                    node,
+                    down,
+                    unavailable,
+                },
+            )
+            .collect()
+    }
+
     /// Counts `n` lookups answered unavailable because `node` is down.
     pub fn count_skipped(&self, node: &str, n: u64) {
+        *self
+            .unavailable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(node.to_string())
+            .or_default() += n;
         if let Some(d) = self
             .down
             .lock()

@@ -611,6 +611,10 @@ impl EmbeddingStore for RedisStore {
         }
     }
 
+    fn nodes(&self) -> Vec<pepnet_core::store::NodeHealth> {
+        self.cluster.health()
+    }
+
     fn take_changed(&mut self) -> Vec<Key> {
         std::mem::take(&mut self.changes.lock().unwrap_or_else(|p| p.into_inner()).keys)
     }

@@ -206,6 +206,8 @@ pub struct CacheStats {
     pub total: FeatureStats,
     /// Times the store said it was loaded again and the cache dropped everything it held.
     pub store_reloads: u64,
+    /// The store's nodes and their health (a networked store's).
+    pub store_nodes: Vec<crate::store::NodeHealth>,
 }
 
 /// What a live update did.
@@ -947,6 +949,7 @@ impl CacheState {
             features,
             total,
             store_reloads: self.reloads,
+            store_nodes: self.store.nodes(),
         }
     }
 

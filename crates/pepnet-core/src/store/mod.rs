@@ -34,6 +34,18 @@ impl Default for UpdatePolicy {
     }
 }
 
+/// One node of a networked store, as its store sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeHealth {
+    /// `host:port`.
+    pub node: String,
+    /// Whether it is skipped now (it missed a deadline and has not answered a probe since).
+    pub down: bool,
+    /// Keys fetched as unavailable because of it, since the store opened (each distinct key
+    /// of a batch's misses once; the cache's `unavailable` counts their occurrences).
+    pub unavailable: u64,
+}
+
 /// (index of the feature in the spec, raw id).
 pub type Key = (u32, u64);
 
@@ -92,6 +104,11 @@ pub trait EmbeddingStore: Send {
     /// Keys whose rows other processes wrote since the last call (their cached copies are
     /// stale).
     fn take_changed(&mut self) -> Vec<Key> {
+        Vec::new()
+    }
+
+    /// The nodes of a networked store, with their health; empty for one in memory.
+    fn nodes(&self) -> Vec<NodeHealth> {
         Vec::new()
     }
 
