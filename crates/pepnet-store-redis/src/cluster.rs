@@ -400,10 +400,10 @@ impl Links {
             }
         }
         for (node, packed, n, reused) in sent {
-            let answers = match self.receive(&node, n) {
+            let answers = match self.receive(&node, n, wait) {
                 // Closed under us, not late: once more on a fresh connection.
                 Err((cause, false)) if reused => match self.send(cluster, &node, &packed, wait) {
-                    Ok(()) => self.receive(&node, n).map_err(|(e, _)| e),
+                    Ok(()) => self.receive(&node, n, wait).map_err(|(e, _)| e),
                     Err(e) => Err(e),
                 }
                 .map_err(|e| format!("{cause}; then {e}")),
@@ -445,7 +445,12 @@ impl Links {
 
     /// Reads `n` answers from `node`; on failure drops the connection (its unread answers may
     /// still come) and says why and whether it was a timeout.
-    fn receive(&mut self, node: &str, n: usize) -> std::result::Result<Vec<Value>, (String, bool)> {
+    fn receive(
+        &mut self,
+        node: &str,
+        n: usize,
+        wait: Duration,
+    ) -> std::result::Result<Vec<Value>, (String, bool)> {
         let link = self.links.get_mut(node).expect("sent on it");
         let mut answers = Vec::with_capacity(n);
         for _ in 0..n {
@@ -453,7 +458,7 @@ impl Links {
                 Ok(v) => answers.push(v),
                 Err(e) => {
                     self.links.remove(node);
-                    return Err((e.to_string(), e.is_timeout()));
+                    return Err((describe(&e, wait), e.is_timeout()));
                 }
             }
         }
@@ -498,12 +503,21 @@ impl Links {
                         reused = false;
                         continue;
                     }
-                    let cause = e.to_string();
+                    let cause = describe(&e, wait);
                     cluster.mark_down(node, &cause);
                     return Err(cause);
                 }
                 other => return Ok(other),
             }
         }
+    }
+}
+
+/// An IO failure in words: a timeout says how long was waited.
+fn describe(e: &redis::RedisError, wait: Duration) -> String {
+    if e.is_timeout() {
+        format!("no answer within {} ms", wait.as_millis())
+    } else {
+        e.to_string()
     }
 }

@@ -248,7 +248,8 @@ impl RedisStore {
             } else {
                 format!(
                     "namespace '{ns}' holds no rows on {}; load a model into it with \
-                     `pepnet store load`",
+                     `pepnet store load` (a namespace loaded by a pepnet older than key layout \
+                     {LAYOUT} must be loaded again)",
                     cluster.seeds()
                 )
             }));
