@@ -17,6 +17,7 @@ mod loadgen;
 mod plan;
 mod score;
 mod serve;
+mod shards;
 mod store;
 mod train;
 mod train_bench;
@@ -110,6 +111,10 @@ impl Command {
 
     fn outputs(&self) -> Outputs<'_> {
         match self {
+            Command::Score(c) if shards::names_many(&c.input) => Outputs {
+                dirs: vec![c.output.as_path()],
+                ..Outputs::files(&[c.cache_stats.as_ref()])
+            },
             Command::Score(c) => {
                 Outputs::files(&[Some(&c.output), c.rejects.as_ref(), c.cache_stats.as_ref()])
             }

@@ -26,12 +26,19 @@ pub struct Score {
     /// Model directory (model.json + weights.safetensors).
     #[arg(long)]
     pub model: PathBuf,
-    /// Input, one column per feature: CSV, or Parquet (.parquet, .pq).
+    /// Input, one column per feature: CSV, or Parquet (.parquet, .pq); or many files: a
+    /// directory (its CSV and Parquet files) or a pattern (`DIR/part-*.parquet`).
     #[arg(long)]
     pub input: PathBuf,
     /// Output: the carried columns, then one column per task; CSV or Parquet by extension.
+    /// With many input files, a directory: one output file per input file, of the same name.
     #[arg(long)]
     pub output: PathBuf,
+    /// Score only share I of N of the input files (task I of a job array of N, 0 <= I < N):
+    /// the sorted files I, I+N, I+2N, ..., so N tasks cover every file exactly once; a rerun
+    /// replaces only its own outputs.
+    #[arg(long, value_parser = super::shards::parse_shard)]
+    pub shard: Option<super::shards::Shard>,
     /// Samples per batch (at least 1).
     #[arg(long, default_value_t = 4096, value_parser = at_least_one())]
     pub batch_size: usize,
@@ -64,8 +71,8 @@ impl Score {
         let model = Model::load(&self.model)?;
         let options = ScoreFileOptions {
             batch_size: self.batch_size,
-            carry: self.carry,
-            rejects: self.rejects,
+            carry: self.carry.clone(),
+            rejects: self.rejects.clone(),
             progress: !self.quiet,
             readers: self
                 .readers
@@ -108,8 +115,79 @@ impl Score {
                     .collect()),
             }
         };
+        if super::shards::names_many(&self.input) {
+            if options.rejects.is_some() {
+                return Err(pepnet::Error::io(
+                    &self.input,
+                    std::io::Error::other(
+                        "--rejects takes one input file; score the files one by one to keep \
+                         their rejects",
+                    ),
+                ));
+            }
+            let files = super::shards::input_files(&self.input)?;
+            let listed = files.len();
+            let mine = super::shards::share(files, self.shard);
+            std::fs::create_dir_all(&self.output)
+                .map_err(|e| pepnet::Error::io(&self.output, e))?;
+            let (mut rows, start) = (0, std::time::Instant::now());
+            for file in &mine {
+                let name = file.file_name().expect("a file");
+                let output = self.output.join(name);
+                let summary =
+                    pepnet::pipeline::score_file(&model.spec, file, &output, &options, &score)?;
+                rows += summary.rows;
+                eprintln!(
+                    "scored {} rows in {:.3} s ({:.0} rows/s) -> {}",
+                    summary.rows,
+                    summary.seconds,
+                    summary.rows_per_second(),
+                    output.display()
+                );
+            }
+            let seconds = start.elapsed().as_secs_f64();
+            let share = match self.shard {
+                Some(s) => format!(" (share {} of {})", s.index, s.count),
+                None => String::new(),
+            };
+            eprintln!(
+                "scored {} of {listed} files{share}: {rows} rows in {seconds:.3} s ({:.0} rows/s) -> {}",
+                mine.len(),
+                rows as f64 / seconds.max(1e-9),
+                self.output.display()
+            );
+        } else {
+            if self.shard.is_some() {
+                return Err(pepnet::Error::io(
+                    &self.input,
+                    std::io::Error::other(
+                        "--shard shares many files: give --input a directory or a pattern",
+                    ),
+                ));
+            }
+            self.score_one(&model, &options, &score)?;
+        }
+        if let Some(stats) = engine.as_ref().and_then(Engine::cache_stats) {
+            eprint!("{}", cache_table(&stats));
+            if let Some(path) = &self.cache_stats {
+                let json = serde_json::to_vec_pretty(&stats).expect("stats serialize");
+                pepnet::write_file(path, &json)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Score {
+    /// Scores the one input file into the one output.
+    fn score_one(
+        &self,
+        model: &Model,
+        options: &ScoreFileOptions,
+        score: &(dyn Fn(&pepnet::batch::CheckedBatch) -> Result<Vec<f32>> + Sync),
+    ) -> Result<()> {
         let summary =
-            pepnet::pipeline::score_file(&model.spec, &self.input, &self.output, &options, &score)?;
+            pepnet::pipeline::score_file(&model.spec, &self.input, &self.output, options, score)?;
         let rejected = match &options.rejects {
             Some(path) => format!(", {} rejected -> {}", summary.rejected, path.display()),
             None => String::new(),
@@ -121,13 +199,6 @@ impl Score {
             summary.rows_per_second(),
             self.output.display()
         );
-        if let Some(stats) = engine.as_ref().and_then(Engine::cache_stats) {
-            eprint!("{}", cache_table(&stats));
-            if let Some(path) = &self.cache_stats {
-                let json = serde_json::to_vec_pretty(&stats).expect("stats serialize");
-                pepnet::write_file(path, &json)?;
-            }
-        }
         Ok(())
     }
 }

@@ -7,6 +7,7 @@
 //! carried. Carried columns travel as Arrow arrays (strings from CSV, the file's own types from
 //! Parquet) to the output, followed by one probability column per task.
 
+mod arrow_input;
 mod atomic;
 mod csv_file;
 pub mod datagen;
@@ -29,6 +30,7 @@ use pepnet_core::batch::{check_dense, check_ids, Batch, Column};
 use pepnet_core::error::{Error, Result};
 use pepnet_core::spec::{FeatureKind, ModelSpec};
 
+pub use arrow_input::ArrowInput;
 pub use csv_file::read_text_rows;
 pub use csv_file::CsvReader;
 pub use parallel::ParallelReader;
@@ -312,7 +314,7 @@ pub(crate) struct RejectedRow {
 }
 
 /// Where rows that do not fit go.
-enum RejectSink {
+pub(crate) enum RejectSink {
     /// Nowhere: the first one fails the read.
     Fail,
     /// The rejects file (boxed: it holds a CSV writer's buffer).
@@ -343,7 +345,7 @@ pub(crate) enum BadRow {
 }
 
 impl RowAssembler {
-    fn new(spec: &ModelSpec, path: &Path, rejects: RejectSink) -> Self {
+    pub(crate) fn new(spec: &ModelSpec, path: &Path, rejects: RejectSink) -> Self {
         let mut a = Self {
             spec: spec.clone(),
             spec_id: pepnet_core::batch::spec_id(spec),
@@ -550,7 +552,7 @@ pub(crate) fn find_column<S: AsRef<str>>(
 
 /// The output's header (carried columns, then one per task) names each column once: a
 /// carried column named like a task would make the score and the copy indistinguishable.
-fn check_output_header(path: &Path, carry: &[String], tasks: &[String]) -> Result<()> {
+pub(crate) fn check_output_header(path: &Path, carry: &[String], tasks: &[String]) -> Result<()> {
     let mut seen = std::collections::HashMap::new();
     for (what, name) in carry
         .iter()

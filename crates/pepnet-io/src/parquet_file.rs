@@ -5,9 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Float32Type, Int64Type, UInt64Type};
-use arrow_array::{Array, ArrayRef, BooleanArray, Float32Array, RecordBatch};
-use arrow_cast::display::{ArrayFormatter, FormatOptions};
+use arrow_array::types::Float32Type;
+use arrow_array::{Array, ArrayRef, Float32Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
@@ -16,10 +15,9 @@ use parquet::arrow::arrow_reader::{
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::errors::ParquetError;
 
-use super::{find_column, BadRow, InputBatch, Part, RowAssembler, UnitItem};
+use super::{find_column, InputBatch, Part, RowAssembler, UnitItem};
 use pepnet_core::atomic_file;
 use pepnet_core::error::{Error, Result};
-use pepnet_core::spec::FeatureKind;
 
 /// Rows per Parquet row group in the files written here: several threads read a file a row
 /// group each, in turn.
@@ -114,33 +112,7 @@ impl ParquetReader {
         let schema = metadata.schema().clone();
         let names: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
         let find = |col: &str, what: &str| find_column(&name, &names, col, what);
-        let mut wanted = Vec::new();
-        for f in &rows.spec().features {
-            let i = find(&f.name, "a feature of the model")?;
-            let t = schema.field(i).data_type();
-            let ok = match f.kind {
-                FeatureKind::Sparse => t.is_integer(),
-                FeatureKind::Dense => t.is_integer() || t.is_floating(),
-                FeatureKind::MultiHot => match t {
-                    DataType::List(e) | DataType::LargeList(e) | DataType::FixedSizeList(e, _) => {
-                        e.data_type().is_integer()
-                    }
-                    _ => false,
-                },
-            };
-            if !ok {
-                let expected = match f.kind {
-                    FeatureKind::Sparse => "integer ids",
-                    FeatureKind::Dense => "numbers",
-                    FeatureKind::MultiHot => "lists of integer ids",
-                };
-                return Err(file_err(format!(
-                    "column '{}': expected {expected} for a {:?} feature, found type {t}",
-                    f.name, f.kind
-                )));
-            }
-            wanted.push(i);
-        }
+        let mut wanted = crate::arrow_input::check_schema(&name, &schema, rows.spec())?;
         for c in carry {
             wanted.push(find(c, "asked to be carried")?);
         }
@@ -274,134 +246,13 @@ impl ParquetReader {
     }
 
     fn convert(&mut self, record: RecordBatch) -> Result<Option<InputBatch>> {
-        let name = self.rows.source().to_string();
-        let n = record.num_rows();
         let first_row = self.rows_read + 1;
-        self.rows_read += n;
-        let spec = self.rows.spec().clone();
-        // Each feature column, cast once to the type the row loop reads.
-        let mut originals = Vec::new();
-        let mut cast = Vec::new();
-        for f in &spec.features {
-            let original = record.column_by_name(&f.name).expect("projected").clone();
-            // Ids are read as u64 from unsigned columns (a hashed id may use all 64 bits) and
-            // as i64 from any other.
-            let id_type = |t: &DataType| match t {
-                DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
-                    DataType::UInt64
-                }
-                _ => DataType::Int64,
-            };
-            let target = match (f.kind, original.data_type()) {
-                (FeatureKind::Sparse, t) => id_type(t),
-                (FeatureKind::Dense, _) => DataType::Float32,
-                (
-                    FeatureKind::MultiHot,
-                    DataType::List(child)
-                    | DataType::LargeList(child)
-                    | DataType::FixedSizeList(child, _),
-                ) => DataType::LargeList(Arc::new(Field::new_list_field(
-                    id_type(child.data_type()),
-                    true,
-                ))),
-                (FeatureKind::MultiHot, _) => {
-                    DataType::LargeList(Arc::new(Field::new_list_field(DataType::Int64, true)))
-                }
-            };
-            let converted =
-                arrow_cast::cast(original.as_ref(), &target).map_err(|e| Error::InputFile {
-                    source_name: name.clone(),
-                    message: format!("column '{}': cannot read as {target}: {e}", f.name),
-                })?;
-            originals.push(original);
-            cast.push(converted);
-        }
-        let options = FormatOptions::default();
-        let mut keep = Vec::with_capacity(n);
-        let mut ids = Vec::new();
-        for i in 0..n {
-            let mut bad = None;
-            for (f, feature) in spec.features.iter().enumerate() {
-                let (original, array) = (&originals[f], &cast[f]);
-                let pushed = if original.is_null(i) {
-                    Err("missing value (null)".to_string())
-                } else if array.is_null(i) {
-                    Err("value does not fit the column's numeric type".to_string())
-                } else {
-                    match feature.kind {
-                        FeatureKind::Dense => self
-                            .rows
-                            .push_dense(f, array.as_primitive::<Float32Type>().value(i)),
-                        FeatureKind::Sparse => id_at(array.as_ref(), i, feature.hashed)
-                            .and_then(|id| self.rows.push_ids(f, &[id])),
-                        FeatureKind::MultiHot => {
-                            let values = array.as_list::<i64>().value(i);
-                            let original_values = list_values(original.as_ref(), i);
-                            ids.clear();
-                            let parsed: std::result::Result<(), String> = (0..values.len())
-                                .try_for_each(|j| {
-                                    if values.is_null(j) {
-                                        return Err(match &original_values {
-                                            Some(o) if !o.is_null(j) => format!(
-                                                "the id at position {j} of the list is not a \
-                                                 whole number that fits 64 bits"
-                                            ),
-                                            _ => format!("null id at position {j} of the list"),
-                                        });
-                                    }
-                                    ids.push(id_at(values.as_ref(), j, feature.hashed)?);
-                                    Ok(())
-                                });
-                            parsed.and_then(|()| self.rows.push_ids(f, &ids))
-                        }
-                    }
-                };
-                if let Err(message) = pushed {
-                    bad = Some((f, message));
-                    break;
-                }
-            }
-            match bad {
-                None => {
-                    self.rows.end_row(first_row + i);
-                    keep.push(true);
-                }
-                Some((f, message)) => {
-                    let value = ArrayFormatter::try_new(originals[f].as_ref(), &options)
-                        .map(|fmt| fmt.value(i).to_string())
-                        .unwrap_or_default();
-                    match self
-                        .rows
-                        .bad_row(first_row + i, &spec.features[f].name, &value, message)
-                    {
-                        BadRow::Skip => keep.push(false),
-                        BadRow::Fail(e) => return Err(e),
-                    }
-                }
-            }
-        }
-        if self.rows.len() == 0 {
+        self.rows_read += record.num_rows();
+        let Some((batch, rows, carried)) =
+            crate::arrow_input::convert(&mut self.rows, &self.carry, &record, first_row)?
+        else {
             return Ok(None);
-        }
-        let all_kept = keep.iter().all(|&k| k);
-        let mask = BooleanArray::from(keep);
-        let carried = self
-            .carry
-            .iter()
-            .map(|c| {
-                let column = record.column_by_name(c).expect("projected").clone();
-                if all_kept {
-                    Ok(column)
-                } else {
-                    arrow_select::filter::filter(column.as_ref(), &mask)
-                }
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Error::InputFile {
-                source_name: name,
-                message: format!("selecting carried columns: {e}"),
-            })?;
-        let (batch, rows) = self.rows.take();
+        };
         Ok(Some(InputBatch {
             spec_id: self.rows.spec_id(),
             batch,
@@ -410,31 +261,6 @@ impl ParquetReader {
             rows_read: self.rows_read,
             total_rows: Some(self.total_rows),
         }))
-    }
-}
-
-/// A Parquet INT64 id: a vocabulary id must not be negative; a hashed feature's id is the
-/// 64 bits as they are (hashes are commonly stored signed).
-/// Value `i` of an id array cast to UInt64 or Int64. A hashed feature takes a signed id's 64
-/// bits as they are (ids are hashes); a vocabulary id must not be negative.
-fn id_at(array: &dyn Array, i: usize, hashed: bool) -> std::result::Result<u64, String> {
-    if array.data_type() == &DataType::UInt64 {
-        return Ok(array.as_primitive::<UInt64Type>().value(i));
-    }
-    let id = array.as_primitive::<Int64Type>().value(i);
-    if hashed {
-        return Ok(id as u64);
-    }
-    u64::try_from(id).map_err(|_| format!("id {id} is negative"))
-}
-
-/// The values of list `i` of a list column as the file holds them (before any cast).
-fn list_values(array: &dyn Array, i: usize) -> Option<ArrayRef> {
-    match array.data_type() {
-        DataType::List(_) => Some(array.as_list::<i32>().value(i)),
-        DataType::LargeList(_) => Some(array.as_list::<i64>().value(i)),
-        DataType::FixedSizeList(..) => Some(array.as_fixed_size_list().value(i)),
-        _ => None,
     }
 }
 
