@@ -55,6 +55,10 @@ def main():
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--world", type=int, default=0)
     ap.add_argument("--trainers", default="pepnet", help="pepnet, torch, or both: pepnet,torch")
+    ap.add_argument("--variants", default="PEPNet,EPNet,PPNet,DNN,MMoE", help="which of the five to train")
+    ap.add_argument("--torch-init", choices=["pepnet", "torch"], default="torch",
+                    help="torch_train.py's --init: torch (its own draw, the reference conventions) "
+                         "or pepnet (start from pepnet's weights)")
     args = ap.parse_args()
     trainers = args.trainers.split(",")
     with open(args.spec) as f:
@@ -68,6 +72,8 @@ def main():
     results = {}
     for trainer in trainers:
         for name, spec in variants(base).items():
+            if name not in args.variants.split(","):
+                continue
             for seed in [int(s) for s in args.seeds.split(",")]:
                 work = os.path.join(args.out, f"{trainer}-{name}-{seed}")
                 os.makedirs(work, exist_ok=True)
@@ -80,7 +86,8 @@ def main():
                          "--epochs", str(args.epochs), "--seed", str(seed)])
                 else:
                     run([sys.executable, os.path.join(HERE, "torch_train.py"), "--spec", spec_path,
-                         "--train", train, "--out", model, "--epochs", str(args.epochs), "--seed", str(seed)])
+                         "--train", train, "--out", model, "--epochs", str(args.epochs), "--seed", str(seed),
+                         "--init", args.torch_init])
                 scores = os.path.join(work, "scores.csv")
                 run([PEPNET, "score", "--model", model, "--input", valid, "--output", scores, "--quiet"])
                 report = os.path.join(work, "eval.json")
@@ -89,7 +96,7 @@ def main():
                     for row in json.load(f):
                         results.setdefault((trainer, name, row["domain"], row["task"]), []).append(row["gauc"])
                 print(f"{trainer} {name} seed {seed} done", file=sys.stderr)
-    names = list(variants(base))
+    names = [n for n in variants(base) if n in args.variants.split(",")]
     keys = sorted({(d, t) for (_, _, d, t) in results},
                   key=lambda k: (k[0] == "all", k[0], base["tasks"].index(k[1])))
     mean = lambda xs: sum(xs) / len(xs)
@@ -110,6 +117,16 @@ def main():
                 continue
             cells = [f"{mean(results[(a, n, d, t)]) - mean(results[(b, n, d, t)]):+.4f}" for n in names]
             print(f"| {t} | " + " | ".join(cells) + " |")
+        print(f"\nMean GAUC over the {sum(1 for d, _ in keys if d != 'all')} domain x task cells "
+              f"(mean over seeds)\n")
+        print("| trainer | " + " | ".join(names) + " |")
+        print("|---|" + "---|" * len(names))
+        cell_mean = {}
+        for tr in trainers:
+            for n in names:
+                cell_mean[(tr, n)] = mean([mean(results[(tr, n, d, t)]) for d, t in keys if d != "all"])
+            print(f"| {tr} | " + " | ".join(f"{cell_mean[(tr, n)]:.4f}" for n in names) + " |")
+        print(f"| {a} - {b} | " + " | ".join(f"{cell_mean[(a, n)] - cell_mean[(b, n)]:+.4f}" for n in names) + " |")
     with open(os.path.join(args.out, "ablation.json"), "w") as f:
         json.dump([{"trainer": tr, "variant": n, "domain": d, "task": t, "gauc": v}
                    for (tr, n, d, t), v in results.items()], f, indent=1)

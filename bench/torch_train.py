@@ -65,6 +65,18 @@ def export(model, spec):
     return out
 
 
+def reference_init(model):
+    """Redraws every parameter as PyTorch PEPNet implementations do, from torch's seeded RNG."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("emb."):
+                torch.nn.init.normal_(p, 0.0, 0.05)
+            elif name.endswith(".weight"):
+                torch.nn.init.xavier_uniform_(p)
+            else:
+                torch.nn.init.zeros_(p)
+
+
 def take(inputs, index):
     return [tuple(t[index] for t in x) if isinstance(x, tuple) else x[index] for x in inputs]
 
@@ -80,6 +92,10 @@ def main():
     ap.add_argument("--lr-dense", type=float, default=1e-3, help="Adam")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None, help="cuda or cpu [default: cuda when present]")
+    ap.add_argument("--init", choices=["pepnet", "torch"], default="pepnet",
+                    help="pepnet: the weights of `pepnet init --seed SEED` (the same start as pepnet's "
+                         "trainer); torch: drawn here by torch's own RNG the way the PyTorch reference "
+                         "implementations do (rows N(0, 0.05^2), Xavier-uniform weights, zero biases)")
     args = ap.parse_args()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -92,6 +108,8 @@ def main():
         weights = load_file(os.path.join(init_dir, "weights.safetensors"))
     model = PEPNet(spec)
     model.load(weights)
+    if args.init == "torch":
+        reference_init(model)
     model.to(device)
     model.train()
 

@@ -10,8 +10,9 @@ pub use pepnet_core::{
     precision, reference, spec, weights,
 };
 pub use pepnet_core::{
-    check_output_dir, check_output_file, write_file, Batch, Batcher, BatcherOptions, Column,
-    Engine, EngineOptions, Error, GpuContext, Model, ModelSpec, Precision, Result, Weights,
+    check_output_dir, check_output_file, write_file, Batch, Batcher, BatcherOptions, BiasInit,
+    Column, EmbeddingInit, Engine, EngineOptions, Error, GpuContext, InitSpec, Model, ModelSpec,
+    Precision, Result, Weights,
 };
 pub use pepnet_io as io;
 pub use pepnet_io::{datagen, pipeline, remove_unfinished_on_interrupt};

@@ -22,7 +22,10 @@ const SPEC: &str = r#"{
 /// Writes data (features + a 0/1 label per task, drawn from the model's own probabilities) and
 /// the reference's scores for it; returns (labels per task, scores per task, domains).
 fn fixture(dir: &Path, rows: usize) -> (Vec<Vec<bool>>, Vec<Vec<f32>>, Vec<u64>) {
-    let model = Model::init(ModelSpec::from_json(SPEC, "spec").unwrap(), 4).unwrap();
+    let mut spec = ModelSpec::from_json(SPEC, "spec").unwrap();
+    // Wide draws, so that the scores spread far from 0.5 and the labels carry signal.
+    spec.init = Some(pepnet::InitSpec::unit_uniform(4));
+    let model = Model::init(spec, 4).unwrap();
     let batch = pepnet::synth::random_batch(&model.spec, rows, 6);
     let p = pepnet::reference::forward(&model, &batch).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);

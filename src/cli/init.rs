@@ -6,7 +6,11 @@ use clap::Args;
 
 use pepnet::{Model, ModelSpec, Result};
 
-/// Write a model directory with Xavier-initialised weights for a spec.
+use super::InitArgs;
+
+/// Write a model directory with fresh weights for a spec (Xavier-uniform linear weights;
+/// embedding rows and biases as the spec's `init` or the flags say, N(0, 0.05²) and zero by
+/// default).
 #[derive(Args)]
 pub struct Init {
     /// The model spec (model.json format).
@@ -17,11 +21,13 @@ pub struct Init {
     pub out: PathBuf,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[command(flatten)]
+    pub init: InitArgs,
 }
 
 impl Init {
     pub fn run(self) -> Result<()> {
-        let spec = ModelSpec::load(&self.spec)?;
+        let spec = self.init.apply(ModelSpec::load(&self.spec)?)?;
         Model::init(spec, self.seed)?.save(&self.out)?;
         eprintln!("wrote {} (seed {})", self.out.display(), self.seed);
         Ok(())

@@ -408,3 +408,57 @@ pub struct RowsOut {
     #[arg(long)]
     pub output: PathBuf,
 }
+
+/// How fresh weights are drawn, over the spec's `init` (recorded in the written model.json).
+#[derive(Args)]
+pub struct InitArgs {
+    /// Embedding rows: `normal:STD` or `uniform:BOUND` [default: the spec's, else normal:0.05].
+    #[arg(long, value_parser = parse_embedding_init)]
+    pub init_embedding: Option<pepnet::EmbeddingInit>,
+    /// Biases: `zero` or `fan-in` (uniform in ±1/√fan_in) [default: the spec's, else zero].
+    #[arg(long, value_parser = parse_bias_init)]
+    pub init_bias: Option<pepnet::BiasInit>,
+}
+
+impl InitArgs {
+    /// `spec` with these choices over its `init`, checked by the spec's own rules.
+    pub fn apply(&self, mut spec: ModelSpec) -> Result<ModelSpec> {
+        let mut init = spec.init.unwrap_or_default();
+        if let Some(e) = self.init_embedding {
+            init.embedding = e;
+        }
+        if let Some(b) = self.init_bias {
+            init.bias = b;
+        }
+        spec.init = Some(init);
+        spec.validate().map_err(|message| pepnet::Error::Spec {
+            file: "--init-embedding".into(),
+            message,
+        })?;
+        Ok(spec)
+    }
+}
+
+fn parse_embedding_init(s: &str) -> std::result::Result<pepnet::EmbeddingInit, String> {
+    let (kind, value) = s
+        .split_once(':')
+        .ok_or_else(|| format!("expected normal:STD or uniform:BOUND, found '{s}'"))?;
+    let v: f64 = value
+        .parse()
+        .map_err(|_| format!("'{value}' is not a number (in '{s}')"))?;
+    match kind {
+        "normal" => Ok(pepnet::EmbeddingInit::Normal { std: v }),
+        "uniform" => Ok(pepnet::EmbeddingInit::Uniform { bound: v }),
+        _ => Err(format!(
+            "'{kind}' is not a scheme: expected normal:STD or uniform:BOUND"
+        )),
+    }
+}
+
+fn parse_bias_init(s: &str) -> std::result::Result<pepnet::BiasInit, String> {
+    match s {
+        "zero" => Ok(pepnet::BiasInit::Zero),
+        "fan-in" | "fan_in" => Ok(pepnet::BiasInit::FanIn),
+        _ => Err(format!("expected zero or fan-in, found '{s}'")),
+    }
+}

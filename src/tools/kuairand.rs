@@ -209,6 +209,7 @@ pub fn convert(log: &Path, users: &Path, videos: &Path, out: &Path, d: usize) ->
         ppnet: Some(GateSpec { hidden: 64 }),
         experts: None,
         towers: vec![128, 64],
+        init: None,
     };
     spec.validate().map_err(|message| Error::Spec {
         file: "converted KuaiRand spec".into(),

@@ -53,6 +53,6 @@ pub use error::{Error, Result};
 pub use gpu::GpuContext;
 pub use model::Model;
 pub use precision::Precision;
-pub use spec::ModelSpec;
+pub use spec::{BiasInit, EmbeddingInit, InitSpec, ModelSpec};
 pub use store::{EmbeddingStore, MemoryStore, OpenStore};
 pub use weights::Weights;

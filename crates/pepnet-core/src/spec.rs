@@ -157,6 +157,79 @@ fn default_gamma() -> f64 {
     2.0
 }
 
+/// How [`crate::Model::init`] draws fresh weights (`init` in `model.json`, recorded there by
+/// `init` and `train`). Linear weights are always Xavier-uniform, ±√(6/(fan_in+fan_out)), as the
+/// paper initialises them. The default follows the PyTorch reference implementations of
+/// PEPNet: embedding rows N(0, 0.05²) and zero biases.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct InitSpec {
+    /// Every embedding row (vocabulary tables, and rows a trainer creates for hashed ids).
+    #[serde(default)]
+    pub embedding: EmbeddingInit,
+    /// Every linear layer's bias.
+    #[serde(default)]
+    pub bias: BiasInit,
+}
+
+/// The distribution of a fresh embedding row's elements.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum EmbeddingInit {
+    /// N(0, std²).
+    Normal {
+        /// The standard deviation.
+        std: f64,
+    },
+    /// Uniform in ±bound; ±√(3/d) gives rows of unit expected norm whatever d (pepnet's
+    /// scheme before `init` existed, kept by the kernel tests for its large values).
+    Uniform {
+        /// The largest magnitude.
+        bound: f64,
+    },
+}
+
+impl Default for EmbeddingInit {
+    fn default() -> Self {
+        Self::Normal { std: 0.05 }
+    }
+}
+
+/// A fresh bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BiasInit {
+    /// Zero.
+    #[default]
+    Zero,
+    /// Uniform in ±1/√fan_in, as PyTorch's `nn.Linear` draws it.
+    FanIn,
+}
+
+impl InitSpec {
+    /// pepnet's first scheme: rows uniform in ±√(3/d), biases ±1/√fan_in.
+    pub fn unit_uniform(d: usize) -> Self {
+        Self {
+            embedding: EmbeddingInit::Uniform {
+                bound: (3.0 / d as f64).sqrt(),
+            },
+            bias: BiasInit::FanIn,
+        }
+    }
+
+    /// The scale's rule: positive, finite, at most 16.
+    fn validate(&self) -> std::result::Result<(), String> {
+        let (key, v) = match self.embedding {
+            EmbeddingInit::Normal { std } => ("init.embedding.normal.std", std),
+            EmbeddingInit::Uniform { bound } => ("init.embedding.uniform.bound", bound),
+        };
+        match v.is_finite() && v > 0.0 && v <= 16.0 {
+            true => Ok(()),
+            false => Err(format!("key '{key}': must be in (0, 16], found {v}")),
+        }
+    }
+}
+
 /// The model spec, `model.json`: the architecture every width, tensor and plan derives from
 /// (the contract is `docs/model.md`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -184,6 +257,9 @@ pub struct ModelSpec {
     pub experts: Option<ExpertsSpec>,
     /// Widths w_1 .. w_L of each task tower's hidden layers (the output layer's is 1).
     pub towers: Vec<usize>,
+    /// How fresh weights are drawn; absent: [`InitSpec::default`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitSpec>,
 }
 
 impl ModelSpec {
@@ -195,6 +271,9 @@ impl ModelSpec {
     /// The contract's rules on the spec's own keys (names, kinds, roles, vocabularies);
     /// `ModelSpec::validate` (in `model::validate`) adds each block's keys and the sizes.
     pub(crate) fn validate_fields(&self) -> std::result::Result<(), String> {
+        if let Some(init) = &self.init {
+            init.validate()?;
+        }
         if self.embedding_dim == 0 {
             return Err("key 'embedding_dim': must be at least 1, found 0".into());
         }

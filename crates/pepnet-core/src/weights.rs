@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
-use crate::spec::ModelSpec;
+use crate::spec::{BiasInit, EmbeddingInit, ModelSpec};
 
 /// The names of the embedding tensors in a weights file: `emb.<feature>` (a table, a dense
 /// feature's vector, or a hashed feature's stored rows), `emb.<feature>.ids` and
@@ -377,31 +377,28 @@ impl Weights {
         Ok(Self { tensors, hashed })
     }
 
-    /// Fresh weights for `spec`, the same for the same seed on every machine.
-    ///
-    /// Linear weights are Xavier-uniform (±√(6/(fan_in+fan_out))), as the paper initialises them;
-    /// biases uniform in ±1/√fan_in, as PyTorch's `nn.Linear` does. Embedding rows are uniform in
-    /// ±√(3/d), so that a vector has unit expected norm whatever the vocabulary size (Xavier over
-    /// `[vocab, d]` would shrink rows of large tables towards zero).
+    /// Fresh weights for `spec`, the same for the same seed on every machine, drawn as
+    /// `spec.init` says (see [`InitSpec`]): linear weights Xavier-uniform
+    /// (±√(6/(fan_in+fan_out))), as the paper initialises them; embedding rows and biases by
+    /// the scheme's rule.
     pub fn init(spec: &ModelSpec, seed: u64) -> Self {
+        let scheme = spec.init.unwrap_or_default();
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut uniform = |n: usize, a: f64| -> Vec<f32> {
-            (0..n).map(|_| (rng.random_range(-a..a)) as f32).collect()
-        };
-        let d = spec.d();
         let mut tensors = BTreeMap::new();
-        let emb_scale = (3.0 / d as f64).sqrt();
         // `expected_tensors` lists each bias right after its weight; this is that weight's fan-in.
         let mut fan_in = 1;
         for (name, shape) in spec.expected_tensors() {
             let n: usize = shape.iter().product();
             let data = if names::is_embedding(&name) {
-                uniform(n, emb_scale)
+                embedding_values(scheme.embedding, n, &mut rng)
             } else if name.ends_with(".weight") {
                 fan_in = shape[1];
-                uniform(n, (6.0 / (shape[0] + shape[1]) as f64).sqrt())
+                uniform(n, (6.0 / (shape[0] + shape[1]) as f64).sqrt(), &mut rng)
             } else {
-                uniform(n, 1.0 / (fan_in as f64).sqrt())
+                match scheme.bias {
+                    BiasInit::Zero => vec![0.0; n],
+                    BiasInit::FanIn => uniform(n, 1.0 / (fan_in as f64).sqrt(), &mut rng),
+                }
             };
             tensors.insert(name, Tensor { shape, data });
         }
@@ -412,7 +409,7 @@ impl Weights {
             .filter(|f| f.hashed)
             .map(|f| {
                 let empty = HashedRows {
-                    d,
+                    d: spec.d(),
                     ..Default::default()
                 };
                 (f.name.clone(), empty)
@@ -482,6 +479,21 @@ impl Weights {
         self.hashed.get(feature)
     }
 
+    /// Sets tensor `name` (a trainer's working tables); the caller keeps it fitting the spec.
+    pub fn insert(&mut self, name: String, tensor: Tensor) {
+        self.tensors.insert(name, tensor);
+    }
+
+    /// Sets hashed feature `feature`'s stored rows.
+    pub fn set_hashed(&mut self, feature: String, rows: HashedRows) {
+        self.hashed.insert(feature, rows);
+    }
+
+    /// Removes hashed feature `feature`'s stored rows, returning them.
+    pub fn take_hashed(&mut self, feature: &str) -> Option<HashedRows> {
+        self.hashed.remove(feature)
+    }
+
     /// Mutable access to a hashed feature's rows (tools, tests, merging row files).
     pub fn hashed_mut(&mut self, feature: &str) -> Option<&mut HashedRows> {
         self.hashed.get_mut(feature)
@@ -495,5 +507,32 @@ impl Weights {
     /// Every tensor with its name, in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
         self.tensors.iter().map(|(k, v)| (k.as_str(), v))
+    }
+}
+
+/// `n` values uniform in ±a.
+fn uniform(n: usize, a: f64, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-a..a) as f32).collect()
+}
+
+/// `n` elements of fresh embedding rows. Normal draws use Box–Muller on the seeded stream in
+/// f64, rounded once to f32, so a platform's `ln`/`cos` could only move a value by its last bit.
+pub fn embedding_values(scheme: EmbeddingInit, n: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    match scheme {
+        EmbeddingInit::Uniform { bound } => uniform(n, bound, rng),
+        EmbeddingInit::Normal { std } => {
+            let mut out = Vec::with_capacity(n + 1);
+            while out.len() < n {
+                // u1 in (0, 1]: ln never sees 0.
+                let u1 = 1.0 - rng.random::<f64>();
+                let u2 = rng.random::<f64>();
+                let r = (-2.0 * u1.ln()).sqrt() * std;
+                let t = std::f64::consts::TAU * u2;
+                out.push((r * t.cos()) as f32);
+                out.push((r * t.sin()) as f32);
+            }
+            out.truncate(n);
+            out
+        }
     }
 }

@@ -53,9 +53,11 @@ impl Model {
         Ok(Self { spec, weights })
     }
 
-    /// A model with fresh weights (see [`Weights::init`]). Refused, before anything is
-    /// allocated, when the host has too little memory for the weights.
-    pub fn init(spec: ModelSpec, seed: u64) -> Result<Self> {
+    /// A model with fresh weights (see [`Weights::init`]); its spec records the scheme they
+    /// were drawn by (`init`, filled in with the default when absent). Refused, before
+    /// anything is allocated, when the host has too little memory for the weights.
+    pub fn init(mut spec: ModelSpec, seed: u64) -> Result<Self> {
+        spec.init = Some(spec.init.unwrap_or_default());
         crate::memory::check_host(
             spec.weight_bytes(),
             &format!(

@@ -9,7 +9,7 @@ use pepnet_core::gpu::act::ActStorage;
 use pepnet_core::spec::{
     ExpertsSpec, FeatureKind, FeatureSpec, GateSpec, ModelSpec, Pooling, Role,
 };
-use pepnet_core::{Batch, Column, GpuContext};
+use pepnet_core::{Batch, Column, GpuContext, InitSpec};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -126,6 +126,8 @@ pub fn random_spec(rng: &mut Rng, variant: u32) -> ModelSpec {
         ppnet,
         experts,
         towers,
+        // Large values everywhere (no zero biases): a kernel's error cannot hide in them.
+        init: Some(InitSpec::unit_uniform(d)),
     };
     spec.validate().expect("the generator makes valid specs");
     spec
