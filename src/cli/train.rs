@@ -6,20 +6,24 @@ use std::path::PathBuf;
 use clap::Args;
 
 use pepnet::gpu::optimizer::{AdaGradOptions, AdamOptions};
-use pepnet::train::{LabelledData, OptimizerState, TrainOptions, Trainer, TrainerOptions};
+use pepnet::train::checkpoint::{self, CheckpointOptions, Progress};
+use pepnet::train::{
+    LabelledData, OptimizerState, StreamedData, TrainOptions, Trainer, TrainerOptions, TrainingData,
+};
 use pepnet::{Model, ModelSpec, Result};
 
-use super::{at_least_one, Device, Labels, Report};
+use super::{at_least_one, shards, Device, InitArgs, Labels, Report};
 
 /// Train a model on the GPU (AdaGrad on embeddings, Adam on dense layers) and write a
 /// model directory `score` reads, with the optimizer state to resume from.
 #[derive(Args)]
 pub struct Train {
-    /// A model.json spec (fresh Xavier initialisation from --seed) or a model directory
+    /// A model.json spec (fresh weights from --seed, drawn as `init` says) or a model directory
     /// (resume: its weights, and its optimizer.safetensors when there is one).
     #[arg(long)]
     pub model: PathBuf,
-    /// Training data (CSV or Parquet): the features and one 0/1 label column per task.
+    /// Training data (CSV or Parquet): the features and one 0/1 label column per task. A
+    /// directory or a pattern (`DIR/part-*.parquet`) names many files, which are streamed.
     #[arg(long)]
     pub train: PathBuf,
     /// Validation data of the same form, measured after each epoch.
@@ -53,6 +57,32 @@ pub struct Train {
     /// Keep the file's order instead of shuffling each epoch.
     #[arg(long)]
     pub no_shuffle: bool,
+    /// Stream the training files instead of reading them whole (always for many files):
+    /// each epoch reads them in chunks, shuffling within windows of this many rows, so memory
+    /// holds one window [default when streaming: 1048576].
+    #[arg(long, value_parser = at_least_one())]
+    pub shuffle_window: Option<usize>,
+    #[command(flatten)]
+    pub init: InitArgs,
+    /// Write checkpoints into this directory (`step-<S>/`: model, optimizer state and
+    /// progress.json, each whole), every --checkpoint-every steps and/or
+    /// --checkpoint-minutes, keeping the newest --keep-checkpoints.
+    #[arg(long)]
+    pub checkpoints: Option<PathBuf>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_every: Option<u64>,
+    #[arg(long)]
+    pub checkpoint_minutes: Option<f64>,
+    #[arg(long, default_value_t = 3, value_parser = at_least_one())]
+    pub keep_checkpoints: usize,
+    /// Go on from the newest checkpoint in --checkpoints when there is one (else start as
+    /// without it), and run until --epochs in all: rerunning an interrupted command with
+    /// --resume finishes the same run, bit for bit the weights it would have ended with.
+    #[arg(long, requires = "checkpoints")]
+    pub resume: bool,
+    /// Go on from this checkpoint directory (`step-<S>`), as --resume does from the newest.
+    #[arg(long, conflicts_with = "resume")]
+    pub resume_from: Option<PathBuf>,
     #[command(flatten)]
     pub report: Report,
     #[command(flatten)]
@@ -75,30 +105,79 @@ impl Train {
             task_weights: (!self.task_weights.is_empty()).then_some(self.task_weights.clone()),
             precision: self.device.precision,
         };
+        let checkpoints = self.checkpoint_options()?;
+        let resume_from = match (&self.resume_from, &checkpoints) {
+            (Some(dir), _) => Some(dir.clone()),
+            (None, Some(c)) if self.resume => checkpoint::latest(&c.dir)?,
+            _ => None,
+        };
         let config = TrainOptions {
             epochs: self.epochs,
+            epochs_are_total: self.resume || self.resume_from.is_some(),
             seed: self.seed,
             shuffle: !self.no_shuffle,
             progress: true,
+            checkpoints,
         };
-        // A directory resumes; a spec file starts fresh.
-        let (model, state) = if self.model.is_dir() {
+        // A checkpoint or a directory resumes; a spec file starts fresh.
+        let (model, state) = if let Some(dir) = &resume_from {
+            let m = Model::load(dir)?;
+            let state = OptimizerState::load(dir, &m.spec)?;
+            eprintln!("resuming from {}", dir.display());
+            (m, state)
+        } else if self.model.is_dir() {
+            if self.init.init_embedding.is_some() || self.init.init_bias.is_some() {
+                return Err(pepnet::Error::Spec {
+                    file: self.model.display().to_string(),
+                    message: "--init-embedding / --init-bias draw fresh weights, but --model is a \
+                              model directory, which resumes from its weights"
+                        .into(),
+                });
+            }
             let m = Model::load(&self.model)?;
             let state = OptimizerState::load(&self.model, &m.spec)?;
             (m, state)
         } else {
-            (
-                Model::init(ModelSpec::load(&self.model)?, config.seed)?,
-                None,
-            )
+            let spec = self.init.apply(ModelSpec::load(&self.model)?)?;
+            (Model::init(spec, config.seed)?, None)
         };
         let columns = self.labels.columns(&model.spec)?;
-        let data = LabelledData::read(&self.train, &model.spec, &columns)?;
+        let data: Box<dyn TrainingData> =
+            if shards::names_many(&self.train) || self.shuffle_window.is_some() {
+                let files = match shards::names_many(&self.train) {
+                    true => shards::input_files(&self.train)?,
+                    false => vec![self.train.clone()],
+                };
+                let window = self.shuffle_window.unwrap_or(1 << 20);
+                let streamed = StreamedData::open(files, &model.spec, &columns, window)?;
+                eprintln!(
+                    "streaming {} files, shuffled in windows of {window} rows",
+                    streamed.files().count()
+                );
+                Box::new(streamed)
+            } else {
+                Box::new(LabelledData::read(&self.train, &model.spec, &columns)?)
+            };
         let valid = self
             .valid
             .as_ref()
             .map(|p| LabelledData::read(p, &model.spec, &columns))
             .transpose()?;
+        if let Some(dir) = &resume_from {
+            // The same data, batch size, seed and shuffle, or it would not be the same run.
+            let saved = checkpoint::read_progress(dir)?;
+            let run = Progress {
+                step: saved.step,
+                epochs: config.epochs,
+                samples: data.len() as u64,
+                data: data.fingerprint(),
+                batch_size: options.batch_size,
+                seed: config.seed,
+                shuffle: config.shuffle,
+            };
+            let file = dir.join(checkpoint::PROGRESS_FILE);
+            saved.check_resume(&run, &file.display().to_string())?;
+        }
         let ctx = self.device.adapter.open()?;
         eprintln!(
             "training on {} ({} samples{}, {} epochs of batches of {})",
@@ -112,7 +191,7 @@ impl Train {
             options.batch_size
         );
         let mut trainer = Trainer::new(ctx, &model, state.as_ref(), &options)?;
-        let report = pepnet::train::train(&mut trainer, &data, valid.as_ref(), &config)?;
+        let report = pepnet::train::train(&mut trainer, data.as_ref(), valid.as_ref(), &config)?;
         for e in &report.epochs {
             let mut line = format!(
                 "epoch {}: train loss {:.5}, {:.0} samples/s ({:.1} s)",
@@ -130,11 +209,53 @@ impl Train {
             eprintln!("{line}");
         }
         // Written only now, all at once: a failed run leaves the output as it was.
+        if !report.checkpoints.is_empty() {
+            eprintln!(
+                "{} checkpoints written, the newest {}",
+                report.checkpoints.len(),
+                report.checkpoints[report.checkpoints.len() - 1].display()
+            );
+        }
         let trained = trainer.model()?;
         let state = trainer.optimizer_state()?;
         self.report.write(&report)?;
         state.save_with(&trained, &self.out)?;
         eprintln!("wrote {} (step {})", self.out.display(), state.step);
         Ok(())
+    }
+}
+
+impl Train {
+    /// --checkpoints with when to write them (every 1000 steps when neither is given).
+    fn checkpoint_options(&self) -> Result<Option<CheckpointOptions>> {
+        let Some(dir) = &self.checkpoints else {
+            if self.checkpoint_every.is_some() || self.checkpoint_minutes.is_some() {
+                return Err(pepnet::Error::Spec {
+                    file: "--checkpoint-every".into(),
+                    message: "needs --checkpoints DIR, where to write them".into(),
+                });
+            }
+            return Ok(None);
+        };
+        let every = match self.checkpoint_minutes {
+            Some(m) if !(m.is_finite() && m > 0.0) => {
+                return Err(pepnet::Error::Spec {
+                    file: "--checkpoint-minutes".into(),
+                    message: format!("must be a positive number of minutes, found {m}"),
+                })
+            }
+            Some(m) => Some(std::time::Duration::from_secs_f64(m * 60.0)),
+            None => None,
+        };
+        let every_steps = match (self.checkpoint_every, every) {
+            (None, None) => Some(1000),
+            (n, _) => n,
+        };
+        Ok(Some(CheckpointOptions {
+            dir: dir.clone(),
+            every_steps,
+            every,
+            keep: self.keep_checkpoints,
+        }))
     }
 }

@@ -76,8 +76,7 @@ pub fn run(
             let config = TrainOptions {
                 epochs,
                 seed,
-                shuffle: true,
-                progress: false,
+                ..Default::default()
             };
             train(&mut trainer, train_data, None, &config)?;
             let engine = Engine::new(

@@ -1,7 +1,7 @@
 //! The training loop over a labelled file held in memory: shuffled epochs of batches, a
 //! progress bar with the loss and samples/s, and a validation pass after each epoch.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use rand::seq::SliceRandom;
@@ -10,6 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::Trainer;
+use crate::checkpoint::{labels_fingerprint, CheckpointOptions, Checkpointer, Progress};
 use crate::metrics::auc;
 use pepnet_core::batch::Batch;
 use pepnet_core::engine::{Engine, EngineOptions};
@@ -95,6 +96,29 @@ impl LabelledData {
         self.batch.is_empty()
     }
 
+    /// The samples at `indices`, with their labels.
+    pub(crate) fn take_labelled(&self, indices: &[usize]) -> LabelledData {
+        let (batch, labels) = self.take(indices);
+        LabelledData {
+            batch,
+            labels,
+            tasks: self.tasks,
+        }
+    }
+
+    /// The first `n` samples, and the rest.
+    pub(crate) fn split_at(&self, n: usize) -> (LabelledData, LabelledData) {
+        let head: Vec<usize> = (0..n).collect();
+        let tail: Vec<usize> = (n..self.len()).collect();
+        (self.take_labelled(&head), self.take_labelled(&tail))
+    }
+
+    /// Appends `other`'s samples.
+    pub(crate) fn append(&mut self, other: &LabelledData) {
+        self.batch.append(&other.batch);
+        self.labels.extend_from_slice(&other.labels);
+    }
+
     /// The samples at `indices` and their labels.
     fn take(&self, indices: &[usize]) -> (Batch, Vec<f32>) {
         let t = self.tasks;
@@ -110,13 +134,31 @@ impl LabelledData {
 /// How `train` runs.
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
+    /// Epochs to run (more, from a resumed model's step), or the run's total when
+    /// `epochs_are_total` (resuming a checkpointed run finishes it).
     pub epochs: usize,
+    pub epochs_are_total: bool,
     /// Seeds the shuffle: epoch e (0-based, counted on from a resumed model's) shuffles with
     /// seed + e.
     pub seed: u64,
     pub shuffle: bool,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Write checkpoints while training.
+    pub checkpoints: Option<CheckpointOptions>,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            epochs: 1,
+            epochs_are_total: false,
+            seed: 0,
+            shuffle: true,
+            progress: false,
+            checkpoints: None,
+        }
+    }
 }
 
 /// The validation metrics after an epoch.
@@ -132,8 +174,9 @@ pub struct Validation {
 pub struct EpochReport {
     /// 1-based, counted on from a resumed model's epochs.
     pub epoch: usize,
+    /// Steps of this epoch run now (fewer than the epoch's when it resumed part-way).
     pub steps: u64,
-    /// Mean of the epoch's batch losses.
+    /// Mean of those steps' batch losses.
     pub train_loss: f64,
     pub seconds: f64,
     pub samples_per_s: f64,
@@ -143,34 +186,136 @@ pub struct EpochReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainReport {
     pub epochs: Vec<EpochReport>,
+    /// The checkpoints written, oldest first (only the newest `keep` remain on disk).
+    pub checkpoints: Vec<PathBuf>,
 }
 
-/// Trains for `config.epochs` passes over `data`, validating on `valid` after each.
+/// An epoch's batches with their labels (`len × T`, row-major), in order.
+pub type Batches<'a> = Box<dyn Iterator<Item = Result<(Batch, Vec<f32>)>> + 'a>;
+
+/// Where training samples come from: a file held in memory ([`LabelledData`]) or files
+/// streamed in windows ([`crate::StreamedData`]).
+pub trait TrainingData {
+    /// Samples in one epoch.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Labels per sample.
+    fn tasks(&self) -> usize;
+    /// Identifies the data in a checkpoint, so that a resume with other data is refused.
+    fn fingerprint(&self) -> String;
+    /// Checks the data fits `spec`.
+    fn check(&self, spec: &ModelSpec) -> Result<()>;
+    /// Epoch `epoch`'s batches of `batch_size` (the last may be short), from step `first_step`
+    /// of the epoch on: the same samples in the same order for the same arguments.
+    fn batches<'a>(
+        &'a self,
+        epoch: u64,
+        first_step: usize,
+        batch_size: usize,
+        seed: u64,
+        shuffle: bool,
+    ) -> Result<Batches<'a>>;
+}
+
+impl TrainingData for LabelledData {
+    fn len(&self) -> usize {
+        self.batch.len()
+    }
+
+    fn tasks(&self) -> usize {
+        self.tasks
+    }
+
+    fn fingerprint(&self) -> String {
+        labels_fingerprint(&self.labels)
+    }
+
+    fn is_empty(&self) -> bool {
+        LabelledData::is_empty(self)
+    }
+
+    fn check(&self, spec: &ModelSpec) -> Result<()> {
+        LabelledData::check(self, spec)
+    }
+
+    fn batches<'a>(
+        &'a self,
+        epoch: u64,
+        first_step: usize,
+        batch_size: usize,
+        seed: u64,
+        shuffle: bool,
+    ) -> Result<Batches<'a>> {
+        let order = epoch_order(self.len(), seed, shuffle, epoch);
+        let chunks: Vec<Vec<usize>> = order
+            .chunks(batch_size)
+            .skip(first_step)
+            .map(<[usize]>::to_vec)
+            .collect();
+        Ok(Box::new(chunks.into_iter().map(|c| Ok(self.take(&c)))))
+    }
+}
+
+/// Epoch `epoch`'s order of the `n` samples.
+fn epoch_order(n: usize, seed: u64, shuffle: bool, epoch: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    if shuffle {
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed.wrapping_add(epoch)));
+    }
+    order
+}
+
+/// What fixes `data`'s batch sequence under `config`, at `step`.
+pub fn progress(data: &dyn TrainingData, trainer: &Trainer, config: &TrainOptions) -> Progress {
+    Progress {
+        step: trainer.steps_done(),
+        epochs: config.epochs,
+        samples: data.len() as u64,
+        data: data.fingerprint(),
+        batch_size: trainer.options.batch_size,
+        seed: config.seed,
+        shuffle: config.shuffle,
+    }
+}
+
+/// Trains over `data`, validating on `valid` after each epoch, from the trainer's step on: to
+/// the end of epoch (its epoch + `config.epochs`), or to the end of epoch `config.epochs` when
+/// `epochs_are_total`. A trainer resumed part-way through an epoch (from a checkpoint) takes
+/// the rest of that epoch's batches, in the same order as the run that wrote the checkpoint.
 pub fn train(
     trainer: &mut Trainer,
-    data: &LabelledData,
+    data: &dyn TrainingData,
     valid: Option<&LabelledData>,
     config: &TrainOptions,
 ) -> Result<TrainReport> {
     data.check(trainer.spec())?;
     let batch_size = trainer.options.batch_size;
     let n = data.len();
-    let steps_per_epoch = n.div_ceil(batch_size);
-    // Epochs are numbered on from a resumed model's, so that its shuffles continue the
-    // sequence an uninterrupted run would have used.
-    let first_epoch = trainer.steps_done() / steps_per_epoch as u64;
+    let steps_per_epoch = n.div_ceil(batch_size) as u64;
+    let start = trainer.steps_done();
+    let end = match config.epochs_are_total {
+        true => config.epochs as u64 * steps_per_epoch,
+        false => (start / steps_per_epoch + config.epochs as u64) * steps_per_epoch,
+    };
+    let mut checkpointer = config
+        .checkpoints
+        .clone()
+        .map(Checkpointer::new)
+        .transpose()?;
     trainer.losses()?;
-    let mut report = TrainReport { epochs: Vec::new() };
-    for e in 0..config.epochs {
-        let epoch = first_epoch + e as u64;
-        let mut order: Vec<usize> = (0..n).collect();
-        if config.shuffle {
-            order.shuffle(&mut ChaCha8Rng::seed_from_u64(
-                config.seed.wrapping_add(epoch),
-            ));
-        }
+    let mut report = TrainReport {
+        epochs: Vec::new(),
+        checkpoints: Vec::new(),
+    };
+    let mut step = start;
+    while step < end {
+        let epoch = step / steps_per_epoch;
+        let first = (step % steps_per_epoch) as usize;
+        let batches = data.batches(epoch, first, batch_size, config.seed, config.shuffle)?;
         let bar = if config.progress {
-            indicatif::ProgressBar::new(steps_per_epoch as u64)
+            indicatif::ProgressBar::new(steps_per_epoch)
         } else {
             indicatif::ProgressBar::hidden()
         };
@@ -181,30 +326,39 @@ pub fn train(
             .expect("a valid template")
             .progress_chars("=> "),
         );
-        bar.set_prefix(format!("{}/{}", e + 1, config.epochs));
-        let start = Instant::now();
-        let mut losses = Vec::with_capacity(steps_per_epoch);
-        for (s, chunk) in order.chunks(batch_size).enumerate() {
-            let (batch, labels) = data.take(chunk);
+        bar.set_prefix(format!("{}", epoch + 1));
+        bar.set_position(first as u64);
+        let begun = Instant::now();
+        let mut losses = Vec::with_capacity(steps_per_epoch as usize - first);
+        let mut samples = 0;
+        for (s, next) in (first..).zip(batches) {
+            let (batch, labels) = next?;
             trainer.step(&batch, &labels)?;
+            step += 1;
+            samples += batch.len();
             // Reading the loss waits for the GPU: only now and then.
             if config.progress && (s + 1) % 32 == 0 {
                 losses.extend(trainer.losses()?);
                 let recent = &losses[losses.len().saturating_sub(32)..];
                 let loss = recent.iter().map(|&x| x as f64).sum::<f64>() / recent.len() as f64;
-                let rate = ((s + 1) * batch_size) as f64 / start.elapsed().as_secs_f64();
+                let rate = samples as f64 / begun.elapsed().as_secs_f64();
                 bar.set_message(format!("loss {loss:.4}, {rate:.0} samples/s"));
             }
             bar.inc(1);
+            if let Some(c) = checkpointer.as_mut().filter(|c| c.due(step)) {
+                let path = c.write(trainer, &progress(data, trainer, config))?;
+                bar.println(format!("checkpoint {}", path.display()));
+                report.checkpoints.push(path);
+            }
         }
         losses.extend(trainer.losses()?);
-        let seconds = start.elapsed().as_secs_f64();
+        let seconds = begun.elapsed().as_secs_f64();
         bar.finish_and_clear();
         if let Some(i) = losses.iter().position(|l| !l.is_finite()) {
             return Err(Error::Gpu(format!(
                 "epoch {}, batch {}: the loss is {} (diverged); lower the learning rates",
                 epoch + 1,
-                i + 1,
+                first + i + 1,
                 losses[i]
             )));
         }
@@ -214,7 +368,7 @@ pub fn train(
             steps: losses.len() as u64,
             train_loss: losses.iter().map(|&x| x as f64).sum::<f64>() / losses.len().max(1) as f64,
             seconds,
-            samples_per_s: n as f64 / seconds,
+            samples_per_s: samples as f64 / seconds,
             validation,
         });
     }

@@ -9,13 +9,20 @@
 //! weights and AdaGrad the touched rows. Every sum runs in a fixed order, so training is
 //! bit-for-bit repeatable on one adapter.
 
+pub mod checkpoint;
 mod data;
 pub mod eval;
 pub mod metrics;
 mod state;
+mod stream;
 
-pub use data::{train, validate, EpochReport, LabelledData, TrainOptions, TrainReport, Validation};
+pub use checkpoint::{CheckpointOptions, Progress};
+pub use data::{
+    progress, train, validate, Batches, EpochReport, LabelledData, TrainOptions, TrainReport,
+    TrainingData, Validation,
+};
 pub use state::{OptimizerState, OPTIMIZER_FILE};
+pub use stream::StreamedData;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
