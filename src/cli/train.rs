@@ -8,7 +8,8 @@ use clap::Args;
 use pepnet::gpu::optimizer::{AdaGradOptions, AdamOptions};
 use pepnet::train::checkpoint::{self, CheckpointOptions, Progress};
 use pepnet::train::{
-    LabelledData, OptimizerState, StreamedData, TrainOptions, Trainer, TrainerOptions, TrainingData,
+    HashedOptions, HashedTrainer, LabelledData, Learner, OptimizerState, StreamedData,
+    TrainOptions, Trainer, TrainerOptions, TrainingData,
 };
 use pepnet::{Model, ModelSpec, Result};
 
@@ -62,6 +63,17 @@ pub struct Train {
     /// holds one window [default when streaming: 1048576].
     #[arg(long, value_parser = at_least_one())]
     pub shuffle_window: Option<usize>,
+    /// Hashed features: GPU rows per feature (the working set); the full table stays on the
+    /// host. A batch may read at most this many distinct ids of one feature.
+    #[arg(long, default_value_t = 1 << 18, value_parser = at_least_one())]
+    pub working_set: usize,
+    /// Hashed features: an id gets a row in the batch where its occurrences reach this; until
+    /// then it reads the default row.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub admit_after: u32,
+    /// Hashed features: drop a row not read for more than this many steps.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub expire_after: Option<u64>,
     #[command(flatten)]
     pub init: InitArgs,
     /// Write checkpoints into this directory (`step-<S>/`: model, optimizer state and
@@ -190,8 +202,35 @@ impl Train {
             config.epochs,
             options.batch_size
         );
-        let mut trainer = Trainer::new(ctx, &model, state.as_ref(), &options)?;
-        let report = pepnet::train::train(&mut trainer, data.as_ref(), valid.as_ref(), &config)?;
+        let hashed = model.spec.features.iter().any(|f| f.hashed);
+        let mut trainer: Box<dyn Learner> = if hashed {
+            if config.checkpoints.is_some() || resume_from.is_some() {
+                return Err(pepnet::Error::Spec {
+                    file: self.model.display().to_string(),
+                    message: "the spec has hashed features, whose training does not checkpoint \
+                              or resume bit for bit yet (their rows' AdaGrad sums stay on the \
+                              host); train without --checkpoints / --resume"
+                        .into(),
+                });
+            }
+            if state.is_some() {
+                eprintln!(
+                    "note: hashed features train with fresh optimizer state (the model's rows \
+                     and dense weights carry on)"
+                );
+            }
+            let hashed = HashedOptions {
+                capacity: self.working_set,
+                admit_after: self.admit_after,
+                expire_after: self.expire_after,
+                seed: self.seed,
+            };
+            Box::new(HashedTrainer::new(ctx, &model, &options, hashed)?)
+        } else {
+            Box::new(Trainer::new(ctx, &model, state.as_ref(), &options)?)
+        };
+        let report =
+            pepnet::train::train(trainer.as_mut(), data.as_ref(), valid.as_ref(), &config)?;
         for e in &report.epochs {
             let mut line = format!(
                 "epoch {}: train loss {:.5}, {:.0} samples/s ({:.1} s)",
@@ -216,11 +255,29 @@ impl Train {
                 report.checkpoints[report.checkpoints.len() - 1].display()
             );
         }
-        let trained = trainer.model()?;
-        let state = trainer.optimizer_state()?;
+        let trained = trainer.trained_model()?;
+        let state = trainer.resumable_state()?;
         self.report.write(&report)?;
-        state.save_with(&trained, &self.out)?;
-        eprintln!("wrote {} (step {})", self.out.display(), state.step);
+        match state {
+            Some(state) => state.save_with(&trained, &self.out)?,
+            None => {
+                trained.save(&self.out)?;
+                // An older run's state would not fit these rows.
+                let stale = self.out.join(pepnet::train::OPTIMIZER_FILE);
+                if stale.exists() {
+                    std::fs::remove_file(&stale).map_err(|e| pepnet::Error::io(&stale, e))?;
+                }
+            }
+        }
+        for f in trained.spec.features.iter().filter(|f| f.hashed) {
+            let rows = trained.weights.hashed(&f.name).map_or(0, |h| h.ids.len());
+            eprintln!("hashed feature '{}': {rows} rows", f.name);
+        }
+        eprintln!(
+            "wrote {} (step {})",
+            self.out.display(),
+            trainer.steps_done()
+        );
         Ok(())
     }
 }

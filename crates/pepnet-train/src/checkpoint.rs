@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use pepnet_core::error::{Error, Result};
 
-use super::Trainer;
+use crate::data::Learner;
 
 /// The file in each checkpoint that says where its run stands.
 pub const PROGRESS_FILE: &str = "progress.json";
@@ -134,16 +134,23 @@ impl Checkpointer {
 
     /// Writes `trainer`'s model and optimizer state with `progress` as `step-<S>`, then
     /// removes all but the newest `keep`. Returns the checkpoint's path.
-    pub fn write(&mut self, trainer: &Trainer, progress: &Progress) -> Result<PathBuf> {
+    pub fn write(&mut self, trainer: &mut dyn Learner, progress: &Progress) -> Result<PathBuf> {
         let dir = &self.options.dir;
         let name = format!("{PREFIX}{:012}", progress.step);
         let staged = dir.join(format!("{STAGING_PREFIX}{:012}", progress.step));
         let done = dir.join(&name);
         let _ = std::fs::remove_dir_all(&staged);
-        let write = || -> Result<()> {
+        let mut write = || -> Result<()> {
+            let Some(state) = trainer.resumable_state()? else {
+                return Err(Error::Batch(
+                    "checkpoints of this trainer could not be resumed bit for bit (hashed \
+                     features keep their rows' optimizer sums on the host): not written"
+                        .into(),
+                ));
+            };
             std::fs::create_dir_all(&staged).map_err(|e| Error::io(&staged, e))?;
-            trainer.model()?.save(&staged)?;
-            trainer.optimizer_state()?.save(&staged)?;
+            trainer.trained_model()?.save(&staged)?;
+            state.save(&staged)?;
             let json = serde_json::to_string_pretty(progress).expect("progress serialises");
             pepnet_core::atomic_file::write(&staged.join(PROGRESS_FILE), json.as_bytes())?;
             if done.exists() {

@@ -9,12 +9,16 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use super::Trainer;
+use std::sync::Arc;
+
+use super::{OptimizerState, Trainer};
 use crate::checkpoint::{labels_fingerprint, CheckpointOptions, Checkpointer, Progress};
 use crate::metrics::auc;
 use pepnet_core::batch::Batch;
 use pepnet_core::engine::{Engine, EngineOptions};
 use pepnet_core::error::{Error, Result};
+use pepnet_core::gpu::GpuContext;
+use pepnet_core::model::Model;
 use pepnet_core::spec::ModelSpec;
 use pepnet_io::{read_number_columns, InputReader};
 
@@ -190,6 +194,56 @@ pub struct TrainReport {
     pub checkpoints: Vec<PathBuf>,
 }
 
+/// What [`train`] drives: a [`Trainer`] (vocabulary tables) or a [`crate::HashedTrainer`]
+/// (hashed features through a working set).
+pub trait Learner {
+    /// One step on a batch and its labels (`len × T`).
+    fn step(&mut self, batch: &Batch, labels: &[f32]) -> Result<()>;
+    /// The losses of the steps since the last call (waits for the GPU).
+    fn losses(&mut self) -> Result<Vec<f32>>;
+    fn steps_done(&self) -> u64;
+    fn batch_size(&self) -> usize;
+    /// The spec trained, as the caller gave it.
+    fn spec(&self) -> &ModelSpec;
+    fn context(&self) -> &Arc<GpuContext>;
+    /// Per task, its loss weight.
+    fn task_weights(&self) -> Vec<f64>;
+    /// The model as trained so far, in the caller's form (waits for the GPU).
+    fn trained_model(&mut self) -> Result<Model>;
+    /// The optimizer state a resume continues bit for bit from, where the learner keeps one.
+    fn resumable_state(&mut self) -> Result<Option<OptimizerState>>;
+}
+
+impl Learner for Trainer {
+    fn step(&mut self, batch: &Batch, labels: &[f32]) -> Result<()> {
+        Trainer::step(self, batch, labels)
+    }
+    fn losses(&mut self) -> Result<Vec<f32>> {
+        Trainer::losses(self)
+    }
+    fn steps_done(&self) -> u64 {
+        Trainer::steps_done(self)
+    }
+    fn batch_size(&self) -> usize {
+        self.options.batch_size
+    }
+    fn spec(&self) -> &ModelSpec {
+        Trainer::spec(self)
+    }
+    fn context(&self) -> &Arc<GpuContext> {
+        Trainer::context(self)
+    }
+    fn task_weights(&self) -> Vec<f64> {
+        Trainer::task_weights(self)
+    }
+    fn trained_model(&mut self) -> Result<Model> {
+        self.model()
+    }
+    fn resumable_state(&mut self) -> Result<Option<OptimizerState>> {
+        self.optimizer_state().map(Some)
+    }
+}
+
 /// An epoch's batches with their labels (`len × T`, row-major), in order.
 pub type Batches<'a> = Box<dyn Iterator<Item = Result<(Batch, Vec<f32>)>> + 'a>;
 
@@ -268,13 +322,13 @@ fn epoch_order(n: usize, seed: u64, shuffle: bool, epoch: u64) -> Vec<usize> {
 }
 
 /// What fixes `data`'s batch sequence under `config`, at `step`.
-pub fn progress(data: &dyn TrainingData, trainer: &Trainer, config: &TrainOptions) -> Progress {
+pub fn progress(data: &dyn TrainingData, trainer: &dyn Learner, config: &TrainOptions) -> Progress {
     Progress {
         step: trainer.steps_done(),
         epochs: config.epochs,
         samples: data.len() as u64,
         data: data.fingerprint(),
-        batch_size: trainer.options.batch_size,
+        batch_size: trainer.batch_size(),
         seed: config.seed,
         shuffle: config.shuffle,
     }
@@ -285,13 +339,13 @@ pub fn progress(data: &dyn TrainingData, trainer: &Trainer, config: &TrainOption
 /// `epochs_are_total`. A trainer resumed part-way through an epoch (from a checkpoint) takes
 /// the rest of that epoch's batches, in the same order as the run that wrote the checkpoint.
 pub fn train(
-    trainer: &mut Trainer,
+    trainer: &mut dyn Learner,
     data: &dyn TrainingData,
     valid: Option<&LabelledData>,
     config: &TrainOptions,
 ) -> Result<TrainReport> {
     data.check(trainer.spec())?;
-    let batch_size = trainer.options.batch_size;
+    let batch_size = trainer.batch_size();
     let n = data.len();
     let steps_per_epoch = n.div_ceil(batch_size) as u64;
     let start = trainer.steps_done();
@@ -346,7 +400,8 @@ pub fn train(
             }
             bar.inc(1);
             if let Some(c) = checkpointer.as_mut().filter(|c| c.due(step)) {
-                let path = c.write(trainer, &progress(data, trainer, config))?;
+                let at = progress(data, trainer, config);
+                let path = c.write(trainer, &at)?;
                 bar.println(format!("checkpoint {}", path.display()));
                 report.checkpoints.push(path);
             }
@@ -376,11 +431,11 @@ pub fn train(
 }
 
 /// Scores `data` with the model as trained so far and measures its loss and AUCs.
-pub fn validate(trainer: &Trainer, data: &LabelledData) -> Result<Validation> {
-    data.check(trainer.spec())?;
-    let model = trainer.model()?;
+pub fn validate(trainer: &mut dyn Learner, data: &LabelledData) -> Result<Validation> {
+    LabelledData::check(data, trainer.spec())?;
+    let model = trainer.trained_model()?;
     let engine = Engine::new(
-        trainer.ctx.clone(),
+        trainer.context().clone(),
         &model,
         &EngineOptions {
             max_batch: 4096,

@@ -12,15 +12,17 @@
 pub mod checkpoint;
 mod data;
 pub mod eval;
+pub mod hashed;
 pub mod metrics;
 mod state;
 mod stream;
 
 pub use checkpoint::{CheckpointOptions, Progress};
 pub use data::{
-    progress, train, validate, Batches, EpochReport, LabelledData, TrainOptions, TrainReport,
-    TrainingData, Validation,
+    progress, train, validate, Batches, EpochReport, LabelledData, Learner, TrainOptions,
+    TrainReport, TrainingData, Validation,
 };
+pub use hashed::{HashedOptions, HashedStats, HashedTrainer};
 pub use state::{OptimizerState, OPTIMIZER_FILE};
 pub use stream::StreamedData;
 
@@ -728,6 +730,49 @@ impl Trainer {
             &self.ctx.read_buffer(&self.b.v, len)?,
             &self.ctx.read_buffer(&self.b.sum_sq, rows)?,
         ))
+    }
+
+    /// The global row of feature `feature`'s (spec index) table row 0 in the trainer's page,
+    /// or `None` for a feature no kernel reads.
+    pub(crate) fn table_base(&self, feature: usize) -> Option<u32> {
+        self.layout.placement[feature].map(|(_, base)| base)
+    }
+
+    /// Global rows `rows`' values and AdaGrad sums, `rows.len() × d` each (waits for the GPU).
+    pub(crate) fn read_rows(&self, rows: &[u32]) -> Result<(Vec<f32>, Vec<f32>)> {
+        if rows.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let d = self.model.spec.d();
+        let row_bytes = (d * 4) as u64;
+        let len = rows.len() * d;
+        let staging = self.ctx.staging_buffer("row readback", 2 * len as u64 * 4);
+        let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+        for (k, &r) in rows.iter().enumerate() {
+            let (from, to) = (r as u64 * row_bytes, k as u64 * row_bytes);
+            encoder.copy_buffer_to_buffer(&self.b.page, from, &staging, to, row_bytes);
+            let sums_at = len as u64 * 4 + to;
+            encoder.copy_buffer_to_buffer(&self.b.sum_sq, from, &staging, sums_at, row_bytes);
+        }
+        let mut both = self.ctx.submit_and_read(encoder, &staging, 2 * len)?;
+        let sums = both.split_off(len);
+        Ok((both, sums))
+    }
+
+    /// Writes global rows `rows`' values and AdaGrad sums (`rows.len() × d` each); the next
+    /// step reads them.
+    pub(crate) fn write_rows(&self, rows: &[u32], values: &[f32], sums: &[f32]) {
+        let d = self.model.spec.d();
+        for (k, &r) in rows.iter().enumerate() {
+            let at = r as u64 * (d * 4) as u64;
+            let (v, s) = (&values[k * d..][..d], &sums[k * d..][..d]);
+            self.ctx
+                .queue
+                .write_buffer(&self.b.page, at, bytemuck::cast_slice(v));
+            self.ctx
+                .queue
+                .write_buffer(&self.b.sum_sq, at, bytemuck::cast_slice(s));
+        }
     }
 
     /// Checks and uploads a batch, its labels and its row uses; returns its rows.

@@ -1,0 +1,461 @@
+//! Training hashed features: raw 64-bit ids, no vocabulary. Each hashed feature gets a GPU
+//! working set of `capacity` rows (plus one for its default row); the full table lives on the
+//! host. Before each step the host maps the batch's ids to working-set slots: a hit takes its
+//! slot; a miss takes a free slot, or the least recently read one that this batch does not read,
+//! whose row and AdaGrad sums are read back to the host first. A missed id's row (and sums)
+//! come from the host, or are created: drawn from (seed, feature, id) by the spec's `init`, with
+//! zero sums. The batch then trains as a vocabulary batch over slots.
+//!
+//! Every row's update depends only on its own uses (summed in sample order) and its own sums, so
+//! training at any capacity gives the weights of training the same data with the ids mapped to
+//! a vocabulary whose rows start as the created rows would, bit for bit (tested).
+//!
+//! Admission: an id gets a row in the batch where its occurrences reach `admit_after`; until
+//! then it reads the default row, which no step changes. Expiry: a row not read for more than
+//! `expire_after` steps is dropped when its id comes back (which then starts over, as new) or
+//! when the model is exported.
+
+use std::collections::HashMap;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use pepnet_core::batch::{Batch, Column};
+use pepnet_core::error::{Error, Result};
+use pepnet_core::model::Model;
+use pepnet_core::spec::{EmbeddingInit, ModelSpec};
+use pepnet_core::weights::{embedding_values, names, HashedRows, Tensor};
+use pepnet_core::GpuContext;
+
+use std::sync::Arc;
+
+use crate::data::Learner;
+use crate::{OptimizerState, Trainer, TrainerOptions};
+
+/// How hashed features are trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashedOptions {
+    /// GPU rows per hashed feature; a batch may read at most this many distinct ids of one.
+    pub capacity: usize,
+    /// An id gets a row in the batch where its occurrences reach this (1: on first sight).
+    pub admit_after: u32,
+    /// A row not read for more than this many steps is dropped.
+    pub expire_after: Option<u64>,
+    /// Seeds the created rows.
+    pub seed: u64,
+}
+
+/// What the working sets did, summed over hashed features.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HashedStats {
+    /// Rows created (first admission, or the return of an expired id).
+    pub created: u64,
+    /// Rows dropped for not being read for `expire_after` steps.
+    pub expired: u64,
+    /// Rows moved from the GPU to the host to make room.
+    pub evicted: u64,
+    /// Rows moved from the host to the GPU.
+    pub loaded: u64,
+    /// Id occurrences that read the default row (not admitted yet).
+    pub not_admitted: u64,
+}
+
+/// Feature `feature`'s fresh row for `id`: d values drawn by `scheme` from a stream seeded by
+/// (seed, feature name, id), so the same on every machine and in every run.
+pub fn fresh_row(scheme: EmbeddingInit, seed: u64, feature: &str, id: u64, d: usize) -> Vec<f32> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in feature.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ h);
+    rng.set_stream(id);
+    embedding_values(scheme, d, &mut rng)
+}
+
+/// A row held on the host, with its AdaGrad sums.
+struct HostRow {
+    row: Vec<f32>,
+    sums: Vec<f32>,
+}
+
+/// One hashed feature's working set and host table.
+struct Table {
+    feature: usize,
+    name: String,
+    /// Global row of slot 0 in the trainer's page; slot `capacity` is the default row.
+    base: u32,
+    capacity: u32,
+    default: Vec<f32>,
+    slot_of: HashMap<u64, u32>,
+    id_in: Vec<Option<u64>>,
+    /// Per slot, the last step that read it.
+    read_at: Vec<u64>,
+    /// Free slots, lowest on top.
+    free: Vec<u32>,
+    host: HashMap<u64, HostRow>,
+    /// Per id with a row, the last step that read it.
+    last_read: HashMap<u64, u64>,
+    /// Ids without a row yet: their occurrences so far.
+    sightings: HashMap<u64, u32>,
+}
+
+/// A trainer for a spec with hashed features (see the module's notes).
+pub struct HashedTrainer {
+    trainer: Trainer,
+    /// The model as the caller gave it (hashed features), for export.
+    model: Model,
+    tables: Vec<Table>,
+    options: HashedOptions,
+    stats: HashedStats,
+}
+
+impl HashedTrainer {
+    /// Builds the working sets and a trainer over slots. `model`'s stored rows of hashed
+    /// features start on the host, with zero sums.
+    pub fn new(
+        ctx: std::sync::Arc<GpuContext>,
+        model: &Model,
+        options: &TrainerOptions,
+        hashed: HashedOptions,
+    ) -> Result<Self> {
+        if hashed.capacity == 0 || hashed.capacity >= u32::MAX as usize / 2 {
+            return Err(Error::Batch(format!(
+                "the working set holds 1 to 2^31 rows per hashed feature, found {}",
+                hashed.capacity
+            )));
+        }
+        if hashed.admit_after == 0 {
+            return Err(Error::Batch(
+                "admission after 0 occurrences: the least is 1 (a row on first sight)".into(),
+            ));
+        }
+        let spec = &model.spec;
+        let d = spec.d();
+        let cap = hashed.capacity;
+        let mut working = model.clone();
+        let mut tables = Vec::new();
+        for (f, feature) in spec.features.iter().enumerate() {
+            if !feature.hashed {
+                continue;
+            }
+            let stored = model.weights.hashed(&feature.name);
+            let default = stored
+                .and_then(|h| h.default.clone())
+                .unwrap_or_else(|| vec![0.0; d]);
+            let mut data = vec![0.0f32; (cap + 1) * d];
+            data[cap * d..].copy_from_slice(&default);
+            working.weights.take_hashed(&feature.name);
+            working.weights.insert(
+                names::table(&feature.name),
+                Tensor {
+                    shape: vec![cap + 1, d],
+                    data,
+                },
+            );
+            let wf = &mut working.spec.features[f];
+            wf.hashed = false;
+            wf.vocab = Some(cap + 1);
+            let host = stored
+                .map(|h| {
+                    h.ids
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &id)| {
+                            let row = h.rows[i * d..(i + 1) * d].to_vec();
+                            (
+                                id,
+                                HostRow {
+                                    row,
+                                    sums: vec![0.0; d],
+                                },
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            tables.push(Table {
+                feature: f,
+                name: feature.name.clone(),
+                base: 0,
+                capacity: cap as u32,
+                default,
+                slot_of: HashMap::new(),
+                id_in: vec![None; cap],
+                read_at: vec![0; cap],
+                free: (0..cap as u32).rev().collect(),
+                host,
+                last_read: HashMap::new(),
+                sightings: HashMap::new(),
+            });
+        }
+        let trainer = Trainer::new(ctx, &working, None, options)?;
+        for t in &mut tables {
+            // A hashed feature no kernel reads (a prior without PPNet) is never gathered.
+            t.base = trainer.table_base(t.feature).unwrap_or(u32::MAX);
+        }
+        Ok(Self {
+            trainer,
+            model: model.clone(),
+            tables,
+            options: hashed,
+            stats: HashedStats::default(),
+        })
+    }
+
+    /// The trainer over slots (its spec has a vocabulary of capacity + 1 per hashed feature).
+    pub fn trainer(&self) -> &Trainer {
+        &self.trainer
+    }
+
+    pub fn stats(&self) -> &HashedStats {
+        &self.stats
+    }
+
+    pub fn steps_done(&self) -> u64 {
+        self.trainer.steps_done()
+    }
+
+    /// Maps the batch's hashed ids to slots (moving rows as needed), then takes one step.
+    pub fn step(&mut self, batch: &Batch, labels: &[f32]) -> Result<()> {
+        batch.validate(&self.model.spec, "training batch", 1)?;
+        let slots = self.place(batch)?;
+        self.trainer.step(&slots, labels)
+    }
+
+    /// `batch` with every hashed id replaced by its slot.
+    fn place(&mut self, batch: &Batch) -> Result<Batch> {
+        let step = self.trainer.steps_done();
+        let d = self.model.spec.d();
+        let mut out = batch.clone();
+        for t in 0..self.tables.len() {
+            let table = &mut self.tables[t];
+            if table.base == u32::MAX {
+                continue;
+            }
+            let ids: &[u64] = match &batch.columns[table.feature] {
+                Column::Sparse(v) => v,
+                Column::MultiHot { ids, .. } => ids,
+                Column::Dense(_) => unreachable!("validated: hashed features have ids"),
+            };
+            // Distinct ids in order of first occurrence, with their counts.
+            let mut count: HashMap<u64, u32> = HashMap::new();
+            let mut order = Vec::new();
+            for &id in ids {
+                let c = count.entry(id).or_insert(0);
+                if *c == 0 {
+                    order.push(id);
+                }
+                *c += 1;
+            }
+            let default_slot = table.capacity;
+            let mut mapping: HashMap<u64, u32> = HashMap::with_capacity(order.len());
+            let mut needed: Vec<(u64, bool)> = Vec::new();
+            for &id in &order {
+                if let (Some(limit), Some(&last)) =
+                    (self.options.expire_after, table.last_read.get(&id))
+                {
+                    if step - last > limit {
+                        table.drop_row(id);
+                        self.stats.expired += 1;
+                    }
+                }
+                let has_row = table.slot_of.contains_key(&id) || table.host.contains_key(&id);
+                let mut created = false;
+                if !has_row {
+                    let seen = table.sightings.entry(id).or_insert(0);
+                    *seen = seen.saturating_add(count[&id]);
+                    if *seen < self.options.admit_after {
+                        mapping.insert(id, default_slot);
+                        self.stats.not_admitted += count[&id] as u64;
+                        continue;
+                    }
+                    table.sightings.remove(&id);
+                    created = true;
+                }
+                table.last_read.insert(id, step);
+                match table.slot_of.get(&id) {
+                    Some(&slot) => {
+                        table.read_at[slot as usize] = step;
+                        mapping.insert(id, slot);
+                    }
+                    None => needed.push((id, created)),
+                }
+            }
+            // Room: the least recently read slots this batch does not read.
+            let short = needed.len().saturating_sub(table.free.len());
+            if short > 0 {
+                let mut candidates: Vec<(u64, u32)> = (0..table.capacity)
+                    .filter(|&s| {
+                        table.id_in[s as usize].is_some() && table.read_at[s as usize] < step
+                    })
+                    .map(|s| (table.read_at[s as usize], s))
+                    .collect();
+                if candidates.len() < short {
+                    return Err(Error::Batch(format!(
+                        "hashed feature '{}': a batch reads {} distinct ids with rows, more than \
+                         the working set's {} rows; raise the working set (--working-set)",
+                        table.name,
+                        mapping.values().filter(|&&s| s != default_slot).count() + needed.len(),
+                        table.capacity
+                    )));
+                }
+                candidates.select_nth_unstable(short - 1);
+                let mut victims: Vec<u32> = candidates[..short].iter().map(|&(_, s)| s).collect();
+                victims.sort_unstable();
+                let rows: Vec<u32> = victims.iter().map(|&s| table.base + s).collect();
+                let (values, sums) = self.trainer.read_rows(&rows)?;
+                for (k, &slot) in victims.iter().enumerate() {
+                    let id = table.id_in[slot as usize]
+                        .take()
+                        .expect("a victim holds an id");
+                    table.slot_of.remove(&id);
+                    let row = values[k * d..(k + 1) * d].to_vec();
+                    let s = sums[k * d..(k + 1) * d].to_vec();
+                    table.host.insert(id, HostRow { row, sums: s });
+                    table.free.push(slot);
+                    self.stats.evicted += 1;
+                }
+                table.free.sort_unstable_by(|a, b| b.cmp(a));
+            }
+            let scheme = self.model.spec.init.unwrap_or_default().embedding;
+            let mut rows = Vec::with_capacity(needed.len());
+            let (mut values, mut sums) = (Vec::new(), Vec::new());
+            for (id, created) in needed {
+                let slot = table.free.pop().expect("room was made");
+                let held = table.host.remove(&id);
+                let (row, s) = match (created, held) {
+                    (false, Some(h)) => {
+                        self.stats.loaded += 1;
+                        (h.row, h.sums)
+                    }
+                    _ => {
+                        self.stats.created += 1;
+                        let row = fresh_row(scheme, self.options.seed, &table.name, id, d);
+                        (row, vec![0.0; d])
+                    }
+                };
+                values.extend_from_slice(&row);
+                sums.extend_from_slice(&s);
+                rows.push(table.base + slot);
+                table.slot_of.insert(id, slot);
+                table.id_in[slot as usize] = Some(id);
+                table.read_at[slot as usize] = step;
+                mapping.insert(id, slot);
+            }
+            self.trainer.write_rows(&rows, &values, &sums);
+            if self.options.admit_after > 1 {
+                // The default row reads as it was: undo the last step's update of it.
+                let zeros = vec![0.0; d];
+                self.trainer
+                    .write_rows(&[table.base + default_slot], &table.default, &zeros);
+            }
+            let translate = |ids: &mut Vec<u64>| {
+                for id in ids.iter_mut() {
+                    *id = mapping[id] as u64;
+                }
+            };
+            match &mut out.columns[table.feature] {
+                Column::Sparse(v) => translate(v),
+                Column::MultiHot { ids, .. } => translate(ids),
+                Column::Dense(_) => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// The model as trained so far, in the caller's form: each hashed feature's rows (working
+    /// set and host, rows past their expiry dropped) as stored ids and rows, sorted by id.
+    pub fn model(&mut self) -> Result<Model> {
+        let trained = self.trainer.model()?;
+        let d = self.model.spec.d();
+        let step = self.trainer.steps_done();
+        let mut model = self.model.clone();
+        for (name, tensor) in trained.weights.iter() {
+            if let Some(t) = model.weights.get_mut(name) {
+                t.data.clone_from(&tensor.data);
+            }
+        }
+        for table in &mut self.tables {
+            if let Some(limit) = self.options.expire_after {
+                let stale: Vec<u64> = table
+                    .last_read
+                    .iter()
+                    .filter(|&(_, &last)| step - last > limit)
+                    .map(|(&id, _)| id)
+                    .collect();
+                for id in stale {
+                    table.drop_row(id);
+                    self.stats.expired += 1;
+                }
+            }
+            let slots = &trained.weights.get(&names::table(&table.name)).data;
+            let mut rows: Vec<(u64, &[f32])> = table
+                .slot_of
+                .iter()
+                .map(|(&id, &s)| (id, &slots[s as usize * d..(s as usize + 1) * d]))
+                .chain(table.host.iter().map(|(&id, h)| (id, h.row.as_slice())))
+                .collect();
+            rows.sort_unstable_by_key(|&(id, _)| id);
+            let stored = HashedRows {
+                d,
+                ids: rows.iter().map(|&(id, _)| id).collect(),
+                rows: rows.iter().flat_map(|&(_, r)| r.iter().copied()).collect(),
+                default: model
+                    .weights
+                    .hashed(&table.name)
+                    .and_then(|h| h.default.clone()),
+            };
+            model.weights.set_hashed(table.name.clone(), stored);
+        }
+        Ok(model)
+    }
+
+    /// The spec the caller trains (with its hashed features).
+    pub fn spec(&self) -> &ModelSpec {
+        &self.model.spec
+    }
+}
+
+impl Learner for HashedTrainer {
+    fn step(&mut self, batch: &Batch, labels: &[f32]) -> Result<()> {
+        HashedTrainer::step(self, batch, labels)
+    }
+    fn losses(&mut self) -> Result<Vec<f32>> {
+        self.trainer.losses()
+    }
+    fn steps_done(&self) -> u64 {
+        self.trainer.steps_done()
+    }
+    fn batch_size(&self) -> usize {
+        self.trainer.options.batch_size
+    }
+    fn spec(&self) -> &ModelSpec {
+        &self.model.spec
+    }
+    fn context(&self) -> &Arc<GpuContext> {
+        self.trainer.context()
+    }
+    fn task_weights(&self) -> Vec<f64> {
+        self.trainer.task_weights()
+    }
+    fn trained_model(&mut self) -> Result<Model> {
+        self.model()
+    }
+    fn resumable_state(&mut self) -> Result<Option<OptimizerState>> {
+        Ok(None)
+    }
+}
+
+impl Table {
+    /// Forgets `id`'s row, wherever it is; its slot becomes free.
+    fn drop_row(&mut self, id: u64) {
+        if let Some(slot) = self.slot_of.remove(&id) {
+            self.id_in[slot as usize] = None;
+            self.free.push(slot);
+            self.free.sort_unstable_by(|a, b| b.cmp(a));
+        }
+        self.host.remove(&id);
+        self.last_read.remove(&id);
+    }
+}

@@ -1,0 +1,356 @@
+//! Training hashed features (raw 64-bit ids, a GPU working set over a host table):
+//!
+//! - at any working-set capacity (tiny: the most distinct ids of one batch; half the largest
+//!   vocabulary; all of it), admission on first sight and no expiry, the trained weights equal,
+//!   bit for bit, those of training the same data with the ids mapped to a vocabulary whose
+//!   rows start as the created rows do; and the exported model holds exactly the ids seen;
+//! - admission after k occurrences and expiry after E steps do what a CPU model of the same
+//!   rules says (rows created, expired, occurrences not admitted, ids held at the end);
+//! - a batch with more distinct ids than the working set is an error naming the feature.
+
+#[path = "../../pepnet-core/tests/common/mod.rs"]
+mod common;
+
+use std::collections::{HashMap, HashSet};
+
+use common::{gpu, random_batch, rng};
+use pepnet_core::batch::{Batch, Column};
+use pepnet_core::weights::names;
+use pepnet_core::{Model, ModelSpec};
+use pepnet_train::hashed::fresh_row;
+use pepnet_train::{HashedOptions, HashedTrainer, Trainer, TrainerOptions};
+use rand::RngExt;
+
+const SPEC: &str = r#"{
+  "embedding_dim": 5, "domain_feature": "tab", "tasks": ["a", "b"],
+  "features": [
+    {"name": "tab", "kind": "sparse", "vocab": 3, "roles": ["domain"]},
+    {"name": "user", "kind": "sparse", "vocab": 60, "roles": ["general", "prior"]},
+    {"name": "item", "kind": "sparse", "vocab": 90, "roles": ["general", "prior"]},
+    {"name": "tags", "kind": "multi_hot", "vocab": 25, "max_len": 3, "pooling": "mean",
+     "roles": ["general"]},
+    {"name": "dur", "kind": "dense", "roles": ["general", "domain"]}
+  ],
+  "epnet": {"hidden": 6}, "ppnet": {"hidden": 7}, "towers": [8, 5]
+}"#;
+
+const HASHED: [&str; 3] = ["user", "item", "tags"];
+const ROW_SEED: u64 = 77;
+
+/// Vocabulary id `i` of feature `f` as a raw id: distinct per feature, spread over 64 bits.
+fn raw(f: usize, i: u64) -> u64 {
+    (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((f as u64) << 59)
+}
+
+fn vocab_spec() -> ModelSpec {
+    ModelSpec::from_json(SPEC, "spec.json").unwrap()
+}
+
+fn hashed_spec() -> ModelSpec {
+    let mut spec = vocab_spec();
+    for f in spec.features.iter_mut() {
+        if HASHED.contains(&f.name.as_str()) {
+            f.hashed = true;
+            f.vocab = None;
+        }
+    }
+    spec.validate().unwrap();
+    spec
+}
+
+/// `batch` (vocabulary ids) with the hashed features' ids made raw.
+fn to_raw(spec: &ModelSpec, batch: &Batch) -> Batch {
+    let mut out = batch.clone();
+    for (f, col) in out.columns.iter_mut().enumerate() {
+        if !HASHED.contains(&spec.features[f].name.as_str()) {
+            continue;
+        }
+        match col {
+            Column::Sparse(v) => v.iter_mut().for_each(|x| *x = raw(f, *x)),
+            Column::MultiHot { ids, .. } => ids.iter_mut().for_each(|x| *x = raw(f, *x)),
+            Column::Dense(_) => {}
+        }
+    }
+    out
+}
+
+/// Batches whose ids come from a Zipf-like skew (a few hot ids, a long tail), so that the
+/// working set both hits and misses.
+fn batches(n: usize, rows: usize) -> Vec<(Batch, Vec<f32>)> {
+    let mut r = rng(41);
+    let spec = vocab_spec();
+    (0..n)
+        .map(|_| {
+            let mut batch = random_batch(&mut r, &spec, rows);
+            for (f, col) in batch.columns.iter_mut().enumerate() {
+                let vocab = spec.features[f].vocab.unwrap_or(1) as f64;
+                let mut skew = |x: &mut u64| {
+                    let u: f64 = r.random_range(0.0..1.0);
+                    *x = (vocab * u * u * u) as u64;
+                };
+                match col {
+                    Column::Sparse(v) if f != 0 => v.iter_mut().for_each(&mut skew),
+                    Column::MultiHot { ids, .. } => ids.iter_mut().for_each(&mut skew),
+                    _ => {}
+                }
+            }
+            let labels = (0..rows * 2).map(|_| r.random_range(0..2) as f32).collect();
+            (batch, labels)
+        })
+        .collect()
+}
+
+fn options() -> TrainerOptions {
+    TrainerOptions {
+        batch_size: 32,
+        ..Default::default()
+    }
+}
+
+/// The most distinct ids one batch reads of one hashed feature.
+fn most_distinct(data: &[(Batch, Vec<f32>)]) -> usize {
+    let spec = vocab_spec();
+    let mut most = 0;
+    for (batch, _) in data {
+        for (f, col) in batch.columns.iter().enumerate() {
+            if !HASHED.contains(&spec.features[f].name.as_str()) {
+                continue;
+            }
+            let ids: HashSet<u64> = match col {
+                Column::Sparse(v) => v.iter().copied().collect(),
+                Column::MultiHot { ids, .. } => ids.iter().copied().collect(),
+                Column::Dense(_) => HashSet::new(),
+            };
+            most = most.max(ids.len());
+        }
+    }
+    most
+}
+
+#[test]
+fn hashed_training_at_any_capacity_equals_vocabulary_training_bit_for_bit() {
+    let data = batches(14, 32);
+    let hashed_model = Model::init(hashed_spec(), 5).unwrap();
+    let d = hashed_model.spec.d();
+    let scheme = hashed_model.spec.init.unwrap().embedding;
+
+    // The vocabulary twin: the same dense weights and tables, and each hashed table's row i
+    // the row the hashed trainer creates for raw(f, i).
+    let mut vocab_model = Model::init(vocab_spec(), 9).unwrap();
+    vocab_model.spec.init = hashed_model.spec.init;
+    for (name, t) in hashed_model.weights.iter() {
+        vocab_model.weights.get_mut(name).unwrap().data = t.data.clone();
+    }
+    let spec = vocab_spec();
+    for (f, feature) in spec.features.iter().enumerate() {
+        if !HASHED.contains(&feature.name.as_str()) {
+            continue;
+        }
+        let rows: Vec<f32> = (0..feature.vocab.unwrap() as u64)
+            .flat_map(|i| fresh_row(scheme, ROW_SEED, &feature.name, raw(f, i), d))
+            .collect();
+        vocab_model
+            .weights
+            .get_mut(&names::table(&feature.name))
+            .unwrap()
+            .data = rows;
+    }
+    let mut trainer = Trainer::new(gpu(), &vocab_model, None, &options()).unwrap();
+    for (batch, labels) in &data {
+        trainer.step(batch, labels).unwrap();
+    }
+    let want = trainer.model().unwrap();
+
+    let tiny = most_distinct(&data);
+    assert!(tiny < 45, "tiny {tiny} is below half");
+    for capacity in [tiny, 45, 90] {
+        let hashed = HashedOptions {
+            capacity,
+            admit_after: 1,
+            expire_after: None,
+            seed: ROW_SEED,
+        };
+        let mut t = HashedTrainer::new(gpu(), &hashed_model, &options(), hashed).unwrap();
+        for (batch, labels) in &data {
+            t.step(&to_raw(&spec, batch), labels).unwrap();
+        }
+        let got = t.model().unwrap();
+        let stats = t.stats().clone();
+        if capacity == tiny {
+            assert!(stats.evicted > 0 && stats.loaded > 0, "{stats:?}");
+        }
+        if capacity == 90 {
+            assert_eq!((stats.evicted, stats.loaded), (0, 0), "{stats:?}");
+        }
+        for (name, tensor) in got.weights.iter() {
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert!(
+                bits(&tensor.data) == bits(&want.weights.get(name).data),
+                "capacity {capacity}: tensor '{name}' differs from vocabulary training"
+            );
+        }
+        for (f, feature) in spec.features.iter().enumerate() {
+            if !HASHED.contains(&feature.name.as_str()) {
+                continue;
+            }
+            let stored = got.weights.hashed(&feature.name).unwrap();
+            let table = &want.weights.get(&names::table(&feature.name)).data;
+            let seen: HashSet<u64> = data
+                .iter()
+                .flat_map(|(b, _)| match &b.columns[f] {
+                    Column::Sparse(v) => v.clone(),
+                    Column::MultiHot { ids, .. } => ids.clone(),
+                    Column::Dense(_) => Vec::new(),
+                })
+                .collect();
+            assert_eq!(
+                stored.ids.len(),
+                seen.len(),
+                "{}: one row per id seen",
+                feature.name
+            );
+            assert!(stats.created as usize >= seen.len());
+            for i in &seen {
+                let k = stored.ids.iter().position(|&id| id == raw(f, *i)).unwrap();
+                let (a, b) = (&stored.rows[k * d..][..d], &table[*i as usize * d..][..d]);
+                assert!(
+                    a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "capacity {capacity}: {} row of id {i} differs: {a:?} vs {b:?}",
+                    feature.name
+                );
+            }
+        }
+        // The exported model loads and scores as any hashed model does.
+        let dir = tempfile::tempdir().unwrap();
+        got.save(dir.path()).unwrap();
+        assert_eq!(Model::load(dir.path()).unwrap(), got);
+    }
+}
+
+/// What the rules say, replayed on the host: (created, expired, not admitted, ids held).
+fn cpu_model(
+    data: &[(Batch, Vec<f32>)],
+    spec: &ModelSpec,
+    admit: u32,
+    expire: Option<u64>,
+) -> (u64, u64, u64, Vec<HashSet<u64>>) {
+    let (mut created, mut expired, mut not_admitted) = (0, 0, 0);
+    let mut held = Vec::new();
+    for (f, feature) in spec.features.iter().enumerate() {
+        if !HASHED.contains(&feature.name.as_str()) {
+            continue;
+        }
+        let mut last: HashMap<u64, u64> = HashMap::new();
+        let mut sightings: HashMap<u64, u32> = HashMap::new();
+        for (s, (batch, _)) in data.iter().enumerate() {
+            let s = s as u64;
+            let ids = match &batch.columns[f] {
+                Column::Sparse(v) => v.clone(),
+                Column::MultiHot { ids, .. } => ids.clone(),
+                Column::Dense(_) => Vec::new(),
+            };
+            let mut order = Vec::new();
+            let mut count: HashMap<u64, u32> = HashMap::new();
+            for id in ids {
+                if count
+                    .insert(id, count.get(&id).copied().unwrap_or(0) + 1)
+                    .is_none()
+                {
+                    order.push(id);
+                }
+            }
+            for id in order {
+                if let (Some(e), Some(&l)) = (expire, last.get(&id)) {
+                    if s - l > e {
+                        last.remove(&id);
+                        expired += 1;
+                    }
+                }
+                if !last.contains_key(&id) {
+                    let seen = sightings.entry(id).or_insert(0);
+                    *seen += count[&id];
+                    if *seen < admit {
+                        not_admitted += count[&id] as u64;
+                        continue;
+                    }
+                    sightings.remove(&id);
+                    created += 1;
+                }
+                last.insert(id, s);
+            }
+        }
+        let end = data.len() as u64;
+        if let Some(e) = expire {
+            let before = last.len();
+            last.retain(|_, l| end - *l <= e);
+            expired += (before - last.len()) as u64;
+        }
+        held.push(last.keys().map(|&i| raw(f, i)).collect());
+    }
+    (created, expired, not_admitted, held)
+}
+
+#[test]
+fn admission_and_expiry_follow_a_cpu_model_of_the_rules() {
+    let data = batches(16, 32);
+    let spec = vocab_spec();
+    let model = Model::init(hashed_spec(), 6).unwrap();
+    for (admit, expire, capacity) in [(3, None, 90), (1, Some(2), 90), (2, Some(4), 40)] {
+        let hashed = HashedOptions {
+            capacity,
+            admit_after: admit,
+            expire_after: expire,
+            seed: ROW_SEED,
+        };
+        let mut t = HashedTrainer::new(gpu(), &model, &options(), hashed).unwrap();
+        for (batch, labels) in &data {
+            t.step(&to_raw(&spec, batch), labels).unwrap();
+        }
+        let got = t.model().unwrap();
+        let stats = t.stats().clone();
+        let (created, expired, not_admitted, held) = cpu_model(&data, &spec, admit, expire);
+        let what = format!("admit {admit}, expire {expire:?}, capacity {capacity}: {stats:?}");
+        assert_eq!(stats.created, created, "{what}");
+        assert_eq!(stats.expired, expired, "{what}");
+        assert_eq!(stats.not_admitted, not_admitted, "{what}");
+        assert!(
+            not_admitted > 0 || admit == 1,
+            "{what}: nothing waited for admission"
+        );
+        assert!(expired > 0 || expire.is_none(), "{what}: nothing expired");
+        for (k, name) in HASHED.iter().enumerate() {
+            let ids: HashSet<u64> = got
+                .weights
+                .hashed(name)
+                .unwrap()
+                .ids
+                .iter()
+                .copied()
+                .collect();
+            assert_eq!(ids, held[k], "{what}: {name}'s ids");
+        }
+        // Rows not admitted read the default row, which no step changes: zeros here.
+        assert!(got.weights.hashed("user").unwrap().default.is_none());
+    }
+}
+
+#[test]
+fn a_batch_wider_than_the_working_set_is_an_error_naming_the_feature() {
+    let data = batches(1, 32);
+    let model = Model::init(hashed_spec(), 7).unwrap();
+    let hashed = HashedOptions {
+        capacity: 3,
+        admit_after: 1,
+        expire_after: None,
+        seed: 0,
+    };
+    let mut t = HashedTrainer::new(gpu(), &model, &options(), hashed).unwrap();
+    let err = t
+        .step(&to_raw(&vocab_spec(), &data[0].0), &data[0].1)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("hashed feature 'user'") && err.contains("3 rows"),
+        "{err}"
+    );
+}
