@@ -421,22 +421,71 @@ fn hashed_features_train_and_the_model_scores_without_conversion() {
         assert!((g - *w).abs() < 1e-5, "score {g} against reference {w}");
     }
 
-    // Hashed training does not checkpoint yet: refused up front, nothing written.
-    let out_dir = d.join("refused");
-    let ckpt = d.join("ckpt").display().to_string();
-    fails_naming(
-        &[
+    // Checkpoints: resumed from the one after step 20 (of 32), the run ends as it did.
+    let ckpt = d.join("ckpt");
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args: Vec<String> = [
             "train",
             "--model",
             &spec,
             "--train",
             &train,
             "--out",
-            &out_dir.display().to_string(),
-            "--checkpoints",
-            &ckpt,
-        ],
-        &["hashed features", "--checkpoints"],
-        &out_dir,
+            out.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "256",
+            "--working-set",
+            "300",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        pepnet(&args)
+    };
+    let full = d.join("full");
+    let every = [
+        "--checkpoints",
+        ckpt.to_str().unwrap(),
+        "--checkpoint-every",
+        "10",
+    ];
+    ok(&run(&full, &every), "hashed, with checkpoints");
+    assert!(
+        std::fs::read(full.join("weights.safetensors")).unwrap()
+            == std::fs::read(model.join("weights.safetensors")).unwrap(),
+        "checkpointing changed the run"
     );
+    let resumed = d.join("resumed");
+    let from = ckpt.join(format!("step-{:012}", 20));
+    ok(
+        &run(&resumed, &["--resume-from", from.to_str().unwrap()]),
+        "hashed, resumed",
+    );
+    for file in ["weights.safetensors", "optimizer.safetensors"] {
+        assert!(
+            std::fs::read(full.join(file)).unwrap() == std::fs::read(resumed.join(file)).unwrap(),
+            "{file}: the resumed hashed run differs"
+        );
+    }
+
+    // Admission keeps state a checkpoint does not hold yet: refused up front, nothing written.
+    let out_dir = d.join("refused");
+    let out = run(
+        &out_dir,
+        &[
+            "--admit-after",
+            "2",
+            "--checkpoints",
+            ckpt.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--admit-after") && err.contains("--checkpoints"),
+        "{err}"
+    );
+    assert!(!out_dir.exists());
 }

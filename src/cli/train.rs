@@ -204,20 +204,16 @@ impl Train {
         );
         let hashed = model.spec.features.iter().any(|f| f.hashed);
         let mut trainer: Box<dyn Learner> = if hashed {
-            if config.checkpoints.is_some() || resume_from.is_some() {
+            let rules = self.admit_after > 1 || self.expire_after.is_some();
+            if rules && (config.checkpoints.is_some() || resume_from.is_some()) {
                 return Err(pepnet::Error::Spec {
-                    file: self.model.display().to_string(),
-                    message: "the spec has hashed features, whose training does not checkpoint \
-                              or resume bit for bit yet (their rows' AdaGrad sums stay on the \
-                              host); train without --checkpoints / --resume"
+                    file: "--admit-after / --expire-after".into(),
+                    message: "hashed training with admission or expiry does not checkpoint or \
+                              resume bit for bit yet (the sightings and read steps are not \
+                              saved); train without --checkpoints / --resume, or with \
+                              --admit-after 1 and no --expire-after"
                         .into(),
                 });
-            }
-            if state.is_some() {
-                eprintln!(
-                    "note: hashed features train with fresh optimizer state (the model's rows \
-                     and dense weights carry on)"
-                );
             }
             let hashed = HashedOptions {
                 capacity: self.working_set,
@@ -225,7 +221,13 @@ impl Train {
                 expire_after: self.expire_after,
                 seed: self.seed,
             };
-            Box::new(HashedTrainer::new(ctx, &model, &options, hashed)?)
+            Box::new(HashedTrainer::new(
+                ctx,
+                &model,
+                state.as_ref(),
+                &options,
+                hashed,
+            )?)
         } else {
             Box::new(Trainer::new(ctx, &model, state.as_ref(), &options)?)
         };

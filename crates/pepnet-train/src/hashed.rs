@@ -113,9 +113,15 @@ pub struct HashedTrainer {
 impl HashedTrainer {
     /// Builds the working sets and a trainer over slots. `model`'s stored rows of hashed
     /// features start on the host, with zero sums.
+    ///
+    /// With `state` (written by [`HashedTrainer::export`] beside `model`), training goes on
+    /// from its step with its moments and every row's sums: a run resumed so takes the steps
+    /// the uninterrupted run would, bit for bit, when admission is on first sight and rows do
+    /// not expire (the sightings and read steps those rules keep are not saved yet).
     pub fn new(
         ctx: std::sync::Arc<GpuContext>,
         model: &Model,
+        state: Option<&OptimizerState>,
         options: &TrainerOptions,
         hashed: HashedOptions,
     ) -> Result<Self> {
@@ -133,6 +139,10 @@ impl HashedTrainer {
         let spec = &model.spec;
         let d = spec.d();
         let cap = hashed.capacity;
+        if let Some(state) = state {
+            state.check(spec)?;
+        }
+        let mut working_state = state.cloned();
         let mut working = model.clone();
         let mut tables = Vec::new();
         for (f, feature) in spec.features.iter().enumerate() {
@@ -156,6 +166,28 @@ impl HashedTrainer {
             let wf = &mut working.spec.features[f];
             wf.hashed = false;
             wf.vocab = Some(cap + 1);
+            let sums_name = format!("adagrad.{}", names::table(&feature.name));
+            let saved = match working_state.as_mut() {
+                Some(s) => {
+                    let n = stored.map_or(0, |h| h.ids.len());
+                    let sums = s.tensors.remove(&sums_name).map(|(_, v)| v);
+                    if sums.as_ref().map_or(0, |v| v.len() / d) != n {
+                        return Err(Error::Tensor {
+                            file: crate::OPTIMIZER_FILE.into(),
+                            tensor: sums_name,
+                            message: format!(
+                                "expected the sums of the model's {n} stored rows of '{}'",
+                                feature.name
+                            ),
+                        });
+                    }
+                    // The working table's sums start at zero, as its rows do.
+                    let zeros = vec![0.0; (cap + 1) * d];
+                    s.tensors.insert(sums_name, (vec![cap + 1, d], zeros));
+                    sums
+                }
+                None => None,
+            };
             let host = stored
                 .map(|h| {
                     h.ids
@@ -163,13 +195,11 @@ impl HashedTrainer {
                         .enumerate()
                         .map(|(i, &id)| {
                             let row = h.rows[i * d..(i + 1) * d].to_vec();
-                            (
-                                id,
-                                HostRow {
-                                    row,
-                                    sums: vec![0.0; d],
-                                },
-                            )
+                            let sums = match &saved {
+                                Some(v) => v[i * d..(i + 1) * d].to_vec(),
+                                None => vec![0.0; d],
+                            };
+                            (id, HostRow { row, sums })
                         })
                         .collect()
                 })
@@ -189,7 +219,7 @@ impl HashedTrainer {
                 sightings: HashMap::new(),
             });
         }
-        let trainer = Trainer::new(ctx, &working, None, options)?;
+        let trainer = Trainer::new(ctx, &working, working_state.as_ref(), options)?;
         for t in &mut tables {
             // A hashed feature no kernel reads (a prior without PPNet) is never gathered.
             t.base = trainer.table_base(t.feature).unwrap_or(u32::MAX);
@@ -367,7 +397,15 @@ impl HashedTrainer {
     /// The model as trained so far, in the caller's form: each hashed feature's rows (working
     /// set and host, rows past their expiry dropped) as stored ids and rows, sorted by id.
     pub fn model(&mut self) -> Result<Model> {
+        self.export().map(|(model, _)| model)
+    }
+
+    /// The model (as [`HashedTrainer::model`]) and its optimizer state: Adam's moments, the
+    /// vocabulary tables' sums, and each hashed feature's rows' sums as `adagrad.emb.<f>`,
+    /// `[rows, d]` in the order of the model's stored ids.
+    pub fn export(&mut self) -> Result<(Model, OptimizerState)> {
         let trained = self.trainer.model()?;
+        let mut state = self.trainer.optimizer_state()?;
         let d = self.model.spec.d();
         let step = self.trainer.steps_done();
         let mut model = self.model.clone();
@@ -389,18 +427,33 @@ impl HashedTrainer {
                     self.stats.expired += 1;
                 }
             }
-            let slots = &trained.weights.get(&names::table(&table.name)).data;
-            let mut rows: Vec<(u64, &[f32])> = table
+            let name = names::table(&table.name);
+            let slots = &trained.weights.get(&name).data;
+            let sums_name = format!("adagrad.{name}");
+            let slot_sums = state
+                .tensors
+                .remove(&sums_name)
+                .map(|(_, v)| v)
+                .unwrap_or_default();
+            let at = |s: u32| s as usize * d..(s as usize + 1) * d;
+            let mut rows: Vec<(u64, &[f32], &[f32])> = table
                 .slot_of
                 .iter()
-                .map(|(&id, &s)| (id, &slots[s as usize * d..(s as usize + 1) * d]))
-                .chain(table.host.iter().map(|(&id, h)| (id, h.row.as_slice())))
+                .map(|(&id, &s)| (id, &slots[at(s)], &slot_sums[at(s)]))
+                .chain(
+                    table
+                        .host
+                        .iter()
+                        .map(|(&id, h)| (id, h.row.as_slice(), h.sums.as_slice())),
+                )
                 .collect();
-            rows.sort_unstable_by_key(|&(id, _)| id);
+            rows.sort_unstable_by_key(|&(id, _, _)| id);
+            let sums: Vec<f32> = rows.iter().flat_map(|r| r.2.iter().copied()).collect();
+            state.tensors.insert(sums_name, (vec![rows.len(), d], sums));
             let stored = HashedRows {
                 d,
-                ids: rows.iter().map(|&(id, _)| id).collect(),
-                rows: rows.iter().flat_map(|&(_, r)| r.iter().copied()).collect(),
+                ids: rows.iter().map(|r| r.0).collect(),
+                rows: rows.iter().flat_map(|r| r.1.iter().copied()).collect(),
                 default: model
                     .weights
                     .hashed(&table.name)
@@ -408,7 +461,7 @@ impl HashedTrainer {
             };
             model.weights.set_hashed(table.name.clone(), stored);
         }
-        Ok(model)
+        Ok((model, state))
     }
 
     /// The spec the caller trains (with its hashed features).
@@ -443,7 +496,11 @@ impl Learner for HashedTrainer {
         self.model()
     }
     fn resumable_state(&mut self) -> Result<Option<OptimizerState>> {
-        Ok(None)
+        // Admission and expiry keep state (sightings, read steps) that is not saved yet.
+        if self.options.admit_after > 1 || self.options.expire_after.is_some() {
+            return Ok(None);
+        }
+        self.export().map(|(_, state)| Some(state))
     }
 }
 

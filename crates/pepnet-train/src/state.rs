@@ -109,7 +109,35 @@ impl OptimizerState {
             });
         }
         let wanted: HashMap<String, Vec<usize>> = expected(spec).into_iter().collect();
-        if let Some(name) = self.tensors.keys().find(|n| !wanted.contains_key(*n)) {
+        // A hashed feature's rows' sums, `[rows, d]` in the order of the model's stored ids.
+        let hashed: HashMap<String, usize> = spec
+            .features
+            .iter()
+            .filter(|f| f.hashed)
+            .map(|f| (format!("adagrad.{}", embedding::table(&f.name)), spec.d()))
+            .collect();
+        for (name, (shape, data)) in &self.tensors {
+            let Some(&d) = hashed.get(name) else { continue };
+            let fits = shape.len() == 2 && shape[1] == d && data.len() == shape[0] * d;
+            let bad = data.iter().position(|x| !x.is_finite() || *x < 0.0);
+            if !fits || bad.is_some() {
+                return Err(Error::Tensor {
+                    file: OPTIMIZER_FILE.into(),
+                    tensor: name.clone(),
+                    message: match bad {
+                        Some(i) if fits => {
+                            format!(
+                                "element {i} is {}; expected a finite, non-negative number",
+                                data[i]
+                            )
+                        }
+                        _ => format!("expected shape [rows, {d}], found {shape:?}"),
+                    },
+                });
+            }
+        }
+        let known = |n: &String| wanted.contains_key(n) || hashed.contains_key(n);
+        if let Some(name) = self.tensors.keys().find(|n| !known(n)) {
             return Err(Error::Tensor {
                 file: OPTIMIZER_FILE.into(),
                 tensor: name.clone(),
@@ -275,6 +303,21 @@ impl OptimizerState {
             }
             let data: Vec<f32> = bytemuck::pod_collect_to_vec(view.data());
             tensors.insert(name, (shape, data));
+        }
+        // Hashed features' rows' sums, if trained: their shapes are checked below.
+        for f in spec.features.iter().filter(|f| f.hashed) {
+            let name = format!("adagrad.{}", embedding::table(&f.name));
+            if let Ok(view) = st.tensor(&name) {
+                if view.dtype() != Dtype::F32 {
+                    return Err(Error::Tensor {
+                        file: file.clone(),
+                        tensor: name,
+                        message: format!("expected F32, found {:?}", view.dtype()),
+                    });
+                }
+                let data: Vec<f32> = bytemuck::pod_collect_to_vec(view.data());
+                tensors.insert(name, (view.shape().to_vec(), data));
+            }
         }
         let known: std::collections::HashSet<&str> = tensors.keys().map(String::as_str).collect();
         let mut extra: Vec<&str> = st

@@ -170,7 +170,7 @@ fn hashed_training_at_any_capacity_equals_vocabulary_training_bit_for_bit() {
             expire_after: None,
             seed: ROW_SEED,
         };
-        let mut t = HashedTrainer::new(gpu(), &hashed_model, &options(), hashed).unwrap();
+        let mut t = HashedTrainer::new(gpu(), &hashed_model, None, &options(), hashed).unwrap();
         for (batch, labels) in &data {
             t.step(&to_raw(&spec, batch), labels).unwrap();
         }
@@ -302,7 +302,7 @@ fn admission_and_expiry_follow_a_cpu_model_of_the_rules() {
             expire_after: expire,
             seed: ROW_SEED,
         };
-        let mut t = HashedTrainer::new(gpu(), &model, &options(), hashed).unwrap();
+        let mut t = HashedTrainer::new(gpu(), &model, None, &options(), hashed).unwrap();
         for (batch, labels) in &data {
             t.step(&to_raw(&spec, batch), labels).unwrap();
         }
@@ -344,7 +344,7 @@ fn a_batch_wider_than_the_working_set_is_an_error_naming_the_feature() {
         expire_after: None,
         seed: 0,
     };
-    let mut t = HashedTrainer::new(gpu(), &model, &options(), hashed).unwrap();
+    let mut t = HashedTrainer::new(gpu(), &model, None, &options(), hashed).unwrap();
     let err = t
         .step(&to_raw(&vocab_spec(), &data[0].0), &data[0].1)
         .unwrap_err()
@@ -352,5 +352,44 @@ fn a_batch_wider_than_the_working_set_is_an_error_naming_the_feature() {
     assert!(
         err.contains("hashed feature 'user'") && err.contains("3 rows"),
         "{err}"
+    );
+}
+
+/// Stopped after 6 steps, written (model and state) and read back, then resumed with a fresh
+/// working set: the run ends where the uninterrupted one does, bit for bit.
+#[test]
+fn a_hashed_run_resumed_from_its_files_ends_bit_identical() {
+    let data = batches(14, 32);
+    let spec = vocab_spec();
+    let model = Model::init(hashed_spec(), 8).unwrap();
+    let hashed = HashedOptions {
+        capacity: most_distinct(&data),
+        admit_after: 1,
+        expire_after: None,
+        seed: ROW_SEED,
+    };
+    let run = |from: &Model,
+               state: Option<&pepnet_train::OptimizerState>,
+               range: std::ops::Range<usize>| {
+        let mut t = HashedTrainer::new(gpu(), from, state, &options(), hashed).unwrap();
+        for (batch, labels) in &data[range] {
+            t.step(&to_raw(&spec, batch), labels).unwrap();
+        }
+        t.export().unwrap()
+    };
+    let (want_model, want_state) = run(&model, None, 0..14);
+    let (half_model, half_state) = run(&model, None, 0..6);
+    let dir = tempfile::tempdir().unwrap();
+    half_state.save_with(&half_model, dir.path()).unwrap();
+    let loaded = Model::load(dir.path()).unwrap();
+    let state = pepnet_train::OptimizerState::load(dir.path(), &loaded.spec)
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.step, 6);
+    let (got_model, got_state) = run(&loaded, Some(&state), 6..14);
+    assert!(got_model == want_model, "the resumed model differs");
+    assert!(
+        got_state == want_state,
+        "the resumed optimizer state differs"
     );
 }
