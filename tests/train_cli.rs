@@ -489,3 +489,58 @@ fn hashed_features_train_and_the_model_scores_without_conversion() {
     );
     assert!(!out_dir.exists());
 }
+
+/// `--progressive`: every batch is scored before it is trained on; AUC and GAUC per task over
+/// windows of samples are logged and in the report, and they rise as the model learns.
+#[test]
+fn progressive_validation_reports_windows_scored_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let train = gen(d, "train.csv", 4000, 1);
+    let report = d.join("report.json");
+    let err = ok(
+        &pepnet(&[
+            "train",
+            "--model",
+            &spec_path(),
+            "--train",
+            &train,
+            "--out",
+            d.join("m").to_str().unwrap(),
+            "--batch-size",
+            "256",
+            "--epochs",
+            "2",
+            "--progressive",
+            "1000",
+            "--json",
+            report.to_str().unwrap(),
+        ]),
+        "progressive",
+    );
+    assert!(err.contains("scored before training"), "{err}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let windows = json["windows"].as_array().unwrap();
+    // 16 steps an epoch (the last of 160 samples), a window closing at 1000 samples or more.
+    assert_eq!(windows.len(), 8);
+    let samples: u64 = windows.iter().map(|w| w["samples"].as_u64().unwrap()).sum();
+    assert_eq!(samples, 8000);
+    assert_eq!(windows[0]["first_step"], 0);
+    assert_eq!(windows[7]["last_step"], 32);
+    let mean = |w: &serde_json::Value, key: &str| {
+        let v: Vec<f64> = w[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|x| x.as_f64())
+            .collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    let (first, last) = (mean(&windows[0], "auc"), mean(&windows[7], "auc"));
+    assert!(
+        last > first + 0.02,
+        "AUC before training rose from {first} to {last}"
+    );
+    assert!(mean(&windows[7], "gauc") > 0.5);
+}

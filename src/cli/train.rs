@@ -8,7 +8,7 @@ use clap::Args;
 use pepnet::gpu::optimizer::{AdaGradOptions, AdamOptions};
 use pepnet::train::checkpoint::{self, CheckpointOptions, Progress};
 use pepnet::train::{
-    HashedOptions, HashedTrainer, LabelledData, Learner, OptimizerState, StreamedData,
+    HashedOptions, HashedTrainer, LabelledData, Learner, OptimizerState, Progressive, StreamedData,
     TrainOptions, Trainer, TrainerOptions, TrainingData,
 };
 use pepnet::{Model, ModelSpec, Result};
@@ -74,6 +74,14 @@ pub struct Train {
     /// Hashed features: drop a row not read for more than this many steps.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub expire_after: Option<u64>,
+    /// Progressive validation: score every batch before training on it and log AUC and GAUC
+    /// per task over windows of this many samples (and in --json's `windows`).
+    #[arg(long, value_parser = at_least_one())]
+    pub progressive: Option<usize>,
+    /// The sparse feature whose ids group progressive GAUC [default: user_id, when the spec
+    /// has it].
+    #[arg(long)]
+    pub progressive_user: Option<String>,
     #[command(flatten)]
     pub init: InitArgs,
     /// Write checkpoints into this directory (`step-<S>/`: model, optimizer state and
@@ -123,7 +131,12 @@ impl Train {
             (None, Some(c)) if self.resume => checkpoint::latest(&c.dir)?,
             _ => None,
         };
-        let config = TrainOptions {
+        let progressive = self.progressive.map(|window| Progressive {
+            window,
+            user_feature: None,
+        });
+        let mut config = TrainOptions {
+            progressive,
             epochs: self.epochs,
             epochs_are_total: self.resume || self.resume_from.is_some(),
             seed: self.seed,
@@ -153,6 +166,9 @@ impl Train {
             let spec = self.init.apply(ModelSpec::load(&self.model)?)?;
             (Model::init(spec, config.seed)?, None)
         };
+        if let Some(p) = config.progressive.as_mut() {
+            p.user_feature = self.progressive_user(&model.spec)?;
+        }
         let columns = self.labels.columns(&model.spec)?;
         let data: Box<dyn TrainingData> =
             if shards::names_many(&self.train) || self.shuffle_window.is_some() {
@@ -285,6 +301,25 @@ impl Train {
 }
 
 impl Train {
+    /// The spec index of --progressive-user (user_id by default, when the spec has it as a
+    /// sparse feature).
+    fn progressive_user(&self, spec: &ModelSpec) -> Result<Option<usize>> {
+        let sparse = |f: &pepnet::spec::FeatureSpec| f.kind == pepnet::spec::FeatureKind::Sparse;
+        match &self.progressive_user {
+            None => Ok(spec
+                .features
+                .iter()
+                .position(|f| f.name == "user_id" && sparse(f))),
+            Some(name) => match spec.features.iter().position(|f| &f.name == name) {
+                Some(i) if sparse(&spec.features[i]) => Ok(Some(i)),
+                _ => Err(pepnet::Error::Spec {
+                    file: "--progressive-user".into(),
+                    message: format!("'{name}' is not a sparse feature of the model"),
+                }),
+            },
+        }
+    }
+
     /// --checkpoints with when to write them (every 1000 steps when neither is given).
     fn checkpoint_options(&self) -> Result<Option<CheckpointOptions>> {
         let Some(dir) = &self.checkpoints else {

@@ -150,6 +150,82 @@ pub struct TrainOptions {
     pub progress: bool,
     /// Write checkpoints while training.
     pub checkpoints: Option<CheckpointOptions>,
+    /// Progressive validation: score every batch before training on it, and report AUC and
+    /// GAUC per task over windows of this many samples.
+    pub progressive: Option<Progressive>,
+}
+
+/// Progressive validation's window and the feature whose ids group GAUC.
+#[derive(Debug, Clone)]
+pub struct Progressive {
+    pub window: usize,
+    /// A sparse feature (spec index), or `None` for AUC only.
+    pub user_feature: Option<usize>,
+}
+
+/// One window of progressive validation: what the model scored before it trained on it.
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowReport {
+    /// Steps `first_step + 1 ..= last_step` (1-based, counted on from a resumed run's).
+    pub first_step: u64,
+    pub last_step: u64,
+    pub samples: usize,
+    /// Per task.
+    pub auc: Vec<Option<f64>>,
+    pub gauc: Vec<Option<f64>>,
+    /// Mean of Σ_t w_t · BCE over the window, as the training loss.
+    pub loss: f64,
+}
+
+/// A window being gathered.
+#[derive(Default)]
+struct Window {
+    first_step: u64,
+    scores: Vec<f32>,
+    labels: Vec<f32>,
+    users: Vec<u64>,
+}
+
+impl Window {
+    fn report(&self, last_step: u64, tasks: usize, weights: &[f64]) -> WindowReport {
+        let n = self.scores.len() / tasks;
+        let per_task = |k: usize| -> (Vec<f32>, Vec<bool>) {
+            let s = self.scores.iter().skip(k).step_by(tasks).copied().collect();
+            let l = self
+                .labels
+                .iter()
+                .skip(k)
+                .step_by(tasks)
+                .map(|&y| y > 0.5)
+                .collect();
+            (s, l)
+        };
+        let mut loss = 0.0;
+        for (i, (&p, &y)) in self.scores.iter().zip(&self.labels).enumerate() {
+            let p = (p as f64).clamp(1e-7, 1.0 - 1e-7);
+            loss -= weights[i % tasks] * (y as f64 * p.ln() + (1.0 - y as f64) * (1.0 - p).ln());
+        }
+        WindowReport {
+            first_step: self.first_step,
+            last_step,
+            samples: n,
+            auc: (0..tasks)
+                .map(|k| {
+                    let (s, l) = per_task(k);
+                    auc(&s, &l)
+                })
+                .collect(),
+            gauc: (0..tasks)
+                .map(|k| {
+                    let (s, l) = per_task(k);
+                    (!self.users.is_empty())
+                        .then(|| crate::metrics::gauc(&self.users, &s, &l).map(|(g, _)| g))
+                        .flatten()
+                })
+                .collect(),
+            loss: loss / n.max(1) as f64,
+        }
+    }
 }
 
 impl Default for TrainOptions {
@@ -161,6 +237,7 @@ impl Default for TrainOptions {
             shuffle: true,
             progress: false,
             checkpoints: None,
+            progressive: None,
         }
     }
 }
@@ -192,6 +269,8 @@ pub struct TrainReport {
     pub epochs: Vec<EpochReport>,
     /// The checkpoints written, oldest first (only the newest `keep` remain on disk).
     pub checkpoints: Vec<PathBuf>,
+    /// Progressive validation's windows, in order.
+    pub windows: Vec<WindowReport>,
 }
 
 /// What [`train`] drives: a [`Trainer`] (vocabulary tables) or a [`crate::HashedTrainer`]
@@ -212,6 +291,8 @@ pub trait Learner {
     fn trained_model(&mut self) -> Result<Model>;
     /// The optimizer state a resume continues bit for bit from, where the learner keeps one.
     fn resumable_state(&mut self) -> Result<Option<OptimizerState>>;
+    /// The last step's probabilities, from the weights before its update (`rows × T`).
+    fn last_scores(&self) -> Result<Vec<f32>>;
 }
 
 impl Learner for Trainer {
@@ -241,6 +322,9 @@ impl Learner for Trainer {
     }
     fn resumable_state(&mut self) -> Result<Option<OptimizerState>> {
         self.optimizer_state().map(Some)
+    }
+    fn last_scores(&self) -> Result<Vec<f32>> {
+        Trainer::last_scores(self)
     }
 }
 
@@ -362,6 +446,13 @@ pub fn train(
     let mut report = TrainReport {
         epochs: Vec::new(),
         checkpoints: Vec::new(),
+        windows: Vec::new(),
+    };
+    let tasks = trainer.spec().n_tasks();
+    let task_weights = trainer.task_weights();
+    let mut window = Window {
+        first_step: start,
+        ..Default::default()
     };
     let mut step = start;
     while step < end {
@@ -390,6 +481,25 @@ pub fn train(
             trainer.step(&batch, &labels)?;
             step += 1;
             samples += batch.len();
+            if let Some(p) = &config.progressive {
+                window.scores.extend(trainer.last_scores()?);
+                window.labels.extend_from_slice(&labels);
+                if let Some(f) = p.user_feature {
+                    window
+                        .users
+                        .extend((0..batch.len()).map(|i| batch.columns[f].ids(i)[0]));
+                }
+                if window.scores.len() / tasks >= p.window || step == end {
+                    let w = window.report(step, tasks, &task_weights);
+                    let line = window_line(&w, trainer.spec());
+                    bar.suspend(|| eprintln!("{line}"));
+                    report.windows.push(w);
+                    window = Window {
+                        first_step: step,
+                        ..Default::default()
+                    };
+                }
+            }
             // Reading the loss waits for the GPU: only now and then.
             if config.progress && (s + 1) % 32 == 0 {
                 losses.extend(trainer.losses()?);
@@ -402,7 +512,7 @@ pub fn train(
             if let Some(c) = checkpointer.as_mut().filter(|c| c.due(step)) {
                 let at = progress(data, trainer, config);
                 let path = c.write(trainer, &at)?;
-                bar.println(format!("checkpoint {}", path.display()));
+                bar.suspend(|| eprintln!("checkpoint {}", path.display()));
                 report.checkpoints.push(path);
             }
         }
@@ -428,6 +538,22 @@ pub fn train(
         });
     }
     Ok(report)
+}
+
+/// A window's log line: steps, samples, loss, then AUC / GAUC per task.
+pub fn window_line(w: &WindowReport, spec: &ModelSpec) -> String {
+    let mut line = format!(
+        "window steps {}-{} ({} samples, scored before training): loss {:.5}",
+        w.first_step + 1,
+        w.last_step,
+        w.samples,
+        w.loss
+    );
+    for (k, task) in spec.tasks.iter().enumerate() {
+        let show = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.4}"));
+        line += &format!("; {task} AUC {} GAUC {}", show(w.auc[k]), show(w.gauc[k]));
+    }
+    line
 }
 
 /// Scores `data` with the model as trained so far and measures its loss and AUCs.

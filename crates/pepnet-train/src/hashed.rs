@@ -495,6 +495,9 @@ impl Learner for HashedTrainer {
     fn trained_model(&mut self) -> Result<Model> {
         self.model()
     }
+    fn last_scores(&self) -> Result<Vec<f32>> {
+        self.trainer.last_scores()
+    }
     fn resumable_state(&mut self) -> Result<Option<OptimizerState>> {
         // Admission and expiry keep state (sightings, read steps) that is not saved yet.
         if self.options.admit_after > 1 || self.options.expire_after.is_some() {

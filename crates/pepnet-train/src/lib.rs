@@ -19,8 +19,8 @@ mod stream;
 
 pub use checkpoint::{CheckpointOptions, Progress};
 pub use data::{
-    progress, train, validate, Batches, EpochReport, LabelledData, Learner, TrainOptions,
-    TrainReport, TrainingData, Validation,
+    progress, train, validate, window_line, Batches, EpochReport, LabelledData, Learner,
+    Progressive, TrainOptions, TrainReport, TrainingData, Validation, WindowReport,
 };
 pub use hashed::{HashedOptions, HashedStats, HashedTrainer};
 pub use state::{OptimizerState, OPTIMIZER_FILE};
@@ -109,6 +109,8 @@ pub struct Trainer {
     uses: RowUses,
     host_ids: Vec<u32>,
     host_dense: Vec<f32>,
+    /// Samples of the last step's batch.
+    last_rows: usize,
 }
 
 struct Buffers {
@@ -495,6 +497,7 @@ impl Trainer {
             uses: RowUses::default(),
             host_ids: Vec::new(),
             host_dense: Vec::new(),
+            last_rows: 0,
         })
     }
 
@@ -543,6 +546,7 @@ impl Trainer {
     /// Uploads a step's batch and sets its parameters (loss slot, Adam's step); returns its rows.
     fn prepare_step(&mut self, batch: &Batch, labels: &[f32]) -> Result<u32> {
         let rows = self.upload(batch, labels)?;
+        self.last_rows = rows as usize;
         if self.steps_done - self.log_from >= LOG_CAPACITY {
             self.drain_log()?;
         }
@@ -730,6 +734,18 @@ impl Trainer {
             &self.ctx.read_buffer(&self.b.v, len)?,
             &self.ctx.read_buffer(&self.b.sum_sq, rows)?,
         ))
+    }
+
+    /// The probabilities the last step's forward pass gave its batch (`rows × T`), from the
+    /// weights before that step's update: score-then-train, progressive validation (waits for
+    /// the GPU).
+    pub fn last_scores(&self) -> Result<Vec<f32>> {
+        let n = self.last_rows * self.model.spec.n_tasks();
+        let offset = self.plan.out.offset as u64 * 4;
+        let staging = self.ctx.staging_buffer("scores readback", (n * 4) as u64);
+        let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(&self.b.act, offset, &staging, 0, (n * 4) as u64);
+        self.ctx.submit_and_read(encoder, &staging, n)
     }
 
     /// The global row of feature `feature`'s (spec index) table row 0 in the trainer's page,

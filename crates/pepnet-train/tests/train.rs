@@ -270,3 +270,47 @@ fn a_state_that_does_not_fit_the_model_is_an_error() {
         .to_string();
     assert!(err.contains(&name) && err.contains("missing"), "{err}");
 }
+
+/// Score-then-train: the probabilities a step reports for its batch are those of the weights
+/// before its update (the f64 reference of the model read back just before the step), for
+/// random specs of every variant.
+#[test]
+fn last_scores_are_the_batch_scored_before_its_update() {
+    for seed in 0..8u64 {
+        let mut r = rng(9000 + seed);
+        let spec = random_spec(&mut r, seed as u32);
+        let model = Model::init(spec, seed).unwrap();
+        let batches = random_batches(&mut r, &model.spec, 3);
+        let options = TrainerOptions {
+            batch_size: 96,
+            ..Default::default()
+        };
+        let mut trainer = Trainer::new(gpu(), &model, None, &options).unwrap();
+        for (k, (batch, labels)) in batches.iter().enumerate() {
+            let before = trainer.model().unwrap();
+            trainer.step(batch, labels).unwrap();
+            let got = trainer.last_scores().unwrap();
+            let want = pepnet_core::reference::forward(&before, batch).unwrap();
+            assert_eq!(got.len(), want.len());
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(g, w)| (*g as f64 - w).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                worst < 2e-5,
+                "spec {seed}, step {k}: {worst:e} from the reference"
+            );
+            let after = pepnet_core::reference::forward(&trainer.model().unwrap(), batch).unwrap();
+            let moved = after
+                .iter()
+                .zip(&want)
+                .map(|(a, w)| (a - w).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                moved > 1e-6,
+                "spec {seed}, step {k}: the step changed no score"
+            );
+        }
+    }
+}
