@@ -19,12 +19,32 @@ pub struct GenData {
     /// Seeds the sampling of rows and labels.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// A drifting stream: item popularity and user interests move, a full turn of a user's
+    /// interest and a quarter of each vocabulary's popular head every this many rows
+    /// (docs/data.md).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub drift: Option<u64>,
+    /// With --drift: the index of the file's first row in the stream, so that files continue
+    /// one stream (give each its own --seed).
+    #[arg(long, default_value_t = 0, requires = "drift")]
+    pub start: u64,
 }
 
 impl GenData {
     pub fn run(self) -> Result<()> {
         let spec = load_spec(&self.to.model)?;
-        pepnet::datagen::write(&spec, self.to.rows, self.world, self.seed, &self.to.output)?;
+        let drift = self.drift.map(|period| pepnet::datagen::Drift {
+            period,
+            start: self.start,
+        });
+        pepnet::datagen::write_drifting(
+            &spec,
+            self.to.rows,
+            self.world,
+            self.seed,
+            drift,
+            &self.to.output,
+        )?;
         eprintln!(
             "wrote {} labelled rows to {}",
             self.to.rows,

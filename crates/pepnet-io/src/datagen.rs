@@ -31,6 +31,21 @@ pub fn base_rate(task: usize) -> f64 {
     0.3 * 0.45f64.powi(task as i32)
 }
 
+/// A stream that drifts (`pepnet gen-data --drift`): time is the row's index in the stream.
+///
+/// - Item popularity moves: every sparse or multi-hot id other than the user's and the
+///   domain's is shifted by ⌊(vocab / 4) · t / period⌋ (mod vocab), so the popular head of
+///   each vocabulary moves a quarter of the way along it every period.
+/// - User interests move: the user's latent vector turns from one draw to an independent
+///   other, `cos θ · z + sin θ · z'` with θ = (π/2) · t / period, and on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drift {
+    /// Rows per period.
+    pub period: u64,
+    /// The index of the file's first row in the stream (files of one stream continue it).
+    pub start: u64,
+}
+
 /// The hidden parameters, each drawn from its own seeded stream so that any id's vector is the
 /// same wherever it is needed, without tables.
 struct Process {
@@ -38,6 +53,7 @@ struct Process {
     user_feature: Option<usize>,
     domain_feature: usize,
     task_directions: Vec<[f64; LATENT]>,
+    drift: Option<Drift>,
 }
 
 /// A stream keyed by (seed, what, a, b).
@@ -89,6 +105,43 @@ impl Process {
             user_feature,
             domain_feature,
             task_directions,
+            drift: None,
+        }
+    }
+
+    /// The latent vector of id `id` of feature `f` at time `t`: the user's turns under drift.
+    fn interest_at(&self, f: usize, id: u64, t: u64) -> [f64; LATENT] {
+        let z = self.interest(f, id);
+        match self.drift {
+            Some(drift) if Some(f) == self.user_feature => {
+                let theta = std::f64::consts::FRAC_PI_2 * t as f64 / drift.period as f64;
+                let other = vector(
+                    &mut stream(self.seed, 7, f as u64, id),
+                    (1.0 / LATENT as f64).sqrt(),
+                );
+                std::array::from_fn(|k| theta.cos() * z[k] + theta.sin() * other[k])
+            }
+            _ => z,
+        }
+    }
+
+    /// Shifts the ids of sample `i` (at time `t`) of every feature but the user's and the
+    /// domain's, under drift.
+    fn move_popularity(&self, spec: &ModelSpec, batch: &mut Batch, i: usize, t: u64) {
+        let Some(drift) = self.drift else { return };
+        for (f, column) in batch.columns.iter_mut().enumerate() {
+            if f == self.domain_feature || Some(f) == self.user_feature {
+                continue;
+            }
+            let vocab = spec.features[f].rows() as u64;
+            let shift =
+                ((vocab / 4) as u128 * t as u128 / drift.period as u128) as u64 % vocab.max(1);
+            let ids = match column {
+                Column::Sparse(v) => &mut v[i..i + 1],
+                Column::MultiHot { offsets, ids } => &mut ids[offsets[i]..offsets[i + 1]],
+                Column::Dense(_) => continue,
+            };
+            ids.iter_mut().for_each(|id| *id = (*id + shift) % vocab);
         }
     }
 
@@ -115,8 +168,8 @@ impl Process {
         0.6 * normal(&mut stream(self.seed, 5, u, t as u64))
     }
 
-    /// The T true probabilities of sample i.
-    fn probabilities(&self, spec: &ModelSpec, batch: &Batch, i: usize) -> Vec<f64> {
+    /// The T true probabilities of sample i, at time t.
+    fn probabilities(&self, spec: &ModelSpec, batch: &Batch, i: usize, t: u64) -> Vec<f64> {
         let mut h = [0.0; LATENT];
         let mut contributing = 0usize;
         for (f, (feature, column)) in spec.features.iter().zip(&batch.columns).enumerate() {
@@ -138,7 +191,7 @@ impl Process {
                         _ => 1.0,
                     };
                     for &id in ids {
-                        let z = self.interest(f, id);
+                        let z = self.interest_at(f, id, t);
                         h.iter_mut().zip(z).for_each(|(a, b)| *a += scale * b);
                     }
                 }
@@ -186,17 +239,34 @@ fn features(spec: &ModelSpec, rows: usize, rng: &mut ChaCha8Rng) -> Batch {
 /// different seeds are independent samples of the same behaviour (a training and a validation
 /// set). The same world and seed give the same file.
 pub fn write(spec: &ModelSpec, rows: usize, world: u64, seed: u64, path: &Path) -> Result<()> {
-    let process = Process::new(spec, world);
+    write_drifting(spec, rows, world, seed, None, path)
+}
+
+/// As [`write`], the rows at times `drift.start ..` of a drifting stream (see [`Drift`]);
+/// without `drift`, exactly [`write`]'s file.
+pub fn write_drifting(
+    spec: &ModelSpec,
+    rows: usize,
+    world: u64,
+    seed: u64,
+    drift: Option<Drift>,
+    path: &Path,
+) -> Result<()> {
+    let mut process = Process::new(spec, world);
+    process.drift = drift;
+    let start = drift.map_or(0, |d| d.start);
     let t_count = spec.n_tasks();
     let mut extra: Vec<String> = spec.tasks.clone();
     extra.extend(spec.tasks.iter().map(|t| format!("p_{t}")));
     let chunks = (0..rows.div_ceil(synth::CHUNK).max(1) as u64).map(|c| {
         let n = (rows - (c as usize * synth::CHUNK).min(rows)).min(synth::CHUNK);
         let mut rng = stream(seed, 6, c, 0);
-        let batch = features(spec, n, &mut rng);
+        let mut batch = features(spec, n, &mut rng);
         let mut columns = vec![Vec::with_capacity(n); 2 * t_count];
         for i in 0..n {
-            let p = process.probabilities(spec, &batch, i);
+            let t = start + c * synth::CHUNK as u64 + i as u64;
+            process.move_popularity(spec, &mut batch, i, t);
+            let p = process.probabilities(spec, &batch, i, t);
             for (t, &pt) in p.iter().enumerate() {
                 let label = rng.random_range(0.0..1.0) < pt;
                 columns[t].push(label as u8 as f32);

@@ -81,3 +81,61 @@ fn same_seed_same_file_and_parquet_matches_csv() {
     pepnet_io::datagen::write(&spec, 3000, 0, 10, &b).unwrap();
     assert_ne!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
 }
+
+/// `--drift`: without it the file is `write`'s; with it, a file one period later (same seed)
+/// has the same users with each other id's popular head moved a quarter along its vocabulary,
+/// and the users' interests turned (the true probabilities of the same rows differ).
+#[test]
+fn a_drifting_stream_moves_popularity_and_interests() {
+    use pepnet_io::datagen::{write, write_drifting, Drift};
+    let spec = spec();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rows = 500;
+    write(&spec, rows, 0, 4, &d.join("plain.csv")).unwrap();
+    write_drifting(&spec, rows, 0, 4, None, &d.join("none.csv")).unwrap();
+    assert_eq!(
+        std::fs::read(d.join("plain.csv")).unwrap(),
+        std::fs::read(d.join("none.csv")).unwrap()
+    );
+    // 1 250 000 rows a period: video_id (5 000 ids) shifts by 1 250 every period, and by one
+    // id every 1 000 rows, so none within these 500.
+    let period = 1_250_000;
+    for (name, start) in [("t0.csv", 0), ("t1.csv", period)] {
+        let drift = Some(Drift { period, start });
+        write_drifting(&spec, rows, 0, 4, drift, &d.join(name)).unwrap();
+    }
+    let cols: Vec<String> = ["user_id", "video_id", "author_id", "tab", "p_click"]
+        .map(String::from)
+        .to_vec();
+    let read = |name: &str| pepnet_io::read_number_columns(&d.join(name), &cols).unwrap();
+    let (plain, t0, t1) = (read("plain.csv"), read("t0.csv"), read("t1.csv"));
+    // Over the first 500 rows of 1 250 000 nothing has moved but a user's interest, by less
+    // than 2^-10 of a turn.
+    assert!(plain[..4] == t0[..4], "the ids moved at time 0");
+    let most = (0..rows)
+        .map(|i| (plain[4][i] - t0[4][i]).abs())
+        .fold(0.0f32, f32::max);
+    assert!(most < 1e-3, "p_click moved by {most} at time 0");
+    assert!(t0[0] == t1[0], "the same users");
+    assert!(t0[3] == t1[3], "the same domains");
+    for i in 0..rows {
+        assert_eq!(
+            t1[1][i],
+            ((t0[1][i] as u64 + 1250) % 5000) as f32,
+            "video_id, row {i}"
+        );
+        assert_eq!(
+            t1[2][i],
+            ((t0[2][i] as u64 + 200) % 800) as f32,
+            "author_id, row {i}"
+        );
+    }
+    let moved = (0..rows)
+        .filter(|&i| (t0[4][i] - t1[4][i]).abs() > 1e-3)
+        .count();
+    assert!(
+        moved > rows / 2,
+        "p_click moved in only {moved} of {rows} rows"
+    );
+}
