@@ -251,8 +251,14 @@ impl Train {
             pepnet::train::train(trainer.as_mut(), data.as_ref(), valid.as_ref(), &config)?;
         for e in &report.epochs {
             let mut line = format!(
-                "epoch {}: train loss {:.5}, {:.0} samples/s ({:.1} s)",
-                e.epoch, e.train_loss, e.samples_per_s, e.seconds
+                "epoch {}: train loss {:.5}, {:.0} samples/s ({:.1} s; host: data {:.0}%, steps \
+                 {:.0}%)",
+                e.epoch,
+                e.train_loss,
+                e.samples_per_s,
+                e.seconds,
+                100.0 * e.data_seconds / e.seconds,
+                100.0 * e.step_seconds / e.seconds
             );
             if let Some(v) = &e.validation {
                 line += &format!("; validation loss {:.5}, AUC", v.loss);
@@ -286,6 +292,13 @@ impl Train {
                     std::fs::remove_file(&stale).map_err(|e| pepnet::Error::io(&stale, e))?;
                 }
             }
+        }
+        if let Some(h) = trainer.hashed_stats() {
+            eprintln!(
+                "working sets: {} rows created, {} evicted, {} loaded back, {} expired, {} \
+                 occurrences not admitted; {:.1} s mapping ids",
+                h.created, h.evicted, h.loaded, h.expired, h.not_admitted, h.mapping_seconds
+            );
         }
         for f in trained.spec.features.iter().filter(|f| f.hashed) {
             let rows = trained.weights.hashed(&f.name).map_or(0, |h| h.ids.len());

@@ -2,7 +2,7 @@
 //! progress bar with the loss and samples/s, and a validation pass after each epoch.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -261,6 +261,11 @@ pub struct EpochReport {
     pub train_loss: f64,
     pub seconds: f64,
     pub samples_per_s: f64,
+    /// Host time taking batches from the data (reading, shuffling, cutting).
+    pub data_seconds: f64,
+    /// Host time in the trainer's `step`: checks, uploads, recording and submitting (and for
+    /// hashed features, mapping ids to the working set), with whatever waits on the GPU there.
+    pub step_seconds: f64,
     pub validation: Option<Validation>,
 }
 
@@ -293,6 +298,10 @@ pub trait Learner {
     fn resumable_state(&mut self) -> Result<Option<OptimizerState>>;
     /// The last step's probabilities, from the weights before its update (`rows × T`).
     fn last_scores(&self) -> Result<Vec<f32>>;
+    /// What the hashed features' working sets did, for a learner that has them.
+    fn hashed_stats(&self) -> Option<crate::HashedStats> {
+        None
+    }
 }
 
 impl Learner for Trainer {
@@ -476,9 +485,18 @@ pub fn train(
         let begun = Instant::now();
         let mut losses = Vec::with_capacity(steps_per_epoch as usize - first);
         let mut samples = 0;
-        for (s, next) in (first..).zip(batches) {
+        let (mut data_time, mut step_time) = (Duration::ZERO, Duration::ZERO);
+        let mut batches = batches;
+        let mut s = first;
+        loop {
+            let t0 = Instant::now();
+            let Some(next) = batches.next() else { break };
             let (batch, labels) = next?;
+            let t1 = Instant::now();
             trainer.step(&batch, &labels)?;
+            data_time += t1 - t0;
+            step_time += t1.elapsed();
+            s += 1;
             step += 1;
             samples += batch.len();
             if let Some(p) = &config.progressive {
@@ -501,7 +519,7 @@ pub fn train(
                 }
             }
             // Reading the loss waits for the GPU: only now and then.
-            if config.progress && (s + 1) % 32 == 0 {
+            if config.progress && s % 32 == 0 {
                 losses.extend(trainer.losses()?);
                 let recent = &losses[losses.len().saturating_sub(32)..];
                 let loss = recent.iter().map(|&x| x as f64).sum::<f64>() / recent.len() as f64;
@@ -534,6 +552,8 @@ pub fn train(
             train_loss: losses.iter().map(|&x| x as f64).sum::<f64>() / losses.len().max(1) as f64,
             seconds,
             samples_per_s: samples as f64 / seconds,
+            data_seconds: data_time.as_secs_f64(),
+            step_seconds: step_time.as_secs_f64(),
             validation,
         });
     }

@@ -47,7 +47,7 @@ pub struct HashedOptions {
 }
 
 /// What the working sets did, summed over hashed features.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct HashedStats {
     /// Rows created (first admission, or the return of an expired id).
     pub created: u64,
@@ -59,6 +59,8 @@ pub struct HashedStats {
     pub loaded: u64,
     /// Id occurrences that read the default row (not admitted yet).
     pub not_admitted: u64,
+    /// Host time mapping ids to slots and moving rows (readbacks of evicted rows included).
+    pub mapping_seconds: f64,
 }
 
 /// Feature `feature`'s fresh row for `id`: d values drawn by `scheme` from a stream seeded by
@@ -249,7 +251,9 @@ impl HashedTrainer {
     /// Maps the batch's hashed ids to slots (moving rows as needed), then takes one step.
     pub fn step(&mut self, batch: &Batch, labels: &[f32]) -> Result<()> {
         batch.validate(&self.model.spec, "training batch", 1)?;
+        let begun = std::time::Instant::now();
         let slots = self.place(batch)?;
+        self.stats.mapping_seconds += begun.elapsed().as_secs_f64();
         self.trainer.step(&slots, labels)
     }
 
@@ -497,6 +501,9 @@ impl Learner for HashedTrainer {
     }
     fn last_scores(&self) -> Result<Vec<f32>> {
         self.trainer.last_scores()
+    }
+    fn hashed_stats(&self) -> Option<HashedStats> {
+        Some(self.stats.clone())
     }
     fn resumable_state(&mut self) -> Result<Option<OptimizerState>> {
         // Admission and expiry keep state (sightings, read steps) that is not saved yet.
