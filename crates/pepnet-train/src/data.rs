@@ -519,7 +519,7 @@ pub fn train(
                 }
             }
             // Reading the loss waits for the GPU: only now and then.
-            if config.progress && s % 32 == 0 {
+            if config.progress && s.is_multiple_of(32) {
                 losses.extend(trainer.losses()?);
                 let recent = &losses[losses.len().saturating_sub(32)..];
                 let loss = recent.iter().map(|&x| x as f64).sum::<f64>() / recent.len() as f64;
