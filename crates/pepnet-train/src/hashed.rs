@@ -265,6 +265,13 @@ impl HashedTrainer {
         for t in 0..self.tables.len() {
             let table = &mut self.tables[t];
             if table.base == u32::MAX {
+                // No kernel reads this feature (a prior without PPNet): any slot will do, and
+                // no row is made for it.
+                match &mut out.columns[table.feature] {
+                    Column::Sparse(v) => v.iter_mut().for_each(|id| *id = 0),
+                    Column::MultiHot { ids, .. } => ids.iter_mut().for_each(|id| *id = 0),
+                    Column::Dense(_) => {}
+                }
                 continue;
             }
             let ids: &[u64] = match &batch.columns[table.feature] {

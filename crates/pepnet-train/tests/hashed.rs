@@ -393,3 +393,28 @@ fn a_hashed_run_resumed_from_its_files_ends_bit_identical() {
         "the resumed optimizer state differs"
     );
 }
+
+/// A hashed feature no kernel reads (a prior without PPNet) trains as if absent: no rows are
+/// made for it and its ids cannot overflow the working set.
+#[test]
+fn a_hashed_feature_no_kernel_reads_gets_no_rows() {
+    let data = batches(3, 32);
+    let mut spec = hashed_spec();
+    spec.ppnet = None;
+    spec.features[1].roles = vec![pepnet_core::spec::Role::Prior];
+    spec.validate().unwrap();
+    let model = Model::init(spec, 2).unwrap();
+    let hashed = HashedOptions {
+        capacity: most_distinct(&data),
+        admit_after: 1,
+        expire_after: None,
+        seed: 0,
+    };
+    let mut t = HashedTrainer::new(gpu(), &model, None, &options(), hashed).unwrap();
+    for (batch, labels) in &data {
+        t.step(&to_raw(&vocab_spec(), batch), labels).unwrap();
+    }
+    let got = t.model().unwrap();
+    assert!(got.weights.hashed("user").unwrap().ids.is_empty());
+    assert!(!got.weights.hashed("item").unwrap().ids.is_empty());
+}
