@@ -470,24 +470,41 @@ fn hashed_features_train_and_the_model_scores_without_conversion() {
         );
     }
 
-    // Admission keeps state a checkpoint does not hold yet: refused up front, nothing written.
-    let out_dir = d.join("refused");
-    let out = run(
-        &out_dir,
-        &[
-            "--admit-after",
-            "2",
-            "--checkpoints",
-            ckpt.to_str().unwrap(),
-        ],
+    // Admission after 2 and expiry after 6 steps: their state is checkpointed too.
+    let ckpt2 = d.join("ckpt-rules");
+    let rules = |out: &Path, extra: &[&str]| {
+        let mut a = vec!["--admit-after", "2", "--expire-after", "6"];
+        a.extend_from_slice(extra);
+        run(out, &a)
+    };
+    let full2 = d.join("full-rules");
+    let every2 = [
+        "--checkpoints",
+        ckpt2.to_str().unwrap(),
+        "--checkpoint-every",
+        "10",
+    ];
+    ok(&rules(&full2, &every2), "rules, with checkpoints");
+    assert!(ckpt2
+        .join(format!("step-{:012}", 20))
+        .join("hashed_rules.safetensors")
+        .is_file());
+    let resumed2 = d.join("resumed-rules");
+    let from2 = ckpt2.join(format!("step-{:012}", 20));
+    ok(
+        &rules(&resumed2, &["--resume-from", from2.to_str().unwrap()]),
+        "rules, resumed",
     );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("--admit-after") && err.contains("--checkpoints"),
-        "{err}"
-    );
-    assert!(!out_dir.exists());
+    for file in [
+        "weights.safetensors",
+        "optimizer.safetensors",
+        "hashed_rules.safetensors",
+    ] {
+        assert!(
+            std::fs::read(full2.join(file)).unwrap() == std::fs::read(resumed2.join(file)).unwrap(),
+            "{file}: the resumed run with admission and expiry differs"
+        );
+    }
 }
 
 /// `--progressive`: every batch is scored before it is trained on; AUC and GAUC per task over

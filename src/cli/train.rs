@@ -9,7 +9,7 @@ use pepnet::gpu::optimizer::{AdaGradOptions, AdamOptions};
 use pepnet::train::checkpoint::{self, CheckpointOptions, Progress};
 use pepnet::train::{
     HashedOptions, HashedTrainer, LabelledData, Learner, OptimizerState, Progressive, StreamedData,
-    TrainOptions, Trainer, TrainerOptions, TrainingData,
+    TrainOptions, Trainer, TrainerOptions, TrainingData, RULES_FILE,
 };
 use pepnet::{Model, ModelSpec, Result};
 
@@ -220,30 +220,22 @@ impl Train {
         );
         let hashed = model.spec.features.iter().any(|f| f.hashed);
         let mut trainer: Box<dyn Learner> = if hashed {
-            let rules = self.admit_after > 1 || self.expire_after.is_some();
-            if rules && (config.checkpoints.is_some() || resume_from.is_some()) {
-                return Err(pepnet::Error::Spec {
-                    file: "--admit-after / --expire-after".into(),
-                    message: "hashed training with admission or expiry does not checkpoint or \
-                              resume bit for bit yet (the sightings and read steps are not \
-                              saved); train without --checkpoints / --resume, or with \
-                              --admit-after 1 and no --expire-after"
-                        .into(),
-                });
-            }
             let hashed = HashedOptions {
                 capacity: self.working_set,
                 admit_after: self.admit_after,
                 expire_after: self.expire_after,
                 seed: self.seed,
             };
-            Box::new(HashedTrainer::new(
-                ctx,
-                &model,
-                state.as_ref(),
-                &options,
-                hashed,
-            )?)
+            let mut t = HashedTrainer::new(ctx, &model, state.as_ref(), &options, hashed)?;
+            // The admission and expiry state of the run resumed, when it kept one.
+            let from = resume_from
+                .as_ref()
+                .or(self.model.is_dir().then_some(&self.model));
+            if let Some(path) = from.map(|d| d.join(RULES_FILE)).filter(|p| p.is_file()) {
+                let bytes = std::fs::read(&path).map_err(|e| pepnet::Error::io(&path, e))?;
+                t.restore_rules(&bytes, &path.display().to_string())?;
+            }
+            Box::new(t)
         } else {
             Box::new(Trainer::new(ctx, &model, state.as_ref(), &options)?)
         };
@@ -282,6 +274,7 @@ impl Train {
         let trained = trainer.trained_model()?;
         let state = trainer.resumable_state()?;
         self.report.write(&report)?;
+        let extra = trainer.extra_files()?;
         match state {
             Some(state) => state.save_with(&trained, &self.out)?,
             None => {
@@ -292,6 +285,15 @@ impl Train {
                     std::fs::remove_file(&stale).map_err(|e| pepnet::Error::io(&stale, e))?;
                 }
             }
+        }
+        // Beside the optimizer state: the hashed rules' state, or no stale one from before.
+        let rules = self.out.join(RULES_FILE);
+        match extra.iter().find(|(name, _)| *name == RULES_FILE) {
+            Some((_, bytes)) => pepnet::write_file(&rules, bytes)?,
+            None if rules.exists() => {
+                std::fs::remove_file(&rules).map_err(|e| pepnet::Error::io(&rules, e))?
+            }
+            None => {}
         }
         if let Some(h) = trainer.hashed_stats() {
             eprintln!(

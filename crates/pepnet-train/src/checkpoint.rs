@@ -151,6 +151,9 @@ impl Checkpointer {
             std::fs::create_dir_all(&staged).map_err(|e| Error::io(&staged, e))?;
             trainer.trained_model()?.save(&staged)?;
             state.save(&staged)?;
+            for (name, bytes) in trainer.extra_files()? {
+                pepnet_core::atomic_file::write(&staged.join(name), &bytes)?;
+            }
             let json = serde_json::to_string_pretty(progress).expect("progress serialises");
             pepnet_core::atomic_file::write(&staged.join(PROGRESS_FILE), json.as_bytes())?;
             if done.exists() {

@@ -298,6 +298,11 @@ pub trait Learner {
     fn resumable_state(&mut self) -> Result<Option<OptimizerState>>;
     /// The last step's probabilities, from the weights before its update (`rows × T`).
     fn last_scores(&self) -> Result<Vec<f32>>;
+    /// Files a checkpoint holds beside the model and optimizer state (name, bytes): the hashed
+    /// features' admission and expiry state.
+    fn extra_files(&mut self) -> Result<Vec<(&'static str, Vec<u8>)>> {
+        Ok(Vec::new())
+    }
     /// What the hashed features' working sets did, for a learner that has them.
     fn hashed_stats(&self) -> Option<crate::HashedStats> {
         None

@@ -33,6 +33,12 @@ use std::sync::Arc;
 use crate::data::Learner;
 use crate::{OptimizerState, Trainer, TrainerOptions};
 
+/// The admission and expiry rules' state, beside a checkpoint's optimizer state: per hashed
+/// feature, the ids waiting for admission with their occurrences so far
+/// (`<f>.waiting.ids` / `<f>.waiting.counts`) and each held row's last read step
+/// (`<f>.last_read.ids` / `<f>.last_read.steps`), U64, sorted by id.
+pub const RULES_FILE: &str = "hashed_rules.safetensors";
+
 /// How hashed features are trained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HashedOptions {
@@ -475,6 +481,107 @@ impl HashedTrainer {
         Ok((model, state))
     }
 
+    /// The admission and expiry rules' state as the bytes of [`RULES_FILE`], or `None` when
+    /// neither rule is on (then there is none).
+    pub fn rules_state(&self) -> Option<Vec<u8>> {
+        if self.options.admit_after == 1 && self.options.expire_after.is_none() {
+            return None;
+        }
+        let mut tensors: Vec<(String, Vec<u64>)> = Vec::new();
+        for table in &self.tables {
+            let mut waiting: Vec<(u64, u64)> = table
+                .sightings
+                .iter()
+                .map(|(&id, &c)| (id, c as u64))
+                .collect();
+            waiting.sort_unstable();
+            let mut read: Vec<(u64, u64)> = table.last_read.iter().map(|(&i, &s)| (i, s)).collect();
+            read.sort_unstable();
+            let f = &table.name;
+            tensors.push((
+                format!("{f}.waiting.ids"),
+                waiting.iter().map(|p| p.0).collect(),
+            ));
+            tensors.push((
+                format!("{f}.waiting.counts"),
+                waiting.iter().map(|p| p.1).collect(),
+            ));
+            tensors.push((
+                format!("{f}.last_read.ids"),
+                read.iter().map(|p| p.0).collect(),
+            ));
+            tensors.push((
+                format!("{f}.last_read.steps"),
+                read.iter().map(|p| p.1).collect(),
+            ));
+        }
+        let views = tensors.iter().map(|(name, data)| {
+            let view = safetensors::tensor::TensorView::new(
+                safetensors::Dtype::U64,
+                vec![data.len()],
+                bytemuck::cast_slice(data),
+            )
+            .expect("shape and data agree");
+            (name.as_str(), view)
+        });
+        Some(safetensors::serialize(views, None).expect("in-memory serialisation cannot fail"))
+    }
+
+    /// Restores the rules' state from [`RULES_FILE`]'s bytes (`file` names them in errors),
+    /// before the first step; a resumed run then admits and expires as the uninterrupted one.
+    pub fn restore_rules(&mut self, bytes: &[u8], file: &str) -> Result<()> {
+        let st = pepnet_core::weights::parse_safetensors(bytes, file)?;
+        let read = |name: String| -> Result<Vec<u64>> {
+            let err = |message: String| Error::Tensor {
+                file: file.into(),
+                tensor: name.clone(),
+                message,
+            };
+            let view = st.tensor(&name).map_err(|_| err("missing".into()))?;
+            if view.dtype() != safetensors::Dtype::U64 || view.shape().len() != 1 {
+                return Err(err(format!(
+                    "expected U64 of shape [n], found {:?} of shape {:?}",
+                    view.dtype(),
+                    view.shape()
+                )));
+            }
+            Ok(bytemuck::pod_collect_to_vec(view.data()))
+        };
+        let step = self.trainer.steps_done();
+        for table in &mut self.tables {
+            let f = table.name.clone();
+            let (ids, counts) = (
+                read(format!("{f}.waiting.ids"))?,
+                read(format!("{f}.waiting.counts"))?,
+            );
+            let (held, steps) = (
+                read(format!("{f}.last_read.ids"))?,
+                read(format!("{f}.last_read.steps"))?,
+            );
+            if ids.len() != counts.len() || held.len() != steps.len() {
+                return Err(Error::Tensor {
+                    file: file.into(),
+                    tensor: format!("{f}.*"),
+                    message: "ids and their values differ in length".into(),
+                });
+            }
+            if let Some(&s) = steps.iter().find(|&&s| s > step) {
+                return Err(Error::Tensor {
+                    file: file.into(),
+                    tensor: format!("{f}.last_read.steps"),
+                    message: format!("step {s} is after the state's step {step}"),
+                });
+            }
+            table.sightings = ids
+                .into_iter()
+                .zip(counts)
+                .map(|(id, c)| (id, c.min(u32::MAX as u64) as u32))
+                .collect();
+            table.last_read = held.into_iter().zip(steps).collect();
+        }
+        Ok(())
+    }
+
     /// The spec the caller trains (with its hashed features).
     pub fn spec(&self) -> &ModelSpec {
         &self.model.spec
@@ -513,11 +620,14 @@ impl Learner for HashedTrainer {
         Some(self.stats.clone())
     }
     fn resumable_state(&mut self) -> Result<Option<OptimizerState>> {
-        // Admission and expiry keep state (sightings, read steps) that is not saved yet.
-        if self.options.admit_after > 1 || self.options.expire_after.is_some() {
-            return Ok(None);
-        }
         self.export().map(|(_, state)| Some(state))
+    }
+    fn extra_files(&mut self) -> Result<Vec<(&'static str, Vec<u8>)>> {
+        Ok(self
+            .rules_state()
+            .map(|b| (RULES_FILE, b))
+            .into_iter()
+            .collect())
     }
 }
 

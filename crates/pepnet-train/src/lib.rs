@@ -22,7 +22,7 @@ pub use data::{
     progress, train, validate, window_line, Batches, EpochReport, LabelledData, Learner,
     Progressive, TrainOptions, TrainReport, TrainingData, Validation, WindowReport,
 };
-pub use hashed::{HashedOptions, HashedStats, HashedTrainer};
+pub use hashed::{HashedOptions, HashedStats, HashedTrainer, RULES_FILE};
 pub use state::{OptimizerState, OPTIMIZER_FILE};
 pub use stream::StreamedData;
 
