@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use pepnet_core::error::{Error, Result};
 
-use crate::data::Learner;
+use crate::learner::Learner;
 
 /// The file in each checkpoint that says where its run stands.
 pub const PROGRESS_FILE: &str = "progress.json";

@@ -1,5 +1,6 @@
-//! The training loop over a labelled file held in memory: shuffled epochs of batches, a
-//! progress bar with the loss and samples/s, and a validation pass after each epoch.
+//! The training loop: epochs of batches from any [`TrainingData`] (a labelled file held in
+//! memory, or streamed files), driving any [`Learner`], with a progress bar, checkpoints,
+//! progressive validation and a validation pass after each epoch.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -9,16 +10,12 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use std::sync::Arc;
-
-use super::{OptimizerState, Trainer};
 use crate::checkpoint::{labels_fingerprint, CheckpointOptions, Checkpointer, Progress};
+use crate::learner::Learner;
 use crate::metrics::auc;
 use pepnet_core::batch::Batch;
 use pepnet_core::engine::{Engine, EngineOptions};
 use pepnet_core::error::{Error, Result};
-use pepnet_core::gpu::GpuContext;
-use pepnet_core::model::Model;
 use pepnet_core::spec::ModelSpec;
 use pepnet_io::{read_number_columns, InputReader};
 
@@ -276,70 +273,6 @@ pub struct TrainReport {
     pub checkpoints: Vec<PathBuf>,
     /// Progressive validation's windows, in order.
     pub windows: Vec<WindowReport>,
-}
-
-/// What [`train`] drives: a [`Trainer`] (vocabulary tables) or a [`crate::HashedTrainer`]
-/// (hashed features through a working set).
-pub trait Learner {
-    /// One step on a batch and its labels (`len × T`).
-    fn step(&mut self, batch: &Batch, labels: &[f32]) -> Result<()>;
-    /// The losses of the steps since the last call (waits for the GPU).
-    fn losses(&mut self) -> Result<Vec<f32>>;
-    fn steps_done(&self) -> u64;
-    fn batch_size(&self) -> usize;
-    /// The spec trained, as the caller gave it.
-    fn spec(&self) -> &ModelSpec;
-    fn context(&self) -> &Arc<GpuContext>;
-    /// Per task, its loss weight.
-    fn task_weights(&self) -> Vec<f64>;
-    /// The model as trained so far, in the caller's form (waits for the GPU).
-    fn trained_model(&mut self) -> Result<Model>;
-    /// The optimizer state a resume continues bit for bit from, where the learner keeps one.
-    fn resumable_state(&mut self) -> Result<Option<OptimizerState>>;
-    /// The last step's probabilities, from the weights before its update (`rows × T`).
-    fn last_scores(&self) -> Result<Vec<f32>>;
-    /// Files a checkpoint holds beside the model and optimizer state (name, bytes): the hashed
-    /// features' admission and expiry state.
-    fn extra_files(&mut self) -> Result<Vec<(&'static str, Vec<u8>)>> {
-        Ok(Vec::new())
-    }
-    /// What the hashed features' working sets did, for a learner that has them.
-    fn hashed_stats(&self) -> Option<crate::HashedStats> {
-        None
-    }
-}
-
-impl Learner for Trainer {
-    fn step(&mut self, batch: &Batch, labels: &[f32]) -> Result<()> {
-        Trainer::step(self, batch, labels)
-    }
-    fn losses(&mut self) -> Result<Vec<f32>> {
-        Trainer::losses(self)
-    }
-    fn steps_done(&self) -> u64 {
-        Trainer::steps_done(self)
-    }
-    fn batch_size(&self) -> usize {
-        self.options.batch_size
-    }
-    fn spec(&self) -> &ModelSpec {
-        Trainer::spec(self)
-    }
-    fn context(&self) -> &Arc<GpuContext> {
-        Trainer::context(self)
-    }
-    fn task_weights(&self) -> Vec<f64> {
-        Trainer::task_weights(self)
-    }
-    fn trained_model(&mut self) -> Result<Model> {
-        self.model()
-    }
-    fn resumable_state(&mut self) -> Result<Option<OptimizerState>> {
-        self.optimizer_state().map(Some)
-    }
-    fn last_scores(&self) -> Result<Vec<f32>> {
-        Trainer::last_scores(self)
-    }
 }
 
 /// An epoch's batches with their labels (`len × T`, row-major), in order.

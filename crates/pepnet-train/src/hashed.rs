@@ -30,7 +30,7 @@ use pepnet_core::GpuContext;
 
 use std::sync::Arc;
 
-use crate::data::Learner;
+use crate::learner::Learner;
 use crate::{OptimizerState, Trainer, TrainerOptions};
 
 /// The admission and expiry rules' state, beside a checkpoint's optimizer state: per hashed

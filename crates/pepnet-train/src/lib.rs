@@ -13,16 +13,18 @@ pub mod checkpoint;
 mod data;
 pub mod eval;
 pub mod hashed;
+mod learner;
 pub mod metrics;
 mod state;
 mod stream;
 
 pub use checkpoint::{CheckpointOptions, Progress};
 pub use data::{
-    progress, train, validate, window_line, Batches, EpochReport, LabelledData, Learner,
-    Progressive, TrainOptions, TrainReport, TrainingData, Validation, WindowReport,
+    progress, train, validate, window_line, Batches, EpochReport, LabelledData, Progressive,
+    TrainOptions, TrainReport, TrainingData, Validation, WindowReport,
 };
 pub use hashed::{HashedOptions, HashedStats, HashedTrainer, RULES_FILE};
+pub use learner::Learner;
 pub use state::{OptimizerState, OPTIMIZER_FILE};
 pub use stream::StreamedData;
 
