@@ -278,18 +278,30 @@ impl RedisCluster {
             }
             let role = redis_cli(&["-p", &port.to_string(), "role"]);
             if String::from_utf8_lossy(&role.stdout).starts_with("master") {
-                let out = redis_cli(&[
-                    "-p",
-                    &port.to_string(),
-                    "wait",
-                    &replicas.to_string(),
-                    "5000",
-                ]);
-                let acked: usize = String::from_utf8_lossy(&out.stdout)
-                    .trim()
-                    .parse()
-                    .unwrap_or(0);
-                assert!(acked >= replicas, "node {i}: {acked} replicas acknowledged");
+                // A replica that is still making its first full sync acknowledges nothing yet:
+                // ask again, for up to 30 s in all, rather than once.
+                let begun = std::time::Instant::now();
+                loop {
+                    let out = redis_cli(&[
+                        "-p",
+                        &port.to_string(),
+                        "wait",
+                        &replicas.to_string(),
+                        "1000",
+                    ]);
+                    let acked: usize = String::from_utf8_lossy(&out.stdout)
+                        .trim()
+                        .parse()
+                        .unwrap_or(0);
+                    if acked >= replicas {
+                        break;
+                    }
+                    assert!(
+                        begun.elapsed() < std::time::Duration::from_secs(30),
+                        "node {i}: {acked} replicas acknowledged after 30 s"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
             }
         }
     }
