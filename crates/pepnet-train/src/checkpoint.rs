@@ -83,13 +83,21 @@ impl Progress {
     }
 }
 
+/// FNV-1a's starting value.
+pub(crate) const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a of `bytes`, going on from `h` (start from [`FNV_START`]): a cheap, stable hash of
+/// names and data for fingerprints and seeds.
+pub(crate) fn fnv1a(h: u64, bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes
+        .into_iter()
+        .fold(h, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
 /// FNV-1a over `labels`' bytes, as hex.
 pub fn labels_fingerprint(labels: &[f32]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytemuck::cast_slice::<f32, u8>(labels) {
-        h = (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    let bytes = bytemuck::cast_slice::<f32, u8>(labels).iter().copied();
+    format!("{:016x}", fnv1a(FNV_START, bytes))
 }
 
 /// Writes a run's checkpoints when they are due.

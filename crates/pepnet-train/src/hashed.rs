@@ -30,6 +30,7 @@ use pepnet_core::GpuContext;
 
 use std::sync::Arc;
 
+use crate::checkpoint::{fnv1a, FNV_START};
 use crate::learner::Learner;
 use crate::{OptimizerState, Trainer, TrainerOptions};
 
@@ -72,10 +73,7 @@ pub struct HashedStats {
 /// Feature `feature`'s fresh row for `id`: d values drawn by `scheme` from a stream seeded by
 /// (seed, feature name, id), so the same on every machine and in every run.
 pub fn fresh_row(scheme: EmbeddingInit, seed: u64, feature: &str, id: u64, d: usize) -> Vec<f32> {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in feature.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = fnv1a(FNV_START, feature.bytes());
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ h);
     rng.set_stream(id);
     embedding_values(scheme, d, &mut rng)

@@ -22,6 +22,7 @@ use pepnet_core::error::{Error, Result};
 use pepnet_core::spec::ModelSpec;
 use pepnet_io::{InputBatch, InputReader};
 
+use crate::checkpoint::{fnv1a, FNV_START};
 use crate::data::{Batches, LabelledData, TrainingData};
 
 /// Rows read from a file at a time.
@@ -306,12 +307,13 @@ impl TrainingData for StreamedData {
 
     fn fingerprint(&self) -> String {
         // Names and row counts: the contents are too large to hash on every resume.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut h = FNV_START;
         for (f, rows) in self.files() {
             let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
-            for b in name.unwrap_or_default().bytes().chain(rows.to_le_bytes()) {
-                h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-            }
+            h = fnv1a(
+                h,
+                name.unwrap_or_default().bytes().chain(rows.to_le_bytes()),
+            );
         }
         format!("files:{h:016x}")
     }
