@@ -16,7 +16,7 @@ fn main() -> ExitCode {
         true => pepnet::remove_unfinished_on_interrupt(),
         false => Ok(()),
     };
-    if cli.command.writes_files() {
+    if !cli.command.logs_itself() {
         // Warnings (a store node down, and back) on stderr; a server sets up its own logs.
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

@@ -19,8 +19,10 @@ mod score;
 mod serve;
 mod shards;
 mod store;
+mod stream_push;
 mod train;
 mod train_bench;
+mod train_stream;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -52,6 +54,8 @@ pub enum Command {
     Info(info::Info),
     Bench(bench::Bench),
     Train(train::Train),
+    TrainStream(Box<train_stream::TrainStream>),
+    StreamPush(stream_push::StreamPush),
     Ablation(ablation::Ablation),
     TrainBench(train_bench::TrainBench),
     Eval(eval::Eval),
@@ -71,9 +75,15 @@ pub struct Outputs<'a> {
 
 impl Command {
     /// Whether the command writes files (and so needs an interrupted run's cleanup); a server
-    /// handles SIGINT and SIGTERM itself, draining its requests.
+    /// handles SIGINT and SIGTERM itself, draining its requests, and so does the online
+    /// trainer, which checkpoints and publishes before it stops.
     pub fn writes_files(&self) -> bool {
-        !matches!(self, Command::Serve(_))
+        !matches!(self, Command::Serve(_) | Command::TrainStream(_))
+    }
+
+    /// Whether the command sets up its own logs (a server does).
+    pub fn logs_itself(&self) -> bool {
+        matches!(self, Command::Serve(_))
     }
 
     /// Runs the command, after checking every output it will write: a run never fails at its
@@ -98,6 +108,8 @@ impl Command {
             Command::Info(c) => c.run(),
             Command::Bench(c) => c.run(),
             Command::Train(c) => c.run(),
+            Command::TrainStream(c) => (*c).run(),
+            Command::StreamPush(c) => c.run(),
             Command::Ablation(c) => c.run(),
             Command::TrainBench(c) => c.run(),
             Command::Eval(c) => c.run(),
@@ -127,6 +139,14 @@ impl Command {
                 dirs: vec![c.out.as_path()],
                 ..Outputs::files(&[c.report.json.as_ref()])
             },
+            Command::TrainStream(c) => Outputs {
+                dirs: [Some(&c.checkpoints), c.repository.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .map(|p| p.as_path())
+                    .collect(),
+                ..Outputs::files(&[c.report.json.as_ref(), c.metrics_file.as_ref()])
+            },
             Command::Ablation(c) => Outputs::files(&[c.report.json.as_ref()]),
             Command::TrainBench(c) => Outputs::files(&[c.report.json.as_ref()]),
             Command::Eval(c) => Outputs::files(&[c.report.json.as_ref()]),
@@ -134,9 +154,11 @@ impl Command {
             Command::Kuairand(c) => Outputs::files(&[Some(&c.output), Some(&c.spec_out)]),
             Command::Loadgen(c) => Outputs::files(&[c.report.json.as_ref()]),
             Command::GenInput(c) => Outputs::files(&[Some(&c.to.output)]),
-            Command::Info(_) | Command::Plan(_) | Command::Serve(_) | Command::Store(_) => {
-                Outputs::default()
-            }
+            Command::Info(_)
+            | Command::Plan(_)
+            | Command::Serve(_)
+            | Command::Store(_)
+            | Command::StreamPush(_) => Outputs::default(),
         }
     }
 }

@@ -75,6 +75,11 @@ pub struct Serve {
     /// How often expiry runs, in seconds [default: a tenth of --expire-after-secs, at least 1].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..), requires = "expire_after_secs")]
     pub expire_every_secs: Option<u64>,
+    /// With --repository: look for new or removed versions every this many seconds and load
+    /// the models whose versions changed (Triton's --repository-poll-secs); requests in
+    /// flight finish on the versions they started on.
+    #[arg(long, requires = "repository")]
+    pub repository_poll_secs: Option<f64>,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -85,6 +90,15 @@ pub struct Serve {
 impl Serve {
     pub fn run(self) -> Result<()> {
         init_logs(self.log_format);
+        let poll_every = match self.repository_poll_secs {
+            Some(s) if !(s.is_finite() && s > 0.0) => {
+                return Err(pepnet::Error::Spec {
+                    file: "--repository-poll-secs".into(),
+                    message: format!("must be a positive number of seconds, found {s}"),
+                })
+            }
+            s => s.map(Duration::from_secs_f64),
+        };
         let ctx = self.device.adapter.open()?;
         let models = match (self.model, self.repository) {
             (Some(dir), _) => Models::Directory {
@@ -134,6 +148,7 @@ impl Serve {
             expire_every: self.updates.expire_after_secs.map(|after| {
                 Duration::from_secs(self.expire_every_secs.unwrap_or((after / 10).max(1)))
             }),
+            poll_every,
         };
         // The addresses are in the "listening" log event.
         serve(ctx, models, engine_options, options, |_| {})

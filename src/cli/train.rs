@@ -15,6 +15,88 @@ use pepnet::{Model, ModelSpec, Result};
 
 use super::{at_least_one, shards, Device, InitArgs, Labels, Report};
 
+/// How the trainer learns: batch size, the optimizers' settings, the task weights and the
+/// hashed features' working sets and rules (shared by `train` and `train-stream`).
+#[derive(Args)]
+pub struct OptimizerFlags {
+    #[arg(long, default_value_t = 1024, value_parser = at_least_one())]
+    pub batch_size: usize,
+    /// Adam's learning rate (dense layers).
+    #[arg(long, default_value_t = 1e-3)]
+    pub adam_lr: f64,
+    #[arg(long, default_value_t = 1e-8)]
+    pub adam_eps: f64,
+    /// AdaGrad's learning rate (embedding rows).
+    #[arg(long, default_value_t = 0.05)]
+    pub adagrad_lr: f64,
+    #[arg(long, default_value_t = 1e-10)]
+    pub adagrad_eps: f64,
+    /// Per-task loss weights, comma-separated in task order [default: 1 each].
+    #[arg(long, value_delimiter = ',')]
+    pub task_weights: Vec<f64>,
+    /// Hashed features: GPU rows per feature (the working set); the full table stays on the
+    /// host. A batch may read at most this many distinct ids of one feature.
+    #[arg(long, default_value_t = 1 << 18, value_parser = at_least_one())]
+    pub working_set: usize,
+    /// Hashed features: an id gets a row in the batch where its occurrences reach this; until
+    /// then it reads the default row.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub admit_after: u32,
+    /// Hashed features: drop a row not read for more than this many steps.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub expire_after: Option<u64>,
+}
+
+impl OptimizerFlags {
+    pub fn trainer_options(&self, precision: pepnet::Precision) -> TrainerOptions {
+        TrainerOptions {
+            batch_size: self.batch_size,
+            adam: AdamOptions {
+                lr: self.adam_lr,
+                eps: self.adam_eps,
+                ..Default::default()
+            },
+            adagrad: AdaGradOptions {
+                lr: self.adagrad_lr,
+                eps: self.adagrad_eps,
+            },
+            task_weights: (!self.task_weights.is_empty()).then_some(self.task_weights.clone()),
+            precision,
+        }
+    }
+
+    /// The trainer for `model`: over working sets when it has hashed features (their rules'
+    /// state restored from `rules_from`'s RULES_FILE when it has one), else plain.
+    pub fn learner(
+        &self,
+        ctx: std::sync::Arc<pepnet::GpuContext>,
+        model: &Model,
+        state: Option<&OptimizerState>,
+        options: &TrainerOptions,
+        seed: u64,
+        rules_from: Option<&std::path::Path>,
+    ) -> Result<Box<dyn Learner>> {
+        if !model.spec.features.iter().any(|f| f.hashed) {
+            return Ok(Box::new(Trainer::new(ctx, model, state, options)?));
+        }
+        let hashed = HashedOptions {
+            capacity: self.working_set,
+            admit_after: self.admit_after,
+            expire_after: self.expire_after,
+            seed,
+        };
+        let mut t = HashedTrainer::new(ctx, model, state, options, hashed)?;
+        if let Some(path) = rules_from
+            .map(|d| d.join(RULES_FILE))
+            .filter(|p| p.is_file())
+        {
+            let bytes = std::fs::read(&path).map_err(|e| pepnet::Error::io(&path, e))?;
+            t.restore_rules(&bytes, &path.display().to_string())?;
+        }
+        Ok(Box::new(t))
+    }
+}
+
 /// Train a model on the GPU (AdaGrad on embeddings, Adam on dense layers) and write a
 /// model directory `score` reads, with the optimizer state to resume from.
 #[derive(Args)]
@@ -35,21 +117,8 @@ pub struct Train {
     pub out: PathBuf,
     #[arg(long, default_value_t = 1, value_parser = at_least_one())]
     pub epochs: usize,
-    #[arg(long, default_value_t = 1024, value_parser = at_least_one())]
-    pub batch_size: usize,
-    /// Adam's learning rate (dense layers).
-    #[arg(long, default_value_t = 1e-3)]
-    pub adam_lr: f64,
-    #[arg(long, default_value_t = 1e-8)]
-    pub adam_eps: f64,
-    /// AdaGrad's learning rate (embedding rows).
-    #[arg(long, default_value_t = 0.05)]
-    pub adagrad_lr: f64,
-    #[arg(long, default_value_t = 1e-10)]
-    pub adagrad_eps: f64,
-    /// Per-task loss weights, comma-separated in task order [default: 1 each].
-    #[arg(long, value_delimiter = ',')]
-    pub task_weights: Vec<f64>,
+    #[command(flatten)]
+    pub optimizer: OptimizerFlags,
     #[command(flatten)]
     pub labels: Labels,
     /// Seeds the initialisation (from a spec) and the shuffle.
@@ -63,17 +132,6 @@ pub struct Train {
     /// holds one window [default when streaming: 1048576].
     #[arg(long, value_parser = at_least_one())]
     pub shuffle_window: Option<usize>,
-    /// Hashed features: GPU rows per feature (the working set); the full table stays on the
-    /// host. A batch may read at most this many distinct ids of one feature.
-    #[arg(long, default_value_t = 1 << 18, value_parser = at_least_one())]
-    pub working_set: usize,
-    /// Hashed features: an id gets a row in the batch where its occurrences reach this; until
-    /// then it reads the default row.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    pub admit_after: u32,
-    /// Hashed features: drop a row not read for more than this many steps.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub expire_after: Option<u64>,
     /// Progressive validation: score every batch before training on it and log AUC and GAUC
     /// per task over windows of this many samples (and in --json's `windows`).
     #[arg(long, value_parser = at_least_one())]
@@ -111,20 +169,7 @@ pub struct Train {
 
 impl Train {
     pub fn run(self) -> Result<()> {
-        let options = TrainerOptions {
-            batch_size: self.batch_size,
-            adam: AdamOptions {
-                lr: self.adam_lr,
-                eps: self.adam_eps,
-                ..Default::default()
-            },
-            adagrad: AdaGradOptions {
-                lr: self.adagrad_lr,
-                eps: self.adagrad_eps,
-            },
-            task_weights: (!self.task_weights.is_empty()).then_some(self.task_weights.clone()),
-            precision: self.device.precision,
-        };
+        let options = self.optimizer.trainer_options(self.device.precision);
         let checkpoints = self.checkpoint_options()?;
         let resume_from = match (&self.resume_from, &checkpoints) {
             (Some(dir), _) => Some(dir.clone()),
@@ -218,27 +263,18 @@ impl Train {
             config.epochs,
             options.batch_size
         );
-        let hashed = model.spec.features.iter().any(|f| f.hashed);
-        let mut trainer: Box<dyn Learner> = if hashed {
-            let hashed = HashedOptions {
-                capacity: self.working_set,
-                admit_after: self.admit_after,
-                expire_after: self.expire_after,
-                seed: self.seed,
-            };
-            let mut t = HashedTrainer::new(ctx, &model, state.as_ref(), &options, hashed)?;
-            // The admission and expiry state of the run resumed, when it kept one.
-            let from = resume_from
-                .as_ref()
-                .or(self.model.is_dir().then_some(&self.model));
-            if let Some(path) = from.map(|d| d.join(RULES_FILE)).filter(|p| p.is_file()) {
-                let bytes = std::fs::read(&path).map_err(|e| pepnet::Error::io(&path, e))?;
-                t.restore_rules(&bytes, &path.display().to_string())?;
-            }
-            Box::new(t)
-        } else {
-            Box::new(Trainer::new(ctx, &model, state.as_ref(), &options)?)
-        };
+        // The admission and expiry state of the run resumed, when it kept one.
+        let rules_from = resume_from
+            .clone()
+            .or(self.model.is_dir().then(|| self.model.clone()));
+        let mut trainer = self.optimizer.learner(
+            ctx,
+            &model,
+            state.as_ref(),
+            &options,
+            self.seed,
+            rules_from.as_deref(),
+        )?;
         let report =
             pepnet::train::train(trainer.as_mut(), data.as_ref(), valid.as_ref(), &config)?;
         for e in &report.epochs {

@@ -95,6 +95,10 @@ pub struct ServeOptions {
     /// ([`UpdatePolicy::expire_after_secs`](pepnet_core::cache::UpdatePolicy)); `None`: only on
     /// demand (`POST /v2/models/{name}/expire`).
     pub expire_every: Option<Duration>,
+    /// With a repository: how often to look for versions added or removed (Triton's
+    /// `--repository-poll-secs`) and load each model whose versions to serve changed, as
+    /// the load endpoint does. `None`: only on demand (the load endpoint, SIGHUP).
+    pub poll_every: Option<Duration>,
 }
 
 impl Default for ServeOptions {
@@ -107,6 +111,7 @@ impl Default for ServeOptions {
             timeout: Duration::from_secs(1),
             max_body_bytes: 16 << 20,
             expire_every: None,
+            poll_every: None,
         }
     }
 }
@@ -489,6 +494,40 @@ impl App {
         Ok(())
     }
 
+    /// Loads each model of a repository whose versions to serve differ from those served (a
+    /// version added or removed, a model added), as [`App::load`]; an unloaded model stays
+    /// unloaded. Returns the models loaded; the first error after trying them all.
+    fn poll_repository(&self) -> Result<Vec<String>> {
+        if !matches!(self.source, Models::Repository(_)) {
+            return Ok(Vec::new());
+        }
+        let (mut loaded, mut first) = (Vec::new(), None);
+        for name in self.source.names()? {
+            let served: Option<Vec<String>> = match self.state().get(&name) {
+                Some(ModelState::Ready(l)) => {
+                    Some(l.versions.iter().map(|v| v.version.clone()).collect())
+                }
+                Some(ModelState::Unavailable(reason)) if reason == "unloaded" => continue,
+                _ => None,
+            };
+            let wanted: Option<Vec<String>> = self
+                .source
+                .versions(&name, || 0)
+                .ok()
+                .map(|(_, v)| v.iter().map(|(n, _)| n.to_string()).collect());
+            if wanted.is_none() || wanted == served {
+                continue;
+            }
+            match self.load(&name) {
+                Ok(_) => loaded.push(name),
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        first.map_or(Ok(loaded), Err)
+    }
+
     /// Reloads every model served (SIGHUP): each as [`App::load`]; the first error is returned
     /// after all were tried.
     fn reload_all(&self) -> Result<()> {
@@ -737,6 +776,9 @@ pub fn serve(
         if let Some(every) = options.expire_every {
             expire_on_timer(app.clone(), every, stopped.clone());
         }
+        if let Some(every) = options.poll_every {
+            poll_on_timer(app.clone(), every, stopped.clone());
+        }
         let grpc = grpc_listener.as_ref().map(|(_, bound)| *bound);
         let served: Vec<String> = app
             .all_served()
@@ -819,6 +861,28 @@ fn expire_on_timer(app: AppRef, every: Duration, stopped: watch::Receiver<bool>)
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::error!(error = %e, "expiry failed"),
                 Err(e) => tracing::error!(error = %e, "expiry failed"),
+            }
+        }
+    });
+}
+
+/// Looks at the repository every `every` until the server stops (see
+/// [`App::poll_repository`]); a failed load is logged and what was served stays.
+fn poll_on_timer(app: AppRef, every: Duration, stopped: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = wait_for(stopped.clone()) => return,
+            }
+            let worker = app.clone();
+            match tokio::task::spawn_blocking(move || worker.poll_repository()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "repository poll: a load failed"),
+                Err(e) => tracing::error!(error = %e, "repository poll failed"),
             }
         }
     });

@@ -26,6 +26,7 @@
 
 pub mod cluster;
 mod follow;
+pub mod impressions;
 pub mod layout;
 mod load;
 mod store;
@@ -36,6 +37,7 @@ use pepnet_core::error::{Error, Result};
 use pepnet_core::store::EmbeddingStore;
 
 pub use cluster::Timeouts;
+pub use impressions::{EntryId, ImpressionStream};
 pub use layout::{key_slot, DEFAULT_BUCKETS};
 pub use load::{load, Loaded};
 pub use store::RedisStore;

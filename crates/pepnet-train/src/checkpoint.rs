@@ -143,6 +143,17 @@ impl Checkpointer {
     /// Writes `trainer`'s model and optimizer state with `progress` as `step-<S>`, then
     /// removes all but the newest `keep`. Returns the checkpoint's path.
     pub fn write(&mut self, trainer: &mut dyn Learner, progress: &Progress) -> Result<PathBuf> {
+        self.write_with(trainer, progress, &[])
+    }
+
+    /// As [`Checkpointer::write`], with more files of the caller's in the checkpoint (name,
+    /// bytes): an online run's stream position, say.
+    pub fn write_with(
+        &mut self,
+        trainer: &mut dyn Learner,
+        progress: &Progress,
+        more: &[(&str, Vec<u8>)],
+    ) -> Result<PathBuf> {
         let dir = &self.options.dir;
         let name = format!("{PREFIX}{:012}", progress.step);
         let staged = dir.join(format!("{STAGING_PREFIX}{:012}", progress.step));
@@ -161,6 +172,9 @@ impl Checkpointer {
             state.save(&staged)?;
             for (name, bytes) in trainer.extra_files()? {
                 pepnet_core::atomic_file::write(&staged.join(name), &bytes)?;
+            }
+            for (name, bytes) in more {
+                pepnet_core::atomic_file::write(&staged.join(name), bytes)?;
             }
             let json = serde_json::to_string_pretty(progress).expect("progress serialises");
             pepnet_core::atomic_file::write(&staged.join(PROGRESS_FILE), json.as_bytes())?;

@@ -72,6 +72,88 @@ impl LabelledData {
         })
     }
 
+    /// Samples from rows of text (a stream's entries, say): `header` names the columns of
+    /// every row; the spec's features and the label columns must be among them. Each value is
+    /// read as the same cell of a CSV file would be, with the same checks; errors name `name`,
+    /// the row (1-based) and the column.
+    pub fn from_text_rows(
+        name: &str,
+        spec: &ModelSpec,
+        label_columns: &[String],
+        header: &[String],
+        rows: &[Vec<String>],
+    ) -> Result<Self> {
+        let line = |cells: &mut dyn Iterator<Item = &String>, out: &mut String| {
+            for (i, cell) in cells.enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                if cell.contains([',', '"', '\n', '\r']) {
+                    out.push('"');
+                    out.push_str(&cell.replace('"', "\"\""));
+                    out.push('"');
+                } else {
+                    out.push_str(cell);
+                }
+            }
+            out.push('\n');
+        };
+        let mut text = String::new();
+        line(&mut header.iter(), &mut text);
+        for row in rows {
+            line(&mut row.iter(), &mut text);
+        }
+        let reader = InputReader::from_bytes(
+            name,
+            text.into_bytes(),
+            pepnet_io::Format::Csv,
+            spec,
+            label_columns,
+            rows.len().max(1),
+            None,
+        )?;
+        let t = label_columns.len();
+        let mut batch = Batch::new(Vec::new());
+        let mut labels = Vec::with_capacity(rows.len() * t);
+        for part in reader {
+            let part = part?;
+            let columns: Vec<Vec<String>> = part
+                .carried
+                .iter()
+                .map(|a| {
+                    let format = arrow_cast::display::ArrayFormatter::try_new(
+                        a.as_ref(),
+                        &Default::default(),
+                    )
+                    .map_err(|e| Error::Batch(format!("{name}: {e}")))?;
+                    Ok((0..a.len()).map(|i| format.value(i).to_string()).collect())
+                })
+                .collect::<Result<_>>()?;
+            for (i, &row) in part.rows.iter().enumerate() {
+                for (k, column) in columns.iter().enumerate() {
+                    let y = match column[i].trim() {
+                        "0" | "0.0" => 0.0,
+                        "1" | "1.0" => 1.0,
+                        other => {
+                            return Err(Error::Batch(format!(
+                                "{name}: row {row}, column '{}': a label is 0 or 1, found \
+                                 '{other}'",
+                                label_columns[k]
+                            )))
+                        }
+                    };
+                    labels.push(y);
+                }
+            }
+            batch.append(&part.batch);
+        }
+        Ok(Self {
+            batch,
+            labels,
+            tasks: t,
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.batch.len()
     }
@@ -174,9 +256,10 @@ pub struct WindowReport {
     pub loss: f64,
 }
 
-/// A window being gathered.
+/// A window of progressive validation being gathered: each batch's scores from before the
+/// step that trained on it, its labels and (for GAUC) its users.
 #[derive(Default)]
-struct Window {
+pub struct Window {
     first_step: u64,
     scores: Vec<f32>,
     labels: Vec<f32>,
@@ -184,7 +267,32 @@ struct Window {
 }
 
 impl Window {
-    fn report(&self, last_step: u64, tasks: usize, weights: &[f64]) -> WindowReport {
+    /// An empty window after step `first_step`.
+    pub fn after(first_step: u64) -> Self {
+        Self {
+            first_step,
+            ..Default::default()
+        }
+    }
+
+    /// Adds a batch: its scores (`len × T`) and labels, and its users' ids from the sparse
+    /// feature `user_feature` (spec index) when GAUC is wanted.
+    pub fn add(&mut self, batch: &Batch, scores: &[f32], labels: &[f32], user: Option<usize>) {
+        self.scores.extend_from_slice(scores);
+        self.labels.extend_from_slice(labels);
+        if let Some(f) = user {
+            self.users
+                .extend((0..batch.len()).map(|i| batch.columns[f].ids(i)[0]));
+        }
+    }
+
+    /// Samples gathered, given `tasks` scores per sample.
+    pub fn samples(&self, tasks: usize) -> usize {
+        self.scores.len() / tasks.max(1)
+    }
+
+    /// The window's metrics, ending after step `last_step`.
+    pub fn report(&self, last_step: u64, tasks: usize, weights: &[f64]) -> WindowReport {
         let n = self.scores.len() / tasks;
         let per_task = |k: usize| -> (Vec<f32>, Vec<bool>) {
             let s = self.scores.iter().skip(k).step_by(tasks).copied().collect();
@@ -397,10 +505,7 @@ pub fn train(
     };
     let tasks = trainer.spec().n_tasks();
     let task_weights = trainer.task_weights();
-    let mut window = Window {
-        first_step: start,
-        ..Default::default()
-    };
+    let mut window = Window::after(start);
     let mut step = start;
     while step < end {
         let epoch = step / steps_per_epoch;
@@ -438,22 +543,13 @@ pub fn train(
             step += 1;
             samples += batch.len();
             if let Some(p) = &config.progressive {
-                window.scores.extend(trainer.last_scores()?);
-                window.labels.extend_from_slice(&labels);
-                if let Some(f) = p.user_feature {
-                    window
-                        .users
-                        .extend((0..batch.len()).map(|i| batch.columns[f].ids(i)[0]));
-                }
-                if window.scores.len() / tasks >= p.window || step == end {
+                window.add(&batch, &trainer.last_scores()?, &labels, p.user_feature);
+                if window.samples(tasks) >= p.window || step == end {
                     let w = window.report(step, tasks, &task_weights);
                     let line = window_line(&w, trainer.spec());
                     bar.suspend(|| eprintln!("{line}"));
                     report.windows.push(w);
-                    window = Window {
-                        first_step: step,
-                        ..Default::default()
-                    };
+                    window = Window::after(step);
                 }
             }
             // Reading the loss waits for the GPU: only now and then.

@@ -31,7 +31,7 @@ use pepnet_core::GpuContext;
 use std::sync::Arc;
 
 use crate::checkpoint::{fnv1a, FNV_START};
-use crate::learner::Learner;
+use crate::learner::{ChangedRows, Learner};
 use crate::{OptimizerState, Trainer, TrainerOptions};
 
 /// The admission and expiry rules' state, beside a checkpoint's optimizer state: per hashed
@@ -104,6 +104,9 @@ struct Table {
     last_read: HashMap<u64, u64>,
     /// Ids without a row yet: their occurrences so far.
     sightings: HashMap<u64, u32>,
+    /// Ids whose rows were dropped (expired) since [`HashedTrainer::changed_rows`] last
+    /// took them.
+    dropped: Vec<u64>,
 }
 
 /// A trainer for a spec with hashed features (see the module's notes).
@@ -223,6 +226,7 @@ impl HashedTrainer {
                 host,
                 last_read: HashMap::new(),
                 sightings: HashMap::new(),
+                dropped: Vec::new(),
             });
         }
         let trainer = Trainer::new(ctx, &working, working_state.as_ref(), options)?;
@@ -584,6 +588,52 @@ impl HashedTrainer {
     pub fn spec(&self) -> &ModelSpec {
         &self.model.spec
     }
+
+    /// What changed since step `since` (a step count: rows read by the steps after it), per
+    /// hashed feature: the rows those steps read, as they are now, and the ids whose rows were
+    /// dropped since the last call (TorchRec's delta tracking: what a publisher sends to the
+    /// row store instead of the whole table). Reads back only those rows.
+    pub fn changed_rows(&mut self, since: u64) -> Result<Vec<ChangedRows>> {
+        let d = self.model.spec.d();
+        let mut out = Vec::new();
+        for table in &mut self.tables {
+            let mut ids: Vec<u64> = table
+                .last_read
+                .iter()
+                .filter(|&(_, &step)| step >= since)
+                .map(|(&id, _)| id)
+                .collect();
+            ids.sort_unstable();
+            let on_gpu: Vec<u32> = ids
+                .iter()
+                .filter_map(|id| table.slot_of.get(id).map(|&s| table.base + s))
+                .collect();
+            let (gpu_rows, _) = self.trainer.read_rows(&on_gpu)?;
+            let mut rows = Vec::with_capacity(ids.len() * d);
+            let mut next_gpu = 0;
+            for id in &ids {
+                match table.slot_of.contains_key(id) {
+                    true => {
+                        rows.extend_from_slice(&gpu_rows[next_gpu * d..(next_gpu + 1) * d]);
+                        next_gpu += 1;
+                    }
+                    false => rows.extend_from_slice(&table.host[id].row),
+                }
+            }
+            let mut dropped = std::mem::take(&mut table.dropped);
+            dropped.sort_unstable();
+            dropped.dedup();
+            // An id dropped and then created again has a row: it is changed, not dropped.
+            dropped.retain(|id| !table.last_read.contains_key(id));
+            out.push(ChangedRows {
+                feature: table.feature,
+                ids,
+                rows,
+                dropped,
+            });
+        }
+        Ok(out)
+    }
 }
 
 impl Learner for HashedTrainer {
@@ -617,6 +667,9 @@ impl Learner for HashedTrainer {
     fn hashed_stats(&self) -> Option<HashedStats> {
         Some(self.stats.clone())
     }
+    fn changed_rows(&mut self, since: u64) -> Result<Vec<ChangedRows>> {
+        HashedTrainer::changed_rows(self, since)
+    }
     fn resumable_state(&mut self) -> Result<Option<OptimizerState>> {
         self.export().map(|(_, state)| Some(state))
     }
@@ -638,6 +691,8 @@ impl Table {
             self.free.sort_unstable_by(|a, b| b.cmp(a));
         }
         self.host.remove(&id);
-        self.last_read.remove(&id);
+        if self.last_read.remove(&id).is_some() {
+            self.dropped.push(id);
+        }
     }
 }

@@ -40,6 +40,13 @@ pub trait Learner {
     fn hashed_stats(&self) -> Option<crate::HashedStats> {
         None
     }
+    /// Per hashed feature, the rows the steps after step `since` changed and the rows dropped
+    /// since the last call: what a publisher writes to a row store. None without hashed
+    /// features.
+    fn changed_rows(&mut self, since: u64) -> Result<Vec<ChangedRows>> {
+        let _ = since;
+        Ok(Vec::new())
+    }
 }
 
 impl Learner for Trainer {
@@ -73,4 +80,16 @@ impl Learner for Trainer {
     fn last_scores(&self) -> Result<Vec<f32>> {
         Trainer::last_scores(self)
     }
+}
+
+/// One hashed feature's rows changed over some steps (see [`crate::HashedTrainer::changed_rows`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangedRows {
+    /// The feature's index in the spec.
+    pub feature: usize,
+    /// Sorted ids, and their rows now (`ids.len() × d`).
+    pub ids: Vec<u64>,
+    pub rows: Vec<f32>,
+    /// Ids whose rows were dropped (expired), sorted.
+    pub dropped: Vec<u64>,
 }

@@ -21,10 +21,10 @@ mod stream;
 pub use checkpoint::{CheckpointOptions, Progress};
 pub use data::{
     progress, train, validate, window_line, Batches, EpochReport, LabelledData, Progressive,
-    TrainOptions, TrainReport, TrainingData, Validation, WindowReport,
+    TrainOptions, TrainReport, TrainingData, Validation, Window, WindowReport,
 };
 pub use hashed::{HashedOptions, HashedStats, HashedTrainer, RULES_FILE};
-pub use learner::Learner;
+pub use learner::{ChangedRows, Learner};
 pub use state::{OptimizerState, OPTIMIZER_FILE};
 pub use stream::StreamedData;
 

@@ -475,3 +475,77 @@ fn admission_and_expiry_state_resumes_bit_identical() {
     let (other, _, _, _) = run(&loaded, Some(&state), None, 6..14);
     assert!(other != want_model, "the rules' state made no difference");
 }
+
+/// The rows changed since a step (what the online trainer publishes) are exactly the ids the
+/// later steps read, with the values the exported model holds for them, wherever they live
+/// (working set or host: the capacity here forces evictions); expired rows are reported as
+/// dropped, once.
+#[test]
+fn changed_rows_are_the_ids_read_since_the_step_with_their_current_values() {
+    let data = batches(12, 32);
+    let spec = vocab_spec();
+    let model = Model::init(hashed_spec(), 6).unwrap();
+    let d = spec.d();
+    for expire in [None, Some(3)] {
+        let hashed = HashedOptions {
+            capacity: most_distinct(&data) + 3,
+            admit_after: 1,
+            expire_after: expire,
+            seed: ROW_SEED,
+        };
+        let mut t = HashedTrainer::new(gpu(), &model, None, &options(), hashed).unwrap();
+        for (batch, labels) in &data[..6] {
+            t.step(&to_raw(&spec, batch), labels).unwrap();
+        }
+        t.changed_rows(0).unwrap();
+        for (batch, labels) in &data[6..] {
+            t.step(&to_raw(&spec, batch), labels).unwrap();
+        }
+        // As the online trainer does: export (a checkpoint, which drops expired rows), then
+        // take what changed.
+        let exported = t.model().unwrap();
+        let changed = t.changed_rows(6).unwrap();
+        assert!(t.stats().evicted > 0, "the working set evicted rows");
+        let mut dropped_any = false;
+        for c in &changed {
+            let name = &spec.features[c.feature].name;
+            let f = c.feature;
+            // Ids read by steps 7..12, as raw ids.
+            let mut read: Vec<u64> = data[6..]
+                .iter()
+                .flat_map(|(b, _)| match &to_raw(&spec, b).columns[f] {
+                    Column::Sparse(v) => v.clone(),
+                    Column::MultiHot { ids, .. } => ids.clone(),
+                    Column::Dense(_) => Vec::new(),
+                })
+                .collect();
+            read.sort_unstable();
+            read.dedup();
+            let held = exported.weights.hashed(name).unwrap();
+            // Read lately and still held (not expired at the export), or dropped.
+            let kept: Vec<u64> = read
+                .iter()
+                .copied()
+                .filter(|id| held.ids.contains(id))
+                .collect();
+            assert_eq!(c.ids, kept, "expire {expire:?}: {name}'s changed ids");
+            for id in read.iter().filter(|id| !held.ids.contains(id)) {
+                assert!(
+                    c.dropped.contains(id),
+                    "{name}: id {id} expired, not dropped"
+                );
+            }
+            for (i, id) in c.ids.iter().enumerate() {
+                let at = held.ids.iter().position(|x| x == id).unwrap();
+                assert_eq!(
+                    c.rows[i * d..(i + 1) * d],
+                    held.rows[at * d..(at + 1) * d],
+                    "{name}: id {id}'s row"
+                );
+            }
+            assert!(c.dropped.iter().all(|id| !c.ids.contains(id)));
+            dropped_any |= !c.dropped.is_empty();
+        }
+        assert_eq!(dropped_any, expire.is_some(), "expire {expire:?}");
+    }
+}
