@@ -138,6 +138,8 @@ struct StreamReport {
     step_seconds: f64,
     checkpoint_seconds: f64,
     publish_seconds: f64,
+    /// Waiting for each step's scores (progressive validation): the GPU's share.
+    gpu_wait_seconds: f64,
 }
 
 #[derive(Serialize, Clone)]
@@ -255,7 +257,7 @@ impl TrainStream {
         let mut idle_since = Instant::now();
         let idle_limit = self.stop_when_idle_secs.map(Duration::from_secs_f64);
         let begun = Instant::now();
-        let mut times = [Duration::ZERO; 4];
+        let mut times = [Duration::ZERO; 5];
         loop {
             let stopping = stop.load(Ordering::Relaxed);
             let idle = idle_limit.is_some_and(|l| idle_since.elapsed() >= l);
@@ -287,7 +289,11 @@ impl TrainStream {
                 times[1] += t.elapsed();
                 // Idle is time spent waiting on an empty stream, not working.
                 idle_since = Instant::now();
-                window.add(&data.batch, &trainer.last_scores()?, &data.labels, user);
+                let t = Instant::now();
+                // Waits for the step: on a GPU, this is where the kernels' time shows.
+                let scores = trainer.last_scores()?;
+                times[4] += t.elapsed();
+                window.add(&data.batch, &scores, &data.labels, user);
                 let step = trainer.steps_done();
                 position.samples += data.len() as u64;
                 position.last_entry = batch.last().map(|e| e.id.to_string());
@@ -358,11 +364,13 @@ impl TrainStream {
             report.step_seconds,
             report.checkpoint_seconds,
             report.publish_seconds,
+            report.gpu_wait_seconds,
         ] = times.map(|t| t.as_secs_f64());
         self.write_metrics(&report, &spec, report.steps, &position)?;
         eprintln!(
             "stopped after step {} ({} samples, {:.0} samples/s; host: reading {:.0}%, steps \
-             {:.0}%, checkpoints {:.0}%, publishing {:.0}%)",
+             {:.0}%, checkpoints {:.0}%, publishing {:.0}%; waiting for the GPU's scores \
+             {:.0}%)",
             report.steps,
             report.samples,
             report.samples_per_s,
@@ -370,6 +378,7 @@ impl TrainStream {
             100.0 * report.step_seconds / seconds,
             100.0 * report.checkpoint_seconds / seconds,
             100.0 * report.publish_seconds / seconds,
+            100.0 * report.gpu_wait_seconds / seconds,
         );
         self.report.write(&report)
     }
@@ -582,7 +591,6 @@ impl Publisher {
     ) -> Result<Published> {
         let begun = Instant::now();
         let step = trainer.steps_done();
-        let d = trainer.spec().d();
         let (mut written, mut removed) = (0, 0);
         let need_model = self.repository.is_some() || all || since.is_none();
         let model = need_model.then(|| trainer.trained_model()).transpose()?;
@@ -612,16 +620,17 @@ impl Publisher {
                 dropped,
             } in changed
             {
-                for (i, &id) in ids.iter().enumerate() {
-                    if !store.put((f as u32, id), &rows[i * d..(i + 1) * d])? {
-                        return Err(Error::Store(format!(
-                            "the namespace's update cap refused a row of feature '{}' (id \
-                             {id}): an online trainer's namespace needs no cap",
-                            trainer.spec().features[f].name
-                        )));
-                    }
-                    written += 1;
+                let keys: Vec<(u32, u64)> = ids.iter().map(|&id| (f as u32, id)).collect();
+                let done = store.put_many(&keys, &rows)?;
+                if let Some(k) = done.iter().position(|w| !w) {
+                    return Err(Error::Store(format!(
+                        "the namespace's update cap refused a row of feature '{}' (id {}): an \
+                         online trainer's namespace needs no cap",
+                        trainer.spec().features[f].name,
+                        ids[k]
+                    )));
                 }
+                written += done.len();
                 for id in dropped {
                     removed += store.remove((f as u32, id))? as usize;
                 }

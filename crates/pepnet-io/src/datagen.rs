@@ -133,7 +133,7 @@ impl Process {
             if f == self.domain_feature || Some(f) == self.user_feature {
                 continue;
             }
-            let vocab = spec.features[f].rows() as u64;
+            let vocab = id_space(&spec.features[f]);
             let shift =
                 ((vocab / 4) as u128 * t as u128 / drift.period as u128) as u64 % vocab.max(1);
             let ids = match column {
@@ -223,7 +223,7 @@ impl Process {
 /// long tail), the domain uniform, lists of every length, dense values in [0, 3).
 fn features(spec: &ModelSpec, rows: usize, rng: &mut ChaCha8Rng) -> Batch {
     sample_features(spec, rows, rng, |rng, f| {
-        let vocab = f.rows() as u64;
+        let vocab = id_space(f);
         if f.name == spec.domain_feature {
             rng.random_range(0..vocab)
         } else {
@@ -273,7 +273,48 @@ pub fn write_drifting(
                 columns[t_count + t].push(pt as f32);
             }
         }
+        raw_ids(spec, &mut batch);
         (batch, columns)
     });
     synth::write_rows(spec, &extra, chunks, path)
+}
+
+/// Ids a hashed feature's impressions draw from (it has no vocabulary to size them).
+pub const HASHED_IDS: u64 = 50_000;
+
+/// How many ids feature `f` draws from: its vocabulary, or [`HASHED_IDS`] when it is hashed.
+fn id_space(f: &pepnet_core::spec::FeatureSpec) -> u64 {
+    match f.hashed {
+        true => HASHED_IDS,
+        false => f.rows() as u64,
+    }
+}
+
+/// Hashed features' ids written as raw 64-bit ids, as a production log holds them: each index
+/// the hidden process used mapped through a fixed mix (SplitMix64's finaliser, salted by the
+/// feature's name), so that they spread over all 64 bits, one to one.
+fn raw_ids(spec: &ModelSpec, batch: &mut Batch) {
+    for (f, column) in batch.columns.iter_mut().enumerate() {
+        let feature = &spec.features[f];
+        if !feature.hashed {
+            continue;
+        }
+        let salt = feature.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+        });
+        let ids = match column {
+            Column::Sparse(v) => v,
+            Column::MultiHot { ids, .. } => ids,
+            Column::Dense(_) => continue,
+        };
+        ids.iter_mut().for_each(|id| *id = raw_id(*id, salt));
+    }
+}
+
+/// SplitMix64's finaliser of `index ^ salt`: a bijection of u64.
+fn raw_id(index: u64, salt: u64) -> u64 {
+    let mut z = index ^ salt;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }

@@ -517,6 +517,114 @@ impl RedisStore {
         )))
     }
 
+    /// Writes many rows (`rows`: `keys.len() × d`), each exactly as [`EmbeddingStore::put`]
+    /// writes one (the same script: counted against the cap, announced to every follower), but
+    /// pipelined: in chunks, one pipeline per node per chunk, sent to every node before any
+    /// answer is read. What a publisher of thousands of rows needs: one round trip per chunk
+    /// instead of one per row. Returns, per row, whether it was written (false: the cap
+    /// refused it). Fails naming the node and the feature when a node does not answer or lost
+    /// its data; rows of other nodes may have been written then.
+    pub fn put_many(&mut self, keys: &[Key], rows: &[f32]) -> Result<Vec<bool>> {
+        let d = self.meta.d;
+        assert_eq!(rows.len(), keys.len() * d, "d floats per key");
+        let ns = self.options.namespace.clone();
+        let policy = self.meta.policy;
+        let script = write_script();
+        let mut written = vec![false; keys.len()];
+        // EVALSHA in a pipeline cannot load the script: every node gets it first.
+        let mut loaded = BTreeSet::new();
+        for chunk in (0..keys.len()).collect::<Vec<_>>().chunks(2048) {
+            let mut by_node: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+            let mut alone = Vec::new();
+            for &i in chunk {
+                let slot = self.bucket_slots[self.bucket(keys[i]) as usize];
+                match self.cluster.node_of(slot) {
+                    Some(node) => by_node.entry(node).or_default().push(i),
+                    None => alone.push(i),
+                }
+            }
+            for node in by_node.keys() {
+                if loaded.insert(node.clone()) {
+                    let wait = self.cluster.timeouts.write;
+                    match self
+                        .links
+                        .with(&self.cluster, node, wait, |c| script.load(c))
+                    {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return Err(Error::Store(format!("node {node}: {e}"))),
+                        Err(cause) => return Err(Error::Store(format!("node {node}: {cause}"))),
+                    }
+                }
+            }
+            let requests = by_node
+                .iter()
+                .map(|(node, indices)| {
+                    let mut pipe = redis::pipe();
+                    for &i in indices {
+                        let key = keys[i];
+                        let b = self.bucket(key);
+                        let name = self.key(key);
+                        let value =
+                            row_value(version_now(), &rows[i * d..(i + 1) * d], self.meta.row_type);
+                        pipe.cmd("EVALSHA")
+                            .arg(script.get_hash())
+                            .arg(4)
+                            .arg(&name)
+                            .arg(format!("{name}:n"))
+                            .arg(meta_key(&ns, b))
+                            .arg(stream_key(&ns, b))
+                            .arg(value)
+                            .arg(policy.max_updates.unwrap_or(0))
+                            .arg(policy.window_secs)
+                            .arg(policy.expire_after_secs.unwrap_or(0))
+                            .arg(&self.features[key.0 as usize])
+                            .arg(key.1)
+                            .arg(STREAM_LENGTH)
+                            .arg(doorbell(&ns));
+                    }
+                    (node.clone(), pipe.get_packed_pipeline(), indices.len())
+                })
+                .collect();
+            let wait = self.cluster.timeouts.write;
+            for (node, answer) in self.links.exchange(&self.cluster, requests, wait) {
+                let indices = &by_node[&node];
+                let answers = answer.map_err(|cause| {
+                    let feature = &self.features[keys[indices[0]].0 as usize];
+                    Error::Store(format!(
+                        "writing rows of feature '{feature}' (and others) to node {node}: \
+                         {cause}"
+                    ))
+                })?;
+                for (&i, v) in indices.iter().zip(answers) {
+                    match v {
+                        Value::Int(-1) => {
+                            return Err(Error::Store(format!(
+                                "writing {} (a row of feature '{}') was refused: node {node} \
+                                 holds no metadata of namespace '{ns}' for its bucket \
+                                 (restarted without its data?); load the namespace again",
+                                self.key(keys[i]),
+                                self.features[keys[i].0 as usize],
+                            )))
+                        }
+                        Value::Int(0) => {}
+                        Value::Int(n) => {
+                            written[i] = true;
+                            if n == 1 {
+                                self.rows += 1;
+                            }
+                        }
+                        // MOVED, ASK, TRYAGAIN (a failover or a resharding): one by one below.
+                        _ => alone.push(i),
+                    }
+                }
+            }
+            for i in alone {
+                written[i] = self.put(keys[i], &rows[i * d..(i + 1) * d])?;
+            }
+        }
+        Ok(written)
+    }
+
     /// Re-reads the metadata after a load (its row type or update policy may have changed).
     fn reread_meta(&mut self) {
         let ns = self.options.namespace.clone();
