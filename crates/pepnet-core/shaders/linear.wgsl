@@ -109,6 +109,9 @@ fn store(pr: Problem, m: u32, n: u32, z: f32) {
         y *= act_in(act[pr.m_off + m * pr.m_stride + n]);
     }
     let i = pr.y_off + m * pr.y_stride + n;
+    if (pr.flags & FLAG_Y_CENTERED) != 0u {
+        y -= 0.5 * pr.gamma;
+    }
     if (pr.flags & FLAG_F32_OUT) != 0u {
         scores[i] = y;
     } else {

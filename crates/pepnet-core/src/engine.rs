@@ -255,7 +255,7 @@ impl Engine {
         let plan = Plan::new(&spec, &packed.layout, max_rows, act_storage);
         for step in &plan.steps {
             if let Step::Linear { label, problems } = step {
-                let (_, tiles) = linear::lay_out(problems);
+                let (_, tiles) = plan.lay_out(problems);
                 if tiles > max_groups {
                     return Err(Error::Gpu(format!(
                         "dispatch {label} needs {tiles} column tiles, more than the device's {max_groups} workgroups per dimension"
@@ -934,7 +934,7 @@ impl SharedBuffers {
             let (uniform, tiles) = match step {
                 Step::Resolve | Step::Gather => (None, 0),
                 Step::Linear { label, problems } => {
-                    let (gpu, tiles) = linear::lay_out(problems);
+                    let (gpu, tiles) = plan.lay_out(problems);
                     let span = SpanParams::new(table.len(), gpu.len());
                     table.extend(gpu);
                     (Some(ctx.uniform_buffer(label, &span)), tiles)

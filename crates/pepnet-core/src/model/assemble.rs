@@ -134,6 +134,17 @@ impl Plan {
             out,
             scores_apart,
         };
+        // Over f16 activations, PPNet's gates are stored centred (see `Plan::centered`).
+        let centered = match act_storage {
+            ActStorage::F16 => b
+                .columns
+                .deltas
+                .iter()
+                .zip(spec.tower_in_widths())
+                .map(|(&col, w)| (col, (spec.n_tasks() * w) as u32))
+                .collect(),
+            ActStorage::F32 => Vec::new(),
+        };
         let mut steps = Vec::new();
         if spec.has_hashed() {
             steps.push(Step::Resolve);
@@ -150,6 +161,7 @@ impl Plan {
             destinations: embedding::destinations(&b),
             grad_sources: embedding::grad_sources(&b),
             steps,
+            centered,
         }
     }
 }

@@ -54,6 +54,10 @@ pub const FLAG_MULTIPLIED: u32 = 2;
 pub const FLAG_KEEP: u32 = 4;
 /// Y is probabilities, written to the f32 `scores` binding instead of the activations.
 pub const FLAG_F32_OUT: u32 = 8;
+/// f16 scoring: G is stored as G − γ/2 (see [`crate::plan::Plan::centered`]).
+pub const FLAG_G_CENTERED: u32 = 16;
+/// f16 scoring: Y is stored as Y − γ/2.
+pub const FLAG_Y_CENTERED: u32 = 32;
 
 /// A strided view of a matrix in the activation buffer: element `(m, c)` is at
 /// `offset + m * stride + c` (in elements of the buffer's storage: f32s, or f16s when scoring
