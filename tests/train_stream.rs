@@ -479,20 +479,128 @@ fn a_killed_trainer_resumes_from_its_checkpoint_and_stream_position_bit_for_bit(
 
     let last = checkpoint(&whole, 13);
     assert!(last.is_dir(), "{}", log_of(&d.join("whole.log")));
+    same_run(&last, &checkpoint(&killed, 13), "the resumed run");
+
+    // The same impressions arriving as files in a directory (CSV and Parquet, renamed in):
+    // the same run, bit for bit, killed after its first checkpoint and resumed as well.
+    let watched = d.join("arriving");
+    std::fs::create_dir(&watched).unwrap();
+    let files = d.join("files");
+    let dir_run = |checkpoints: &Path, log: &Path| {
+        let args = [
+            "--model",
+            spec.as_str(),
+            "--watch",
+            watched.to_str().unwrap(),
+            "--checkpoints",
+            checkpoints.to_str().unwrap(),
+            "--keep-checkpoints",
+            "10",
+            "--publish-every",
+            "4",
+            "--batch-size",
+            "64",
+            "--working-set",
+            "96",
+            "--stop-when-idle-secs",
+            "3",
+        ];
+        start_trainer(&args, log)
+    };
+    let cut = [0, 150, 400, rows.len()];
+    let stream_parquet = d.join("stream.parquet");
+    let out = pepnet(&[
+        "gen-data",
+        "--model",
+        &spec,
+        "--rows",
+        &rows.len().to_string(),
+        "--drift",
+        &(4 * PHASE).to_string(),
+        "--seed",
+        "3",
+        "--output",
+        stream_parquet.to_str().unwrap(),
+    ]);
+    ok(&out, "gen-data to Parquet");
+    std::fs::create_dir(&files).unwrap();
+    for k in 0..3 {
+        let part = csv(
+            &files.join(format!("part-{k}.csv")),
+            &header,
+            &rows[cut[k]..cut[k + 1]],
+        );
+        let name = match k {
+            1 => {
+                // The middle part as Parquet: the same rows, as gen-data writes them there.
+                let parquet = watched.join(".part-1.parquet");
+                parquet_rows(&stream_parquet, cut[1], cut[2], &parquet);
+                std::fs::rename(&parquet, watched.join("part-1.parquet")).unwrap();
+                continue;
+            }
+            _ => format!("part-{k}.csv"),
+        };
+        let hidden = watched.join(format!(".{name}"));
+        std::fs::copy(&part, &hidden).unwrap();
+        std::fs::rename(&hidden, watched.join(&name)).unwrap();
+    }
+    let from_files = d.join("from-files");
+    let log = d.join("files.log");
+    let mut trainer = dir_run(&from_files, &log);
+    wait_for(
+        &checkpoint(&from_files, 4),
+        Duration::from_secs(120),
+        &mut trainer,
+        &log,
+    );
+    send_signal(trainer.id(), "KILL");
+    trainer.wait().unwrap();
+    let log2 = d.join("files-resumed.log");
+    let status = dir_run(&from_files, &log2).wait().unwrap();
+    let text = log_of(&log2);
+    assert!(status.success() && text.contains("resuming from"), "{text}");
+    same_run(&last, &checkpoint(&from_files, 13), "the run over files");
+}
+
+/// Asserts two checkpoints hold the same model, optimizer state and sample count.
+fn same_run(a: &Path, b: &Path, what: &str) {
     for file in ["weights.safetensors", "optimizer.safetensors", "model.json"] {
         assert_eq!(
-            std::fs::read(last.join(file)).unwrap(),
-            std::fs::read(checkpoint(&killed, 13).join(file)).unwrap(),
-            "{file}: the resumed run differs from the uninterrupted one"
+            std::fs::read(a.join(file)).unwrap(),
+            std::fs::read(b.join(file)).unwrap(),
+            "{file}: {what} differs from the uninterrupted one"
         );
     }
-    let position = |dir: &Path| -> Value {
-        serde_json::from_str(&std::fs::read_to_string(dir.join("stream.json")).unwrap()).unwrap()
+    let samples = |dir: &Path| -> Value {
+        let text = std::fs::read_to_string(dir.join("stream.json")).unwrap();
+        serde_json::from_str::<Value>(&text).unwrap()["samples"].clone()
     };
-    assert_eq!(
-        position(&checkpoint(&killed, 13))["samples"],
-        position(&last)["samples"]
-    );
+    assert_eq!(samples(a), samples(b), "{what}: samples");
+}
+
+/// Rows `from..to` of the Parquet file `source` written as the Parquet file `out`.
+fn parquet_rows(source: &Path, from: usize, to: usize, out: &Path) {
+    let file = std::fs::File::open(source).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut writer = None;
+    let mut at = 0;
+    for batch in reader {
+        let batch = batch.unwrap();
+        let (start, end) = (from.max(at), to.min(at + batch.num_rows()));
+        if start < end {
+            let part = batch.slice(start - at, end - start);
+            let w = writer.get_or_insert_with(|| {
+                let f = std::fs::File::create(out).unwrap();
+                parquet::arrow::ArrowWriter::try_new(f, part.schema(), None).unwrap()
+            });
+            w.write(&part).unwrap();
+        }
+        at += batch.num_rows();
+    }
+    writer.unwrap().close().unwrap();
 }
 
 /// A bad entry stops the trainer with an error naming the stream, the entry and the field, and

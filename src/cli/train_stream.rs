@@ -22,10 +22,13 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use pepnet::store::redis::{self as redis_store, EntryId, ImpressionStream, RedisStore, RowType};
+
+mod source;
 use pepnet::store::EmbeddingStore;
 use pepnet::train::checkpoint::{self, CheckpointOptions, Checkpointer, Progress};
 use pepnet::train::{ChangedRows, LabelledData, Learner, OptimizerState, Window, WindowReport};
 use pepnet::{Error, Model, ModelSpec, Result};
+use source::{Directory, Pos, Source, Stream};
 
 use super::train::OptimizerFlags;
 use super::{at_least_one, Device, InitArgs, Labels, Report};
@@ -44,11 +47,16 @@ pub struct TrainStream {
     #[arg(long)]
     pub model: PathBuf,
     /// The Redis (Cluster) holding the stream: redis://HOST:PORT[,HOST:PORT...].
-    #[arg(long, value_parser = parse_redis_url)]
-    pub redis: pepnet::store::redis::RedisOptions,
+    #[arg(long, value_parser = parse_redis_url, requires = "stream")]
+    pub redis: Option<pepnet::store::redis::RedisOptions>,
     /// The stream's key.
-    #[arg(long)]
-    pub stream: String,
+    #[arg(long, requires = "redis", required_unless_present = "watch")]
+    pub stream: Option<String>,
+    /// Read labelled CSV or Parquet files arriving in this directory instead, in name order
+    /// (write each under a hidden name, then rename it in, so that it is never read half
+    /// written).
+    #[arg(long, conflicts_with_all = ["stream", "redis"])]
+    pub watch: Option<PathBuf>,
     /// The consumer group (created, from the stream's start, when missing).
     #[arg(long, default_value = "pepnet-train")]
     pub group: String,
@@ -109,14 +117,17 @@ fn parse_redis_url(s: &str) -> std::result::Result<pepnet::store::redis::RedisOp
     pepnet::store::redis::RedisOptions::from_url(s, "--redis").map_err(|e| e.to_string())
 }
 
-/// Where an online run stands in its stream, saved in each checkpoint.
+/// Where an online run stands in its source, saved in each checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamPosition {
-    pub stream: String,
-    pub group: String,
+    /// The source: `stream 'KEY' (group 'G')` or `directory 'DIR'`.
+    pub source: String,
     /// The last entry the checkpoint's steps used (none: no entry yet).
     pub last_entry: Option<String>,
+    /// Or the last file, and its last data row (1-based), they used.
+    pub last_file: Option<String>,
+    pub file_row: usize,
     /// Samples trained on so far.
     pub samples: u64,
     /// The step of the last publish completed before this checkpoint was written.
@@ -165,21 +176,23 @@ impl TrainStream {
                 let m = Model::load(dir)?;
                 let state = OptimizerState::load(dir, &m.spec)?;
                 let position = read_position(dir)?;
-                if position.stream != self.stream || position.group != self.group {
+                if position.source != self.source_name() {
                     return Err(Error::Spec {
                         file: dir.join(STREAM_FILE).display().to_string(),
                         message: format!(
-                            "the checkpoint's run read stream '{}' (group '{}'), this run asks \
-                             for stream '{}' (group '{}'); give another --checkpoints",
-                            position.stream, position.group, self.stream, self.group
+                            "the checkpoint's run read {}, this run asks for {}; give another \
+                             --checkpoints",
+                            position.source,
+                            self.source_name()
                         ),
                     });
                 }
-                eprintln!(
-                    "resuming from {} (after entry {})",
-                    dir.display(),
-                    position.last_entry.as_deref().unwrap_or("none")
-                );
+                let after = match (&position.last_entry, &position.last_file) {
+                    (Some(e), _) => format!("entry {e}"),
+                    (None, Some(f)) => format!("row {} of {f}", position.file_row),
+                    (None, None) => "nothing".into(),
+                };
+                eprintln!("resuming from {} (after {after})", dir.display());
                 (m, state, Some(position))
             }
             None => {
@@ -196,13 +209,6 @@ impl TrainStream {
             .map(|f| f.name.clone())
             .chain(columns.iter().cloned())
             .collect();
-        let mut stream = ImpressionStream::open(
-            &self.redis.nodes,
-            &self.stream,
-            &self.group,
-            &self.consumer,
-            self.redis.timeouts,
-        )?;
         let mut publisher = self.publisher(&model, resume.is_some())?;
         let ctx = self.device.adapter.open()?;
         let mut trainer = self.optimizer.learner(
@@ -220,17 +226,14 @@ impl TrainStream {
             keep: self.keep_checkpoints,
         })?;
         let mut position = position.unwrap_or(StreamPosition {
-            stream: self.stream.clone(),
-            group: self.group.clone(),
+            source: self.source_name(),
             last_entry: None,
+            last_file: None,
+            file_row: 0,
             samples: 0,
             published_step: None,
         });
-        let used: Option<EntryId> = position
-            .last_entry
-            .as_deref()
-            .map(|s| s.parse().map_err(Error::Store))
-            .transpose()?;
+        let mut source = self.open_source(&position, header, options.batch_size)?;
         let mut report = StreamReport::default();
         // A publish the newest checkpoint did not see complete (or a fresh run's first state).
         let steps_at_start = trainer.steps_done();
@@ -240,10 +243,8 @@ impl TrainStream {
             report.publishes.push(p);
         }
         eprintln!(
-            "reading {} on {} as '{}'; batches of {}, publishing every {} steps",
-            stream.describe(),
-            self.redis.nodes.join(","),
-            self.consumer,
+            "reading {}; batches of {}, publishing every {} steps",
+            source.describe(),
             options.batch_size,
             self.publish_every
         );
@@ -251,9 +252,15 @@ impl TrainStream {
         let tasks = spec.n_tasks();
         let weights = trainer.task_weights();
         let mut window = Window::after(trainer.steps_done());
-        let mut held: Vec<redis_store::impressions::Entry> = Vec::new();
-        // Entries trained on and not acknowledged yet, in stream order.
-        let mut unacked: Vec<EntryId> = Vec::new();
+        // Samples read and not trained on yet, with their positions.
+        let mut held = LabelledData {
+            batch: pepnet::Batch::new(Vec::new()),
+            labels: Vec::new(),
+            tasks,
+        };
+        let mut held_at: Vec<Pos> = Vec::new();
+        // Samples trained on and not acknowledged yet, in order.
+        let mut unacked: Vec<Pos> = Vec::new();
         let mut idle_since = Instant::now();
         let idle_limit = self.stop_when_idle_secs.map(Duration::from_secs_f64);
         let begun = Instant::now();
@@ -265,39 +272,42 @@ impl TrainStream {
             if !full && !stopping && !idle {
                 let t = Instant::now();
                 let wait = Duration::from_millis(200);
-                for entry in stream.read(options.batch_size - held.len(), wait)? {
-                    if used.is_some_and(|u| entry.id <= u) {
-                        // Trained on and checkpointed before a restart: only its ack was lost.
-                        stream.ack(&[entry.id])?;
-                        continue;
-                    }
+                let max = options.batch_size - held.len();
+                if let Some((data, at)) = source.read(max, wait, &spec, &columns)? {
+                    held.append(&data);
+                    held_at.extend(at);
                     idle_since = Instant::now();
-                    held.push(entry);
                 }
                 times[0] += t.elapsed();
                 continue;
             }
             let ending = (stopping || idle) && !full;
             if !held.is_empty() {
-                let t = Instant::now();
                 let take = held.len().min(options.batch_size);
-                let batch: Vec<_> = held.drain(..take).collect();
-                let data = decode(&batch, &spec, &columns, &header, stream.describe())?;
-                times[0] += t.elapsed();
+                let (data, rest) = held.split_at(take);
+                held = rest;
+                let used: Vec<Pos> = held_at.drain(..take).collect();
                 let t = Instant::now();
                 trainer.step(&data.batch, &data.labels)?;
                 times[1] += t.elapsed();
-                // Idle is time spent waiting on an empty stream, not working.
-                idle_since = Instant::now();
                 let t = Instant::now();
                 // Waits for the step: on a GPU, this is where the kernels' time shows.
                 let scores = trainer.last_scores()?;
                 times[4] += t.elapsed();
+                // Idle is time spent waiting on an empty stream, not working.
+                idle_since = Instant::now();
                 window.add(&data.batch, &scores, &data.labels, user);
                 let step = trainer.steps_done();
                 position.samples += data.len() as u64;
-                position.last_entry = batch.last().map(|e| e.id.to_string());
-                unacked.extend(batch.iter().map(|e| e.id));
+                match used.last() {
+                    Some(Pos::Entry(id)) => position.last_entry = Some(id.to_string()),
+                    Some(Pos::Row { file, row }) => {
+                        position.last_file = Some(file.clone());
+                        position.file_row = *row;
+                    }
+                    None => {}
+                }
+                unacked.extend(used);
                 if window.samples(tasks) >= self.window {
                     let w = window.report(step, tasks, &weights);
                     eprintln!("{}", pepnet::train::window_line(&w, &spec));
@@ -320,7 +330,7 @@ impl TrainStream {
                 step,
                 epochs: 0,
                 samples: position.samples,
-                data: format!("stream {}", self.stream),
+                data: position.source.clone(),
                 batch_size: options.batch_size,
                 seed: self.seed,
                 shuffle: false,
@@ -328,7 +338,7 @@ impl TrainStream {
             let json = serde_json::to_vec_pretty(&position).expect("position serialises");
             let path =
                 checkpointer.write_with(trainer.as_mut(), &progress, &[(STREAM_FILE, json)])?;
-            stream.ack(&unacked)?;
+            source.ack(&unacked)?;
             unacked.clear();
             times[2] += t.elapsed();
             let t = Instant::now();
@@ -381,6 +391,59 @@ impl TrainStream {
             100.0 * report.gpu_wait_seconds / seconds,
         );
         self.report.write(&report)
+    }
+
+    /// The source as a checkpoint names it.
+    fn source_name(&self) -> String {
+        match (&self.stream, &self.watch) {
+            (Some(key), _) => format!("stream '{key}' (group '{}')", self.group),
+            (None, Some(dir)) => format!("directory '{}'", dir.display()),
+            (None, None) => unreachable!("clap requires --stream or --watch"),
+        }
+    }
+
+    /// Opens the source, to go on after `position`.
+    fn open_source(
+        &self,
+        position: &StreamPosition,
+        header: Vec<String>,
+        batch_size: usize,
+    ) -> Result<Source> {
+        if let Some(dir) = &self.watch {
+            if !dir.is_dir() {
+                return Err(Error::Spec {
+                    file: dir.display().to_string(),
+                    message: "--watch: not a directory".into(),
+                });
+            }
+            return Ok(Source::Directory(Box::new(Directory {
+                dir: dir.clone(),
+                done: None,
+                current: None,
+                resume: position.last_file.clone().map(|f| (f, position.file_row)),
+                batch_size,
+            })));
+        }
+        let (Some(redis), Some(key)) = (&self.redis, &self.stream) else {
+            unreachable!("clap requires --redis with --stream");
+        };
+        let stream = ImpressionStream::open(
+            &redis.nodes,
+            key,
+            &self.group,
+            &self.consumer,
+            redis.timeouts,
+        )?;
+        let used = position
+            .last_entry
+            .as_deref()
+            .map(|s| s.parse::<EntryId>().map_err(Error::Store))
+            .transpose()?;
+        Ok(Source::Redis(Stream {
+            stream,
+            used,
+            header,
+        }))
     }
 
     /// A fresh run's model: from a spec (initialised by --seed and `init`) or a directory.
@@ -536,41 +599,6 @@ fn read_position(dir: &Path) -> Result<StreamPosition> {
         file: path.display().to_string(),
         message: format!("not an online run's stream position: {e}"),
     })
-}
-
-/// Entries as labelled samples; errors name the stream, the entry and the field.
-fn decode(
-    entries: &[redis_store::impressions::Entry],
-    spec: &ModelSpec,
-    columns: &[String],
-    header: &[String],
-    stream: String,
-) -> Result<LabelledData> {
-    let mut rows = Vec::with_capacity(entries.len());
-    for e in entries {
-        let row = header
-            .iter()
-            .map(|name| {
-                e.fields
-                    .iter()
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| v.clone())
-                    .ok_or_else(|| {
-                        Error::Batch(format!(
-                            "{stream}, entry {}: no field '{name}' (each entry holds one \
-                             impression: a field per feature and label column)",
-                            e.id
-                        ))
-                    })
-            })
-            .collect::<Result<Vec<String>>>()?;
-        rows.push(row);
-    }
-    let first = entries.first().map_or("-".into(), |e| e.id.to_string());
-    let last = entries.last().map_or("-".into(), |e| e.id.to_string());
-    // A row number k below is the k-th of entries first..last.
-    let name = format!("{stream}, entries {first}..{last}");
-    LabelledData::from_text_rows(&name, spec, columns, header, &rows)
 }
 
 /// Writes what serving reads: changed rows to the store, dense weights to the repository.

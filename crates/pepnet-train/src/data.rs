@@ -112,43 +112,54 @@ impl LabelledData {
             rows.len().max(1),
             None,
         )?;
-        let t = label_columns.len();
-        let mut batch = Batch::new(Vec::new());
-        let mut labels = Vec::with_capacity(rows.len() * t);
+        let mut out = Self {
+            batch: Batch::new(Vec::new()),
+            labels: Vec::with_capacity(rows.len() * label_columns.len()),
+            tasks: label_columns.len(),
+        };
         for part in reader {
-            let part = part?;
-            let columns: Vec<Vec<String>> = part
-                .carried
-                .iter()
-                .map(|a| {
-                    let format = arrow_cast::display::ArrayFormatter::try_new(
-                        a.as_ref(),
-                        &Default::default(),
-                    )
-                    .map_err(|e| Error::Batch(format!("{name}: {e}")))?;
-                    Ok((0..a.len()).map(|i| format.value(i).to_string()).collect())
-                })
-                .collect::<Result<_>>()?;
-            for (i, &row) in part.rows.iter().enumerate() {
-                for (k, column) in columns.iter().enumerate() {
-                    let y = match column[i].trim() {
-                        "0" | "0.0" => 0.0,
-                        "1" | "1.0" => 1.0,
-                        other => {
-                            return Err(Error::Batch(format!(
-                                "{name}: row {row}, column '{}': a label is 0 or 1, found \
-                                 '{other}'",
-                                label_columns[k]
-                            )))
-                        }
-                    };
-                    labels.push(y);
-                }
+            out.append(&Self::from_input(&part?, label_columns, name)?);
+        }
+        Ok(out)
+    }
+
+    /// A batch read with the label columns carried (`InputReader` with `carry` =
+    /// `label_columns`) as labelled samples; a label that is not 0 or 1 is an error naming
+    /// `name`, the row and the column.
+    pub fn from_input(
+        part: &pepnet_io::InputBatch,
+        label_columns: &[String],
+        name: &str,
+    ) -> Result<Self> {
+        let t = label_columns.len();
+        let columns: Vec<Vec<String>> = part
+            .carried
+            .iter()
+            .map(|a| {
+                let format =
+                    arrow_cast::display::ArrayFormatter::try_new(a.as_ref(), &Default::default())
+                        .map_err(|e| Error::Batch(format!("{name}: {e}")))?;
+                Ok((0..a.len()).map(|i| format.value(i).to_string()).collect())
+            })
+            .collect::<Result<_>>()?;
+        let mut labels = Vec::with_capacity(part.rows.len() * t);
+        for (i, &row) in part.rows.iter().enumerate() {
+            for (k, column) in columns.iter().enumerate() {
+                let y = match column[i].trim() {
+                    "0" | "0.0" => 0.0,
+                    "1" | "1.0" => 1.0,
+                    other => {
+                        return Err(Error::Batch(format!(
+                            "{name}: row {row}, column '{}': a label is 0 or 1, found '{other}'",
+                            label_columns[k]
+                        )))
+                    }
+                };
+                labels.push(y);
             }
-            batch.append(&part.batch);
         }
         Ok(Self {
-            batch,
+            batch: part.batch.clone(),
             labels,
             tasks: t,
         })
@@ -190,14 +201,14 @@ impl LabelledData {
     }
 
     /// The first `n` samples, and the rest.
-    pub(crate) fn split_at(&self, n: usize) -> (LabelledData, LabelledData) {
+    pub fn split_at(&self, n: usize) -> (LabelledData, LabelledData) {
         let head: Vec<usize> = (0..n).collect();
         let tail: Vec<usize> = (n..self.len()).collect();
         (self.take_labelled(&head), self.take_labelled(&tail))
     }
 
     /// Appends `other`'s samples.
-    pub(crate) fn append(&mut self, other: &LabelledData) {
+    pub fn append(&mut self, other: &LabelledData) {
         self.batch.append(&other.batch);
         self.labels.extend_from_slice(&other.labels);
     }
