@@ -5,7 +5,8 @@
 # repository every PUBLISH steps. Prints the trainer's summary (samples/s and the host's shares)
 # and writes its --json report and metrics file into OUT.
 #
-#   bash bench/train_stream.sh [OUT]      (env: ROWS=40000 BATCH=1024 PUBLISH=10 PEPNET=binary)
+#   bash bench/train_stream.sh [OUT]   (env: ROWS=40000 BATCH=1024 PUBLISH=10 WORKING_SET=16384
+#                                       PEPNET=binary)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-bench-train-stream}
@@ -61,4 +62,5 @@ EOF
     --checkpoints "$WORK/checkpoints" --publish-every "$PUBLISH" --batch-size "$BATCH" \
     --window $((BATCH * 10)) --repository "$WORK/repository/pepnet" --store "$URL" \
     --store-namespace online --stop-when-idle-secs 2 --metrics-file "$OUT/metrics.prom" \
+    --working-set "${WORKING_SET:-16384}" \
     --json "$OUT/report.json" 2>&1 | tee "$OUT/train.txt"

@@ -390,6 +390,13 @@ impl TrainStream {
             100.0 * report.publish_seconds / seconds,
             100.0 * report.gpu_wait_seconds / seconds,
         );
+        if let Some(h) = trainer.hashed_stats() {
+            eprintln!(
+                "working sets: {} rows created, {} evicted, {} loaded back, {} expired, {} \
+                 occurrences not admitted; {:.1} s mapping ids (within the steps' share)",
+                h.created, h.evicted, h.loaded, h.expired, h.not_admitted, h.mapping_seconds
+            );
+        }
         self.report.write(&report)
     }
 
