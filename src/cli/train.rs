@@ -42,6 +42,10 @@ pub struct OptimizerFlags {
     /// then it reads the default row.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub admit_after: u32,
+    /// Vocabulary tables train through working sets of --working-set rows too, each whole
+    /// table on the host: for tables larger than one GPU binding (or the GPU).
+    #[arg(long)]
+    pub vocab_working_set: bool,
     /// Hashed features: drop a row not read for more than this many steps.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub expire_after: Option<u64>,
@@ -76,7 +80,7 @@ impl OptimizerFlags {
         seed: u64,
         rules_from: Option<&std::path::Path>,
     ) -> Result<Box<dyn Learner>> {
-        if !model.spec.features.iter().any(|f| f.hashed) {
+        if !model.spec.features.iter().any(|f| f.hashed) && !self.vocab_working_set {
             return Ok(Box::new(Trainer::new(ctx, model, state, options)?));
         }
         let hashed = HashedOptions {
@@ -84,6 +88,7 @@ impl OptimizerFlags {
             admit_after: self.admit_after,
             expire_after: self.expire_after,
             seed,
+            vocab_tables: self.vocab_working_set,
         };
         let mut t = HashedTrainer::new(ctx, model, state, options, hashed)?;
         if let Some(path) = rules_from

@@ -24,7 +24,7 @@ use serde::Serialize;
 use pepnet_core::batch::{Batch, Column};
 use pepnet_core::error::{Error, Result};
 use pepnet_core::model::Model;
-use pepnet_core::spec::{EmbeddingInit, ModelSpec};
+use pepnet_core::spec::{EmbeddingInit, FeatureKind, ModelSpec};
 use pepnet_core::weights::{embedding_values, names, HashedRows, Tensor};
 use pepnet_core::GpuContext;
 
@@ -51,6 +51,10 @@ pub struct HashedOptions {
     pub expire_after: Option<u64>,
     /// Seeds the created rows.
     pub seed: u64,
+    /// Vocabulary tables train through working sets too: each whole table stays on the host,
+    /// so a table may be larger than one GPU binding holds (or than the GPU), and only the rows
+    /// a batch reads are on the GPU. Admission and expiry do not apply to them.
+    pub vocab_tables: bool,
 }
 
 /// What the working sets did, summed over hashed features.
@@ -104,6 +108,9 @@ struct Table {
     last_read: HashMap<u64, u64>,
     /// Ids without a row yet: their occurrences so far.
     sightings: HashMap<u64, u32>,
+    /// A vocabulary feature's table (its rows: every id below this), trained through the
+    /// working set; `None` for a hashed feature.
+    vocab: Option<usize>,
     /// Ids whose rows were dropped (expired) since [`HashedTrainer::changed_rows`] last
     /// took them.
     dropped: Vec<u64>,
@@ -155,10 +162,23 @@ impl HashedTrainer {
         let mut working = model.clone();
         let mut tables = Vec::new();
         for (f, feature) in spec.features.iter().enumerate() {
-            if !feature.hashed {
-                continue;
-            }
-            let stored = model.weights.hashed(&feature.name);
+            let vocab = match (feature.hashed, feature.kind, feature.vocab) {
+                (true, _, _) => None,
+                (false, FeatureKind::Dense, _) | (false, _, None) => continue,
+                (false, _, Some(_)) if !hashed.vocab_tables => continue,
+                (false, _, Some(v)) => Some(v),
+            };
+            // A vocabulary table seen as stored rows: ids 0..V in order, no default row.
+            let as_rows = vocab.map(|v| HashedRows {
+                d,
+                ids: (0..v as u64).collect(),
+                rows: model.weights.get(&names::table(&feature.name)).data.clone(),
+                default: None,
+            });
+            let stored = match &as_rows {
+                Some(rows) => Some(rows),
+                None => model.weights.hashed(&feature.name),
+            };
             let default = stored
                 .and_then(|h| h.default.clone())
                 .unwrap_or_else(|| vec![0.0; d]);
@@ -227,6 +247,7 @@ impl HashedTrainer {
                 last_read: HashMap::new(),
                 sightings: HashMap::new(),
                 dropped: Vec::new(),
+                vocab,
             });
         }
         let trainer = Trainer::new(ctx, &working, working_state.as_ref(), options)?;
@@ -301,9 +322,8 @@ impl HashedTrainer {
             let mut mapping: HashMap<u64, u32> = HashMap::with_capacity(order.len());
             let mut needed: Vec<(u64, bool)> = Vec::new();
             for &id in &order {
-                if let (Some(limit), Some(&last)) =
-                    (self.options.expire_after, table.last_read.get(&id))
-                {
+                let expiry = self.options.expire_after.filter(|_| table.vocab.is_none());
+                if let (Some(limit), Some(&last)) = (expiry, table.last_read.get(&id)) {
                     if step - last > limit {
                         table.drop_row(id);
                         self.stats.expired += 1;
@@ -434,7 +454,7 @@ impl HashedTrainer {
             }
         }
         for table in &mut self.tables {
-            if let Some(limit) = self.options.expire_after {
+            if let Some(limit) = self.options.expire_after.filter(|_| table.vocab.is_none()) {
                 let stale: Vec<u64> = table
                     .last_read
                     .iter()
@@ -469,6 +489,16 @@ impl HashedTrainer {
             rows.sort_unstable_by_key(|&(id, _, _)| id);
             let sums: Vec<f32> = rows.iter().flat_map(|r| r.2.iter().copied()).collect();
             state.tensors.insert(sums_name, (vec![rows.len(), d], sums));
+            if table.vocab.is_some() {
+                // Every id of the vocabulary has its row, in id order: the table again.
+                let values: Vec<f32> = rows.iter().flat_map(|r| r.1.iter().copied()).collect();
+                model
+                    .weights
+                    .get_mut(&name)
+                    .expect("the vocabulary table")
+                    .data = values;
+                continue;
+            }
             let stored = HashedRows {
                 d,
                 ids: rows.iter().map(|r| r.0).collect(),
@@ -596,7 +626,7 @@ impl HashedTrainer {
     pub fn changed_rows(&mut self, since: u64) -> Result<Vec<ChangedRows>> {
         let d = self.model.spec.d();
         let mut out = Vec::new();
-        for table in &mut self.tables {
+        for table in self.tables.iter_mut().filter(|t| t.vocab.is_none()) {
             let mut ids: Vec<u64> = table
                 .last_read
                 .iter()

@@ -274,7 +274,9 @@ impl Trainer {
         if layout.n_pages > 1 {
             return Err(Error::Gpu(format!(
                 "the embedding tables ({} rows of d = {}) span {} storage bindings; training \
-                 needs them in one ({max_binding} bytes) on this device",
+                 needs them in one ({max_binding} bytes) on this device: train them through \
+                 working sets (`--vocab-working-set`, HashedOptions::vocab_tables), which keep \
+                 each whole table on the host",
                 layout.total_rows,
                 spec.d(),
                 layout.n_pages

@@ -169,6 +169,7 @@ fn hashed_training_at_any_capacity_equals_vocabulary_training_bit_for_bit() {
             admit_after: 1,
             expire_after: None,
             seed: ROW_SEED,
+            vocab_tables: false,
         };
         let mut t = HashedTrainer::new(gpu(), &hashed_model, None, &options(), hashed).unwrap();
         for (batch, labels) in &data {
@@ -301,6 +302,7 @@ fn admission_and_expiry_follow_a_cpu_model_of_the_rules() {
             admit_after: admit,
             expire_after: expire,
             seed: ROW_SEED,
+            vocab_tables: false,
         };
         let mut t = HashedTrainer::new(gpu(), &model, None, &options(), hashed).unwrap();
         for (batch, labels) in &data {
@@ -343,6 +345,7 @@ fn a_batch_wider_than_the_working_set_is_an_error_naming_the_feature() {
         admit_after: 1,
         expire_after: None,
         seed: 0,
+        vocab_tables: false,
     };
     let mut t = HashedTrainer::new(gpu(), &model, None, &options(), hashed).unwrap();
     let err = t
@@ -367,6 +370,7 @@ fn a_hashed_run_resumed_from_its_files_ends_bit_identical() {
         admit_after: 1,
         expire_after: None,
         seed: ROW_SEED,
+        vocab_tables: false,
     };
     let run = |from: &Model,
                state: Option<&pepnet_train::OptimizerState>,
@@ -409,6 +413,7 @@ fn a_hashed_feature_no_kernel_reads_gets_no_rows() {
         admit_after: 1,
         expire_after: None,
         seed: 0,
+        vocab_tables: false,
     };
     let mut t = HashedTrainer::new(gpu(), &model, None, &options(), hashed).unwrap();
     for (batch, labels) in &data {
@@ -432,6 +437,7 @@ fn admission_and_expiry_state_resumes_bit_identical() {
         admit_after: 2,
         expire_after: Some(3),
         seed: ROW_SEED,
+        vocab_tables: false,
     };
     type Run = (
         Model,
@@ -492,6 +498,7 @@ fn changed_rows_are_the_ids_read_since_the_step_with_their_current_values() {
             admit_after: 1,
             expire_after: expire,
             seed: ROW_SEED,
+            vocab_tables: false,
         };
         let mut t = HashedTrainer::new(gpu(), &model, None, &options(), hashed).unwrap();
         for (batch, labels) in &data[..6] {
@@ -547,5 +554,67 @@ fn changed_rows_are_the_ids_read_since_the_step_with_their_current_values() {
             dropped_any |= !c.dropped.is_empty();
         }
         assert_eq!(dropped_any, expire.is_some(), "expire {expire:?}");
+    }
+}
+
+/// Vocabulary tables through working sets (`vocab_tables`): every table whole on the host, a
+/// working set far smaller than the tables on the GPU, and the trained weights and optimizer
+/// state equal, bit for bit, those of training with the tables on the GPU; hashed features
+/// beside them train as before. Resumed from its exported state, it goes on bit for bit too.
+#[test]
+fn vocabulary_tables_through_a_working_set_train_bit_identical_to_tables_on_the_gpu() {
+    let data = batches(10, 32);
+    let spec = vocab_spec();
+    let model = Model::init(spec.clone(), 9).unwrap();
+    let mut plain = Trainer::new(gpu(), &model, None, &options()).unwrap();
+    for (batch, labels) in &data {
+        plain.step(batch, labels).unwrap();
+    }
+    let expected = plain.model().unwrap();
+    let expected_state = plain.optimizer_state().unwrap();
+    let capacity = most_distinct(&data) + 2;
+    assert!(capacity < 60, "smaller than every table but tab's");
+    let hashed = HashedOptions {
+        capacity,
+        admit_after: 1,
+        expire_after: None,
+        seed: ROW_SEED,
+        vocab_tables: true,
+    };
+    let mut t = HashedTrainer::new(gpu(), &model, None, &options(), hashed).unwrap();
+    for (batch, labels) in &data[..6] {
+        t.step(batch, labels).unwrap();
+    }
+    // Half-way: exported and resumed from the export, as a checkpoint is.
+    let (half, half_state) = t.export().unwrap();
+    let mut t = HashedTrainer::new(gpu(), &half, Some(&half_state), &options(), hashed).unwrap();
+    for (batch, labels) in &data[6..] {
+        t.step(batch, labels).unwrap();
+    }
+    assert!(t.stats().evicted > 0, "the working sets evicted rows");
+    assert_eq!(t.stats().created, 0, "vocabulary rows are never created");
+    let (got, state) = t.export().unwrap();
+    for (name, tensor) in expected.weights.iter() {
+        let mine = &got.weights.get(name);
+        assert_eq!(mine.shape, tensor.shape, "{name}'s shape");
+        let same = mine
+            .data
+            .iter()
+            .zip(&tensor.data)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(
+            same,
+            "{name} differs from training with the tables on the GPU"
+        );
+    }
+    for (name, (shape, values)) in &expected_state.tensors {
+        let (s, v) = &state.tensors[name];
+        assert_eq!(s, shape, "{name}'s shape");
+        assert!(
+            v.iter()
+                .zip(values)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "optimizer tensor {name} differs"
+        );
     }
 }
