@@ -323,20 +323,6 @@ fn ablation_prints_a_gauc_table_of_the_five_variants() {
     assert_eq!(cells.as_array().unwrap().len(), 5 * 4 * 6);
 }
 
-/// A spec with the example's user, video and author ids hashed (raw 64-bit ids, no vocabulary).
-fn hashed_spec(dir: &Path) -> String {
-    let mut spec = ModelSpec::load(Path::new(&spec_path())).unwrap();
-    for f in spec.features.iter_mut() {
-        if ["user_id", "video_id", "author_id"].contains(&f.name.as_str()) {
-            f.hashed = true;
-            f.vocab = None;
-        }
-    }
-    let path = dir.join("hashed.json");
-    std::fs::write(&path, spec.to_json()).unwrap();
-    path.display().to_string()
-}
-
 /// Hashed features train through a working set smaller than their tables, and the written
 /// model directory is served by `score` as it is: scores equal the f64 reference of the
 /// loaded model, and they rank the validation labels above chance.
@@ -346,7 +332,7 @@ fn hashed_features_train_and_the_model_scores_without_conversion() {
     let d = dir.path();
     let train = gen(d, "train.csv", 4000, 1);
     let valid = gen(d, "valid.csv", 1500, 2);
-    let spec = hashed_spec(d);
+    let spec = common::cli::hashed_example_spec(d);
     let model = d.join("hashed-model");
     let m = model.display().to_string();
     let err = ok(

@@ -14,34 +14,12 @@ use std::time::{Duration, Instant};
 use common::cli::{ok, pepnet};
 use common::redis_cluster::RedisCluster;
 use common::server::{agent, request, send_signal, Server};
-use pepnet::ModelSpec;
 use serde_json::Value;
 
 const BATCH: usize = 64;
 const PUBLISH_EVERY: usize = 4;
 /// Rows per phase of the stream: one publish interval.
 const PHASE: usize = BATCH * PUBLISH_EVERY;
-
-fn spec_path() -> String {
-    format!(
-        "{}/examples/kuairand/model.json",
-        env!("CARGO_MANIFEST_DIR")
-    )
-}
-
-/// The example's spec with user, video and author ids hashed (raw 64-bit ids).
-fn hashed_spec(dir: &Path) -> String {
-    let mut spec = ModelSpec::load(Path::new(&spec_path())).unwrap();
-    for f in spec.features.iter_mut() {
-        if ["user_id", "video_id", "author_id"].contains(&f.name.as_str()) {
-            f.hashed = true;
-            f.vocab = None;
-        }
-    }
-    let path = dir.join("hashed.json");
-    std::fs::write(&path, spec.to_json()).unwrap();
-    path.display().to_string()
-}
 
 /// A drifting stream of `rows` labelled impressions (a quarter turn every phase), as CSV
 /// lines: the header, then the rows.
@@ -244,7 +222,7 @@ fn replicas_follow_the_online_trainer_and_end_on_its_final_checkpoint_bit_for_bi
     let url = cluster.url();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let spec = hashed_spec(d);
+    let spec = common::cli::hashed_example_spec(d);
     // Three phases of one publish interval each, and a short tail.
     let tail = 40;
     let (header, rows) = drifting(d, &spec, 3 * PHASE + tail);
@@ -419,7 +397,7 @@ fn a_killed_trainer_resumes_from_its_checkpoint_and_stream_position_bit_for_bit(
     let url = cluster.url();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let spec = hashed_spec(d);
+    let spec = common::cli::hashed_example_spec(d);
     let (header, rows) = drifting(d, &spec, 3 * PHASE + 17);
     let run = |key: &str, checkpoints: &Path, log: &Path| {
         let args = [
@@ -612,7 +590,7 @@ fn a_bad_entry_fails_naming_the_stream_entry_and_field_and_nothing_is_acknowledg
     let url = cluster.url();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let spec = hashed_spec(d);
+    let spec = common::cli::hashed_example_spec(d);
     let (header, rows) = drifting(d, &spec, 3);
     let names: Vec<String> = header.split(',').map(String::from).collect();
     let options = pepnet::store::redis::RedisOptions::from_url(&url, "test").unwrap();

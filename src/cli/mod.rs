@@ -484,3 +484,22 @@ fn parse_bias_init(s: &str) -> std::result::Result<pepnet::BiasInit, String> {
         _ => Err(format!("expected zero or fan-in, found '{s}'")),
     }
 }
+
+/// The spec index of the sparse feature whose ids group progressive GAUC: `name`
+/// (--progressive-user), or user_id when the spec has it as a sparse feature.
+pub fn progressive_user(spec: &ModelSpec, name: Option<&str>) -> Result<Option<usize>> {
+    let sparse = |f: &pepnet::spec::FeatureSpec| f.kind == pepnet::spec::FeatureKind::Sparse;
+    match name {
+        None => Ok(spec
+            .features
+            .iter()
+            .position(|f| f.name == "user_id" && sparse(f))),
+        Some(name) => match spec.features.iter().position(|f| f.name == name) {
+            Some(i) if sparse(&spec.features[i]) => Ok(Some(i)),
+            _ => Err(pepnet::Error::Spec {
+                file: "--progressive-user".into(),
+                message: format!("'{name}' is not a sparse feature of the model"),
+            }),
+        },
+    }
+}

@@ -217,7 +217,8 @@ impl Train {
             (Model::init(spec, config.seed)?, None)
         };
         if let Some(p) = config.progressive.as_mut() {
-            p.user_feature = self.progressive_user(&model.spec)?;
+            p.user_feature =
+                super::progressive_user(&model.spec, self.progressive_user.as_deref())?;
         }
         let columns = self.labels.columns(&model.spec)?;
         let data: Box<dyn TrainingData> =
@@ -357,25 +358,6 @@ impl Train {
 }
 
 impl Train {
-    /// The spec index of --progressive-user (user_id by default, when the spec has it as a
-    /// sparse feature).
-    fn progressive_user(&self, spec: &ModelSpec) -> Result<Option<usize>> {
-        let sparse = |f: &pepnet::spec::FeatureSpec| f.kind == pepnet::spec::FeatureKind::Sparse;
-        match &self.progressive_user {
-            None => Ok(spec
-                .features
-                .iter()
-                .position(|f| f.name == "user_id" && sparse(f))),
-            Some(name) => match spec.features.iter().position(|f| &f.name == name) {
-                Some(i) if sparse(&spec.features[i]) => Ok(Some(i)),
-                _ => Err(pepnet::Error::Spec {
-                    file: "--progressive-user".into(),
-                    message: format!("'{name}' is not a sparse feature of the model"),
-                }),
-            },
-        }
-    }
-
     /// --checkpoints with when to write them (every 1000 steps when neither is given).
     fn checkpoint_options(&self) -> Result<Option<CheckpointOptions>> {
         let Some(dir) = &self.checkpoints else {

@@ -202,7 +202,7 @@ impl TrainStream {
         };
         let spec = model.spec.clone();
         let columns = self.labels.columns(&spec)?;
-        let user = self.progressive_user(&spec)?;
+        let user = super::progressive_user(&spec, self.progressive_user.as_deref())?;
         let header: Vec<String> = spec
             .features
             .iter()
@@ -462,23 +462,6 @@ impl TrainStream {
         }
         let spec = self.init.apply(ModelSpec::load(&self.model)?)?;
         Ok((Model::init(spec, self.seed)?, None))
-    }
-
-    fn progressive_user(&self, spec: &ModelSpec) -> Result<Option<usize>> {
-        let sparse = |f: &pepnet::spec::FeatureSpec| f.kind == pepnet::spec::FeatureKind::Sparse;
-        match &self.progressive_user {
-            None => Ok(spec
-                .features
-                .iter()
-                .position(|f| f.name == "user_id" && sparse(f))),
-            Some(name) => match spec.features.iter().position(|f| &f.name == name) {
-                Some(i) if sparse(&spec.features[i]) => Ok(Some(i)),
-                _ => Err(Error::Spec {
-                    file: "--progressive-user".into(),
-                    message: format!("'{name}' is not a sparse feature of the model"),
-                }),
-            },
-        }
     }
 
     /// The publisher: the store's namespace (a fresh run loads the start model into it, and

@@ -25,3 +25,19 @@ pub fn ok(out: &Output, what: &str) -> String {
     );
     stderr(out)
 }
+
+/// The example's spec (examples/kuairand) with its user, video and author ids hashed (raw
+/// 64-bit ids, no vocabulary), written as `dir/hashed.json`; its path.
+pub fn hashed_example_spec(dir: &std::path::Path) -> String {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/kuairand/model.json");
+    let mut spec = pepnet::ModelSpec::load(std::path::Path::new(example)).unwrap();
+    for f in spec.features.iter_mut() {
+        if ["user_id", "video_id", "author_id"].contains(&f.name.as_str()) {
+            f.hashed = true;
+            f.vocab = None;
+        }
+    }
+    let path = dir.join("hashed.json");
+    std::fs::write(&path, spec.to_json()).unwrap();
+    path.display().to_string()
+}

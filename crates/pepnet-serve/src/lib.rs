@@ -846,32 +846,36 @@ fn reload_on_hangup(app: AppRef) {
 
 /// Runs expiry every `every` until the server stops.
 fn expire_on_timer(app: AppRef, every: Duration, stopped: watch::Receiver<bool>) {
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The first tick is immediate; the first expiry comes one period after the start.
-        ticks.tick().await;
-        loop {
-            tokio::select! {
-                _ = ticks.tick() => {}
-                _ = wait_for(stopped.clone()) => return,
-            }
-            let worker = app.clone();
-            match tokio::task::spawn_blocking(move || worker.expire()).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "expiry failed"),
-                Err(e) => tracing::error!(error = %e, "expiry failed"),
-            }
-        }
+    on_timer(app, every, stopped, "expiry failed", |app| {
+        app.expire().map(|_| ())
     });
 }
 
 /// Looks at the repository every `every` until the server stops (see
 /// [`App::poll_repository`]); a failed load is logged and what was served stays.
 fn poll_on_timer(app: AppRef, every: Duration, stopped: watch::Receiver<bool>) {
+    on_timer(
+        app,
+        every,
+        stopped,
+        "repository poll: a load failed",
+        |app| app.poll_repository().map(|_| ()),
+    );
+}
+
+/// Runs `work` (off the async threads) every `every`, the first one period after the start,
+/// until the server stops; a failure is logged as `what`.
+fn on_timer(
+    app: AppRef,
+    every: Duration,
+    stopped: watch::Receiver<bool>,
+    what: &'static str,
+    work: fn(&App) -> Result<()>,
+) {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate.
         ticks.tick().await;
         loop {
             tokio::select! {
@@ -879,10 +883,10 @@ fn poll_on_timer(app: AppRef, every: Duration, stopped: watch::Receiver<bool>) {
                 _ = wait_for(stopped.clone()) => return,
             }
             let worker = app.clone();
-            match tokio::task::spawn_blocking(move || worker.poll_repository()).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "repository poll: a load failed"),
-                Err(e) => tracing::error!(error = %e, "repository poll failed"),
+            match tokio::task::spawn_blocking(move || work(&worker)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "{what}"),
+                Err(e) => tracing::error!(error = %e, "{what}"),
             }
         }
     });

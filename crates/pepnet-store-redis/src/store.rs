@@ -597,15 +597,7 @@ impl RedisStore {
                 })?;
                 for (&i, v) in indices.iter().zip(answers) {
                     match v {
-                        Value::Int(-1) => {
-                            return Err(Error::Store(format!(
-                                "writing {} (a row of feature '{}') was refused: node {node} \
-                                 holds no metadata of namespace '{ns}' for its bucket \
-                                 (restarted without its data?); load the namespace again",
-                                self.key(keys[i]),
-                                self.features[keys[i].0 as usize],
-                            )))
-                        }
+                        Value::Int(-1) => return Err(self.lost_bucket(keys[i], &node)),
                         Value::Int(0) => {}
                         Value::Int(n) => {
                             written[i] = true;
@@ -623,6 +615,18 @@ impl RedisStore {
             }
         }
         Ok(written)
+    }
+
+    /// The error of a write refused because `node` holds no metadata for `key`'s bucket.
+    fn lost_bucket(&self, key: Key, node: &str) -> Error {
+        Error::Store(format!(
+            "writing {} (a row of feature '{}') was refused: node {node} holds no metadata of \
+             namespace '{}' for its bucket (restarted without its data?); load the namespace \
+             again",
+            self.key(key),
+            self.features[key.0 as usize],
+            self.options.namespace
+        ))
     }
 
     /// Re-reads the metadata after a load (its row type or update policy may have changed).
@@ -701,16 +705,13 @@ impl EmbeddingStore for RedisStore {
             .arg(STREAM_LENGTH)
             .arg(doorbell(&ns));
         match self.run_script(key, &invocation)? {
-            -1 => Err(Error::Store(format!(
-                "writing {} (a row of feature '{}') was refused: node {} holds no metadata of \
-                 namespace '{ns}' for its bucket (restarted without its data?); load the \
-                 namespace again",
-                self.key(key),
-                self.features[key.0 as usize],
-                self.cluster
+            -1 => {
+                let node = self
+                    .cluster
                     .node_of(self.bucket_slots[b as usize])
-                    .unwrap_or_default()
-            ))),
+                    .unwrap_or_default();
+                Err(self.lost_bucket(key, &node))
+            }
             0 => Ok(false), // capped
             1 => {
                 self.rows += 1;
